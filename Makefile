@@ -1,0 +1,59 @@
+# The entry to everything: `make demo` and `make test` work on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# pytest-timeout's per-test limit, on top of each test's own bounded waits.
+PYTEST_ARGS ?=
+
+.PHONY: help install dev demo demo-stop test test-fast lint proto bench clean
+
+help:
+	@echo "make demo       start a controller and simulated devices, print what to try"
+	@echo "make demo-stop  stop them"
+	@echo "make test       install with dev extras and run the whole suite"
+	@echo "make test-fast  the suite without the end-to-end cases"
+	@echo "make lint       ruff and mypy"
+	@echo "make proto      regenerate protos/ Python code from the .proto files"
+	@echo "make bench      run the benchmarks in bench/ (minutes)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(PY) pyproject.toml
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(PY) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.installed-dev
+
+demo: install
+	$(PY) demo/demo.py start
+
+demo-stop:
+	$(PY) demo/demo.py stop
+
+test: dev lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: dev
+	$(PY) -m pytest -m 'not e2e' $(PYTEST_ARGS)
+
+lint: dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+proto: dev
+	$(PY) -m protos.codegen
+
+bench: dev
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,79 @@
+"""``schoolfleet-agent``: the device daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from agent import settings as agent_settings
+from common.errors import SchoolFleetError
+from common.logs import setup_logging
+
+log = logging.getLogger("agent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    # argparse rather than typer: the agent runs on every device, so it imports little.
+    parser = argparse.ArgumentParser(
+        prog="schoolfleet-agent",
+        description="SchoolFleet device agent: reports this device's health to the "
+        "controller and keeps its stream open.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=agent_settings.DEFAULT_CONFIG,
+        help="TOML file with the device's identity and settings "
+        f"(default {agent_settings.DEFAULT_CONFIG}); any key may also come from "
+        f"{agent_settings.ENV_PREFIX}<KEY>",
+    )
+    parser.add_argument("--controller", help="controller HOST:PORT (overrides the file)")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+    return parser
+
+
+def _version() -> str:
+    try:
+        return version("schoolfleet")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+async def _run(settings: agent_settings.AgentSettings) -> None:
+    from agent.health import HealthCollector
+    from agent.link import Link
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    link = Link(settings, HealthCollector(settings.disk_path), _version())
+    log.info(
+        "agent started device=%s kind=%s school=%s room=%s controller=%s",
+        settings.device_id,
+        settings.kind,
+        settings.school_id,
+        settings.room_id,
+        settings.controller,
+    )
+    await link.run(stop)
+    log.info("agent stopped device=%s", settings.device_id)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = agent_settings.load(
+            args.config, {"controller": args.controller, "log_level": args.log_level}
+        )
+    except SchoolFleetError as exc:
+        print(f"schoolfleet-agent: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(settings.log_level)
+    asyncio.run(_run(settings))

@@ -1,0 +1,60 @@
+"""The agent's settings: the device's identity and how to reach the controller."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.settings import LOG_LEVELS, load_settings
+from inventory.model import DeviceKind, valid_id
+
+ENV_PREFIX = "SCHOOLFLEET_AGENT_"
+DEFAULT_CONFIG = Path("/etc/schoolfleet/agent.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """Everything the agent can be told; see docs/agent.toml.example."""
+
+    device_id: str
+    kind: DeviceKind
+    school_id: str
+    room_id: str = ""
+    controller: str = "127.0.0.1:7443"
+    # Used until the controller's Welcome says otherwise.
+    heartbeat_interval: float = 30.0
+    # Reconnect delays: full jitter between 0 and min(cap, initial * 2**attempt).
+    backoff_initial: float = 1.0
+    backoff_cap: float = 60.0
+    # A stream that stayed up this long resets the backoff.
+    backoff_reset_after: float = 30.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    # Filesystem whose usage is reported as disk_percent.
+    disk_path: Path = Path("/")
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for key in ("device_id", "school_id"):
+            if not valid_id(getattr(self, key)):
+                raise ValueError(f"{key!r} {getattr(self, key)!r} is not a valid id")
+        if self.room_id and not valid_id(self.room_id):
+            raise ValueError(f"'room_id' {self.room_id!r} is not a valid id")
+        if self.heartbeat_interval <= 0:
+            raise ValueError("'heartbeat_interval' must be positive")
+        if not 0 < self.backoff_initial <= self.backoff_cap:
+            raise ValueError("'backoff_initial' must be positive and at most 'backoff_cap'")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"'log_level' must be one of {', '.join(LOG_LEVELS)}")
+
+
+def load(path: Path, overrides: dict[str, object] | None = None) -> AgentSettings:
+    """Reads the settings from ``path``, the environment and flags."""
+    return load_settings(
+        AgentSettings,
+        path=path,
+        env_prefix=ENV_PREFIX,
+        environ=os.environ,
+        overrides=overrides,
+        required_file=path != DEFAULT_CONFIG,
+    )

@@ -1,0 +1,1 @@
+"""``schoolctl``: the command line for school IT staff."""

@@ -1,0 +1,134 @@
+"""The AdminService client: gRPC in, our own values and CliErrors out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import cast
+
+import grpc
+
+from cli.errors import CliError, ControllerUnreachable, NotFound, RequestRefused
+from inventory.model import (
+    DeviceIdentity,
+    DeviceKind,
+    DeviceRecord,
+    DeviceStatus,
+    KindCount,
+)
+from protos.mapping import (
+    KIND_FROM_PB,
+    KIND_TO_PB,
+    STATUS_FROM_PB,
+    STATUS_TO_PB,
+    health_from_pb,
+    seconds,
+)
+from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
+
+_MAX_MESSAGE = 16 * 1024 * 1024
+
+
+def device_from_pb(d: admin_pb2.Device) -> DeviceRecord:
+    """Our value for a device the controller sent."""
+    return DeviceRecord(
+        identity=DeviceIdentity(
+            device_id=d.device_id,
+            kind=KIND_FROM_PB[d.kind],
+            school_id=d.school_id,
+            room_id=d.room_id,
+            hostname=d.hostname,
+            agent_version=d.agent_version,
+        ),
+        status=STATUS_FROM_PB.get(d.status, DeviceStatus.OFFLINE),
+        stream_up=d.stream_up,
+        first_seen=seconds(d.first_seen),
+        last_heartbeat=seconds(d.last_heartbeat) if d.HasField("last_heartbeat") else None,
+        offline_after=float(d.offline_after_seconds),
+        last_seq=d.last_seq,
+        health=health_from_pb(d.health) if d.HasField("health") else None,
+    )
+
+
+class AdminClient:
+    """Talks to one controller's AdminService; every failure becomes a CliError."""
+
+    def __init__(self, address: str, timeout: float) -> None:
+        self.address = address
+        self._timeout = timeout
+        self._channel = grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", _MAX_MESSAGE)]
+        )
+        self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._channel.close()
+
+    def _error(self, exc: grpc.RpcError) -> CliError:
+        # Errors raised by a call are also grpc.Call objects, which the stubs cannot express.
+        call = cast(grpc.Call, exc)
+        code = call.code()
+        details = call.details() or code.name
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return ControllerUnreachable(
+                f"cannot reach the controller at {self.address} ({details}); "
+                "is it running? (set --controller or SCHOOLCTL_CONTROLLER)"
+            )
+        if code == grpc.StatusCode.NOT_FOUND:
+            return NotFound(details)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return RequestRefused(details)
+        return CliError(f"controller at {self.address} answered {code.name}: {details}")
+
+    def devices(
+        self,
+        school_id: str | None = None,
+        kind: DeviceKind | None = None,
+        status: DeviceStatus | None = None,
+        page_size: int = 1000,
+    ) -> Iterator[DeviceRecord]:
+        """Every device matching the filters, fetched page by page."""
+        request = admin_pb2.ListDevicesRequest(
+            school_id=school_id or "",
+            kind=KIND_TO_PB[kind] if kind else fleet_pb2.DEVICE_KIND_UNSPECIFIED,
+            status=STATUS_TO_PB[status] if status else admin_pb2.DEVICE_STATUS_UNSPECIFIED,
+            page_size=page_size,
+        )
+        while True:
+            try:
+                response = self._stub.ListDevices(request, timeout=self._timeout)
+            except grpc.RpcError as exc:
+                raise self._error(exc) from None
+            yield from (device_from_pb(d) for d in response.devices)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def device(self, device_id: str) -> DeviceRecord:
+        """One device; NotFound if the controller does not know it."""
+        try:
+            response = self._stub.GetDevice(
+                admin_pb2.GetDeviceRequest(device_id=device_id), timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return device_from_pb(response)
+
+    def fleet_status(self, school_id: str | None = None) -> tuple[list[KindCount], float]:
+        """Online/offline counts per school and kind, and when they were computed."""
+        try:
+            response = self._stub.FleetStatus(
+                admin_pb2.FleetStatusRequest(school_id=school_id or ""), timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        counts = [
+            KindCount(c.school_id, KIND_FROM_PB[c.kind], c.online, c.offline)
+            for c in response.counts
+        ]
+        return counts, seconds(response.computed_at)

@@ -1,0 +1,35 @@
+"""Errors schoolctl shows as one line with a non-zero exit.
+
+CliError                 base; ``exit_code`` is what the process exits with
+├── ControllerUnreachable   no answer from the controller (exit 3)
+├── NotFound                the thing asked for does not exist (exit 4)
+└── RequestRefused          the controller refused the request as invalid (exit 2)
+"""
+
+from __future__ import annotations
+
+from common.errors import SchoolFleetError
+
+
+class CliError(SchoolFleetError):
+    """A failure the user should read about, not a bug."""
+
+    exit_code = 1
+
+
+class ControllerUnreachable(CliError):
+    """The controller did not answer."""
+
+    exit_code = 3
+
+
+class NotFound(CliError):
+    """The device (or other thing) does not exist."""
+
+    exit_code = 4
+
+
+class RequestRefused(CliError):
+    """The controller refused the request's arguments."""
+
+    exit_code = 2

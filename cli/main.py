@@ -1,0 +1,126 @@
+"""``schoolctl``: what school IT staff run. Output for people, or --json for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from cli import render
+from cli.errors import CliError
+from inventory.model import DeviceKind, DeviceStatus
+
+DEFAULT_CONTROLLER = "127.0.0.1:7443"
+
+app = typer.Typer(
+    help="SchoolFleet command line: see and manage your schools' devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+devices_app = typer.Typer(help="List and inspect devices.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+
+# Scripts read stdout; people and diagnostics go through stderr or the table.
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class Options:
+    """Global options, set by the top-level callback."""
+
+    controller: str = DEFAULT_CONTROLLER
+    timeout: float = 10.0
+
+
+@app.callback()
+def _global(
+    controller: Annotated[
+        str,
+        typer.Option(
+            envvar="SCHOOLCTL_CONTROLLER",
+            help="Controller gRPC address, HOST:PORT.",
+        ),
+    ] = DEFAULT_CONTROLLER,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the controller's answer.", min=0.1)
+    ] = 10.0,
+) -> None:
+    Options.controller = controller
+    Options.timeout = timeout
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _client() -> Any:
+    # Late import: `schoolctl --help` should not pay for the gRPC stack.
+    from cli.client import AdminClient
+
+    return AdminClient(Options.controller, Options.timeout)
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@devices_app.command("list")
+def devices_list(
+    school: Annotated[str | None, typer.Option(help="Only this school's devices.")] = None,
+    kind: Annotated[DeviceKind | None, typer.Option(help="Only this kind.")] = None,
+    status: Annotated[DeviceStatus | None, typer.Option(help="Only online or offline.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List devices with their status and latest health."""
+    with _client() as client:
+        devices = list(client.devices(school, kind, status))
+    if as_json:
+        _print_json([render.device_json(d) for d in devices])
+    elif not devices:
+        err.print("no devices match")
+    else:
+        out.print(render.devices_table(devices, time.time()))
+
+
+@devices_app.command("show")
+def devices_show(
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one device in full."""
+    with _client() as client:
+        device = client.device(device_id)
+    if as_json:
+        _print_json(render.device_json(device))
+    else:
+        out.print(render.device_detail(device, time.time()))
+
+
+@app.command()
+def status(
+    school: Annotated[str | None, typer.Option(help="Only this school.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Devices online and offline, per school and kind."""
+    with _client() as client:
+        counts, computed_at = client.fleet_status(school)
+    if as_json:
+        _print_json(render.status_json(counts, computed_at))
+    elif not counts:
+        err.print("no devices yet")
+    else:
+        out.print(render.status_table(counts))
+
+
+def run(main: Callable[..., Any] = app) -> None:
+    """Console entry point: a CliError is one line on stderr and its exit code."""
+    try:
+        main(standalone_mode=True)
+    except CliError as exc:
+        err.print(f"schoolctl: {exc}", markup=False)
+        sys.exit(exc.exit_code)

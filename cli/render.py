@@ -1,0 +1,146 @@
+"""How schoolctl shows things: JSON for scripts, tables for people."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.table import Table
+
+from inventory.model import DeviceRecord, DeviceStatus, KindCount
+
+
+def iso(seconds: float | None) -> str | None:
+    """UTC ISO 8601 time, or None."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def age(seconds: float | None, now: float) -> str:
+    """How long ago, for people: 8s, 5m, 3h, 2d; '-' for never."""
+    if seconds is None:
+        return "-"
+    delta = max(0.0, now - seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{int(delta // size)}{unit}"
+    return f"{int(delta)}s"
+
+
+def device_json(d: DeviceRecord) -> dict[str, Any]:
+    """A device as a plain dict with ISO times."""
+    health = asdict(d.health) if d.health is not None else None
+    if health is not None:
+        health["collected_at"] = iso(health["collected_at"])
+    return {
+        **asdict(d.identity),
+        "status": d.status.value,
+        "stream_up": d.stream_up,
+        "first_seen": iso(d.first_seen),
+        "last_heartbeat": iso(d.last_heartbeat),
+        "offline_after_seconds": d.offline_after,
+        "last_seq": d.last_seq,
+        "health": health,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def _status(status: DeviceStatus) -> str:
+    return "[green]online[/]" if status is DeviceStatus.ONLINE else "[red]offline[/]"
+
+
+def devices_table(devices: list[DeviceRecord], now: float) -> Table:
+    """One row per device."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("DEVICE", "KIND", "SCHOOL", "ROOM", "STATUS", "SEEN", "CPU", "MEM", "DISK"):
+        table.add_column(name, no_wrap=True)
+    for d in devices:
+        h = d.health
+        table.add_row(
+            d.identity.device_id,
+            d.identity.kind.value,
+            d.identity.school_id,
+            d.identity.room_id or "-",
+            _status(d.status),
+            age(d.last_heartbeat, now),
+            _pct(h.cpu_percent if h else None),
+            _pct(h.memory_percent if h else None),
+            _pct(h.disk_percent if h else None),
+        )
+    return table
+
+
+def device_detail(d: DeviceRecord, now: float) -> Table:
+    """One device, a field per line."""
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    i = d.identity
+    rows = [
+        ("device", i.device_id),
+        ("kind", i.kind.value),
+        ("school", i.school_id),
+        ("room", i.room_id or "-"),
+        ("hostname", i.hostname or "-"),
+        ("agent", i.agent_version or "-"),
+        ("status", _status(d.status)),
+        ("stream", "up" if d.stream_up else "down"),
+        (
+            "last heartbeat",
+            f"{iso(d.last_heartbeat) or 'never'} ({age(d.last_heartbeat, now)} ago)",
+        ),
+        ("offline after", f"{d.offline_after:g}s without a heartbeat"),
+        ("first seen", iso(d.first_seen) or "-"),
+        ("last seq", str(d.last_seq)),
+    ]
+    if d.health is not None:
+        h = d.health
+        rows += [
+            ("cpu", _pct(h.cpu_percent)),
+            ("memory", _pct(h.memory_percent)),
+            ("disk", _pct(h.disk_percent)),
+            ("uptime", age(now - h.uptime_seconds, now)),
+            ("load", f"{h.load1:.2f} {h.load5:.2f} {h.load15:.2f}"),
+        ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def status_json(counts: list[KindCount], computed_at: float) -> dict[str, Any]:
+    """Counts per school and kind, with totals."""
+    return {
+        "computed_at": iso(computed_at),
+        "totals": {
+            "online": sum(c.online for c in counts),
+            "offline": sum(c.offline for c in counts),
+        },
+        "counts": [
+            {
+                "school_id": c.school_id,
+                "kind": c.kind.value,
+                "online": c.online,
+                "offline": c.offline,
+            }
+            for c in counts
+        ],
+    }
+
+
+def status_table(counts: list[KindCount]) -> Table:
+    """One row per school and kind, and a total."""
+    table = Table(box=None, pad_edge=False, header_style="bold", show_footer=True)
+    table.add_column("SCHOOL", "total", no_wrap=True)
+    table.add_column("KIND", "", no_wrap=True)
+    table.add_column("ONLINE", str(sum(c.online for c in counts)), justify="right")
+    table.add_column("OFFLINE", str(sum(c.offline for c in counts)), justify="right")
+    for c in counts:
+        table.add_row(
+            c.school_id, c.kind.value, str(c.online), f"[red]{c.offline}[/]" if c.offline else "0"
+        )
+    return table

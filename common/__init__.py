@@ -1,0 +1,1 @@
+"""Small pieces every SchoolFleet program shares: typed settings and logging."""

@@ -1,0 +1,1 @@
+"""The central daemon: gRPC services, sessions, store, ingest and metrics."""

@@ -1,0 +1,105 @@
+"""The heartbeat writer: one task drains a queue into batched store transactions.
+
+Streams hand heartbeats to :meth:`HeartbeatWriter.submit`; the writer gathers what
+arrived during ``flush_interval`` (and whatever piles up while a batch is being
+written), stores it in one transaction on its own thread, then reports the highest
+stored sequence number per device so the sessions can ack. A full queue makes
+``submit`` wait, which slows the reading streams and so, through gRPC flow control,
+the agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from controller.errors import StoreError
+from controller.store import DeviceStore, HeartbeatRow
+
+log = logging.getLogger(__name__)
+
+OnStored = Callable[[dict[str, int]], None]
+OnFlush = Callable[[int, float], None]
+
+
+def highest_seq(rows: list[HeartbeatRow]) -> dict[str, int]:
+    """Highest sequence number per device in a batch."""
+    acks: dict[str, int] = {}
+    for row in rows:
+        if row.seq > acks.get(row.device_id, 0):
+            acks[row.device_id] = row.seq
+    return acks
+
+
+class HeartbeatWriter:
+    """Queues heartbeats and writes them in batches from a single task."""
+
+    def __init__(
+        self,
+        store: DeviceStore,
+        executor: ThreadPoolExecutor,
+        *,
+        flush_interval: float,
+        batch_max: int,
+        queue_max: int,
+        on_stored: OnStored,
+        on_flush: OnFlush,
+    ) -> None:
+        self._store = store
+        self._executor = executor
+        self._flush_interval = flush_interval
+        self._batch_max = batch_max
+        # None marks the end: the writer flushes what came before it and stops.
+        self._queue: asyncio.Queue[HeartbeatRow | None] = asyncio.Queue(queue_max)
+        self._on_stored = on_stored
+        self._on_flush = on_flush
+
+    async def submit(self, row: HeartbeatRow) -> None:
+        """Queues one heartbeat; waits while the queue is full."""
+        await self._queue.put(row)
+
+    def pending(self) -> int:
+        """Heartbeats queued and not yet written."""
+        return self._queue.qsize()
+
+    async def run(self) -> None:
+        """Writes batches until :meth:`close`; then writes what is left and returns."""
+        closing = False
+        while not closing:
+            first = await self._queue.get()
+            if first is None:
+                break
+            await asyncio.sleep(self._flush_interval)
+            rows = [first]
+            while len(rows) < self._batch_max and not self._queue.empty():
+                row = self._queue.get_nowait()
+                if row is None:
+                    closing = True
+                    break
+                rows.append(row)
+            await self._flush(rows)
+        # Whatever was queued after the batch that met the close marker.
+        while not self._queue.empty():
+            rest = [r for r in (self._queue.get_nowait() for _ in range(self._queue.qsize())) if r]
+            await self._flush(rest)
+
+    async def close(self) -> None:
+        """Asks :meth:`run` to write everything queued so far and return."""
+        await self._queue.put(None)
+
+    async def _flush(self, rows: list[HeartbeatRow]) -> None:
+        if not rows:
+            return
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._store.record_heartbeats, rows)
+        except StoreError as exc:
+            # Not acked, so the agents keep these and send them again.
+            log.error("heartbeat batch not stored rows=%d error=%s", len(rows), exc)
+            return
+        self._on_flush(len(rows), time.perf_counter() - started)
+        self._on_stored(highest_seq(rows))

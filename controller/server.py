@@ -1,0 +1,136 @@
+"""Assembles and runs the controller: store, writer, gRPC services, /metrics.
+
+Shutdown order matters for "nothing queued is lost": stop accepting, close the
+device streams and give them ``shutdown_grace`` to finish, then let the writer
+store everything still queued, then close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from controller.errors import ConfigError
+from controller.ingest import HeartbeatWriter
+from controller.metrics import ControllerMetrics, FleetCollector
+from controller.service_admin import AdminService
+from controller.service_agent import AgentService, Sessions
+from controller.sessions import Closing
+from controller.settings import ControllerSettings
+from controller.store import open_store
+from protos.schoolfleet.v1 import admin_pb2_grpc, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Calls beyond device streams that may run at once (schoolctl, scrapes of admin data).
+_ADMIN_HEADROOM = 256
+
+
+def grpc_options(settings: ControllerSettings) -> list[tuple[str, int]]:
+    """Server channel options: explicit message limits, keepalive that suits agents."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        # A stale server from an earlier run must not silently share the port.
+        ("grpc.so_reuseport", 0),
+        # Agents ping every 30 s; allow that without answering GOAWAY too_many_pings.
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+
+
+def _split(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _write_ports(path: Path, ports: dict[str, int]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ports))
+    os.replace(tmp, path)
+
+
+async def serve(settings: ControllerSettings) -> None:
+    """Runs the controller until SIGTERM or SIGINT, then shuts down gracefully."""
+    store = open_store(settings.database)
+    write_executor = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+    read_executor = ThreadPoolExecutor(4, thread_name_prefix="store-reader")
+    stale = store.reset_streams()
+    if stale:
+        log.info("streams from before the restart marked down count=%d", stale)
+
+    registry = CollectorRegistry()
+    metrics = ControllerMetrics(registry)
+    sessions: Sessions = Sessions()
+    registry.register(FleetCollector(store, lambda: len(sessions)))
+    agent_service = AgentService(settings, store, write_executor, sessions, metrics)
+    writer = HeartbeatWriter(
+        store,
+        write_executor,
+        flush_interval=settings.flush_interval,
+        batch_max=settings.batch_max,
+        queue_max=settings.queue_max,
+        on_stored=agent_service.ack,
+        on_flush=metrics.observe_flush,
+    )
+    agent_service.writer = writer
+
+    server = grpc.aio.server(
+        options=grpc_options(settings),
+        maximum_concurrent_rpcs=settings.max_streams + _ADMIN_HEADROOM,
+    )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(store, read_executor), server)
+    try:
+        grpc_port = server.add_insecure_port(settings.listen)
+    except RuntimeError as exc:
+        raise ConfigError(f"listen {settings.listen}: cannot bind ({exc})") from None
+    host, port = _split(settings.metrics_listen)
+    try:
+        http_server, http_thread = start_http_server(port, host, registry)
+    except OSError as exc:
+        raise ConfigError(f"metrics_listen {settings.metrics_listen}: {exc.strerror}") from None
+    metrics_port = http_server.server_port
+    await server.start()
+    writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")
+    if settings.ports_file != Path():
+        _write_ports(settings.ports_file, {"grpc": grpc_port, "metrics": metrics_port})
+    log.info(
+        "controller started grpc=%s:%d metrics=%s:%d database=%s",
+        _split(settings.listen)[0],
+        grpc_port,
+        host,
+        metrics_port,
+        settings.database,
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("controller stopping streams=%d queued=%d", len(sessions), writer.pending())
+    sessions.close_all(
+        Closing("shutdown", grpc.StatusCode.UNAVAILABLE, "controller is shutting down")
+    )
+    await server.stop(settings.shutdown_grace)
+    await writer.close()
+    await writer_task
+    http_server.shutdown()
+    http_server.server_close()
+    http_thread.join(timeout=5)
+    write_executor.shutdown(wait=True)
+    read_executor.shutdown(wait=True)
+    store.close()
+    log.info("controller stopped")

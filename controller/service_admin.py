@@ -1,0 +1,98 @@
+"""AdminService: what schoolctl asks of the controller (read-only for now)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+
+from controller.errors import StoreError
+from controller.service_convert import count_to_pb, device_to_pb
+from controller.store import DeviceStore
+from controller.store.protocol import DeviceQuery
+from inventory.model import valid_id
+from protos.mapping import KIND_FROM_PB, STATUS_FROM_PB, timestamp
+from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
+
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+PAGE_DEFAULT = 500
+PAGE_MAX = 1000
+
+
+async def _invalid(context: Context, message: str) -> None:
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    """Fleet queries for schoolctl, answered from the store."""
+
+    def __init__(
+        self,
+        store: DeviceStore,
+        read_executor: ThreadPoolExecutor,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._executor = read_executor
+        self._now = now
+
+    async def _read(self, context: Context, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"controller store unavailable: {exc}")
+            raise AssertionError("abort returns only by raising") from exc
+
+    async def ListDevices(
+        self, request: admin_pb2.ListDevicesRequest, context: Context
+    ) -> admin_pb2.ListDevicesResponse:
+        if request.school_id and not valid_id(request.school_id):
+            await _invalid(context, f"school id {request.school_id[:80]!r} is not valid")
+        if request.kind != fleet_pb2.DEVICE_KIND_UNSPECIFIED and request.kind not in KIND_FROM_PB:
+            await _invalid(context, f"device kind {request.kind} is not known")
+        if (
+            request.status != admin_pb2.DEVICE_STATUS_UNSPECIFIED
+            and request.status not in STATUS_FROM_PB
+        ):
+            await _invalid(context, f"device status {request.status} is not known")
+        limit = min(request.page_size or PAGE_DEFAULT, PAGE_MAX)
+        query = DeviceQuery(
+            school_id=request.school_id or None,
+            kind=KIND_FROM_PB.get(request.kind),
+            status=STATUS_FROM_PB.get(request.status),
+            after_id=request.page_token,
+            limit=limit,
+        )
+        devices = await self._read(context, self._store.list_devices, query, self._now())
+        return admin_pb2.ListDevicesResponse(
+            devices=[device_to_pb(d) for d in devices],
+            next_page_token=devices[-1].identity.device_id if len(devices) == limit else "",
+        )
+
+    async def GetDevice(
+        self, request: admin_pb2.GetDeviceRequest, context: Context
+    ) -> admin_pb2.Device:
+        if not valid_id(request.device_id):
+            await _invalid(context, f"device id {request.device_id[:80]!r} is not valid")
+        device = await self._read(context, self._store.get_device, request.device_id, self._now())
+        if device is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device_id!r}")
+            raise AssertionError("abort returns only by raising")
+        return device_to_pb(device)
+
+    async def FleetStatus(
+        self, request: admin_pb2.FleetStatusRequest, context: Context
+    ) -> admin_pb2.FleetStatusResponse:
+        if request.school_id and not valid_id(request.school_id):
+            await _invalid(context, f"school id {request.school_id[:80]!r} is not valid")
+        now = self._now()
+        counts = await self._read(context, self._store.fleet_counts, now, request.school_id or None)
+        return admin_pb2.FleetStatusResponse(
+            counts=[count_to_pb(c) for c in counts], computed_at=timestamp(now)
+        )

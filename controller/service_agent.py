@@ -1,0 +1,221 @@
+"""AgentService: the devices' streams.
+
+Each Connect stream starts with Hello; the handler opens a session (replacing an
+older stream of the same device), records the device, answers Welcome, and then
+writes what the session queues (acks, commands) while a reader task hands the
+device's heartbeats to the writer. A device that breaks the contract gets its
+stream closed with a status and a log line; nothing else is affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import grpc
+
+from controller.errors import ProtocolError, StoreError
+from controller.ingest import HeartbeatWriter
+from controller.metrics import ControllerMetrics
+from controller.service_convert import health_from_pb, identity_from_hello
+from controller.sessions import Closing, Session, SessionRegistry
+from controller.settings import ControllerSettings
+from controller.store import DeviceStore, HeartbeatRow
+from inventory.model import DeviceIdentity
+from protos.mapping import timestamp
+from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+ControllerMessage = agent_pb2.ControllerMessage
+Sessions = SessionRegistry[agent_pb2.ControllerMessage]
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    """The controller's side of every device stream."""
+
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        store: DeviceStore,
+        write_executor: ThreadPoolExecutor,
+        sessions: Sessions,
+        metrics: ControllerMetrics,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._write_executor = write_executor
+        self._sessions = sessions
+        self._metrics = metrics
+        self._now = now
+        self.writer: HeartbeatWriter | None = None
+
+    def ack(self, highest: dict[str, int]) -> None:
+        """Tells each device with a live stream here how far its heartbeats are stored."""
+        for device_id, seq in highest.items():
+            session = self._sessions.get(device_id)
+            if session is not None:
+                session.send(ControllerMessage(ack=agent_pb2.Ack(seq=seq)))
+
+    async def Enroll(
+        self,
+        request: agent_pb2.EnrollRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.EnrollRequest, agent_pb2.EnrollResponse],
+    ) -> agent_pb2.EnrollResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "enrollment is not available yet")
+        raise AssertionError("abort returns only by raising")
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+        context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
+    ) -> AsyncIterator[agent_pb2.ControllerMessage]:
+        peer = context.peer()
+        identity = await self._hello(request_iterator, context, peer)
+        if identity is None:
+            return
+        session = self._sessions.open(identity.device_id)
+        try:
+            last_seq = await asyncio.get_running_loop().run_in_executor(
+                self._write_executor,
+                self._store.device_connected,
+                identity,
+                session.stream_id,
+                float(self._settings.offline_after),
+                self._now(),
+            )
+        except StoreError as exc:
+            self._sessions.release(session)
+            log.error("stream refused device=%s peer=%s error=%s", identity.device_id, peer, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "controller store unavailable")
+        log.info(
+            "stream open device=%s school=%s kind=%s peer=%s stream=%d last_seq=%d",
+            identity.device_id,
+            identity.school_id,
+            identity.kind,
+            peer,
+            session.stream_id,
+            last_seq,
+        )
+        reader = asyncio.create_task(self._read(session, request_iterator))
+        closing = Closing("cancelled")
+        try:
+            yield ControllerMessage(
+                welcome=agent_pb2.Welcome(
+                    heartbeat_interval_seconds=self._settings.heartbeat_interval,
+                    offline_after_seconds=self._settings.offline_after,
+                    server_time=timestamp(self._now()),
+                    last_stored_seq=last_seq,
+                )
+            )
+            while True:
+                item = await session.next()
+                if isinstance(item, Closing):
+                    closing = item
+                    break
+                yield item
+            if closing.code is not None:
+                await context.abort(closing.code, closing.message)
+        finally:
+            reader.cancel()
+            self._finish(session, peer, closing)
+
+    async def _hello(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+        context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
+        peer: str,
+    ) -> DeviceIdentity | None:
+        """Reads and checks the stream's first message; aborts the stream if it is wrong."""
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), self._settings.hello_timeout)
+            if first.WhichOneof("body") != "hello":
+                raise ProtocolError("the first message on a stream must be Hello")
+            return identity_from_hello(first.hello)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            code, message = (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                (f"no Hello within {self._settings.hello_timeout:g}s"),
+            )
+        except ProtocolError as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        self._metrics.streams_closed.labels("protocol_error").inc()
+        log.warning("stream refused peer=%s code=%s reason=%s", peer, code.name, message)
+        await context.abort(code, message)
+        raise AssertionError("abort returns only by raising")
+
+    async def _read(
+        self,
+        session: Session[agent_pb2.ControllerMessage],
+        request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+    ) -> None:
+        """Hands the device's messages on until its stream ends or breaks the rules."""
+        writer = self.writer
+        assert writer is not None, "the writer is set before the server starts"
+        device_id = session.device_id
+        try:
+            async for message in request_iterator:
+                body = message.WhichOneof("body")
+                if body == "heartbeat":
+                    if message.seq == 0:
+                        raise ProtocolError("Heartbeat.seq must be above 0")
+                    health = health_from_pb(message.heartbeat.health)
+                    self._metrics.heartbeats_received.inc()
+                    await writer.submit(HeartbeatRow(device_id, message.seq, self._now(), health))
+                elif body == "command_result":
+                    result = message.command_result
+                    log.info(
+                        "command result device=%s cmd=%s status=%s message=%s",
+                        device_id,
+                        result.command_id,
+                        agent_pb2.CommandResult.Status.Name(result.status),
+                        result.message[:200],
+                    )
+                elif body == "hello":
+                    raise ProtocolError("Hello may only be sent once per stream")
+                else:
+                    raise ProtocolError("AgentMessage without a body")
+            session.close(Closing("agent_closed"))
+        except ProtocolError as exc:
+            session.close(Closing("protocol_error", grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            session.close(
+                Closing("read_error", grpc.StatusCode.INTERNAL, f"stream read failed: {exc}")
+            )
+
+    def _finish(
+        self, session: Session[agent_pb2.ControllerMessage], peer: str, closing: Closing
+    ) -> None:
+        """Marks the device's stream down (unless a newer one took over) and logs why."""
+        self._metrics.streams_closed.labels(closing.reason).inc()
+        if self._sessions.release(session):
+            # Queued behind any batch already handed to the store, so order is kept;
+            # not awaited, so a cancelled handler still records it.
+            future = self._write_executor.submit(
+                self._store.device_disconnected, session.device_id, session.stream_id
+            )
+            future.add_done_callback(_log_failure)
+        level = logging.WARNING if closing.code is not None else logging.INFO
+        log.log(
+            level,
+            "stream closed device=%s peer=%s stream=%d reason=%s%s",
+            session.device_id,
+            peer,
+            session.stream_id,
+            closing.reason,
+            f" code={closing.code.name} detail={closing.message}" if closing.code else "",
+        )
+
+
+def _log_failure(future: Future[None]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("stream end not recorded: %s", exc)

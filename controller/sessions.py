@@ -1,0 +1,106 @@
+"""Live device streams: at most one per device, the newest wins.
+
+A session is the outbound side of one stream: a queue the stream's handler drains
+and writes to the device. Anyone may :meth:`Session.send` to it or
+:meth:`Session.close` it; the handler does the writing and the ending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import grpc
+
+M = TypeVar("M")
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """Why a stream ends; ``code`` None ends it normally, otherwise with that status."""
+
+    reason: str
+    code: grpc.StatusCode | None = None
+    message: str = ""
+
+
+class Session(Generic[M]):
+    """The outbound queue of one device's stream."""
+
+    def __init__(self, device_id: str, stream_id: int, outbox_max: int) -> None:
+        self.device_id = device_id
+        self.stream_id = stream_id
+        self.closing: Closing | None = None
+        self._outbox_max = outbox_max
+        # Unbounded so that a Closing always fits; send() enforces the bound.
+        self._outbox: asyncio.Queue[M | Closing] = asyncio.Queue()
+
+    def send(self, message: M) -> None:
+        """Queues a message for the device; a device that stops reading is cut off."""
+        if self.closing is not None:
+            return
+        if self._outbox.qsize() >= self._outbox_max:
+            self.close(
+                Closing(
+                    "slow_reader",
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{self._outbox_max} messages waiting: the agent is not reading its stream",
+                )
+            )
+            return
+        self._outbox.put_nowait(message)
+
+    def close(self, closing: Closing) -> None:
+        """Ends the stream after what is already queued; the first reason given wins."""
+        if self.closing is None:
+            self.closing = closing
+            self._outbox.put_nowait(closing)
+
+    async def next(self) -> M | Closing:
+        """The next message to write, or the Closing that ends the stream."""
+        return await self._outbox.get()
+
+
+class SessionRegistry(Generic[M]):
+    """Which session carries each device now."""
+
+    def __init__(self, outbox_max: int = 1024) -> None:
+        self._sessions: dict[str, Session[M]] = {}
+        self._ids = itertools.count(1)
+        self._outbox_max = outbox_max
+
+    def open(self, device_id: str) -> Session[M]:
+        """A new session for the device; an older one is closed as replaced."""
+        session: Session[M] = Session(device_id, next(self._ids), self._outbox_max)
+        old = self._sessions.get(device_id)
+        if old is not None:
+            old.close(
+                Closing(
+                    "replaced",
+                    grpc.StatusCode.ABORTED,
+                    f"replaced by a newer stream from device {device_id}",
+                )
+            )
+        self._sessions[device_id] = session
+        return session
+
+    def release(self, session: Session[M]) -> bool:
+        """Forgets the session if it is still the device's current one; says whether it was."""
+        if self._sessions.get(session.device_id) is session:
+            del self._sessions[session.device_id]
+            return True
+        return False
+
+    def get(self, device_id: str) -> Session[M] | None:
+        """The device's current session, if it has one here."""
+        return self._sessions.get(device_id)
+
+    def close_all(self, closing: Closing) -> None:
+        """Ends every stream (at shutdown)."""
+        for session in list(self._sessions.values()):
+            session.close(closing)
+
+    def __len__(self) -> int:
+        return len(self._sessions)

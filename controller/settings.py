@@ -1,0 +1,82 @@
+"""The controller's settings: one frozen object, read in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.settings import LOG_LEVELS, load_settings
+
+ENV_PREFIX = "SCHOOLFLEET_CONTROLLER_"
+DEFAULT_CONFIG = Path("/etc/schoolfleet/controller.toml")
+
+
+def _split_hostport(value: str, key: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{key!r} must be HOST:PORT, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    """Everything the controller can be told; see docs/controller.toml.example."""
+
+    # gRPC address for agents and schoolctl; port 0 picks a free port.
+    listen: str = "127.0.0.1:7443"
+    # Prometheus /metrics; port 0 picks a free port.
+    metrics_listen: str = "127.0.0.1:7444"
+    database: str = "sqlite:///var/lib/schoolfleet/controller.db"
+    # Told to agents in Welcome.
+    heartbeat_interval: int = 30
+    # Missed heartbeats before a device with a live stream counts as offline.
+    missed_heartbeats: int = 3
+    # How long the writer waits to gather a batch, and its largest batch.
+    flush_interval: float = 0.05
+    batch_max: int = 5000
+    # Heartbeats waiting for the writer before streams are slowed down.
+    queue_max: int = 100_000
+    # A new stream must send Hello within this many seconds.
+    hello_timeout: float = 10.0
+    max_message_bytes: int = 64 * 1024
+    max_streams: int = 20_000
+    # Seconds that open streams get to finish on shutdown.
+    shutdown_grace: float = 5.0
+    # Where `listen` with port 0 writes the ports it got (for tests and the demo).
+    ports_file: Path = Path()
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        _split_hostport(self.listen, "listen")
+        _split_hostport(self.metrics_listen, "metrics_listen")
+        if not self.database.startswith("sqlite:"):
+            raise ValueError(
+                "'database' must be sqlite:///ABSOLUTE/PATH or sqlite:RELATIVE/PATH, "
+                f"got {self.database!r}"
+            )
+        for key in ("heartbeat_interval", "missed_heartbeats", "batch_max", "queue_max"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key!r} must be at least 1")
+        if self.flush_interval < 0 or self.hello_timeout <= 0 or self.shutdown_grace < 0:
+            raise ValueError("'flush_interval', 'hello_timeout', 'shutdown_grace' must be positive")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"'log_level' must be one of {', '.join(LOG_LEVELS)}")
+        if self.max_message_bytes < 1024:
+            raise ValueError("'max_message_bytes' must be at least 1024")
+
+    @property
+    def offline_after(self) -> int:
+        """Seconds without a heartbeat after which a device is offline."""
+        return self.heartbeat_interval * self.missed_heartbeats
+
+
+def load(path: Path | None, overrides: dict[str, object] | None = None) -> ControllerSettings:
+    """Reads the settings from ``path`` (optional), the environment and flags."""
+    return load_settings(
+        ControllerSettings,
+        path=path,
+        env_prefix=ENV_PREFIX,
+        environ=os.environ,
+        overrides=overrides,
+        required_file=path is not None and path != DEFAULT_CONFIG,
+    )

@@ -1,0 +1,73 @@
+"""What the controller needs from a store, one Protocol per aggregate.
+
+Times are Unix seconds from the controller's clock and are passed in, so that the
+status rule (online while the stream is up and the last heartbeat is within the
+device's deadline) is evaluated at a ``now`` the caller chooses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from inventory.model import (
+    DeviceIdentity,
+    DeviceKind,
+    DeviceRecord,
+    DeviceStatus,
+    Health,
+    KindCount,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatRow:
+    """One heartbeat on its way to the store."""
+
+    device_id: str
+    seq: int
+    received_at: float
+    health: Health
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceQuery:
+    """Filters for listing devices; None matches everything. Pages by device id."""
+
+    school_id: str | None = None
+    kind: DeviceKind | None = None
+    status: DeviceStatus | None = None
+    after_id: str = ""
+    limit: int = 1000
+
+
+class DeviceStore(Protocol):
+    """Devices: who they are, whether their stream is up, their latest health."""
+
+    def device_connected(
+        self, identity: DeviceIdentity, stream_id: int, offline_after: float, now: float
+    ) -> int:
+        """Records that ``stream_id`` now carries the device; returns its last stored seq."""
+
+    def device_disconnected(self, device_id: str, stream_id: int) -> None:
+        """Marks the stream down, unless a newer stream has taken the device over."""
+
+    def reset_streams(self) -> int:
+        """Marks every stream down (at start-up: none survive a restart); returns how many."""
+
+    def record_heartbeats(self, rows: Sequence[HeartbeatRow]) -> None:
+        """Stores a batch in one transaction; rows at or below a device's last seq are
+        duplicates and change nothing."""
+
+    def list_devices(self, query: DeviceQuery, now: float) -> list[DeviceRecord]:
+        """Devices matching ``query``, ordered by id."""
+
+    def get_device(self, device_id: str, now: float) -> DeviceRecord | None:
+        """One device, or None."""
+
+    def fleet_counts(self, now: float, school_id: str | None = None) -> list[KindCount]:
+        """Online and offline counts per school and kind."""
+
+    def close(self) -> None:
+        """Releases the store's connections."""

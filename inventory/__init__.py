@@ -1,0 +1,1 @@
+"""The domain model of SchoolFleet: schools, rooms, devices and their values."""

@@ -1,0 +1,83 @@
+"""Plain values that describe the fleet, shared by agent, controller and CLI.
+
+Nothing here does I/O or knows about protobuf; the service modules translate.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+class DeviceKind(enum.StrEnum):
+    """What a managed device is."""
+
+    PANEL = "panel"
+    MONOBLOCK = "monoblock"
+    LAPTOP = "laptop"
+    SERVER = "server"
+
+
+class DeviceStatus(enum.StrEnum):
+    """Whether the controller hears from a device now."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+def valid_id(value: str) -> bool:
+    """Device, school and room ids: 1-64 of letters, digits and ``._:-``."""
+    return _ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Basic health the agent collects each interval; times are Unix seconds."""
+
+    collected_at: float
+    cpu_percent: float
+    memory_percent: float
+    disk_percent: float
+    uptime_seconds: float
+    load1: float
+    load5: float
+    load15: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """Who a device says it is when its stream opens."""
+
+    device_id: str
+    kind: DeviceKind
+    school_id: str
+    room_id: str
+    hostname: str = ""
+    agent_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device as the controller's store knows it, with its status at read time."""
+
+    identity: DeviceIdentity
+    status: DeviceStatus
+    stream_up: bool
+    first_seen: float
+    last_heartbeat: float | None
+    offline_after: float
+    last_seq: int
+    health: Health | None
+
+
+@dataclass(frozen=True, slots=True)
+class KindCount:
+    """How many devices of one kind in one school are online and offline."""
+
+    school_id: str
+    kind: DeviceKind
+    online: int
+    offline: int
