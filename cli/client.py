@@ -50,6 +50,20 @@ def device_from_pb(d: admin_pb2.Device) -> DeviceRecord:
     )
 
 
+def _why_unreachable(code: grpc.StatusCode, details: str) -> str:
+    """gRPC's connection details run to several lines; a user needs a few words."""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "no answer in time"
+    for needle, words in (
+        ("Connection refused", "connection refused"),
+        ("DNS resolution failed", "name does not resolve"),
+        ("Timeout occurred", "connection timed out"),
+    ):
+        if needle in details:
+            return words
+    return details.splitlines()[0][:120] if details else "unavailable"
+
+
 class AdminClient:
     """Talks to one controller's AdminService; every failure becomes a CliError."""
 
@@ -75,8 +89,9 @@ class AdminClient:
         code = call.code()
         details = call.details() or code.name
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            why = _why_unreachable(code, details)
             return ControllerUnreachable(
-                f"cannot reach the controller at {self.address} ({details}); "
+                f"cannot reach the controller at {self.address} ({why}); "
                 "is it running? (set --controller or SCHOOLCTL_CONTROLLER)"
             )
         if code == grpc.StatusCode.NOT_FOUND:

@@ -28,7 +28,7 @@ app.add_typer(devices_app, name="devices")
 
 # Scripts read stdout; people and diagnostics go through stderr or the table.
 out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Options:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from common.errors import ConfigError, SchoolFleetError
 
-__all__ = ["ConfigError", "ProtocolError", "SchoolFleetError", "StoreError"]
+__all__ = ["ConfigError", "MessageTooLarge", "ProtocolError", "SchoolFleetError", "StoreError"]
 
 
 class StoreError(SchoolFleetError):
@@ -20,3 +20,12 @@ class StoreError(SchoolFleetError):
 
 class ProtocolError(SchoolFleetError):
     """A device sent something the contract does not allow."""
+
+    # The gRPC status name the stream is closed with.
+    status = "INVALID_ARGUMENT"
+
+
+class MessageTooLarge(ProtocolError):
+    """A device sent a message over the size limit."""
+
+    status = "RESOURCE_EXHAUSTED"

@@ -23,10 +23,11 @@ from controller.ingest import HeartbeatWriter
 from controller.metrics import ControllerMetrics, FleetCollector
 from controller.service_admin import AdminService
 from controller.service_agent import AgentService, Sessions
+from controller.service_agent import add_to_server as add_agent_service
 from controller.sessions import Closing
 from controller.settings import ControllerSettings
 from controller.store import open_store
-from protos.schoolfleet.v1 import admin_pb2_grpc, agent_pb2_grpc
+from protos.schoolfleet.v1 import admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ _ADMIN_HEADROOM = 256
 def grpc_options(settings: ControllerSettings) -> list[tuple[str, int]]:
     """Server channel options: explicit message limits, keepalive that suits agents."""
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # A backstop only: AgentService checks max_message_bytes itself so that it can
+        # say why it closes a stream; gRPC would just cancel it.
+        ("grpc.max_receive_message_length", 4 * settings.max_message_bytes),
         ("grpc.max_send_message_length", 4 * 1024 * 1024),
         # A stale server from an earlier run must not silently share the port.
         ("grpc.so_reuseport", 0),
@@ -89,7 +92,7 @@ async def serve(settings: ControllerSettings) -> None:
         options=grpc_options(settings),
         maximum_concurrent_rpcs=settings.max_streams + _ADMIN_HEADROOM,
     )
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
+    add_agent_service(agent_service, server, settings.max_message_bytes)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(store, read_executor), server)
     try:
         grpc_port = server.add_insecure_port(settings.listen)

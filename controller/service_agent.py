@@ -14,10 +14,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from controller.errors import ProtocolError, StoreError
+from controller.errors import MessageTooLarge, ProtocolError, StoreError
 from controller.ingest import HeartbeatWriter
 from controller.metrics import ControllerMetrics
 from controller.service_convert import health_from_pb, identity_from_hello
@@ -132,19 +134,19 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> DeviceIdentity | None:
         """Reads and checks the stream's first message; aborts the stream if it is wrong."""
         try:
-            first = await asyncio.wait_for(anext(request_iterator), self._settings.hello_timeout)
+            first = await asyncio.wait_for(_next(request_iterator), self._settings.hello_timeout)
+            if first is None:
+                return None
             if first.WhichOneof("body") != "hello":
                 raise ProtocolError("the first message on a stream must be Hello")
             return identity_from_hello(first.hello)
-        except StopAsyncIteration:
-            return None
         except TimeoutError:
             code, message = (
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 (f"no Hello within {self._settings.hello_timeout:g}s"),
             )
         except ProtocolError as exc:
-            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            code, message = grpc.StatusCode[exc.status], str(exc)
         self._metrics.streams_closed.labels("protocol_error").inc()
         log.warning("stream refused peer=%s code=%s reason=%s", peer, code.name, message)
         await context.abort(code, message)
@@ -160,7 +162,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         assert writer is not None, "the writer is set before the server starts"
         device_id = session.device_id
         try:
-            async for message in request_iterator:
+            while (message := await _next(request_iterator)) is not None:
                 body = message.WhichOneof("body")
                 if body == "heartbeat":
                     if message.seq == 0:
@@ -183,7 +185,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     raise ProtocolError("AgentMessage without a body")
             session.close(Closing("agent_closed"))
         except ProtocolError as exc:
-            session.close(Closing("protocol_error", grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+            session.close(Closing("protocol_error", grpc.StatusCode[exc.status], str(exc)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -213,6 +215,42 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             closing.reason,
             f" code={closing.code.name} detail={closing.message}" if closing.code else "",
         )
+
+
+async def _next(messages: AsyncIterator[agent_pb2.AgentMessage]) -> agent_pb2.AgentMessage | None:
+    """The next message, None at the end; bytes that do not parse are the device's error."""
+    try:
+        return await anext(messages, None)
+    except DecodeError:
+        raise ProtocolError("message is not a valid schoolfleet.v1.AgentMessage") from None
+
+
+def add_to_server(service: AgentService, server: grpc.aio.Server, max_bytes: int) -> None:
+    """Registers the service like the generated helper, but with a size-checked decoder.
+
+    gRPC's own receive limit would end an oversized stream as "cancelled" with no word
+    of why; checking here lets the handler close it with a status and a log line.
+    """
+
+    def decode(data: bytes) -> agent_pb2.AgentMessage:
+        if len(data) > max_bytes:
+            raise MessageTooLarge(f"message of {len(data)} bytes is over the {max_bytes} limit")
+        return agent_pb2.AgentMessage.FromString(data)
+
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Enroll": grpc.unary_unary_rpc_method_handler(
+            service.Enroll,
+            request_deserializer=agent_pb2.EnrollRequest.FromString,
+            response_serializer=agent_pb2.EnrollResponse.SerializeToString,
+        ),
+        "Connect": grpc.stream_stream_rpc_method_handler(
+            service.Connect,
+            request_deserializer=decode,
+            response_serializer=agent_pb2.ControllerMessage.SerializeToString,
+        ),
+    }
+    name = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
 
 
 def _log_failure(future: Future[None]) -> None:

@@ -1,0 +1,205 @@
+"""Real SchoolFleet processes for tests: start, wait until ready, stop by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T | None], timeout: float, what: str, step: float = 0.1) -> T:
+    """Polls ``check`` until it returns something truthy; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a controller that must keep its port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Controller:
+    """A real ``schoolfleet-controller serve`` process."""
+
+    workdir: Path
+    port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    grpc_port: int = 0
+    metrics_port: int = 0
+
+    @property
+    def database(self) -> Path:
+        return self.workdir / "controller.db"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "controller.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self) -> Controller:
+        ports = self.workdir / "ports.json"
+        ports.unlink(missing_ok=True)
+        (self.workdir / "controller.toml").touch()
+        env = {**os.environ, **self.env}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(BIN / "schoolfleet-controller"),
+                    "serve",
+                    "--config",
+                    str(self.workdir / "controller.toml"),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--metrics-listen",
+                    "127.0.0.1:0",
+                    "--database",
+                    f"sqlite:{self.database}",
+                    "--ports-file",
+                    str(ports),
+                ],
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+        proc = self.proc
+
+        def ready() -> dict[str, int] | None:
+            if proc.poll() is not None:
+                raise AssertionError(f"controller exited {proc.returncode}:\n{self.log_text()}")
+            return json.loads(ports.read_text()) if ports.exists() else None
+
+        got = wait_until(ready, 20, "controller ports file")
+        self.grpc_port, self.metrics_port = got["grpc"], got["metrics"]
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Signals the process by pid and waits; returns its exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError(f"controller did not stop in {timeout}s") from None
+        finally:
+            self.proc = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def metrics(self) -> dict[str, float]:
+        """Samples from /metrics: ``name{labels}`` -> value."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+
+@dataclass
+class Agent:
+    """A real ``schoolfleet-agent`` process with its own config file."""
+
+    workdir: Path
+    device_id: str
+    kind: str
+    school_id: str
+    room_id: str
+    controller: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / f"agent-{self.device_id}.log"
+
+    def start(self) -> Agent:
+        config = self.workdir / f"agent-{self.device_id}.toml"
+        values: dict[str, Any] = {
+            "device_id": self.device_id,
+            "kind": self.kind,
+            "school_id": self.school_id,
+            "room_id": self.room_id,
+            "controller": self.controller,
+            "heartbeat_interval": 1,
+            "backoff_initial": 0.2,
+            "backoff_cap": 1.0,
+            **self.extra,
+        }
+        config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "schoolfleet-agent"), "--config", str(config)],
+                stdout=log,
+                stderr=log,
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+        finally:
+            self.proc = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a user running a command sees."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def schoolctl(controller: str, *args: str, timeout: float = 30) -> Result:
+    """Runs the installed ``schoolctl`` as a user would."""
+    done = subprocess.run(
+        [str(BIN / "schoolctl"), "--controller", controller, "--timeout", "5", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)

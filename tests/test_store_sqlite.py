@@ -1,0 +1,124 @@
+"""The SQLite store: migrations, the status rule at a given time, batches, paging."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.errors import StoreError
+from controller.store import HeartbeatRow, open_store, sqlite_path
+from controller.store.migrations import LATEST
+from controller.store.protocol import DeviceQuery
+from controller.store.sqlite import SqliteStore
+from inventory.model import DeviceIdentity, DeviceKind, DeviceStatus, Health
+
+T0 = 1_800_000_000.0
+
+
+def ident(
+    device_id: str, school: str = "s1", kind: DeviceKind = DeviceKind.PANEL
+) -> DeviceIdentity:
+    return DeviceIdentity(device_id, kind, school, "r1", "host", "0.1")
+
+
+def beat(device_id: str, seq: int, at: float, cpu: float = 5.0) -> HeartbeatRow:
+    return HeartbeatRow(device_id, seq, at, Health(at, cpu, 10, 20, 100, 0.1, 0.2, 0.3))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "c.db")
+    yield s
+    s.close()
+
+
+def test_migrates_from_empty_and_reopens(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "c.db")
+    assert s.schema_version() == LATEST
+    s.close()
+    again = SqliteStore(tmp_path / "c.db")
+    assert again.schema_version() == LATEST
+    with sqlite3.connect(tmp_path / "c.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again.close()
+
+
+def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "c.db") as db:
+        db.execute(f"PRAGMA user_version={LATEST + 1}")
+    with pytest.raises(StoreError, match="newer than this controller knows"):
+        SqliteStore(tmp_path / "c.db")
+
+
+def test_urls() -> None:
+    assert sqlite_path("sqlite:///var/lib/x.db") == Path("/var/lib/x.db")
+    assert sqlite_path("sqlite:data/x.db") == Path("data/x.db")
+    with pytest.raises(StoreError, match="unsupported URL"):
+        open_store("mysql://x")
+
+
+def test_online_while_stream_up_and_heartbeat_in_deadline(store: SqliteStore) -> None:
+    assert store.device_connected(ident("p1"), 1, 90, T0) == 0
+    # Connected but no heartbeat yet: not online.
+    assert store.get_device("p1", T0).status is DeviceStatus.OFFLINE  # type: ignore[union-attr]
+    store.record_heartbeats([beat("p1", 1, T0)])
+    assert store.get_device("p1", T0 + 90).status is DeviceStatus.ONLINE  # type: ignore[union-attr]
+    assert store.get_device("p1", T0 + 91).status is DeviceStatus.OFFLINE  # type: ignore[union-attr]
+    store.device_disconnected("p1", 1)
+    assert store.get_device("p1", T0 + 1).status is DeviceStatus.OFFLINE  # type: ignore[union-attr]
+
+
+def test_a_replaced_stream_ending_late_does_not_mark_the_device_down(store: SqliteStore) -> None:
+    store.device_connected(ident("p1"), 1, 90, T0)
+    store.device_connected(ident("p1"), 2, 90, T0 + 1)
+    store.record_heartbeats([beat("p1", 1, T0 + 1)])
+    store.device_disconnected("p1", 1)
+    device = store.get_device("p1", T0 + 2)
+    assert device is not None and device.stream_up and device.status is DeviceStatus.ONLINE
+
+
+def test_heartbeats_in_order_and_duplicates_change_nothing(store: SqliteStore) -> None:
+    store.device_connected(ident("p1"), 1, 90, T0)
+    store.record_heartbeats([beat("p1", 1, T0, cpu=1), beat("p1", 2, T0 + 1, cpu=2)])
+    store.record_heartbeats([beat("p1", 2, T0 + 5, cpu=99), beat("p1", 1, T0 + 5, cpu=98)])
+    device = store.get_device("p1", T0 + 5)
+    assert device is not None and device.health is not None
+    assert device.last_seq == 2
+    assert device.health.cpu_percent == 2
+    assert device.last_heartbeat == T0 + 1
+    # Reconnecting tells the device where to go on from.
+    assert store.device_connected(ident("p1"), 2, 90, T0 + 6) == 2
+
+
+def test_reset_streams_after_restart(store: SqliteStore) -> None:
+    store.device_connected(ident("p1"), 1, 90, T0)
+    store.device_connected(ident("p2"), 2, 90, T0)
+    assert store.reset_streams() == 2
+    assert not any(d.stream_up for d in store.list_devices(DeviceQuery(), T0))
+
+
+def test_filters_paging_and_counts(store: SqliteStore) -> None:
+    for i in range(7):
+        kind = DeviceKind.PANEL if i % 2 else DeviceKind.LAPTOP
+        store.device_connected(ident(f"d{i}", "s1" if i < 5 else "s2", kind), i + 1, 90, T0)
+    store.record_heartbeats([beat(f"d{i}", 1, T0) for i in range(0, 7, 3)])  # d0 d3 d6 online
+    online = store.list_devices(DeviceQuery(status=DeviceStatus.ONLINE), T0)
+    assert [d.identity.device_id for d in online] == ["d0", "d3", "d6"]
+    panels = store.list_devices(DeviceQuery(school_id="s1", kind=DeviceKind.PANEL), T0)
+    assert [d.identity.device_id for d in panels] == ["d1", "d3"]
+    pages, after = [], ""
+    while page := store.list_devices(DeviceQuery(after_id=after, limit=3), T0):
+        pages.append([d.identity.device_id for d in page])
+        after = page[-1].identity.device_id
+    assert pages == [["d0", "d1", "d2"], ["d3", "d4", "d5"], ["d6"]]
+    counts = {(c.school_id, c.kind): (c.online, c.offline) for c in store.fleet_counts(T0)}
+    assert counts == {
+        ("s1", DeviceKind.LAPTOP): (1, 2),
+        ("s1", DeviceKind.PANEL): (1, 1),
+        ("s2", DeviceKind.LAPTOP): (1, 0),
+        ("s2", DeviceKind.PANEL): (0, 1),
+    }
+    assert {c.school_id for c in store.fleet_counts(T0, "s2")} == {"s2"}
