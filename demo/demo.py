@@ -1,0 +1,154 @@
+"""`make demo`: a controller on SQLite and a few simulated devices, as real processes.
+
+python demo/demo.py start   # (re)starts everything under .demo/ and prints what to try
+python demo/demo.py stop    # stops the processes it started, by pid
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".demo"
+PIDS = STATE / "pids.json"
+BIN = Path(sys.executable).parent
+CONTROLLER = "127.0.0.1:7443"
+METRICS = "127.0.0.1:7444"
+
+DEVICES = [
+    ("panel-1001-101", "panel", "school-1001", "room-101"),
+    ("panel-1001-102", "panel", "school-1001", "room-102"),
+    ("mono-1001-lab1", "monoblock", "school-1001", "lab-1"),
+    ("laptop-1001-t07", "laptop", "school-1001", "room-101"),
+    ("panel-1002-201", "panel", "school-1002", "room-201"),
+    ("server-1002", "server", "school-1002", ""),
+]
+
+TRY = f"""
+SchoolFleet demo is running: a controller on {CONTROLLER} (SQLite at .demo/controller.db)
+and {len(DEVICES)} simulated devices in two schools, each a real agent process.
+Logs are in .demo/*.log. Try:
+
+  . .venv/bin/activate
+  schoolctl status
+  schoolctl devices list
+  schoolctl devices list --school school-1001 --kind panel
+  schoolctl devices show panel-1001-101
+  schoolctl devices list --json
+  curl -s http://{METRICS}/metrics | grep ^schoolfleet_
+
+Stop one device and watch it go offline within 15 s (3 missed 5 s heartbeats):
+
+  kill $(python3 -c 'import json;print(json.load(open(".demo/pids.json"))["panel-1001-102"])')
+  schoolctl devices list --status offline
+
+When done: make demo-stop
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    # A pid reused by an unrelated program since the demo started is left alone.
+    return Path(exe).name.startswith("python")
+
+
+def stop() -> None:
+    """Stops every process the last `start` recorded, by pid."""
+    if not PIDS.exists():
+        return
+    pids: dict[str, int] = json.loads(PIDS.read_text())
+    for pid in pids.values():
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids.values():
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    PIDS.unlink()
+    print(f"stopped {len(pids)} demo processes")
+
+
+def _spawn(name: str, argv: list[str]) -> int:
+    log = (STATE / f"{name}.log").open("ab")
+    # A session of its own: the demo outlives `make demo` and a Ctrl-C in that terminal.
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+    return proc.pid
+
+
+def _schoolctl_status() -> dict[str, object] | None:
+    done = subprocess.run(
+        [str(BIN / "schoolctl"), "--controller", CONTROLLER, "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def start() -> None:
+    """Starts the controller and the simulated devices, waits until they are online."""
+    stop()
+    STATE.mkdir(exist_ok=True)
+    (STATE / "controller.toml").write_text(
+        f'listen = "{CONTROLLER}"\nmetrics_listen = "{METRICS}"\n'
+        f'database = "sqlite://{STATE / "controller.db"}"\n'
+        "heartbeat_interval = 5\n"
+        f'ports_file = "{STATE / "ports.json"}"\n'
+    )
+    (STATE / "ports.json").unlink(missing_ok=True)
+    pids = {
+        "controller": _spawn(
+            "controller",
+            [
+                str(BIN / "schoolfleet-controller"),
+                "serve",
+                "--config",
+                str(STATE / "controller.toml"),
+            ],
+        )
+    }
+    PIDS.write_text(json.dumps(pids))
+    deadline = time.monotonic() + 20
+    while not (STATE / "ports.json").exists():
+        if time.monotonic() > deadline or not _alive(pids["controller"]):
+            sys.exit(f"demo: the controller did not start; see {STATE / 'controller.log'}")
+        time.sleep(0.1)
+    for device_id, kind, school, room in DEVICES:
+        config = STATE / f"{device_id}.toml"
+        config.write_text(
+            f'device_id = "{device_id}"\nkind = "{kind}"\nschool_id = "{school}"\n'
+            f'room_id = "{room}"\ncontroller = "{CONTROLLER}"\n'
+        )
+        pids[device_id] = _spawn(
+            device_id, [str(BIN / "schoolfleet-agent"), "--config", str(config)]
+        )
+    PIDS.write_text(json.dumps(pids))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = _schoolctl_status()
+        totals = status.get("totals") if status else None
+        if isinstance(totals, dict) and totals.get("online") == len(DEVICES):
+            break
+        time.sleep(0.5)
+    else:
+        print("demo: not every device came online in 30 s; see .demo/*.log", file=sys.stderr)
+    print(TRY)
+
+
+if __name__ == "__main__":
+    command = sys.argv[1] if len(sys.argv) > 1 else "start"
+    if command not in ("start", "stop"):
+        sys.exit("usage: demo.py start|stop")
+    start() if command == "start" else stop()
