@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 # Command ids remembered for at-least-once delivery: a resent command runs once.
 _SEEN_COMMANDS = 1024
+# Seconds to connect and get Welcome; a controller that accepts and says nothing is left.
+_HANDSHAKE_TIMEOUT = 30.0
+# Seconds a connected stream gets to close cleanly on stop.
+_CLOSE_GRACE = 3.0
 
 
 Call = grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.ControllerMessage]
@@ -58,23 +62,18 @@ class Link:
         self._acked = 0
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._write_lock = asyncio.Lock()
+        self._up_since: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connects, reports, and reconnects with backoff until ``stop`` is set."""
         attempt = 0
         loop = asyncio.get_running_loop()
         while not stop.is_set():
-            started = loop.time()
-            try:
-                await self._stream(stop)
-                reason = "stream ended by the controller"
-            except grpc.aio.AioRpcError as exc:
-                reason = f"{exc.code().name}: {exc.details()}"
-            except StreamEnded as exc:
-                reason = str(exc)
+            self._up_since = None
+            reason = await self._stream_until_stopped(stop)
             if stop.is_set():
                 break
-            if loop.time() - started >= self._settings.backoff_reset_after:
+            if self._stayed_up(loop.time()) >= self._settings.backoff_reset_after:
                 attempt = 0
             delay = backoff_delay(
                 attempt, self._settings.backoff_initial, self._settings.backoff_cap
@@ -89,6 +88,33 @@ class Link:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
+
+    def _stayed_up(self, now: float) -> float:
+        """Seconds the last stream was up after its Welcome (0 if it never got one)."""
+        return 0.0 if self._up_since is None else now - self._up_since
+
+    async def _stream_until_stopped(self, stop: asyncio.Event) -> str:
+        """Runs one stream; returns why it ended. A stop cuts a hanging connect short."""
+        stream = asyncio.create_task(self._stream(stop))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({stream, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not stream.done():
+                # A connected stream closes itself on stop; one still connecting is cut.
+                await asyncio.wait({stream}, timeout=_CLOSE_GRACE)
+                stream.cancel()
+            await stream
+        except asyncio.CancelledError:
+            if not stop.is_set():
+                raise
+            return "stopped"
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+        except (StreamEnded, TimeoutError) as exc:
+            return str(exc) or "no Welcome in time"
+        finally:
+            stopping.cancel()
+        return "stream ended by the controller"
 
     def _hello(self) -> agent_pb2.AgentMessage:
         s = self._settings
@@ -110,8 +136,9 @@ class Link:
             self._settings.controller, options=channel_options(self._settings)
         ) as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
-            await call.write(self._hello())
-            first = await call.read()
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                await call.write(self._hello())
+                first = await call.read()
             if (
                 not isinstance(first, agent_pb2.ControllerMessage)
                 or first.WhichOneof("body") != "welcome"
@@ -121,6 +148,7 @@ class Link:
             if welcome.heartbeat_interval_seconds:
                 self._interval = float(welcome.heartbeat_interval_seconds)
             self._next_seq = max(self._next_seq, welcome.last_stored_seq + 1)
+            self._up_since = asyncio.get_running_loop().time()
             log.info(
                 "controller link up controller=%s device=%s interval=%gs next_seq=%d",
                 self._settings.controller,
