@@ -81,10 +81,9 @@ class HeartbeatWriter:
                     break
                 rows.append(row)
             await self._flush(rows)
-        # Whatever was queued after the batch that met the close marker.
-        while not self._queue.empty():
-            rest = [r for r in (self._queue.get_nowait() for _ in range(self._queue.qsize())) if r]
-            await self._flush(rest)
+        # Streams are closed before the writer, so at most a straggler follows the marker.
+        rest = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        await self._flush([row for row in rest if row is not None])
 
     async def close(self) -> None:
         """Asks :meth:`run` to write everything queued so far and return."""
