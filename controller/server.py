@@ -106,6 +106,7 @@ async def serve(settings: ControllerSettings) -> None:
     metrics_port = http_server.server_port
     await server.start()
     writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")
+    acks_task = asyncio.create_task(agent_service.run_acks(), name="acks")
     if settings.ports_file != Path():
         _write_ports(settings.ports_file, {"grpc": grpc_port, "metrics": metrics_port})
     log.info(
@@ -130,6 +131,7 @@ async def serve(settings: ControllerSettings) -> None:
     await server.stop(settings.shutdown_grace)
     await writer.close()
     await writer_task
+    acks_task.cancel()
     http_server.shutdown()
     http_server.server_close()
     http_thread.join(timeout=5)

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from controller.acks import AckCoalescer
 from controller.errors import MessageTooLarge, ProtocolError, StoreError
 from controller.ingest import HeartbeatWriter
 from controller.metrics import ControllerMetrics
@@ -55,10 +56,20 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._metrics = metrics
         self._now = now
         self.writer: HeartbeatWriter | None = None
+        self._acks = AckCoalescer(settings.ack_interval)
 
     def ack(self, highest: dict[str, int]) -> None:
-        """Tells each device with a live stream here how far its heartbeats are stored."""
-        for device_id, seq in highest.items():
+        """Tells devices how far their heartbeats are stored (called after each batch)."""
+        self._send_acks(self._acks.stored(highest, time.monotonic()))
+
+    async def run_acks(self) -> None:
+        """Sends the acks held back by coalescing, until cancelled."""
+        while True:
+            await asyncio.sleep(self._settings.ack_interval / 2)
+            self._send_acks(self._acks.due(time.monotonic()))
+
+    def _send_acks(self, acks: dict[str, int]) -> None:
+        for device_id, seq in acks.items():
             session = self._sessions.get(device_id)
             if session is not None:
                 session.send(ControllerMessage(ack=agent_pb2.Ack(seq=seq)))
@@ -81,6 +92,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if identity is None:
             return
         session = self._sessions.open(identity.device_id)
+        self._acks.forget(identity.device_id)
         try:
             last_seq = await asyncio.get_running_loop().run_in_executor(
                 self._write_executor,
@@ -199,6 +211,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         """Marks the device's stream down (unless a newer one took over) and logs why."""
         self._metrics.streams_closed.labels(closing.reason).inc()
         if self._sessions.release(session):
+            self._acks.forget(session.device_id)
             # Queued behind any batch already handed to the store, so order is kept;
             # not awaited, so a cancelled handler still records it.
             future = self._write_executor.submit(

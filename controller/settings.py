@@ -34,6 +34,9 @@ class ControllerSettings:
     # How long the writer waits to gather a batch, and its largest batch.
     flush_interval: float = 0.05
     batch_max: int = 5000
+    # A device is acked at most once per this many seconds; each ack covers all
+    # heartbeats stored so far, so nothing is lost by waiting.
+    ack_interval: float = 1.0
     # Heartbeats waiting for the writer before streams are slowed down.
     queue_max: int = 100_000
     # A new stream must send Hello within this many seconds.
@@ -57,8 +60,10 @@ class ControllerSettings:
         for key in ("heartbeat_interval", "missed_heartbeats", "batch_max", "queue_max"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key!r} must be at least 1")
-        if self.flush_interval < 0 or self.hello_timeout <= 0 or self.shutdown_grace < 0:
-            raise ValueError("'flush_interval', 'hello_timeout', 'shutdown_grace' must be positive")
+        if min(self.flush_interval, self.ack_interval, self.shutdown_grace) < 0:
+            raise ValueError("'flush_interval', 'ack_interval', 'shutdown_grace' must be >= 0")
+        if self.hello_timeout <= 0:
+            raise ValueError("'hello_timeout' must be positive")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"'log_level' must be one of {', '.join(LOG_LEVELS)}")
         if self.max_message_bytes < 1024:
