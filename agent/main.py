@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--controller", help="controller HOST:PORT (overrides the file)")
     parser.add_argument("--log-level", help="debug, info, warning or error")
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="collect one report, print it and exit (does not contact the controller)",
+    )
+    parser.add_argument("--json", action="store_true", help="with --once: print JSON")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
@@ -65,6 +72,34 @@ async def _run(settings: agent_settings.AgentSettings) -> None:
     log.info("agent stopped device=%s", settings.device_id)
 
 
+def _print_once(settings: agent_settings.AgentSettings, as_json: bool) -> None:
+    import json
+    import time
+    from dataclasses import asdict
+
+    from agent.health import HealthCollector
+
+    collector = HealthCollector(settings.disk_path)
+    # psutil's CPU figure needs an interval between the priming call and the reading.
+    time.sleep(0.5)
+    report = {
+        "device_id": settings.device_id,
+        "kind": settings.kind.value,
+        "school_id": settings.school_id,
+        "room_id": settings.room_id,
+        "controller": settings.controller,
+        "agent_version": _version(),
+        "health": asdict(collector.collect()),
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    health = report.pop("health")
+    assert isinstance(health, dict)
+    for key, value in [*report.items(), *health.items()]:
+        print(f"{key:16} {value}")
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console entry point."""
     args = _parser().parse_args(argv)
@@ -76,4 +111,11 @@ def run(argv: list[str] | None = None) -> None:
         print(f"schoolfleet-agent: {exc}", file=sys.stderr)
         sys.exit(2)
     setup_logging(settings.log_level)
+    if args.once:
+        try:
+            _print_once(settings, args.json)
+        except OSError as exc:
+            print(f"schoolfleet-agent: health not collected: {exc}", file=sys.stderr)
+            sys.exit(1)
+        return
     asyncio.run(_run(settings))
