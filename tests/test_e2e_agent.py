@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.procs import Agent, Controller, free_port, schoolctl, wait_until
+from tests.procs import BIN, Agent, Controller, free_port, schoolctl, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -71,3 +73,27 @@ def test_sigterm_is_prompt_even_while_a_silent_peer_holds_the_connect(
         assert agent.stop() == 0
         assert time.monotonic() - started < 6
     assert "agent stopped device=panel-s" in agent.log.read_text()
+
+
+def test_under_systemd_log_lines_carry_no_timestamp_of_their_own(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'device_id = "p1"\nkind = "panel"\nschool_id = "s1"\n'
+        f'controller = "127.0.0.1:{free_port()}"\nbackoff_initial = 0.2\nbackoff_cap = 0.5\n'
+    )
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "schoolfleet-agent"), "--config", str(config)],
+            stdout=out,
+            stderr=out,
+            env={**os.environ, "JOURNAL_STREAM": "8:1234"},
+        )
+    try:
+        wait_until(lambda: "controller link down" in log.read_text(), 10, "a log line")
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("INFO agent: agent started device=p1 ")
+    assert any(line.startswith("WARNING agent.link: controller link down") for line in lines)
