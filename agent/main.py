@@ -78,6 +78,7 @@ def _print_once(settings: agent_settings.AgentSettings, as_json: bool) -> None:
     from dataclasses import asdict
 
     from agent.health import HealthCollector
+    from agent.network import read_network
 
     collector = HealthCollector(settings.disk_path)
     # psutil's CPU figure needs an interval between the priming call and the reading.
@@ -90,14 +91,23 @@ def _print_once(settings: agent_settings.AgentSettings, as_json: bool) -> None:
         "controller": settings.controller,
         "agent_version": _version(),
         "health": asdict(collector.collect()),
+        "network": asdict(read_network()),
     }
     if as_json:
         print(json.dumps(report, indent=2))
         return
     health = report.pop("health")
+    network = report.pop("network")
     assert isinstance(health, dict)
+    assert isinstance(network, dict)
     for key, value in [*report.items(), *health.items()]:
         print(f"{key:16} {value}")
+    for i in network["interfaces"]:
+        print(f"{'interface':16} {i['name']} {i['state']} {i['mac']} {' '.join(i['addresses'])}")
+    print(
+        f"{'default route':16} via {network['default_gateway']} dev {network['default_interface']}"
+    )
+    print(f"{'wifi':16} {network['wifi_status']}")
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -1,0 +1,148 @@
+"""The device's network as the kernel sees it, read over netlink with pyroute2.
+
+Interfaces (state, MAC, addresses, MTU, speed, counters), the default route, and
+the Wi-Fi association where a wireless interface exists. pyroute2 is heavy to
+import (~20 MB, ~290 modules), so it is imported only when a report is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SYS_NET = Path("/sys/class/net")
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """One network interface and its counters since boot."""
+
+    name: str
+    index: int
+    state: str
+    mac: str
+    mtu: int
+    addresses: list[str]
+    # Mbit/s; None where the driver does not say (virtual links, link down).
+    speed_mbit: int | None
+    rx_bytes: int
+    tx_bytes: int
+    rx_errors: int
+    tx_errors: int
+    wireless: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Wifi:
+    """The access point a wireless interface is associated with."""
+
+    interface: str
+    bssid: str
+    ssid: str
+    frequency_mhz: int
+    signal_dbm: float
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkReport:
+    """Everything network the agent reports; ``wifi_status`` says why ``wifi`` is empty."""
+
+    interfaces: list[Interface]
+    default_gateway: str | None
+    default_interface: str | None
+    wifi: list[Wifi] = field(default_factory=list)
+    wifi_status: str = "no wireless"
+
+
+def _speed(name: str, sys_net: Path) -> int | None:
+    try:
+        speed = int((sys_net / name / "speed").read_text().strip())
+    except (OSError, ValueError):
+        return None  # EINVAL for links without a speed
+    return speed if speed > 0 else None
+
+
+def _is_wireless(name: str, sys_net: Path) -> bool:
+    return (sys_net / name / "wireless").exists() or (sys_net / name / "phy80211").exists()
+
+
+def _interface(link: Any, addresses: dict[int, list[str]], sys_net: Path) -> Interface:
+    name = str(link.get("IFLA_IFNAME"))
+    stats = link.get("IFLA_STATS64") or {}
+    return Interface(
+        name=name,
+        index=int(link["index"]),
+        state=str(link.get("IFLA_OPERSTATE") or "UNKNOWN").lower(),
+        mac=str(link.get("IFLA_ADDRESS") or ""),
+        mtu=int(link.get("IFLA_MTU") or 0),
+        addresses=addresses.get(int(link["index"]), []),
+        speed_mbit=_speed(name, sys_net),
+        rx_bytes=int(stats.get("rx_bytes", 0)),
+        tx_bytes=int(stats.get("tx_bytes", 0)),
+        rx_errors=int(stats.get("rx_errors", 0)),
+        tx_errors=int(stats.get("tx_errors", 0)),
+        wireless=_is_wireless(name, sys_net),
+    )
+
+
+def read_network(sys_net: Path = SYS_NET) -> NetworkReport:
+    """Reads interfaces, addresses, the default route and Wi-Fi from the kernel."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        addresses: dict[int, list[str]] = {}
+        for addr in ipr.get_addr():
+            addresses.setdefault(int(addr["index"]), []).append(
+                f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}"
+            )
+        interfaces = []
+        for link in ipr.get_links():
+            try:
+                interfaces.append(_interface(link, addresses, sys_net))
+            except (KeyError, TypeError, ValueError) as exc:
+                # A link that vanished or changed while being read is left out this time.
+                log.warning("interface skipped index=%s reason=%r", link.get("index"), exc)
+        routes = ipr.get_default_routes(family=socket.AF_INET)
+    by_index = {i.index: i.name for i in interfaces}
+    gateway = interface = None
+    if routes:
+        gateway = routes[0].get("RTA_GATEWAY")
+        interface = by_index.get(routes[0].get("RTA_OIF"))
+    wireless = [i for i in interfaces if i.wireless]
+    if not wireless:
+        return NetworkReport(interfaces, gateway, interface)
+    wifi, status = _read_wifi(wireless)
+    return NetworkReport(interfaces, gateway, interface, wifi, status)
+
+
+def _read_wifi(wireless: list[Interface]) -> tuple[list[Wifi], str]:
+    from pyroute2 import IW
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    found: list[Wifi] = []
+    try:
+        with IW() as iw:
+            for i in wireless:
+                bss = iw.get_associated_bss(i.index)
+                if bss is not None:
+                    found.append(_wifi(i.name, bss.get_attr("NL80211_ATTR_BSS")))
+    except NetlinkError as exc:
+        return [], f"nl80211 unavailable: {exc}"
+    return found, "associated" if found else "not associated"
+
+
+def _wifi(interface: str, bss: Any) -> Wifi:
+    ies = bss.get_attr("NL80211_BSS_INFORMATION_ELEMENTS") or {}
+    ssid = ies.get("SSID", b"") if isinstance(ies, dict) else b""
+    return Wifi(
+        interface=interface,
+        bssid=str(bss.get_attr("NL80211_BSS_BSSID") or ""),
+        ssid=ssid.decode(errors="replace") if isinstance(ssid, bytes) else str(ssid),
+        frequency_mhz=int(bss.get_attr("NL80211_BSS_FREQUENCY") or 0),
+        signal_dbm=int(bss.get_attr("NL80211_BSS_SIGNAL_MBM") or 0) / 100,
+    )

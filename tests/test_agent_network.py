@@ -1,0 +1,64 @@
+"""The agent's network report is real kernel data, read inside a namespace we build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.netns import ip, ip_json, namespace, needs_root
+from tests.procs import BIN
+
+
+@needs_root
+def test_once_reports_interfaces_addresses_and_default_route(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('device_id = "p1"\nkind = "panel"\nschool_id = "s1"\n')
+    with namespace() as ns:
+        ip("-n", ns, "link", "add", "sf0", "mtu", "1400", "type", "veth", "peer", "name", "sf1")
+        ip("-n", ns, "addr", "add", "198.18.7.1/24", "dev", "sf0")
+        ip("-n", ns, "addr", "add", "198.18.7.2/24", "dev", "sf1")
+        ip("-n", ns, "link", "set", "sf0", "up")
+        ip("-n", ns, "link", "set", "sf1", "up")
+        ip("-n", ns, "route", "add", "default", "via", "198.18.7.2", "dev", "sf0")
+        # Some traffic, so the counters are not all zero.
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", "198.18.7.2"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        done = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                str(BIN / "schoolfleet-agent"),
+                "--config",
+                str(config),
+                "--once",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        kernel = {link["ifname"]: link for link in ip_json("-n", ns, "-s", "link", "show")}
+    network = json.loads(done.stdout)["network"]
+    interfaces = {i["name"]: i for i in network["interfaces"]}
+    assert set(interfaces) == {"lo", "sf0", "sf1"}
+    sf0 = interfaces["sf0"]
+    assert sf0["state"] == "up"
+    assert sf0["mtu"] == 1400
+    assert sf0["mac"] == kernel["sf0"]["address"]
+    assert "198.18.7.1/24" in sf0["addresses"]
+    assert sf0["tx_bytes"] > 0
+    # Read a moment after the agent, the kernel's counters are at least as high.
+    assert sf0["tx_bytes"] <= kernel["sf0"]["stats64"]["tx"]["bytes"]
+    assert network["default_gateway"] == "198.18.7.2"
+    assert network["default_interface"] == "sf0"
+    assert network["wifi"] == []
+    assert network["wifi_status"] == "no wireless"
