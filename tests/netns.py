@@ -1,4 +1,5 @@
-"""Network namespaces made by a test (198.18.0.0/15 addresses only), each deleted by its own unique name."""
+"""Network namespaces made by a test: 198.18.0.0/15 addresses only, each deleted by its
+own unique name."""
 
 from __future__ import annotations
 
