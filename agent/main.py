@@ -79,10 +79,15 @@ def _print_once(settings: agent_settings.AgentSettings, as_json: bool) -> None:
 
     from agent.health import HealthCollector
     from agent.network import read_network
+    from agent.status import Thresholds, assess
+    from agent.system import SystemCollector
 
     collector = HealthCollector(settings.disk_path)
+    system = SystemCollector(settings.kiosk_program)
     # psutil's CPU figure needs an interval between the priming call and the reading.
     time.sleep(0.5)
+    health, facts, network = collector.collect(), system.collect(), read_network()
+    status, reasons = assess(health, facts, network, Thresholds())
     report = {
         "device_id": settings.device_id,
         "kind": settings.kind.value,
@@ -90,24 +95,25 @@ def _print_once(settings: agent_settings.AgentSettings, as_json: bool) -> None:
         "room_id": settings.room_id,
         "controller": settings.controller,
         "agent_version": _version(),
-        "health": asdict(collector.collect()),
-        "network": asdict(read_network()),
+        "status": status,
+        "reasons": reasons,
+        "health": asdict(health),
+        "system": asdict(facts),
+        "network": asdict(network),
     }
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    health = report.pop("health")
-    network = report.pop("network")
-    assert isinstance(health, dict)
-    assert isinstance(network, dict)
-    for key, value in [*report.items(), *health.items()]:
+    for key in ("device_id", "kind", "school_id", "room_id", "controller", "agent_version"):
+        print(f"{key:16} {report[key]}")
+    print(f"{'status':16} {status}" + (f" ({'; '.join(reasons)})" if reasons else ""))
+    for key, value in asdict(health).items():
         print(f"{key:16} {value}")
-    for i in network["interfaces"]:
-        print(f"{'interface':16} {i['name']} {i['state']} {i['mac']} {' '.join(i['addresses'])}")
-    print(
-        f"{'default route':16} via {network['default_gateway']} dev {network['default_interface']}"
-    )
-    print(f"{'wifi':16} {network['wifi_status']}")
+    print(f"{'os':16} {facts.os_name or '-'} {facts.os_version or ''} (kernel {facts.kernel})")
+    for i in network.interfaces:
+        print(f"{'interface':16} {i.name} {i.state} {i.mac} {' '.join(i.addresses)}")
+    print(f"{'default route':16} via {network.default_gateway} dev {network.default_interface}")
+    print(f"{'wifi':16} {network.wifi_status}")
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -32,6 +32,8 @@ class AgentSettings:
     max_message_bytes: int = 4 * 1024 * 1024
     # Filesystem whose usage is reported as disk_percent.
     disk_path: Path = Path("/")
+    # The kiosk/lesson program whose process is watched (path or name); empty: none.
+    kiosk_program: str = ""
     log_level: str = "info"
 
     def __post_init__(self) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 from pathlib import Path
 
 import psutil
 
+from agent.system import parse_os_release
 from tests.procs import BIN
 
 
@@ -42,3 +44,17 @@ def test_once_for_people_and_a_bad_disk_path(tmp_path: Path) -> None:
     assert missing.returncode == 1
     assert missing.stderr.startswith("schoolfleet-agent: health not collected:")
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_once_reports_system_facts_and_its_own_verdict(tmp_path: Path) -> None:
+    done = _once(tmp_path, "--json", config='kiosk_program = "/usr/bin/no-such-kiosk"\n')
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    release = parse_os_release(Path("/etc/os-release").read_text())
+    assert report["system"]["os_name"] == release["NAME"]
+    assert report["system"]["kernel"] == platform.release()
+    assert report["system"]["kiosk_running"] is False
+    assert "/" in [fs["mountpoint"] for fs in report["system"]["filesystems"]]
+    assert report["system"]["agent_rss_bytes"] > 10 * 2**20
+    assert "kiosk program not running" in report["reasons"]
+    assert report["status"] in ("degraded", "critical")
