@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from agent import settings as agent_settings
+from agent.errors import CollectError
 from common.errors import SchoolFleetError
 from common.logs import setup_logging
 
@@ -130,8 +131,8 @@ def run(argv: list[str] | None = None) -> None:
     if args.once:
         try:
             _print_once(settings, args.json)
-        except OSError as exc:
-            print(f"schoolfleet-agent: health not collected: {exc}", file=sys.stderr)
+        except (OSError, CollectError) as exc:
+            print(f"schoolfleet-agent: report not collected: {exc}", file=sys.stderr)
             sys.exit(1)
         return
     asyncio.run(_run(settings))

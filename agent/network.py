@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.errors import CollectError
+
 log = logging.getLogger(__name__)
 
 SYS_NET = Path("/sys/class/net")
@@ -93,8 +95,16 @@ def _interface(link: Any, addresses: dict[int, list[str]], sys_net: Path) -> Int
 def read_network(sys_net: Path = SYS_NET) -> NetworkReport:
     """Reads interfaces, addresses, the default route and Wi-Fi from the kernel."""
     from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
-    with IPRoute() as ipr:
+    try:
+        return _read_network(IPRoute, sys_net)
+    except (NetlinkError, OSError) as exc:
+        raise CollectError(f"network not read over netlink: {exc}") from None
+
+
+def _read_network(iproute: Any, sys_net: Path) -> NetworkReport:
+    with iproute() as ipr:
         addresses: dict[int, list[str]] = {}
         for addr in ipr.get_addr():
             addresses.setdefault(int(addr["index"]), []).append(

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 from agent.health import HealthCollector
-from bench.observe import cpu_seconds, rss_kib
+from bench.observe import cpu_seconds, pss_kib, rss_kib
 from bench.procs import CONTROLLER, ROOT, start_target, stop_process
 from protos.mapping import health_to_pb
 from protos.schoolfleet.v1 import agent_pb2
@@ -37,15 +37,6 @@ BASELINE = (
 )
 # gRPC length prefix (5 bytes) + HTTP/2 DATA frame header (9 bytes) per message.
 GRPC_FRAMING = 5 + 9
-
-
-def pss_kib(pid: int) -> int:
-    """Proportional set size: shared pages divided among the processes that map them."""
-    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
-        for line in rollup:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    raise ValueError(f"no Pss for pid {pid}")
 
 
 @dataclass

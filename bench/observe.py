@@ -15,13 +15,22 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 Labels = tuple[tuple[str, str], ...]
 
 
+def _proc_kib(path: str, key: str) -> int:
+    with open(path, encoding="ascii") as lines:
+        for line in lines:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise ValueError(f"no {key} in {path}")
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory of the process (VmRSS), in KiB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise ValueError(f"no VmRSS for pid {pid}")
+    return _proc_kib(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages divided among the processes mapping them, KiB."""
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def cpu_seconds(pid: int) -> float:

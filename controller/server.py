@@ -8,12 +8,15 @@ store everything still queued, then close the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
@@ -63,6 +66,22 @@ def _write_ports(path: Path, ports: dict[str, int]) -> None:
     os.replace(tmp, path)
 
 
+def _serve_metrics(listen: str, registry: CollectorRegistry) -> tuple[WSGIServer, threading.Thread]:
+    host, port = _split(listen)
+    try:
+        return start_http_server(port, host, registry)
+    except OSError as exc:
+        raise ConfigError(f"metrics_listen {listen}: {exc.strerror}") from None
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def serve(settings: ControllerSettings) -> None:
     """Runs the controller until SIGTERM or SIGINT, then shuts down gracefully."""
     store = open_store(settings.database)
@@ -98,11 +117,7 @@ async def serve(settings: ControllerSettings) -> None:
         grpc_port = server.add_insecure_port(settings.listen)
     except RuntimeError as exc:
         raise ConfigError(f"listen {settings.listen}: cannot bind ({exc})") from None
-    host, port = _split(settings.metrics_listen)
-    try:
-        http_server, http_thread = start_http_server(port, host, registry)
-    except OSError as exc:
-        raise ConfigError(f"metrics_listen {settings.metrics_listen}: {exc.strerror}") from None
+    http_server, http_thread = _serve_metrics(settings.metrics_listen, registry)
     metrics_port = http_server.server_port
     await server.start()
     writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")
@@ -113,16 +128,12 @@ async def serve(settings: ControllerSettings) -> None:
         "controller started grpc=%s:%d metrics=%s:%d database=%s",
         _split(settings.listen)[0],
         grpc_port,
-        host,
+        _split(settings.metrics_listen)[0],
         metrics_port,
         settings.database,
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await _until_signalled()
 
     log.info("controller stopping streams=%d queued=%d", len(sessions), writer.pending())
     sessions.close_all(
@@ -132,6 +143,8 @@ async def serve(settings: ControllerSettings) -> None:
     await writer.close()
     await writer_task
     acks_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await acks_task
     http_server.shutdown()
     http_server.server_close()
     http_thread.join(timeout=5)

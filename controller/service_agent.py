@@ -34,6 +34,8 @@ from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
 log = logging.getLogger(__name__)
 
 ControllerMessage = agent_pb2.ControllerMessage
+# Seconds between sweeps for held-back acks, at the least.
+_ACK_TICK_MIN = 0.1
 Sessions = SessionRegistry[agent_pb2.ControllerMessage]
 
 
@@ -64,8 +66,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     async def run_acks(self) -> None:
         """Sends the acks held back by coalescing, until cancelled."""
+        # With ack_interval 0 nothing is ever held back; the floor keeps the loop idle.
+        tick = max(self._settings.ack_interval / 2, _ACK_TICK_MIN)
         while True:
-            await asyncio.sleep(self._settings.ack_interval / 2)
+            await asyncio.sleep(tick)
             self._send_acks(self._acks.due(time.monotonic()))
 
     def _send_acks(self, acks: dict[str, int]) -> None:

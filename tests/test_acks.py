@@ -30,3 +30,10 @@ def test_forget_starts_the_next_stream_afresh() -> None:
     acks.forget("a")
     assert acks.due(now=5.0) == {}
     assert acks.stored({"a": 3}, now=0.2) == {"a": 3}
+
+
+def test_interval_zero_acks_every_batch_and_holds_nothing() -> None:
+    acks = AckCoalescer(interval=0.0)
+    assert acks.stored({"a": 1}, now=1.0) == {"a": 1}
+    assert acks.stored({"a": 2}, now=1.0) == {"a": 2}
+    assert acks.due(now=1.0) == {}

@@ -42,7 +42,7 @@ def test_once_for_people_and_a_bad_disk_path(tmp_path: Path) -> None:
     assert any(line.split()[:2] == ["device_id", "p1"] for line in done.stdout.splitlines())
     missing = _once(tmp_path, "--json", config=f'disk_path = "{tmp_path / "nowhere"}"\n')
     assert missing.returncode == 1
-    assert missing.stderr.startswith("schoolfleet-agent: health not collected:")
+    assert missing.stderr.startswith("schoolfleet-agent: report not collected:")
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
