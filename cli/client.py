@@ -10,18 +10,23 @@ import grpc
 
 from cli.errors import CliError, ControllerUnreachable, NotFound, RequestRefused
 from inventory.model import (
+    Condition,
     DeviceIdentity,
     DeviceKind,
     DeviceRecord,
+    DeviceReport,
     DeviceStatus,
     KindCount,
 )
 from protos.mapping import (
+    CONDITION_FROM_PB,
+    CONDITION_TO_PB,
     KIND_FROM_PB,
     KIND_TO_PB,
     STATUS_FROM_PB,
     STATUS_TO_PB,
     health_from_pb,
+    os_from_pb,
     seconds,
 )
 from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
@@ -39,6 +44,7 @@ def device_from_pb(d: admin_pb2.Device) -> DeviceRecord:
             room_id=d.room_id,
             hostname=d.hostname,
             agent_version=d.agent_version,
+            os=os_from_pb(d.os) if d.HasField("os") else None,
         ),
         status=STATUS_FROM_PB.get(d.status, DeviceStatus.OFFLINE),
         stream_up=d.stream_up,
@@ -47,6 +53,23 @@ def device_from_pb(d: admin_pb2.Device) -> DeviceRecord:
         offline_after=float(d.offline_after_seconds),
         last_seq=d.last_seq,
         health=health_from_pb(d.health) if d.HasField("health") else None,
+        report=_report_from_pb(d),
+        heartbeats_stored=d.heartbeats_stored,
+        seq_gaps=d.seq_gaps,
+    )
+
+
+def _report_from_pb(d: admin_pb2.Device) -> DeviceReport | None:
+    condition = CONDITION_FROM_PB.get(d.condition)
+    if condition is None:
+        return None
+    return DeviceReport(
+        condition=condition,
+        reasons=tuple(d.reasons),
+        system=d.system.SerializeToString(),
+        network=d.network.SerializeToString(),
+        spool_pending=d.spool.pending,
+        spool_dropped=d.spool.dropped,
     )
 
 
@@ -105,6 +128,7 @@ class AdminClient:
         school_id: str | None = None,
         kind: DeviceKind | None = None,
         status: DeviceStatus | None = None,
+        condition: Condition | None = None,
         page_size: int = 1000,
     ) -> Iterator[DeviceRecord]:
         """Every device matching the filters, fetched page by page."""
@@ -112,6 +136,7 @@ class AdminClient:
             school_id=school_id or "",
             kind=KIND_TO_PB[kind] if kind else fleet_pb2.DEVICE_KIND_UNSPECIFIED,
             status=STATUS_TO_PB[status] if status else admin_pb2.DEVICE_STATUS_UNSPECIFIED,
+            condition=CONDITION_TO_PB[condition] if condition else fleet_pb2.CONDITION_UNSPECIFIED,
             page_size=page_size,
         )
         while True:

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from cli import render
 from cli.errors import CliError
-from inventory.model import DeviceKind, DeviceStatus
+from inventory.model import Condition, DeviceKind, DeviceStatus
 
 DEFAULT_CONTROLLER = "127.0.0.1:7443"
 
@@ -74,11 +74,15 @@ def devices_list(
     school: Annotated[str | None, typer.Option(help="Only this school's devices.")] = None,
     kind: Annotated[DeviceKind | None, typer.Option(help="Only this kind.")] = None,
     status: Annotated[DeviceStatus | None, typer.Option(help="Only online or offline.")] = None,
+    condition: Annotated[
+        Condition | None,
+        typer.Option(help="Only devices whose latest report says ok, degraded or critical."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List devices with their status and latest health."""
+    """List devices with their status, their own verdict and latest health."""
     with _client() as client:
-        devices = list(client.devices(school, kind, status))
+        devices = list(client.devices(school, kind, status, condition))
     if as_json:
         _print_json([render.device_json(d) for d in devices])
     elif not devices:
@@ -92,7 +96,8 @@ def devices_show(
     device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Show one device in full."""
+    """Show one device in full: what it runs, its verdict and why, its disks,
+    sensors, network interfaces and Wi-Fi, and whether its messages all arrived."""
     with _client() as client:
         device = client.device(device_id)
     if as_json:

@@ -8,7 +8,8 @@ from typing import Any
 
 from rich.table import Table
 
-from inventory.model import DeviceRecord, DeviceStatus, KindCount
+from cli import render_report
+from inventory.model import Condition, DeviceRecord, DeviceStatus, KindCount
 
 
 def iso(seconds: float | None) -> str | None:
@@ -34,15 +35,26 @@ def device_json(d: DeviceRecord) -> dict[str, Any]:
     health = asdict(d.health) if d.health is not None else None
     if health is not None:
         health["collected_at"] = iso(health["collected_at"])
+    identity = asdict(d.identity)
+    if d.identity.os is not None:
+        identity["os"]["boot_time"] = iso(d.identity.os.boot_time)
+    r = d.report
     return {
-        **asdict(d.identity),
+        **identity,
         "status": d.status.value,
         "stream_up": d.stream_up,
         "first_seen": iso(d.first_seen),
         "last_heartbeat": iso(d.last_heartbeat),
         "offline_after_seconds": d.offline_after,
         "last_seq": d.last_seq,
+        "heartbeats_stored": d.heartbeats_stored,
+        "seq_gaps": d.seq_gaps,
         "health": health,
+        "condition": r.condition.value if r else None,
+        "reasons": list(r.reasons) if r else [],
+        "system": render_report.system_json(render_report.system_pb(r.system)) if r else None,
+        "network": render_report.network_json(render_report.network_pb(r.network)) if r else None,
+        "spool": {"pending": r.spool_pending, "dropped": r.spool_dropped} if r else None,
     }
 
 
@@ -54,10 +66,20 @@ def _status(status: DeviceStatus) -> str:
     return "[green]online[/]" if status is DeviceStatus.ONLINE else "[red]offline[/]"
 
 
+_CONDITION_STYLE = {Condition.OK: "green", Condition.DEGRADED: "yellow", Condition.CRITICAL: "red"}
+
+
+def _condition(d: DeviceRecord) -> str:
+    if d.report is None:
+        return "-"
+    return f"[{_CONDITION_STYLE[d.report.condition]}]{d.report.condition.value}[/]"
+
+
 def devices_table(devices: list[DeviceRecord], now: float) -> Table:
     """One row per device."""
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in ("DEVICE", "KIND", "SCHOOL", "ROOM", "STATUS", "SEEN", "CPU", "MEM", "DISK"):
+    columns = ("DEVICE", "KIND", "SCHOOL", "ROOM", "STATUS", "CONDITION", "SEEN", "CPU", "MEM")
+    for name in (*columns, "DISK"):
         table.add_column(name, no_wrap=True)
     for d in devices:
         h = d.health
@@ -67,6 +89,7 @@ def devices_table(devices: list[DeviceRecord], now: float) -> Table:
             d.identity.school_id,
             d.identity.room_id or "-",
             _status(d.status),
+            _condition(d),
             age(d.last_heartbeat, now),
             _pct(h.cpu_percent if h else None),
             _pct(h.memory_percent if h else None),
@@ -88,7 +111,13 @@ def device_detail(d: DeviceRecord, now: float) -> Table:
         ("room", i.room_id or "-"),
         ("hostname", i.hostname or "-"),
         ("agent", i.agent_version or "-"),
+        ("os", _os(d)),
         ("status", _status(d.status)),
+        (
+            "condition",
+            _condition(d)
+            + (f" ({'; '.join(d.report.reasons)})" if d.report and d.report.reasons else ""),
+        ),
         ("stream", "up" if d.stream_up else "down"),
         (
             "last heartbeat",
@@ -97,6 +126,7 @@ def device_detail(d: DeviceRecord, now: float) -> Table:
         ("offline after", f"{d.offline_after:g}s without a heartbeat"),
         ("first seen", iso(d.first_seen) or "-"),
         ("last seq", str(d.last_seq)),
+        ("heartbeats", f"{d.heartbeats_stored} stored, {d.seq_gaps} missing"),
     ]
     if d.health is not None:
         h = d.health
@@ -107,9 +137,23 @@ def device_detail(d: DeviceRecord, now: float) -> Table:
             ("uptime", age(now - h.uptime_seconds, now)),
             ("load", f"{h.load1:.2f} {h.load5:.2f} {h.load15:.2f}"),
         ]
+    if d.report is not None:
+        rows += render_report.system_rows(render_report.system_pb(d.report.system))
+        rows += render_report.network_rows(render_report.network_pb(d.report.network))
+        rows.append(
+            ("spool", f"{d.report.spool_pending} waiting, {d.report.spool_dropped} dropped")
+        )
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _os(d: DeviceRecord) -> str:
+    o = d.identity.os
+    if o is None:
+        return "-"
+    name = f"{o.name or 'unknown OS'} {o.version or ''}".strip()
+    return f"{name}, kernel {o.kernel}, booted {iso(o.boot_time)}"
 
 
 def status_json(counts: list[KindCount], computed_at: float) -> dict[str, Any]:

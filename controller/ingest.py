@@ -1,6 +1,7 @@
-"""The heartbeat writer: one task drains a queue into batched store transactions.
+"""The message writer: one task drains a queue into batched store transactions.
 
-Streams hand heartbeats to :meth:`HeartbeatWriter.submit`; the writer gathers what
+Streams hand heartbeats and command results (one sequence per device, so one
+ordered queue) to :meth:`MessageWriter.submit`; the writer gathers what
 arrived during ``flush_interval`` (and whatever piles up while a batch is being
 written), stores it in one transaction on its own thread, then reports the highest
 stored sequence number per device so the sessions can ack. A full queue makes
@@ -13,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from controller.errors import StoreError
-from controller.store import DeviceStore, HeartbeatRow
+from controller.store import AgentRow, DeviceStore
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ OnStored = Callable[[dict[str, int]], None]
 OnFlush = Callable[[int, float], None]
 
 
-def highest_seq(rows: list[HeartbeatRow]) -> dict[str, int]:
+def highest_seq(rows: Sequence[AgentRow]) -> dict[str, int]:
     """Highest sequence number per device in a batch."""
     acks: dict[str, int] = {}
     for row in rows:
@@ -34,8 +35,8 @@ def highest_seq(rows: list[HeartbeatRow]) -> dict[str, int]:
     return acks
 
 
-class HeartbeatWriter:
-    """Queues heartbeats and writes them in batches from a single task."""
+class MessageWriter:
+    """Queues device messages and writes them in batches from a single task."""
 
     def __init__(
         self,
@@ -53,12 +54,12 @@ class HeartbeatWriter:
         self._flush_interval = flush_interval
         self._batch_max = batch_max
         # None marks the end: the writer flushes what came before it and stops.
-        self._queue: asyncio.Queue[HeartbeatRow | None] = asyncio.Queue(queue_max)
+        self._queue: asyncio.Queue[AgentRow | None] = asyncio.Queue(queue_max)
         self._on_stored = on_stored
         self._on_flush = on_flush
 
-    async def submit(self, row: HeartbeatRow) -> None:
-        """Queues one heartbeat; waits while the queue is full."""
+    async def submit(self, row: AgentRow) -> None:
+        """Queues one message; waits while the queue is full."""
         await self._queue.put(row)
 
     def pending(self) -> int:
@@ -89,16 +90,16 @@ class HeartbeatWriter:
         """Asks :meth:`run` to write everything queued so far and return."""
         await self._queue.put(None)
 
-    async def _flush(self, rows: list[HeartbeatRow]) -> None:
+    async def _flush(self, rows: list[AgentRow]) -> None:
         if not rows:
             return
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._store.record_heartbeats, rows)
+            await loop.run_in_executor(self._executor, self._store.record_messages, rows)
         except StoreError as exc:
             # Not acked, so the agents keep these and send them again.
-            log.error("heartbeat batch not stored rows=%d error=%s", len(rows), exc)
+            log.error("message batch not stored rows=%d error=%s", len(rows), exc)
             return
         self._on_flush(len(rows), time.perf_counter() - started)
         self._on_stored(highest_seq(rows))

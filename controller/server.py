@@ -22,7 +22,7 @@ import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from controller.errors import ConfigError
-from controller.ingest import HeartbeatWriter
+from controller.ingest import MessageWriter
 from controller.metrics import ControllerMetrics, FleetCollector
 from controller.service_admin import AdminService
 from controller.service_agent import AgentService, Sessions
@@ -96,7 +96,7 @@ async def serve(settings: ControllerSettings) -> None:
     sessions: Sessions = Sessions()
     registry.register(FleetCollector(store, lambda: len(sessions)))
     agent_service = AgentService(settings, store, write_executor, sessions, metrics)
-    writer = HeartbeatWriter(
+    writer = MessageWriter(
         store,
         write_executor,
         flush_interval=settings.flush_interval,

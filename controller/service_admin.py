@@ -15,7 +15,7 @@ from controller.service_convert import count_to_pb, device_to_pb
 from controller.store import DeviceStore
 from controller.store.protocol import DeviceQuery
 from inventory.model import valid_id
-from protos.mapping import KIND_FROM_PB, STATUS_FROM_PB, timestamp
+from protos.mapping import CONDITION_FROM_PB, KIND_FROM_PB, STATUS_FROM_PB, timestamp
 from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
 
 T = TypeVar("T")
@@ -61,11 +61,17 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             and request.status not in STATUS_FROM_PB
         ):
             await _invalid(context, f"device status {request.status} is not known")
+        if (
+            request.condition != fleet_pb2.CONDITION_UNSPECIFIED
+            and request.condition not in CONDITION_FROM_PB
+        ):
+            await _invalid(context, f"device condition {request.condition} is not known")
         limit = min(request.page_size or PAGE_DEFAULT, PAGE_MAX)
         query = DeviceQuery(
             school_id=request.school_id or None,
             kind=KIND_FROM_PB.get(request.kind),
             status=STATUS_FROM_PB.get(request.status),
+            condition=CONDITION_FROM_PB.get(request.condition),
             after_id=request.page_token,
             limit=limit,
         )

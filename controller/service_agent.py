@@ -21,15 +21,15 @@ from google.protobuf.message import DecodeError
 
 from controller.acks import AckCoalescer
 from controller.errors import MessageTooLarge, ProtocolError, StoreError
-from controller.ingest import HeartbeatWriter
+from controller.ingest import MessageWriter
 from controller.metrics import ControllerMetrics
-from controller.service_convert import health_from_pb, identity_from_hello
+from controller.service_convert import health_from_pb, identity_from_hello, report_from_pb
 from controller.sessions import Closing, Session, SessionRegistry
 from controller.settings import ControllerSettings
-from controller.store import DeviceStore, HeartbeatRow
+from controller.store import CommandResultRow, DeviceStore, HeartbeatRow
 from inventory.model import DeviceIdentity
-from protos.mapping import timestamp
-from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
+from protos.mapping import seconds, timestamp
+from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,11 @@ ControllerMessage = agent_pb2.ControllerMessage
 # Seconds between sweeps for held-back acks, at the least.
 _ACK_TICK_MIN = 0.1
 Sessions = SessionRegistry[agent_pb2.ControllerMessage]
+_RESULT_STATUS = {
+    agent_pb2.CommandResult.STATUS_OK: "ok",
+    agent_pb2.CommandResult.STATUS_FAILED: "failed",
+    agent_pb2.CommandResult.STATUS_UNSUPPORTED: "unsupported",
+}
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -57,7 +62,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._sessions = sessions
         self._metrics = metrics
         self._now = now
-        self.writer: HeartbeatWriter | None = None
+        self.writer: MessageWriter | None = None
         self._acks = AckCoalescer(settings.ack_interval)
 
     def ack(self, highest: dict[str, int]) -> None:
@@ -128,6 +133,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     offline_after_seconds=self._settings.offline_after,
                     server_time=timestamp(self._now()),
                     last_stored_seq=last_seq,
+                    thresholds=_thresholds(self._settings),
                 )
             )
             while True:
@@ -180,21 +186,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             while (message := await _next(request_iterator)) is not None:
                 body = message.WhichOneof("body")
+                if body in ("heartbeat", "command_result") and message.seq == 0:
+                    raise ProtocolError(f"{body}: AgentMessage.seq must be above 0")
                 if body == "heartbeat":
-                    if message.seq == 0:
-                        raise ProtocolError("Heartbeat.seq must be above 0")
                     health = health_from_pb(message.heartbeat.health)
+                    report = report_from_pb(message.heartbeat)
                     self._metrics.heartbeats_received.inc()
-                    await writer.submit(HeartbeatRow(device_id, message.seq, self._now(), health))
-                elif body == "command_result":
-                    result = message.command_result
-                    log.info(
-                        "command result device=%s cmd=%s status=%s message=%s",
-                        device_id,
-                        result.command_id,
-                        agent_pb2.CommandResult.Status.Name(result.status),
-                        result.message[:200],
+                    await writer.submit(
+                        HeartbeatRow(device_id, message.seq, self._now(), health, report)
                     )
+                elif body == "command_result":
+                    await writer.submit(_result_row(device_id, message, self._now()))
                 elif body == "hello":
                     raise ProtocolError("Hello may only be sent once per stream")
                 else:
@@ -232,6 +234,40 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             closing.reason,
             f" code={closing.code.name} detail={closing.message}" if closing.code else "",
         )
+
+
+def _thresholds(s: ControllerSettings) -> fleet_pb2.Thresholds:
+    return fleet_pb2.Thresholds(
+        disk_degraded_percent=s.disk_degraded_percent,
+        disk_critical_percent=s.disk_critical_percent,
+        memory_degraded_percent=s.memory_degraded_percent,
+        temperature_degraded_celsius=s.temperature_degraded_celsius,
+        temperature_critical_celsius=s.temperature_critical_celsius,
+        battery_degraded_percent=s.battery_degraded_percent,
+    )
+
+
+def _result_row(device_id: str, message: agent_pb2.AgentMessage, now: float) -> CommandResultRow:
+    result = message.command_result
+    status = _RESULT_STATUS.get(result.status)
+    if status is None:
+        raise ProtocolError(f"CommandResult.status {result.status} is not a known status")
+    log.info(
+        "command result device=%s cmd=%s status=%s message=%s",
+        device_id,
+        result.command_id[:80],
+        status,
+        result.message[:200],
+    )
+    return CommandResultRow(
+        device_id=device_id,
+        seq=message.seq,
+        received_at=now,
+        command_id=result.command_id[:255],
+        status=status,
+        message=result.message[:2000],
+        finished_at=seconds(result.finished_at),
+    )
 
 
 async def _next(messages: AsyncIterator[agent_pb2.AgentMessage]) -> agent_pb2.AgentMessage | None:

@@ -10,12 +10,31 @@ from __future__ import annotations
 import math
 
 from controller.errors import ProtocolError
-from inventory.model import DeviceIdentity, DeviceRecord, Health, KindCount, valid_id
+from inventory.model import (
+    DeviceIdentity,
+    DeviceRecord,
+    DeviceReport,
+    Health,
+    KindCount,
+    OsInfo,
+    valid_id,
+)
 from protos import mapping
-from protos.mapping import KIND_FROM_PB, KIND_TO_PB, STATUS_TO_PB, health_to_pb, timestamp
+from protos.mapping import (
+    CONDITION_FROM_PB,
+    CONDITION_TO_PB,
+    KIND_FROM_PB,
+    KIND_TO_PB,
+    STATUS_TO_PB,
+    health_to_pb,
+    os_to_pb,
+    timestamp,
+)
 from protos.schoolfleet.v1 import admin_pb2, agent_pb2, fleet_pb2
 
 _TEXT_MAX = 255
+# A device reports a handful of reasons; more is a broken or hostile agent.
+_REASONS_MAX = 32
 
 
 def _check_id(value: str, field: str, *, optional: bool = False) -> str:
@@ -46,7 +65,14 @@ def identity_from_hello(hello: agent_pb2.Hello) -> DeviceIdentity:
         room_id=_check_id(hello.room_id, "Hello.room_id", optional=True),
         hostname=_check_text(hello.hostname, "Hello.hostname"),
         agent_version=_check_text(hello.agent_version, "Hello.agent_version"),
+        os=_os_from_pb(hello.os) if hello.HasField("os") else None,
     )
+
+
+def _os_from_pb(o: fleet_pb2.OsInfo) -> OsInfo:
+    for field in ("name", "version", "kernel"):
+        _check_text(getattr(o, field), f"Hello.os.{field}")
+    return mapping.os_from_pb(o)
 
 
 def _check_number(value: float, field: str, high: float = math.inf) -> None:
@@ -62,6 +88,28 @@ def health_from_pb(h: fleet_pb2.Health) -> Health:
     for field in ("uptime_seconds", "load1", "load5", "load15"):
         _check_number(getattr(health, field), field)
     return health
+
+
+def report_from_pb(hb: agent_pb2.Heartbeat) -> DeviceReport | None:
+    """A heartbeat's verdict and reports, checked; None from an agent that sends none."""
+    if hb.condition == fleet_pb2.CONDITION_UNSPECIFIED:
+        return None
+    condition = CONDITION_FROM_PB.get(hb.condition)
+    if condition is None:
+        raise ProtocolError(f"Heartbeat.condition {hb.condition} is not a known condition")
+    if len(hb.reasons) > _REASONS_MAX:
+        raise ProtocolError(f"Heartbeat.reasons has more than {_REASONS_MAX} entries")
+    reasons = tuple(_check_text(r, "Heartbeat.reasons[]").replace("\n", " ") for r in hb.reasons)
+    return DeviceReport(
+        condition=condition,
+        reasons=reasons,
+        # Kept in wire form: parsed already, so they are well-formed; the size limit
+        # on the message bounds them.
+        system=hb.system.SerializeToString() if hb.HasField("system") else b"",
+        network=hb.network.SerializeToString() if hb.HasField("network") else b"",
+        spool_pending=hb.spool.pending,
+        spool_dropped=hb.spool.dropped,
+    )
 
 
 def device_to_pb(d: DeviceRecord) -> admin_pb2.Device:
@@ -83,6 +131,17 @@ def device_to_pb(d: DeviceRecord) -> admin_pb2.Device:
         out.last_heartbeat.CopyFrom(timestamp(d.last_heartbeat))
     if d.health is not None:
         out.health.CopyFrom(health_to_pb(d.health))
+    if d.identity.os is not None:
+        out.os.CopyFrom(os_to_pb(d.identity.os))
+    out.heartbeats_stored = d.heartbeats_stored
+    out.seq_gaps = d.seq_gaps
+    if d.report is not None:
+        out.condition = CONDITION_TO_PB[d.report.condition]
+        out.reasons.extend(d.report.reasons)
+        out.system.ParseFromString(d.report.system)
+        out.network.ParseFromString(d.report.network)
+        out.spool.pending = d.report.spool_pending
+        out.spool.dropped = d.report.spool_dropped
     return out
 
 

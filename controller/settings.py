@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import SettingError
 from common.settings import LOG_LEVELS, load_settings
 
 ENV_PREFIX = "SCHOOLFLEET_CONTROLLER_"
@@ -15,7 +16,7 @@ DEFAULT_CONFIG = Path("/etc/schoolfleet/controller.toml")
 def _split_hostport(value: str, key: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{key!r} must be HOST:PORT, got {value!r}")
+        raise SettingError(f"{key!r} must be HOST:PORT, got {value!r}", key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,13 @@ class ControllerSettings:
     ack_interval: float = 1.0
     # Heartbeats waiting for the writer before streams are slowed down.
     queue_max: int = 100_000
+    # Limits told to agents in Welcome (see agent/status.py for how they are used).
+    disk_degraded_percent: float = 90.0
+    disk_critical_percent: float = 98.0
+    memory_degraded_percent: float = 95.0
+    temperature_degraded_celsius: float = 85.0
+    temperature_critical_celsius: float = 95.0
+    battery_degraded_percent: float = 10.0
     # A new stream must send Hello within this many seconds.
     hello_timeout: float = 10.0
     max_message_bytes: int = 64 * 1024
@@ -53,21 +61,37 @@ class ControllerSettings:
         _split_hostport(self.listen, "listen")
         _split_hostport(self.metrics_listen, "metrics_listen")
         if not self.database.startswith("sqlite:"):
-            raise ValueError(
+            raise SettingError(
                 "'database' must be sqlite:///ABSOLUTE/PATH or sqlite:RELATIVE/PATH, "
-                f"got {self.database!r}"
+                f"got {self.database!r}",
+                "database",
             )
         for key in ("heartbeat_interval", "missed_heartbeats", "batch_max", "queue_max"):
             if getattr(self, key) < 1:
-                raise ValueError(f"{key!r} must be at least 1")
-        if min(self.flush_interval, self.ack_interval, self.shutdown_grace) < 0:
-            raise ValueError("'flush_interval', 'ack_interval', 'shutdown_grace' must be >= 0")
+                raise SettingError(f"{key!r} must be at least 1", key)
+        for key in ("flush_interval", "ack_interval", "shutdown_grace"):
+            if getattr(self, key) < 0:
+                raise SettingError(f"{key!r} must be >= 0", key)
         if self.hello_timeout <= 0:
-            raise ValueError("'hello_timeout' must be positive")
+            raise SettingError("'hello_timeout' must be positive", "hello_timeout")
         if self.log_level.lower() not in LOG_LEVELS:
-            raise ValueError(f"'log_level' must be one of {', '.join(LOG_LEVELS)}")
+            raise SettingError(f"'log_level' must be one of {', '.join(LOG_LEVELS)}", "log_level")
         if self.max_message_bytes < 1024:
-            raise ValueError("'max_message_bytes' must be at least 1024")
+            raise SettingError("'max_message_bytes' must be at least 1024", "max_message_bytes")
+        for key in (
+            "disk_degraded_percent",
+            "disk_critical_percent",
+            "memory_degraded_percent",
+            "battery_degraded_percent",
+        ):
+            if not 0 < getattr(self, key) <= 100:
+                raise SettingError(f"{key!r} must be above 0 and at most 100", key)
+        for low, high in (
+            ("disk_degraded_percent", "disk_critical_percent"),
+            ("temperature_degraded_celsius", "temperature_critical_celsius"),
+        ):
+            if getattr(self, low) > getattr(self, high):
+                raise SettingError(f"{low!r} must not be above {high!r}", low)
 
     @property
     def offline_after(self) -> int:

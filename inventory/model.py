@@ -28,6 +28,14 @@ class DeviceStatus(enum.StrEnum):
     OFFLINE = "offline"
 
 
+class Condition(enum.StrEnum):
+    """A device's own verdict on its health, from the controller's thresholds."""
+
+    OK = "ok"
+    DEGRADED = "degraded"
+    CRITICAL = "critical"
+
+
 def valid_id(value: str) -> bool:
     """Device, school and room ids: 1-64 of letters, digits and ``._:-``."""
     return _ID.fullmatch(value) is not None
@@ -48,6 +56,16 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class OsInfo:
+    """What a device runs; None where /etc/os-release is absent."""
+
+    name: str | None
+    version: str | None
+    kernel: str
+    boot_time: float
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceIdentity:
     """Who a device says it is when its stream opens."""
 
@@ -57,6 +75,24 @@ class DeviceIdentity:
     room_id: str
     hostname: str = ""
     agent_version: str = ""
+    os: OsInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReport:
+    """What a device's latest heartbeat said beyond basic health.
+
+    ``system`` and ``network`` are kept in their wire form (schoolfleet.v1
+    SystemReport and NetworkReport): the controller stores and serves them whole
+    and never looks inside.
+    """
+
+    condition: Condition
+    reasons: tuple[str, ...]
+    system: bytes = b""
+    network: bytes = b""
+    spool_pending: int = 0
+    spool_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +107,9 @@ class DeviceRecord:
     offline_after: float
     last_seq: int
     health: Health | None
+    report: DeviceReport | None = None
+    heartbeats_stored: int = 0
+    seq_gaps: int = 0
 
 
 @dataclass(frozen=True, slots=True)

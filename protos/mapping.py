@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from inventory.model import DeviceKind, DeviceStatus, Health
+from inventory.model import Condition, DeviceKind, DeviceStatus, Health, OsInfo
 from protos.schoolfleet.v1 import admin_pb2, fleet_pb2
 
 KIND_TO_PB = {
@@ -23,6 +23,12 @@ STATUS_TO_PB = {
     DeviceStatus.OFFLINE: admin_pb2.DEVICE_STATUS_OFFLINE,
 }
 STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
+CONDITION_TO_PB = {
+    Condition.OK: fleet_pb2.CONDITION_OK,
+    Condition.DEGRADED: fleet_pb2.CONDITION_DEGRADED,
+    Condition.CRITICAL: fleet_pb2.CONDITION_CRITICAL,
+}
+CONDITION_FROM_PB = {v: k for k, v in CONDITION_TO_PB.items()}
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -63,3 +69,18 @@ def health_from_pb(h: fleet_pb2.Health) -> Health:
         load5=h.load5,
         load15=h.load15,
     )
+
+
+def os_to_pb(o: OsInfo) -> fleet_pb2.OsInfo:
+    """The wire form of what a device runs."""
+    return fleet_pb2.OsInfo(
+        name=o.name or "",
+        version=o.version or "",
+        kernel=o.kernel,
+        boot_time=timestamp(o.boot_time),
+    )
+
+
+def os_from_pb(o: fleet_pb2.OsInfo) -> OsInfo:
+    """What a device runs, from the wire; empty name and version mean absent."""
+    return OsInfo(o.name or None, o.version or None, o.kernel, seconds(o.boot_time))

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from protos.schoolfleet.v1 import agent_pb2
 from tests.procs import Agent, Controller, schoolctl, wait_until
 from tests.wire import RawStream, heartbeat, hello
 
@@ -17,6 +18,14 @@ pytestmark = pytest.mark.e2e
 def _agent_seq(controller: Controller, device_id: str) -> int:
     result = schoolctl(controller.address, "devices", "show", device_id, "--json")
     return int(result.json()["last_seq"]) if result.code == 0 else 0
+
+
+def _with_report(
+    message: agent_pb2.AgentMessage, condition: int = 1, reasons: list[str] | None = None
+) -> agent_pb2.AgentMessage:
+    message.heartbeat.condition = condition  # type: ignore[assignment]
+    message.heartbeat.reasons.extend(reasons or [])
+    return message
 
 
 def test_bad_streams_are_closed_and_others_go_on(
@@ -73,7 +82,31 @@ def test_bad_streams_are_closed_and_others_go_on(
             "seq zero",
             [hello("panel-w"), heartbeat(0)],
             grpc.StatusCode.INVALID_ARGUMENT,
-            "Heartbeat.seq must be above 0",
+            "AgentMessage.seq must be above 0",
+        ),
+        (
+            "unknown condition",
+            [hello("panel-u"), _with_report(heartbeat(1), condition=99)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Heartbeat.condition 99 is not a known condition",
+        ),
+        (
+            "a flood of reasons",
+            [hello("panel-r"), _with_report(heartbeat(1), reasons=["disk"] * 500)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Heartbeat.reasons has more than 32 entries",
+        ),
+        (
+            "unknown command result status",
+            [
+                hello("panel-c"),
+                agent_pb2.AgentMessage(
+                    seq=1,
+                    command_result=agent_pb2.CommandResult(command_id="x", status=7),  # type: ignore[arg-type]
+                ),
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "CommandResult.status 7 is not a known status",
         ),
     ]
     for name, messages, code, detail in cases:

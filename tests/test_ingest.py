@@ -6,7 +6,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from controller.ingest import HeartbeatWriter, highest_seq
+from controller.ingest import MessageWriter, highest_seq
 from controller.store.sqlite import SqliteStore
 from tests.test_store_sqlite import T0, beat, ident
 
@@ -25,7 +25,7 @@ def test_writes_in_batches_and_flushes_everything_on_close(tmp_path: Path) -> No
 
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as pool:
-            writer = HeartbeatWriter(
+            writer = MessageWriter(
                 store,
                 pool,
                 flush_interval=0.05,

@@ -29,7 +29,7 @@ def test_series_grow_with_schools_not_devices(tmp_path: Path) -> None:
     for n in (10, 500):
         for i in range(n):
             store.device_connected(ident(f"d{i:04}", f"s{i % 2}"), i + 1, 90, T0)
-        store.record_heartbeats([beat(f"d{i:04}", 1, T0) for i in range(0, n, 2)])
+        store.record_messages([beat(f"d{i:04}", 1, T0) for i in range(0, n, 2)])
         series = _series(registry, "schoolfleet_devices{")
         assert len(series) == 4  # 2 schools x 1 kind x 2 statuses, whatever n is
         assert series['schoolfleet_devices{kind="panel",school="s0",status="online"}'] == n // 2

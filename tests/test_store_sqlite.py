@@ -64,7 +64,7 @@ def test_online_while_stream_up_and_heartbeat_in_deadline(store: SqliteStore) ->
     assert store.device_connected(ident("p1"), 1, 90, T0) == 0
     # Connected but no heartbeat yet: not online.
     assert store.get_device("p1", T0).status is DeviceStatus.OFFLINE  # type: ignore[union-attr]
-    store.record_heartbeats([beat("p1", 1, T0)])
+    store.record_messages([beat("p1", 1, T0)])
     assert store.get_device("p1", T0 + 90).status is DeviceStatus.ONLINE  # type: ignore[union-attr]
     assert store.get_device("p1", T0 + 91).status is DeviceStatus.OFFLINE  # type: ignore[union-attr]
     store.device_disconnected("p1", 1)
@@ -74,7 +74,7 @@ def test_online_while_stream_up_and_heartbeat_in_deadline(store: SqliteStore) ->
 def test_a_replaced_stream_ending_late_does_not_mark_the_device_down(store: SqliteStore) -> None:
     store.device_connected(ident("p1"), 1, 90, T0)
     store.device_connected(ident("p1"), 2, 90, T0 + 1)
-    store.record_heartbeats([beat("p1", 1, T0 + 1)])
+    store.record_messages([beat("p1", 1, T0 + 1)])
     store.device_disconnected("p1", 1)
     device = store.get_device("p1", T0 + 2)
     assert device is not None and device.stream_up and device.status is DeviceStatus.ONLINE
@@ -82,8 +82,8 @@ def test_a_replaced_stream_ending_late_does_not_mark_the_device_down(store: Sqli
 
 def test_heartbeats_in_order_and_duplicates_change_nothing(store: SqliteStore) -> None:
     store.device_connected(ident("p1"), 1, 90, T0)
-    store.record_heartbeats([beat("p1", 1, T0, cpu=1), beat("p1", 2, T0 + 1, cpu=2)])
-    store.record_heartbeats([beat("p1", 2, T0 + 5, cpu=99), beat("p1", 1, T0 + 5, cpu=98)])
+    store.record_messages([beat("p1", 1, T0, cpu=1), beat("p1", 2, T0 + 1, cpu=2)])
+    store.record_messages([beat("p1", 2, T0 + 5, cpu=99), beat("p1", 1, T0 + 5, cpu=98)])
     device = store.get_device("p1", T0 + 5)
     assert device is not None and device.health is not None
     assert device.last_seq == 2
@@ -104,7 +104,7 @@ def test_filters_paging_and_counts(store: SqliteStore) -> None:
     for i in range(7):
         kind = DeviceKind.PANEL if i % 2 else DeviceKind.LAPTOP
         store.device_connected(ident(f"d{i}", "s1" if i < 5 else "s2", kind), i + 1, 90, T0)
-    store.record_heartbeats([beat(f"d{i}", 1, T0) for i in range(0, 7, 3)])  # d0 d3 d6 online
+    store.record_messages([beat(f"d{i}", 1, T0) for i in range(0, 7, 3)])  # d0 d3 d6 online
     online = store.list_devices(DeviceQuery(status=DeviceStatus.ONLINE), T0)
     assert [d.identity.device_id for d in online] == ["d0", "d3", "d6"]
     panels = store.list_devices(DeviceQuery(school_id="s1", kind=DeviceKind.PANEL), T0)

@@ -9,9 +9,16 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from controller.errors import StoreError
-from controller.store.protocol import DeviceStore, HeartbeatRow
+from controller.store.protocol import AgentRow, CommandResultRow, DeviceStore, HeartbeatRow
 
-__all__ = ["DeviceStore", "HeartbeatRow", "open_store", "sqlite_path"]
+__all__ = [
+    "AgentRow",
+    "CommandResultRow",
+    "DeviceStore",
+    "HeartbeatRow",
+    "open_store",
+    "sqlite_path",
+]
 
 
 def sqlite_path(url: str) -> Path:

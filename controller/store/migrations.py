@@ -37,6 +37,35 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN load5 REAL;
     ALTER TABLE devices ADD COLUMN load15 REAL;
     """,
+    # 3: what the device runs, its own verdict and full report, counts that show
+    #    whether every message arrived once, and the results of commands.
+    """
+    ALTER TABLE devices ADD COLUMN os_name TEXT;
+    ALTER TABLE devices ADD COLUMN os_version TEXT;
+    ALTER TABLE devices ADD COLUMN kernel TEXT NOT NULL DEFAULT '';
+    ALTER TABLE devices ADD COLUMN boot_time REAL;
+    -- ok, degraded or critical; NULL until a heartbeat with a verdict arrives.
+    ALTER TABLE devices ADD COLUMN condition TEXT;
+    -- One reason per line.
+    ALTER TABLE devices ADD COLUMN reasons TEXT NOT NULL DEFAULT '';
+    -- schoolfleet.v1 SystemReport and NetworkReport, stored whole.
+    ALTER TABLE devices ADD COLUMN system_report BLOB;
+    ALTER TABLE devices ADD COLUMN network_report BLOB;
+    ALTER TABLE devices ADD COLUMN spool_pending INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN spool_dropped INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN heartbeats_stored INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN seq_gaps INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE command_results (
+        device_id   TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        command_id  TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        message     TEXT NOT NULL,
+        finished_at REAL NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (device_id, seq)
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

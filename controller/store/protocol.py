@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from inventory.model import (
+    Condition,
     DeviceIdentity,
     DeviceKind,
     DeviceRecord,
+    DeviceReport,
     DeviceStatus,
     Health,
     KindCount,
@@ -29,6 +31,25 @@ class HeartbeatRow:
     seq: int
     received_at: float
     health: Health
+    report: DeviceReport | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResultRow:
+    """What a device answered to a command, on its way to the store."""
+
+    device_id: str
+    seq: int
+    received_at: float
+    command_id: str
+    # ok, failed or unsupported
+    status: str
+    message: str
+    finished_at: float
+
+
+# A device's messages share one sequence, so they are stored in one ordered stream.
+AgentRow = HeartbeatRow | CommandResultRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +59,7 @@ class DeviceQuery:
     school_id: str | None = None
     kind: DeviceKind | None = None
     status: DeviceStatus | None = None
+    condition: Condition | None = None
     after_id: str = ""
     limit: int = 1000
 
@@ -56,9 +78,13 @@ class DeviceStore(Protocol):
     def reset_streams(self) -> int:
         """Marks every stream down (at start-up: none survive a restart); returns how many."""
 
-    def record_heartbeats(self, rows: Sequence[HeartbeatRow]) -> None:
-        """Stores a batch in one transaction; rows at or below a device's last seq are
-        duplicates and change nothing."""
+    def record_messages(self, rows: Sequence[AgentRow]) -> None:
+        """Stores a batch in order in one transaction; rows at or below a device's last
+        seq are duplicates and change nothing. A seq that skips numbers counts the
+        skipped ones as the device's gaps."""
+
+    def command_results(self, device_id: str, limit: int) -> list[CommandResultRow]:
+        """The device's latest command results, newest first."""
 
     def list_devices(self, query: DeviceQuery, now: float) -> list[DeviceRecord]:
         """Devices matching ``query``, ordered by id."""

@@ -8,6 +8,7 @@ calls never wait for a write batch. Acks promise durability, hence
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 import threading
@@ -16,14 +17,17 @@ from pathlib import Path
 
 from controller.errors import StoreError
 from controller.store.migrations import LATEST, MIGRATIONS
-from controller.store.protocol import DeviceQuery, HeartbeatRow
+from controller.store.protocol import AgentRow, CommandResultRow, DeviceQuery, HeartbeatRow
 from inventory.model import (
+    Condition,
     DeviceIdentity,
     DeviceKind,
     DeviceRecord,
+    DeviceReport,
     DeviceStatus,
     Health,
     KindCount,
+    OsInfo,
 )
 
 log = logging.getLogger(__name__)
@@ -37,8 +41,64 @@ ONLINE_SQL = (
 _DEVICE_COLUMNS = (
     "device_id, kind, school_id, room_id, hostname, agent_version, first_seen, stream_id, "
     "offline_after, last_heartbeat, last_seq, collected_at, cpu_percent, memory_percent, "
-    f"disk_percent, uptime_seconds, load1, load5, load15, {ONLINE_SQL} AS online"
+    "disk_percent, uptime_seconds, load1, load5, load15, os_name, os_version, kernel, "
+    "boot_time, condition, reasons, system_report, network_report, spool_pending, "
+    f"spool_dropped, heartbeats_stored, seq_gaps, {ONLINE_SQL} AS online"
 )
+
+# The count of skipped numbers, in SET clauses where last_seq is still the old value.
+# A device's first message starts no gap: the controller may be newer than its spool.
+_GAPS_SQL = "seq_gaps + CASE WHEN last_seq > 0 THEN :seq - last_seq - 1 ELSE 0 END"
+_HEARTBEAT_SQL = f"""
+    UPDATE devices SET last_heartbeat = :received_at, seq_gaps = {_GAPS_SQL}, last_seq = :seq,
+        heartbeats_stored = heartbeats_stored + 1, collected_at = :collected_at,
+        cpu_percent = :cpu_percent, memory_percent = :memory_percent,
+        disk_percent = :disk_percent, uptime_seconds = :uptime_seconds,
+        load1 = :load1, load5 = :load5, load15 = :load15{{report}}
+    WHERE device_id = :device_id AND last_seq < :seq
+"""
+_REPORT_SET = """,
+        condition = :condition, reasons = :reasons, system_report = :system_report,
+        network_report = :network_report, spool_pending = :spool_pending,
+        spool_dropped = :spool_dropped"""
+_RESULT_SEQ_SQL = f"""
+    UPDATE devices SET seq_gaps = {_GAPS_SQL}, last_seq = :seq
+    WHERE device_id = :device_id AND last_seq < :seq
+"""
+
+
+def _heartbeat_params(r: HeartbeatRow) -> dict[str, object]:
+    h = r.health
+    params: dict[str, object] = {
+        "device_id": r.device_id,
+        "seq": r.seq,
+        "received_at": r.received_at,
+        "collected_at": h.collected_at,
+        "cpu_percent": h.cpu_percent,
+        "memory_percent": h.memory_percent,
+        "disk_percent": h.disk_percent,
+        "uptime_seconds": h.uptime_seconds,
+        "load1": h.load1,
+        "load5": h.load5,
+        "load15": h.load15,
+    }
+    if r.report is not None:
+        params.update(
+            condition=r.report.condition.value,
+            reasons="\n".join(r.report.reasons),
+            system_report=r.report.system,
+            network_report=r.report.network,
+            spool_pending=r.report.spool_pending,
+            spool_dropped=r.report.spool_dropped,
+        )
+    return params
+
+
+def _run_kind(row: AgentRow) -> str:
+    """Consecutive rows of one kind are written with one statement."""
+    if isinstance(row, CommandResultRow):
+        return "result"
+    return "report" if row.report is not None else "health"
 
 
 def _record(row: sqlite3.Row) -> DeviceRecord:
@@ -54,6 +114,19 @@ def _record(row: sqlite3.Row) -> DeviceRecord:
             load5=row["load5"],
             load15=row["load15"],
         )
+    report = None
+    if row["condition"] is not None:
+        report = DeviceReport(
+            condition=Condition(row["condition"]),
+            reasons=tuple(row["reasons"].splitlines()),
+            system=row["system_report"] or b"",
+            network=row["network_report"] or b"",
+            spool_pending=row["spool_pending"],
+            spool_dropped=row["spool_dropped"],
+        )
+    os_info = None
+    if row["kernel"]:
+        os_info = OsInfo(row["os_name"], row["os_version"], row["kernel"], row["boot_time"])
     return DeviceRecord(
         identity=DeviceIdentity(
             device_id=row["device_id"],
@@ -62,6 +135,7 @@ def _record(row: sqlite3.Row) -> DeviceRecord:
             room_id=row["room_id"],
             hostname=row["hostname"],
             agent_version=row["agent_version"],
+            os=os_info,
         ),
         status=DeviceStatus.ONLINE if row["online"] else DeviceStatus.OFFLINE,
         stream_up=row["stream_id"] != 0,
@@ -70,6 +144,9 @@ def _record(row: sqlite3.Row) -> DeviceRecord:
         offline_after=row["offline_after"],
         last_seq=row["last_seq"],
         health=health,
+        report=report,
+        heartbeats_stored=row["heartbeats_stored"],
+        seq_gaps=row["seq_gaps"],
     )
 
 
@@ -138,14 +215,18 @@ class SqliteStore:
                 row = self._writer.execute(
                     """
                     INSERT INTO devices (device_id, kind, school_id, room_id, hostname,
-                                         agent_version, first_seen, stream_id, offline_after)
+                                         agent_version, first_seen, stream_id, offline_after,
+                                         os_name, os_version, kernel, boot_time)
                     VALUES (:device_id, :kind, :school_id, :room_id, :hostname,
-                            :agent_version, :now, :stream_id, :offline_after)
+                            :agent_version, :now, :stream_id, :offline_after,
+                            :os_name, :os_version, :kernel, :boot_time)
                     ON CONFLICT (device_id) DO UPDATE SET
                         kind = excluded.kind, school_id = excluded.school_id,
                         room_id = excluded.room_id, hostname = excluded.hostname,
                         agent_version = excluded.agent_version,
-                        stream_id = excluded.stream_id, offline_after = excluded.offline_after
+                        stream_id = excluded.stream_id, offline_after = excluded.offline_after,
+                        os_name = excluded.os_name, os_version = excluded.os_version,
+                        kernel = excluded.kernel, boot_time = excluded.boot_time
                     RETURNING last_seq
                     """,
                     {
@@ -158,6 +239,10 @@ class SqliteStore:
                         "now": now,
                         "stream_id": stream_id,
                         "offline_after": offline_after,
+                        "os_name": identity.os.name if identity.os else None,
+                        "os_version": identity.os.version if identity.os else None,
+                        "kernel": identity.os.kernel if identity.os else "",
+                        "boot_time": identity.os.boot_time if identity.os else None,
                     },
                 ).fetchone()
             except sqlite3.Error as exc:
@@ -173,41 +258,61 @@ class SqliteStore:
     def reset_streams(self) -> int:
         return self._write("UPDATE devices SET stream_id = 0 WHERE stream_id != 0", ())
 
-    def record_heartbeats(self, rows: Sequence[HeartbeatRow]) -> None:
-        params = [
-            (
-                r.received_at,
-                r.seq,
-                r.health.collected_at,
-                r.health.cpu_percent,
-                r.health.memory_percent,
-                r.health.disk_percent,
-                r.health.uptime_seconds,
-                r.health.load1,
-                r.health.load5,
-                r.health.load15,
-                r.device_id,
-                r.seq,
-            )
-            for r in rows
-        ]
+    def record_messages(self, rows: Sequence[AgentRow]) -> None:
         with self._write_lock:
             try:
                 self._writer.execute("BEGIN IMMEDIATE")
-                self._writer.executemany(
-                    """
-                    UPDATE devices SET last_heartbeat = ?, last_seq = ?, collected_at = ?,
-                        cpu_percent = ?, memory_percent = ?, disk_percent = ?,
-                        uptime_seconds = ?, load1 = ?, load5 = ?, load15 = ?
-                    WHERE device_id = ? AND last_seq < ?
-                    """,
-                    params,
-                )
+                for kind, run in itertools.groupby(rows, _run_kind):
+                    if kind == "result":
+                        for r in run:
+                            assert isinstance(r, CommandResultRow)
+                            self._record_result(r)
+                        continue
+                    sql = _HEARTBEAT_SQL.format(report=_REPORT_SET if kind == "report" else "")
+                    self._writer.executemany(
+                        sql, [_heartbeat_params(r) for r in run if isinstance(r, HeartbeatRow)]
+                    )
                 self._writer.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._writer.in_transaction:
                     self._writer.execute("ROLLBACK")
                 raise StoreError(f"database {self.path}: {exc}") from None
+
+    def _record_result(self, r: CommandResultRow) -> None:
+        moved = self._writer.execute(
+            _RESULT_SEQ_SQL, {"device_id": r.device_id, "seq": r.seq}
+        ).rowcount
+        if moved:
+            self._writer.execute(
+                "INSERT INTO command_results VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    r.device_id,
+                    r.seq,
+                    r.command_id,
+                    r.status,
+                    r.message,
+                    r.finished_at,
+                    r.received_at,
+                ),
+            )
+
+    def command_results(self, device_id: str, limit: int) -> list[CommandResultRow]:
+        rows = self._read(
+            "SELECT * FROM command_results WHERE device_id = :id ORDER BY seq DESC LIMIT :limit",
+            {"id": device_id, "limit": limit},
+        )
+        return [
+            CommandResultRow(
+                device_id=r["device_id"],
+                seq=r["seq"],
+                received_at=r["received_at"],
+                command_id=r["command_id"],
+                status=r["status"],
+                message=r["message"],
+                finished_at=r["finished_at"],
+            )
+            for r in rows
+        ]
 
     def list_devices(self, query: DeviceQuery, now: float) -> list[DeviceRecord]:
         where = ["device_id > :after"]
@@ -220,6 +325,9 @@ class SqliteStore:
             params["kind"] = query.kind.value
         if query.status is not None:
             where.append(ONLINE_SQL if query.status is DeviceStatus.ONLINE else f"NOT {ONLINE_SQL}")
+        if query.condition is not None:
+            where.append("condition = :condition")
+            params["condition"] = query.condition.value
         sql = (
             f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE {' AND '.join(where)} "
             "ORDER BY device_id LIMIT :limit"

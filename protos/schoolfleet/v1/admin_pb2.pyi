@@ -55,6 +55,14 @@ class Device(_message.Message):
     OFFLINE_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    OS_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    SYSTEM_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    HEARTBEATS_STORED_FIELD_NUMBER: _builtins.int
+    SEQ_GAPS_FIELD_NUMBER: _builtins.int
+    SPOOL_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     kind: _fleet_pb2.DeviceKind.ValueType
     school_id: _builtins.str
@@ -65,6 +73,12 @@ class Device(_message.Message):
     stream_up: _builtins.bool
     offline_after_seconds: _builtins.int
     last_seq: _builtins.int
+    condition: _fleet_pb2.Condition.ValueType
+    """The device's own verdict in its latest heartbeat, and why."""
+    heartbeats_stored: _builtins.int
+    """Heartbeats stored since the device was first seen (duplicates are not stored)."""
+    seq_gaps: _builtins.int
+    """Sequence numbers that never arrived: messages the device dropped or lost."""
     @_builtins.property
     def first_seen(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -74,6 +88,20 @@ class Device(_message.Message):
     @_builtins.property
     def health(self) -> _fleet_pb2.Health:
         """Unset until the first heartbeat is stored."""
+
+    @_builtins.property
+    def os(self) -> _fleet_pb2.OsInfo:
+        """From the device's latest Hello."""
+
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def system(self) -> _fleet_pb2.SystemReport: ...
+    @_builtins.property
+    def network(self) -> _fleet_pb2.NetworkReport: ...
+    @_builtins.property
+    def spool(self) -> _fleet_pb2.SpoolStats:
+        """The device's offline spool, as of its latest heartbeat."""
 
     def __init__(
         self,
@@ -91,10 +119,18 @@ class Device(_message.Message):
         offline_after_seconds: _builtins.int = ...,
         last_seq: _builtins.int = ...,
         health: _fleet_pb2.Health | None = ...,
+        os: _fleet_pb2.OsInfo | None = ...,
+        condition: _fleet_pb2.Condition.ValueType = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+        system: _fleet_pb2.SystemReport | None = ...,
+        network: _fleet_pb2.NetworkReport | None = ...,
+        heartbeats_stored: _builtins.int = ...,
+        seq_gaps: _builtins.int = ...,
+        spool: _fleet_pb2.SpoolStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "health", b"health", "last_heartbeat", b"last_heartbeat"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "health", b"health", "last_heartbeat", b"last_heartbeat", "network", b"network", "os", b"os", "spool", b"spool", "system", b"system"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "device_id", b"device_id", "first_seen", b"first_seen", "health", b"health", "hostname", b"hostname", "kind", b"kind", "last_heartbeat", b"last_heartbeat", "last_seq", b"last_seq", "offline_after_seconds", b"offline_after_seconds", "room_id", b"room_id", "school_id", b"school_id", "status", b"status", "stream_up", b"stream_up"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "condition", b"condition", "device_id", b"device_id", "first_seen", b"first_seen", "health", b"health", "heartbeats_stored", b"heartbeats_stored", "hostname", b"hostname", "kind", b"kind", "last_heartbeat", b"last_heartbeat", "last_seq", b"last_seq", "network", b"network", "offline_after_seconds", b"offline_after_seconds", "os", b"os", "reasons", b"reasons", "room_id", b"room_id", "school_id", b"school_id", "seq_gaps", b"seq_gaps", "spool", b"spool", "status", b"status", "stream_up", b"stream_up", "system", b"system"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -109,6 +145,7 @@ class ListDevicesRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
     school_id: _builtins.str
     """Empty or unspecified filters match everything."""
     kind: _fleet_pb2.DeviceKind.ValueType
@@ -117,6 +154,7 @@ class ListDevicesRequest(_message.Message):
     """At most this many devices per page (the server caps it)."""
     page_token: _builtins.str
     """From the previous response's next_page_token; empty for the first page."""
+    condition: _fleet_pb2.Condition.ValueType
     def __init__(
         self,
         *,
@@ -125,10 +163,11 @@ class ListDevicesRequest(_message.Message):
         status: Global___DeviceStatus.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        condition: _fleet_pb2.Condition.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "school_id", b"school_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "school_id", b"school_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -84,6 +84,7 @@ class Hello(_message.Message):
     HOSTNAME_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    OS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     kind: _fleet_pb2.DeviceKind.ValueType
     school_id: _builtins.str
@@ -94,6 +95,8 @@ class Hello(_message.Message):
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Features this agent handles, e.g. "ping"."""
 
+    @_builtins.property
+    def os(self) -> _fleet_pb2.OsInfo: ...
     def __init__(
         self,
         *,
@@ -104,10 +107,11 @@ class Hello(_message.Message):
         hostname: _builtins.str = ...,
         agent_version: _builtins.str = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        os: _fleet_pb2.OsInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["os", b"os"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capabilities", b"capabilities", "device_id", b"device_id", "hostname", b"hostname", "kind", b"kind", "room_id", b"room_id", "school_id", b"school_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capabilities", b"capabilities", "device_id", b"device_id", "hostname", b"hostname", "kind", b"kind", "os", b"os", "room_id", b"room_id", "school_id", b"school_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -118,16 +122,37 @@ class Heartbeat(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEALTH_FIELD_NUMBER: _builtins.int
+    SYSTEM_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    SPOOL_FIELD_NUMBER: _builtins.int
+    condition: _fleet_pb2.Condition.ValueType
     @_builtins.property
     def health(self) -> _fleet_pb2.Health: ...
+    @_builtins.property
+    def system(self) -> _fleet_pb2.SystemReport: ...
+    @_builtins.property
+    def network(self) -> _fleet_pb2.NetworkReport: ...
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why the condition is not ok, e.g. "disk / at 93%"."""
+
+    @_builtins.property
+    def spool(self) -> _fleet_pb2.SpoolStats: ...
     def __init__(
         self,
         *,
         health: _fleet_pb2.Health | None = ...,
+        system: _fleet_pb2.SystemReport | None = ...,
+        network: _fleet_pb2.NetworkReport | None = ...,
+        condition: _fleet_pb2.Condition.ValueType = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+        spool: _fleet_pb2.SpoolStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "network", b"network", "spool", b"spool", "system", b"system"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "health", b"health", "network", b"network", "reasons", b"reasons", "spool", b"spool", "system", b"system"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -225,6 +250,7 @@ class Welcome(_message.Message):
     OFFLINE_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     LAST_STORED_SEQ_FIELD_NUMBER: _builtins.int
+    THRESHOLDS_FIELD_NUMBER: _builtins.int
     heartbeat_interval_seconds: _builtins.int
     """How often the agent sends a heartbeat."""
     offline_after_seconds: _builtins.int
@@ -233,6 +259,10 @@ class Welcome(_message.Message):
     """Highest sequence number the controller has stored for this device."""
     @_builtins.property
     def server_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def thresholds(self) -> _fleet_pb2.Thresholds:
+        """Unset: the agent keeps its own defaults."""
+
     def __init__(
         self,
         *,
@@ -240,10 +270,11 @@ class Welcome(_message.Message):
         offline_after_seconds: _builtins.int = ...,
         server_time: _timestamp_pb2.Timestamp | None = ...,
         last_stored_seq: _builtins.int = ...,
+        thresholds: _fleet_pb2.Thresholds | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time", "thresholds", b"thresholds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "last_stored_seq", b"last_stored_seq", "offline_after_seconds", b"offline_after_seconds", "server_time", b"server_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "last_stored_seq", b"last_stored_seq", "offline_after_seconds", b"offline_after_seconds", "server_time", b"server_time", "thresholds", b"thresholds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

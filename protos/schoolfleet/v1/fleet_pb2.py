@@ -25,15 +25,35 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/schoolfleet/v1/fleet.proto\x12\x0eschoolfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x01\n\x06Health\x12\x30\n\x0c\x63ollected_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63pu_percent\x18\x02 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x03 \x01(\x01\x12\x14\n\x0c\x64isk_percent\x18\x04 \x01(\x01\x12\x16\n\x0euptime_seconds\x18\x05 \x01(\x01\x12\r\n\x05load1\x18\x06 \x01(\x01\x12\r\n\x05load5\x18\x07 \x01(\x01\x12\x0e\n\x06load15\x18\x08 \x01(\x01*\x8b\x01\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x45VICE_KIND_PANEL\x10\x01\x12\x19\n\x15\x44\x45VICE_KIND_MONOBLOCK\x10\x02\x12\x16\n\x12\x44\x45VICE_KIND_LAPTOP\x10\x03\x12\x16\n\x12\x44\x45VICE_KIND_SERVER\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/schoolfleet/v1/fleet.proto\x12\x0eschoolfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x01\n\x06Health\x12\x30\n\x0c\x63ollected_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63pu_percent\x18\x02 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x03 \x01(\x01\x12\x14\n\x0c\x64isk_percent\x18\x04 \x01(\x01\x12\x16\n\x0euptime_seconds\x18\x05 \x01(\x01\x12\r\n\x05load1\x18\x06 \x01(\x01\x12\r\n\x05load5\x18\x07 \x01(\x01\x12\x0e\n\x06load15\x18\x08 \x01(\x01\"f\n\x06OsInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06kernel\x18\x03 \x01(\t\x12-\n\tboot_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\nFilesystem\x12\x12\n\nmountpoint\x18\x01 \x01(\t\x12\x0e\n\x06\x66stype\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cused_percent\x18\x04 \x01(\x01\",\n\x0bTemperature\x12\x0c\n\x04\x63hip\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x65lsius\x18\x02 \x01(\x01\"\xdc\x02\n\x0cSystemReport\x12\x19\n\x0cswap_percent\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12/\n\x0b\x66ilesystems\x18\x02 \x03(\x0b\x32\x1a.schoolfleet.v1.Filesystem\x12\x31\n\x0ctemperatures\x18\x03 \x03(\x0b\x32\x1b.schoolfleet.v1.Temperature\x12\x1c\n\x0f\x62\x61ttery_percent\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bon_ac_power\x18\x05 \x01(\x08H\x02\x88\x01\x01\x12\x17\n\x0f\x61gent_rss_bytes\x18\x06 \x01(\x04\x12\x19\n\x11\x61gent_cpu_percent\x18\x07 \x01(\x01\x12\x1a\n\rkiosk_running\x18\x08 \x01(\x08H\x03\x88\x01\x01\x42\x0f\n\r_swap_percentB\x12\n\x10_battery_percentB\x0e\n\x0c_on_ac_powerB\x10\n\x0e_kiosk_running\"\xd9\x01\n\tInterface\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x0b\n\x03mtu\x18\x04 \x01(\r\x12\x11\n\taddresses\x18\x05 \x03(\t\x12\x17\n\nspeed_mbit\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08rx_bytes\x18\x07 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x08 \x01(\x04\x12\x11\n\trx_errors\x18\t \x01(\x04\x12\x11\n\ttx_errors\x18\n \x01(\x04\x12\x10\n\x08wireless\x18\x0b \x01(\x08\x42\r\n\x0b_speed_mbit\"a\n\x04Wifi\x12\x11\n\tinterface\x18\x01 \x01(\t\x12\r\n\x05\x62ssid\x18\x02 \x01(\t\x12\x0c\n\x04ssid\x18\x03 \x01(\t\x12\x15\n\rfrequency_mhz\x18\x04 \x01(\r\x12\x12\n\nsignal_dbm\x18\x05 \x01(\x01\"\xab\x01\n\rNetworkReport\x12-\n\ninterfaces\x18\x01 \x03(\x0b\x32\x19.schoolfleet.v1.Interface\x12\x17\n\x0f\x64\x65\x66\x61ult_gateway\x18\x02 \x01(\t\x12\x19\n\x11\x64\x65\x66\x61ult_interface\x18\x03 \x01(\t\x12\"\n\x04wifi\x18\x04 \x03(\x0b\x32\x14.schoolfleet.v1.Wifi\x12\x13\n\x0bwifi_status\x18\x05 \x01(\t\"\xd9\x01\n\nThresholds\x12\x1d\n\x15\x64isk_degraded_percent\x18\x01 \x01(\x01\x12\x1d\n\x15\x64isk_critical_percent\x18\x02 \x01(\x01\x12\x1f\n\x17memory_degraded_percent\x18\x03 \x01(\x01\x12$\n\x1ctemperature_degraded_celsius\x18\x04 \x01(\x01\x12$\n\x1ctemperature_critical_celsius\x18\x05 \x01(\x01\x12 \n\x18\x62\x61ttery_degraded_percent\x18\x06 \x01(\x01\".\n\nSpoolStats\x12\x0f\n\x07pending\x18\x01 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04*\x8b\x01\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x45VICE_KIND_PANEL\x10\x01\x12\x19\n\x15\x44\x45VICE_KIND_MONOBLOCK\x10\x02\x12\x16\n\x12\x44\x45VICE_KIND_LAPTOP\x10\x03\x12\x16\n\x12\x44\x45VICE_KIND_SERVER\x10\x04*h\n\tCondition\x12\x19\n\x15\x43ONDITION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x43ONDITION_OK\x10\x01\x12\x16\n\x12\x43ONDITION_DEGRADED\x10\x02\x12\x16\n\x12\x43ONDITION_CRITICAL\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.schoolfleet.v1.fleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEVICEKIND']._serialized_start=285
-  _globals['_DEVICEKIND']._serialized_end=424
+  _globals['_DEVICEKIND']._serialized_start=1640
+  _globals['_DEVICEKIND']._serialized_end=1779
+  _globals['_CONDITION']._serialized_start=1781
+  _globals['_CONDITION']._serialized_end=1885
   _globals['_HEALTH']._serialized_start=87
   _globals['_HEALTH']._serialized_end=282
+  _globals['_OSINFO']._serialized_start=284
+  _globals['_OSINFO']._serialized_end=386
+  _globals['_FILESYSTEM']._serialized_start=388
+  _globals['_FILESYSTEM']._serialized_end=479
+  _globals['_TEMPERATURE']._serialized_start=481
+  _globals['_TEMPERATURE']._serialized_end=525
+  _globals['_SYSTEMREPORT']._serialized_start=528
+  _globals['_SYSTEMREPORT']._serialized_end=876
+  _globals['_INTERFACE']._serialized_start=879
+  _globals['_INTERFACE']._serialized_end=1096
+  _globals['_WIFI']._serialized_start=1098
+  _globals['_WIFI']._serialized_end=1195
+  _globals['_NETWORKREPORT']._serialized_start=1198
+  _globals['_NETWORKREPORT']._serialized_end=1369
+  _globals['_THRESHOLDS']._serialized_start=1372
+  _globals['_THRESHOLDS']._serialized_end=1589
+  _globals['_SPOOLSTATS']._serialized_start=1591
+  _globals['_SPOOLSTATS']._serialized_end=1637
 # @@protoc_insertion_point(module_scope)

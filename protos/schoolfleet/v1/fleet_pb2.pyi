@@ -7,9 +7,11 @@ Rules: fields are only ever added; numbers are never reused; timestamps are
 google.protobuf.Timestamp.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -43,6 +45,26 @@ DEVICE_KIND_MONOBLOCK: DeviceKind.ValueType  # 2
 DEVICE_KIND_LAPTOP: DeviceKind.ValueType  # 3
 DEVICE_KIND_SERVER: DeviceKind.ValueType  # 4
 Global___DeviceKind: _TypeAlias = DeviceKind  # noqa: Y015
+
+class _Condition:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConditionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Condition.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONDITION_UNSPECIFIED: _Condition.ValueType  # 0
+    CONDITION_OK: _Condition.ValueType  # 1
+    CONDITION_DEGRADED: _Condition.ValueType  # 2
+    CONDITION_CRITICAL: _Condition.ValueType  # 3
+
+class Condition(_Condition, metaclass=_ConditionEnumTypeWrapper):
+    """The device's own verdict from its thresholds."""
+
+CONDITION_UNSPECIFIED: Condition.ValueType  # 0
+CONDITION_OK: Condition.ValueType  # 1
+CONDITION_DEGRADED: Condition.ValueType  # 2
+CONDITION_CRITICAL: Condition.ValueType  # 3
+Global___Condition: _TypeAlias = Condition  # noqa: Y015
 
 @_typing.final
 class Health(_message.Message):
@@ -87,3 +109,330 @@ class Health(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Health: _TypeAlias = Health  # noqa: Y015
+
+@_typing.final
+class OsInfo(_message.Message):
+    """What the device runs; sent in Hello (it changes only with a restart)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    KERNEL_FIELD_NUMBER: _builtins.int
+    BOOT_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """NAME and VERSION_ID of /etc/os-release; empty where the file is absent."""
+    version: _builtins.str
+    kernel: _builtins.str
+    @_builtins.property
+    def boot_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        kernel: _builtins.str = ...,
+        boot_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["boot_time", b"boot_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boot_time", b"boot_time", "kernel", b"kernel", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OsInfo: _TypeAlias = OsInfo  # noqa: Y015
+
+@_typing.final
+class Filesystem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNTPOINT_FIELD_NUMBER: _builtins.int
+    FSTYPE_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    USED_PERCENT_FIELD_NUMBER: _builtins.int
+    mountpoint: _builtins.str
+    fstype: _builtins.str
+    total_bytes: _builtins.int
+    used_percent: _builtins.float
+    def __init__(
+        self,
+        *,
+        mountpoint: _builtins.str = ...,
+        fstype: _builtins.str = ...,
+        total_bytes: _builtins.int = ...,
+        used_percent: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fstype", b"fstype", "mountpoint", b"mountpoint", "total_bytes", b"total_bytes", "used_percent", b"used_percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Filesystem: _TypeAlias = Filesystem  # noqa: Y015
+
+@_typing.final
+class Temperature(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHIP_FIELD_NUMBER: _builtins.int
+    CELSIUS_FIELD_NUMBER: _builtins.int
+    chip: _builtins.str
+    """Sensor chip, e.g. "coretemp"; the value is its hottest current reading."""
+    celsius: _builtins.float
+    def __init__(
+        self,
+        *,
+        chip: _builtins.str = ...,
+        celsius: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["celsius", b"celsius", "chip", b"chip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Temperature: _TypeAlias = Temperature  # noqa: Y015
+
+@_typing.final
+class SystemReport(_message.Message):
+    """Figures beyond basic health. Absent hardware is absent (unset), never zero."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWAP_PERCENT_FIELD_NUMBER: _builtins.int
+    FILESYSTEMS_FIELD_NUMBER: _builtins.int
+    TEMPERATURES_FIELD_NUMBER: _builtins.int
+    BATTERY_PERCENT_FIELD_NUMBER: _builtins.int
+    ON_AC_POWER_FIELD_NUMBER: _builtins.int
+    AGENT_RSS_BYTES_FIELD_NUMBER: _builtins.int
+    AGENT_CPU_PERCENT_FIELD_NUMBER: _builtins.int
+    KIOSK_RUNNING_FIELD_NUMBER: _builtins.int
+    swap_percent: _builtins.float
+    battery_percent: _builtins.float
+    on_ac_power: _builtins.bool
+    agent_rss_bytes: _builtins.int
+    agent_cpu_percent: _builtins.float
+    kiosk_running: _builtins.bool
+    """Unset when no kiosk program is configured."""
+    @_builtins.property
+    def filesystems(self) -> _containers.RepeatedCompositeFieldContainer[Global___Filesystem]: ...
+    @_builtins.property
+    def temperatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___Temperature]: ...
+    def __init__(
+        self,
+        *,
+        swap_percent: _builtins.float | None = ...,
+        filesystems: _abc.Iterable[Global___Filesystem] | None = ...,
+        temperatures: _abc.Iterable[Global___Temperature] | None = ...,
+        battery_percent: _builtins.float | None = ...,
+        on_ac_power: _builtins.bool | None = ...,
+        agent_rss_bytes: _builtins.int = ...,
+        agent_cpu_percent: _builtins.float = ...,
+        kiosk_running: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery_percent", b"_battery_percent", "_kiosk_running", b"_kiosk_running", "_on_ac_power", b"_on_ac_power", "_swap_percent", b"_swap_percent", "battery_percent", b"battery_percent", "kiosk_running", b"kiosk_running", "on_ac_power", b"on_ac_power", "swap_percent", b"swap_percent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery_percent", b"_battery_percent", "_kiosk_running", b"_kiosk_running", "_on_ac_power", b"_on_ac_power", "_swap_percent", b"_swap_percent", "agent_cpu_percent", b"agent_cpu_percent", "agent_rss_bytes", b"agent_rss_bytes", "battery_percent", b"battery_percent", "filesystems", b"filesystems", "kiosk_running", b"kiosk_running", "on_ac_power", b"on_ac_power", "swap_percent", b"swap_percent", "temperatures", b"temperatures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__battery_percent: _TypeAlias = _typing.Literal["battery_percent"]  # noqa: Y015
+    _WhichOneofArgType__battery_percent: _TypeAlias = _typing.Literal["_battery_percent", b"_battery_percent"]  # noqa: Y015
+    _WhichOneofReturnType__kiosk_running: _TypeAlias = _typing.Literal["kiosk_running"]  # noqa: Y015
+    _WhichOneofArgType__kiosk_running: _TypeAlias = _typing.Literal["_kiosk_running", b"_kiosk_running"]  # noqa: Y015
+    _WhichOneofReturnType__on_ac_power: _TypeAlias = _typing.Literal["on_ac_power"]  # noqa: Y015
+    _WhichOneofArgType__on_ac_power: _TypeAlias = _typing.Literal["_on_ac_power", b"_on_ac_power"]  # noqa: Y015
+    _WhichOneofReturnType__swap_percent: _TypeAlias = _typing.Literal["swap_percent"]  # noqa: Y015
+    _WhichOneofArgType__swap_percent: _TypeAlias = _typing.Literal["_swap_percent", b"_swap_percent"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__battery_percent) -> _WhichOneofReturnType__battery_percent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__kiosk_running) -> _WhichOneofReturnType__kiosk_running | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__on_ac_power) -> _WhichOneofReturnType__on_ac_power | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__swap_percent) -> _WhichOneofReturnType__swap_percent | None: ...
+
+Global___SystemReport: _TypeAlias = SystemReport  # noqa: Y015
+
+@_typing.final
+class Interface(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    MTU_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    SPEED_MBIT_FIELD_NUMBER: _builtins.int
+    RX_BYTES_FIELD_NUMBER: _builtins.int
+    TX_BYTES_FIELD_NUMBER: _builtins.int
+    RX_ERRORS_FIELD_NUMBER: _builtins.int
+    TX_ERRORS_FIELD_NUMBER: _builtins.int
+    WIRELESS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    state: _builtins.str
+    """Operational state as the kernel says: up, down, unknown, dormant..."""
+    mac: _builtins.str
+    mtu: _builtins.int
+    speed_mbit: _builtins.int
+    """Unset where the driver does not say (virtual links, link down)."""
+    rx_bytes: _builtins.int
+    tx_bytes: _builtins.int
+    rx_errors: _builtins.int
+    tx_errors: _builtins.int
+    wireless: _builtins.bool
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CIDR notation, e.g. 198.18.0.2/24."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: _builtins.str = ...,
+        mac: _builtins.str = ...,
+        mtu: _builtins.int = ...,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+        speed_mbit: _builtins.int | None = ...,
+        rx_bytes: _builtins.int = ...,
+        tx_bytes: _builtins.int = ...,
+        rx_errors: _builtins.int = ...,
+        tx_errors: _builtins.int = ...,
+        wireless: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_speed_mbit", b"_speed_mbit", "speed_mbit", b"speed_mbit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_speed_mbit", b"_speed_mbit", "addresses", b"addresses", "mac", b"mac", "mtu", b"mtu", "name", b"name", "rx_bytes", b"rx_bytes", "rx_errors", b"rx_errors", "speed_mbit", b"speed_mbit", "state", b"state", "tx_bytes", b"tx_bytes", "tx_errors", b"tx_errors", "wireless", b"wireless"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__speed_mbit: _TypeAlias = _typing.Literal["speed_mbit"]  # noqa: Y015
+    _WhichOneofArgType__speed_mbit: _TypeAlias = _typing.Literal["_speed_mbit", b"_speed_mbit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__speed_mbit) -> _WhichOneofReturnType__speed_mbit | None: ...
+
+Global___Interface: _TypeAlias = Interface  # noqa: Y015
+
+@_typing.final
+class Wifi(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERFACE_FIELD_NUMBER: _builtins.int
+    BSSID_FIELD_NUMBER: _builtins.int
+    SSID_FIELD_NUMBER: _builtins.int
+    FREQUENCY_MHZ_FIELD_NUMBER: _builtins.int
+    SIGNAL_DBM_FIELD_NUMBER: _builtins.int
+    interface: _builtins.str
+    bssid: _builtins.str
+    ssid: _builtins.str
+    frequency_mhz: _builtins.int
+    signal_dbm: _builtins.float
+    def __init__(
+        self,
+        *,
+        interface: _builtins.str = ...,
+        bssid: _builtins.str = ...,
+        ssid: _builtins.str = ...,
+        frequency_mhz: _builtins.int = ...,
+        signal_dbm: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bssid", b"bssid", "frequency_mhz", b"frequency_mhz", "interface", b"interface", "signal_dbm", b"signal_dbm", "ssid", b"ssid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Wifi: _TypeAlias = Wifi  # noqa: Y015
+
+@_typing.final
+class NetworkReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERFACES_FIELD_NUMBER: _builtins.int
+    DEFAULT_GATEWAY_FIELD_NUMBER: _builtins.int
+    DEFAULT_INTERFACE_FIELD_NUMBER: _builtins.int
+    WIFI_FIELD_NUMBER: _builtins.int
+    WIFI_STATUS_FIELD_NUMBER: _builtins.int
+    default_gateway: _builtins.str
+    """Empty when the device has no default route."""
+    default_interface: _builtins.str
+    wifi_status: _builtins.str
+    """Why `wifi` is empty or what it is: "no wireless", "not associated", "associated"..."""
+    @_builtins.property
+    def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___Interface]: ...
+    @_builtins.property
+    def wifi(self) -> _containers.RepeatedCompositeFieldContainer[Global___Wifi]: ...
+    def __init__(
+        self,
+        *,
+        interfaces: _abc.Iterable[Global___Interface] | None = ...,
+        default_gateway: _builtins.str = ...,
+        default_interface: _builtins.str = ...,
+        wifi: _abc.Iterable[Global___Wifi] | None = ...,
+        wifi_status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_gateway", b"default_gateway", "default_interface", b"default_interface", "interfaces", b"interfaces", "wifi", b"wifi", "wifi_status", b"wifi_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkReport: _TypeAlias = NetworkReport  # noqa: Y015
+
+@_typing.final
+class Thresholds(_message.Message):
+    """Limits the controller sends in Welcome; the agent judges its condition by them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISK_DEGRADED_PERCENT_FIELD_NUMBER: _builtins.int
+    DISK_CRITICAL_PERCENT_FIELD_NUMBER: _builtins.int
+    MEMORY_DEGRADED_PERCENT_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_DEGRADED_CELSIUS_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_CRITICAL_CELSIUS_FIELD_NUMBER: _builtins.int
+    BATTERY_DEGRADED_PERCENT_FIELD_NUMBER: _builtins.int
+    disk_degraded_percent: _builtins.float
+    disk_critical_percent: _builtins.float
+    memory_degraded_percent: _builtins.float
+    temperature_degraded_celsius: _builtins.float
+    temperature_critical_celsius: _builtins.float
+    battery_degraded_percent: _builtins.float
+    def __init__(
+        self,
+        *,
+        disk_degraded_percent: _builtins.float = ...,
+        disk_critical_percent: _builtins.float = ...,
+        memory_degraded_percent: _builtins.float = ...,
+        temperature_degraded_celsius: _builtins.float = ...,
+        temperature_critical_celsius: _builtins.float = ...,
+        battery_degraded_percent: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["battery_degraded_percent", b"battery_degraded_percent", "disk_critical_percent", b"disk_critical_percent", "disk_degraded_percent", b"disk_degraded_percent", "memory_degraded_percent", b"memory_degraded_percent", "temperature_critical_celsius", b"temperature_critical_celsius", "temperature_degraded_celsius", b"temperature_degraded_celsius"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Thresholds: _TypeAlias = Thresholds  # noqa: Y015
+
+@_typing.final
+class SpoolStats(_message.Message):
+    """The agent's offline spool, as the agent counts it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    pending: _builtins.int
+    """Messages waiting in the spool for an ack."""
+    dropped: _builtins.int
+    """Heartbeats dropped because the spool was full, since the spool was created."""
+    def __init__(
+        self,
+        *,
+        pending: _builtins.int = ...,
+        dropped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "pending", b"pending"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpoolStats: _TypeAlias = SpoolStats  # noqa: Y015
