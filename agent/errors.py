@@ -4,14 +4,20 @@ SchoolFleetError (common.errors)
 ├── ConfigError     bad settings (common.errors)
 └── CollectError    a collector could not read what it reports (netlink refused,
                     a file vanished); the message names what and why
+└── SpoolError      the spool cannot be written (a full disk, a read-only
+                    directory); a corrupt spool is not an error, it is moved aside
 """
 
 from __future__ import annotations
 
 from common.errors import ConfigError, SchoolFleetError
 
-__all__ = ["CollectError", "ConfigError", "SchoolFleetError"]
+__all__ = ["CollectError", "ConfigError", "SchoolFleetError", "SpoolError"]
 
 
 class CollectError(SchoolFleetError):
     """A figure could not be read from the system."""
+
+
+class SpoolError(SchoolFleetError):
+    """The spool cannot be used (a full disk, a read-only directory); not corruption."""

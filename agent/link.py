@@ -1,8 +1,13 @@
 """The device's stream to the controller: Hello, heartbeats, acks, commands.
 
-One stream at a time. When it breaks, the link waits a backoff delay with full
-jitter and opens a new one; sequence numbers go on from what the controller says
-it has stored (Welcome.last_stored_seq), so an agent restart never reuses one.
+Everything the agent owes the controller goes through the spool: a heartbeat is
+collected every interval whether or not a stream is up, a command result as soon
+as the command has run. While a stream is up, a sender writes the spool's messages
+in sequence order; the controller's acks make the spool forget them. A new stream
+starts from what the controller says it has stored (Welcome.last_stored_seq), so a
+cut link, an agent restart or a controller restart replays what is missing and
+nothing twice. When a stream breaks, the link waits a backoff delay with full
+jitter and opens a new one.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import time
 import grpc
 
 from agent.backoff import backoff_delay
-from agent.health import HealthCollector
+from agent.errors import SpoolError
+from agent.report import Reporter, heartbeat, thresholds_from_pb
 from agent.settings import AgentSettings
-from protos.mapping import KIND_TO_PB, health_to_pb, timestamp
+from agent.spool import Spool
+from protos.mapping import KIND_TO_PB, os_to_pb, timestamp
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,8 @@ _SEEN_COMMANDS = 1024
 _HANDSHAKE_TIMEOUT = 30.0
 # Seconds a connected stream gets to close cleanly on stop.
 _CLOSE_GRACE = 3.0
+# Spooled messages read and written per round while replaying.
+_SEND_BATCH = 100
 
 
 Call = grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.ControllerMessage]
@@ -51,21 +60,65 @@ class StreamEnded(Exception):
 
 
 class Link:
-    """Keeps the device connected and reporting until ``stop`` is set."""
+    """Keeps the device reporting into the spool and connected until ``stop`` is set."""
 
-    def __init__(self, settings: AgentSettings, collector: HealthCollector, version: str) -> None:
+    def __init__(
+        self, settings: AgentSettings, reporter: Reporter, spool: Spool, version: str
+    ) -> None:
         self._settings = settings
-        self._collector = collector
+        self._reporter = reporter
+        self._spool = spool
         self._version = version
         self._interval = settings.heartbeat_interval
-        self._next_seq = 1
-        self._acked = 0
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._write_lock = asyncio.Lock()
         self._up_since: float | None = None
+        # Set when the spool got a message; the sender waits on it.
+        self._spooled = asyncio.Event()
+        # Set to have the next heartbeat collected now (a new stream, a new interval).
+        self._wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connects, reports, and reconnects with backoff until ``stop`` is set."""
+        """Reports, connects and reconnects with backoff until ``stop`` is set."""
+        producer = asyncio.create_task(self._produce(stop))
+        try:
+            await self._connect_until_stopped(stop)
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+    async def _produce(self, stop: asyncio.Event) -> None:
+        """Spools a heartbeat every interval, connected or not."""
+        while not stop.is_set():
+            self._wake.clear()
+            await self._spool_heartbeat()
+            waiting = [asyncio.create_task(e.wait()) for e in (stop, self._wake)]
+            try:
+                await asyncio.wait(waiting, timeout=self._interval, return_when="FIRST_COMPLETED")
+            finally:
+                for task in waiting:
+                    task.cancel()
+
+    async def _spool_heartbeat(self) -> None:
+        try:
+            # In a thread: netlink (pyroute2 runs its own event loop) and the process
+            # scan for the kiosk block; the spool stays on this loop's thread.
+            report = await asyncio.to_thread(self._reporter.collect)
+        except OSError as exc:
+            log.error("health not collected, heartbeat skipped: %s", exc)
+            return
+        try:
+            stats = self._spool.stats()
+            message = agent_pb2.AgentMessage(
+                heartbeat=heartbeat(report, stats.pending, stats.dropped)
+            )
+            self._spool.append(message, precious=False)
+        except SpoolError as exc:
+            log.error("heartbeat not spooled, lost: %s", exc)
+            return
+        self._spooled.set()
+
+    async def _connect_until_stopped(self, stop: asyncio.Event) -> None:
         attempt = 0
         loop = asyncio.get_running_loop()
         while not stop.is_set():
@@ -80,14 +133,21 @@ class Link:
             )
             attempt += 1
             log.warning(
-                "controller link down controller=%s reason=%s retry_in=%.1fs attempt=%d",
+                "controller link down controller=%s reason=%s retry_in=%.1fs attempt=%d spooled=%d",
                 self._settings.controller,
                 reason,
                 delay,
                 attempt,
+                self._spool_pending(),
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
+
+    def _spool_pending(self) -> int:
+        try:
+            return self._spool.stats().pending
+        except SpoolError:
+            return -1
 
     def _stayed_up(self, now: float) -> float:
         """Seconds the last stream was up after its Welcome (0 if it never got one)."""
@@ -110,7 +170,7 @@ class Link:
             return "stopped"
         except grpc.aio.AioRpcError as exc:
             return f"{exc.code().name}: {exc.details()}"
-        except (StreamEnded, TimeoutError) as exc:
+        except (StreamEnded, TimeoutError, SpoolError) as exc:
             return str(exc) or "no Welcome in time"
         finally:
             stopping.cancel()
@@ -128,6 +188,7 @@ class Link:
                 hostname=socket.gethostname()[:255],
                 agent_version=self._version,
                 capabilities=["ping"],
+                os=os_to_pb(self._reporter.os_info()),
             ),
         )
 
@@ -144,55 +205,60 @@ class Link:
                 or first.WhichOneof("body") != "welcome"
             ):
                 raise StreamEnded("controller did not answer Hello with Welcome")
-            welcome = first.welcome
-            if welcome.heartbeat_interval_seconds:
-                self._interval = float(welcome.heartbeat_interval_seconds)
-            self._next_seq = max(self._next_seq, welcome.last_stored_seq + 1)
-            self._up_since = asyncio.get_running_loop().time()
-            log.info(
-                "controller link up controller=%s device=%s interval=%gs next_seq=%d",
-                self._settings.controller,
-                self._settings.device_id,
-                self._interval,
-                self._next_seq,
-            )
+            self._welcomed(first.welcome)
             receiver = asyncio.create_task(self._receive(call))
-            stopping = asyncio.create_task(stop.wait())
             try:
-                while True:
-                    await self._send_heartbeat(call)
-                    await asyncio.wait(
-                        {receiver, stopping},
-                        timeout=self._interval,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    if receiver.done():
-                        receiver.result()  # raises the stream's error, if it had one
-                        return
-                    if stopping.done():
-                        async with self._write_lock:
-                            await call.done_writing()
-                        await asyncio.wait({receiver}, timeout=2.0)
-                        return
+                await self._send_spooled(call, first.welcome.last_stored_seq, receiver, stop)
             finally:
                 receiver.cancel()
-                stopping.cancel()
 
-    async def _send_heartbeat(self, call: Call) -> None:
-        try:
-            health = self._collector.collect()
-        except OSError as exc:
-            log.error("health not collected, heartbeat skipped: %s", exc)
-            return
-        await self._write(
-            call, agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(health=health_to_pb(health)))
+    def _welcomed(self, welcome: agent_pb2.Welcome) -> None:
+        if welcome.heartbeat_interval_seconds:
+            self._interval = float(welcome.heartbeat_interval_seconds)
+        if welcome.HasField("thresholds"):
+            self._reporter.limits = thresholds_from_pb(welcome.thresholds)
+        self._spool.welcome(welcome.last_stored_seq)
+        self._up_since = asyncio.get_running_loop().time()
+        # A fresh heartbeat now, so the device counts as online at once.
+        self._wake.set()
+        log.info(
+            "controller link up controller=%s device=%s interval=%gs last_stored_seq=%d spooled=%d",
+            self._settings.controller,
+            self._settings.device_id,
+            self._interval,
+            welcome.last_stored_seq,
+            self._spool_pending(),
         )
 
-    async def _write(self, call: Call, message: agent_pb2.AgentMessage) -> None:
-        async with self._write_lock:
-            message.seq = self._next_seq
-            self._next_seq += 1
-            await call.write(message)
+    async def _send_spooled(
+        self, call: Call, sent: int, receiver: asyncio.Task[None], stop: asyncio.Event
+    ) -> None:
+        """Writes the spool's messages above ``sent`` in order, as they come, until the
+        stream ends or ``stop`` is set."""
+        generation = self._spool.generation
+        while True:
+            if receiver.done():
+                receiver.result()  # raises the stream's error, if it had one
+                return
+            if stop.is_set():
+                await call.done_writing()
+                await asyncio.wait({receiver}, timeout=2.0)
+                return
+            if self._spool.generation != generation:
+                raise StreamEnded("spool started anew; reconnecting to line it up")
+            self._spooled.clear()
+            batch = self._spool.pending(sent, _SEND_BATCH)
+            for message in batch:
+                await call.write(message)
+                sent = message.seq
+            if batch:
+                continue
+            waiting = [asyncio.create_task(e.wait()) for e in (self._spooled, stop)]
+            try:
+                await asyncio.wait([receiver, *waiting], return_when="FIRST_COMPLETED")
+            finally:
+                for task in waiting:
+                    task.cancel()
 
     async def _receive(self, call: Call) -> None:
         while True:
@@ -201,11 +267,11 @@ class Link:
                 return  # grpc.aio.EOF: the controller ended the stream
             body = message.WhichOneof("body")
             if body == "ack":
-                self._acked = max(self._acked, message.ack.seq)
+                self._spool.acknowledge(message.ack.seq)
             elif body == "command":
-                await self._run_command(call, message.command)
+                self._run_command(message.command)
 
-    async def _run_command(self, call: Call, command: agent_pb2.Command) -> None:
+    def _run_command(self, command: agent_pb2.Command) -> None:
         if command.command_id in self._seen:
             log.info("command already handled, not run again cmd=%s", command.command_id)
             return
@@ -228,4 +294,9 @@ class Link:
             action,
             agent_pb2.CommandResult.Status.Name(result.status),
         )
-        await self._write(call, agent_pb2.AgentMessage(command_result=result))
+        try:
+            self._spool.append(agent_pb2.AgentMessage(command_result=result), precious=True)
+        except SpoolError as exc:
+            log.error("command result not spooled, lost cmd=%s: %s", command.command_id, exc)
+            return
+        self._spooled.set()

@@ -9,11 +9,15 @@ import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import settings as agent_settings
-from agent.errors import CollectError
+from agent.errors import CollectError, SpoolError
 from common.errors import SchoolFleetError
 from common.logs import setup_logging
+
+if TYPE_CHECKING:
+    from agent.spool import Spool
 
 log = logging.getLogger("agent")
 
@@ -52,15 +56,34 @@ def _version() -> str:
         return "unknown"
 
 
+def _open_spool(settings: agent_settings.AgentSettings) -> Spool:
+    """The spool on disk; in memory (lost on restart) if the disk place is unusable."""
+    from agent.spool import Spool
+
+    try:
+        spool = Spool(settings.spool_path, settings.device_id, settings.spool_max_bytes)
+    except SpoolError as exc:
+        log.error("%s; spooling in memory only until the agent restarts", exc)
+        spool = Spool(Path(":memory:"), settings.device_id, settings.spool_max_bytes)
+    stats = spool.stats()
+    log.info(
+        "spool opened path=%s pending=%d dropped=%d next_seq=%d",
+        spool.path,
+        stats.pending,
+        stats.dropped,
+        stats.next_seq,
+    )
+    return spool
+
+
 async def _run(settings: agent_settings.AgentSettings) -> None:
-    from agent.health import HealthCollector
     from agent.link import Link
+    from agent.report import Reporter
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    link = Link(settings, HealthCollector(settings.disk_path), _version())
     log.info(
         "agent started device=%s kind=%s school=%s room=%s controller=%s",
         settings.device_id,
@@ -69,7 +92,21 @@ async def _run(settings: agent_settings.AgentSettings) -> None:
         settings.room_id,
         settings.controller,
     )
-    await link.run(stop)
+    spool = _open_spool(settings)
+    link = Link(settings, Reporter(settings), spool, _version())
+    try:
+        await link.run(stop)
+    finally:
+        # Everything not acked is committed already; closing folds the log into the file.
+        stats = spool.stats()
+        spool.close()
+        log.info(
+            "spool closed path=%s pending=%d dropped=%d next_seq=%d",
+            spool.path,
+            stats.pending,
+            stats.dropped,
+            stats.next_seq,
+        )
     log.info("agent stopped device=%s", settings.device_id)
 
 
@@ -78,17 +115,12 @@ def _print_once(settings: agent_settings.AgentSettings, as_json: bool) -> None:
     import time
     from dataclasses import asdict
 
-    from agent.health import HealthCollector
-    from agent.network import read_network
-    from agent.status import Thresholds, assess
-    from agent.system import SystemCollector
+    from agent.report import Reporter, heartbeat_size
 
-    collector = HealthCollector(settings.disk_path)
-    system = SystemCollector(settings.kiosk_program)
+    reporter = Reporter(settings)
     # psutil's CPU figure needs an interval between the priming call and the reading.
     time.sleep(0.5)
-    health, facts, network = collector.collect(), system.collect(), read_network()
-    status, reasons = assess(health, facts, network, Thresholds())
+    r = reporter.collect()
     report = {
         "device_id": settings.device_id,
         "kind": settings.kind.value,
@@ -96,38 +128,51 @@ def _print_once(settings: agent_settings.AgentSettings, as_json: bool) -> None:
         "room_id": settings.room_id,
         "controller": settings.controller,
         "agent_version": _version(),
-        "status": status,
-        "reasons": reasons,
-        "health": asdict(health),
-        "system": asdict(facts),
-        "network": asdict(network),
+        "status": r.condition.value,
+        "reasons": r.reasons,
+        "health": asdict(r.health),
+        "system": asdict(r.facts),
+        "network": asdict(r.network) if r.network else None,
+        "network_error": r.network_error,
+        # What this report weighs as a Heartbeat message (gRPC adds 5 bytes of framing).
+        "heartbeat_bytes": heartbeat_size(r),
     }
     if as_json:
         print(json.dumps(report, indent=2))
         return
     for key in ("device_id", "kind", "school_id", "room_id", "controller", "agent_version"):
         print(f"{key:16} {report[key]}")
-    print(f"{'status':16} {status}" + (f" ({'; '.join(reasons)})" if reasons else ""))
-    for key, value in asdict(health).items():
+    reasons = f" ({'; '.join(r.reasons)})" if r.reasons else ""
+    print(f"{'status':16} {r.condition.value}{reasons}")
+    for key, value in asdict(r.health).items():
         print(f"{key:16} {value}")
+    facts = r.facts
     print(f"{'os':16} {facts.os_name or '-'} {facts.os_version or ''} (kernel {facts.kernel})")
-    for i in network.interfaces:
+    if r.network is None:
+        print(f"{'network':16} not read: {r.network_error}")
+        return
+    for i in r.network.interfaces:
         print(f"{'interface':16} {i.name} {i.state} {i.mac} {' '.join(i.addresses)}")
-    print(f"{'default route':16} via {network.default_gateway} dev {network.default_interface}")
-    print(f"{'wifi':16} {network.wifi_status}")
+    gateway, device = r.network.default_gateway, r.network.default_interface
+    print(f"{'default route':16} via {gateway} dev {device}")
+    print(f"{'wifi':16} {r.network.wifi_status}")
 
 
 def run(argv: list[str] | None = None) -> None:
     """Console entry point."""
     args = _parser().parse_args(argv)
     try:
-        settings = agent_settings.load(
+        # Lenient: a wrong value in the file must not take a classroom device off the
+        # fleet, so it falls back to its default; only a missing identity stops us.
+        settings, problems = agent_settings.load_lenient(
             args.config, {"controller": args.controller, "log_level": args.log_level}
         )
     except SchoolFleetError as exc:
         print(f"schoolfleet-agent: {exc}", file=sys.stderr)
         sys.exit(2)
     setup_logging(settings.log_level)
+    for problem in problems:
+        log.error("config problem: %s", problem)
     if args.once:
         try:
             _print_once(settings, args.json)

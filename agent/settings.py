@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.settings import LOG_LEVELS, load_settings
+from common.errors import SettingError
+from common.settings import LOG_LEVELS, load_settings, load_settings_lenient
 from inventory.model import DeviceKind, valid_id
 
 ENV_PREFIX = "SCHOOLFLEET_AGENT_"
@@ -34,25 +35,53 @@ class AgentSettings:
     disk_path: Path = Path("/")
     # The kiosk/lesson program whose process is watched (path or name); empty: none.
     kiosk_program: str = ""
+    # Where messages wait for the controller's ack (SQLite); survives restarts.
+    spool_path: Path = Path("/var/lib/schoolfleet/agent-spool.db")
+    # When the spool is full the oldest heartbeats are dropped (~7 days at 30 s).
+    spool_max_bytes: int = 16 * 1024 * 1024
     log_level: str = "info"
 
     def __post_init__(self) -> None:
         for key in ("device_id", "school_id"):
             if not valid_id(getattr(self, key)):
-                raise ValueError(f"{key!r} {getattr(self, key)!r} is not a valid id")
+                raise SettingError(f"{key!r} {getattr(self, key)!r} is not a valid id", key)
+        if self.spool_max_bytes < 64 * 1024:
+            raise SettingError("'spool_max_bytes' must be at least 65536", "spool_max_bytes")
         if self.room_id and not valid_id(self.room_id):
-            raise ValueError(f"'room_id' {self.room_id!r} is not a valid id")
+            raise SettingError(f"'room_id' {self.room_id!r} is not a valid id", "room_id")
         if self.heartbeat_interval <= 0:
-            raise ValueError("'heartbeat_interval' must be positive")
+            raise SettingError("'heartbeat_interval' must be positive", "heartbeat_interval")
         if not 0 < self.backoff_initial <= self.backoff_cap:
-            raise ValueError("'backoff_initial' must be positive and at most 'backoff_cap'")
+            # Either may be the wrong one: a lenient load drops the first that was set.
+            raise SettingError(
+                "'backoff_initial' must be positive and at most 'backoff_cap'",
+                "backoff_initial",
+                "backoff_cap",
+            )
         if self.log_level.lower() not in LOG_LEVELS:
-            raise ValueError(f"'log_level' must be one of {', '.join(LOG_LEVELS)}")
+            raise SettingError(f"'log_level' must be one of {', '.join(LOG_LEVELS)}", "log_level")
 
 
 def load(path: Path, overrides: dict[str, object] | None = None) -> AgentSettings:
-    """Reads the settings from ``path``, the environment and flags."""
+    """Reads the settings from ``path``, the environment and flags; any mistake raises."""
     return load_settings(
+        AgentSettings,
+        path=path,
+        env_prefix=ENV_PREFIX,
+        environ=os.environ,
+        overrides=overrides,
+        required_file=path != DEFAULT_CONFIG,
+    )
+
+
+def load_lenient(
+    path: Path, overrides: dict[str, object] | None = None
+) -> tuple[AgentSettings, list[str]]:
+    """Like :func:`load`, but a bad value falls back to its default and is returned as a
+    problem line: a typo in the file must not take the device off the fleet. A missing
+    or bad identity (device_id, kind, school_id) still raises ConfigError.
+    """
+    return load_settings_lenient(
         AgentSettings,
         path=path,
         env_prefix=ENV_PREFIX,

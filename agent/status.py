@@ -1,7 +1,7 @@
 """The device's own verdict: ok, degraded or critical, with the reasons.
 
 A pure function of what was collected and the thresholds (defaults here; the
-controller will send its own in Welcome), so it is tested without a device.
+controller sends its own in Welcome), so it is tested without a device.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from agent.network import NetworkReport
 from agent.system import SystemFacts
-from inventory.model import Health
+from inventory.model import Condition, Health
 
-OK, DEGRADED, CRITICAL = "ok", "degraded", "critical"
+OK, DEGRADED, CRITICAL = Condition.OK, Condition.DEGRADED, Condition.CRITICAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +28,13 @@ class Thresholds:
 
 
 def assess(
-    health: Health, facts: SystemFacts, network: NetworkReport, limits: Thresholds
-) -> tuple[str, list[str]]:
-    """(status, reasons): the worst level any reason reaches, and every reason."""
-    found: list[tuple[str, str]] = []
+    health: Health, facts: SystemFacts, network: NetworkReport | None, limits: Thresholds
+) -> tuple[Condition, list[str]]:
+    """(condition, reasons): the worst level any reason reaches, and every reason.
+
+    ``network`` is None when it could not be read; that alone makes no verdict.
+    """
+    found: list[tuple[Condition, str]] = []
     for fs in facts.filesystems:
         if fs.used_percent >= limits.disk_critical:
             found.append((CRITICAL, f"disk {fs.mountpoint} at {fs.used_percent:.0f}%"))
@@ -50,7 +53,7 @@ def assess(
         and facts.battery_percent <= limits.battery_degraded
     ):
         found.append((DEGRADED, f"battery at {facts.battery_percent:.0f}% and not charging"))
-    if network.default_gateway is None:
+    if network is not None and network.default_gateway is None:
         found.append((CRITICAL, "no default route"))
     if facts.kiosk_running is False:
         found.append((DEGRADED, "kiosk program not running"))

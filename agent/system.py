@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psutil
 
+from inventory.model import OsInfo
+
 log = logging.getLogger(__name__)
 
 # Filesystems that are not storage a user or the OS can fill.
@@ -142,6 +144,10 @@ class SystemCollector:
         self._os = read_os_release(root)
         self._me = psutil.Process(os.getpid())
         self._me.cpu_percent(interval=None)  # primed: the next call measures since now
+
+    def os_info(self) -> OsInfo:
+        """What the device runs: it changes only with a restart."""
+        return OsInfo(self._os[0], self._os[1], platform.release(), psutil.boot_time())
 
     def collect(self) -> SystemFacts:
         """One reading, without blocking."""

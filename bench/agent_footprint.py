@@ -23,15 +23,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from agent.health import HealthCollector
+import psutil
+
+from agent.report import Reporter, heartbeat_size
+from agent.settings import AgentSettings
 from bench.observe import cpu_seconds, pss_kib, rss_kib
 from bench.procs import CONTROLLER, ROOT, start_target, stop_process
-from protos.mapping import health_to_pb
-from protos.schoolfleet.v1 import agent_pb2
+from inventory.model import DeviceKind
 
-# What the agent's heartbeat path imports, nothing more.
+# The libraries the agent's reporting path imports, and nothing done with them.
 BASELINE = (
-    "import grpc, psutil, google.protobuf;"
+    "import grpc, psutil, sqlite3, google.protobuf, pyroute2;"
     "from protos.schoolfleet.v1 import agent_pb2_grpc;"
     "import time; time.sleep(100000)"
 )
@@ -49,13 +51,10 @@ class Sample:
 
 
 def heartbeat_bytes() -> int:
-    """Size of a real heartbeat message as the agent encodes it."""
-    collector = HealthCollector(Path("/"))
+    """Size of a real heartbeat (health, system, network, verdict) as the agent encodes it."""
+    reporter = Reporter(AgentSettings("footprint-1", DeviceKind.PANEL, "bench"))
     time.sleep(0.2)
-    message = agent_pb2.AgentMessage(
-        seq=123_456, heartbeat=agent_pb2.Heartbeat(health=health_to_pb(collector.collect()))
-    )
-    return len(message.SerializeToString())
+    return heartbeat_size(reporter.collect())
 
 
 async def measure(windows: int, seconds: float) -> dict[str, list[Sample]]:
@@ -66,6 +65,7 @@ async def measure(windows: int, seconds: float) -> dict[str, list[Sample]]:
         config.write_text(
             'device_id = "footprint-1"\nkind = "panel"\nschool_id = "bench"\n'
             f'controller = "127.0.0.1:{controller.grpc_port}"\n'
+            f'spool_path = "{work / "spool.db"}"\n'
         )
         bin_dir = Path(sys.executable).parent
         procs = {
@@ -127,8 +127,9 @@ def main() -> None:
             f"| {statistics.median(r.pss_mib for r in rows):.1f} |"
         )
     print(
-        f"\nHeartbeat: {size} bytes of protobuf, about {size + GRPC_FRAMING} bytes on the "
-        "wire with gRPC and HTTP/2 framing (before TLS)."
+        f"\nHeartbeat (health, system, network and verdict, this machine's "
+        f"{len(psutil.net_if_stats())} interfaces): {size} bytes of protobuf, about "
+        f"{size + GRPC_FRAMING} bytes on the wire with gRPC and HTTP/2 framing (before TLS)."
     )
 
 

@@ -130,6 +130,7 @@ def start() -> None:
         config.write_text(
             f'device_id = "{device_id}"\nkind = "{kind}"\nschool_id = "{school}"\n'
             f'room_id = "{room}"\ncontroller = "{CONTROLLER}"\n'
+            f'spool_path = "{STATE / (device_id + "-spool.db")}"\n'
         )
         pids[device_id] = _spawn(
             device_id, [str(BIN / "schoolfleet-agent"), "--config", str(config)]

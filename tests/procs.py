@@ -156,6 +156,7 @@ class Agent:
             "heartbeat_interval": 1,
             "backoff_initial": 0.2,
             "backoff_cap": 1.0,
+            "spool_path": str(self.workdir / f"spool-{self.device_id}.db"),
             **self.extra,
         }
         config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))

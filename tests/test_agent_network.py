@@ -47,7 +47,10 @@ def test_once_reports_interfaces_addresses_and_default_route(tmp_path: Path) -> 
         )
         assert done.returncode == 0, done.stderr
         kernel = {link["ifname"]: link for link in ip_json("-n", ns, "-s", "link", "show")}
-    network = json.loads(done.stdout)["network"]
+    report = json.loads(done.stdout)
+    # A device with a wired link and loopback: its whole heartbeat is well under 1 KB.
+    assert 300 < report["heartbeat_bytes"] < 1024
+    network = report["network"]
     interfaces = {i["name"]: i for i in network["interfaces"]}
     assert set(interfaces) == {"lo", "sf0", "sf1"}
     sf0 = interfaces["sf0"]

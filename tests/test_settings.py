@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from agent.settings import AgentSettings
 from common.errors import ConfigError
-from common.settings import load_settings
+from common.settings import load_settings, load_settings_lenient
 from controller.settings import ControllerSettings
 from inventory.model import DeviceKind
 from tests.procs import BIN
@@ -73,21 +74,137 @@ def test_agent_identity_is_required_and_checked(tmp_path: Path) -> None:
         load_settings(AgentSettings, path=f, env_prefix="A_", environ={})
 
 
-def test_agent_with_a_wrong_config_says_so_in_one_line(tmp_path: Path) -> None:
+IDENTITY = 'device_id = "p1"\nkind = "panel"\nschool_id = "s1"\n'
+
+
+def _agent(
+    path: Path, text: str, env: dict[str, str] | None = None
+) -> tuple[AgentSettings, list[str]]:
+    path.write_text(text)
+    return load_settings_lenient(AgentSettings, path=path, env_prefix="A_", environ=env or {})
+
+
+def test_lenient_wrong_type_in_the_file_falls_back_to_the_default(tmp_path: Path) -> None:
+    f = tmp_path / "a.toml"
+    s, problems = _agent(f, IDENTITY + 'heartbeat_interval = "fast"\nbackoff_cap = 9\n')
+    assert problems == [
+        f"config {f}: 'heartbeat_interval' must be a number, got 'fast'; using the default 30.0"
+    ]
+    assert s.heartbeat_interval == 30.0
+    assert (s.device_id, s.backoff_cap) == ("p1", 9.0)  # the good values still count
+
+
+def test_lenient_wrong_type_in_the_environment_falls_back_to_the_default(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "a.toml"
+    s, problems = _agent(f, IDENTITY + "max_message_bytes = 2048\n", {"A_MAX_MESSAGE_BYTES": "4M"})
+    # The default, not the file's 2048: that is what the problem line promises.
+    assert problems == [
+        "environment A_MAX_MESSAGE_BYTES='4M': must be an integer; using the default 4194304"
+    ]
+    assert s.max_message_bytes == 4 * 1024 * 1024
+
+
+def test_lenient_refused_value_names_where_it_was_set(tmp_path: Path) -> None:
+    f = tmp_path / "a.toml"
+    s, problems = _agent(f, IDENTITY + "heartbeat_interval = -5\n", {"A_LOG_LEVEL": "loud"})
+    assert problems == [
+        f"config {f}: 'heartbeat_interval' must be positive; using the default 30.0",
+        "environment A_LOG_LEVEL: 'log_level' must be one of debug, info, warning, error; "
+        "using the default 'info'",
+    ]
+    assert (s.heartbeat_interval, s.log_level) == (30.0, "info")
+
+
+def test_lenient_rule_over_two_keys_resets_the_one_that_was_set(tmp_path: Path) -> None:
+    f = tmp_path / "a.toml"
+    s, problems = _agent(f, IDENTITY + "backoff_cap = 0.5\n")
+    assert problems == [
+        f"config {f}: 'backoff_initial' must be positive and at most 'backoff_cap'; "
+        "using the default 60.0 for 'backoff_cap'"
+    ]
+    assert (s.backoff_initial, s.backoff_cap) == (1.0, 60.0)
+
+
+def test_lenient_controller_validation_names_the_key(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("listen = '127.0.0.1'\nshutdown_grace = -1\nbatch_max = 7\n")
+    s, problems = load_settings_lenient(ControllerSettings, path=f, env_prefix="SF_", environ={})
+    assert problems == [
+        f"config {f}: 'listen' must be HOST:PORT, got '127.0.0.1'; "
+        "using the default '127.0.0.1:7443'",
+        f"config {f}: 'shutdown_grace' must be >= 0; using the default 5.0",
+    ]
+    assert (s.listen, s.shutdown_grace, s.batch_max) == ("127.0.0.1:7443", 5.0, 7)
+
+
+def test_lenient_unknown_key_is_ignored(tmp_path: Path) -> None:
+    f = tmp_path / "a.toml"
+    s, problems = _agent(f, IDENTITY + "colour = 'blue'\n")
+    assert len(problems) == 1
+    assert problems[0].startswith(f"config {f}: unknown key 'colour' (known keys: backoff_cap, ")
+    assert problems[0].endswith("; ignored")
+    assert s == AgentSettings(device_id="p1", kind=DeviceKind.PANEL, school_id="s1")
+
+
+def test_lenient_file_that_is_not_toml_is_ignored(tmp_path: Path) -> None:
+    f = tmp_path / "a.toml"
+    env = {"A_DEVICE_ID": "p2", "A_KIND": "laptop", "A_SCHOOL_ID": "s2"}
+    s, problems = _agent(f, IDENTITY + "heartbeat_interval = \n", env)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"config {f}: not valid TOML: ")
+    assert problems[0].endswith("; ignoring the file")
+    assert s == AgentSettings(device_id="p2", kind=DeviceKind.LAPTOP, school_id="s2")
+    # Without the identity from elsewhere, the error is the cause, not "missing key".
+    with pytest.raises(ConfigError, match=r"a\.toml: not valid TOML: .*line 4") as caught:
+        _agent(f, IDENTITY + "heartbeat_interval = \n")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ('device_id = "p1"\nkind = "panel"\n', {}, "missing required key 'school_id'"),
+        (IDENTITY.replace('"panel"', '"toaster"'), {}, "'kind' must be one of panel,"),
+        (IDENTITY.replace('"p1"', '"p 1"'), {}, "'device_id' 'p 1' is not a valid id"),
+        (IDENTITY, {"A_KIND": "toaster"}, "A_KIND='toaster': must be one of panel,"),
+    ],
+)
+def test_lenient_still_refuses_a_missing_or_bad_identity(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _agent(tmp_path / "a.toml", text, env)
+
+
+def test_lenient_missing_required_file_is_still_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml: file not found"):
+        load_settings_lenient(
+            AgentSettings,
+            path=tmp_path / "nope.toml",
+            env_prefix="A_",
+            environ={},
+            required_file=True,
+        )
+
+
+def test_agent_with_a_wrong_value_logs_it_and_goes_on(tmp_path: Path) -> None:
     f = tmp_path / "agent.toml"
-    f.write_text(
-        'device_id = "p1"\nkind = "panel"\nschool_id = "s1"\nheartbeat_interval = "often"\n'
-    )
+    f.write_text(IDENTITY + 'heartbeat_interval = "often"\n')
     done = subprocess.run(
-        [str(BIN / "schoolfleet-agent"), "--config", str(f)],
+        [str(BIN / "schoolfleet-agent"), "--config", str(f), "--once", "--json"],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
-    assert done.returncode == 2
-    assert done.stderr.strip() == (
-        f"schoolfleet-agent: config {f}: 'heartbeat_interval' must be a number, got 'often'"
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["device_id"] == "p1"
+    [line] = done.stderr.strip().splitlines()
+    assert line.endswith(
+        f" ERROR agent: config problem: config {f}: 'heartbeat_interval' must be a number, "
+        "got 'often'; using the default 30.0"
     )
     missing = subprocess.run(
         [str(BIN / "schoolfleet-agent"), "--config", str(tmp_path / "nope.toml")],
@@ -97,7 +214,9 @@ def test_agent_with_a_wrong_config_says_so_in_one_line(tmp_path: Path) -> None:
         check=False,
     )
     assert missing.returncode == 2
-    assert "nope.toml: file not found" in missing.stderr
+    assert missing.stderr.strip() == (
+        f"schoolfleet-agent: config {tmp_path / 'nope.toml'}: file not found"
+    )
 
 
 def test_controller_with_a_wrong_flag_says_so_in_one_line(tmp_path: Path) -> None:
