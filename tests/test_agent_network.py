@@ -5,9 +5,42 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from tests.netns import ip, ip_json, namespace, needs_root
 from tests.procs import BIN
+
+# Run in a fresh interpreter: which modules load is the point.
+_LEAN = """
+import json, sys
+from agent.network import read_network
+report = read_network()
+print(json.dumps({
+    "interfaces": len(report.interfaces),
+    "heavy": sorted(m for m in sys.modules if m.startswith(("pyroute2.ndb", "pyroute2.ipdb"))),
+    "classes": [sys.modules["pyroute2.iproute.linux"].IPRoute.__qualname__,
+                sys.modules["pyroute2.iwutil"].IW.__qualname__],
+}))
+"""
+_PUBLIC = """
+import json, pyroute2
+print(json.dumps([pyroute2.IPRoute.__module__, pyroute2.IW.__module__]))
+"""
+
+
+def test_the_agent_loads_only_the_netlink_modules_it_uses() -> None:
+    lean = subprocess.run(
+        [str(BIN / "python"), "-c", _LEAN], capture_output=True, text=True, timeout=60, check=True
+    )
+    got = json.loads(lean.stdout)
+    assert got["interfaces"] >= 1
+    assert got["heavy"] == []
+    assert got["classes"] == ["IPRoute", "IW"]
+    # The modules loaded directly are where pyroute2's public names live.
+    public = subprocess.run(
+        [str(BIN / "python"), "-c", _PUBLIC], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(public.stdout) == ["pyroute2.iproute.linux", "pyroute2.iwutil"]
 
 
 @needs_root
@@ -65,3 +98,57 @@ def test_once_reports_interfaces_addresses_and_default_route(tmp_path: Path) -> 
     assert network["default_interface"] == "sf0"
     assert network["wifi"] == []
     assert network["wifi_status"] == "no wireless"
+
+
+@needs_root
+def test_interfaces_coming_and_going_while_being_read_do_not_break_a_report(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('device_id = "p1"\nkind = "panel"\nschool_id = "s1"\n')
+    with namespace() as ns:
+        # Links appear and vanish as fast as the kernel allows, a bounded number of times.
+        churn = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sh",
+                "-c",
+                "for i in $(seq 400); do ip link add vx$i type veth peer name vy$i; "
+                "ip link set vx$i up; ip link del vx$i; done",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        reports: list[dict[str, Any]] = []
+        try:
+            while churn.poll() is None and len(reports) < 15:
+                done = subprocess.run(
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        ns,
+                        str(BIN / "schoolfleet-agent"),
+                        "--config",
+                        str(config),
+                        "--once",
+                        "--json",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert done.returncode == 0, done.stderr
+                assert "Traceback" not in done.stderr
+                reports.append(json.loads(done.stdout))
+        finally:
+            churn.kill()
+            churn.wait(10)
+    assert reports, "the churn ended before any report was read"
+    for report in reports:
+        names = [i["name"] for i in report["network"]["interfaces"]]
+        assert "lo" in names
