@@ -48,7 +48,8 @@ def hello(device_id: str, school_id: str, room_id: str) -> bytes:
 
 
 def heartbeat_body(now: float | None = None) -> bytes:
-    """An AgentMessage with a plausible Heartbeat and no seq (every figure in range)."""
+    """An AgentMessage with a full, plausible panel Heartbeat and no seq: health, two
+    filesystems, a sensor, wired and Wi-Fi interfaces, the verdict (every figure in range)."""
     collected = now if now is not None else time.time()
     health = fleet_pb2.Health(
         cpu_percent=12.5,
@@ -60,7 +61,76 @@ def heartbeat_body(now: float | None = None) -> bytes:
         load15=0.2,
     )
     health.collected_at.FromNanoseconds(int(collected * 1e9))
-    return agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(health=health)).SerializeToString()
+    system = fleet_pb2.SystemReport(
+        swap_percent=3.0,
+        filesystems=[
+            fleet_pb2.Filesystem(
+                mountpoint="/", fstype="ext4", total_bytes=118 * 2**30, used_percent=63.2
+            ),
+            fleet_pb2.Filesystem(
+                mountpoint="/boot/efi", fstype="vfat", total_bytes=511 * 2**20, used_percent=1.2
+            ),
+        ],
+        temperatures=[fleet_pb2.Temperature(chip="coretemp", celsius=54.0)],
+        agent_rss_bytes=52 * 2**20,
+        agent_cpu_percent=0.1,
+        kiosk_running=True,
+    )
+    network = fleet_pb2.NetworkReport(
+        interfaces=[
+            fleet_pb2.Interface(
+                name="lo",
+                state="unknown",
+                mac="00:00:00:00:00:00",
+                mtu=65536,
+                addresses=["127.0.0.1/8", "::1/128"],
+                rx_bytes=9_000_000,
+                tx_bytes=9_000_000,
+            ),
+            fleet_pb2.Interface(
+                name="enp2s0",
+                state="up",
+                mac="3c:7c:3f:1a:2b:3c",
+                mtu=1500,
+                addresses=["10.41.7.23/24", "fe80::3e7c:3fff:fe1a:2b3c/64"],
+                speed_mbit=1000,
+                rx_bytes=48_000_000_000,
+                tx_bytes=2_100_000_000,
+                rx_errors=3,
+            ),
+            fleet_pb2.Interface(
+                name="wlp3s0",
+                state="up",
+                mac="f4:8c:50:11:22:33",
+                mtu=1500,
+                addresses=["10.42.7.23/22"],
+                rx_bytes=800_000_000,
+                tx_bytes=90_000_000,
+                wireless=True,
+            ),
+        ],
+        default_gateway="10.41.7.1",
+        default_interface="enp2s0",
+        wifi=[
+            fleet_pb2.Wifi(
+                interface="wlp3s0",
+                bssid="a0:b1:c2:d3:e4:f5",
+                ssid="school-1234-staff",
+                frequency_mhz=5180,
+                signal_dbm=-58.0,
+            )
+        ],
+        wifi_status="associated",
+    )
+    return agent_pb2.AgentMessage(
+        heartbeat=agent_pb2.Heartbeat(
+            health=health,
+            system=system,
+            network=network,
+            condition=fleet_pb2.CONDITION_OK,
+            spool=fleet_pb2.SpoolStats(),
+        )
+    ).SerializeToString()
 
 
 def heartbeat(seq: int, body: bytes) -> bytes:
