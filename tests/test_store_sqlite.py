@@ -9,11 +9,18 @@ from pathlib import Path
 import pytest
 
 from controller.errors import StoreError
-from controller.store import HeartbeatRow, open_store, sqlite_path
+from controller.store import AgentRow, CommandResultRow, HeartbeatRow, open_store, sqlite_path
 from controller.store.migrations import LATEST
 from controller.store.protocol import DeviceQuery
 from controller.store.sqlite import SqliteStore
-from inventory.model import DeviceIdentity, DeviceKind, DeviceStatus, Health
+from inventory.model import (
+    Condition,
+    DeviceIdentity,
+    DeviceKind,
+    DeviceReport,
+    DeviceStatus,
+    Health,
+)
 
 T0 = 1_800_000_000.0
 
@@ -122,3 +129,42 @@ def test_filters_paging_and_counts(store: SqliteStore) -> None:
         ("s2", DeviceKind.PANEL): (0, 1),
     }
     assert {c.school_id for c in store.fleet_counts(T0, "s2")} == {"s2"}
+
+
+def result(device_id: str, seq: int, at: float, command_id: str) -> CommandResultRow:
+    return CommandResultRow(device_id, seq, at, command_id, "ok", "pong", at)
+
+
+def test_heartbeats_and_results_share_one_ordered_sequence(store: SqliteStore) -> None:
+    store.device_connected(ident("p1"), 1, 90, T0)
+    report = DeviceReport(Condition.DEGRADED, ("disk / at 93%",), b"", b"", 2, 1)
+    batch: list[AgentRow] = [
+        beat("p1", 1, T0),
+        result("p1", 2, T0, "c-1"),
+        HeartbeatRow("p1", 3, T0 + 1, beat("p1", 3, T0 + 1).health, report),
+    ]
+    store.record_messages(batch)
+    # A replay of the same batch (the acks were lost) changes nothing.
+    store.record_messages(batch)
+    d = store.get_device("p1", T0 + 2)
+    assert d is not None
+    assert (d.last_seq, d.heartbeats_stored, d.seq_gaps) == (3, 2, 0)
+    assert d.report == report
+    assert [r.command_id for r in store.command_results("p1", 10)] == ["c-1"]
+    # Seqs 4 and 5 never came (a full spool dropped them): two gaps, counted once.
+    store.record_messages([beat("p1", 6, T0 + 3), beat("p1", 6, T0 + 3)])
+    d = store.get_device("p1", T0 + 4)
+    assert d is not None
+    assert (d.last_seq, d.heartbeats_stored, d.seq_gaps) == (6, 3, 2)
+    # A heartbeat without a report keeps the last verdict.
+    assert d.report == report
+    listed = store.list_devices(DeviceQuery(condition=Condition.DEGRADED), T0 + 4)
+    assert [x.identity.device_id for x in listed] == ["p1"]
+    assert store.list_devices(DeviceQuery(condition=Condition.OK), T0 + 4) == []
+
+
+def test_a_device_new_to_this_controller_starts_without_gaps(store: SqliteStore) -> None:
+    store.device_connected(ident("p2"), 1, 90, T0)
+    store.record_messages([beat("p2", 500, T0)])
+    d = store.get_device("p2", T0)
+    assert d is not None and (d.last_seq, d.seq_gaps) == (500, 0)
