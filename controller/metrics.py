@@ -1,7 +1,7 @@
 """Prometheus metrics of the controller.
 
-Fleet gauges are computed from the store at scrape time, per school, kind and
-status: series grow with schools, never with devices. Ingest figures are plain
+Fleet gauges are computed from the store at scrape time, per school (and kind,
+status or verdict): series grow with schools, never with devices. Ingest figures are plain
 counters and a histogram updated as things happen.
 """
 
@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from controller.errors import StoreError
 from controller.store import DeviceStore
+from inventory.model import Condition
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class FleetCollector(Collector):
         # Describing without collecting keeps registration from touching the store.
         yield from self._families()
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
         devices = GaugeMetricFamily(
             "schoolfleet_devices",
             "Managed devices by school, kind and status (online: stream up, heartbeat on time).",
@@ -47,22 +48,45 @@ class FleetCollector(Collector):
         streams = GaugeMetricFamily(
             "schoolfleet_connected_streams", "Device streams open on this controller."
         )
-        return devices, streams
+        conditions = GaugeMetricFamily(
+            "schoolfleet_device_conditions",
+            "Online devices by school and their own verdict (ok, degraded, critical).",
+            labels=["school", "condition"],
+        )
+        missing = GaugeMetricFamily(
+            "schoolfleet_device_messages_missing",
+            "Messages never received from a school's devices (sequence numbers skipped).",
+            labels=["school"],
+        )
+        dropped = GaugeMetricFamily(
+            "schoolfleet_device_spool_dropped",
+            "Heartbeats a school's devices dropped from full offline spools, as reported.",
+            labels=["school"],
+        )
+        return devices, streams, conditions, missing, dropped
 
     def collect(self) -> Iterator[Metric]:
-        devices, streams = self._families()
+        devices, streams, conditions, missing, dropped = self._families()
+        now = self._now()
         try:
-            counts = self._store.fleet_counts(self._now())
+            counts = self._store.fleet_counts(now)
+            schools = self._store.school_reports(now)
         except StoreError as exc:
             # A scrape must not fail as a whole; the gap in the series shows it.
             log.error("fleet counts not read for /metrics: %s", exc)
-            counts = []
+            counts, schools = [], []
         for c in counts:
             devices.add_metric([c.school_id, c.kind.value, "online"], c.online)
             devices.add_metric([c.school_id, c.kind.value, "offline"], c.offline)
+        for school in schools:
+            for condition in Condition:
+                conditions.add_metric(
+                    [school.school_id, condition.value], school.conditions.get(condition, 0)
+                )
+            missing.add_metric([school.school_id], school.messages_missing)
+            dropped.add_metric([school.school_id], school.spool_dropped)
         streams.add_metric([], self._streams())
-        yield devices
-        yield streams
+        yield from (devices, streams, conditions, missing, dropped)
 
 
 class ControllerMetrics:

@@ -120,3 +120,16 @@ class KindCount:
     kind: DeviceKind
     online: int
     offline: int
+
+
+@dataclass(frozen=True, slots=True)
+class SchoolReports:
+    """What one school's devices say about themselves, summed for dashboards."""
+
+    school_id: str
+    # Online devices by their latest verdict; a condition with none is absent.
+    conditions: dict[Condition, int]
+    # Messages the controller never got from this school's devices (sequence gaps).
+    messages_missing: int
+    # Heartbeats the school's devices dropped from full spools, as they report it.
+    spool_dropped: int

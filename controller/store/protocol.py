@@ -20,6 +20,7 @@ from inventory.model import (
     DeviceStatus,
     Health,
     KindCount,
+    SchoolReports,
 )
 
 
@@ -94,6 +95,9 @@ class DeviceStore(Protocol):
 
     def fleet_counts(self, now: float, school_id: str | None = None) -> list[KindCount]:
         """Online and offline counts per school and kind."""
+
+    def school_reports(self, now: float) -> list[SchoolReports]:
+        """Per school: online devices by verdict, messages missing, spool drops."""
 
     def close(self) -> None:
         """Releases the store's connections."""

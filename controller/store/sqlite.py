@@ -28,6 +28,7 @@ from inventory.model import (
     Health,
     KindCount,
     OsInfo,
+    SchoolReports,
 )
 
 log = logging.getLogger(__name__)
@@ -356,6 +357,28 @@ class SqliteStore:
                 kind=DeviceKind(r["kind"]),
                 online=r["online"],
                 offline=r["total"] - r["online"],
+            )
+            for r in rows
+        ]
+
+    def school_reports(self, now: float) -> list[SchoolReports]:
+        rows = self._read(
+            f"""
+            SELECT school_id,
+                   SUM({ONLINE_SQL} AND condition = 'ok') AS ok,
+                   SUM({ONLINE_SQL} AND condition = 'degraded') AS degraded,
+                   SUM({ONLINE_SQL} AND condition = 'critical') AS critical,
+                   SUM(seq_gaps) AS missing, SUM(spool_dropped) AS dropped
+            FROM devices GROUP BY school_id ORDER BY school_id
+            """,
+            {"now": now},
+        )
+        return [
+            SchoolReports(
+                school_id=r["school_id"],
+                conditions={c: int(r[c.value]) for c in Condition if r[c.value]},
+                messages_missing=int(r["missing"]),
+                spool_dropped=int(r["dropped"]),
             )
             for r in rows
         ]
