@@ -8,8 +8,15 @@ from typing import cast
 
 import grpc
 
-from cli.errors import CliError, ControllerUnreachable, NotFound, RequestRefused
+from cli.errors import (
+    CliError,
+    ControllerUnreachable,
+    DeviceUnavailable,
+    NotFound,
+    RequestRefused,
+)
 from inventory.model import (
+    CommandOutcome,
     Condition,
     DeviceIdentity,
     DeviceKind,
@@ -56,6 +63,17 @@ def device_from_pb(d: admin_pb2.Device) -> DeviceRecord:
         report=_report_from_pb(d),
         heartbeats_stored=d.heartbeats_stored,
         seq_gaps=d.seq_gaps,
+        recent_commands=tuple(
+            CommandOutcome(
+                command_id=c.command_id,
+                status=c.status,
+                message=c.message,
+                finished_at=seconds(c.finished_at),
+                received_at=seconds(c.received_at),
+                seq=c.seq,
+            )
+            for c in d.recent_commands
+        ),
     )
 
 
@@ -121,6 +139,8 @@ class AdminClient:
             return NotFound(details)
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return RequestRefused(details)
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            return DeviceUnavailable(details)
         return CliError(f"controller at {self.address} answered {code.name}: {details}")
 
     def devices(
@@ -158,6 +178,16 @@ class AdminClient:
         except grpc.RpcError as exc:
             raise self._error(exc) from None
         return device_from_pb(response)
+
+    def ping(self, device_id: str) -> tuple[str, float]:
+        """Sends a ping to the device; returns the command id and when it was issued."""
+        try:
+            response = self._stub.PingDevice(
+                admin_pb2.PingDeviceRequest(device_id=device_id), timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return response.command_id, seconds(response.issued_at)
 
     def fleet_status(self, school_id: str | None = None) -> tuple[list[KindCount], float]:
         """Online/offline counts per school and kind, and when they were computed."""

@@ -3,7 +3,8 @@
 CliError                 base; ``exit_code`` is what the process exits with
 ├── ControllerUnreachable   no answer from the controller (exit 3)
 ├── NotFound                the thing asked for does not exist (exit 4)
-└── RequestRefused          the controller refused the request as invalid (exit 2)
+├── RequestRefused          the controller refused the request as invalid (exit 2)
+└── DeviceUnavailable       the device is not connected, or did not answer in time (exit 5)
 """
 
 from __future__ import annotations
@@ -33,3 +34,9 @@ class RequestRefused(CliError):
     """The controller refused the request's arguments."""
 
     exit_code = 2
+
+
+class DeviceUnavailable(CliError):
+    """The device cannot be reached through the controller right now."""
+
+    exit_code = 5

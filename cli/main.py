@@ -106,6 +106,47 @@ def devices_show(
         out.print(render.device_detail(device, time.time()))
 
 
+@devices_app.command("ping")
+def devices_ping(
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the device's answer.", min=0.1)
+    ] = 10.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check that commands reach a device: send it a no-op and wait for its answer.
+
+    Exits 5 if the device is not connected or does not answer within --wait."""
+    from cli.errors import DeviceUnavailable
+
+    with _client() as client:
+        command_id, issued_at = client.ping(device_id)
+        deadline = time.monotonic() + wait
+        while True:
+            device = client.device(device_id)
+            outcome = next((c for c in device.recent_commands if c.command_id == command_id), None)
+            if outcome is not None:
+                break
+            if time.monotonic() >= deadline:
+                raise DeviceUnavailable(
+                    f"no answer from {device_id} within {wait:g}s to ping {command_id}"
+                )
+            time.sleep(0.2)
+    round_trip = max(0.0, outcome.received_at - issued_at)
+    if as_json:
+        _print_json(
+            {
+                "device_id": device_id,
+                "command_id": command_id,
+                "status": outcome.status,
+                "message": outcome.message,
+                "round_trip_seconds": round(round_trip, 3),
+            }
+        )
+    else:
+        out.print(f"{device_id}: {outcome.message or outcome.status} in {round_trip * 1000:.0f} ms")
+
+
 @app.command()
 def status(
     school: Annotated[str | None, typer.Option(help="Only this school.")] = None,

@@ -55,6 +55,10 @@ def device_json(d: DeviceRecord) -> dict[str, Any]:
         "system": render_report.system_json(render_report.system_pb(r.system)) if r else None,
         "network": render_report.network_json(render_report.network_pb(r.network)) if r else None,
         "spool": {"pending": r.spool_pending, "dropped": r.spool_dropped} if r else None,
+        "recent_commands": [
+            {**asdict(c), "finished_at": iso(c.finished_at), "received_at": iso(c.received_at)}
+            for c in d.recent_commands
+        ],
     }
 
 
@@ -143,6 +147,10 @@ def device_detail(d: DeviceRecord, now: float) -> Table:
         rows.append(
             ("spool", f"{d.report.spool_pending} waiting, {d.report.spool_dropped} dropped")
         )
+    rows += [
+        ("command", f"{c.command_id} {c.status} {c.message!r} at {iso(c.received_at)}")
+        for c in d.recent_commands
+    ]
     for key, value in rows:
         table.add_row(key, value)
     return table

@@ -112,7 +112,9 @@ async def serve(settings: ControllerSettings) -> None:
         maximum_concurrent_rpcs=settings.max_streams + _ADMIN_HEADROOM,
     )
     add_agent_service(agent_service, server, settings.max_message_bytes)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(store, read_executor), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminService(store, read_executor, sessions), server
+    )
     try:
         grpc_port = server.add_insecure_port(settings.listen)
     except RuntimeError as exc:

@@ -1,9 +1,11 @@
-"""AdminService: what schoolctl asks of the controller (read-only for now)."""
+"""AdminService: what schoolctl asks of the controller: fleet queries, and a ping."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -12,12 +14,14 @@ import grpc
 
 from controller.errors import StoreError
 from controller.service_convert import count_to_pb, device_to_pb
+from controller.sessions import SessionRegistry
 from controller.store import DeviceStore
 from controller.store.protocol import DeviceQuery
 from inventory.model import valid_id
 from protos.mapping import CONDITION_FROM_PB, KIND_FROM_PB, STATUS_FROM_PB, timestamp
-from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
+from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, fleet_pb2
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -36,10 +40,12 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self,
         store: DeviceStore,
         read_executor: ThreadPoolExecutor,
+        sessions: SessionRegistry[agent_pb2.ControllerMessage],
         now: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._executor = read_executor
+        self._sessions = sessions
         self._now = now
 
     async def _read(self, context: Context, fn: Callable[..., T], *args: object) -> T:
@@ -91,6 +97,35 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device_id!r}")
             raise AssertionError("abort returns only by raising")
         return device_to_pb(device)
+
+    async def PingDevice(
+        self, request: admin_pb2.PingDeviceRequest, context: Context
+    ) -> admin_pb2.PingDeviceResponse:
+        if not valid_id(request.device_id):
+            await _invalid(context, f"device id {request.device_id[:80]!r} is not valid")
+        session = self._sessions.get(request.device_id)
+        if session is None:
+            known = await self._read(
+                context, self._store.get_device, request.device_id, self._now()
+            )
+            if known is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device_id!r}")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"device {request.device_id!r} is not connected; a ping needs its stream up",
+            )
+            raise AssertionError("abort returns only by raising")
+        issued_at = timestamp(self._now())
+        command_id = f"ping-{uuid.uuid4().hex[:16]}"
+        session.send(
+            agent_pb2.ControllerMessage(
+                command=agent_pb2.Command(
+                    command_id=command_id, issued_at=issued_at, ping=agent_pb2.Ping()
+                )
+            )
+        )
+        log.info("command sent device=%s cmd=%s action=ping", request.device_id, command_id)
+        return admin_pb2.PingDeviceResponse(command_id=command_id, issued_at=issued_at)
 
     async def FleetStatus(
         self, request: admin_pb2.FleetStatusRequest, context: Context

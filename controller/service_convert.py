@@ -135,6 +135,17 @@ def device_to_pb(d: DeviceRecord) -> admin_pb2.Device:
         out.os.CopyFrom(os_to_pb(d.identity.os))
     out.heartbeats_stored = d.heartbeats_stored
     out.seq_gaps = d.seq_gaps
+    out.recent_commands.extend(
+        admin_pb2.CommandOutcome(
+            command_id=c.command_id,
+            status=c.status,
+            message=c.message,
+            finished_at=timestamp(c.finished_at),
+            received_at=timestamp(c.received_at),
+            seq=c.seq,
+        )
+        for c in d.recent_commands
+    )
     if d.report is not None:
         out.condition = CONDITION_TO_PB[d.report.condition]
         out.reasons.extend(d.report.reasons)

@@ -96,6 +96,19 @@ class DeviceReport:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """What a device answered to one command."""
+
+    command_id: str
+    # ok, failed or unsupported
+    status: str
+    message: str
+    finished_at: float
+    received_at: float
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceRecord:
     """A device as the controller's store knows it, with its status at read time."""
 
@@ -110,6 +123,8 @@ class DeviceRecord:
     report: DeviceReport | None = None
     heartbeats_stored: int = 0
     seq_gaps: int = 0
+    # Newest first; filled where a single device is read.
+    recent_commands: tuple[CommandOutcome, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

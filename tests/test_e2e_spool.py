@@ -133,3 +133,59 @@ def test_an_unusable_spool_place_falls_back_to_memory(
         "panel-m online",
     )
     assert "spooling in memory only" in agent.log.read_text()
+
+
+def test_ping_round_trip_and_its_result_survive_a_controller_crash(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    # The controller holds what it receives for 3 s before storing it, so a crash in
+    # that window loses it on the controller's side: only the agent's spool has it.
+    port = free_port()
+    env = {**INTERVAL_ENV, "SCHOOLFLEET_CONTROLLER_FLUSH_INTERVAL": "3"}
+    controller = Controller(tmp_path, port, env).start()
+    agent = Agent(tmp_path, "panel-p", "panel", "s1", "r1", controller.address).start()
+    agents.append(agent)
+    try:
+        wait_until(lambda: _device(controller, "panel-p"), 20, "panel-p stored")
+        pinged = schoolctl(controller.address, "devices", "ping", "panel-p", "--json")
+        assert pinged.code == 0, pinged.err
+        answer = pinged.json()
+        assert (answer["status"], answer["message"]) == ("ok", "pong")
+        assert answer["round_trip_seconds"] < 10
+
+        # Sent, answered, received, not yet stored: then the controller dies.
+        second = schoolctl(controller.address, "devices", "ping", "panel-p", "--wait", "0.5")
+        assert second.code == 5 and "no answer from panel-p within 0.5s" in second.err
+        command_id = second.err.split("to ping ")[1].split()[0]
+        wait_until(
+            lambda: "command handled cmd=" + command_id in agent.log.read_text(),
+            10,
+            "the agent answering the second ping",
+        )
+        controller.stop(signal.SIGKILL)
+        controller.start()
+
+        def stored() -> dict[str, Any] | None:
+            d = _device(controller, "panel-p")
+            ids = [c["command_id"] for c in d["recent_commands"]] if d else []
+            return d if command_id in ids else None
+
+        device = wait_until(stored, 30, "the spooled result replayed")
+        ids = [c["command_id"] for c in device["recent_commands"]]
+        assert ids.count(command_id) == 1
+        assert ids.count(answer["command_id"]) == 1
+        results = [c for c in device["recent_commands"] if c["command_id"] == command_id]
+        assert (results[0]["status"], results[0]["message"]) == ("ok", "pong")
+        assert device["seq_gaps"] == 0
+
+        offline = Agent(tmp_path, "panel-x", "panel", "s1", "r1", controller.address)
+        offline.start()
+        agents.append(offline)
+        wait_until(lambda: _device(controller, "panel-x"), 20, "panel-x stored")
+        offline.stop()
+        refused = schoolctl(controller.address, "devices", "ping", "panel-x")
+        assert refused.code == 5 and "is not connected" in refused.err
+        unknown = schoolctl(controller.address, "devices", "ping", "panel-none")
+        assert unknown.code == 4 and "no device 'panel-none'" in unknown.err
+    finally:
+        controller.stop()

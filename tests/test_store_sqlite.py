@@ -151,6 +151,7 @@ def test_heartbeats_and_results_share_one_ordered_sequence(store: SqliteStore) -
     assert (d.last_seq, d.heartbeats_stored, d.seq_gaps) == (3, 2, 0)
     assert d.report == report
     assert [r.command_id for r in store.command_results("p1", 10)] == ["c-1"]
+    assert [(c.command_id, c.status, c.seq) for c in d.recent_commands] == [("c-1", "ok", 2)]
     # Seqs 4 and 5 never came (a full spool dropped them): two gaps, counted once.
     store.record_messages([beat("p1", 6, T0 + 3), beat("p1", 6, T0 + 3)])
     d = store.get_device("p1", T0 + 4)

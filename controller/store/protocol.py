@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from inventory.model import (
+    CommandOutcome,
     Condition,
     DeviceIdentity,
     DeviceKind,
@@ -84,14 +85,14 @@ class DeviceStore(Protocol):
         seq are duplicates and change nothing. A seq that skips numbers counts the
         skipped ones as the device's gaps."""
 
-    def command_results(self, device_id: str, limit: int) -> list[CommandResultRow]:
+    def command_results(self, device_id: str, limit: int) -> list[CommandOutcome]:
         """The device's latest command results, newest first."""
 
     def list_devices(self, query: DeviceQuery, now: float) -> list[DeviceRecord]:
         """Devices matching ``query``, ordered by id."""
 
     def get_device(self, device_id: str, now: float) -> DeviceRecord | None:
-        """One device, or None."""
+        """One device with its latest command results, or None."""
 
     def fleet_counts(self, now: float, school_id: str | None = None) -> list[KindCount]:
         """Online and offline counts per school and kind."""

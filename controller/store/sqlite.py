@@ -8,6 +8,7 @@ calls never wait for a write batch. Acks promise durability, hence
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import sqlite3
@@ -19,6 +20,7 @@ from controller.errors import StoreError
 from controller.store.migrations import LATEST, MIGRATIONS
 from controller.store.protocol import AgentRow, CommandResultRow, DeviceQuery, HeartbeatRow
 from inventory.model import (
+    CommandOutcome,
     Condition,
     DeviceIdentity,
     DeviceKind,
@@ -46,6 +48,9 @@ _DEVICE_COLUMNS = (
     "boot_time, condition, reasons, system_report, network_report, spool_pending, "
     f"spool_dropped, heartbeats_stored, seq_gaps, {ONLINE_SQL} AS online"
 )
+
+# Command results shown with a device.
+_RECENT_COMMANDS = 10
 
 # The count of skipped numbers, in SET clauses where last_seq is still the old value.
 # A device's first message starts no gap: the controller may be newer than its spool.
@@ -297,20 +302,19 @@ class SqliteStore:
                 ),
             )
 
-    def command_results(self, device_id: str, limit: int) -> list[CommandResultRow]:
+    def command_results(self, device_id: str, limit: int) -> list[CommandOutcome]:
         rows = self._read(
             "SELECT * FROM command_results WHERE device_id = :id ORDER BY seq DESC LIMIT :limit",
             {"id": device_id, "limit": limit},
         )
         return [
-            CommandResultRow(
-                device_id=r["device_id"],
-                seq=r["seq"],
-                received_at=r["received_at"],
+            CommandOutcome(
                 command_id=r["command_id"],
                 status=r["status"],
                 message=r["message"],
                 finished_at=r["finished_at"],
+                received_at=r["received_at"],
+                seq=r["seq"],
             )
             for r in rows
         ]
@@ -340,7 +344,10 @@ class SqliteStore:
             f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = :id",
             {"id": device_id, "now": now},
         )
-        return _record(rows[0]) if rows else None
+        if not rows:
+            return None
+        commands = tuple(self.command_results(device_id, _RECENT_COMMANDS))
+        return dataclasses.replace(_record(rows[0]), recent_commands=commands)
 
     def fleet_counts(self, now: float, school_id: str | None = None) -> list[KindCount]:
         where = "WHERE school_id = :school" if school_id is not None else ""

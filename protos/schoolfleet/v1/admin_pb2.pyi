@@ -63,6 +63,7 @@ class Device(_message.Message):
     HEARTBEATS_STORED_FIELD_NUMBER: _builtins.int
     SEQ_GAPS_FIELD_NUMBER: _builtins.int
     SPOOL_FIELD_NUMBER: _builtins.int
+    RECENT_COMMANDS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     kind: _fleet_pb2.DeviceKind.ValueType
     school_id: _builtins.str
@@ -103,6 +104,10 @@ class Device(_message.Message):
     def spool(self) -> _fleet_pb2.SpoolStats:
         """The device's offline spool, as of its latest heartbeat."""
 
+    @_builtins.property
+    def recent_commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandOutcome]:
+        """Results of the latest commands the device ran, newest first."""
+
     def __init__(
         self,
         *,
@@ -127,14 +132,94 @@ class Device(_message.Message):
         heartbeats_stored: _builtins.int = ...,
         seq_gaps: _builtins.int = ...,
         spool: _fleet_pb2.SpoolStats | None = ...,
+        recent_commands: _abc.Iterable[Global___CommandOutcome] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "health", b"health", "last_heartbeat", b"last_heartbeat", "network", b"network", "os", b"os", "spool", b"spool", "system", b"system"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "condition", b"condition", "device_id", b"device_id", "first_seen", b"first_seen", "health", b"health", "heartbeats_stored", b"heartbeats_stored", "hostname", b"hostname", "kind", b"kind", "last_heartbeat", b"last_heartbeat", "last_seq", b"last_seq", "network", b"network", "offline_after_seconds", b"offline_after_seconds", "os", b"os", "reasons", b"reasons", "room_id", b"room_id", "school_id", b"school_id", "seq_gaps", b"seq_gaps", "spool", b"spool", "status", b"status", "stream_up", b"stream_up", "system", b"system"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "condition", b"condition", "device_id", b"device_id", "first_seen", b"first_seen", "health", b"health", "heartbeats_stored", b"heartbeats_stored", "hostname", b"hostname", "kind", b"kind", "last_heartbeat", b"last_heartbeat", "last_seq", b"last_seq", "network", b"network", "offline_after_seconds", b"offline_after_seconds", "os", b"os", "reasons", b"reasons", "recent_commands", b"recent_commands", "room_id", b"room_id", "school_id", b"school_id", "seq_gaps", b"seq_gaps", "spool", b"spool", "status", b"status", "stream_up", b"stream_up", "system", b"system"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Device: _TypeAlias = Device  # noqa: Y015
+
+@_typing.final
+class CommandOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
+    status: _builtins.str
+    """ok, failed or unsupported"""
+    message: _builtins.str
+    seq: _builtins.int
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        command_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        message: _builtins.str = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "received_at", b"received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "finished_at", b"finished_at", "message", b"message", "received_at", b"received_at", "seq", b"seq", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandOutcome: _TypeAlias = CommandOutcome  # noqa: Y015
+
+@_typing.final
+class PingDeviceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PingDeviceRequest: _TypeAlias = PingDeviceRequest  # noqa: Y015
+
+@_typing.final
+class PingDeviceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        command_id: _builtins.str = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "issued_at", b"issued_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PingDeviceResponse: _TypeAlias = PingDeviceResponse  # noqa: Y015
 
 @_typing.final
 class ListDevicesRequest(_message.Message):

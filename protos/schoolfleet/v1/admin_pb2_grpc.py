@@ -49,6 +49,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.FleetStatusRequest.SerializeToString,
                 response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.FleetStatusResponse.FromString,
                 _registered_method=True)
+        self.PingDevice = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/PingDevice',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -72,6 +77,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PingDevice(self, request, context):
+        """Sends a no-op command to a connected device; its result shows in
+        Device.recent_commands once the device answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +102,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.FleetStatus,
                     request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.FleetStatusRequest.FromString,
                     response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.FleetStatusResponse.SerializeToString,
+            ),
+            'PingDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.PingDevice,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +190,33 @@ class AdminService:
             '/schoolfleet.v1.AdminService/FleetStatus',
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.FleetStatusRequest.SerializeToString,
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.FleetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PingDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/PingDevice',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,10 @@ class AdminServiceStub:
     ListDevices: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListDevicesRequest, _admin_pb2.ListDevicesResponse]
     GetDevice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDeviceRequest, _admin_pb2.Device]
     FleetStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.FleetStatusRequest, _admin_pb2.FleetStatusResponse]
+    PingDevice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PingDeviceRequest, _admin_pb2.PingDeviceResponse]
+    """Sends a no-op command to a connected device; its result shows in
+    Device.recent_commands once the device answers.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -41,6 +45,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListDevices: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListDevicesRequest, _admin_pb2.ListDevicesResponse]  # type: ignore[assignment]
     GetDevice: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDeviceRequest, _admin_pb2.Device]  # type: ignore[assignment]
     FleetStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.FleetStatusRequest, _admin_pb2.FleetStatusResponse]  # type: ignore[assignment]
+    PingDevice: _aio.UnaryUnaryMultiCallable[_admin_pb2.PingDeviceRequest, _admin_pb2.PingDeviceResponse]  # type: ignore[assignment]
+    """Sends a no-op command to a connected device; its result shows in
+    Device.recent_commands once the device answers.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -63,5 +71,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.FleetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.FleetStatusResponse, _abc.Awaitable[_admin_pb2.FleetStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PingDevice(
+        self,
+        request: _admin_pb2.PingDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PingDeviceResponse, _abc.Awaitable[_admin_pb2.PingDeviceResponse]]:
+        """Sends a no-op command to a connected device; its result shows in
+        Device.recent_commands once the device answers.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
