@@ -23,7 +23,7 @@ import grpc
 
 from agent.backoff import backoff_delay
 from agent.errors import SpoolError
-from agent.report import Reporter, heartbeat, thresholds_from_pb
+from agent.report import FullReports, Reporter, heartbeat, thresholds_from_pb
 from agent.settings import AgentSettings
 from agent.spool import Spool
 from protos.mapping import KIND_TO_PB, os_to_pb, timestamp
@@ -39,6 +39,8 @@ _HANDSHAKE_TIMEOUT = 30.0
 _CLOSE_GRACE = 3.0
 # Spooled messages read and written per round while replaying.
 _SEND_BATCH = 100
+# Seconds between full reports until the controller's Welcome says otherwise.
+_FULL_REPORT_INTERVAL = 300.0
 
 
 Call = grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.ControllerMessage]
@@ -70,6 +72,7 @@ class Link:
         self._spool = spool
         self._version = version
         self._interval = settings.heartbeat_interval
+        self._full = FullReports(_FULL_REPORT_INTERVAL)
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._up_since: float | None = None
         # Set when the spool got a message; the sender waits on it.
@@ -107,10 +110,11 @@ class Link:
         except OSError as exc:
             log.error("health not collected, heartbeat skipped: %s", exc)
             return
+        full = self._full.due(report, time.monotonic())
         try:
             stats = self._spool.stats()
             message = agent_pb2.AgentMessage(
-                heartbeat=heartbeat(report, stats.pending, stats.dropped)
+                heartbeat=heartbeat(report, stats.pending, stats.dropped, full=full)
             )
             self._spool.append(message, precious=False)
         except SpoolError as exc:
@@ -217,6 +221,8 @@ class Link:
             self._interval = float(welcome.heartbeat_interval_seconds)
         if welcome.HasField("thresholds"):
             self._reporter.limits = thresholds_from_pb(welcome.thresholds)
+        self._full.interval = float(welcome.full_report_interval_seconds)
+        self._full.reset()
         self._spool.welcome(welcome.last_stored_seq)
         self._up_since = asyncio.get_running_loop().time()
         # A fresh heartbeat now, so the device counts as online at once.

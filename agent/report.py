@@ -143,22 +143,79 @@ def network_to_pb(n: NetworkReport) -> fleet_pb2.NetworkReport:
     )
 
 
-def heartbeat(report: Report, pending: int, dropped: int) -> agent_pb2.Heartbeat:
-    """The Heartbeat message for a report and the spool's counts."""
+def heartbeat(
+    report: Report, pending: int, dropped: int, *, full: bool = True
+) -> agent_pb2.Heartbeat:
+    """The Heartbeat message for a report and the spool's counts; ``full`` adds the
+    system and network reports."""
     out = agent_pb2.Heartbeat(
         health=health_to_pb(report.health),
-        system=system_to_pb(report.facts),
         condition=CONDITION_TO_PB[report.condition],
         reasons=report.reasons,
         spool=fleet_pb2.SpoolStats(pending=pending, dropped=dropped),
     )
-    if report.network is not None:
-        out.network.CopyFrom(network_to_pb(report.network))
+    if full:
+        out.system.CopyFrom(system_to_pb(report.facts))
+        if report.network is not None:
+            out.network.CopyFrom(network_to_pb(report.network))
     return out
 
 
-def heartbeat_size(report: Report) -> int:
+def report_shape(report: Report) -> tuple[object, ...]:
+    """What makes a full report worth sending at once: everything but running figures
+    (usage, counters, signal, temperatures)."""
+    f, n = report.facts, report.network
+    return (
+        report.condition,
+        tuple(report.reasons),
+        tuple((fs.mountpoint, fs.fstype, fs.total_bytes) for fs in f.filesystems),
+        f.swap_percent is None,
+        f.battery_percent is None,
+        f.on_ac_power,
+        f.kiosk_running,
+        None
+        if n is None
+        else (
+            tuple(
+                (i.name, i.state, i.mac, i.mtu, tuple(i.addresses), i.speed_mbit)
+                for i in n.interfaces
+            ),
+            n.default_gateway,
+            n.default_interface,
+            tuple((w.interface, w.bssid, w.ssid, w.frequency_mhz) for w in n.wifi),
+            n.wifi_status,
+        ),
+    )
+
+
+class FullReports:
+    """Which heartbeats carry the full reports: the first on a stream, one whose shape
+    changed, and otherwise one every ``interval`` seconds (0: all of them)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._sent_at: float | None = None
+        self._shape: tuple[object, ...] | None = None
+
+    def reset(self) -> None:
+        """The next heartbeat is full (a new stream)."""
+        self._sent_at = None
+
+    def due(self, report: Report, now: float) -> bool:
+        """Whether this report goes out full; if so, counts it as sent."""
+        shape = report_shape(report)
+        if (
+            self._sent_at is not None
+            and shape == self._shape
+            and now - self._sent_at < self.interval
+        ):
+            return False
+        self._sent_at, self._shape = now, shape
+        return True
+
+
+def heartbeat_size(report: Report, *, full: bool = True) -> int:
     """Bytes of the AgentMessage carrying ``report``, with a seq as large as a year of
     heartbeats every second would make it."""
-    message = agent_pb2.AgentMessage(seq=2**25, heartbeat=heartbeat(report, 0, 0))
+    message = agent_pb2.AgentMessage(seq=2**25, heartbeat=heartbeat(report, 0, 0, full=full))
     return message.ByteSize()

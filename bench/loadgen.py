@@ -84,8 +84,10 @@ class Fleet:
         self._target = target
         self._devices = devices
         self._interval = 1.0 / rate
-        self._body = wire.heartbeat_body()
+        self._body = wire.heartbeat_body(full=False)
+        self._full_body = wire.heartbeat_body(full=True)
         wire.check_encoding(self._body)
+        wire.check_encoding(self._full_body)
         self._channels: list[grpc.aio.Channel] = []
         self._stopping = False
 
@@ -164,7 +166,9 @@ class Fleet:
                 await asyncio.sleep(delay)
             device.writing = True
             try:
-                await call.write(wire.heartbeat(device.next_seq, self._body))
+                full = device.next_seq % wire.FULL_EVERY == 1
+                body = self._full_body if full else self._body
+                await call.write(wire.heartbeat(device.next_seq, body))
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 return  # the reader records why the stream ended
             finally:

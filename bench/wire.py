@@ -47,9 +47,15 @@ def hello(device_id: str, school_id: str, room_id: str) -> bytes:
     ).SerializeToString()
 
 
-def heartbeat_body(now: float | None = None) -> bytes:
-    """An AgentMessage with a full, plausible panel Heartbeat and no seq: health, two
-    filesystems, a sensor, wired and Wi-Fi interfaces, the verdict (every figure in range)."""
+# At the production interval (30 s) and full_report_interval (300 s), one heartbeat
+# in ten carries the full reports.
+FULL_EVERY = 10
+
+
+def heartbeat_body(now: float | None = None, *, full: bool = True) -> bytes:
+    """An AgentMessage with a plausible panel Heartbeat and no seq: health and the
+    verdict, and with ``full`` two filesystems, a sensor, wired and Wi-Fi interfaces
+    (every figure in range)."""
     collected = now if now is not None else time.time()
     health = fleet_pb2.Health(
         cpu_percent=12.5,
@@ -122,15 +128,13 @@ def heartbeat_body(now: float | None = None) -> bytes:
         ],
         wifi_status="associated",
     )
-    return agent_pb2.AgentMessage(
-        heartbeat=agent_pb2.Heartbeat(
-            health=health,
-            system=system,
-            network=network,
-            condition=fleet_pb2.CONDITION_OK,
-            spool=fleet_pb2.SpoolStats(),
-        )
-    ).SerializeToString()
+    beat = agent_pb2.Heartbeat(
+        health=health, condition=fleet_pb2.CONDITION_OK, spool=fleet_pb2.SpoolStats()
+    )
+    if full:
+        beat.system.CopyFrom(system)
+        beat.network.CopyFrom(network)
+    return agent_pb2.AgentMessage(heartbeat=beat).SerializeToString()
 
 
 def heartbeat(seq: int, body: bytes) -> bytes:

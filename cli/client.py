@@ -88,6 +88,7 @@ def _report_from_pb(d: admin_pb2.Device) -> DeviceReport | None:
         network=d.network.SerializeToString(),
         spool_pending=d.spool.pending,
         spool_dropped=d.spool.dropped,
+        report_at=seconds(d.report_at) if d.HasField("report_at") else None,
     )
 
 

@@ -54,6 +54,7 @@ def device_json(d: DeviceRecord) -> dict[str, Any]:
         "reasons": list(r.reasons) if r else [],
         "system": render_report.system_json(render_report.system_pb(r.system)) if r else None,
         "network": render_report.network_json(render_report.network_pb(r.network)) if r else None,
+        "report_at": iso(r.report_at) if r else None,
         "spool": {"pending": r.spool_pending, "dropped": r.spool_dropped} if r else None,
         "recent_commands": [
             {**asdict(c), "finished_at": iso(c.finished_at), "received_at": iso(c.received_at)}
@@ -142,6 +143,7 @@ def device_detail(d: DeviceRecord, now: float) -> Table:
             ("load", f"{h.load1:.2f} {h.load5:.2f} {h.load15:.2f}"),
         ]
     if d.report is not None:
+        rows.append(("full report", f"{age(d.report.report_at, now)} ago"))
         rows += render_report.system_rows(render_report.system_pb(d.report.system))
         rows += render_report.network_rows(render_report.network_pb(d.report.network))
         rows.append(

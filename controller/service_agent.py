@@ -134,6 +134,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     server_time=timestamp(self._now()),
                     last_stored_seq=last_seq,
                     thresholds=_thresholds(self._settings),
+                    full_report_interval_seconds=self._settings.full_report_interval,
                 )
             )
             while True:

@@ -104,7 +104,7 @@ def report_from_pb(hb: agent_pb2.Heartbeat) -> DeviceReport | None:
         condition=condition,
         reasons=reasons,
         # Kept in wire form: parsed already, so they are well-formed; the size limit
-        # on the message bounds them.
+        # on the message bounds them. Absent in heartbeats between full reports.
         system=hb.system.SerializeToString() if hb.HasField("system") else b"",
         network=hb.network.SerializeToString() if hb.HasField("network") else b"",
         spool_pending=hb.spool.pending,
@@ -153,6 +153,8 @@ def device_to_pb(d: DeviceRecord) -> admin_pb2.Device:
         out.network.ParseFromString(d.report.network)
         out.spool.pending = d.report.spool_pending
         out.spool.dropped = d.report.spool_dropped
+        if d.report.report_at is not None:
+            out.report_at.CopyFrom(timestamp(d.report.report_at))
     return out
 
 

@@ -40,6 +40,9 @@ class ControllerSettings:
     ack_interval: float = 1.0
     # Heartbeats waiting for the writer before streams are slowed down.
     queue_max: int = 100_000
+    # Longest time between two heartbeats that carry a device's full system and
+    # network reports (told in Welcome; a change is sent at once); 0: every heartbeat.
+    full_report_interval: int = 300
     # Limits told to agents in Welcome (see agent/status.py for how they are used).
     disk_degraded_percent: float = 90.0
     disk_critical_percent: float = 98.0
@@ -69,7 +72,7 @@ class ControllerSettings:
         for key in ("heartbeat_interval", "missed_heartbeats", "batch_max", "queue_max"):
             if getattr(self, key) < 1:
                 raise SettingError(f"{key!r} must be at least 1", key)
-        for key in ("flush_interval", "ack_interval", "shutdown_grace"):
+        for key in ("flush_interval", "ack_interval", "shutdown_grace", "full_report_interval"):
             if getattr(self, key) < 0:
                 raise SettingError(f"{key!r} must be >= 0", key)
         if self.hello_timeout <= 0:

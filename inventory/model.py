@@ -89,10 +89,13 @@ class DeviceReport:
 
     condition: Condition
     reasons: tuple[str, ...]
+    # Empty in a heartbeat that carries no full report (the stored ones stay).
     system: bytes = b""
     network: bytes = b""
     spool_pending: int = 0
     spool_dropped: int = 0
+    # When the stored system and network reports were received.
+    report_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

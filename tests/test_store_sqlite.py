@@ -169,3 +169,18 @@ def test_a_device_new_to_this_controller_starts_without_gaps(store: SqliteStore)
     store.record_messages([beat("p2", 500, T0)])
     d = store.get_device("p2", T0)
     assert d is not None and (d.last_seq, d.seq_gaps) == (500, 0)
+
+
+def test_a_heartbeat_without_full_reports_keeps_the_stored_ones(store: SqliteStore) -> None:
+    store.device_connected(ident("p3"), 1, 90, T0)
+    full = DeviceReport(Condition.OK, (), b"sys", b"net", 0, 0)
+    health = beat("p3", 1, T0).health
+    store.record_messages([HeartbeatRow("p3", 1, T0, health, full)])
+    verdict = DeviceReport(Condition.DEGRADED, ("kiosk program not running",), b"", b"", 1, 0)
+    store.record_messages([HeartbeatRow("p3", 2, T0 + 30, health, verdict)])
+    d = store.get_device("p3", T0 + 31)
+    assert d is not None and d.report is not None
+    assert (d.report.system, d.report.network, d.report.report_at) == (b"sys", b"net", T0)
+    assert d.report.condition is Condition.DEGRADED
+    assert d.report.reasons == ("kiosk program not running",)
+    assert d.report.spool_pending == 1

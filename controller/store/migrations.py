@@ -48,9 +48,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN condition TEXT;
     -- One reason per line.
     ALTER TABLE devices ADD COLUMN reasons TEXT NOT NULL DEFAULT '';
-    -- schoolfleet.v1 SystemReport and NetworkReport, stored whole.
+    -- schoolfleet.v1 SystemReport and NetworkReport, stored whole, and when.
     ALTER TABLE devices ADD COLUMN system_report BLOB;
     ALTER TABLE devices ADD COLUMN network_report BLOB;
+    ALTER TABLE devices ADD COLUMN report_at REAL;
     ALTER TABLE devices ADD COLUMN spool_pending INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN spool_dropped INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN heartbeats_stored INTEGER NOT NULL DEFAULT 0;

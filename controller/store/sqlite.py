@@ -45,7 +45,7 @@ _DEVICE_COLUMNS = (
     "device_id, kind, school_id, room_id, hostname, agent_version, first_seen, stream_id, "
     "offline_after, last_heartbeat, last_seq, collected_at, cpu_percent, memory_percent, "
     "disk_percent, uptime_seconds, load1, load5, load15, os_name, os_version, kernel, "
-    "boot_time, condition, reasons, system_report, network_report, spool_pending, "
+    "boot_time, condition, reasons, system_report, network_report, report_at, spool_pending, "
     f"spool_dropped, heartbeats_stored, seq_gaps, {ONLINE_SQL} AS online"
 )
 
@@ -63,10 +63,12 @@ _HEARTBEAT_SQL = f"""
         load1 = :load1, load5 = :load5, load15 = :load15{{report}}
     WHERE device_id = :device_id AND last_seq < :seq
 """
-_REPORT_SET = """,
-        condition = :condition, reasons = :reasons, system_report = :system_report,
-        network_report = :network_report, spool_pending = :spool_pending,
+_VERDICT_SET = """,
+        condition = :condition, reasons = :reasons, spool_pending = :spool_pending,
         spool_dropped = :spool_dropped"""
+_FULL_SET = f"""{_VERDICT_SET},
+        system_report = :system_report, network_report = :network_report,
+        report_at = :received_at"""
 _RESULT_SEQ_SQL = f"""
     UPDATE devices SET seq_gaps = {_GAPS_SQL}, last_seq = :seq
     WHERE device_id = :device_id AND last_seq < :seq
@@ -92,11 +94,11 @@ def _heartbeat_params(r: HeartbeatRow) -> dict[str, object]:
         params.update(
             condition=r.report.condition.value,
             reasons="\n".join(r.report.reasons),
-            system_report=r.report.system,
-            network_report=r.report.network,
             spool_pending=r.report.spool_pending,
             spool_dropped=r.report.spool_dropped,
         )
+        if r.report.system or r.report.network:
+            params.update(system_report=r.report.system, network_report=r.report.network)
     return params
 
 
@@ -104,7 +106,12 @@ def _run_kind(row: AgentRow) -> str:
     """Consecutive rows of one kind are written with one statement."""
     if isinstance(row, CommandResultRow):
         return "result"
-    return "report" if row.report is not None else "health"
+    if row.report is None:
+        return "health"
+    return "full" if row.report.system or row.report.network else "verdict"
+
+
+_SETS = {"health": "", "verdict": _VERDICT_SET, "full": _FULL_SET}
 
 
 def _record(row: sqlite3.Row) -> DeviceRecord:
@@ -129,6 +136,7 @@ def _record(row: sqlite3.Row) -> DeviceRecord:
             network=row["network_report"] or b"",
             spool_pending=row["spool_pending"],
             spool_dropped=row["spool_dropped"],
+            report_at=row["report_at"],
         )
     os_info = None
     if row["kernel"]:
@@ -274,7 +282,7 @@ class SqliteStore:
                             assert isinstance(r, CommandResultRow)
                             self._record_result(r)
                         continue
-                    sql = _HEARTBEAT_SQL.format(report=_REPORT_SET if kind == "report" else "")
+                    sql = _HEARTBEAT_SQL.format(report=_SETS[kind])
                     self._writer.executemany(
                         sql, [_heartbeat_params(r) for r in run if isinstance(r, HeartbeatRow)]
                     )

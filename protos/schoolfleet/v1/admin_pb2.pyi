@@ -64,6 +64,7 @@ class Device(_message.Message):
     SEQ_GAPS_FIELD_NUMBER: _builtins.int
     SPOOL_FIELD_NUMBER: _builtins.int
     RECENT_COMMANDS_FIELD_NUMBER: _builtins.int
+    REPORT_AT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     kind: _fleet_pb2.DeviceKind.ValueType
     school_id: _builtins.str
@@ -108,6 +109,12 @@ class Device(_message.Message):
     def recent_commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandOutcome]:
         """Results of the latest commands the device ran, newest first."""
 
+    @_builtins.property
+    def report_at(self) -> _timestamp_pb2.Timestamp:
+        """When `system` and `network` were received (they come at most every
+        full_report_interval, or when they change).
+        """
+
     def __init__(
         self,
         *,
@@ -133,10 +140,11 @@ class Device(_message.Message):
         seq_gaps: _builtins.int = ...,
         spool: _fleet_pb2.SpoolStats | None = ...,
         recent_commands: _abc.Iterable[Global___CommandOutcome] | None = ...,
+        report_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "health", b"health", "last_heartbeat", b"last_heartbeat", "network", b"network", "os", b"os", "spool", b"spool", "system", b"system"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "health", b"health", "last_heartbeat", b"last_heartbeat", "network", b"network", "os", b"os", "report_at", b"report_at", "spool", b"spool", "system", b"system"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "condition", b"condition", "device_id", b"device_id", "first_seen", b"first_seen", "health", b"health", "heartbeats_stored", b"heartbeats_stored", "hostname", b"hostname", "kind", b"kind", "last_heartbeat", b"last_heartbeat", "last_seq", b"last_seq", "network", b"network", "offline_after_seconds", b"offline_after_seconds", "os", b"os", "reasons", b"reasons", "recent_commands", b"recent_commands", "room_id", b"room_id", "school_id", b"school_id", "seq_gaps", b"seq_gaps", "spool", b"spool", "status", b"status", "stream_up", b"stream_up", "system", b"system"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "condition", b"condition", "device_id", b"device_id", "first_seen", b"first_seen", "health", b"health", "heartbeats_stored", b"heartbeats_stored", "hostname", b"hostname", "kind", b"kind", "last_heartbeat", b"last_heartbeat", "last_seq", b"last_seq", "network", b"network", "offline_after_seconds", b"offline_after_seconds", "os", b"os", "reasons", b"reasons", "recent_commands", b"recent_commands", "report_at", b"report_at", "room_id", b"room_id", "school_id", b"school_id", "seq_gaps", b"seq_gaps", "spool", b"spool", "status", b"status", "stream_up", b"stream_up", "system", b"system"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -131,7 +131,12 @@ class Heartbeat(_message.Message):
     @_builtins.property
     def health(self) -> _fleet_pb2.Health: ...
     @_builtins.property
-    def system(self) -> _fleet_pb2.SystemReport: ...
+    def system(self) -> _fleet_pb2.SystemReport:
+        """The full reports are sent when their shape changes (an interface, address,
+        route, association, filesystem or the verdict) and otherwise at most every
+        Welcome.full_report_interval_seconds; unset in between.
+        """
+
     @_builtins.property
     def network(self) -> _fleet_pb2.NetworkReport: ...
     @_builtins.property
@@ -251,12 +256,17 @@ class Welcome(_message.Message):
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     LAST_STORED_SEQ_FIELD_NUMBER: _builtins.int
     THRESHOLDS_FIELD_NUMBER: _builtins.int
+    FULL_REPORT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     heartbeat_interval_seconds: _builtins.int
     """How often the agent sends a heartbeat."""
     offline_after_seconds: _builtins.int
     """Without a heartbeat for this long, the device counts as offline."""
     last_stored_seq: _builtins.int
     """Highest sequence number the controller has stored for this device."""
+    full_report_interval_seconds: _builtins.int
+    """Longest time between two heartbeats carrying the full system and network
+    reports; 0: every heartbeat carries them.
+    """
     @_builtins.property
     def server_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -271,10 +281,11 @@ class Welcome(_message.Message):
         server_time: _timestamp_pb2.Timestamp | None = ...,
         last_stored_seq: _builtins.int = ...,
         thresholds: _fleet_pb2.Thresholds | None = ...,
+        full_report_interval_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time", "thresholds", b"thresholds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "last_stored_seq", b"last_stored_seq", "offline_after_seconds", b"offline_after_seconds", "server_time", b"server_time", "thresholds", b"thresholds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full_report_interval_seconds", b"full_report_interval_seconds", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "last_stored_seq", b"last_stored_seq", "offline_after_seconds", b"offline_after_seconds", "server_time", b"server_time", "thresholds", b"thresholds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
