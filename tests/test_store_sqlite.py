@@ -184,3 +184,22 @@ def test_a_heartbeat_without_full_reports_keeps_the_stored_ones(store: SqliteSto
     assert d.report.condition is Condition.DEGRADED
     assert d.report.reasons == ("kiosk program not running",)
     assert d.report.spool_pending == 1
+
+
+def test_a_replayed_older_report_never_replaces_a_newer_one(store: SqliteStore) -> None:
+    store.device_connected(ident("p4"), 1, 90, T0)
+    old = HeartbeatRow(
+        "p4", 1, T0, beat("p4", 1, T0).health, DeviceReport(Condition.OK, (), b"old", b"old")
+    )
+    new = HeartbeatRow(
+        "p4",
+        2,
+        T0 + 30,
+        beat("p4", 2, T0 + 30).health,
+        DeviceReport(Condition.OK, (), b"new", b"new"),
+    )
+    store.record_messages([old, new])
+    store.record_messages([old])  # its ack was lost: the device sends it again
+    d = store.get_device("p4", T0 + 31)
+    assert d is not None and d.report is not None
+    assert (d.report.system, d.report.report_at, d.heartbeats_stored) == (b"new", T0 + 30, 2)

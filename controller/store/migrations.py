@@ -48,14 +48,22 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN condition TEXT;
     -- One reason per line.
     ALTER TABLE devices ADD COLUMN reasons TEXT NOT NULL DEFAULT '';
-    -- schoolfleet.v1 SystemReport and NetworkReport, stored whole, and when.
-    ALTER TABLE devices ADD COLUMN system_report BLOB;
-    ALTER TABLE devices ADD COLUMN network_report BLOB;
-    ALTER TABLE devices ADD COLUMN report_at REAL;
+
     ALTER TABLE devices ADD COLUMN spool_pending INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN spool_dropped INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN heartbeats_stored INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN seq_gaps INTEGER NOT NULL DEFAULT 0;
+    -- schoolfleet.v1 SystemReport and NetworkReport, stored whole, and when. Apart
+    -- from devices, whose small rows every heartbeat updates: these come one in ten.
+    CREATE TABLE device_reports (
+        device_id      TEXT PRIMARY KEY,
+        system_report  BLOB NOT NULL,
+        network_report BLOB NOT NULL,
+        report_at      REAL NOT NULL,
+        -- The device's clock when it collected them: a replayed older report never
+        -- replaces a newer one.
+        report_collected_at REAL NOT NULL
+    );
     CREATE TABLE command_results (
         device_id   TEXT NOT NULL,
         seq         INTEGER NOT NULL,

@@ -48,70 +48,69 @@ _DEVICE_COLUMNS = (
     "boot_time, condition, reasons, system_report, network_report, report_at, spool_pending, "
     f"spool_dropped, heartbeats_stored, seq_gaps, {ONLINE_SQL} AS online"
 )
+_DEVICES_FROM = "devices LEFT JOIN device_reports USING (device_id)"
 
 # Command results shown with a device.
 _RECENT_COMMANDS = 10
 
-# The count of skipped numbers, in SET clauses where last_seq is still the old value.
-# A device's first message starts no gap: the controller may be newer than its spool.
-_GAPS_SQL = "seq_gaps + CASE WHEN last_seq > 0 THEN :seq - last_seq - 1 ELSE 0 END"
-_HEARTBEAT_SQL = f"""
-    UPDATE devices SET last_heartbeat = :received_at, seq_gaps = {_GAPS_SQL}, last_seq = :seq,
-        heartbeats_stored = heartbeats_stored + 1, collected_at = :collected_at,
-        cpu_percent = :cpu_percent, memory_percent = :memory_percent,
-        disk_percent = :disk_percent, uptime_seconds = :uptime_seconds,
-        load1 = :load1, load5 = :load5, load15 = :load15{{report}}
-    WHERE device_id = :device_id AND last_seq < :seq
+
+# One statement for every heartbeat, with or without a verdict (NULL keeps the
+# stored one), bound by position: the writer's hot path. In SET clauses last_seq
+# is still the old value; a device's first message starts no gap, since the
+# controller may be newer than the device's spool.
+_HEARTBEAT_SQL = """
+    UPDATE devices SET last_heartbeat = ?1,
+        seq_gaps = seq_gaps + CASE WHEN last_seq > 0 THEN ?2 - last_seq - 1 ELSE 0 END,
+        last_seq = ?2, heartbeats_stored = heartbeats_stored + 1, collected_at = ?3,
+        cpu_percent = ?4, memory_percent = ?5, disk_percent = ?6, uptime_seconds = ?7,
+        load1 = ?8, load5 = ?9, load15 = ?10, condition = COALESCE(?11, condition),
+        reasons = COALESCE(?12, reasons), spool_pending = COALESCE(?13, spool_pending),
+        spool_dropped = COALESCE(?14, spool_dropped)
+    WHERE device_id = ?15 AND last_seq < ?2
 """
-_VERDICT_SET = """,
-        condition = :condition, reasons = :reasons, spool_pending = :spool_pending,
-        spool_dropped = :spool_dropped"""
-_FULL_SET = f"""{_VERDICT_SET},
-        system_report = :system_report, network_report = :network_report,
-        report_at = :received_at"""
-_RESULT_SEQ_SQL = f"""
-    UPDATE devices SET seq_gaps = {_GAPS_SQL}, last_seq = :seq
-    WHERE device_id = :device_id AND last_seq < :seq
+_REPORTS_SQL = """
+    INSERT INTO device_reports VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (device_id) DO UPDATE SET system_report = excluded.system_report,
+        network_report = excluded.network_report, report_at = excluded.report_at,
+        report_collected_at = excluded.report_collected_at
+    WHERE excluded.report_collected_at > device_reports.report_collected_at
+"""
+_RESULT_SEQ_SQL = """
+    UPDATE devices SET
+        seq_gaps = seq_gaps + CASE WHEN last_seq > 0 THEN ?2 - last_seq - 1 ELSE 0 END,
+        last_seq = ?2
+    WHERE device_id = ?1 AND last_seq < ?2
 """
 
 
-def _heartbeat_params(r: HeartbeatRow) -> dict[str, object]:
-    h = r.health
-    params: dict[str, object] = {
-        "device_id": r.device_id,
-        "seq": r.seq,
-        "received_at": r.received_at,
-        "collected_at": h.collected_at,
-        "cpu_percent": h.cpu_percent,
-        "memory_percent": h.memory_percent,
-        "disk_percent": h.disk_percent,
-        "uptime_seconds": h.uptime_seconds,
-        "load1": h.load1,
-        "load5": h.load5,
-        "load15": h.load15,
-    }
-    if r.report is not None:
-        params.update(
-            condition=r.report.condition.value,
-            reasons="\n".join(r.report.reasons),
-            spool_pending=r.report.spool_pending,
-            spool_dropped=r.report.spool_dropped,
+def _heartbeat_params(r: HeartbeatRow) -> tuple[object, ...]:
+    h, report = r.health, r.report
+    verdict: tuple[object, ...] = (None, None, None, None)
+    if report is not None:
+        verdict = (
+            report.condition.value,
+            "\n".join(report.reasons),
+            report.spool_pending,
+            report.spool_dropped,
         )
-        if r.report.system or r.report.network:
-            params.update(system_report=r.report.system, network_report=r.report.network)
-    return params
+    return (
+        r.received_at,
+        r.seq,
+        h.collected_at,
+        h.cpu_percent,
+        h.memory_percent,
+        h.disk_percent,
+        h.uptime_seconds,
+        h.load1,
+        h.load5,
+        h.load15,
+        *verdict,
+        r.device_id,
+    )
 
 
-def _run_kind(row: AgentRow) -> str:
-    """Consecutive rows of one kind are written with one statement."""
-    if isinstance(row, CommandResultRow):
-        return "result"
-    if row.report is None:
-        return "health"
-    return "full" if row.report.system or row.report.network else "verdict"
-
-
-_SETS = {"health": "", "verdict": _VERDICT_SET, "full": _FULL_SET}
+def _is_result(row: AgentRow) -> bool:
+    return isinstance(row, CommandResultRow)
 
 
 def _record(row: sqlite3.Row) -> DeviceRecord:
@@ -276,16 +275,28 @@ class SqliteStore:
         with self._write_lock:
             try:
                 self._writer.execute("BEGIN IMMEDIATE")
-                for kind, run in itertools.groupby(rows, _run_kind):
-                    if kind == "result":
+                # Results and heartbeats share the device's sequence: runs keep the order.
+                for is_result, run in itertools.groupby(rows, _is_result):
+                    if is_result:
                         for r in run:
                             assert isinstance(r, CommandResultRow)
                             self._record_result(r)
                         continue
-                    sql = _HEARTBEAT_SQL.format(report=_SETS[kind])
-                    self._writer.executemany(
-                        sql, [_heartbeat_params(r) for r in run if isinstance(r, HeartbeatRow)]
-                    )
+                    beats = [r for r in run if isinstance(r, HeartbeatRow)]
+                    self._writer.executemany(_HEARTBEAT_SQL, map(_heartbeat_params, beats))
+                    reports = [
+                        (
+                            r.device_id,
+                            r.report.system,
+                            r.report.network,
+                            r.received_at,
+                            r.health.collected_at,
+                        )
+                        for r in beats
+                        if r.report is not None and (r.report.system or r.report.network)
+                    ]
+                    if reports:
+                        self._writer.executemany(_REPORTS_SQL, reports)
                 self._writer.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._writer.in_transaction:
@@ -293,9 +304,7 @@ class SqliteStore:
                 raise StoreError(f"database {self.path}: {exc}") from None
 
     def _record_result(self, r: CommandResultRow) -> None:
-        moved = self._writer.execute(
-            _RESULT_SEQ_SQL, {"device_id": r.device_id, "seq": r.seq}
-        ).rowcount
+        moved = self._writer.execute(_RESULT_SEQ_SQL, (r.device_id, r.seq)).rowcount
         if moved:
             self._writer.execute(
                 "INSERT INTO command_results VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -342,14 +351,14 @@ class SqliteStore:
             where.append("condition = :condition")
             params["condition"] = query.condition.value
         sql = (
-            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE {' AND '.join(where)} "
+            f"SELECT {_DEVICE_COLUMNS} FROM {_DEVICES_FROM} WHERE {' AND '.join(where)} "
             "ORDER BY device_id LIMIT :limit"
         )
         return [_record(row) for row in self._read(sql, params)]
 
     def get_device(self, device_id: str, now: float) -> DeviceRecord | None:
         rows = self._read(
-            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = :id",
+            f"SELECT {_DEVICE_COLUMNS} FROM {_DEVICES_FROM} WHERE device_id = :id",
             {"id": device_id, "now": now},
         )
         if not rows:
