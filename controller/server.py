@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -82,6 +83,18 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
+def _tune_gc() -> None:
+    """Fewer garbage collections: +37-43% heartbeats/s stored (docs/benchmarks.md).
+
+    Every heartbeat allocates a few short-lived containers, thousands per second,
+    and each collection of the oldest generation walks every live stream, task and
+    session. Objects from start-up are frozen out of collections, and the young
+    generation is collected every 50,000 allocations instead of 700.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 async def serve(settings: ControllerSettings) -> None:
     """Runs the controller until SIGTERM or SIGINT, then shuts down gracefully."""
     store = open_store(settings.database)
@@ -122,6 +135,7 @@ async def serve(settings: ControllerSettings) -> None:
     http_server, http_thread = _serve_metrics(settings.metrics_listen, registry)
     metrics_port = http_server.server_port
     await server.start()
+    _tune_gc()
     writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")
     acks_task = asyncio.create_task(agent_service.run_acks(), name="acks")
     if settings.ports_file != Path():
