@@ -83,16 +83,29 @@ def _child_env(controller_settings: dict[str, str]) -> dict[str, str]:
 
 
 async def start_target(
-    kind: TargetKind, workdir: Path, controller_settings: dict[str, str]
+    kind: TargetKind,
+    workdir: Path,
+    controller_settings: dict[str, str],
+    tree: Path | None = None,
 ) -> Target:
-    """Starts the server on free ports of 127.0.0.1 and waits until it has written them."""
+    """Starts the server on free ports of 127.0.0.1 and waits until it has written them.
+
+    ``tree``: run the controller from that source tree (another commit's checkout)
+    instead of the installed one.
+    """
     ports_file = workdir / f"{kind.name}-ports.json"
     log = workdir / f"{kind.name}.log"
+    cwd, env = ROOT, _child_env(controller_settings)
     if kind is CONTROLLER:
         config = workdir / "controller.toml"
         config.write_text("")  # not /etc/schoolfleet/controller.toml, whatever it holds
+        program = [str(Path(sys.executable).parent / "schoolfleet-controller")]
+        if tree is not None:
+            # `-c` puts the working directory first on sys.path: the tree's own code.
+            program = [sys.executable, "-c", "from controller.main import run; run()"]
+            cwd, env["PYTHONPATH"] = tree, str(tree)
         argv = [
-            str(Path(sys.executable).parent / "schoolfleet-controller"),
+            *program,
             "serve",
             f"--config={config}",
             "--listen=127.0.0.1:0",
@@ -108,8 +121,8 @@ async def start_target(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log_fh,
             stderr=log_fh,
-            cwd=ROOT,
-            env=_child_env(controller_settings),
+            cwd=cwd,
+            env=env,
         )
     deadline = time.monotonic() + STARTUP_SECONDS
     while not ports_file.exists():

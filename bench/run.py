@@ -152,13 +152,18 @@ def _merge_errors(records: list[Record]) -> dict[str, int]:
 
 
 async def run_once(
-    kind: TargetKind, load: Load, controller_settings: dict[str, str], keep: bool = False
+    kind: TargetKind,
+    load: Load,
+    controller_settings: dict[str, str],
+    keep: bool = False,
+    tree: Path | None = None,
 ) -> RunResult:
-    """Runs ``load`` against a fresh ``kind`` server and measures it."""
+    """Runs ``load`` against a fresh ``kind`` server (from ``tree``, if given) and
+    measures it."""
     workdir = Path(tempfile.mkdtemp(prefix=f"schoolfleet-bench-{kind.name}-"))
     try:
         async with contextlib.AsyncExitStack() as stack:
-            target = await start_target(kind, workdir, controller_settings)
+            target = await start_target(kind, workdir, controller_settings, tree)
             stack.push_async_callback(stop_process, target.proc)
             pid = target.proc.pid
             await scrape(target.metrics_port)
