@@ -23,6 +23,7 @@ from inventory.model import (
     DeviceRecord,
     DeviceReport,
     DeviceStatus,
+    EnrollToken,
     KindCount,
 )
 from protos.mapping import (
@@ -74,6 +75,19 @@ def device_from_pb(d: admin_pb2.Device) -> DeviceRecord:
             )
             for c in d.recent_commands
         ),
+    )
+
+
+def token_from_pb(t: admin_pb2.EnrollToken) -> EnrollToken:
+    """Our value for an enrollment token the controller sent."""
+    return EnrollToken(
+        token_id=t.token_id,
+        school_id=t.school_id,
+        uses_left=t.uses_left,
+        uses=t.uses,
+        expires_at=seconds(t.expires_at),
+        created_at=seconds(t.created_at),
+        revoked_at=seconds(t.revoked_at) if t.HasField("revoked_at") else None,
     )
 
 
@@ -189,6 +203,36 @@ class AdminClient:
         except grpc.RpcError as exc:
             raise self._error(exc) from None
         return response.command_id, seconds(response.issued_at)
+
+    def create_enroll_token(
+        self, school_id: str, uses: int, valid_seconds: int
+    ) -> tuple[EnrollToken, str]:
+        """A new token for the school and its secret (shown once)."""
+        request = admin_pb2.CreateEnrollTokenRequest(
+            school_id=school_id, uses=uses, valid_seconds=valid_seconds
+        )
+        try:
+            response = self._stub.CreateEnrollToken(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return token_from_pb(response.token), response.secret
+
+    def enroll_tokens(self, school_id: str | None) -> list[EnrollToken]:
+        """Tokens of one school, or all."""
+        request = admin_pb2.ListEnrollTokensRequest(school_id=school_id or "")
+        try:
+            response = self._stub.ListEnrollTokens(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return [token_from_pb(t) for t in response.tokens]
+
+    def revoke_enroll_token(self, token_id: str) -> EnrollToken:
+        """Revokes a token; NotFound if there is none."""
+        request = admin_pb2.RevokeEnrollTokenRequest(token_id=token_id)
+        try:
+            return token_from_pb(self._stub.RevokeEnrollToken(request, timeout=self._timeout))
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
 
     def fleet_status(self, school_id: str | None = None) -> tuple[list[KindCount], float]:
         """Online/offline counts per school and kind, and when they were computed."""

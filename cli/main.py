@@ -25,9 +25,17 @@ app = typer.Typer(
 )
 devices_app = typer.Typer(help="List and inspect devices.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
+enroll_app = typer.Typer(help="Let new devices join: enrollment tokens.", no_args_is_help=True)
+token_app = typer.Typer(
+    help="Create, list and revoke enrollment tokens (a school's devices enroll with one).",
+    no_args_is_help=True,
+)
+enroll_app.add_typer(token_app, name="token")
+app.add_typer(enroll_app, name="enroll")
 
 # Scripts read stdout; people and diagnostics go through stderr or the table.
-out = Console(soft_wrap=True, highlight=False)
+# Piped into grep or a file, tables keep every character: no terminal width to fit.
+out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -145,6 +153,65 @@ def devices_ping(
         )
     else:
         out.print(f"{device_id}: {outcome.message or outcome.status} in {round_trip * 1000:.0f} ms")
+
+
+@token_app.command("create")
+def token_create(
+    school: Annotated[str, typer.Option(help="The school whose devices may enroll with it.")],
+    uses: Annotated[int, typer.Option(help="How many devices may enroll with it.", min=1)] = 1,
+    expires: Annotated[
+        str, typer.Option(help="How long it is valid: 90s, 30m, 12h, 7d (at most 365d).")
+    ] = "7d",
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a token and print its secret on stdout. The secret is shown this once; the
+    controller keeps only its hash."""
+    from common.durations import parse_duration
+
+    try:
+        valid = parse_duration(expires)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--expires") from None
+    with _client() as client:
+        token, secret = client.create_enroll_token(school, uses, valid)
+    if as_json:
+        _print_json({**render.token_json(token), "secret": secret})
+        return
+    out.print(secret)
+    err.print(
+        f"token {token.token_id} for school {token.school_id}: {token.uses_left} use(s), "
+        f"expires {render.iso(token.expires_at)}; the secret is not shown again"
+    )
+
+
+@token_app.command("list")
+def token_list(
+    school: Annotated[str | None, typer.Option(help="Only this school's tokens.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List tokens (never their secrets), newest first."""
+    with _client() as client:
+        tokens = client.enroll_tokens(school)
+    if as_json:
+        _print_json([render.token_json(t) for t in tokens])
+    elif not tokens:
+        err.print("no enroll tokens")
+    else:
+        out.print(render.tokens_table(tokens, time.time()))
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="TOKEN_ID", help="From `token list`.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke a token: no device can enroll with it any more."""
+    with _client() as client:
+        token = client.revoke_enroll_token(token_id)
+    if as_json:
+        _print_json(render.token_json(token))
+    else:
+        out.print(f"token {token.token_id} of school {token.school_id} revoked")
 
 
 @app.command()

@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from cli import render_report
-from inventory.model import Condition, DeviceRecord, DeviceStatus, KindCount
+from inventory.model import Condition, DeviceRecord, DeviceStatus, EnrollToken, KindCount
 
 
 def iso(seconds: float | None) -> str | None:
@@ -196,5 +196,45 @@ def status_table(counts: list[KindCount]) -> Table:
     for c in counts:
         table.add_row(
             c.school_id, c.kind.value, str(c.online), f"[red]{c.offline}[/]" if c.offline else "0"
+        )
+    return table
+
+
+def token_json(t: EnrollToken) -> dict[str, Any]:
+    """A token as a plain dict with ISO times (never its secret)."""
+    return {
+        **asdict(t),
+        "expires_at": iso(t.expires_at),
+        "created_at": iso(t.created_at),
+        "revoked_at": iso(t.revoked_at),
+    }
+
+
+def _token_state(t: EnrollToken, now: float) -> str:
+    if t.revoked_at is not None:
+        return "[red]revoked[/]"
+    if now >= t.expires_at:
+        return "[yellow]expired[/]"
+    if t.uses_left <= 0:
+        return "used up"
+    return "[green]usable[/]"
+
+
+def tokens_table(tokens: list[EnrollToken], now: float) -> Table:
+    """One row per token."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("TOKEN", "SCHOOL", "STATE", "USES LEFT", "USED", "EXPIRES", "CREATED"):
+        table.add_column(name, no_wrap=True, overflow="ignore")
+    for t in tokens:
+        table.add_row(
+            t.token_id,
+            t.school_id,
+            _token_state(t, now),
+            str(t.uses_left),
+            str(t.uses),
+            f"in {age(now, t.expires_at)}"
+            if t.expires_at > now
+            else f"{age(t.expires_at, now)} ago",
+            f"{age(t.created_at, now)} ago",
         )
     return table

@@ -126,7 +126,7 @@ async def serve(settings: ControllerSettings) -> None:
     )
     add_agent_service(agent_service, server, settings.max_message_bytes)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminService(store, read_executor, sessions), server
+        AdminService(store, read_executor, sessions, store), server
     )
     try:
         grpc_port = server.add_insecure_port(settings.listen)

@@ -12,11 +12,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from controller.errors import StoreError
-from controller.service_convert import count_to_pb, device_to_pb
+from controller import enrollment
+from controller.errors import ProtocolError, StoreError
+from controller.service_convert import count_to_pb, device_to_pb, token_to_pb
 from controller.sessions import SessionRegistry
 from controller.store import DeviceStore
-from controller.store.protocol import DeviceQuery
+from controller.store.protocol import DeviceQuery, EnrollTokenStore
 from inventory.model import valid_id
 from protos.mapping import CONDITION_FROM_PB, KIND_FROM_PB, STATUS_FROM_PB, timestamp
 from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, fleet_pb2
@@ -41,9 +42,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         store: DeviceStore,
         read_executor: ThreadPoolExecutor,
         sessions: SessionRegistry[agent_pb2.ControllerMessage],
+        tokens: EnrollTokenStore,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._tokens = tokens
         self._executor = read_executor
         self._sessions = sessions
         self._now = now
@@ -126,6 +129,52 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         )
         log.info("command sent device=%s cmd=%s action=ping", request.device_id, command_id)
         return admin_pb2.PingDeviceResponse(command_id=command_id, issued_at=issued_at)
+
+    async def CreateEnrollToken(
+        self, request: admin_pb2.CreateEnrollTokenRequest, context: Context
+    ) -> admin_pb2.CreateEnrollTokenResponse:
+        try:
+            token, secret = enrollment.mint(
+                request.school_id, request.uses, request.valid_seconds, self._now()
+            )
+        except ProtocolError as exc:
+            await _invalid(context, str(exc))
+            raise AssertionError("abort returns only by raising") from exc
+        await self._read(
+            context, self._tokens.add_enroll_token, token, enrollment.hash_secret(secret)
+        )
+        log.info(
+            "enroll token created token=%s school=%s uses=%d expires_at=%.0f",
+            token.token_id,
+            token.school_id,
+            token.uses_left,
+            token.expires_at,
+        )
+        return admin_pb2.CreateEnrollTokenResponse(token=token_to_pb(token), secret=secret)
+
+    async def ListEnrollTokens(
+        self, request: admin_pb2.ListEnrollTokensRequest, context: Context
+    ) -> admin_pb2.ListEnrollTokensResponse:
+        if request.school_id and not valid_id(request.school_id):
+            await _invalid(context, f"school id {request.school_id[:80]!r} is not valid")
+        tokens = await self._read(
+            context, self._tokens.list_enroll_tokens, request.school_id or None
+        )
+        return admin_pb2.ListEnrollTokensResponse(tokens=[token_to_pb(t) for t in tokens])
+
+    async def RevokeEnrollToken(
+        self, request: admin_pb2.RevokeEnrollTokenRequest, context: Context
+    ) -> admin_pb2.EnrollToken:
+        if not valid_id(request.token_id):
+            await _invalid(context, f"token id {request.token_id[:80]!r} is not valid")
+        token = await self._read(
+            context, self._tokens.revoke_enroll_token, request.token_id, self._now()
+        )
+        if token is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no enroll token {request.token_id!r}")
+            raise AssertionError("abort returns only by raising")
+        log.info("enroll token revoked token=%s school=%s", token.token_id, token.school_id)
+        return token_to_pb(token)
 
     async def FleetStatus(
         self, request: admin_pb2.FleetStatusRequest, context: Context

@@ -14,6 +14,7 @@ from inventory.model import (
     DeviceIdentity,
     DeviceRecord,
     DeviceReport,
+    EnrollToken,
     Health,
     KindCount,
     OsInfo,
@@ -163,3 +164,18 @@ def count_to_pb(c: KindCount) -> admin_pb2.KindCount:
     return admin_pb2.KindCount(
         school_id=c.school_id, kind=KIND_TO_PB[c.kind], online=c.online, offline=c.offline
     )
+
+
+def token_to_pb(t: EnrollToken) -> admin_pb2.EnrollToken:
+    """The wire form of an enrollment token (never its secret)."""
+    out = admin_pb2.EnrollToken(
+        token_id=t.token_id,
+        school_id=t.school_id,
+        uses_left=t.uses_left,
+        uses=t.uses,
+        expires_at=timestamp(t.expires_at),
+        created_at=timestamp(t.created_at),
+    )
+    if t.revoked_at is not None:
+        out.revoked_at.CopyFrom(timestamp(t.revoked_at))
+    return out

@@ -151,3 +151,24 @@ class SchoolReports:
     messages_missing: int
     # Heartbeats the school's devices dropped from full spools, as they report it.
     spool_dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollToken:
+    """A secret that lets devices of one school enroll, a number of times, until it expires.
+
+    Only a hash of the secret is kept; ``token_id`` (the secret's first characters)
+    names it in lists and revocations.
+    """
+
+    token_id: str
+    school_id: str
+    uses_left: int
+    uses: int
+    expires_at: float
+    created_at: float
+    revoked_at: float | None = None
+
+    def usable(self, now: float) -> bool:
+        """Whether a device may enroll with it at ``now``."""
+        return self.revoked_at is None and self.uses_left > 0 and now < self.expires_at

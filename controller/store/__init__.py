@@ -9,13 +9,22 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from controller.errors import StoreError
-from controller.store.protocol import AgentRow, CommandResultRow, DeviceStore, HeartbeatRow
+from controller.store.protocol import (
+    AgentRow,
+    CommandResultRow,
+    DeviceStore,
+    EnrollTokenStore,
+    HeartbeatRow,
+    Store,
+)
 
 __all__ = [
     "AgentRow",
     "CommandResultRow",
     "DeviceStore",
+    "EnrollTokenStore",
     "HeartbeatRow",
+    "Store",
     "open_store",
     "sqlite_path",
 ]
@@ -33,7 +42,7 @@ def sqlite_path(url: str) -> Path:
     raise StoreError(f"database {url!r}: unsupported URL (expected sqlite:///PATH)")
 
 
-def open_store(url: str) -> DeviceStore:
+def open_store(url: str) -> Store:
     """Opens (creating and migrating as needed) the store at ``url``."""
     from controller.store.sqlite import SqliteStore
 

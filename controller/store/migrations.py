@@ -75,6 +75,20 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (device_id, seq)
     );
     """,
+    # 4: enrollment tokens; only a hash of each secret is kept.
+    """
+    CREATE TABLE enroll_tokens (
+        token_id   TEXT PRIMARY KEY,
+        token_hash BLOB NOT NULL UNIQUE,
+        school_id  TEXT NOT NULL,
+        uses_left  INTEGER NOT NULL,
+        uses       INTEGER NOT NULL DEFAULT 0,
+        expires_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE INDEX enroll_tokens_by_school ON enroll_tokens (school_id);
+    """,
 )
 
 LATEST = len(MIGRATIONS)

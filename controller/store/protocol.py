@@ -19,6 +19,7 @@ from inventory.model import (
     DeviceRecord,
     DeviceReport,
     DeviceStatus,
+    EnrollToken,
     Health,
     KindCount,
     SchoolReports,
@@ -102,3 +103,20 @@ class DeviceStore(Protocol):
 
     def close(self) -> None:
         """Releases the store's connections."""
+
+
+class EnrollTokenStore(Protocol):
+    """Enrollment tokens, kept as hashes of their secrets."""
+
+    def add_enroll_token(self, token: EnrollToken, token_hash: bytes) -> None:
+        """Stores a new token."""
+
+    def list_enroll_tokens(self, school_id: str | None) -> list[EnrollToken]:
+        """Tokens, newest first, of one school or all."""
+
+    def revoke_enroll_token(self, token_id: str, now: float) -> EnrollToken | None:
+        """Revokes a token (again is a no-op); None if there is no such token."""
+
+
+class Store(DeviceStore, EnrollTokenStore, Protocol):
+    """Everything the controller keeps; one implementation per backend."""

@@ -27,6 +27,7 @@ from inventory.model import (
     DeviceRecord,
     DeviceReport,
     DeviceStatus,
+    EnrollToken,
     Health,
     KindCount,
     OsInfo,
@@ -160,6 +161,18 @@ def _record(row: sqlite3.Row) -> DeviceRecord:
         report=report,
         heartbeats_stored=row["heartbeats_stored"],
         seq_gaps=row["seq_gaps"],
+    )
+
+
+def _token(r: sqlite3.Row) -> EnrollToken:
+    return EnrollToken(
+        token_id=r["token_id"],
+        school_id=r["school_id"],
+        uses_left=r["uses_left"],
+        uses=r["uses"],
+        expires_at=r["expires_at"],
+        created_at=r["created_at"],
+        revoked_at=r["revoked_at"],
     )
 
 
@@ -406,6 +419,37 @@ class SqliteStore:
             )
             for r in rows
         ]
+
+    def add_enroll_token(self, token: EnrollToken, token_hash: bytes) -> None:
+        self._write(
+            "INSERT INTO enroll_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                token.token_id,
+                token_hash,
+                token.school_id,
+                token.uses_left,
+                token.uses,
+                token.expires_at,
+                token.created_at,
+                token.revoked_at,
+            ),
+        )
+
+    def list_enroll_tokens(self, school_id: str | None) -> list[EnrollToken]:
+        where = "WHERE school_id = :school" if school_id is not None else ""
+        rows = self._read(
+            f"SELECT * FROM enroll_tokens {where} ORDER BY created_at DESC, token_id",
+            {"school": school_id},
+        )
+        return [_token(r) for r in rows]
+
+    def revoke_enroll_token(self, token_id: str, now: float) -> EnrollToken | None:
+        self._write(
+            "UPDATE enroll_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
+            (now, token_id),
+        )
+        rows = self._read("SELECT * FROM enroll_tokens WHERE token_id = :id", {"id": token_id})
+        return _token(rows[0]) if rows else None
 
     def _read(self, sql: str, params: dict[str, object]) -> list[sqlite3.Row]:
         try:

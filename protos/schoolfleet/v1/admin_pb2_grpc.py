@@ -54,6 +54,21 @@ class AdminServiceStub:
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceRequest.SerializeToString,
                 response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceResponse.FromString,
                 _registered_method=True)
+        self.CreateEnrollToken = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/CreateEnrollToken',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateEnrollTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateEnrollTokenResponse.FromString,
+                _registered_method=True)
+        self.ListEnrollTokens = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ListEnrollTokens',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListEnrollTokensRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListEnrollTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeEnrollToken = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/RevokeEnrollToken',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RevokeEnrollTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.EnrollToken.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -85,6 +100,26 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEnrollToken(self, request, context):
+        """Enrollment tokens: a secret that lets a school's devices enroll. The secret is
+        shown once, in the response to Create; the controller keeps only its hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnrollTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeEnrollToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +142,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.PingDevice,
                     request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceRequest.FromString,
                     response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceResponse.SerializeToString,
+            ),
+            'CreateEnrollToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnrollToken,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateEnrollTokenRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateEnrollTokenResponse.SerializeToString,
+            ),
+            'ListEnrollTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnrollTokens,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListEnrollTokensRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListEnrollTokensResponse.SerializeToString,
+            ),
+            'RevokeEnrollToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeEnrollToken,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RevokeEnrollTokenRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.EnrollToken.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +267,87 @@ class AdminService:
             '/schoolfleet.v1.AdminService/PingDevice',
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceRequest.SerializeToString,
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.PingDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEnrollToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/CreateEnrollToken',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateEnrollTokenRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateEnrollTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnrollTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ListEnrollTokens',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListEnrollTokensRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListEnrollTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeEnrollToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/RevokeEnrollToken',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RevokeEnrollTokenRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.EnrollToken.FromString,
             options,
             channel_credentials,
             insecure,

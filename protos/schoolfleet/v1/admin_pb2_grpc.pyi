@@ -38,6 +38,12 @@ class AdminServiceStub:
     """Sends a no-op command to a connected device; its result shows in
     Device.recent_commands once the device answers.
     """
+    CreateEnrollToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateEnrollTokenRequest, _admin_pb2.CreateEnrollTokenResponse]
+    """Enrollment tokens: a secret that lets a school's devices enroll. The secret is
+    shown once, in the response to Create; the controller keeps only its hash.
+    """
+    ListEnrollTokens: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEnrollTokensRequest, _admin_pb2.ListEnrollTokensResponse]
+    RevokeEnrollToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeEnrollTokenRequest, _admin_pb2.EnrollToken]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -49,6 +55,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Sends a no-op command to a connected device; its result shows in
     Device.recent_commands once the device answers.
     """
+    CreateEnrollToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateEnrollTokenRequest, _admin_pb2.CreateEnrollTokenResponse]  # type: ignore[assignment]
+    """Enrollment tokens: a secret that lets a school's devices enroll. The secret is
+    shown once, in the response to Create; the controller keeps only its hash.
+    """
+    ListEnrollTokens: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEnrollTokensRequest, _admin_pb2.ListEnrollTokensResponse]  # type: ignore[assignment]
+    RevokeEnrollToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeEnrollTokenRequest, _admin_pb2.EnrollToken]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -81,5 +93,29 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Sends a no-op command to a connected device; its result shows in
         Device.recent_commands once the device answers.
         """
+
+    @_abc_1.abstractmethod
+    def CreateEnrollToken(
+        self,
+        request: _admin_pb2.CreateEnrollTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateEnrollTokenResponse, _abc.Awaitable[_admin_pb2.CreateEnrollTokenResponse]]:
+        """Enrollment tokens: a secret that lets a school's devices enroll. The secret is
+        shown once, in the response to Create; the controller keeps only its hash.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEnrollTokens(
+        self,
+        request: _admin_pb2.ListEnrollTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListEnrollTokensResponse, _abc.Awaitable[_admin_pb2.ListEnrollTokensResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeEnrollToken(
+        self,
+        request: _admin_pb2.RevokeEnrollTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.EnrollToken, _abc.Awaitable[_admin_pb2.EnrollToken]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

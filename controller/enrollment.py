@@ -1,0 +1,55 @@
+"""Enrollment tokens: minting, hashing and the limits they must keep.
+
+A token's secret is random, shown once, and kept only as a SHA-256 hash: a copy
+of the store does not let anyone enroll a device. Its first characters name it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from controller.errors import ProtocolError
+from inventory.model import EnrollToken, valid_id
+
+PREFIX = "sfe_"
+# Characters of the secret (after the prefix) that name the token.
+_ID_CHARS = 8
+USES_DEFAULT, USES_MAX = 1, 10_000
+VALID_DEFAULT = 7 * 86_400
+VALID_MIN, VALID_MAX = 60, 365 * 86_400
+
+
+def hash_secret(secret: str) -> bytes:
+    """What the store keeps of a secret."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def token_id(secret: str) -> str:
+    """The public name of a secret."""
+    return secret.removeprefix(PREFIX)[:_ID_CHARS]
+
+
+def mint(school_id: str, uses: int, valid_seconds: int, now: float) -> tuple[EnrollToken, str]:
+    """A new token and its secret; 0 means the default for ``uses`` and ``valid_seconds``.
+
+    Raises ProtocolError (INVALID_ARGUMENT) naming what is out of bounds.
+    """
+    if not valid_id(school_id):
+        raise ProtocolError(f"school id {school_id[:80]!r} is not valid")
+    uses = uses or USES_DEFAULT
+    valid_seconds = valid_seconds or VALID_DEFAULT
+    if not 1 <= uses <= USES_MAX:
+        raise ProtocolError(f"uses must be 1 to {USES_MAX}, got {uses}")
+    if not VALID_MIN <= valid_seconds <= VALID_MAX:
+        raise ProtocolError(f"a token is valid 1 minute to 365 days, got {valid_seconds} seconds")
+    secret = PREFIX + secrets.token_urlsafe(32)
+    token = EnrollToken(
+        token_id=token_id(secret),
+        school_id=school_id,
+        uses_left=uses,
+        uses=0,
+        expires_at=now + valid_seconds,
+        created_at=now,
+    )
+    return token, secret
