@@ -3,19 +3,35 @@
 SchoolFleetError (common.errors)
 ├── ConfigError         bad settings (common.errors)
 ├── StoreError          the store cannot be opened, migrated or written
+├── PkiError            the controller's CA cannot be created, read or used: a
+│                       file is missing, unreadable, open to others or does not
+│                       match; a name, address, id or certificate request is
+│                       refused; the message names the file or the value
 └── ProtocolError       a device broke the stream's rules; the stream is closed
-                        with ``code`` and the message, other streams go on
+    │                   with ``code`` and the message, other streams go on
+    └── MessageTooLarge a message over the size limit
 """
 
 from __future__ import annotations
 
 from common.errors import ConfigError, SchoolFleetError
 
-__all__ = ["ConfigError", "MessageTooLarge", "ProtocolError", "SchoolFleetError", "StoreError"]
+__all__ = [
+    "ConfigError",
+    "MessageTooLarge",
+    "PkiError",
+    "ProtocolError",
+    "SchoolFleetError",
+    "StoreError",
+]
 
 
 class StoreError(SchoolFleetError):
     """The store failed; the message says which store and what."""
+
+
+class PkiError(SchoolFleetError):
+    """The certificate authority refused or failed; the message names the file or value."""
 
 
 class ProtocolError(SchoolFleetError):

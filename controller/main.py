@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -14,7 +15,12 @@ from common.errors import SchoolFleetError
 from common.logs import setup_logging
 from controller import settings as controller_settings
 
+if TYPE_CHECKING:
+    from controller.pki import CaFiles
+
 log = logging.getLogger("controller")
+
+DEFAULT_DATA_DIR = Path("/var/lib/schoolfleet")
 
 app = typer.Typer(
     help="The SchoolFleet controller: keeps the fleet's state and talks to every agent.",
@@ -68,6 +74,103 @@ def serve(
     except SchoolFleetError as exc:
         print(f"schoolfleet-controller: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def init(
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            metavar="DIR",
+            show_default=False,
+            help="The controller's data directory (default /var/lib/schoolfleet); "
+            "the CA and the server's key and certificate go in DIR/pki.",
+        ),
+    ] = DEFAULT_DATA_DIR,
+    name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--name",
+            metavar="NAME",
+            help="A DNS name agents reach the controller by; repeat for more.",
+        ),
+    ] = None,
+    address: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--address",
+            metavar="IP",
+            help="An IP address agents reach the controller at; repeat for more.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an existing CA: every device must re-enroll."),
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print what was created as JSON.")
+    ] = False,
+) -> None:
+    """Create the controller's certificate authority and its TLS server certificate."""
+    from controller import pki
+
+    try:
+        files = pki.init_ca(data_dir.absolute() / "pki", name or [], address or [], force=force)
+    except SchoolFleetError as exc:
+        print(f"schoolfleet-controller: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    created = _created(files)
+    print(json.dumps(created, indent=2) if json_output else _created_text(created))
+
+
+def _created(files: CaFiles) -> dict[str, Any]:
+    from cryptography import x509
+
+    from controller.pki import fingerprint
+
+    alt_names = files.server.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return {
+        "pki_dir": str(files.directory),
+        "ca_key": str(files.ca_key),
+        "ca_cert": str(files.ca_cert),
+        "server_key": str(files.server_key),
+        "server_cert": str(files.server_cert),
+        "replaced": files.replaced,
+        "ca_subject": files.ca.subject.rfc4514_string(),
+        "ca_fingerprint_sha256": fingerprint(files.ca),
+        "ca_not_before": files.ca.not_valid_before_utc.isoformat(),
+        "ca_not_after": files.ca.not_valid_after_utc.isoformat(),
+        "server_names": alt_names.value.get_values_for_type(x509.DNSName),
+        "server_addresses": [str(ip) for ip in alt_names.value.get_values_for_type(x509.IPAddress)],
+        "server_not_after": files.server.not_valid_after_utc.isoformat(),
+    }
+
+
+def _created_text(created: dict[str, Any]) -> str:
+    def day(iso: str) -> str:
+        return iso.replace("T", " ").removesuffix("+00:00")[:16] + " UTC"
+
+    for_whom = [f"DNS:{n}" for n in created["server_names"]]
+    for_whom += [f"IP:{a}" for a in created["server_addresses"]]
+    verb = "Replaced" if created["replaced"] else "Created"
+    files = [
+        (created["ca_key"], "CA private key (0600): never leaves this machine"),
+        (created["ca_cert"], "CA certificate (0644): what devices trust"),
+        (created["server_key"], "server private key (0600)"),
+        (created["server_cert"], f"server certificate (0644) for {', '.join(for_whom)}"),
+    ]
+    width = max(len(path) for path, _ in files)
+    lines = [
+        f"{verb} the controller's certificate authority in {created['pki_dir']}:",
+        *(f"  {path:<{width}}  {what}" for path, what in files),
+        f"CA: {created['ca_subject']}",
+        f"CA fingerprint (SHA-256): {created['ca_fingerprint_sha256']}",
+        f"CA valid from {day(created['ca_not_before'])} until {day(created['ca_not_after'])}",
+        f"Server certificate valid until {day(created['server_not_after'])}",
+    ]
+    if created["replaced"]:
+        lines.append("Every device enrolled with the old CA must enroll again.")
+    return "\n".join(lines)
 
 
 async def controller_serve(settings: controller_settings.ControllerSettings) -> None:
