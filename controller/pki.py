@@ -1,8 +1,8 @@
 """The controller's own certificate authority.
 
 ``init_ca`` makes the CA and the controller's TLS server certificate; ``load_ca`` reads
-the CA back; ``sign_device_csr`` turns a device's certificate request into a client
-certificate; ``device_identity`` reads who a certificate says the device is.
+the CA back; ``issue`` signs an end-entity certificate (controller/device_certs.py
+uses it for devices).
 
 Keys are EC P-256 and live in one directory (mode 0700): private keys 0600,
 certificates 0644, every file replaced atomically. A device's identity is the URI SAN
@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias, TypeVar
-from urllib.parse import quote, unquote
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -32,7 +31,6 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controller.errors import PkiError
-from inventory.model import valid_id
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
@@ -41,12 +39,9 @@ SERVER_CERT = "server.crt"
 
 CA_DAYS = 3650
 SERVER_DAYS = 730
-DEVICE_DAYS = 825
 # Certificates start this far in the past, so a peer whose clock is a little behind
 # does not see them as not yet valid.
 BACKDATE = dt.timedelta(minutes=5)
-DEVICE_URN = "urn:schoolfleet:device"
-MIN_RSA_BITS = 2048
 
 KEY_MODE = 0o600
 CERT_MODE = 0o644
@@ -81,15 +76,6 @@ class CaFiles:
     replaced: bool
 
 
-@dataclass(frozen=True, slots=True)
-class IssuedCert:
-    """A device certificate signed by the CA."""
-
-    pem: bytes
-    serial: int
-    not_after: dt.datetime
-
-
 # --- creating the CA -------------------------------------------------------------------
 
 
@@ -116,16 +102,16 @@ def init_ca(
             f"{existing[0]} already exists: a new CA means every device would have to "
             "re-enroll (use --force to replace it)"
         )
-    when = _utc(now)
+    when = utc(now)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = CertificateAuthority(ca_key, _ca_certificate(ca_key, when))
     server_key = ec.generate_private_key(ec.SECP256R1())
     server = _server_certificate(ca, server_key.public_key(), dns_names, ips, when)
     files = {
         CA_KEY: (_key_pem(ca_key), KEY_MODE),
-        CA_CERT: (_cert_pem(ca.certificate), CERT_MODE),
+        CA_CERT: (cert_pem(ca.certificate), CERT_MODE),
         SERVER_KEY: (_key_pem(server_key), KEY_MODE),
-        SERVER_CERT: (_cert_pem(server), CERT_MODE),
+        SERVER_CERT: (cert_pem(server), CERT_MODE),
     }
     try:
         pki_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -205,7 +191,7 @@ def _server_certificate(
     first = dns_names[0] if dns_names else str(ips[0])
     alt_names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
     alt_names += [x509.IPAddress(ip) for ip in ips]
-    return _issue(
+    return issue(
         ca,
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first)]),
         public,
@@ -273,110 +259,10 @@ def _read(path: Path, *, private: bool) -> bytes:
         raise PkiError(_os_problem("cannot read", exc, path)) from None
 
 
-# --- device certificates ---------------------------------------------------------------
-
-
-def sign_device_csr(
-    ca: CertificateAuthority,
-    csr_pem: bytes,
-    device_id: str,
-    school_id: str,
-    *,
-    days: int = DEVICE_DAYS,
-    now: dt.datetime | None = None,
-) -> IssuedCert:
-    """A client certificate for ``device_id`` in ``school_id``, for the key in ``csr_pem``.
-
-    Only the request's key is used: its subject and extensions are ignored.
-    """
-    for what, value in (("device id", device_id), ("school id", school_id)):
-        if not valid_id(value):
-            raise PkiError(f"{what} {value!r} is not 1-64 of letters, digits and ._:-")
-    if days < 1:
-        raise PkiError(f"a device certificate must be valid for at least 1 day, not {days}")
-    public = _csr_public_key(csr_pem)
-    when = _utc(now)
-    ca_expires = ca.certificate.not_valid_after_utc
-    if when >= ca_expires:
-        raise PkiError(f"the CA expired on {ca_expires:%Y-%m-%d}: re-initialise it")
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, school_id),
-            x509.NameAttribute(NameOID.COMMON_NAME, device_id),
-        ]
-    )
-    cert = _issue(
-        ca,
-        subject,
-        public,
-        when,
-        # A certificate that outlives its CA could never be verified anyway.
-        min(when + dt.timedelta(days=days), ca_expires),
-        [
-            x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(device_urn(school_id, device_id))]
-            ),
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
-        ],
-    )
-    return IssuedCert(_cert_pem(cert), cert.serial_number, cert.not_valid_after_utc)
-
-
-def device_urn(school_id: str, device_id: str) -> str:
-    """The URI SAN naming a device; ``:`` inside an id is written ``%3A``."""
-    return f"{DEVICE_URN}:{quote(school_id, safe='')}:{quote(device_id, safe='')}"
-
-
-def device_identity(cert: x509.Certificate) -> tuple[str, str]:
-    """``(device_id, school_id)`` from the certificate's device URI (never from its CN)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise PkiError("the certificate has no subject alternative name") from None
-    except (x509.DuplicateExtension, ValueError):
-        raise PkiError("the certificate's extensions cannot be read") from None
-    urns = [
-        uri
-        for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
-        if uri.startswith(f"{DEVICE_URN}:")
-    ]
-    if len(urns) != 1:
-        raise PkiError(f"the certificate has {len(urns)} {DEVICE_URN} URIs, not one")
-    parts = urns[0].removeprefix(f"{DEVICE_URN}:").split(":")
-    if len(parts) == 2:
-        school_id, device_id = (unquote(part) for part in parts)
-        # Only the exact form this CA writes is accepted: one spelling per device.
-        if (
-            valid_id(school_id)
-            and valid_id(device_id)
-            and device_urn(school_id, device_id) == urns[0]
-        ):
-            return device_id, school_id
-    raise PkiError(f"malformed device URI {urns[0]!r}")
-
-
-def _csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-        signed = csr.is_signature_valid
-        public = csr.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        raise PkiError("the certificate request is not a readable PEM CSR") from None
-    if not signed:
-        raise PkiError("the certificate request's signature does not verify")
-    if isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1):
-        return public
-    if isinstance(public, rsa.RSAPublicKey) and public.key_size >= MIN_RSA_BITS:
-        return public
-    raise PkiError(
-        f"the certificate request's key must be EC P-256 or RSA of at least {MIN_RSA_BITS} bits"
-    )
-
-
 # --- shared ----------------------------------------------------------------------------
 
 
-def _issue(
+def issue(
     ca: CertificateAuthority,
     subject: x509.Name,
     public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
@@ -465,7 +351,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _cert_pem(cert: x509.Certificate) -> bytes:
+def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -491,7 +377,7 @@ def _unique(values: Iterable[_T]) -> list[_T]:
     return list(dict.fromkeys(values))
 
 
-def _utc(now: dt.datetime | None) -> dt.datetime:
+def utc(now: dt.datetime | None) -> dt.datetime:
     # X.509 times have whole seconds.
     when = dt.datetime.now(dt.UTC) if now is None else now.astimezone(dt.UTC)
     return when.replace(microsecond=0)

@@ -15,15 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from controller.device_certs import device_identity, sign_device_csr
 from controller.errors import PkiError
 from controller.pki import (
     CaFiles,
     CertificateAuthority,
-    device_identity,
     fingerprint,
     init_ca,
     load_ca,
-    sign_device_csr,
 )
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
