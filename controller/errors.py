@@ -7,6 +7,8 @@ SchoolFleetError (common.errors)
 │                       file is missing, unreadable, open to others or does not
 │                       match; a name, address, id or certificate request is
 │                       refused; the message names the file or the value
+├── EnrollRefused       an enrollment is refused: a token that is not usable, or a
+│                       device already enrolled; ``status`` is the gRPC answer
 └── ProtocolError       a device broke the stream's rules; the stream is closed
     │                   with ``code`` and the message, other streams go on
     └── MessageTooLarge a message over the size limit
@@ -18,6 +20,7 @@ from common.errors import ConfigError, SchoolFleetError
 
 __all__ = [
     "ConfigError",
+    "EnrollRefused",
     "MessageTooLarge",
     "PkiError",
     "ProtocolError",
@@ -32,6 +35,15 @@ class StoreError(SchoolFleetError):
 
 class PkiError(SchoolFleetError):
     """The certificate authority refused or failed; the message names the file or value."""
+
+
+class EnrollRefused(SchoolFleetError):
+    """A device may not enroll; the message says why in words a person can act on."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        # The gRPC status name the Enroll call is answered with.
+        self.status = status
 
 
 class ProtocolError(SchoolFleetError):

@@ -19,15 +19,24 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from controller import enrollment
 from controller.acks import AckCoalescer
-from controller.errors import MessageTooLarge, ProtocolError, StoreError
+from controller.device_certs import sign_device_csr
+from controller.errors import (
+    EnrollRefused,
+    MessageTooLarge,
+    PkiError,
+    ProtocolError,
+    StoreError,
+)
 from controller.ingest import MessageWriter
 from controller.metrics import ControllerMetrics
+from controller.pki import CertificateAuthority, cert_pem, load_ca
 from controller.service_convert import health_from_pb, identity_from_hello, report_from_pb
 from controller.sessions import Closing, Session, SessionRegistry
 from controller.settings import ControllerSettings
-from controller.store import CommandResultRow, DeviceStore, HeartbeatRow
-from inventory.model import DeviceIdentity
+from controller.store import CommandResultRow, HeartbeatRow, Store
+from inventory.model import DeviceIdentity, Enrollment, valid_id
 from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
 
@@ -50,7 +59,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(
         self,
         settings: ControllerSettings,
-        store: DeviceStore,
+        store: Store,
         write_executor: ThreadPoolExecutor,
         sessions: Sessions,
         metrics: ControllerMetrics,
@@ -63,6 +72,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._metrics = metrics
         self._now = now
         self.writer: MessageWriter | None = None
+        # Loaded at the first enrollment; a new CA needs a restart.
+        self._ca: CertificateAuthority | None = None
         self._acks = AckCoalescer(settings.ack_interval)
 
     def ack(self, highest: dict[str, int]) -> None:
@@ -88,8 +99,75 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         request: agent_pb2.EnrollRequest,
         context: grpc.aio.ServicerContext[agent_pb2.EnrollRequest, agent_pb2.EnrollResponse],
     ) -> agent_pb2.EnrollResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "enrollment is not available yet")
+        peer = context.peer()
+        loop = asyncio.get_running_loop()
+        try:
+            # On the writer's thread: signing and the store's writes stay off the loop.
+            cert, ca_cert = await loop.run_in_executor(self._write_executor, self._enroll, request)
+        except (EnrollRefused, ProtocolError) as exc:
+            code, message = grpc.StatusCode[exc.status], str(exc)
+        except PkiError as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except _NoCa as exc:
+            code, message = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+        except StoreError as exc:
+            log.error("enrollment not stored peer=%s error=%s", peer, exc)
+            code, message = grpc.StatusCode.UNAVAILABLE, "controller store unavailable"
+        else:
+            log.info("device enrolled device=%s peer=%s", request.device_id, peer)
+            return agent_pb2.EnrollResponse(certificate_pem=cert, ca_certificate_pem=ca_cert)
+        log.warning(
+            "enrollment refused device=%s peer=%s code=%s reason=%s",
+            request.device_id[:80],
+            peer,
+            code.name,
+            message,
+        )
+        await context.abort(code, message)
         raise AssertionError("abort returns only by raising")
+
+    def _enroll(self, request: agent_pb2.EnrollRequest) -> tuple[bytes, bytes]:
+        """Checks the token and the device, signs the request, records both at once."""
+        if not valid_id(request.device_id):
+            raise ProtocolError(f"device id {request.device_id[:80]!r} is not a valid id")
+        token_hash = enrollment.hash_secret(request.token)
+        token = self._store.find_enroll_token(token_hash)
+        now = self._now()
+        if token is None or not token.usable(now):
+            raise EnrollRefused(
+                "the enrollment token is not valid (unknown, used up, expired or revoked)",
+                "PERMISSION_DENIED",
+            )
+        existing = self._store.get_enrollment(request.device_id)
+        if existing is not None and not existing.reenroll:
+            raise EnrollRefused(
+                f"device {request.device_id!r} is already enrolled; "
+                f"'schoolctl devices reenroll {request.device_id}' lets it enroll again",
+                "ALREADY_EXISTS",
+            )
+        ca = self._certificate_authority()
+        issued = sign_device_csr(ca, request.csr_pem, request.device_id, token.school_id)
+        self._store.enroll(
+            token_hash,
+            Enrollment(
+                device_id=request.device_id,
+                school_id=token.school_id,
+                serial=f"{issued.serial:x}",
+                not_after=issued.not_after.timestamp(),
+                enrolled_at=now,
+                token_id=token.token_id,
+            ),
+            now,
+        )
+        return issued.pem, cert_pem(ca.certificate)
+
+    def _certificate_authority(self) -> CertificateAuthority:
+        if self._ca is None:
+            try:
+                self._ca = load_ca(self._settings.data_dir / "pki")
+            except PkiError as exc:
+                raise _NoCa(f"the controller cannot sign certificates: {exc}") from None
+        return self._ca
 
     async def Connect(
         self,
@@ -235,6 +313,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             closing.reason,
             f" code={closing.code.name} detail={closing.message}" if closing.code else "",
         )
+
+
+class _NoCa(Exception):
+    """The controller has no usable CA (not initialised, or its files are wrong)."""
 
 
 def _thresholds(s: ControllerSettings) -> fleet_pb2.Thresholds:

@@ -56,6 +56,8 @@ class ControllerSettings:
     max_streams: int = 20_000
     # Seconds that open streams get to finish on shutdown.
     shutdown_grace: float = 5.0
+    # The controller's own files; its CA is in DATA_DIR/pki (`schoolfleet-controller init`).
+    data_dir: Path = Path("/var/lib/schoolfleet")
     # Where `listen` with port 0 writes the ports it got (for tests and the demo).
     ports_file: Path = Path()
     log_level: str = "info"

@@ -172,3 +172,18 @@ class EnrollToken:
     def usable(self, now: float) -> bool:
         """Whether a device may enroll with it at ``now``."""
         return self.revoked_at is None and self.uses_left > 0 and now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """The certificate a device was issued when it enrolled."""
+
+    device_id: str
+    school_id: str
+    # Hex, as certificates show it.
+    serial: str
+    not_after: float
+    enrolled_at: float
+    token_id: str
+    # Whether the next enrollment of this device id may replace this one.
+    reenroll: bool = False

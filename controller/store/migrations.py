@@ -89,6 +89,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX enroll_tokens_by_school ON enroll_tokens (school_id);
     """,
+    # 5: the certificate each enrolled device was issued.
+    """
+    CREATE TABLE enrollments (
+        device_id   TEXT PRIMARY KEY,
+        school_id   TEXT NOT NULL,
+        serial      TEXT NOT NULL,
+        not_after   REAL NOT NULL,
+        enrolled_at REAL NOT NULL,
+        token_id    TEXT NOT NULL,
+        -- Set by `schoolctl devices reenroll`: the next enrollment may replace this one.
+        reenroll    INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

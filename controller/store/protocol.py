@@ -19,6 +19,7 @@ from inventory.model import (
     DeviceRecord,
     DeviceReport,
     DeviceStatus,
+    Enrollment,
     EnrollToken,
     Health,
     KindCount,
@@ -116,6 +117,19 @@ class EnrollTokenStore(Protocol):
 
     def revoke_enroll_token(self, token_id: str, now: float) -> EnrollToken | None:
         """Revokes a token (again is a no-op); None if there is no such token."""
+
+    def find_enroll_token(self, token_hash: bytes) -> EnrollToken | None:
+        """The token with this hash, usable or not."""
+
+    def enroll(self, token_hash: bytes, enrollment: Enrollment, now: float) -> None:
+        """In one transaction: takes one use of the token and records the enrollment.
+
+        Raises EnrollRefused if the token is no longer usable at ``now`` or the device
+        is enrolled and not marked for re-enrollment; then nothing changes.
+        """
+
+    def get_enrollment(self, device_id: str) -> Enrollment | None:
+        """The device's enrollment, if it has one."""
 
 
 class Store(DeviceStore, EnrollTokenStore, Protocol):

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.errors import StoreError
+from controller.errors import EnrollRefused, StoreError
 from controller.store.migrations import LATEST, MIGRATIONS
 from controller.store.protocol import AgentRow, CommandResultRow, DeviceQuery, HeartbeatRow
 from inventory.model import (
@@ -27,6 +27,7 @@ from inventory.model import (
     DeviceRecord,
     DeviceReport,
     DeviceStatus,
+    Enrollment,
     EnrollToken,
     Health,
     KindCount,
@@ -450,6 +451,69 @@ class SqliteStore:
         )
         rows = self._read("SELECT * FROM enroll_tokens WHERE token_id = :id", {"id": token_id})
         return _token(rows[0]) if rows else None
+
+    def find_enroll_token(self, token_hash: bytes) -> EnrollToken | None:
+        rows = self._read("SELECT * FROM enroll_tokens WHERE token_hash = :h", {"h": token_hash})
+        return _token(rows[0]) if rows else None
+
+    def enroll(self, token_hash: bytes, enrollment: Enrollment, now: float) -> None:
+        e = enrollment
+        with self._write_lock:
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                taken = self._writer.execute(
+                    """
+                    UPDATE enroll_tokens SET uses_left = uses_left - 1, uses = uses + 1
+                    WHERE token_hash = ? AND revoked_at IS NULL AND uses_left > 0
+                      AND expires_at > ?
+                    """,
+                    (token_hash, now),
+                ).rowcount
+                if not taken:
+                    raise EnrollRefused(
+                        "the enrollment token is not valid (unknown, used up, expired or revoked)",
+                        "PERMISSION_DENIED",
+                    )
+                stored = self._writer.execute(
+                    """
+                    INSERT INTO enrollments VALUES (?, ?, ?, ?, ?, ?, 0)
+                    ON CONFLICT (device_id) DO UPDATE SET school_id = excluded.school_id,
+                        serial = excluded.serial, not_after = excluded.not_after,
+                        enrolled_at = excluded.enrolled_at, token_id = excluded.token_id,
+                        reenroll = 0
+                    WHERE enrollments.reenroll = 1
+                    """,
+                    (e.device_id, e.school_id, e.serial, e.not_after, e.enrolled_at, e.token_id),
+                ).rowcount
+                if not stored:
+                    raise EnrollRefused(
+                        f"device {e.device_id!r} is already enrolled; "
+                        f"'schoolctl devices reenroll {e.device_id}' lets it enroll again",
+                        "ALREADY_EXISTS",
+                    )
+                self._writer.execute("COMMIT")
+            except EnrollRefused:
+                self._writer.execute("ROLLBACK")
+                raise
+            except sqlite3.Error as exc:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise StoreError(f"database {self.path}: {exc}") from None
+
+    def get_enrollment(self, device_id: str) -> Enrollment | None:
+        rows = self._read("SELECT * FROM enrollments WHERE device_id = :id", {"id": device_id})
+        if not rows:
+            return None
+        r = rows[0]
+        return Enrollment(
+            device_id=r["device_id"],
+            school_id=r["school_id"],
+            serial=r["serial"],
+            not_after=r["not_after"],
+            enrolled_at=r["enrolled_at"],
+            token_id=r["token_id"],
+            reenroll=bool(r["reenroll"]),
+        )
 
     def _read(self, sql: str, params: dict[str, object]) -> list[sqlite3.Row]:
         try:

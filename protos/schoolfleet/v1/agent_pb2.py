@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos.schoolfleet.v1 import fleet_pb2 as protos_dot_schoolfleet_dot_v1_dot_fleet__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/schoolfleet/v1/agent.proto\x12\x0eschoolfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!protos/schoolfleet/v1/fleet.proto\"/\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\"E\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\"\xcb\x01\n\x05Hello\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.schoolfleet.v1.DeviceKind\x12\x11\n\tschool_id\x18\x03 \x01(\t\x12\x0f\n\x07room_id\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\"\n\x02os\x18\x08 \x01(\x0b\x32\x16.schoolfleet.v1.OsInfo\"\xfb\x01\n\tHeartbeat\x12&\n\x06health\x18\x01 \x01(\x0b\x32\x16.schoolfleet.v1.Health\x12,\n\x06system\x18\x02 \x01(\x0b\x32\x1c.schoolfleet.v1.SystemReport\x12.\n\x07network\x18\x03 \x01(\x0b\x32\x1d.schoolfleet.v1.NetworkReport\x12,\n\tcondition\x18\x04 \x01(\x0e\x32\x19.schoolfleet.v1.Condition\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x12)\n\x05spool\x18\x06 \x01(\x0b\x32\x1a.schoolfleet.v1.SpoolStats\"\xf7\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.schoolfleet.v1.CommandResult.Status\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x11\n\rSTATUS_FAILED\x10\x02\x12\x16\n\x12STATUS_UNSUPPORTED\x10\x03\"\xb4\x01\n\x0c\x41gentMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x05hello\x18\n \x01(\x0b\x32\x15.schoolfleet.v1.HelloH\x00\x12.\n\theartbeat\x18\x0b \x01(\x0b\x32\x19.schoolfleet.v1.HeartbeatH\x00\x12\x37\n\x0e\x63ommand_result\x18\x0c \x01(\x0b\x32\x1d.schoolfleet.v1.CommandResultH\x00\x42\x06\n\x04\x62ody\"\xec\x01\n\x07Welcome\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\r\x12\x1d\n\x15offline_after_seconds\x18\x02 \x01(\r\x12/\n\x0bserver_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0flast_stored_seq\x18\x04 \x01(\x04\x12.\n\nthresholds\x18\x05 \x01(\x0b\x32\x1a.schoolfleet.v1.Thresholds\x12$\n\x1c\x66ull_report_interval_seconds\x18\x06 \x01(\r\"\x06\n\x04Ping\"|\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12-\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04ping\x18\n \x01(\x0b\x32\x14.schoolfleet.v1.PingH\x00\x42\x08\n\x06\x61\x63tion\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x97\x01\n\x11\x43ontrollerMessage\x12*\n\x07welcome\x18\n \x01(\x0b\x32\x17.schoolfleet.v1.WelcomeH\x00\x12*\n\x07\x63ommand\x18\x0b \x01(\x0b\x32\x17.schoolfleet.v1.CommandH\x00\x12\"\n\x03\x61\x63k\x18\x0c \x01(\x0b\x32\x13.schoolfleet.v1.AckH\x00\x42\x06\n\x04\x62ody2\xa7\x01\n\x0c\x41gentService\x12G\n\x06\x45nroll\x12\x1d.schoolfleet.v1.EnrollRequest\x1a\x1e.schoolfleet.v1.EnrollResponse\x12N\n\x07\x43onnect\x12\x1c.schoolfleet.v1.AgentMessage\x1a!.schoolfleet.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/schoolfleet/v1/agent.proto\x12\x0eschoolfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!protos/schoolfleet/v1/fleet.proto\"B\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x11\n\tdevice_id\x18\x03 \x01(\t\"E\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\"\xcb\x01\n\x05Hello\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.schoolfleet.v1.DeviceKind\x12\x11\n\tschool_id\x18\x03 \x01(\t\x12\x0f\n\x07room_id\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\"\n\x02os\x18\x08 \x01(\x0b\x32\x16.schoolfleet.v1.OsInfo\"\xfb\x01\n\tHeartbeat\x12&\n\x06health\x18\x01 \x01(\x0b\x32\x16.schoolfleet.v1.Health\x12,\n\x06system\x18\x02 \x01(\x0b\x32\x1c.schoolfleet.v1.SystemReport\x12.\n\x07network\x18\x03 \x01(\x0b\x32\x1d.schoolfleet.v1.NetworkReport\x12,\n\tcondition\x18\x04 \x01(\x0e\x32\x19.schoolfleet.v1.Condition\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x12)\n\x05spool\x18\x06 \x01(\x0b\x32\x1a.schoolfleet.v1.SpoolStats\"\xf7\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.schoolfleet.v1.CommandResult.Status\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x11\n\rSTATUS_FAILED\x10\x02\x12\x16\n\x12STATUS_UNSUPPORTED\x10\x03\"\xb4\x01\n\x0c\x41gentMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x05hello\x18\n \x01(\x0b\x32\x15.schoolfleet.v1.HelloH\x00\x12.\n\theartbeat\x18\x0b \x01(\x0b\x32\x19.schoolfleet.v1.HeartbeatH\x00\x12\x37\n\x0e\x63ommand_result\x18\x0c \x01(\x0b\x32\x1d.schoolfleet.v1.CommandResultH\x00\x42\x06\n\x04\x62ody\"\xec\x01\n\x07Welcome\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\r\x12\x1d\n\x15offline_after_seconds\x18\x02 \x01(\r\x12/\n\x0bserver_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0flast_stored_seq\x18\x04 \x01(\x04\x12.\n\nthresholds\x18\x05 \x01(\x0b\x32\x1a.schoolfleet.v1.Thresholds\x12$\n\x1c\x66ull_report_interval_seconds\x18\x06 \x01(\r\"\x06\n\x04Ping\"|\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12-\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04ping\x18\n \x01(\x0b\x32\x14.schoolfleet.v1.PingH\x00\x42\x08\n\x06\x61\x63tion\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x97\x01\n\x11\x43ontrollerMessage\x12*\n\x07welcome\x18\n \x01(\x0b\x32\x17.schoolfleet.v1.WelcomeH\x00\x12*\n\x07\x63ommand\x18\x0b \x01(\x0b\x32\x17.schoolfleet.v1.CommandH\x00\x12\"\n\x03\x61\x63k\x18\x0c \x01(\x0b\x32\x13.schoolfleet.v1.AckH\x00\x42\x06\n\x04\x62ody2\xa7\x01\n\x0c\x41gentService\x12G\n\x06\x45nroll\x12\x1d.schoolfleet.v1.EnrollRequest\x1a\x1e.schoolfleet.v1.EnrollResponse\x12N\n\x07\x43onnect\x12\x1c.schoolfleet.v1.AgentMessage\x1a!.schoolfleet.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,29 +34,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.schoolfleet.v1.agent
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENROLLREQUEST']._serialized_start=121
-  _globals['_ENROLLREQUEST']._serialized_end=168
-  _globals['_ENROLLRESPONSE']._serialized_start=170
-  _globals['_ENROLLRESPONSE']._serialized_end=239
-  _globals['_HELLO']._serialized_start=242
-  _globals['_HELLO']._serialized_end=445
-  _globals['_HEARTBEAT']._serialized_start=448
-  _globals['_HEARTBEAT']._serialized_end=699
-  _globals['_COMMANDRESULT']._serialized_start=702
-  _globals['_COMMANDRESULT']._serialized_end=949
-  _globals['_COMMANDRESULT_STATUS']._serialized_start=859
-  _globals['_COMMANDRESULT_STATUS']._serialized_end=949
-  _globals['_AGENTMESSAGE']._serialized_start=952
-  _globals['_AGENTMESSAGE']._serialized_end=1132
-  _globals['_WELCOME']._serialized_start=1135
-  _globals['_WELCOME']._serialized_end=1371
-  _globals['_PING']._serialized_start=1373
-  _globals['_PING']._serialized_end=1379
-  _globals['_COMMAND']._serialized_start=1381
-  _globals['_COMMAND']._serialized_end=1505
-  _globals['_ACK']._serialized_start=1507
-  _globals['_ACK']._serialized_end=1525
-  _globals['_CONTROLLERMESSAGE']._serialized_start=1528
-  _globals['_CONTROLLERMESSAGE']._serialized_end=1679
-  _globals['_AGENTSERVICE']._serialized_start=1682
-  _globals['_AGENTSERVICE']._serialized_end=1849
+  _globals['_ENROLLREQUEST']._serialized_end=187
+  _globals['_ENROLLRESPONSE']._serialized_start=189
+  _globals['_ENROLLRESPONSE']._serialized_end=258
+  _globals['_HELLO']._serialized_start=261
+  _globals['_HELLO']._serialized_end=464
+  _globals['_HEARTBEAT']._serialized_start=467
+  _globals['_HEARTBEAT']._serialized_end=718
+  _globals['_COMMANDRESULT']._serialized_start=721
+  _globals['_COMMANDRESULT']._serialized_end=968
+  _globals['_COMMANDRESULT_STATUS']._serialized_start=878
+  _globals['_COMMANDRESULT_STATUS']._serialized_end=968
+  _globals['_AGENTMESSAGE']._serialized_start=971
+  _globals['_AGENTMESSAGE']._serialized_end=1151
+  _globals['_WELCOME']._serialized_start=1154
+  _globals['_WELCOME']._serialized_end=1390
+  _globals['_PING']._serialized_start=1392
+  _globals['_PING']._serialized_end=1398
+  _globals['_COMMAND']._serialized_start=1400
+  _globals['_COMMAND']._serialized_end=1524
+  _globals['_ACK']._serialized_start=1526
+  _globals['_ACK']._serialized_end=1544
+  _globals['_CONTROLLERMESSAGE']._serialized_start=1547
+  _globals['_CONTROLLERMESSAGE']._serialized_end=1698
+  _globals['_AGENTSERVICE']._serialized_start=1701
+  _globals['_AGENTSERVICE']._serialized_end=1868
 # @@protoc_insertion_point(module_scope)

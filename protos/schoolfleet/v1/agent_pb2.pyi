@@ -32,18 +32,24 @@ class EnrollRequest(_message.Message):
 
     TOKEN_FIELD_NUMBER: _builtins.int
     CSR_PEM_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     csr_pem: _builtins.bytes
-    """PEM-encoded certificate signing request; the private key stays on the device."""
+    """PEM-encoded certificate signing request; the private key stays on the device.
+    Only its key is used: the certificate names the device and its school itself.
+    """
+    device_id: _builtins.str
+    """The id the device asks for; its school comes from the token."""
     def __init__(
         self,
         *,
         token: _builtins.str = ...,
         csr_pem: _builtins.bytes = ...,
+        device_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "device_id", b"device_id", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

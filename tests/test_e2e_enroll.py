@@ -1,0 +1,139 @@
+"""AgentService.Enroll: a token and a CSR become a device certificate from the CA."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from controller.device_certs import device_identity
+from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
+from tests.procs import BIN, Controller, schoolctl
+
+pytestmark = pytest.mark.e2e
+
+
+def _csr(cn: str = "asks-to-be-someone-else") -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture
+def ca_controller(tmp_path: Path) -> Iterator[Controller]:
+    data = tmp_path / "data"
+    subprocess.run(
+        [
+            str(BIN / "schoolfleet-controller"),
+            "init",
+            "--data-dir",
+            str(data),
+            "--address",
+            "127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    c = Controller(tmp_path, env={"SCHOOLFLEET_CONTROLLER_DATA_DIR": str(data)})
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+def _enroll(address: str, token: str, device_id: str, csr: bytes) -> agent_pb2.EnrollResponse:
+    with grpc.insecure_channel(address) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        request = agent_pb2.EnrollRequest(token=token, csr_pem=csr, device_id=device_id)
+        response: agent_pb2.EnrollResponse = stub.Enroll(request, timeout=10)
+        return response
+
+
+def _refused(address: str, token: str, device_id: str, csr: bytes) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        _enroll(address, token, device_id, csr)
+    error: grpc.Call = caught.value  # type: ignore[assignment]
+    return error.code(), error.details() or ""
+
+
+def _token(address: str, *args: str) -> str:
+    created = schoolctl(address, "enroll", "token", "create", *args)
+    assert created.code == 0, created.err
+    return created.out.strip()
+
+
+def _uses_left(address: str) -> dict[str, int]:
+    listed = schoolctl(address, "enroll", "token", "list", "--json").json()
+    return {t["token_id"]: t["uses_left"] for t in listed}
+
+
+def test_a_token_and_a_csr_make_a_certificate_naming_the_device_and_school(
+    ca_controller: Controller, tmp_path: Path
+) -> None:
+    address = ca_controller.address
+    token = _token(address, "--school", "1234", "--uses", "2")
+    got = _enroll(address, token, "panel-e1", _csr())
+    cert = x509.load_pem_x509_certificate(got.certificate_pem)
+    ca = x509.load_pem_x509_certificate(got.ca_certificate_pem)
+    assert got.ca_certificate_pem == (tmp_path / "data/pki/ca.crt").read_bytes()
+    cert.verify_directly_issued_by(ca)
+    # The CSR asked for another name: the certificate says who the token and id say.
+    assert device_identity(cert) == ("panel-e1", "1234")
+
+    # The same device again: refused, and the token keeps its use.
+    code, details = _refused(address, token, "panel-e1", _csr())
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    assert "schoolctl devices reenroll panel-e1" in details
+    assert _uses_left(address) == {token[4:12]: 1}
+
+    _enroll(address, token, "panel-e2", _csr())
+    code, details = _refused(address, token, "panel-e3", _csr())
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "used up, expired or revoked" in details
+
+
+def test_bad_requests_are_refused_and_use_up_nothing(ca_controller: Controller) -> None:
+    address = ca_controller.address
+    token = _token(address, "--school", "77")
+    cases = [
+        ("panel-x", b"-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n", "not a readable PEM CSR"),
+        ("no good id", _csr(), "is not a valid id"),
+    ]
+    for device_id, csr, message in cases:
+        code, details = _refused(address, token, device_id, csr)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert message in details
+    assert _uses_left(address) == {token[4:12]: 1}
+    code, _ = _refused(address, "sfe_forged", "panel-x", _csr())
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert schoolctl(address, "enroll", "token", "revoke", token[4:12]).code == 0
+    code, _ = _refused(address, token, "panel-x", _csr())
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "Traceback" not in ca_controller.log_text()
+    assert "enrollment refused" in ca_controller.log_text()
+
+
+def test_a_controller_without_a_ca_says_how_to_make_one(tmp_path: Path) -> None:
+    controller = Controller(
+        tmp_path, env={"SCHOOLFLEET_CONTROLLER_DATA_DIR": str(tmp_path / "empty")}
+    ).start()
+    try:
+        token = _token(controller.address, "--school", "1")
+        code, details = _refused(controller.address, token, "panel-n", _csr())
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "schoolfleet-controller init" in details
+        assert _uses_left(controller.address) == {token[4:12]: 1}
+    finally:
+        controller.stop()
