@@ -234,6 +234,24 @@ class AdminClient:
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
+    def reenroll(self, device_id: str) -> admin_pb2.DeviceEnrollment:
+        """Lets the device enroll again."""
+        try:
+            return self._stub.ReenrollDevice(
+                admin_pb2.GetDeviceRequest(device_id=device_id), timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def decommission(self, device_id: str) -> admin_pb2.DeviceEnrollment:
+        """Revokes the device's certificate and closes its stream."""
+        try:
+            return self._stub.DecommissionDevice(
+                admin_pb2.GetDeviceRequest(device_id=device_id), timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
     def fleet_status(self, school_id: str | None = None) -> tuple[list[KindCount], float]:
         """Online/offline counts per school and kind, and when they were computed."""
         try:

@@ -155,6 +155,41 @@ def devices_ping(
         out.print(f"{device_id}: {outcome.message or outcome.status} in {round_trip * 1000:.0f} ms")
 
 
+@devices_app.command("reenroll")
+def devices_reenroll(
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Let an enrolled (or decommissioned) device enroll again, e.g. after a disk swap.
+
+    Its next enrollment, with a valid token, replaces its certificate."""
+    with _client() as client:
+        enrolled = client.reenroll(device_id)
+    if as_json:
+        _print_json({"device_id": enrolled.device_id, "reenroll_allowed": True})
+    else:
+        out.print(f"{enrolled.device_id} may enroll again (school {enrolled.school_id})")
+
+
+@devices_app.command("decommission")
+def devices_decommission(
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke a device's certificate and close its stream at once.
+
+    It cannot connect again until `devices reenroll` and a new enrollment."""
+    if not yes and not typer.confirm(f"Decommission {device_id}? It is cut off at once"):
+        raise typer.Exit(1)
+    with _client() as client:
+        revoked = client.decommission(device_id)
+    if as_json:
+        _print_json({"device_id": revoked.device_id, "decommissioned": True})
+    else:
+        out.print(f"{revoked.device_id} decommissioned: its stream is closed and it is refused")
+
+
 @token_app.command("create")
 def token_create(
     school: Annotated[str, typer.Option(help="The school whose devices may enroll with it.")],

@@ -14,8 +14,8 @@ import grpc
 
 from controller import enrollment
 from controller.errors import ProtocolError, StoreError
-from controller.service_convert import count_to_pb, device_to_pb, token_to_pb
-from controller.sessions import SessionRegistry
+from controller.service_convert import count_to_pb, device_to_pb, enrollment_to_pb, token_to_pb
+from controller.sessions import Closing, SessionRegistry
 from controller.store import DeviceStore
 from controller.store.protocol import DeviceQuery, EnrollTokenStore
 from inventory.model import valid_id
@@ -175,6 +175,44 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             raise AssertionError("abort returns only by raising")
         log.info("enroll token revoked token=%s school=%s", token.token_id, token.school_id)
         return token_to_pb(token)
+
+    async def ReenrollDevice(
+        self, request: admin_pb2.GetDeviceRequest, context: Context
+    ) -> admin_pb2.DeviceEnrollment:
+        if not valid_id(request.device_id):
+            await _invalid(context, f"device id {request.device_id[:80]!r} is not valid")
+        enrolled = await self._read(context, self._tokens.allow_reenroll, request.device_id)
+        if enrolled is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"device {request.device_id!r} has never enrolled: it needs only a token",
+            )
+            raise AssertionError("abort returns only by raising")
+        log.info("re-enrollment allowed device=%s", request.device_id)
+        return enrollment_to_pb(enrolled)
+
+    async def DecommissionDevice(
+        self, request: admin_pb2.GetDeviceRequest, context: Context
+    ) -> admin_pb2.DeviceEnrollment:
+        if not valid_id(request.device_id):
+            await _invalid(context, f"device id {request.device_id[:80]!r} is not valid")
+        revoked = await self._read(
+            context, self._tokens.decommission, request.device_id, self._now()
+        )
+        if revoked is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device_id!r}")
+            raise AssertionError("abort returns only by raising")
+        session = self._sessions.get(request.device_id)
+        if session is not None:
+            session.close(
+                Closing(
+                    "decommissioned",
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"device {request.device_id} is decommissioned",
+                )
+            )
+        log.warning("device decommissioned device=%s", request.device_id)
+        return enrollment_to_pb(revoked)
 
     async def FleetStatus(
         self, request: admin_pb2.FleetStatusRequest, context: Context

@@ -178,6 +178,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         identity = await self._hello(request_iterator, context, peer)
         if identity is None:
             return
+        await self._refuse_if_decommissioned(identity.device_id, peer, context)
         session = self._sessions.open(identity.device_id)
         self._acks.forget(identity.device_id)
         try:
@@ -226,6 +227,30 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         finally:
             reader.cancel()
             self._finish(session, peer, closing)
+
+    async def _refuse_if_decommissioned(
+        self,
+        device_id: str,
+        peer: str,
+        context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
+    ) -> None:
+        """Aborts the stream of a decommissioned device: refused until it enrolls again."""
+        loop = asyncio.get_running_loop()
+        try:
+            enrolled = await loop.run_in_executor(
+                self._write_executor, self._store.get_enrollment, device_id
+            )
+        except StoreError as exc:
+            log.error("stream refused device=%s peer=%s error=%s", device_id, peer, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "controller store unavailable")
+        if enrolled is None or enrolled.revoked_at is None:
+            return
+        self._metrics.streams_closed.labels("decommissioned").inc()
+        log.warning("stream refused device=%s peer=%s reason=decommissioned", device_id, peer)
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"device {device_id} is decommissioned; it must be allowed to re-enroll and enroll",
+        )
 
     async def _hello(
         self,

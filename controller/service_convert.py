@@ -14,6 +14,7 @@ from inventory.model import (
     DeviceIdentity,
     DeviceRecord,
     DeviceReport,
+    Enrollment,
     EnrollToken,
     Health,
     KindCount,
@@ -178,4 +179,19 @@ def token_to_pb(t: EnrollToken) -> admin_pb2.EnrollToken:
     )
     if t.revoked_at is not None:
         out.revoked_at.CopyFrom(timestamp(t.revoked_at))
+    return out
+
+
+def enrollment_to_pb(e: Enrollment) -> admin_pb2.DeviceEnrollment:
+    """The wire form of a device's enrollment."""
+    out = admin_pb2.DeviceEnrollment(
+        device_id=e.device_id,
+        school_id=e.school_id,
+        serial=e.serial,
+        not_after=timestamp(e.not_after),
+        enrolled_at=timestamp(e.enrolled_at),
+        reenroll_allowed=e.reenroll,
+    )
+    if e.revoked_at is not None:
+        out.revoked_at.CopyFrom(timestamp(e.revoked_at))
     return out

@@ -187,3 +187,5 @@ class Enrollment:
     token_id: str
     # Whether the next enrollment of this device id may replace this one.
     reenroll: bool = False
+    # Set when the device was decommissioned: it may not connect until it enrolls again.
+    revoked_at: float | None = None

@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 
 from controller.device_certs import device_identity
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
-from tests.procs import BIN, Controller, schoolctl
+from tests.procs import BIN, Agent, Controller, schoolctl, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +137,38 @@ def test_a_controller_without_a_ca_says_how_to_make_one(tmp_path: Path) -> None:
         assert _uses_left(controller.address) == {token[4:12]: 1}
     finally:
         controller.stop()
+
+
+def test_decommission_cuts_a_device_off_until_it_enrolls_again(
+    ca_controller: Controller, agents: list[Agent]
+) -> None:
+    address = ca_controller.address
+    agent = Agent(ca_controller.workdir, "panel-d", "panel", "s1", "r1", address).start()
+    agents.append(agent)
+
+    def status() -> str | None:
+        shown = schoolctl(address, "devices", "show", "panel-d", "--json")
+        return shown.json()["status"] if shown.code == 0 else None
+
+    wait_until(lambda: status() == "online", 20, "panel-d online")
+    done = schoolctl(address, "devices", "decommission", "panel-d", "--yes")
+    assert done.code == 0 and "decommissioned" in done.out
+    wait_until(lambda: status() == "offline", 10, "panel-d cut off")
+    wait_until(
+        lambda: agent.log.read_text().count("PERMISSION_DENIED") >= 2,
+        20,
+        "the agent refused again on reconnecting",
+    )
+    assert "is decommissioned" in agent.log.read_text()
+    assert "stream refused device=panel-d" in ca_controller.log_text()
+
+    # Allowed to re-enroll, it enrolls with a token and may connect again.
+    assert schoolctl(address, "devices", "reenroll", "panel-d").code == 0
+    token = _token(address, "--school", "s1")
+    _enroll(address, token, "panel-d", _csr())
+    wait_until(lambda: status() == "online", 20, "panel-d back online")
+
+    unknown = schoolctl(address, "devices", "decommission", "panel-none", "--yes")
+    assert unknown.code == 4 and "no device 'panel-none'" in unknown.err
+    never = schoolctl(address, "devices", "reenroll", "panel-none")
+    assert never.code == 4 and "has never enrolled" in never.err

@@ -102,6 +102,10 @@ MIGRATIONS: tuple[str, ...] = (
         reenroll    INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 6: decommissioned devices may not connect until they enroll again.
+    """
+    ALTER TABLE enrollments ADD COLUMN revoked_at REAL;
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -131,6 +131,15 @@ class EnrollTokenStore(Protocol):
     def get_enrollment(self, device_id: str) -> Enrollment | None:
         """The device's enrollment, if it has one."""
 
+    def allow_reenroll(self, device_id: str) -> Enrollment | None:
+        """Lets the device enroll again (its next enrollment replaces this one)."""
+
+    def decommission(self, device_id: str, now: float) -> Enrollment | None:
+        """Revokes the device's certificate: it may not connect until it enrolls again.
+
+        A device known only from its streams (enrolled before certificates) gets a
+        revoked enrollment, so it is refused too. None if the device is unknown."""
+
 
 class Store(DeviceStore, EnrollTokenStore, Protocol):
     """Everything the controller keeps; one implementation per backend."""

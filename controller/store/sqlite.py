@@ -476,11 +476,11 @@ class SqliteStore:
                     )
                 stored = self._writer.execute(
                     """
-                    INSERT INTO enrollments VALUES (?, ?, ?, ?, ?, ?, 0)
+                    INSERT INTO enrollments VALUES (?, ?, ?, ?, ?, ?, 0, NULL)
                     ON CONFLICT (device_id) DO UPDATE SET school_id = excluded.school_id,
                         serial = excluded.serial, not_after = excluded.not_after,
                         enrolled_at = excluded.enrolled_at, token_id = excluded.token_id,
-                        reenroll = 0
+                        reenroll = 0, revoked_at = NULL
                     WHERE enrollments.reenroll = 1
                     """,
                     (e.device_id, e.school_id, e.serial, e.not_after, e.enrolled_at, e.token_id),
@@ -513,7 +513,31 @@ class SqliteStore:
             enrolled_at=r["enrolled_at"],
             token_id=r["token_id"],
             reenroll=bool(r["reenroll"]),
+            revoked_at=r["revoked_at"],
         )
+
+    def allow_reenroll(self, device_id: str) -> Enrollment | None:
+        self._write("UPDATE enrollments SET reenroll = 1 WHERE device_id = ?", (device_id,))
+        return self.get_enrollment(device_id)
+
+    def decommission(self, device_id: str, now: float) -> Enrollment | None:
+        # A device seen only on streams gets a revoked enrollment with no certificate.
+        self._write(
+            """
+            INSERT INTO enrollments (device_id, school_id, serial, not_after, enrolled_at,
+                                     token_id, revoked_at)
+            SELECT device_id, school_id, '', 0, first_seen, '', ? FROM devices
+            WHERE device_id = ?
+            ON CONFLICT (device_id) DO UPDATE SET revoked_at = excluded.revoked_at
+            WHERE enrollments.revoked_at IS NULL
+            """,
+            (now, device_id),
+        )
+        self._write(
+            "UPDATE enrollments SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+            (now, device_id),
+        )
+        return self.get_enrollment(device_id)
 
     def _read(self, sql: str, params: dict[str, object]) -> list[sqlite3.Row]:
         try:

@@ -532,3 +532,46 @@ class RevokeEnrollTokenRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeEnrollTokenRequest: _TypeAlias = RevokeEnrollTokenRequest  # noqa: Y015
+
+@_typing.final
+class DeviceEnrollment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    ENROLLED_AT_FIELD_NUMBER: _builtins.int
+    REENROLL_ALLOWED_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    school_id: _builtins.str
+    serial: _builtins.str
+    """Hex; empty for a device decommissioned before it ever enrolled."""
+    reenroll_allowed: _builtins.bool
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def enrolled_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset unless decommissioned."""
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        school_id: _builtins.str = ...,
+        serial: _builtins.str = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+        enrolled_at: _timestamp_pb2.Timestamp | None = ...,
+        reenroll_allowed: _builtins.bool = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enrolled_at", b"enrolled_at", "not_after", b"not_after", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "enrolled_at", b"enrolled_at", "not_after", b"not_after", "reenroll_allowed", b"reenroll_allowed", "revoked_at", b"revoked_at", "school_id", b"school_id", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceEnrollment: _TypeAlias = DeviceEnrollment  # noqa: Y015

@@ -69,6 +69,16 @@ class AdminServiceStub:
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RevokeEnrollTokenRequest.SerializeToString,
                 response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.EnrollToken.FromString,
                 _registered_method=True)
+        self.ReenrollDevice = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ReenrollDevice',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.FromString,
+                _registered_method=True)
+        self.DecommissionDevice = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/DecommissionDevice',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -120,6 +130,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReenrollDevice(self, request, context):
+        """Lets an enrolled device enroll again (a replaced disk, a lost key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecommissionDevice(self, request, context):
+        """Revokes the device's certificate and closes its stream; it cannot connect until
+        it is allowed to re-enroll and enrolls again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +182,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeEnrollToken,
                     request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RevokeEnrollTokenRequest.FromString,
                     response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.EnrollToken.SerializeToString,
+            ),
+            'ReenrollDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReenrollDevice,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.SerializeToString,
+            ),
+            'DecommissionDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecommissionDevice,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +383,60 @@ class AdminService:
             '/schoolfleet.v1.AdminService/RevokeEnrollToken',
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RevokeEnrollTokenRequest.SerializeToString,
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.EnrollToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReenrollDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ReenrollDevice',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecommissionDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/DecommissionDevice',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,12 @@ class AdminServiceStub:
     """
     ListEnrollTokens: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEnrollTokensRequest, _admin_pb2.ListEnrollTokensResponse]
     RevokeEnrollToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeEnrollTokenRequest, _admin_pb2.EnrollToken]
+    ReenrollDevice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDeviceRequest, _admin_pb2.DeviceEnrollment]
+    """Lets an enrolled device enroll again (a replaced disk, a lost key)."""
+    DecommissionDevice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDeviceRequest, _admin_pb2.DeviceEnrollment]
+    """Revokes the device's certificate and closes its stream; it cannot connect until
+    it is allowed to re-enroll and enrolls again.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -61,6 +67,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListEnrollTokens: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEnrollTokensRequest, _admin_pb2.ListEnrollTokensResponse]  # type: ignore[assignment]
     RevokeEnrollToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeEnrollTokenRequest, _admin_pb2.EnrollToken]  # type: ignore[assignment]
+    ReenrollDevice: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDeviceRequest, _admin_pb2.DeviceEnrollment]  # type: ignore[assignment]
+    """Lets an enrolled device enroll again (a replaced disk, a lost key)."""
+    DecommissionDevice: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDeviceRequest, _admin_pb2.DeviceEnrollment]  # type: ignore[assignment]
+    """Revokes the device's certificate and closes its stream; it cannot connect until
+    it is allowed to re-enroll and enrolls again.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -117,5 +129,23 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.RevokeEnrollTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.EnrollToken, _abc.Awaitable[_admin_pb2.EnrollToken]]: ...
+
+    @_abc_1.abstractmethod
+    def ReenrollDevice(
+        self,
+        request: _admin_pb2.GetDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeviceEnrollment, _abc.Awaitable[_admin_pb2.DeviceEnrollment]]:
+        """Lets an enrolled device enroll again (a replaced disk, a lost key)."""
+
+    @_abc_1.abstractmethod
+    def DecommissionDevice(
+        self,
+        request: _admin_pb2.GetDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeviceEnrollment, _abc.Awaitable[_admin_pb2.DeviceEnrollment]]:
+        """Revokes the device's certificate and closes its stream; it cannot connect until
+        it is allowed to re-enroll and enrolls again.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
