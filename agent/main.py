@@ -92,6 +92,10 @@ async def _run(settings: agent_settings.AgentSettings) -> None:
         settings.room_id,
         settings.controller,
     )
+    from agent.enroll import ensure_enrolled
+
+    # Before the stream: a device without a certificate trades its token for one.
+    await asyncio.to_thread(ensure_enrolled, settings)
     spool = _open_spool(settings)
     link = Link(settings, Reporter(settings), spool, _version())
     try:

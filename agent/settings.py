@@ -39,6 +39,11 @@ class AgentSettings:
     spool_path: Path = Path("/var/lib/schoolfleet/agent-spool.db")
     # When the spool is full the oldest heartbeats are dropped (~7 days at 30 s).
     spool_max_bytes: int = 16 * 1024 * 1024
+    # The device's key and certificate, and the controller's CA certificate.
+    cert_dir: Path = Path("/var/lib/schoolfleet/tls")
+    # A school's enrollment token (`schoolctl enroll token create`): used once, at the
+    # first start without a certificate; the key is made on the device.
+    enroll_token: str = ""
     log_level: str = "info"
 
     def __post_init__(self) -> None:

@@ -157,6 +157,7 @@ class Agent:
             "backoff_initial": 0.2,
             "backoff_cap": 1.0,
             "spool_path": str(self.workdir / f"spool-{self.device_id}.db"),
+            "cert_dir": str(self.workdir / f"tls-{self.device_id}"),
             **self.extra,
         }
         config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))

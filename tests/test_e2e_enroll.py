@@ -172,3 +172,61 @@ def test_decommission_cuts_a_device_off_until_it_enrolls_again(
     assert unknown.code == 4 and "no device 'panel-none'" in unknown.err
     never = schoolctl(address, "devices", "reenroll", "panel-none")
     assert never.code == 4 and "has never enrolled" in never.err
+
+
+def test_an_agent_enrolls_itself_on_its_first_start(
+    ca_controller: Controller, agents: list[Agent]
+) -> None:
+    address = ca_controller.address
+    token = _token(address, "--school", "1234")
+    agent = Agent(
+        ca_controller.workdir,
+        "panel-a",
+        "panel",
+        "1234",
+        "r1",
+        address,
+        extra={"enroll_token": token},
+    ).start()
+    agents.append(agent)
+    tls = ca_controller.workdir / "tls-panel-a"
+    wait_until((tls / "device.crt").exists, 20, "the agent's certificate")
+    assert oct((tls / "device.key").stat().st_mode & 0o777) == "0o600"
+    cert = x509.load_pem_x509_certificate((tls / "device.crt").read_bytes())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate((tls / "ca.crt").read_bytes()))
+    assert device_identity(cert) == ("panel-a", "1234")
+    # The key stayed on the device: the certificate is for the key it made.
+    key = serialization.load_pem_private_key((tls / "device.key").read_bytes(), None)
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+    assert _uses_left(address) == {token[4:12]: 0}
+
+    # A restart keeps its certificate and asks for nothing.
+    agent.stop()
+    agent.start()
+    wait_until(lambda: agent.log.read_text().count("agent started") == 2, 10, "restart")
+    wait_until(lambda: "spool opened" in agent.log.read_text().split("agent started")[-1], 10, "up")
+    assert agent.log.read_text().count("enrolled device=panel-a") == 1
+
+
+def test_an_agent_with_a_bad_token_says_so_and_runs_on(
+    ca_controller: Controller, agents: list[Agent]
+) -> None:
+    agent = Agent(
+        ca_controller.workdir,
+        "panel-b",
+        "panel",
+        "1234",
+        "r1",
+        ca_controller.address,
+        extra={"enroll_token": "sfe_not-a-token"},
+    ).start()
+    agents.append(agent)
+    wait_until(lambda: "enrollment refused" in agent.log.read_text(), 20, "the refusal in the log")
+    line = next(x for x in agent.log.read_text().splitlines() if "enrollment refused" in x)
+    assert "code=PERMISSION_DENIED" in line and "not valid" in line
+    wait_until(
+        lambda: schoolctl(ca_controller.address, "devices", "show", "panel-b").code == 0,
+        20,
+        "panel-b reporting all the same",
+    )
+    assert not (ca_controller.workdir / "tls-panel-b" / "device.key").exists()

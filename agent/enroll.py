@@ -1,0 +1,120 @@
+"""Enrollment on the device: a key made here, a CSR, and the certificate the CA returns.
+
+The private key is generated on the device and never leaves it (0600 in
+``cert_dir``); only the certificate request goes to the controller, with the
+school's enrollment token. cryptography is imported here only, and only when a
+device has no certificate yet, so the running agent does not carry it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from agent.settings import AgentSettings
+from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+KEY_FILE, CERT_FILE, CA_FILE = "device.key", "device.crt", "ca.crt"
+_ENROLL_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Where the device's key, certificate and the controller's CA certificate are."""
+
+    key: Path
+    cert: Path
+    ca: Path
+
+
+def credentials(cert_dir: Path) -> Credentials:
+    """The paths in ``cert_dir``."""
+    return Credentials(cert_dir / KEY_FILE, cert_dir / CERT_FILE, cert_dir / CA_FILE)
+
+
+def ensure_enrolled(settings: AgentSettings) -> Credentials | None:
+    """The device's credentials, enrolling first if it has none and a token is set.
+
+    Returns None (and logs why) when the device has no certificate and cannot get
+    one now; the agent then goes on without it.
+    """
+    creds = credentials(settings.cert_dir)
+    if creds.cert.exists() and creds.key.exists():
+        return creds
+    if not settings.enroll_token:
+        log.info("no certificate and no enroll_token: not enrolled cert_dir=%s", settings.cert_dir)
+        return None
+    try:
+        key_pem, csr_pem = _key_and_csr(settings.device_id)
+        response = _enroll(settings, csr_pem)
+        _save(settings.cert_dir, key_pem, response)
+    except grpc.RpcError as exc:
+        call: grpc.Call = exc  # type: ignore[assignment]
+        log.error(
+            "enrollment refused controller=%s code=%s reason=%s",
+            settings.controller,
+            call.code().name,
+            call.details(),
+        )
+        return None
+    except OSError as exc:
+        log.error("certificate not saved cert_dir=%s reason=%s", settings.cert_dir, exc)
+        return None
+    log.info("enrolled device=%s cert=%s", settings.device_id, creds.cert)
+    return creds
+
+
+def _key_and_csr(device_id: str) -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+def _enroll(settings: AgentSettings, csr_pem: bytes) -> agent_pb2.EnrollResponse:
+    with grpc.insecure_channel(settings.controller) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        request = agent_pb2.EnrollRequest(
+            token=settings.enroll_token, csr_pem=csr_pem, device_id=settings.device_id
+        )
+        response: agent_pb2.EnrollResponse = stub.Enroll(request, timeout=_ENROLL_TIMEOUT)
+        return response
+
+
+def _save(cert_dir: Path, key_pem: bytes, response: agent_pb2.EnrollResponse) -> None:
+    cert_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The key first, and the certificate last: a certificate on disk means all is there.
+    _write(cert_dir / KEY_FILE, key_pem, 0o600)
+    _write(cert_dir / CA_FILE, response.ca_certificate_pem, 0o644)
+    _write(cert_dir / CERT_FILE, response.certificate_pem, 0o644)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
