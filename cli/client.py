@@ -23,6 +23,7 @@ from inventory.model import (
     DeviceRecord,
     DeviceReport,
     DeviceStatus,
+    Enrollment,
     EnrollToken,
     KindCount,
 )
@@ -64,6 +65,7 @@ def device_from_pb(d: admin_pb2.Device) -> DeviceRecord:
         report=_report_from_pb(d),
         heartbeats_stored=d.heartbeats_stored,
         seq_gaps=d.seq_gaps,
+        enrollment=_enrollment_from_pb(d.enrollment) if d.HasField("enrollment") else None,
         recent_commands=tuple(
             CommandOutcome(
                 command_id=c.command_id,
@@ -75,6 +77,19 @@ def device_from_pb(d: admin_pb2.Device) -> DeviceRecord:
             )
             for c in d.recent_commands
         ),
+    )
+
+
+def _enrollment_from_pb(e: admin_pb2.DeviceEnrollment) -> Enrollment:
+    return Enrollment(
+        device_id=e.device_id,
+        school_id=e.school_id,
+        serial=e.serial,
+        not_after=seconds(e.not_after),
+        enrolled_at=seconds(e.enrolled_at),
+        token_id="",
+        reenroll=e.reenroll_allowed,
+        revoked_at=seconds(e.revoked_at) if e.HasField("revoked_at") else None,
     )
 
 

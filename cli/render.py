@@ -56,6 +56,7 @@ def device_json(d: DeviceRecord) -> dict[str, Any]:
         "network": render_report.network_json(render_report.network_pb(r.network)) if r else None,
         "report_at": iso(r.report_at) if r else None,
         "spool": {"pending": r.spool_pending, "dropped": r.spool_dropped} if r else None,
+        "enrollment": _enrollment_json(d),
         "recent_commands": [
             {**asdict(c), "finished_at": iso(c.finished_at), "received_at": iso(c.received_at)}
             for c in d.recent_commands
@@ -118,6 +119,7 @@ def device_detail(d: DeviceRecord, now: float) -> Table:
         ("agent", i.agent_version or "-"),
         ("os", _os(d)),
         ("status", _status(d.status)),
+        ("enrollment", _enrollment(d)),
         (
             "condition",
             _condition(d)
@@ -156,6 +158,30 @@ def device_detail(d: DeviceRecord, now: float) -> Table:
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _enrollment_json(d: DeviceRecord) -> dict[str, Any] | None:
+    e = d.enrollment
+    if e is None:
+        return None
+    return {
+        "serial": e.serial or None,
+        "enrolled_at": iso(e.enrolled_at) if e.serial else None,
+        "not_after": iso(e.not_after) if e.serial else None,
+        "reenroll_allowed": e.reenroll,
+        "decommissioned_at": iso(e.revoked_at),
+    }
+
+
+def _enrollment(d: DeviceRecord) -> str:
+    e = d.enrollment
+    if e is None:
+        return "not enrolled"
+    if e.revoked_at is not None:
+        state = f"[red]decommissioned {iso(e.revoked_at)}[/]"
+    else:
+        state = f"enrolled {iso(e.enrolled_at)}, certificate until {iso(e.not_after)}"
+    return state + (" (may re-enroll)" if e.reenroll else "")
 
 
 def _os(d: DeviceRecord) -> str:

@@ -148,6 +148,8 @@ def device_to_pb(d: DeviceRecord) -> admin_pb2.Device:
         )
         for c in d.recent_commands
     )
+    if d.enrollment is not None:
+        out.enrollment.CopyFrom(enrollment_to_pb(d.enrollment))
     if d.report is not None:
         out.condition = CONDITION_TO_PB[d.report.condition]
         out.reasons.extend(d.report.reasons)

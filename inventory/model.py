@@ -128,6 +128,8 @@ class DeviceRecord:
     seq_gaps: int = 0
     # Newest first; filled where a single device is read.
     recent_commands: tuple[CommandOutcome, ...] = ()
+    # Filled where a single device is read; None if it never enrolled.
+    enrollment: Enrollment | None = None
 
 
 @dataclass(frozen=True, slots=True)

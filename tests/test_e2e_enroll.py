@@ -161,12 +161,19 @@ def test_decommission_cuts_a_device_off_until_it_enrolls_again(
     )
     assert "is decommissioned" in agent.log.read_text()
     assert "stream refused device=panel-d" in ca_controller.log_text()
+    shown = schoolctl(address, "devices", "show", "panel-d", "--json").json()
+    assert shown["enrollment"]["decommissioned_at"] is not None
+    assert shown["enrollment"]["serial"] is None  # it never enrolled before
+    assert "decommissioned" in schoolctl(address, "devices", "show", "panel-d").out
 
     # Allowed to re-enroll, it enrolls with a token and may connect again.
     assert schoolctl(address, "devices", "reenroll", "panel-d").code == 0
     token = _token(address, "--school", "s1")
     _enroll(address, token, "panel-d", _csr())
     wait_until(lambda: status() == "online", 20, "panel-d back online")
+    enrollment = schoolctl(address, "devices", "show", "panel-d", "--json").json()["enrollment"]
+    assert enrollment["decommissioned_at"] is None and enrollment["serial"]
+    assert enrollment["reenroll_allowed"] is False
 
     unknown = schoolctl(address, "devices", "decommission", "panel-none", "--yes")
     assert unknown.code == 4 and "no device 'panel-none'" in unknown.err

@@ -378,7 +378,11 @@ class SqliteStore:
         if not rows:
             return None
         commands = tuple(self.command_results(device_id, _RECENT_COMMANDS))
-        return dataclasses.replace(_record(rows[0]), recent_commands=commands)
+        return dataclasses.replace(
+            _record(rows[0]),
+            recent_commands=commands,
+            enrollment=self.get_enrollment(device_id),
+        )
 
     def fleet_counts(self, now: float, school_id: str | None = None) -> list[KindCount]:
         where = "WHERE school_id = :school" if school_id is not None else ""

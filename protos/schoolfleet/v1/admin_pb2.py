@@ -26,49 +26,49 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos.schoolfleet.v1 import fleet_pb2 as protos_dot_schoolfleet_dot_v1_dot_fleet__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/schoolfleet/v1/admin.proto\x12\x0eschoolfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!protos/schoolfleet/v1/fleet.proto\"\x91\x06\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.schoolfleet.v1.DeviceKind\x12\x11\n\tschool_id\x18\x03 \x01(\t\x12\x0f\n\x07room_id\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12,\n\x06status\x18\x07 \x01(\x0e\x32\x1c.schoolfleet.v1.DeviceStatus\x12\x11\n\tstream_up\x18\x08 \x01(\x08\x12.\n\nfirst_seen\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15offline_after_seconds\x18\x0b \x01(\r\x12\x10\n\x08last_seq\x18\x0c \x01(\x04\x12&\n\x06health\x18\r \x01(\x0b\x32\x16.schoolfleet.v1.Health\x12\"\n\x02os\x18\x0e \x01(\x0b\x32\x16.schoolfleet.v1.OsInfo\x12,\n\tcondition\x18\x0f \x01(\x0e\x32\x19.schoolfleet.v1.Condition\x12\x0f\n\x07reasons\x18\x10 \x03(\t\x12,\n\x06system\x18\x11 \x01(\x0b\x32\x1c.schoolfleet.v1.SystemReport\x12.\n\x07network\x18\x12 \x01(\x0b\x32\x1d.schoolfleet.v1.NetworkReport\x12\x19\n\x11heartbeats_stored\x18\x13 \x01(\x04\x12\x10\n\x08seq_gaps\x18\x14 \x01(\x04\x12)\n\x05spool\x18\x15 \x01(\x0b\x32\x1a.schoolfleet.v1.SpoolStats\x12\x37\n\x0frecent_commands\x18\x16 \x03(\x0b\x32\x1e.schoolfleet.v1.CommandOutcome\x12-\n\treport_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\x0e\x43ommandOutcome\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breceived_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03seq\x18\x06 \x01(\x04\"&\n\x11PingDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"W\n\x12PingDeviceResponse\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12-\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x01\n\x12ListDevicesRequest\x12\x11\n\tschool_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.schoolfleet.v1.DeviceKind\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.schoolfleet.v1.DeviceStatus\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\x12,\n\tcondition\x18\x06 \x01(\x0e\x32\x19.schoolfleet.v1.Condition\"W\n\x13ListDevicesResponse\x12\'\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x16.schoolfleet.v1.Device\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x10GetDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\'\n\x12\x46leetStatusRequest\x12\x11\n\tschool_id\x18\x01 \x01(\t\"i\n\tKindCount\x12\x11\n\tschool_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.schoolfleet.v1.DeviceKind\x12\x0e\n\x06online\x18\x03 \x01(\r\x12\x0f\n\x07offline\x18\x04 \x01(\r\"q\n\x13\x46leetStatusResponse\x12)\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x19.schoolfleet.v1.KindCount\x12/\n\x0b\x63omputed_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe3\x01\n\x0b\x45nrollToken\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x11\n\tschool_id\x18\x02 \x01(\t\x12\x11\n\tuses_left\x18\x03 \x01(\r\x12\x0c\n\x04uses\x18\x04 \x01(\r\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x18\x43reateEnrollTokenRequest\x12\x11\n\tschool_id\x18\x01 \x01(\t\x12\x0c\n\x04uses\x18\x02 \x01(\r\x12\x15\n\rvalid_seconds\x18\x03 \x01(\r\"W\n\x19\x43reateEnrollTokenResponse\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.schoolfleet.v1.EnrollToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x17ListEnrollTokensRequest\x12\x11\n\tschool_id\x18\x01 \x01(\t\"G\n\x18ListEnrollTokensResponse\x12+\n\x06tokens\x18\x01 \x03(\x0b\x32\x1b.schoolfleet.v1.EnrollToken\",\n\x18RevokeEnrollTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\xf2\x01\n\x10\x44\x65viceEnrollment\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x11\n\tschool_id\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12-\n\tnot_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65nrolled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10reenroll_allowed\x18\x06 \x01(\x08\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*b\n\x0c\x44\x65viceStatus\x12\x1d\n\x19\x44\x45VICE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45VICE_STATUS_ONLINE\x10\x01\x12\x19\n\x15\x44\x45VICE_STATUS_OFFLINE\x10\x02\x32\xb7\x06\n\x0c\x41\x64minService\x12V\n\x0bListDevices\x12\".schoolfleet.v1.ListDevicesRequest\x1a#.schoolfleet.v1.ListDevicesResponse\x12\x45\n\tGetDevice\x12 .schoolfleet.v1.GetDeviceRequest\x1a\x16.schoolfleet.v1.Device\x12V\n\x0b\x46leetStatus\x12\".schoolfleet.v1.FleetStatusRequest\x1a#.schoolfleet.v1.FleetStatusResponse\x12S\n\nPingDevice\x12!.schoolfleet.v1.PingDeviceRequest\x1a\".schoolfleet.v1.PingDeviceResponse\x12h\n\x11\x43reateEnrollToken\x12(.schoolfleet.v1.CreateEnrollTokenRequest\x1a).schoolfleet.v1.CreateEnrollTokenResponse\x12\x65\n\x10ListEnrollTokens\x12\'.schoolfleet.v1.ListEnrollTokensRequest\x1a(.schoolfleet.v1.ListEnrollTokensResponse\x12Z\n\x11RevokeEnrollToken\x12(.schoolfleet.v1.RevokeEnrollTokenRequest\x1a\x1b.schoolfleet.v1.EnrollToken\x12T\n\x0eReenrollDevice\x12 .schoolfleet.v1.GetDeviceRequest\x1a .schoolfleet.v1.DeviceEnrollment\x12X\n\x12\x44\x65\x63ommissionDevice\x12 .schoolfleet.v1.GetDeviceRequest\x1a .schoolfleet.v1.DeviceEnrollmentb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/schoolfleet/v1/admin.proto\x12\x0eschoolfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!protos/schoolfleet/v1/fleet.proto\"\xc7\x06\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.schoolfleet.v1.DeviceKind\x12\x11\n\tschool_id\x18\x03 \x01(\t\x12\x0f\n\x07room_id\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12,\n\x06status\x18\x07 \x01(\x0e\x32\x1c.schoolfleet.v1.DeviceStatus\x12\x11\n\tstream_up\x18\x08 \x01(\x08\x12.\n\nfirst_seen\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15offline_after_seconds\x18\x0b \x01(\r\x12\x10\n\x08last_seq\x18\x0c \x01(\x04\x12&\n\x06health\x18\r \x01(\x0b\x32\x16.schoolfleet.v1.Health\x12\"\n\x02os\x18\x0e \x01(\x0b\x32\x16.schoolfleet.v1.OsInfo\x12,\n\tcondition\x18\x0f \x01(\x0e\x32\x19.schoolfleet.v1.Condition\x12\x0f\n\x07reasons\x18\x10 \x03(\t\x12,\n\x06system\x18\x11 \x01(\x0b\x32\x1c.schoolfleet.v1.SystemReport\x12.\n\x07network\x18\x12 \x01(\x0b\x32\x1d.schoolfleet.v1.NetworkReport\x12\x19\n\x11heartbeats_stored\x18\x13 \x01(\x04\x12\x10\n\x08seq_gaps\x18\x14 \x01(\x04\x12)\n\x05spool\x18\x15 \x01(\x0b\x32\x1a.schoolfleet.v1.SpoolStats\x12\x37\n\x0frecent_commands\x18\x16 \x03(\x0b\x32\x1e.schoolfleet.v1.CommandOutcome\x12-\n\treport_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\nenrollment\x18\x18 \x01(\x0b\x32 .schoolfleet.v1.DeviceEnrollment\"\xb4\x01\n\x0e\x43ommandOutcome\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breceived_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03seq\x18\x06 \x01(\x04\"&\n\x11PingDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"W\n\x12PingDeviceResponse\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12-\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x01\n\x12ListDevicesRequest\x12\x11\n\tschool_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.schoolfleet.v1.DeviceKind\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.schoolfleet.v1.DeviceStatus\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\x12,\n\tcondition\x18\x06 \x01(\x0e\x32\x19.schoolfleet.v1.Condition\"W\n\x13ListDevicesResponse\x12\'\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x16.schoolfleet.v1.Device\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x10GetDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\'\n\x12\x46leetStatusRequest\x12\x11\n\tschool_id\x18\x01 \x01(\t\"i\n\tKindCount\x12\x11\n\tschool_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.schoolfleet.v1.DeviceKind\x12\x0e\n\x06online\x18\x03 \x01(\r\x12\x0f\n\x07offline\x18\x04 \x01(\r\"q\n\x13\x46leetStatusResponse\x12)\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x19.schoolfleet.v1.KindCount\x12/\n\x0b\x63omputed_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe3\x01\n\x0b\x45nrollToken\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x11\n\tschool_id\x18\x02 \x01(\t\x12\x11\n\tuses_left\x18\x03 \x01(\r\x12\x0c\n\x04uses\x18\x04 \x01(\r\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x18\x43reateEnrollTokenRequest\x12\x11\n\tschool_id\x18\x01 \x01(\t\x12\x0c\n\x04uses\x18\x02 \x01(\r\x12\x15\n\rvalid_seconds\x18\x03 \x01(\r\"W\n\x19\x43reateEnrollTokenResponse\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.schoolfleet.v1.EnrollToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x17ListEnrollTokensRequest\x12\x11\n\tschool_id\x18\x01 \x01(\t\"G\n\x18ListEnrollTokensResponse\x12+\n\x06tokens\x18\x01 \x03(\x0b\x32\x1b.schoolfleet.v1.EnrollToken\",\n\x18RevokeEnrollTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\xf2\x01\n\x10\x44\x65viceEnrollment\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x11\n\tschool_id\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12-\n\tnot_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65nrolled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10reenroll_allowed\x18\x06 \x01(\x08\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*b\n\x0c\x44\x65viceStatus\x12\x1d\n\x19\x44\x45VICE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45VICE_STATUS_ONLINE\x10\x01\x12\x19\n\x15\x44\x45VICE_STATUS_OFFLINE\x10\x02\x32\xb7\x06\n\x0c\x41\x64minService\x12V\n\x0bListDevices\x12\".schoolfleet.v1.ListDevicesRequest\x1a#.schoolfleet.v1.ListDevicesResponse\x12\x45\n\tGetDevice\x12 .schoolfleet.v1.GetDeviceRequest\x1a\x16.schoolfleet.v1.Device\x12V\n\x0b\x46leetStatus\x12\".schoolfleet.v1.FleetStatusRequest\x1a#.schoolfleet.v1.FleetStatusResponse\x12S\n\nPingDevice\x12!.schoolfleet.v1.PingDeviceRequest\x1a\".schoolfleet.v1.PingDeviceResponse\x12h\n\x11\x43reateEnrollToken\x12(.schoolfleet.v1.CreateEnrollTokenRequest\x1a).schoolfleet.v1.CreateEnrollTokenResponse\x12\x65\n\x10ListEnrollTokens\x12\'.schoolfleet.v1.ListEnrollTokensRequest\x1a(.schoolfleet.v1.ListEnrollTokensResponse\x12Z\n\x11RevokeEnrollToken\x12(.schoolfleet.v1.RevokeEnrollTokenRequest\x1a\x1b.schoolfleet.v1.EnrollToken\x12T\n\x0eReenrollDevice\x12 .schoolfleet.v1.GetDeviceRequest\x1a .schoolfleet.v1.DeviceEnrollment\x12X\n\x12\x44\x65\x63ommissionDevice\x12 .schoolfleet.v1.GetDeviceRequest\x1a .schoolfleet.v1.DeviceEnrollmentb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.schoolfleet.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEVICESTATUS']._serialized_start=2640
-  _globals['_DEVICESTATUS']._serialized_end=2738
+  _globals['_DEVICESTATUS']._serialized_start=2694
+  _globals['_DEVICESTATUS']._serialized_end=2792
   _globals['_DEVICE']._serialized_start=122
-  _globals['_DEVICE']._serialized_end=907
-  _globals['_COMMANDOUTCOME']._serialized_start=910
-  _globals['_COMMANDOUTCOME']._serialized_end=1090
-  _globals['_PINGDEVICEREQUEST']._serialized_start=1092
-  _globals['_PINGDEVICEREQUEST']._serialized_end=1130
-  _globals['_PINGDEVICERESPONSE']._serialized_start=1132
-  _globals['_PINGDEVICERESPONSE']._serialized_end=1219
-  _globals['_LISTDEVICESREQUEST']._serialized_start=1222
-  _globals['_LISTDEVICESREQUEST']._serialized_end=1434
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=1436
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=1523
-  _globals['_GETDEVICEREQUEST']._serialized_start=1525
-  _globals['_GETDEVICEREQUEST']._serialized_end=1562
-  _globals['_FLEETSTATUSREQUEST']._serialized_start=1564
-  _globals['_FLEETSTATUSREQUEST']._serialized_end=1603
-  _globals['_KINDCOUNT']._serialized_start=1605
-  _globals['_KINDCOUNT']._serialized_end=1710
-  _globals['_FLEETSTATUSRESPONSE']._serialized_start=1712
-  _globals['_FLEETSTATUSRESPONSE']._serialized_end=1825
-  _globals['_ENROLLTOKEN']._serialized_start=1828
-  _globals['_ENROLLTOKEN']._serialized_end=2055
-  _globals['_CREATEENROLLTOKENREQUEST']._serialized_start=2057
-  _globals['_CREATEENROLLTOKENREQUEST']._serialized_end=2139
-  _globals['_CREATEENROLLTOKENRESPONSE']._serialized_start=2141
-  _globals['_CREATEENROLLTOKENRESPONSE']._serialized_end=2228
-  _globals['_LISTENROLLTOKENSREQUEST']._serialized_start=2230
-  _globals['_LISTENROLLTOKENSREQUEST']._serialized_end=2274
-  _globals['_LISTENROLLTOKENSRESPONSE']._serialized_start=2276
-  _globals['_LISTENROLLTOKENSRESPONSE']._serialized_end=2347
-  _globals['_REVOKEENROLLTOKENREQUEST']._serialized_start=2349
-  _globals['_REVOKEENROLLTOKENREQUEST']._serialized_end=2393
-  _globals['_DEVICEENROLLMENT']._serialized_start=2396
-  _globals['_DEVICEENROLLMENT']._serialized_end=2638
-  _globals['_ADMINSERVICE']._serialized_start=2741
-  _globals['_ADMINSERVICE']._serialized_end=3564
+  _globals['_DEVICE']._serialized_end=961
+  _globals['_COMMANDOUTCOME']._serialized_start=964
+  _globals['_COMMANDOUTCOME']._serialized_end=1144
+  _globals['_PINGDEVICEREQUEST']._serialized_start=1146
+  _globals['_PINGDEVICEREQUEST']._serialized_end=1184
+  _globals['_PINGDEVICERESPONSE']._serialized_start=1186
+  _globals['_PINGDEVICERESPONSE']._serialized_end=1273
+  _globals['_LISTDEVICESREQUEST']._serialized_start=1276
+  _globals['_LISTDEVICESREQUEST']._serialized_end=1488
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=1490
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=1577
+  _globals['_GETDEVICEREQUEST']._serialized_start=1579
+  _globals['_GETDEVICEREQUEST']._serialized_end=1616
+  _globals['_FLEETSTATUSREQUEST']._serialized_start=1618
+  _globals['_FLEETSTATUSREQUEST']._serialized_end=1657
+  _globals['_KINDCOUNT']._serialized_start=1659
+  _globals['_KINDCOUNT']._serialized_end=1764
+  _globals['_FLEETSTATUSRESPONSE']._serialized_start=1766
+  _globals['_FLEETSTATUSRESPONSE']._serialized_end=1879
+  _globals['_ENROLLTOKEN']._serialized_start=1882
+  _globals['_ENROLLTOKEN']._serialized_end=2109
+  _globals['_CREATEENROLLTOKENREQUEST']._serialized_start=2111
+  _globals['_CREATEENROLLTOKENREQUEST']._serialized_end=2193
+  _globals['_CREATEENROLLTOKENRESPONSE']._serialized_start=2195
+  _globals['_CREATEENROLLTOKENRESPONSE']._serialized_end=2282
+  _globals['_LISTENROLLTOKENSREQUEST']._serialized_start=2284
+  _globals['_LISTENROLLTOKENSREQUEST']._serialized_end=2328
+  _globals['_LISTENROLLTOKENSRESPONSE']._serialized_start=2330
+  _globals['_LISTENROLLTOKENSRESPONSE']._serialized_end=2401
+  _globals['_REVOKEENROLLTOKENREQUEST']._serialized_start=2403
+  _globals['_REVOKEENROLLTOKENREQUEST']._serialized_end=2447
+  _globals['_DEVICEENROLLMENT']._serialized_start=2450
+  _globals['_DEVICEENROLLMENT']._serialized_end=2692
+  _globals['_ADMINSERVICE']._serialized_start=2795
+  _globals['_ADMINSERVICE']._serialized_end=3618
 # @@protoc_insertion_point(module_scope)

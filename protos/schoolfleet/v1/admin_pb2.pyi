@@ -65,6 +65,7 @@ class Device(_message.Message):
     SPOOL_FIELD_NUMBER: _builtins.int
     RECENT_COMMANDS_FIELD_NUMBER: _builtins.int
     REPORT_AT_FIELD_NUMBER: _builtins.int
+    ENROLLMENT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     kind: _fleet_pb2.DeviceKind.ValueType
     school_id: _builtins.str
@@ -115,6 +116,10 @@ class Device(_message.Message):
         full_report_interval, or when they change).
         """
 
+    @_builtins.property
+    def enrollment(self) -> Global___DeviceEnrollment:
+        """Unset for a device that never enrolled (nor was decommissioned)."""
+
     def __init__(
         self,
         *,
@@ -141,10 +146,11 @@ class Device(_message.Message):
         spool: _fleet_pb2.SpoolStats | None = ...,
         recent_commands: _abc.Iterable[Global___CommandOutcome] | None = ...,
         report_at: _timestamp_pb2.Timestamp | None = ...,
+        enrollment: Global___DeviceEnrollment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "health", b"health", "last_heartbeat", b"last_heartbeat", "network", b"network", "os", b"os", "report_at", b"report_at", "spool", b"spool", "system", b"system"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enrollment", b"enrollment", "first_seen", b"first_seen", "health", b"health", "last_heartbeat", b"last_heartbeat", "network", b"network", "os", b"os", "report_at", b"report_at", "spool", b"spool", "system", b"system"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "condition", b"condition", "device_id", b"device_id", "first_seen", b"first_seen", "health", b"health", "heartbeats_stored", b"heartbeats_stored", "hostname", b"hostname", "kind", b"kind", "last_heartbeat", b"last_heartbeat", "last_seq", b"last_seq", "network", b"network", "offline_after_seconds", b"offline_after_seconds", "os", b"os", "reasons", b"reasons", "recent_commands", b"recent_commands", "report_at", b"report_at", "room_id", b"room_id", "school_id", b"school_id", "seq_gaps", b"seq_gaps", "spool", b"spool", "status", b"status", "stream_up", b"stream_up", "system", b"system"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "condition", b"condition", "device_id", b"device_id", "enrollment", b"enrollment", "first_seen", b"first_seen", "health", b"health", "heartbeats_stored", b"heartbeats_stored", "hostname", b"hostname", "kind", b"kind", "last_heartbeat", b"last_heartbeat", "last_seq", b"last_seq", "network", b"network", "offline_after_seconds", b"offline_after_seconds", "os", b"os", "reasons", b"reasons", "recent_commands", b"recent_commands", "report_at", b"report_at", "room_id", b"room_id", "school_id", b"school_id", "seq_gaps", b"seq_gaps", "spool", b"spool", "status", b"status", "stream_up", b"stream_up", "system", b"system"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
