@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import string
 
 from controller.errors import ProtocolError
 from inventory.model import EnrollToken, valid_id
 
 PREFIX = "sfe_"
+# Letters and digits only, so that the id (its first characters) is a valid id and
+# the secret survives any copy and paste; 43 of them are ~256 bits.
+_ALPHABET = string.ascii_letters + string.digits
+_SECRET_CHARS = 43
 # Characters of the secret (after the prefix) that name the token.
 _ID_CHARS = 8
 USES_DEFAULT, USES_MAX = 1, 10_000
@@ -43,7 +48,7 @@ def mint(school_id: str, uses: int, valid_seconds: int, now: float) -> tuple[Enr
         raise ProtocolError(f"uses must be 1 to {USES_MAX}, got {uses}")
     if not VALID_MIN <= valid_seconds <= VALID_MAX:
         raise ProtocolError(f"a token is valid 1 minute to 365 days, got {valid_seconds} seconds")
-    secret = PREFIX + secrets.token_urlsafe(32)
+    secret = PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_CHARS))
     token = EnrollToken(
         token_id=token_id(secret),
         school_id=school_id,

@@ -7,7 +7,13 @@ import pytest
 from controller.enrollment import PREFIX, hash_secret, mint, token_id
 from controller.errors import ProtocolError
 from controller.store.sqlite import SqliteStore
+from inventory.model import valid_id
 from tests.test_store_sqlite import T0, store  # noqa: F401  (fixture)
+
+
+def test_every_token_id_is_a_valid_id() -> None:
+    # Names are used in `schoolctl enroll token revoke ID`: none may be refused there.
+    assert all(valid_id(mint("s1", 0, 0, T0)[0].token_id) for _ in range(2000))
 
 
 def test_a_minted_token_has_a_secret_only_its_hash_is_kept_of() -> None:
