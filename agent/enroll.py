@@ -47,6 +47,9 @@ def ensure_enrolled(settings: AgentSettings) -> Credentials | None:
     creds = credentials(settings.cert_dir)
     if creds.cert.exists() and creds.key.exists():
         return creds
+    if settings.ca_cert != Path() and not settings.enroll_controller:
+        log.error("ca_cert is set but enroll_controller is not: cannot enroll over TLS")
+        return None
     if not settings.enroll_token:
         log.info("no certificate and no enroll_token: not enrolled cert_dir=%s", settings.cert_dir)
         return None
@@ -91,7 +94,13 @@ def _key_and_csr(device_id: str) -> tuple[bytes, bytes]:
 
 
 def _enroll(settings: AgentSettings, csr_pem: bytes) -> agent_pb2.EnrollResponse:
-    with grpc.insecure_channel(settings.controller) as channel:
+    if settings.ca_cert != Path():
+        # The controller proves who it is with the CA the device was given.
+        tls = grpc.ssl_channel_credentials(root_certificates=settings.ca_cert.read_bytes())
+        channel = grpc.secure_channel(settings.enroll_controller or settings.controller, tls)
+    else:
+        channel = grpc.insecure_channel(settings.controller)
+    with channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         request = agent_pb2.EnrollRequest(
             token=settings.enroll_token, csr_pem=csr_pem, device_id=settings.device_id

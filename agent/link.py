@@ -22,6 +22,7 @@ import time
 import grpc
 
 from agent.backoff import backoff_delay
+from agent.enroll import Credentials
 from agent.errors import SpoolError
 from agent.report import FullReports, Reporter, heartbeat, thresholds_from_pb
 from agent.settings import AgentSettings
@@ -65,9 +66,16 @@ class Link:
     """Keeps the device reporting into the spool and connected until ``stop`` is set."""
 
     def __init__(
-        self, settings: AgentSettings, reporter: Reporter, spool: Spool, version: str
+        self,
+        settings: AgentSettings,
+        reporter: Reporter,
+        spool: Spool,
+        version: str,
+        credentials: Credentials | None = None,
     ) -> None:
         self._settings = settings
+        # Set: mutual TLS with the device's certificate; None: plaintext.
+        self._credentials = credentials
         self._reporter = reporter
         self._spool = spool
         self._version = version
@@ -196,10 +204,21 @@ class Link:
             ),
         )
 
+    def _channel(self) -> grpc.aio.Channel:
+        s = self._settings
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(s.controller, options=channel_options(s))
+        c = self._credentials
+        # Read on each connect: a renewed certificate is used without a restart.
+        tls = grpc.ssl_channel_credentials(
+            root_certificates=c.ca.read_bytes(),
+            private_key=c.key.read_bytes(),
+            certificate_chain=c.cert.read_bytes(),
+        )
+        return grpc.aio.secure_channel(s.controller, tls, options=channel_options(s))
+
     async def _stream(self, stop: asyncio.Event) -> None:
-        async with grpc.aio.insecure_channel(
-            self._settings.controller, options=channel_options(self._settings)
-        ) as channel:
+        async with self._channel() as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
             async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
                 await call.write(self._hello())

@@ -95,9 +95,13 @@ async def _run(settings: agent_settings.AgentSettings) -> None:
     from agent.enroll import ensure_enrolled
 
     # Before the stream: a device without a certificate trades its token for one.
-    await asyncio.to_thread(ensure_enrolled, settings)
+    credentials = await asyncio.to_thread(ensure_enrolled, settings)
+    if settings.ca_cert == Path():
+        credentials = None  # no CA to check the controller with: plaintext
+    elif credentials is None:
+        log.error("ca_cert is set but the device has no certificate: the stream will be refused")
     spool = _open_spool(settings)
-    link = Link(settings, Reporter(settings), spool, _version())
+    link = Link(settings, Reporter(settings), spool, _version(), credentials)
     try:
         await link.run(stop)
     finally:

@@ -44,6 +44,11 @@ class AgentSettings:
     # A school's enrollment token (`schoolctl enroll token create`): used once, at the
     # first start without a certificate; the key is made on the device.
     enroll_token: str = ""
+    # The controller's CA certificate, installed with the agent. Set: enrollment goes
+    # over TLS to `enroll_controller`, and the stream over mutual TLS once enrolled.
+    ca_cert: Path = Path()
+    # HOST:PORT of the controller's TLS enrollment port (its `enroll_listen`).
+    enroll_controller: str = ""
     log_level: str = "info"
 
     def __post_init__(self) -> None:

@@ -138,12 +138,15 @@ def _why_unreachable(code: grpc.StatusCode, details: str) -> str:
 class AdminClient:
     """Talks to one controller's AdminService; every failure becomes a CliError."""
 
-    def __init__(self, address: str, timeout: float) -> None:
+    def __init__(self, address: str, timeout: float, ca_cert: bytes | None = None) -> None:
         self.address = address
         self._timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", _MAX_MESSAGE)]
-        )
+        options = [("grpc.max_receive_message_length", _MAX_MESSAGE)]
+        if ca_cert is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            tls = grpc.ssl_channel_credentials(root_certificates=ca_cert)
+            self._channel = grpc.secure_channel(address, tls, options=options)
         self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def __enter__(self) -> AdminClient:

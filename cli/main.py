@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -44,6 +45,7 @@ class Options:
 
     controller: str = DEFAULT_CONTROLLER
     timeout: float = 10.0
+    ca_cert: Path | None = None
 
 
 @app.callback()
@@ -58,9 +60,17 @@ def _global(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the controller's answer.", min=0.1)
     ] = 10.0,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SCHOOLCTL_CA_CERT",
+            help="The controller's CA certificate: talk TLS to its enroll_listen port.",
+        ),
+    ] = None,
 ) -> None:
     Options.controller = controller
     Options.timeout = timeout
+    Options.ca_cert = ca_cert
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
@@ -70,7 +80,13 @@ def _client() -> Any:
     # Late import: `schoolctl --help` should not pay for the gRPC stack.
     from cli.client import AdminClient
 
-    return AdminClient(Options.controller, Options.timeout)
+    ca = None
+    if Options.ca_cert is not None:
+        try:
+            ca = Options.ca_cert.read_bytes()
+        except OSError as exc:
+            raise CliError(f"--ca-cert {Options.ca_cert}: {exc.strerror}") from None
+    return AdminClient(Options.controller, Options.timeout, ca)
 
 
 def _print_json(data: object) -> None:

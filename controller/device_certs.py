@@ -94,11 +94,12 @@ def device_identity(cert: x509.Certificate) -> tuple[str, str]:
         raise PkiError("the certificate has no subject alternative name") from None
     except (x509.DuplicateExtension, ValueError):
         raise PkiError("the certificate's extensions cannot be read") from None
-    urns = [
-        uri
-        for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
-        if uri.startswith(f"{DEVICE_URN}:")
-    ]
+    return identity_from_uris(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def identity_from_uris(uris: list[str]) -> tuple[str, str]:
+    """``(device_id, school_id)`` from a certificate's URI names (a TLS peer's, say)."""
+    urns = [uri for uri in uris if uri.startswith(f"{DEVICE_URN}:")]
     if len(urns) != 1:
         raise PkiError(f"the certificate has {len(urns)} {DEVICE_URN} URIs, not one")
     parts = urns[0].removeprefix(f"{DEVICE_URN}:").split(":")

@@ -83,6 +83,38 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
+def _add_ports(server: grpc.aio.Server, settings: ControllerSettings) -> dict[str, int]:
+    """Plaintext on `listen`; or mutual TLS there and server-only TLS on `enroll_listen`."""
+    ports: dict[str, int] = {}
+    try:
+        if not settings.agent_tls:
+            ports["grpc"] = server.add_insecure_port(settings.listen)
+            return ports
+        pki = settings.data_dir / "pki"
+        try:
+            key, cert, ca = (
+                (pki / name).read_bytes() for name in ("server.key", "server.crt", "ca.crt")
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"agent_tls: cannot read the controller's certificates in {pki} "
+                f"({exc.strerror}); run 'schoolfleet-controller init --data-dir "
+                f"{settings.data_dir}' first"
+            ) from None
+        mutual = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        )
+        ports["grpc"] = server.add_secure_port(settings.listen, mutual)
+        ports["enroll"] = server.add_secure_port(
+            settings.enroll_listen, grpc.ssl_server_credentials([(key, cert)])
+        )
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"cannot bind {settings.listen} or {settings.enroll_listen} ({exc})"
+        ) from None
+    return ports
+
+
 def _tune_gc() -> None:
     """Fewer garbage collections: +37-43% heartbeats/s stored (docs/benchmarks.md).
 
@@ -128,10 +160,8 @@ async def serve(settings: ControllerSettings) -> None:
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminService(store, read_executor, sessions, store), server
     )
-    try:
-        grpc_port = server.add_insecure_port(settings.listen)
-    except RuntimeError as exc:
-        raise ConfigError(f"listen {settings.listen}: cannot bind ({exc})") from None
+    ports = _add_ports(server, settings)
+    grpc_port = ports["grpc"]
     http_server, http_thread = _serve_metrics(settings.metrics_listen, registry)
     metrics_port = http_server.server_port
     await server.start()
@@ -139,7 +169,7 @@ async def serve(settings: ControllerSettings) -> None:
     writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")
     acks_task = asyncio.create_task(agent_service.run_acks(), name="acks")
     if settings.ports_file != Path():
-        _write_ports(settings.ports_file, {"grpc": grpc_port, "metrics": metrics_port})
+        _write_ports(settings.ports_file, {**ports, "metrics": metrics_port})
     log.info(
         "controller started grpc=%s:%d metrics=%s:%d database=%s",
         _split(settings.listen)[0],

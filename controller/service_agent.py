@@ -10,6 +10,7 @@ stream closed with a status and a log line; nothing else is affected.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from controller import enrollment
 from controller.acks import AckCoalescer
-from controller.device_certs import sign_device_csr
+from controller.device_certs import identity_from_uris, sign_device_csr
 from controller.errors import (
     EnrollRefused,
     MessageTooLarge,
@@ -178,6 +179,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         identity = await self._hello(request_iterator, context, peer)
         if identity is None:
             return
+        if self._settings.agent_tls:
+            identity = await self._certified(identity, peer, context)
         await self._refuse_if_decommissioned(identity.device_id, peer, context)
         session = self._sessions.open(identity.device_id)
         self._acks.forget(identity.device_id)
@@ -227,6 +230,30 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         finally:
             reader.cancel()
             self._finish(session, peer, closing)
+
+    async def _certified(
+        self,
+        claimed: DeviceIdentity,
+        peer: str,
+        context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
+    ) -> DeviceIdentity:
+        """The device and school its verified client certificate names; never the Hello's."""
+        names = context.auth_context().get("x509_subject_alternative_name", [])
+        try:
+            device_id, school_id = identity_from_uris([n.decode(errors="replace") for n in names])
+        except PkiError as exc:
+            self._metrics.streams_closed.labels("unauthenticated").inc()
+            log.warning("stream refused peer=%s code=UNAUTHENTICATED reason=%s", peer, exc)
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a client certificate from this controller's CA is required",
+            )
+        if device_id != claimed.device_id:
+            self._metrics.streams_closed.labels("unauthenticated").inc()
+            message = f"the certificate is for device {device_id}, Hello says {claimed.device_id}"
+            log.warning("stream refused peer=%s code=PERMISSION_DENIED reason=%s", peer, message)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+        return dataclasses.replace(claimed, school_id=school_id)
 
     async def _refuse_if_decommissioned(
         self,

@@ -56,6 +56,11 @@ class ControllerSettings:
     max_streams: int = 20_000
     # Seconds that open streams get to finish on shutdown.
     shutdown_grace: float = 5.0
+    # Agents connect with mutual TLS: the CA in DATA_DIR/pki signed their certificates,
+    # and a device is who its certificate says. Off: plaintext, for a lab only.
+    agent_tls: bool = False
+    # With agent_tls: TLS without client certificates, for enrollment and schoolctl.
+    enroll_listen: str = "127.0.0.1:7445"
     # The controller's own files; its CA is in DATA_DIR/pki (`schoolfleet-controller init`).
     data_dir: Path = Path("/var/lib/schoolfleet")
     # Where `listen` with port 0 writes the ports it got (for tests and the demo).
@@ -65,6 +70,7 @@ class ControllerSettings:
     def __post_init__(self) -> None:
         _split_hostport(self.listen, "listen")
         _split_hostport(self.metrics_listen, "metrics_listen")
+        _split_hostport(self.enroll_listen, "enroll_listen")
         if not self.database.startswith("sqlite:"):
             raise SettingError(
                 "'database' must be sqlite:///ABSOLUTE/PATH or sqlite:RELATIVE/PATH, "

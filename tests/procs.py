@@ -48,6 +48,8 @@ class Controller:
     proc: subprocess.Popen[bytes] | None = None
     grpc_port: int = 0
     metrics_port: int = 0
+    # With agent_tls: the TLS port for enrollment and schoolctl.
+    enroll_port: int = 0
 
     @property
     def database(self) -> Path:
@@ -95,6 +97,7 @@ class Controller:
 
         got = wait_until(ready, 20, "controller ports file")
         self.grpc_port, self.metrics_port = got["grpc"], got["metrics"]
+        self.enroll_port = got.get("enroll", 0)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:

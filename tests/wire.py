@@ -41,8 +41,12 @@ def heartbeat(seq: int, cpu: float = 5.0) -> agent_pb2.AgentMessage:
 class RawStream:
     """A Connect stream that writes raw bytes and reads raw bytes, from a thread."""
 
-    def __init__(self, address: str) -> None:
-        self._channel = grpc.insecure_channel(address, options=[("grpc.so_reuseport", 0)])
+    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        options = [("grpc.so_reuseport", 0)]
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(address, credentials, options=options)
         self._outgoing: queue.Queue[bytes | None] = queue.Queue()
         method: grpc.StreamStreamMultiCallable[bytes, bytes] = self._channel.stream_stream(CONNECT)
         call = method(self._requests(), timeout=30)

@@ -1,0 +1,138 @@
+"""Mutual TLS: an enrolled agent is who its certificate says; nobody else gets in."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from controller.device_certs import sign_device_csr
+from controller.pki import init_ca, load_ca
+from tests.procs import BIN, Agent, Controller, Result, schoolctl, wait_until
+from tests.wire import RawStream, hello
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def tls_controller(tmp_path: Path) -> Iterator[Controller]:
+    data = tmp_path / "data"
+    subprocess.run(
+        [
+            str(BIN / "schoolfleet-controller"),
+            "init",
+            "--data-dir",
+            str(data),
+            "--address",
+            "127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    env = {
+        "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(data),
+        "SCHOOLFLEET_CONTROLLER_AGENT_TLS": "true",
+        "SCHOOLFLEET_CONTROLLER_ENROLL_LISTEN": "127.0.0.1:0",
+        "SCHOOLFLEET_CONTROLLER_HEARTBEAT_INTERVAL": "1",
+    }
+    c = Controller(tmp_path, env=env)
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+def _ctl(c: Controller, *args: str) -> Result:
+    return schoolctl(
+        f"127.0.0.1:{c.enroll_port}", "--ca-cert", str(c.workdir / "data/pki/ca.crt"), *args
+    )
+
+
+def _key_cert(ca_dir: Path, device_id: str, school_id: str) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    cert = sign_device_csr(load_ca(ca_dir), csr, device_id, school_id).pem
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return pem, cert
+
+
+def _refusal(address: str, ca: bytes, key: bytes | None, cert: bytes | None, device: str) -> str:
+    """What a raw stream gets: the status code's name and its details."""
+    creds = grpc.ssl_channel_credentials(ca, key, cert)
+    with RawStream(address, credentials=creds) as stream:
+        stream.send(hello(device))
+        code, details = stream.status()
+    return f"{code.name}: {details}"
+
+
+def test_an_enrolled_agent_streams_over_mutual_tls(
+    tls_controller: Controller, agents: list[Agent]
+) -> None:
+    c = tls_controller
+    created = _ctl(c, "enroll", "token", "create", "--school", "1234")
+    assert created.code == 0, created.err
+    agent = Agent(
+        c.workdir,
+        "panel-t",
+        "panel",
+        # Hello claims another school: the certificate's (the token's) is what counts.
+        "9999",
+        "r1",
+        c.address,
+        extra={
+            "enroll_token": created.out.strip(),
+            "ca_cert": str(c.workdir / "data/pki/ca.crt"),
+            "enroll_controller": f"127.0.0.1:{c.enroll_port}",
+        },
+    ).start()
+    agents.append(agent)
+
+    def online() -> dict[str, object] | None:
+        done = _ctl(c, "devices", "show", "panel-t", "--json")
+        device: dict[str, object] | None = done.json() if done.code == 0 else None
+        return device if device and device["status"] == "online" else None
+
+    device = wait_until(online, 30, "panel-t online over mTLS")
+    assert device["school_id"] == "1234"
+    assert "enrolled device=panel-t" in agent.log.read_text()
+    # Plain schoolctl cannot talk to a TLS controller; it says so in one line.
+    plain = schoolctl(f"127.0.0.1:{c.enroll_port}", "status")
+    assert plain.code == 3 and "Traceback" not in plain.err
+
+
+def test_no_certificate_a_foreign_one_or_someone_elses_name_is_refused(
+    tls_controller: Controller, tmp_path: Path
+) -> None:
+    c = tls_controller
+    pki = c.workdir / "data/pki"
+    ca = (pki / "ca.crt").read_bytes()
+    key, cert = _key_cert(pki, "panel-1", "1234")
+    foreign = tmp_path / "foreign"
+    init_ca(foreign, ["foreign.test"], [])
+    f_key, f_cert = _key_cert(foreign, "panel-1", "1234")
+
+    # Without a client certificate the TLS handshake itself fails on the agent port.
+    assert _refusal(c.address, ca, None, None, "panel-1").startswith("UNAVAILABLE")
+    # A certificate from another CA: the same.
+    assert _refusal(c.address, ca, f_key, f_cert, "panel-1").startswith("UNAVAILABLE")
+    # The enrollment port takes no client certificate, so no stream there either.
+    refused = _refusal(f"127.0.0.1:{c.enroll_port}", ca, None, None, "panel-1")
+    assert refused.startswith("UNAUTHENTICATED") and "client certificate" in refused
+    # A good certificate cannot claim another device's id.
+    refused = _refusal(c.address, ca, key, cert, "panel-2")
+    assert refused == "PERMISSION_DENIED: the certificate is for device panel-1, Hello says panel-2"
+    assert "Traceback" not in c.log_text()
