@@ -28,6 +28,22 @@ print(json.dumps([pyroute2.IPRoute.__module__, pyroute2.IW.__module__]))
 """
 
 
+def _once_in(ns: str, config: Path) -> dict[str, Any]:
+    """`schoolfleet-agent --once --json` run inside the namespace: its report."""
+    agent = [str(BIN / "schoolfleet-agent"), "--config", str(config), "--once", "--json"]
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, *agent],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
 def test_the_agent_loads_only_the_netlink_modules_it_uses() -> None:
     lean = subprocess.run(
         [str(BIN / "python"), "-c", _LEAN], capture_output=True, text=True, timeout=60, check=True
@@ -61,26 +77,8 @@ def test_once_reports_interfaces_addresses_and_default_route(tmp_path: Path) -> 
             timeout=30,
             check=False,
         )
-        done = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                str(BIN / "schoolfleet-agent"),
-                "--config",
-                str(config),
-                "--once",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+        report = _once_in(ns, config)
         kernel = {link["ifname"]: link for link in ip_json("-n", ns, "-s", "link", "show")}
-    report = json.loads(done.stdout)
     # A device with a wired link and loopback: its whole heartbeat is well under 1 KB.
     assert 300 < report["heartbeat_bytes"] < 1024
     network = report["network"]
@@ -125,26 +123,7 @@ def test_interfaces_coming_and_going_while_being_read_do_not_break_a_report(
         reports: list[dict[str, Any]] = []
         try:
             while churn.poll() is None and len(reports) < 15:
-                done = subprocess.run(
-                    [
-                        "ip",
-                        "netns",
-                        "exec",
-                        ns,
-                        str(BIN / "schoolfleet-agent"),
-                        "--config",
-                        str(config),
-                        "--once",
-                        "--json",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                    check=False,
-                )
-                assert done.returncode == 0, done.stderr
-                assert "Traceback" not in done.stderr
-                reports.append(json.loads(done.stdout))
+                reports.append(_once_in(ns, config))
         finally:
             churn.kill()
             churn.wait(10)
