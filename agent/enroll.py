@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.errors import EnrollUnreachable
 from agent.settings import AgentSettings
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
 
@@ -41,8 +42,8 @@ def credentials(cert_dir: Path) -> Credentials:
 def ensure_enrolled(settings: AgentSettings) -> Credentials | None:
     """The device's credentials, enrolling first if it has none and a token is set.
 
-    Returns None (and logs why) when the device has no certificate and cannot get
-    one now; the agent then goes on without it.
+    Returns None (and logs why) when the device has no certificate and the controller
+    refused one; raises EnrollUnreachable when it could not be asked.
     """
     creds = credentials(settings.cert_dir)
     if creds.cert.exists() and creds.key.exists():
@@ -59,9 +60,14 @@ def ensure_enrolled(settings: AgentSettings) -> Credentials | None:
         _save(settings.cert_dir, key_pem, response)
     except grpc.RpcError as exc:
         call: grpc.Call = exc  # type: ignore[assignment]
+        where = settings.enroll_controller or settings.controller
+        if call.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise EnrollUnreachable(
+                f"enrollment: controller {where} not reachable ({call.code().name})"
+            ) from None
         log.error(
             "enrollment refused controller=%s code=%s reason=%s",
-            settings.controller,
+            where,
             call.code().name,
             call.details(),
         )

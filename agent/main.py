@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -12,11 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import settings as agent_settings
-from agent.errors import CollectError, SpoolError
+from agent.errors import CollectError, EnrollUnreachable, SpoolError
 from common.errors import SchoolFleetError
 from common.logs import setup_logging
 
 if TYPE_CHECKING:
+    from agent.enroll import Credentials
     from agent.spool import Spool
 
 log = logging.getLogger("agent")
@@ -76,6 +78,35 @@ def _open_spool(settings: agent_settings.AgentSettings) -> Spool:
     return spool
 
 
+async def _enrolled(
+    settings: agent_settings.AgentSettings, stop: asyncio.Event
+) -> Credentials | None:
+    """The device's credentials, enrolling first if need be.
+
+    Under TLS (ca_cert set) a device without a certificate cannot stream, so an
+    unreachable controller is asked again with backoff until it answers or the agent
+    stops; in plaintext it is asked once and the agent goes on without.
+    """
+    from agent.backoff import backoff_delay
+    from agent.enroll import ensure_enrolled
+
+    attempt = 0
+    while True:
+        try:
+            return await asyncio.to_thread(ensure_enrolled, settings)
+        except EnrollUnreachable as exc:
+            if settings.ca_cert == Path():
+                log.warning("%s; going on without a certificate", exc)
+                return None
+            delay = backoff_delay(attempt, settings.backoff_initial, settings.backoff_cap)
+            attempt += 1
+            log.warning("%s; retry_in=%.1fs attempt=%d", exc, delay, attempt)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return None
+
+
 async def _run(settings: agent_settings.AgentSettings) -> None:
     from agent.link import Link
     from agent.report import Reporter
@@ -92,10 +123,11 @@ async def _run(settings: agent_settings.AgentSettings) -> None:
         settings.room_id,
         settings.controller,
     )
-    from agent.enroll import ensure_enrolled
-
     # Before the stream: a device without a certificate trades its token for one.
-    credentials = await asyncio.to_thread(ensure_enrolled, settings)
+    credentials = await _enrolled(settings, stop)
+    if stop.is_set():
+        log.info("agent stopped device=%s before it could enroll", settings.device_id)
+        return
     if settings.ca_cert == Path():
         credentials = None  # no CA to check the controller with: plaintext
     elif credentials is None:

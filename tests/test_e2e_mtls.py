@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller.device_certs import sign_device_csr
 from controller.pki import init_ca, load_ca
-from tests.procs import BIN, Agent, Controller, Result, schoolctl, wait_until
+from tests.procs import BIN, Agent, Controller, Result, free_port, schoolctl, wait_until
 from tests.wire import RawStream, hello
 
 pytestmark = pytest.mark.e2e
@@ -136,3 +136,62 @@ def test_no_certificate_a_foreign_one_or_someone_elses_name_is_refused(
     refused = _refusal(c.address, ca, key, cert, "panel-2")
     assert refused == "PERMISSION_DENIED: the certificate is for device panel-1, Hello says panel-2"
     assert "Traceback" not in c.log_text()
+
+
+def test_an_agent_waits_for_an_unreachable_controller_to_enroll(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    data = tmp_path / "data"
+    subprocess.run(
+        [
+            str(BIN / "schoolfleet-controller"),
+            "init",
+            "--data-dir",
+            str(data),
+            "--address",
+            "127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    enroll_port = free_port()
+    env = {
+        "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(data),
+        "SCHOOLFLEET_CONTROLLER_AGENT_TLS": "true",
+        "SCHOOLFLEET_CONTROLLER_ENROLL_LISTEN": f"127.0.0.1:{enroll_port}",
+        "SCHOOLFLEET_CONTROLLER_HEARTBEAT_INTERVAL": "1",
+    }
+    controller = Controller(tmp_path, free_port(), env).start()
+    try:
+        token = _ctl(controller, "enroll", "token", "create", "--school", "1234").out.strip()
+        controller.stop()
+        agent = Agent(
+            tmp_path,
+            "panel-w",
+            "panel",
+            "1234",
+            "r1",
+            controller.address,
+            extra={
+                "enroll_token": token,
+                "ca_cert": str(data / "pki/ca.crt"),
+                "enroll_controller": f"127.0.0.1:{enroll_port}",
+            },
+        ).start()
+        agents.append(agent)
+        wait_until(
+            lambda: agent.log.read_text().count("not reachable (UNAVAILABLE); retry_in=") >= 2,
+            20,
+            "the agent retrying its enrollment",
+        )
+        controller.start()
+
+        def online() -> bool:
+            done = _ctl(controller, "devices", "show", "panel-w", "--json")
+            return done.code == 0 and done.json()["status"] == "online"
+
+        wait_until(online, 30, "panel-w enrolled and online once the controller is back")
+        assert agent.log.read_text().count("enrolled device=panel-w") == 1
+    finally:
+        controller.stop()
