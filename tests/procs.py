@@ -31,6 +31,28 @@ def wait_until(check: Callable[[], T | None], timeout: float, what: str, step: f
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def init_controller_ca(data_dir: Path) -> Path:
+    """Runs the real ``schoolfleet-controller init`` for 127.0.0.1; returns the pki folder."""
+    where = ["--data-dir", str(data_dir), "--address", "127.0.0.1"]
+    subprocess.run(
+        [str(BIN / "schoolfleet-controller"), "init", *where],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return data_dir / "pki"
+
+
+def tls_env(data_dir: Path, enroll_listen: str = "127.0.0.1:0") -> dict[str, str]:
+    """Controller settings for mutual TLS with the CA in ``data_dir``, 1 s heartbeats."""
+    return {
+        "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(data_dir),
+        "SCHOOLFLEET_CONTROLLER_AGENT_TLS": "true",
+        "SCHOOLFLEET_CONTROLLER_ENROLL_LISTEN": enroll_listen,
+        "SCHOOLFLEET_CONTROLLER_HEARTBEAT_INTERVAL": "1",
+    }
+
+
 def free_port() -> int:
     """A loopback port free right now (for a controller that must keep its port)."""
     with socket.socket() as s:

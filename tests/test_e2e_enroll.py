@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from controller.device_certs import device_identity
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
-from tests.procs import BIN, Agent, Controller, schoolctl, wait_until
+from tests.procs import Agent, Controller, init_controller_ca, schoolctl, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -33,19 +32,7 @@ def _csr(cn: str = "asks-to-be-someone-else") -> bytes:
 @pytest.fixture
 def ca_controller(tmp_path: Path) -> Iterator[Controller]:
     data = tmp_path / "data"
-    subprocess.run(
-        [
-            str(BIN / "schoolfleet-controller"),
-            "init",
-            "--data-dir",
-            str(data),
-            "--address",
-            "127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    init_controller_ca(data)
     c = Controller(tmp_path, env={"SCHOOLFLEET_CONTROLLER_DATA_DIR": str(data)})
     try:
         yield c.start()

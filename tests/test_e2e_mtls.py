@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller.device_certs import sign_device_csr
 from controller.pki import init_ca, load_ca
-from tests.procs import BIN, Agent, Controller, Result, free_port, schoolctl, wait_until
+from tests.procs import (
+    Agent,
+    Controller,
+    Result,
+    free_port,
+    init_controller_ca,
+    schoolctl,
+    tls_env,
+    wait_until,
+)
 from tests.wire import RawStream, hello
 
 pytestmark = pytest.mark.e2e
@@ -23,26 +31,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def tls_controller(tmp_path: Path) -> Iterator[Controller]:
     data = tmp_path / "data"
-    subprocess.run(
-        [
-            str(BIN / "schoolfleet-controller"),
-            "init",
-            "--data-dir",
-            str(data),
-            "--address",
-            "127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    env = {
-        "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(data),
-        "SCHOOLFLEET_CONTROLLER_AGENT_TLS": "true",
-        "SCHOOLFLEET_CONTROLLER_ENROLL_LISTEN": "127.0.0.1:0",
-        "SCHOOLFLEET_CONTROLLER_HEARTBEAT_INTERVAL": "1",
-    }
-    c = Controller(tmp_path, env=env)
+    init_controller_ca(data)
+    c = Controller(tmp_path, env=tls_env(data))
     try:
         yield c.start()
     finally:
@@ -142,27 +132,11 @@ def test_an_agent_waits_for_an_unreachable_controller_to_enroll(
     tmp_path: Path, agents: list[Agent]
 ) -> None:
     data = tmp_path / "data"
-    subprocess.run(
-        [
-            str(BIN / "schoolfleet-controller"),
-            "init",
-            "--data-dir",
-            str(data),
-            "--address",
-            "127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    init_controller_ca(data)
     enroll_port = free_port()
-    env = {
-        "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(data),
-        "SCHOOLFLEET_CONTROLLER_AGENT_TLS": "true",
-        "SCHOOLFLEET_CONTROLLER_ENROLL_LISTEN": f"127.0.0.1:{enroll_port}",
-        "SCHOOLFLEET_CONTROLLER_HEARTBEAT_INTERVAL": "1",
-    }
-    controller = Controller(tmp_path, free_port(), env).start()
+    controller = Controller(
+        tmp_path, free_port(), tls_env(data, f"127.0.0.1:{enroll_port}")
+    ).start()
     try:
         token = _ctl(controller, "enroll", "token", "create", "--school", "1234").out.strip()
         controller.stop()
