@@ -10,7 +10,7 @@ import hashlib
 import secrets
 import string
 
-from controller.errors import ProtocolError
+from controller.errors import EnrollRefused, ProtocolError
 from inventory.model import EnrollToken, valid_id
 
 PREFIX = "sfe_"
@@ -58,3 +58,20 @@ def mint(school_id: str, uses: int, valid_seconds: int, now: float) -> tuple[Enr
         created_at=now,
     )
     return token, secret
+
+
+def token_refused() -> EnrollRefused:
+    """The one answer for every unusable token, so that it tells an attacker nothing."""
+    return EnrollRefused(
+        "the enrollment token is not valid (unknown, used up, expired or revoked)",
+        "PERMISSION_DENIED",
+    )
+
+
+def already_enrolled(device_id: str) -> EnrollRefused:
+    """A device id that has a certificate and may not replace it."""
+    return EnrollRefused(
+        f"device {device_id!r} is already enrolled; "
+        f"'schoolctl devices reenroll {device_id}' lets it enroll again",
+        "ALREADY_EXISTS",
+    )

@@ -101,10 +101,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         context: grpc.aio.ServicerContext[agent_pb2.EnrollRequest, agent_pb2.EnrollResponse],
     ) -> agent_pb2.EnrollResponse:
         peer = context.peer()
-        loop = asyncio.get_running_loop()
         try:
-            # On the writer's thread: signing and the store's writes stay off the loop.
-            cert, ca_cert = await loop.run_in_executor(self._write_executor, self._enroll, request)
+            # Off the loop, and off the heartbeat writer's thread: a morning of first
+            # enrollments must not delay batches. The store's writes take its lock.
+            cert, ca_cert = await asyncio.to_thread(self._enroll, request)
         except (EnrollRefused, ProtocolError) as exc:
             code, message = grpc.StatusCode[exc.status], str(exc)
         except PkiError as exc:
@@ -134,18 +134,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         token_hash = enrollment.hash_secret(request.token)
         token = self._store.find_enroll_token(token_hash)
         now = self._now()
+        # Checked here so that nothing is signed for nothing; the store checks both
+        # again in the transaction that takes the token's use.
         if token is None or not token.usable(now):
-            raise EnrollRefused(
-                "the enrollment token is not valid (unknown, used up, expired or revoked)",
-                "PERMISSION_DENIED",
-            )
+            raise enrollment.token_refused()
         existing = self._store.get_enrollment(request.device_id)
         if existing is not None and not existing.reenroll:
-            raise EnrollRefused(
-                f"device {request.device_id!r} is already enrolled; "
-                f"'schoolctl devices reenroll {request.device_id}' lets it enroll again",
-                "ALREADY_EXISTS",
-            )
+            raise enrollment.already_enrolled(request.device_id)
         ca = self._certificate_authority()
         issued = sign_device_csr(ca, request.csr_pem, request.device_id, token.school_id)
         self._store.enroll(

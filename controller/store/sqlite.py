@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from controller import enrollment as refusals
 from controller.errors import EnrollRefused, StoreError
 from controller.store.migrations import LATEST, MIGRATIONS
 from controller.store.protocol import AgentRow, CommandResultRow, DeviceQuery, HeartbeatRow
@@ -474,10 +475,7 @@ class SqliteStore:
                     (token_hash, now),
                 ).rowcount
                 if not taken:
-                    raise EnrollRefused(
-                        "the enrollment token is not valid (unknown, used up, expired or revoked)",
-                        "PERMISSION_DENIED",
-                    )
+                    raise refusals.token_refused()
                 stored = self._writer.execute(
                     """
                     INSERT INTO enrollments VALUES (?, ?, ?, ?, ?, ?, 0, NULL)
@@ -490,11 +488,7 @@ class SqliteStore:
                     (e.device_id, e.school_id, e.serial, e.not_after, e.enrolled_at, e.token_id),
                 ).rowcount
                 if not stored:
-                    raise EnrollRefused(
-                        f"device {e.device_id!r} is already enrolled; "
-                        f"'schoolctl devices reenroll {e.device_id}' lets it enroll again",
-                        "ALREADY_EXISTS",
-                    )
+                    raise refusals.already_enrolled(e.device_id)
                 self._writer.execute("COMMIT")
             except EnrollRefused:
                 self._writer.execute("ROLLBACK")
