@@ -22,6 +22,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
+from controller.admin_guard import Guard
 from controller.errors import ConfigError
 from controller.ingest import MessageWriter
 from controller.metrics import ControllerMetrics, FleetCollector
@@ -158,7 +159,7 @@ async def serve(settings: ControllerSettings) -> None:
     )
     add_agent_service(agent_service, server, settings.max_message_bytes)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminService(store, read_executor, sessions, store), server
+        AdminService(store, Guard(store, read_executor), sessions), server
     )
     ports = _add_ports(server, settings)
     grpc_port = ports["grpc"]

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from controller.errors import StoreError
 from controller.store.protocol import (
+    AccessStore,
     AgentRow,
     CommandResultRow,
     DeviceStore,
@@ -19,6 +20,7 @@ from controller.store.protocol import (
 )
 
 __all__ = [
+    "AccessStore",
     "AgentRow",
     "CommandResultRow",
     "DeviceStore",

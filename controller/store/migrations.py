@@ -106,6 +106,33 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE enrollments ADD COLUMN revoked_at REAL;
     """,
+    # 7: people's bearer tokens (hashes only), and the audit log of the admin API.
+    """
+    CREATE TABLE users (
+        name       TEXT PRIMARY KEY,
+        role       TEXT NOT NULL,
+        -- Comma-separated school ids; empty: every school.
+        schools    TEXT NOT NULL,
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        expires_at REAL,
+        revoked_at REAL
+    );
+    CREATE TABLE audit (
+        entry_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+        at        REAL NOT NULL,
+        actor     TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        target    TEXT NOT NULL,
+        school_id TEXT NOT NULL,
+        outcome   TEXT NOT NULL,
+        message   TEXT NOT NULL,
+        peer      TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_school ON audit (school_id, entry_id);
+    CREATE INDEX audit_by_actor ON audit (actor, entry_id);
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -25,6 +25,7 @@ from inventory.model import (
     KindCount,
     SchoolReports,
 )
+from inventory.people import AuditEntry, AuditQuery, User
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,8 @@ class DeviceQuery:
     kind: DeviceKind | None = None
     status: DeviceStatus | None = None
     condition: Condition | None = None
+    # Only devices of these schools (a caller's scope); None: every school.
+    schools: frozenset[str] | None = None
     after_id: str = ""
     limit: int = 1000
 
@@ -118,6 +121,9 @@ class EnrollTokenStore(Protocol):
     def revoke_enroll_token(self, token_id: str, now: float) -> EnrollToken | None:
         """Revokes a token (again is a no-op); None if there is no such token."""
 
+    def get_enroll_token(self, token_id: str) -> EnrollToken | None:
+        """The token with this id, usable or not."""
+
     def find_enroll_token(self, token_hash: bytes) -> EnrollToken | None:
         """The token with this hash, usable or not."""
 
@@ -141,5 +147,28 @@ class EnrollTokenStore(Protocol):
         revoked enrollment, so it is refused too. None if the device is unknown."""
 
 
-class Store(DeviceStore, EnrollTokenStore, Protocol):
+class AccessStore(Protocol):
+    """People's access (a hash of each bearer token) and the audit log."""
+
+    def add_user(self, user: User, token_hash: bytes) -> bool:
+        """Stores a new user; False if an active user already has the name (a revoked
+        or expired one is replaced)."""
+
+    def find_user(self, token_hash: bytes) -> User | None:
+        """The user whose token has this hash, active or not."""
+
+    def list_users(self) -> list[User]:
+        """Every user, revoked ones too, by name."""
+
+    def revoke_user(self, name: str, now: float) -> User | None:
+        """Revokes the user's token (again is a no-op); None if there is no such user."""
+
+    def append_audit(self, entry: AuditEntry) -> None:
+        """Appends an entry (its entry_id is assigned by the store)."""
+
+    def list_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        """Entries matching ``query``, newest first."""
+
+
+class Store(DeviceStore, EnrollTokenStore, AccessStore, Protocol):
     """Everything the controller keeps; one implementation per backend."""

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import sqlite3
-import threading
 from collections.abc import Sequence
-from pathlib import Path
 
-from controller import enrollment as refusals
-from controller.errors import EnrollRefused, StoreError
-from controller.store.migrations import LATEST, MIGRATIONS
+from controller.errors import StoreError
 from controller.store.protocol import AgentRow, CommandResultRow, DeviceQuery, HeartbeatRow
+from controller.store.sqlite_access import AccessTables
+from controller.store.sqlite_enroll import EnrollTables
 from inventory.model import (
     CommandOutcome,
     Condition,
@@ -28,8 +27,6 @@ from inventory.model import (
     DeviceRecord,
     DeviceReport,
     DeviceStatus,
-    Enrollment,
-    EnrollToken,
     Health,
     KindCount,
     OsInfo,
@@ -166,74 +163,8 @@ def _record(row: sqlite3.Row) -> DeviceRecord:
     )
 
 
-def _token(r: sqlite3.Row) -> EnrollToken:
-    return EnrollToken(
-        token_id=r["token_id"],
-        school_id=r["school_id"],
-        uses_left=r["uses_left"],
-        uses=r["uses"],
-        expires_at=r["expires_at"],
-        created_at=r["created_at"],
-        revoked_at=r["revoked_at"],
-    )
-
-
-class SqliteStore:
-    """A DeviceStore on one SQLite file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._write_lock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = self._connect()
-            self._writer.execute("PRAGMA journal_mode=WAL")
-            self._migrate()
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"database {path}: {exc}") from None
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA synchronous=FULL")
-        return conn
-
-    def _migrate(self) -> None:
-        version: int = self._writer.execute("PRAGMA user_version").fetchone()[0]
-        if version > LATEST:
-            raise StoreError(
-                f"database {self.path}: schema version {version} is newer than this "
-                f"controller knows ({LATEST}); upgrade the controller"
-            )
-        for number in range(version + 1, LATEST + 1):
-            # executescript commits first; BEGIN inside it makes each migration atomic.
-            self._writer.executescript(
-                f"BEGIN IMMEDIATE; {MIGRATIONS[number - 1]} PRAGMA user_version={number}; COMMIT;"
-            )
-            log.info("store migrated path=%s version=%d", self.path, number)
-
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-            with self._write_lock:
-                self._readers.append(conn)
-        return conn
-
-    def _write(self, sql: str, params: dict[str, object] | Sequence[object]) -> int:
-        with self._write_lock:
-            try:
-                return self._writer.execute(sql, params).rowcount
-            except sqlite3.Error as exc:
-                raise StoreError(f"database {self.path}: {exc}") from None
-
-    def schema_version(self) -> int:
-        """The schema version the file is at."""
-        return int(self._reader().execute("PRAGMA user_version").fetchone()[0])
+class SqliteStore(EnrollTables, AccessTables):
+    """The Store on one SQLite file: devices here, the rest in the table classes."""
 
     def device_connected(
         self, identity: DeviceIdentity, stream_id: int, offline_after: float, now: float
@@ -357,6 +288,9 @@ class SqliteStore:
         if query.school_id is not None:
             where.append("school_id = :school")
             params["school"] = query.school_id
+        if query.schools is not None:
+            where.append("school_id IN (SELECT value FROM json_each(:schools))")
+            params["schools"] = json.dumps(sorted(query.schools))
         if query.kind is not None:
             where.append("kind = :kind")
             params["kind"] = query.kind.value
@@ -425,126 +359,3 @@ class SqliteStore:
             )
             for r in rows
         ]
-
-    def add_enroll_token(self, token: EnrollToken, token_hash: bytes) -> None:
-        self._write(
-            "INSERT INTO enroll_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                token.token_id,
-                token_hash,
-                token.school_id,
-                token.uses_left,
-                token.uses,
-                token.expires_at,
-                token.created_at,
-                token.revoked_at,
-            ),
-        )
-
-    def list_enroll_tokens(self, school_id: str | None) -> list[EnrollToken]:
-        where = "WHERE school_id = :school" if school_id is not None else ""
-        rows = self._read(
-            f"SELECT * FROM enroll_tokens {where} ORDER BY created_at DESC, token_id",
-            {"school": school_id},
-        )
-        return [_token(r) for r in rows]
-
-    def revoke_enroll_token(self, token_id: str, now: float) -> EnrollToken | None:
-        self._write(
-            "UPDATE enroll_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
-            (now, token_id),
-        )
-        rows = self._read("SELECT * FROM enroll_tokens WHERE token_id = :id", {"id": token_id})
-        return _token(rows[0]) if rows else None
-
-    def find_enroll_token(self, token_hash: bytes) -> EnrollToken | None:
-        rows = self._read("SELECT * FROM enroll_tokens WHERE token_hash = :h", {"h": token_hash})
-        return _token(rows[0]) if rows else None
-
-    def enroll(self, token_hash: bytes, enrollment: Enrollment, now: float) -> None:
-        e = enrollment
-        with self._write_lock:
-            try:
-                self._writer.execute("BEGIN IMMEDIATE")
-                taken = self._writer.execute(
-                    """
-                    UPDATE enroll_tokens SET uses_left = uses_left - 1, uses = uses + 1
-                    WHERE token_hash = ? AND revoked_at IS NULL AND uses_left > 0
-                      AND expires_at > ?
-                    """,
-                    (token_hash, now),
-                ).rowcount
-                if not taken:
-                    raise refusals.token_refused()
-                stored = self._writer.execute(
-                    """
-                    INSERT INTO enrollments VALUES (?, ?, ?, ?, ?, ?, 0, NULL)
-                    ON CONFLICT (device_id) DO UPDATE SET school_id = excluded.school_id,
-                        serial = excluded.serial, not_after = excluded.not_after,
-                        enrolled_at = excluded.enrolled_at, token_id = excluded.token_id,
-                        reenroll = 0, revoked_at = NULL
-                    WHERE enrollments.reenroll = 1
-                    """,
-                    (e.device_id, e.school_id, e.serial, e.not_after, e.enrolled_at, e.token_id),
-                ).rowcount
-                if not stored:
-                    raise refusals.already_enrolled(e.device_id)
-                self._writer.execute("COMMIT")
-            except EnrollRefused:
-                self._writer.execute("ROLLBACK")
-                raise
-            except sqlite3.Error as exc:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise StoreError(f"database {self.path}: {exc}") from None
-
-    def get_enrollment(self, device_id: str) -> Enrollment | None:
-        rows = self._read("SELECT * FROM enrollments WHERE device_id = :id", {"id": device_id})
-        if not rows:
-            return None
-        r = rows[0]
-        return Enrollment(
-            device_id=r["device_id"],
-            school_id=r["school_id"],
-            serial=r["serial"],
-            not_after=r["not_after"],
-            enrolled_at=r["enrolled_at"],
-            token_id=r["token_id"],
-            reenroll=bool(r["reenroll"]),
-            revoked_at=r["revoked_at"],
-        )
-
-    def allow_reenroll(self, device_id: str) -> Enrollment | None:
-        self._write("UPDATE enrollments SET reenroll = 1 WHERE device_id = ?", (device_id,))
-        return self.get_enrollment(device_id)
-
-    def decommission(self, device_id: str, now: float) -> Enrollment | None:
-        # A device seen only on streams gets a revoked enrollment with no certificate.
-        self._write(
-            """
-            INSERT INTO enrollments (device_id, school_id, serial, not_after, enrolled_at,
-                                     token_id, revoked_at)
-            SELECT device_id, school_id, '', 0, first_seen, '', ? FROM devices
-            WHERE device_id = ?
-            ON CONFLICT (device_id) DO UPDATE SET revoked_at = excluded.revoked_at
-            WHERE enrollments.revoked_at IS NULL
-            """,
-            (now, device_id),
-        )
-        self._write(
-            "UPDATE enrollments SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-            (now, device_id),
-        )
-        return self.get_enrollment(device_id)
-
-    def _read(self, sql: str, params: dict[str, object]) -> list[sqlite3.Row]:
-        try:
-            return self._reader().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"database {self.path}: {exc}") from None
-
-    def close(self) -> None:
-        with self._write_lock:
-            for conn in (self._writer, *self._readers):
-                conn.close()
-            self._readers.clear()

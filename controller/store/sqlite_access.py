@@ -1,0 +1,120 @@
+"""People's tokens and the audit log in the SQLite store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from controller.errors import StoreError
+from controller.store.sqlite_base import SqliteBase
+from inventory.people import AuditEntry, AuditQuery, Outcome, Role, User
+
+
+def _user(r: sqlite3.Row) -> User:
+    return User(
+        name=r["name"],
+        role=Role(r["role"]),
+        schools=tuple(s for s in r["schools"].split(",") if s),
+        created_at=r["created_at"],
+        created_by=r["created_by"],
+        expires_at=r["expires_at"],
+        revoked_at=r["revoked_at"],
+    )
+
+
+def _entry(r: sqlite3.Row) -> AuditEntry:
+    return AuditEntry(
+        entry_id=r["entry_id"],
+        at=r["at"],
+        actor=r["actor"],
+        action=r["action"],
+        target=r["target"],
+        school_id=r["school_id"],
+        outcome=Outcome(r["outcome"]),
+        message=r["message"],
+        peer=r["peer"],
+    )
+
+
+class AccessTables(SqliteBase):
+    """An AccessStore: users kept with a hash of their token, and the audit log."""
+
+    def add_user(self, user: User, token_hash: bytes) -> bool:
+        with self._write_lock:
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                # A revoked user's name may be given again; an active one may not.
+                self._writer.execute(
+                    "DELETE FROM users WHERE name = ? AND (revoked_at IS NOT NULL "
+                    "OR (expires_at IS NOT NULL AND expires_at <= ?))",
+                    (user.name, user.created_at),
+                )
+                added = self._writer.execute(
+                    "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?, NULL) "
+                    "ON CONFLICT (name) DO NOTHING",
+                    (
+                        user.name,
+                        user.role.value,
+                        ",".join(user.schools),
+                        token_hash,
+                        user.created_at,
+                        user.created_by,
+                        user.expires_at,
+                    ),
+                ).rowcount
+                self._writer.execute("COMMIT")
+                return bool(added)
+            except sqlite3.Error as exc:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise StoreError(f"database {self.path}: {exc}") from None
+
+    def find_user(self, token_hash: bytes) -> User | None:
+        rows = self._read("SELECT * FROM users WHERE token_hash = :h", {"h": token_hash})
+        return _user(rows[0]) if rows else None
+
+    def list_users(self) -> list[User]:
+        return [_user(r) for r in self._read("SELECT * FROM users ORDER BY name", {})]
+
+    def revoke_user(self, name: str, now: float) -> User | None:
+        self._write(
+            "UPDATE users SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name)
+        )
+        rows = self._read("SELECT * FROM users WHERE name = :name", {"name": name})
+        return _user(rows[0]) if rows else None
+
+    def append_audit(self, entry: AuditEntry) -> None:
+        e = entry
+        self._write(
+            "INSERT INTO audit (at, actor, action, target, school_id, outcome, message, peer) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (e.at, e.actor, e.action, e.target, e.school_id, e.outcome.value, e.message, e.peer),
+        )
+
+    def list_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        q = query
+        where: list[str] = []
+        params: dict[str, object] = {"limit": q.limit}
+        for column in ("actor", "action", "target", "school_id"):
+            value = getattr(q, column)
+            if value is not None:
+                where.append(f"{column} = :{column}")
+                params[column] = value
+        if q.outcome is not None:
+            where.append("outcome = :outcome")
+            params["outcome"] = q.outcome.value
+        if q.since is not None:
+            where.append("at >= :since")
+            params["since"] = q.since
+        if q.visible_schools is not None:
+            # A scoped reader sees their schools' entries and their own attempts.
+            where.append(
+                "(school_id IN (SELECT value FROM json_each(:visible)) OR actor = :reader)"
+            )
+            params["visible"] = json.dumps(sorted(q.visible_schools))
+            params["reader"] = q.reader
+        sql = "SELECT * FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY entry_id DESC LIMIT :limit"
+        return [_entry(r) for r in self._read(sql, params)]

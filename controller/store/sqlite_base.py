@@ -1,0 +1,88 @@
+"""The SQLite file every table module shares: connections, migrations, errors.
+
+Writes go through one connection behind a lock; reads use a connection per
+thread, so scrapes and admin calls never wait for a write batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from controller.errors import StoreError
+from controller.store.migrations import LATEST, MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+
+class SqliteBase:
+    """One SQLite file in WAL mode; the table classes build on it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._write_lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = self._connect()
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"database {path}: {exc}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    def _migrate(self) -> None:
+        version: int = self._writer.execute("PRAGMA user_version").fetchone()[0]
+        if version > LATEST:
+            raise StoreError(
+                f"database {self.path}: schema version {version} is newer than this "
+                f"controller knows ({LATEST}); upgrade the controller"
+            )
+        for number in range(version + 1, LATEST + 1):
+            # executescript commits first; BEGIN inside it makes each migration atomic.
+            self._writer.executescript(
+                f"BEGIN IMMEDIATE; {MIGRATIONS[number - 1]} PRAGMA user_version={number}; COMMIT;"
+            )
+            log.info("store migrated path=%s version=%d", self.path, number)
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._write_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _write(self, sql: str, params: dict[str, object] | Sequence[object]) -> int:
+        with self._write_lock:
+            try:
+                return self._writer.execute(sql, params).rowcount
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {self.path}: {exc}") from None
+
+    def schema_version(self) -> int:
+        """The schema version the file is at."""
+        return int(self._reader().execute("PRAGMA user_version").fetchone()[0])
+
+    def _read(self, sql: str, params: dict[str, object]) -> list[sqlite3.Row]:
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._write_lock:
+            for conn in (self._writer, *self._readers):
+                conn.close()
+            self._readers.clear()

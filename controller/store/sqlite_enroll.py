@@ -1,0 +1,140 @@
+"""Enrollment tokens and device certificates in the SQLite store."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from controller import enrollment as refusals
+from controller.errors import EnrollRefused, StoreError
+from controller.store.sqlite_base import SqliteBase
+from inventory.model import Enrollment, EnrollToken
+
+
+def _token(r: sqlite3.Row) -> EnrollToken:
+    return EnrollToken(
+        token_id=r["token_id"],
+        school_id=r["school_id"],
+        uses_left=r["uses_left"],
+        uses=r["uses"],
+        expires_at=r["expires_at"],
+        created_at=r["created_at"],
+        revoked_at=r["revoked_at"],
+    )
+
+
+class EnrollTables(SqliteBase):
+    """An EnrollTokenStore: tokens kept as hashes, and each device's certificate."""
+
+    def add_enroll_token(self, token: EnrollToken, token_hash: bytes) -> None:
+        self._write(
+            "INSERT INTO enroll_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                token.token_id,
+                token_hash,
+                token.school_id,
+                token.uses_left,
+                token.uses,
+                token.expires_at,
+                token.created_at,
+                token.revoked_at,
+            ),
+        )
+
+    def list_enroll_tokens(self, school_id: str | None) -> list[EnrollToken]:
+        where = "WHERE school_id = :school" if school_id is not None else ""
+        rows = self._read(
+            f"SELECT * FROM enroll_tokens {where} ORDER BY created_at DESC, token_id",
+            {"school": school_id},
+        )
+        return [_token(r) for r in rows]
+
+    def revoke_enroll_token(self, token_id: str, now: float) -> EnrollToken | None:
+        self._write(
+            "UPDATE enroll_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
+            (now, token_id),
+        )
+        return self.get_enroll_token(token_id)
+
+    def get_enroll_token(self, token_id: str) -> EnrollToken | None:
+        rows = self._read("SELECT * FROM enroll_tokens WHERE token_id = :id", {"id": token_id})
+        return _token(rows[0]) if rows else None
+
+    def find_enroll_token(self, token_hash: bytes) -> EnrollToken | None:
+        rows = self._read("SELECT * FROM enroll_tokens WHERE token_hash = :h", {"h": token_hash})
+        return _token(rows[0]) if rows else None
+
+    def enroll(self, token_hash: bytes, enrollment: Enrollment, now: float) -> None:
+        e = enrollment
+        with self._write_lock:
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                taken = self._writer.execute(
+                    """
+                    UPDATE enroll_tokens SET uses_left = uses_left - 1, uses = uses + 1
+                    WHERE token_hash = ? AND revoked_at IS NULL AND uses_left > 0
+                      AND expires_at > ?
+                    """,
+                    (token_hash, now),
+                ).rowcount
+                if not taken:
+                    raise refusals.token_refused()
+                stored = self._writer.execute(
+                    """
+                    INSERT INTO enrollments VALUES (?, ?, ?, ?, ?, ?, 0, NULL)
+                    ON CONFLICT (device_id) DO UPDATE SET school_id = excluded.school_id,
+                        serial = excluded.serial, not_after = excluded.not_after,
+                        enrolled_at = excluded.enrolled_at, token_id = excluded.token_id,
+                        reenroll = 0, revoked_at = NULL
+                    WHERE enrollments.reenroll = 1
+                    """,
+                    (e.device_id, e.school_id, e.serial, e.not_after, e.enrolled_at, e.token_id),
+                ).rowcount
+                if not stored:
+                    raise refusals.already_enrolled(e.device_id)
+                self._writer.execute("COMMIT")
+            except EnrollRefused:
+                self._writer.execute("ROLLBACK")
+                raise
+            except sqlite3.Error as exc:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise StoreError(f"database {self.path}: {exc}") from None
+
+    def get_enrollment(self, device_id: str) -> Enrollment | None:
+        rows = self._read("SELECT * FROM enrollments WHERE device_id = :id", {"id": device_id})
+        if not rows:
+            return None
+        r = rows[0]
+        return Enrollment(
+            device_id=r["device_id"],
+            school_id=r["school_id"],
+            serial=r["serial"],
+            not_after=r["not_after"],
+            enrolled_at=r["enrolled_at"],
+            token_id=r["token_id"],
+            reenroll=bool(r["reenroll"]),
+            revoked_at=r["revoked_at"],
+        )
+
+    def allow_reenroll(self, device_id: str) -> Enrollment | None:
+        self._write("UPDATE enrollments SET reenroll = 1 WHERE device_id = ?", (device_id,))
+        return self.get_enrollment(device_id)
+
+    def decommission(self, device_id: str, now: float) -> Enrollment | None:
+        # A device seen only on streams gets a revoked enrollment with no certificate.
+        self._write(
+            """
+            INSERT INTO enrollments (device_id, school_id, serial, not_after, enrolled_at,
+                                     token_id, revoked_at)
+            SELECT device_id, school_id, '', 0, first_seen, '', ? FROM devices
+            WHERE device_id = ?
+            ON CONFLICT (device_id) DO UPDATE SET revoked_at = excluded.revoked_at
+            WHERE enrollments.revoked_at IS NULL
+            """,
+            (now, device_id),
+        )
+        self._write(
+            "UPDATE enrollments SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+            (now, device_id),
+        )
+        return self.get_enrollment(device_id)
