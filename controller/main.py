@@ -14,6 +14,7 @@ import typer
 from common.errors import SchoolFleetError
 from common.logs import setup_logging
 from controller import settings as controller_settings
+from inventory.people import Role
 
 if TYPE_CHECKING:
     from controller.pki import CaFiles
@@ -28,6 +29,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+users_app = typer.Typer(
+    help="People's access, made on the controller's own machine (the first central-ops).",
+    no_args_is_help=True,
+)
+app.add_typer(users_app, name="users")
+# Who the audit log names for users made on the controller's machine.
+LOCAL_ACTOR = "controller-host"
 
 
 @app.callback()
@@ -171,6 +181,74 @@ def _created_text(created: dict[str, Any]) -> str:
     if created["replaced"]:
         lines.append("Every device enrolled with the old CA must enroll again.")
     return "\n".join(lines)
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The person's user name.")],
+    role: Annotated[
+        Role, typer.Option(help="central-ops (everything), school-it or viewer.")
+    ] = Role.CENTRAL_OPS,
+    school: Annotated[
+        list[str] | None,
+        typer.Option("--school", metavar="ID", help="A school the user may see; repeat."),
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="How long the token is valid: 12h, 90d; default never.")
+    ] = None,
+    config: Annotated[
+        Path, typer.Option(help="The controller's TOML settings (for its database).")
+    ] = controller_settings.DEFAULT_CONFIG,
+    database: Annotated[str | None, typer.Option(help="Store URL; overrides the config.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the user as JSON.")] = False,
+) -> None:
+    """Create a user on the controller's own machine and print their token (shown once).
+
+    This is how the first central-ops user is made; after that, `schoolctl users create`."""
+    import time
+
+    from common.durations import parse_duration
+    from controller import access
+    from controller.store import open_store
+    from inventory.people import AuditEntry, Outcome
+
+    try:
+        valid = parse_duration(expires) if expires else 0
+        settings = controller_settings.load(config, {"database": database})
+        now = time.time()
+        user = access.new_user(name, role, school or [], valid, LOCAL_ACTOR, now)
+        token = access.mint_token()
+        store = open_store(settings.database)
+        try:
+            added = store.add_user(user, access.hash_token(token))
+            outcome = Outcome.OK if added else Outcome.FAILED
+            message = f"role {role.value}, schools {','.join(user.schools) or 'all'}"
+            store.append_audit(
+                AuditEntry(0, now, LOCAL_ACTOR, "users.create", name, "", outcome, message, "local")
+            )
+        finally:
+            store.close()
+    except (SchoolFleetError, ValueError) as exc:
+        print(f"schoolfleet-controller: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if not added:
+        print(
+            f"schoolfleet-controller: user {name!r} exists; revoke it first "
+            "(schoolctl users revoke) to give the name a new token",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
+    if json_output:
+        print(
+            json.dumps({"name": name, "role": role.value, "schools": user.schools, "token": token})
+        )
+    else:
+        print(token)
+        print(
+            f"user {name} ({role.value}) created; the token is not shown again. "
+            "Give it to them for 'schoolctl login'.",
+            file=sys.stderr,
+        )
 
 
 async def controller_serve(settings: controller_settings.ControllerSettings) -> None:

@@ -1,124 +1,128 @@
-"""AdminService: what schoolctl asks of the controller: fleet queries, and a ping."""
+"""AdminService: what schoolctl asks of the controller: fleet queries and changes.
+
+Every method is ``guarded`` (controller/admin_guard.py): the caller's token, role
+and schools are checked, and changes and denials go to the audit log.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from datetime import UTC, datetime
 
 import grpc
 
 from controller import enrollment
-from controller.errors import ProtocolError, StoreError
+from controller.access import Need
+from controller.admin_guard import Call, Guard, Refused, guarded, invalid, not_found
+from controller.service_admin_people import PeopleHandlers
 from controller.service_convert import count_to_pb, device_to_pb, enrollment_to_pb, token_to_pb
 from controller.sessions import Closing, SessionRegistry
-from controller.store import DeviceStore
-from controller.store.protocol import DeviceQuery, EnrollTokenStore
+from controller.store import Store
+from controller.store.protocol import DeviceQuery
 from inventory.model import valid_id
+from inventory.people import Outcome
 from protos.mapping import CONDITION_FROM_PB, KIND_FROM_PB, STATUS_FROM_PB, timestamp
 from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, fleet_pb2
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-Context = grpc.aio.ServicerContext[Any, Any]
 
 PAGE_DEFAULT = 500
 PAGE_MAX = 1000
 
 
-async def _invalid(context: Context, message: str) -> None:
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+def _check_id(value: str, what: str) -> None:
+    if not valid_id(value):
+        raise invalid(f"{what} {value[:80]!r} is not valid")
 
 
-class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    """Fleet queries for schoolctl, answered from the store."""
+def _check_school_filter(school_id: str) -> None:
+    if school_id:
+        _check_id(school_id, "school id")
+
+
+class AdminService(PeopleHandlers, admin_pb2_grpc.AdminServiceServicer):
+    """Fleet queries and changes for schoolctl, answered from the store."""
 
     def __init__(
-        self,
-        store: DeviceStore,
-        read_executor: ThreadPoolExecutor,
-        sessions: SessionRegistry[agent_pb2.ControllerMessage],
-        tokens: EnrollTokenStore,
-        now: Callable[[], float] = time.time,
+        self, store: Store, guard: Guard, sessions: SessionRegistry[agent_pb2.ControllerMessage]
     ) -> None:
         self._store = store
-        self._tokens = tokens
-        self._executor = read_executor
+        self.guard = guard
         self._sessions = sessions
-        self._now = now
 
-    async def _read(self, context: Context, fn: Callable[..., T], *args: object) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except StoreError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"controller store unavailable: {exc}")
-            raise AssertionError("abort returns only by raising") from exc
+    async def _device_school(self, device_id: str) -> str:
+        """The school of a device the store knows (enrolled or seen); NOT_FOUND if none."""
+        _check_id(device_id, "device id")
+        enrolled = await self.guard.off_loop(self._store.get_enrollment, device_id)
+        if enrolled is not None:
+            return enrolled.school_id
+        device = await self.guard.off_loop(self._store.get_device, device_id, self.guard.now())
+        if device is None:
+            raise not_found(f"no device {device_id!r}")
+        return device.identity.school_id
 
+    @guarded("devices.list", Need.READ)
     async def ListDevices(
-        self, request: admin_pb2.ListDevicesRequest, context: Context
+        self, request: admin_pb2.ListDevicesRequest, call: Call
     ) -> admin_pb2.ListDevicesResponse:
-        if request.school_id and not valid_id(request.school_id):
-            await _invalid(context, f"school id {request.school_id[:80]!r} is not valid")
+        _check_school_filter(request.school_id)
+        call.target = request.school_id
+        call.allow(Need.READ, request.school_id or None)
         if request.kind != fleet_pb2.DEVICE_KIND_UNSPECIFIED and request.kind not in KIND_FROM_PB:
-            await _invalid(context, f"device kind {request.kind} is not known")
+            raise invalid(f"device kind {request.kind} is not known")
         if (
             request.status != admin_pb2.DEVICE_STATUS_UNSPECIFIED
             and request.status not in STATUS_FROM_PB
         ):
-            await _invalid(context, f"device status {request.status} is not known")
+            raise invalid(f"device status {request.status} is not known")
         if (
             request.condition != fleet_pb2.CONDITION_UNSPECIFIED
             and request.condition not in CONDITION_FROM_PB
         ):
-            await _invalid(context, f"device condition {request.condition} is not known")
+            raise invalid(f"device condition {request.condition} is not known")
         limit = min(request.page_size or PAGE_DEFAULT, PAGE_MAX)
         query = DeviceQuery(
             school_id=request.school_id or None,
             kind=KIND_FROM_PB.get(request.kind),
             status=STATUS_FROM_PB.get(request.status),
             condition=CONDITION_FROM_PB.get(request.condition),
+            schools=call.who.scope,
             after_id=request.page_token,
             limit=limit,
         )
-        devices = await self._read(context, self._store.list_devices, query, self._now())
+        devices = await self.guard.off_loop(self._store.list_devices, query, self.guard.now())
         return admin_pb2.ListDevicesResponse(
             devices=[device_to_pb(d) for d in devices],
             next_page_token=devices[-1].identity.device_id if len(devices) == limit else "",
         )
 
-    async def GetDevice(
-        self, request: admin_pb2.GetDeviceRequest, context: Context
-    ) -> admin_pb2.Device:
-        if not valid_id(request.device_id):
-            await _invalid(context, f"device id {request.device_id[:80]!r} is not valid")
-        device = await self._read(context, self._store.get_device, request.device_id, self._now())
+    @guarded("devices.show", Need.READ)
+    async def GetDevice(self, request: admin_pb2.GetDeviceRequest, call: Call) -> admin_pb2.Device:
+        _check_id(request.device_id, "device id")
+        call.target = request.device_id
+        device = await self.guard.off_loop(
+            self._store.get_device, request.device_id, self.guard.now()
+        )
         if device is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device_id!r}")
-            raise AssertionError("abort returns only by raising")
+            raise not_found(f"no device {request.device_id!r}")
+        call.allow(Need.READ, device.identity.school_id)
         return device_to_pb(device)
 
+    @guarded("devices.ping", Need.CHANGE, audited=True)
     async def PingDevice(
-        self, request: admin_pb2.PingDeviceRequest, context: Context
+        self, request: admin_pb2.PingDeviceRequest, call: Call
     ) -> admin_pb2.PingDeviceResponse:
-        if not valid_id(request.device_id):
-            await _invalid(context, f"device id {request.device_id[:80]!r} is not valid")
+        call.target = request.device_id
+        call.allow(Need.CHANGE, await self._device_school(request.device_id))
         session = self._sessions.get(request.device_id)
         if session is None:
-            known = await self._read(
-                context, self._store.get_device, request.device_id, self._now()
-            )
-            if known is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device_id!r}")
-            await context.abort(
+            raise Refused(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"device {request.device_id!r} is not connected; a ping needs its stream up",
+                Outcome.FAILED,
             )
-            raise AssertionError("abort returns only by raising")
-        issued_at = timestamp(self._now())
+        issued_at = timestamp(self.guard.now())
         command_id = f"ping-{uuid.uuid4().hex[:16]}"
         session.send(
             agent_pb2.ControllerMessage(
@@ -127,81 +131,84 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 )
             )
         )
-        log.info("command sent device=%s cmd=%s action=ping", request.device_id, command_id)
+        call.done = f"ping {command_id} sent"
         return admin_pb2.PingDeviceResponse(command_id=command_id, issued_at=issued_at)
 
+    @guarded("enroll-tokens.create", Need.CHANGE, audited=True)
     async def CreateEnrollToken(
-        self, request: admin_pb2.CreateEnrollTokenRequest, context: Context
+        self, request: admin_pb2.CreateEnrollTokenRequest, call: Call
     ) -> admin_pb2.CreateEnrollTokenResponse:
-        try:
-            token, secret = enrollment.mint(
-                request.school_id, request.uses, request.valid_seconds, self._now()
-            )
-        except ProtocolError as exc:
-            await _invalid(context, str(exc))
-            raise AssertionError("abort returns only by raising") from exc
-        await self._read(
-            context, self._tokens.add_enroll_token, token, enrollment.hash_secret(secret)
+        _check_id(request.school_id, "school id")
+        call.allow(Need.CHANGE, request.school_id)
+        token, secret = enrollment.mint(
+            request.school_id, request.uses, request.valid_seconds, self.guard.now()
         )
-        log.info(
-            "enroll token created token=%s school=%s uses=%d expires_at=%.0f",
-            token.token_id,
-            token.school_id,
-            token.uses_left,
-            token.expires_at,
+        await self.guard.off_loop(
+            self._store.add_enroll_token, token, enrollment.hash_secret(secret)
         )
+        call.target = token.token_id
+        expires = datetime.fromtimestamp(token.expires_at, UTC).isoformat(timespec="seconds")
+        call.done = f"{token.uses_left} use(s), expires {expires}"
         return admin_pb2.CreateEnrollTokenResponse(token=token_to_pb(token), secret=secret)
 
+    @guarded("enroll-tokens.list", Need.READ)
     async def ListEnrollTokens(
-        self, request: admin_pb2.ListEnrollTokensRequest, context: Context
+        self, request: admin_pb2.ListEnrollTokensRequest, call: Call
     ) -> admin_pb2.ListEnrollTokensResponse:
-        if request.school_id and not valid_id(request.school_id):
-            await _invalid(context, f"school id {request.school_id[:80]!r} is not valid")
-        tokens = await self._read(
-            context, self._tokens.list_enroll_tokens, request.school_id or None
+        _check_school_filter(request.school_id)
+        call.target = request.school_id
+        call.allow(Need.READ, request.school_id or None)
+        tokens = await self.guard.off_loop(
+            self._store.list_enroll_tokens, request.school_id or None
         )
-        return admin_pb2.ListEnrollTokensResponse(tokens=[token_to_pb(t) for t in tokens])
+        scope = call.who.scope
+        return admin_pb2.ListEnrollTokensResponse(
+            tokens=[token_to_pb(t) for t in tokens if scope is None or t.school_id in scope]
+        )
 
+    @guarded("enroll-tokens.revoke", Need.CHANGE, audited=True)
     async def RevokeEnrollToken(
-        self, request: admin_pb2.RevokeEnrollTokenRequest, context: Context
+        self, request: admin_pb2.RevokeEnrollTokenRequest, call: Call
     ) -> admin_pb2.EnrollToken:
-        if not valid_id(request.token_id):
-            await _invalid(context, f"token id {request.token_id[:80]!r} is not valid")
-        token = await self._read(
-            context, self._tokens.revoke_enroll_token, request.token_id, self._now()
-        )
+        _check_id(request.token_id, "token id")
+        call.target = request.token_id
+        token = await self.guard.off_loop(self._store.get_enroll_token, request.token_id)
         if token is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no enroll token {request.token_id!r}")
-            raise AssertionError("abort returns only by raising")
-        log.info("enroll token revoked token=%s school=%s", token.token_id, token.school_id)
-        return token_to_pb(token)
-
-    async def ReenrollDevice(
-        self, request: admin_pb2.GetDeviceRequest, context: Context
-    ) -> admin_pb2.DeviceEnrollment:
-        if not valid_id(request.device_id):
-            await _invalid(context, f"device id {request.device_id[:80]!r} is not valid")
-        enrolled = await self._read(context, self._tokens.allow_reenroll, request.device_id)
-        if enrolled is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"device {request.device_id!r} has never enrolled: it needs only a token",
-            )
-            raise AssertionError("abort returns only by raising")
-        log.info("re-enrollment allowed device=%s", request.device_id)
-        return enrollment_to_pb(enrolled)
-
-    async def DecommissionDevice(
-        self, request: admin_pb2.GetDeviceRequest, context: Context
-    ) -> admin_pb2.DeviceEnrollment:
-        if not valid_id(request.device_id):
-            await _invalid(context, f"device id {request.device_id[:80]!r} is not valid")
-        revoked = await self._read(
-            context, self._tokens.decommission, request.device_id, self._now()
+            raise not_found(f"no enroll token {request.token_id!r}")
+        call.allow(Need.CHANGE, token.school_id)
+        revoked = await self.guard.off_loop(
+            self._store.revoke_enroll_token, request.token_id, self.guard.now()
         )
         if revoked is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device_id!r}")
-            raise AssertionError("abort returns only by raising")
+            raise not_found(f"no enroll token {request.token_id!r}")
+        call.done = "revoked"
+        return token_to_pb(revoked)
+
+    @guarded("devices.reenroll", Need.CHANGE, audited=True)
+    async def ReenrollDevice(
+        self, request: admin_pb2.GetDeviceRequest, call: Call
+    ) -> admin_pb2.DeviceEnrollment:
+        call.target = request.device_id
+        call.allow(Need.CHANGE, await self._device_school(request.device_id))
+        enrolled = await self.guard.off_loop(self._store.allow_reenroll, request.device_id)
+        if enrolled is None:
+            raise not_found(
+                f"device {request.device_id!r} has never enrolled: it needs only a token"
+            )
+        call.done = "may enroll again"
+        return enrollment_to_pb(enrolled)
+
+    @guarded("devices.decommission", Need.CHANGE, audited=True)
+    async def DecommissionDevice(
+        self, request: admin_pb2.GetDeviceRequest, call: Call
+    ) -> admin_pb2.DeviceEnrollment:
+        call.target = request.device_id
+        call.allow(Need.CHANGE, await self._device_school(request.device_id))
+        revoked = await self.guard.off_loop(
+            self._store.decommission, request.device_id, self.guard.now()
+        )
+        if revoked is None:
+            raise not_found(f"no device {request.device_id!r}")
         session = self._sessions.get(request.device_id)
         if session is not None:
             session.close(
@@ -211,16 +218,20 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     f"device {request.device_id} is decommissioned",
                 )
             )
-        log.warning("device decommissioned device=%s", request.device_id)
+        call.done = f"certificate {revoked.serial or '-'} revoked, stream closed"
         return enrollment_to_pb(revoked)
 
+    @guarded("status", Need.READ)
     async def FleetStatus(
-        self, request: admin_pb2.FleetStatusRequest, context: Context
+        self, request: admin_pb2.FleetStatusRequest, call: Call
     ) -> admin_pb2.FleetStatusResponse:
-        if request.school_id and not valid_id(request.school_id):
-            await _invalid(context, f"school id {request.school_id[:80]!r} is not valid")
-        now = self._now()
-        counts = await self._read(context, self._store.fleet_counts, now, request.school_id or None)
+        _check_school_filter(request.school_id)
+        call.target = request.school_id
+        call.allow(Need.READ, request.school_id or None)
+        now = self.guard.now()
+        counts = await self.guard.off_loop(self._store.fleet_counts, now, request.school_id or None)
+        scope = call.who.scope
         return admin_pb2.FleetStatusResponse(
-            counts=[count_to_pb(c) for c in counts], computed_at=timestamp(now)
+            counts=[count_to_pb(c) for c in counts if scope is None or c.school_id in scope],
+            computed_at=timestamp(now),
         )

@@ -79,6 +79,31 @@ class AdminServiceStub:
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.SerializeToString,
                 response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/WhoAmI',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.User.FromString,
+                _registered_method=True)
+        self.CreateUser = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/CreateUser',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateUserRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateUserResponse.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ListUsers',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
+        self.RevokeUser = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/RevokeUser',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RevokeUserRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.User.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ListAudit',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -145,6 +170,40 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """The caller, as their bearer token says.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUser(self, request, context):
+        """People's access (central-ops only). A user's token is shown once, in the
+        response to Create; the controller keeps only its hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Every change made through this service, and every attempt refused, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +251,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DecommissionDevice,
                     request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.FromString,
                     response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.WhoAmIRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.User.SerializeToString,
+            ),
+            'CreateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUser,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateUserRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateUserResponse.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUsersRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'RevokeUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeUser,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RevokeUserRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.User.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -437,6 +521,141 @@ class AdminService:
             '/schoolfleet.v1.AdminService/DecommissionDevice',
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.SerializeToString,
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/WhoAmI',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/CreateUser',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateUserRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CreateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ListUsers',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUsersRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/RevokeUser',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RevokeUserRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ListAudit',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,16 @@ class AdminServiceStub:
     """Revokes the device's certificate and closes its stream; it cannot connect until
     it is allowed to re-enroll and enrolls again.
     """
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_admin_pb2.WhoAmIRequest, _admin_pb2.User]
+    """The caller, as their bearer token says."""
+    CreateUser: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateUserRequest, _admin_pb2.CreateUserResponse]
+    """People's access (central-ops only). A user's token is shown once, in the
+    response to Create; the controller keeps only its hash.
+    """
+    ListUsers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListUsersRequest, _admin_pb2.ListUsersResponse]
+    RevokeUser: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeUserRequest, _admin_pb2.User]
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
+    """Every change made through this service, and every attempt refused, newest first."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -73,6 +83,16 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Revokes the device's certificate and closes its stream; it cannot connect until
     it is allowed to re-enroll and enrolls again.
     """
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_admin_pb2.WhoAmIRequest, _admin_pb2.User]  # type: ignore[assignment]
+    """The caller, as their bearer token says."""
+    CreateUser: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateUserRequest, _admin_pb2.CreateUserResponse]  # type: ignore[assignment]
+    """People's access (central-ops only). A user's token is shown once, in the
+    response to Create; the controller keeps only its hash.
+    """
+    ListUsers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListUsersRequest, _admin_pb2.ListUsersResponse]  # type: ignore[assignment]
+    RevokeUser: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeUserRequest, _admin_pb2.User]  # type: ignore[assignment]
+    ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """Every change made through this service, and every attempt refused, newest first."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -147,5 +167,45 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Revokes the device's certificate and closes its stream; it cannot connect until
         it is allowed to re-enroll and enrolls again.
         """
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _admin_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.User, _abc.Awaitable[_admin_pb2.User]]:
+        """The caller, as their bearer token says."""
+
+    @_abc_1.abstractmethod
+    def CreateUser(
+        self,
+        request: _admin_pb2.CreateUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateUserResponse, _abc.Awaitable[_admin_pb2.CreateUserResponse]]:
+        """People's access (central-ops only). A user's token is shown once, in the
+        response to Create; the controller keeps only its hash.
+        """
+
+    @_abc_1.abstractmethod
+    def ListUsers(
+        self,
+        request: _admin_pb2.ListUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListUsersResponse, _abc.Awaitable[_admin_pb2.ListUsersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeUser(
+        self,
+        request: _admin_pb2.RevokeUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.User, _abc.Awaitable[_admin_pb2.User]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _admin_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditResponse, _abc.Awaitable[_admin_pb2.ListAuditResponse]]:
+        """Every change made through this service, and every attempt refused, newest first."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,189 @@
+"""Every AdminService call passes here: who is calling, may they, and the audit log.
+
+A handler is wrapped with ``guarded(action, need, audited)``. The wrapper finds the
+caller from the bearer token (UNAUTHENTICATED without a valid one), refuses a role
+that cannot do the action before the handler runs, and gives the handler a ``Call``
+whose ``allow`` checks the target's school. Handlers raise ``Refused`` instead of
+aborting, so that every denial, and every outcome of a change, is appended to the
+audit log in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from controller import access
+from controller.access import Caller, Need
+from controller.errors import ProtocolError, StoreError
+from controller.store import AccessStore
+from inventory.people import AuditEntry, Outcome, User
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+NO_ACTOR = "-"
+_MISSING = "no bearer token: run 'schoolctl login' (or set SCHOOLCTL_TOKEN)"
+_NOT_ACCEPTED = "the bearer token is not accepted (unknown, revoked or expired)"
+
+
+class Refused(Exception):
+    """A call answered with a status other than OK; ``outcome`` is how it is audited."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, outcome: Outcome) -> None:
+        super().__init__(message)
+        self.code = code
+        self.outcome = outcome
+
+
+def invalid(message: str) -> Refused:
+    return Refused(grpc.StatusCode.INVALID_ARGUMENT, message, Outcome.FAILED)
+
+
+def not_found(message: str) -> Refused:
+    return Refused(grpc.StatusCode.NOT_FOUND, message, Outcome.FAILED)
+
+
+@dataclass
+class Call:
+    """One admin call: filled in by its handler with what it targets, for the audit."""
+
+    action: str
+    peer: str
+    caller: Caller | None = None
+    user: User | None = None
+    target: str = ""
+    school_id: str = ""
+    # What was done, in a few words, for a change's audit entry.
+    done: str = ""
+
+    @property
+    def who(self) -> Caller:
+        assert self.caller is not None, "the guard sets the caller before the handler runs"
+        return self.caller
+
+    def allow(self, need: Need, school_id: str | None) -> None:
+        """Raises Refused (PERMISSION_DENIED) unless the caller may act in ``school_id``."""
+        if school_id is not None:
+            self.school_id = school_id
+        why = access.refusal(self.who, need, self.action, school_id)
+        if why is not None:
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, why, Outcome.DENIED)
+
+
+class Guard:
+    """Authentication, the audit log and store calls off the event loop, for handlers."""
+
+    def __init__(
+        self,
+        store: AccessStore,
+        executor: ThreadPoolExecutor,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._executor = executor
+        self.now = now
+
+    async def off_loop(self, fn: Callable[..., T], *args: object) -> T:
+        """Runs a store call on the read pool; a store failure becomes UNAVAILABLE."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except StoreError as exc:
+            raise Refused(
+                grpc.StatusCode.UNAVAILABLE,
+                f"controller store unavailable: {exc}",
+                Outcome.FAILED,
+            ) from None
+
+    async def authenticate(self, context: Context) -> User:
+        token = access.bearer(context.invocation_metadata())
+        if token is None:
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, _MISSING, Outcome.DENIED)
+        user = await self.off_loop(self._store.find_user, access.hash_token(token))
+        if user is None or not user.active(self.now()):
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, _NOT_ACCEPTED, Outcome.DENIED)
+        return user
+
+    async def audit(self, call: Call, outcome: Outcome, message: str) -> None:
+        entry = AuditEntry(
+            entry_id=0,
+            at=self.now(),
+            actor=call.caller.name if call.caller else NO_ACTOR,
+            action=call.action,
+            target=call.target[:200],
+            school_id=call.school_id[:200],
+            outcome=outcome,
+            message=message[:500],
+            peer=call.peer[:100],
+        )
+        try:
+            await self.off_loop(self._store.append_audit, entry)
+        except Refused:
+            # The call's own answer stands; the lost entry is logged with all it held.
+            log.error("audit entry not stored %s", entry)
+        level = logging.INFO if outcome is Outcome.OK else logging.WARNING
+        log.log(
+            level,
+            "admin %s action=%s actor=%s target=%s school=%s peer=%s: %s",
+            outcome.value,
+            call.action,
+            entry.actor,
+            entry.target or "-",
+            entry.school_id or "-",
+            entry.peer,
+            message,
+        )
+
+
+Handler = Callable[[Any, Req, Call], Awaitable[Resp]]
+
+
+def guarded(
+    action: str, need: Need, *, audited: bool = False
+) -> Callable[[Handler[Req, Resp]], Callable[[Any, Req, Context], Awaitable[Resp]]]:
+    """Wraps an AdminService handler ``(self, request, call)`` into a gRPC method.
+
+    ``audited``: the call changes something, so every outcome is logged; otherwise
+    only denials are.
+    """
+
+    def wrap(handler: Handler[Req, Resp]) -> Callable[[Any, Req, Context], Awaitable[Resp]]:
+        @functools.wraps(handler)
+        async def method(self: Any, request: Req, context: Context) -> Resp:
+            guard: Guard = self.guard
+            call = Call(action=action, peer=context.peer() or "")
+            try:
+                call.user = await guard.authenticate(context)
+                call.caller = Caller.of(call.user)
+                # The role first; the target's school when the handler knows it.
+                why = access.role_refusal(call.caller, need, action)
+                if why is not None:
+                    raise Refused(grpc.StatusCode.PERMISSION_DENIED, why, Outcome.DENIED)
+                result = await handler(self, request, call)
+            except ProtocolError as exc:
+                refused = invalid(str(exc))
+            except Refused as exc:
+                refused = exc
+            else:
+                if audited:
+                    await guard.audit(call, Outcome.OK, call.done)
+                return result
+            if audited or refused.outcome is Outcome.DENIED:
+                await guard.audit(call, refused.outcome, str(refused))
+            await context.abort(refused.code, str(refused))
+            raise AssertionError("abort returns only by raising")
+
+        return method
+
+    return wrap
