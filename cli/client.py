@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from types import TracebackType
-from typing import cast
+from typing import TypeVar, cast
 
 import grpc
 
@@ -12,6 +12,7 @@ from cli.errors import (
     CliError,
     ControllerUnreachable,
     DeviceUnavailable,
+    NotAllowed,
     NotFound,
     RequestRefused,
 )
@@ -27,6 +28,7 @@ from inventory.model import (
     EnrollToken,
     KindCount,
 )
+from inventory.people import AuditEntry, Role, User
 from protos.mapping import (
     CONDITION_FROM_PB,
     CONDITION_TO_PB,
@@ -38,9 +40,14 @@ from protos.mapping import (
     os_from_pb,
     seconds,
 )
+from protos.mapping_people import ROLE_TO_PB, audit_from_pb, user_from_pb
 from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
 
 _MAX_MESSAGE = 16 * 1024 * 1024
+# Requests are a few ids and filters.
+_MAX_SEND = 64 * 1024
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 def device_from_pb(d: admin_pb2.Device) -> DeviceRecord:
@@ -135,13 +142,33 @@ def _why_unreachable(code: grpc.StatusCode, details: str) -> str:
     return details.splitlines()[0][:120] if details else "unavailable"
 
 
+# The controller's refusals whose details are already the line a user should read.
+_ERRORS: dict[grpc.StatusCode, type[CliError]] = {
+    grpc.StatusCode.PERMISSION_DENIED: NotAllowed,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: RequestRefused,
+    grpc.StatusCode.ALREADY_EXISTS: RequestRefused,
+    grpc.StatusCode.FAILED_PRECONDITION: DeviceUnavailable,
+}
+
+
 class AdminClient:
     """Talks to one controller's AdminService; every failure becomes a CliError."""
 
-    def __init__(self, address: str, timeout: float, ca_cert: bytes | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout: float,
+        ca_cert: bytes | None = None,
+        token: str | None = None,
+    ) -> None:
         self.address = address
         self._timeout = timeout
-        options = [("grpc.max_receive_message_length", _MAX_MESSAGE)]
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.max_send_message_length", _MAX_SEND),
+        ]
         if ca_cert is None:
             self._channel = grpc.insecure_channel(address, options=options)
         else:
@@ -168,13 +195,21 @@ class AdminClient:
                 f"cannot reach the controller at {self.address} ({why}); "
                 "is it running? (set --controller or SCHOOLCTL_CONTROLLER)"
             )
-        if code == grpc.StatusCode.NOT_FOUND:
-            return NotFound(details)
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return RequestRefused(details)
-        if code == grpc.StatusCode.FAILED_PRECONDITION:
-            return DeviceUnavailable(details)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return NotAllowed(
+                f"the controller at {self.address} did not accept your token ({details}); "
+                "get one from central ops and run 'schoolctl login'"
+            )
+        kind = _ERRORS.get(code)
+        if kind is not None:
+            return kind(details)
         return CliError(f"controller at {self.address} answered {code.name}: {details}")
+
+    def _call(self, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+        try:
+            return rpc(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
 
     def devices(
         self,
@@ -193,10 +228,7 @@ class AdminClient:
             page_size=page_size,
         )
         while True:
-            try:
-                response = self._stub.ListDevices(request, timeout=self._timeout)
-            except grpc.RpcError as exc:
-                raise self._error(exc) from None
+            response = self._call(self._stub.ListDevices, request)
             yield from (device_from_pb(d) for d in response.devices)
             if not response.next_page_token:
                 return
@@ -204,22 +236,14 @@ class AdminClient:
 
     def device(self, device_id: str) -> DeviceRecord:
         """One device; NotFound if the controller does not know it."""
-        try:
-            response = self._stub.GetDevice(
-                admin_pb2.GetDeviceRequest(device_id=device_id), timeout=self._timeout
-            )
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        response = self._call(self._stub.GetDevice, admin_pb2.GetDeviceRequest(device_id=device_id))
         return device_from_pb(response)
 
     def ping(self, device_id: str) -> tuple[str, float]:
         """Sends a ping to the device; returns the command id and when it was issued."""
-        try:
-            response = self._stub.PingDevice(
-                admin_pb2.PingDeviceRequest(device_id=device_id), timeout=self._timeout
-            )
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        response = self._call(
+            self._stub.PingDevice, admin_pb2.PingDeviceRequest(device_id=device_id)
+        )
         return response.command_id, seconds(response.issued_at)
 
     def create_enroll_token(
@@ -229,57 +253,69 @@ class AdminClient:
         request = admin_pb2.CreateEnrollTokenRequest(
             school_id=school_id, uses=uses, valid_seconds=valid_seconds
         )
-        try:
-            response = self._stub.CreateEnrollToken(request, timeout=self._timeout)
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        response = self._call(self._stub.CreateEnrollToken, request)
         return token_from_pb(response.token), response.secret
 
     def enroll_tokens(self, school_id: str | None) -> list[EnrollToken]:
         """Tokens of one school, or all."""
         request = admin_pb2.ListEnrollTokensRequest(school_id=school_id or "")
-        try:
-            response = self._stub.ListEnrollTokens(request, timeout=self._timeout)
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        response = self._call(self._stub.ListEnrollTokens, request)
         return [token_from_pb(t) for t in response.tokens]
 
     def revoke_enroll_token(self, token_id: str) -> EnrollToken:
         """Revokes a token; NotFound if there is none."""
         request = admin_pb2.RevokeEnrollTokenRequest(token_id=token_id)
-        try:
-            return token_from_pb(self._stub.RevokeEnrollToken(request, timeout=self._timeout))
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        return token_from_pb(self._call(self._stub.RevokeEnrollToken, request))
 
     def reenroll(self, device_id: str) -> admin_pb2.DeviceEnrollment:
         """Lets the device enroll again."""
-        try:
-            return self._stub.ReenrollDevice(
-                admin_pb2.GetDeviceRequest(device_id=device_id), timeout=self._timeout
-            )
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        return self._call(
+            self._stub.ReenrollDevice, admin_pb2.GetDeviceRequest(device_id=device_id)
+        )
 
     def decommission(self, device_id: str) -> admin_pb2.DeviceEnrollment:
         """Revokes the device's certificate and closes its stream."""
-        try:
-            return self._stub.DecommissionDevice(
-                admin_pb2.GetDeviceRequest(device_id=device_id), timeout=self._timeout
-            )
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        return self._call(
+            self._stub.DecommissionDevice, admin_pb2.GetDeviceRequest(device_id=device_id)
+        )
 
     def fleet_status(self, school_id: str | None = None) -> tuple[list[KindCount], float]:
         """Online/offline counts per school and kind, and when they were computed."""
-        try:
-            response = self._stub.FleetStatus(
-                admin_pb2.FleetStatusRequest(school_id=school_id or ""), timeout=self._timeout
-            )
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        response = self._call(
+            self._stub.FleetStatus, admin_pb2.FleetStatusRequest(school_id=school_id or "")
+        )
         counts = [
             KindCount(c.school_id, KIND_FROM_PB[c.kind], c.online, c.offline)
             for c in response.counts
         ]
         return counts, seconds(response.computed_at)
+
+    def whoami(self) -> User:
+        """The user the token belongs to."""
+        return user_from_pb(self._call(self._stub.WhoAmI, admin_pb2.WhoAmIRequest()))
+
+    def create_user(
+        self, name: str, role: Role, schools: list[str], valid_seconds: int
+    ) -> tuple[User, str]:
+        """A new user and their token (shown once)."""
+        request = admin_pb2.CreateUserRequest(
+            name=name, role=ROLE_TO_PB[role], school_ids=schools, valid_seconds=valid_seconds
+        )
+        response = self._call(self._stub.CreateUser, request)
+        return user_from_pb(response.user), response.token
+
+    def users(self) -> list[User]:
+        """Every user, revoked ones too."""
+        response = self._call(self._stub.ListUsers, admin_pb2.ListUsersRequest())
+        return [user_from_pb(u) for u in response.users]
+
+    def revoke_user(self, name: str) -> User:
+        """Revokes the user's token."""
+        return user_from_pb(
+            self._call(self._stub.RevokeUser, admin_pb2.RevokeUserRequest(name=name))
+        )
+
+    def audit(self, request: admin_pb2.ListAuditRequest) -> list[AuditEntry]:
+        """Audit entries matching the request's filters, newest first."""
+        response = self._call(self._stub.ListAudit, request)
+        return [audit_from_pb(e) for e in response.entries]

@@ -4,7 +4,8 @@ CliError                 base; ``exit_code`` is what the process exits with
 ├── ControllerUnreachable   no answer from the controller (exit 3)
 ├── NotFound                the thing asked for does not exist (exit 4)
 ├── RequestRefused          the controller refused the request as invalid (exit 2)
-└── DeviceUnavailable       the device is not connected, or did not answer in time (exit 5)
+├── DeviceUnavailable       the device is not connected, or did not answer in time (exit 5)
+└── NotAllowed              no valid token, or the user's role or schools do not allow it (exit 6)
 """
 
 from __future__ import annotations
@@ -40,3 +41,9 @@ class DeviceUnavailable(CliError):
     """The device cannot be reached through the controller right now."""
 
     exit_code = 5
+
+
+class NotAllowed(CliError):
+    """The controller did not accept the token, or the user may not do this."""
+
+    exit_code = 6

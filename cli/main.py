@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -10,16 +9,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from cli import render
+from cli import people, render
 from cli.errors import CliError
+from cli.options import DEFAULT_CONTROLLER, JsonFlag, Options, client, err, out, print_json
 from inventory.model import Condition, DeviceKind, DeviceStatus
 
-DEFAULT_CONTROLLER = "127.0.0.1:7443"
-
 app = typer.Typer(
-    help="SchoolFleet command line: see and manage your schools' devices.",
+    help="SchoolFleet command line: see and manage your schools' devices.\n\n"
+    "Start with 'schoolctl login' (a token from central ops); it keeps the controller's "
+    "address, CA and your token in ~/.config/schoolfleet/schoolctl.toml (mode 0600).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -33,30 +32,20 @@ token_app = typer.Typer(
 )
 enroll_app.add_typer(token_app, name="token")
 app.add_typer(enroll_app, name="enroll")
-
-# Scripts read stdout; people and diagnostics go through stderr or the table.
-# Piped into grep or a file, tables keep every character: no terminal width to fit.
-out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 250)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class Options:
-    """Global options, set by the top-level callback."""
-
-    controller: str = DEFAULT_CONTROLLER
-    timeout: float = 10.0
-    ca_cert: Path | None = None
+people.register(app)
 
 
 @app.callback()
 def _global(
     controller: Annotated[
-        str,
+        str | None,
         typer.Option(
             envvar="SCHOOLCTL_CONTROLLER",
-            help="Controller gRPC address, HOST:PORT.",
+            show_default=False,
+            help=f"Controller gRPC address, HOST:PORT [default: from the config file, "
+            f"else {DEFAULT_CONTROLLER}].",
         ),
-    ] = DEFAULT_CONTROLLER,
+    ] = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the controller's answer.", min=0.1)
     ] = 10.0,
@@ -64,33 +53,14 @@ def _global(
         Path | None,
         typer.Option(
             envvar="SCHOOLCTL_CA_CERT",
-            help="The controller's CA certificate: talk TLS to its enroll_listen port.",
+            help="The controller's CA certificate: talk TLS to its enroll_listen port "
+            "[default: from the config file].",
         ),
     ] = None,
 ) -> None:
     Options.controller = controller
     Options.timeout = timeout
     Options.ca_cert = ca_cert
-
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-
-
-def _client() -> Any:
-    # Late import: `schoolctl --help` should not pay for the gRPC stack.
-    from cli.client import AdminClient
-
-    ca = None
-    if Options.ca_cert is not None:
-        try:
-            ca = Options.ca_cert.read_bytes()
-        except OSError as exc:
-            raise CliError(f"--ca-cert {Options.ca_cert}: {exc.strerror}") from None
-    return AdminClient(Options.controller, Options.timeout, ca)
-
-
-def _print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 @devices_app.command("list")
@@ -105,10 +75,10 @@ def devices_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List devices with their status, their own verdict and latest health."""
-    with _client() as client:
-        devices = list(client.devices(school, kind, status, condition))
+    with client() as c:
+        devices = list(c.devices(school, kind, status, condition))
     if as_json:
-        _print_json([render.device_json(d) for d in devices])
+        print_json([render.device_json(d) for d in devices])
     elif not devices:
         err.print("no devices match")
     else:
@@ -122,10 +92,10 @@ def devices_show(
 ) -> None:
     """Show one device in full: what it runs, its verdict and why, its disks,
     sensors, network interfaces and Wi-Fi, and whether its messages all arrived."""
-    with _client() as client:
-        device = client.device(device_id)
+    with client() as c:
+        device = c.device(device_id)
     if as_json:
-        _print_json(render.device_json(device))
+        print_json(render.device_json(device))
     else:
         out.print(render.device_detail(device, time.time()))
 
@@ -143,11 +113,11 @@ def devices_ping(
     Exits 5 if the device is not connected or does not answer within --wait."""
     from cli.errors import DeviceUnavailable
 
-    with _client() as client:
-        command_id, issued_at = client.ping(device_id)
+    with client() as c:
+        command_id, issued_at = c.ping(device_id)
         deadline = time.monotonic() + wait
         while True:
-            device = client.device(device_id)
+            device = c.device(device_id)
             outcome = next((c for c in device.recent_commands if c.command_id == command_id), None)
             if outcome is not None:
                 break
@@ -158,7 +128,7 @@ def devices_ping(
             time.sleep(0.2)
     round_trip = max(0.0, outcome.received_at - issued_at)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "device_id": device_id,
                 "command_id": command_id,
@@ -179,10 +149,10 @@ def devices_reenroll(
     """Let an enrolled (or decommissioned) device enroll again, e.g. after a disk swap.
 
     Its next enrollment, with a valid token, replaces its certificate."""
-    with _client() as client:
-        enrolled = client.reenroll(device_id)
+    with client() as c:
+        enrolled = c.reenroll(device_id)
     if as_json:
-        _print_json({"device_id": enrolled.device_id, "reenroll_allowed": True})
+        print_json({"device_id": enrolled.device_id, "reenroll_allowed": True})
     else:
         out.print(f"{enrolled.device_id} may enroll again (school {enrolled.school_id})")
 
@@ -198,10 +168,10 @@ def devices_decommission(
     It cannot connect again until `devices reenroll` and a new enrollment."""
     if not yes and not typer.confirm(f"Decommission {device_id}? It is cut off at once"):
         raise typer.Exit(1)
-    with _client() as client:
-        revoked = client.decommission(device_id)
+    with client() as c:
+        revoked = c.decommission(device_id)
     if as_json:
-        _print_json({"device_id": revoked.device_id, "decommissioned": True})
+        print_json({"device_id": revoked.device_id, "decommissioned": True})
     else:
         out.print(f"{revoked.device_id} decommissioned: its stream is closed and it is refused")
 
@@ -223,10 +193,10 @@ def token_create(
         valid = parse_duration(expires)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--expires") from None
-    with _client() as client:
-        token, secret = client.create_enroll_token(school, uses, valid)
+    with client() as c:
+        token, secret = c.create_enroll_token(school, uses, valid)
     if as_json:
-        _print_json({**render.token_json(token), "secret": secret})
+        print_json({**render.token_json(token), "secret": secret})
         return
     out.print(secret)
     err.print(
@@ -241,10 +211,10 @@ def token_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List tokens (never their secrets), newest first."""
-    with _client() as client:
-        tokens = client.enroll_tokens(school)
+    with client() as c:
+        tokens = c.enroll_tokens(school)
     if as_json:
-        _print_json([render.token_json(t) for t in tokens])
+        print_json([render.token_json(t) for t in tokens])
     elif not tokens:
         err.print("no enroll tokens")
     else:
@@ -257,10 +227,10 @@ def token_revoke(
     as_json: JsonFlag = False,
 ) -> None:
     """Revoke a token: no device can enroll with it any more."""
-    with _client() as client:
-        token = client.revoke_enroll_token(token_id)
+    with client() as c:
+        token = c.revoke_enroll_token(token_id)
     if as_json:
-        _print_json(render.token_json(token))
+        print_json(render.token_json(token))
     else:
         out.print(f"token {token.token_id} of school {token.school_id} revoked")
 
@@ -271,10 +241,10 @@ def status(
     as_json: JsonFlag = False,
 ) -> None:
     """Devices online and offline, per school and kind."""
-    with _client() as client:
-        counts, computed_at = client.fleet_status(school)
+    with client() as c:
+        counts, computed_at = c.fleet_status(school)
     if as_json:
-        _print_json(render.status_json(counts, computed_at))
+        print_json(render.status_json(counts, computed_at))
     elif not counts:
         err.print("no devices yet")
     else:
