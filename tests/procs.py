@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
+# Each started controller's central-ops token, by the addresses schoolctl may use.
+_ADMIN_TOKENS: dict[str, str] = {}
 
 
 def wait_until(check: Callable[[], T | None], timeout: float, what: str, step: float = 0.1) -> T:
@@ -60,6 +62,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class CreatedUser:
+    name: str
+    token: str
+
+
 @dataclass
 class Controller:
     """A real ``schoolfleet-controller serve`` process."""
@@ -72,6 +80,9 @@ class Controller:
     metrics_port: int = 0
     # With agent_tls: the TLS port for enrollment and schoolctl.
     enroll_port: int = 0
+    # A central-ops user's token, made by `schoolfleet-controller users create` at
+    # the first start; tests.procs.schoolctl uses it for this controller.
+    admin_token: str = ""
 
     @property
     def database(self) -> Path:
@@ -89,7 +100,10 @@ class Controller:
         ports = self.workdir / "ports.json"
         ports.unlink(missing_ok=True)
         (self.workdir / "controller.toml").touch()
-        env = {**os.environ, **self.env}
+        # A lab controller unless the test asks for TLS (tests.procs.tls_env).
+        env = {**os.environ, "SCHOOLFLEET_CONTROLLER_AGENT_TLS": "false", **self.env}
+        if not self.admin_token:
+            self.admin_token = self.create_user("ops", "central-ops").token
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -120,7 +134,28 @@ class Controller:
         got = wait_until(ready, 20, "controller ports file")
         self.grpc_port, self.metrics_port = got["grpc"], got["metrics"]
         self.enroll_port = got.get("enroll", 0)
+        for port in (self.grpc_port, self.enroll_port):
+            _ADMIN_TOKENS[f"127.0.0.1:{port}"] = self.admin_token
         return self
+
+    def create_user(self, name: str, role: str, *schools: str) -> CreatedUser:
+        """Runs ``schoolfleet-controller users create`` on this controller's database."""
+        argv = [str(BIN / "schoolfleet-controller"), "users", "create", name, "--role", role]
+        argv += ["--config", str(self.workdir / "controller.toml")]
+        argv += ["--database", f"sqlite:{self.database}", "--json"]
+        for school in schools:
+            argv += ["--school", school]
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, **self.env},
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"users create {name} failed: {done.stderr}")
+        return CreatedUser(name, json.loads(done.stdout)["token"])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Signals the process by pid and waits; returns its exit code."""
@@ -183,6 +218,8 @@ class Agent:
             "backoff_cap": 1.0,
             "spool_path": str(self.workdir / f"spool-{self.device_id}.db"),
             "cert_dir": str(self.workdir / f"tls-{self.device_id}"),
+            # Plaintext to a lab controller unless the test gives the controller's CA.
+            "tls": "ca_cert" in self.extra,
             **self.extra,
         }
         config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
@@ -220,13 +257,29 @@ class Result:
         return json.loads(self.out)
 
 
-def schoolctl(controller: str, *args: str, timeout: float = 30) -> Result:
-    """Runs the installed ``schoolctl`` as a user would."""
+def schoolctl(
+    controller: str,
+    *args: str,
+    timeout: float = 30,
+    token: str | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+) -> Result:
+    """Runs the installed ``schoolctl`` as a user would: as central ops of that
+    controller unless ``token`` says otherwise, never with this machine's config file."""
+    environ = {
+        **os.environ,
+        "SCHOOLCTL_CONFIG": os.devnull,
+        "SCHOOLCTL_TOKEN": _ADMIN_TOKENS.get(controller, "") if token is None else token,
+        **(env or {}),
+    }
     done = subprocess.run(
         [str(BIN / "schoolctl"), "--controller", controller, "--timeout", "5", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env=environ,
+        input=stdin,
     )
     return Result(done.returncode, done.stdout, done.stderr)
