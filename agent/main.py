@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -220,4 +221,14 @@ def run(argv: list[str] | None = None) -> None:
             print(f"schoolfleet-agent: report not collected: {exc}", file=sys.stderr)
             sys.exit(1)
         return
+    if not settings.tls:
+        settings = dataclasses.replace(settings, ca_cert=Path())
+    elif settings.ca_cert == Path():
+        print(
+            "schoolfleet-agent: 'ca_cert' is not set: the agent talks to the controller "
+            "over TLS only; set ca_cert to the controller's CA certificate "
+            "(tls = false only in a lab)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     asyncio.run(_run(settings))

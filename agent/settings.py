@@ -49,6 +49,9 @@ class AgentSettings:
     ca_cert: Path = Path()
     # HOST:PORT of the controller's TLS enrollment port (its `enroll_listen`).
     enroll_controller: str = ""
+    # Off: plaintext to a controller with agent_tls off, for a lab only; ca_cert is
+    # then not needed, and the device is whoever its config file says.
+    tls: bool = True
     log_level: str = "info"
 
     def __post_init__(self) -> None:

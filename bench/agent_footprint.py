@@ -65,7 +65,7 @@ async def measure(windows: int, seconds: float) -> dict[str, list[Sample]]:
         config.write_text(
             'device_id = "footprint-1"\nkind = "panel"\nschool_id = "bench"\n'
             f'controller = "127.0.0.1:{controller.grpc_port}"\n'
-            f'spool_path = "{work / "spool.db"}"\n'
+            f'spool_path = "{work / "spool.db"}"\ntls = false\n'
         )
         bin_dir = Path(sys.executable).parent
         procs = {

@@ -77,6 +77,8 @@ def _child_env(controller_settings: dict[str, str]) -> dict[str, str]:
     """Our environment with the repo importable and only the controller settings given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_CONTROLLER_ENV)}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    # Ingest is measured on plaintext streams, like the earlier runs it is compared with.
+    env[_CONTROLLER_ENV + "AGENT_TLS"] = "false"
     for key, value in controller_settings.items():
         env[_CONTROLLER_ENV + key.upper()] = value
     return env

@@ -57,8 +57,9 @@ class ControllerSettings:
     # Seconds that open streams get to finish on shutdown.
     shutdown_grace: float = 5.0
     # Agents connect with mutual TLS: the CA in DATA_DIR/pki signed their certificates,
-    # and a device is who its certificate says. Off: plaintext, for a lab only.
-    agent_tls: bool = False
+    # and a device is who its certificate says. Off: plaintext and no certificates, for
+    # a lab on one machine only (anyone who can reach the port can claim any device).
+    agent_tls: bool = True
     # With agent_tls: TLS without client certificates, for enrollment and schoolctl.
     enroll_listen: str = "127.0.0.1:7445"
     # The controller's own files; its CA is in DATA_DIR/pki (`schoolfleet-controller init`).

@@ -20,6 +20,11 @@ PIDS = STATE / "pids.json"
 BIN = Path(sys.executable).parent
 CONTROLLER = "127.0.0.1:7443"
 METRICS = "127.0.0.1:7444"
+# TLS without client certificates: enrollment and schoolctl.
+PUBLIC = "127.0.0.1:7445"
+DATA = STATE / "data"
+CA_CERT = DATA / "pki" / "ca.crt"
+SCHOOLCTL_CONFIG = STATE / "schoolctl.toml"
 
 DEVICES = [
     ("panel-1001-101", "panel", "school-1001", "room-101"),
@@ -32,16 +37,25 @@ DEVICES = [
 
 TRY = f"""
 SchoolFleet demo is running: a controller on {CONTROLLER} (SQLite at .demo/controller.db)
-and {len(DEVICES)} simulated devices in two schools, each a real agent process.
-Logs are in .demo/*.log. Try:
+and {len(DEVICES)} simulated devices in two schools, each a real agent process that
+enrolled with a token and streams over mutual TLS. Logs are in .demo/*.log.
+schoolctl is logged in as a central-ops user (.demo/schoolctl.toml, mode 0600). Try:
 
   . .venv/bin/activate
+  export SCHOOLCTL_CONFIG=$PWD/.demo/schoolctl.toml
+  schoolctl whoami
   schoolctl status
   schoolctl devices list
   schoolctl devices list --school school-1001 --kind panel
   schoolctl devices show panel-1001-101
   schoolctl devices list --json
   curl -s http://{METRICS}/metrics | grep ^schoolfleet_
+
+People and the audit log:
+
+  schoolctl users create it-1001 --role school-it --school school-1001 > .demo/it.token
+  SCHOOLCTL_TOKEN=$(cat .demo/it.token) schoolctl devices show panel-1002-201   # refused
+  schoolctl audit
 
 Stop one device and watch it go offline within 15 s (3 missed 5 s heartbeats):
 
@@ -86,15 +100,52 @@ def _spawn(name: str, argv: list[str]) -> int:
     return proc.pid
 
 
-def _schoolctl_status() -> dict[str, object] | None:
-    done = subprocess.run(
-        [str(BIN / "schoolctl"), "--controller", CONTROLLER, "status", "--json"],
+def _run(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SCHOOLCTL_CONFIG": str(SCHOOLCTL_CONFIG)}
+    env.pop("SCHOOLCTL_TOKEN", None)
+    return subprocess.run(
+        [str(BIN / argv[0]), *argv[1:]],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
         check=False,
+        input=stdin,
+        env=env,
     )
+
+
+def _must(*argv: str, stdin: str | None = None) -> str:
+    done = _run(*argv, stdin=stdin)
+    if done.returncode != 0:
+        sys.exit(f"demo: {' '.join(argv[:3])} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _schoolctl_status() -> dict[str, object] | None:
+    done = _run("schoolctl", "status", "--json")
     return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def _login() -> None:
+    """A central-ops user for schoolctl, whenever its config has none."""
+    if SCHOOLCTL_CONFIG.exists() and "token" in SCHOOLCTL_CONFIG.read_text():
+        return
+    database = f"sqlite://{STATE / 'controller.db'}"
+    name = f"demo-ops-{int(time.time())}"
+    token = _must("schoolfleet-controller", "users", "create", name, "--database", database).strip()
+    controller = ["--controller", PUBLIC, "--ca-cert", str(CA_CERT)]
+    _must("schoolctl", *controller, "login", stdin=token + "\n")
+
+
+def _enroll_tokens() -> dict[str, str]:
+    """One token per school, for the devices that have no certificate yet."""
+    schools = sorted({school for _, _, school, _ in DEVICES})
+    return {
+        school: _must(
+            "schoolctl", "enroll", "token", "create", "--school", school, "--uses", "10"
+        ).strip()
+        for school in schools
+    }
 
 
 def start() -> None:
@@ -103,10 +154,13 @@ def start() -> None:
     STATE.mkdir(exist_ok=True)
     (STATE / "controller.toml").write_text(
         f'listen = "{CONTROLLER}"\nmetrics_listen = "{METRICS}"\n'
+        f'enroll_listen = "{PUBLIC}"\ndata_dir = "{DATA}"\n'
         f'database = "sqlite://{STATE / "controller.db"}"\n'
         "heartbeat_interval = 5\n"
         f'ports_file = "{STATE / "ports.json"}"\n'
     )
+    if not CA_CERT.exists():
+        _must("schoolfleet-controller", "init", "--data-dir", str(DATA), "--address", "127.0.0.1")
     (STATE / "ports.json").unlink(missing_ok=True)
     pids = {
         "controller": _spawn(
@@ -125,12 +179,16 @@ def start() -> None:
         if time.monotonic() > deadline or not _alive(pids["controller"]):
             sys.exit(f"demo: the controller did not start; see {STATE / 'controller.log'}")
         time.sleep(0.1)
+    _login()
+    tokens = _enroll_tokens()
     for device_id, kind, school, room in DEVICES:
         config = STATE / f"{device_id}.toml"
         config.write_text(
             f'device_id = "{device_id}"\nkind = "{kind}"\nschool_id = "{school}"\n'
             f'room_id = "{room}"\ncontroller = "{CONTROLLER}"\n'
             f'spool_path = "{STATE / (device_id + "-spool.db")}"\n'
+            f'cert_dir = "{STATE / ("tls-" + device_id)}"\nca_cert = "{CA_CERT}"\n'
+            f'enroll_controller = "{PUBLIC}"\nenroll_token = "{tokens[school]}"\n'
         )
         pids[device_id] = _spawn(
             device_id, [str(BIN / "schoolfleet-agent"), "--config", str(config)]

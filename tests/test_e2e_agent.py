@@ -80,7 +80,7 @@ def test_under_systemd_log_lines_carry_no_timestamp_of_their_own(tmp_path: Path)
     config.write_text(
         'device_id = "p1"\nkind = "panel"\nschool_id = "s1"\n'
         f'controller = "127.0.0.1:{free_port()}"\nbackoff_initial = 0.2\nbackoff_cap = 0.5\n'
-        f'spool_path = "{tmp_path / "spool.db"}"\n'
+        f'spool_path = "{tmp_path / "spool.db"}"\ntls = false\n'
     )
     log = tmp_path / "agent.log"
     with log.open("wb") as out:

@@ -61,3 +61,22 @@ def test_a_missing_device_id_is_one_line_and_exit_2(tmp_path: Path) -> None:
         "(or SCHOOLFLEET_AGENT_<KEY>)"
     ]
     assert done.stdout == ""
+
+
+def test_without_a_ca_certificate_the_agent_will_not_talk_plaintext(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('device_id = "p1"\nkind = "panel"\nschool_id = "s1"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHOOLFLEET_AGENT_")}
+    done = subprocess.run(
+        [str(BIN / "schoolfleet-agent"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "schoolfleet-agent: 'ca_cert' is not set: the agent talks to the controller over TLS "
+        "only; set ca_cert to the controller's CA certificate (tls = false only in a lab)"
+    ]
