@@ -99,13 +99,24 @@ def _key_and_csr(device_id: str) -> tuple[bytes, bytes]:
     return key_pem, csr.public_bytes(serialization.Encoding.PEM)
 
 
+def message_limits(settings: AgentSettings) -> list[tuple[str, int]]:
+    """Channel options with explicit size limits, as on the agent's stream (gRPC's
+    default would send a message of any size)."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+
+
 def _enroll(settings: AgentSettings, csr_pem: bytes) -> agent_pb2.EnrollResponse:
+    options = message_limits(settings)
     if settings.ca_cert != Path():
         # The controller proves who it is with the CA the device was given.
         tls = grpc.ssl_channel_credentials(root_certificates=settings.ca_cert.read_bytes())
-        channel = grpc.secure_channel(settings.enroll_controller or settings.controller, tls)
+        address = settings.enroll_controller or settings.controller
+        channel = grpc.secure_channel(address, tls, options=options)
     else:
-        channel = grpc.insecure_channel(settings.controller)
+        channel = grpc.insecure_channel(settings.controller, options=options)
     with channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         request = agent_pb2.EnrollRequest(

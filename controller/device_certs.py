@@ -120,7 +120,8 @@ def _csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey | rsa.RSAPublic
         csr = x509.load_pem_x509_csr(csr_pem)
         signed = csr.is_signature_valid
         public = csr.public_key()
-    except (ValueError, UnsupportedAlgorithm):
+    # InvalidVersion (a CSR whose version is not v1) is no ValueError.
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
         raise PkiError("the certificate request is not a readable PEM CSR") from None
     if not signed:
         raise PkiError("the certificate request's signature does not verify")

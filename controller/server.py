@@ -26,6 +26,7 @@ from controller.admin_guard import Guard
 from controller.errors import ConfigError
 from controller.ingest import MessageWriter
 from controller.metrics import ControllerMetrics, FleetCollector
+from controller.request_checks import UnaryRequestChecks
 from controller.service_admin import AdminService
 from controller.service_agent import AgentService, Sessions
 from controller.service_agent import add_to_server as add_agent_service
@@ -156,6 +157,7 @@ async def serve(settings: ControllerSettings) -> None:
     server = grpc.aio.server(
         options=grpc_options(settings),
         maximum_concurrent_rpcs=settings.max_streams + _ADMIN_HEADROOM,
+        interceptors=[UnaryRequestChecks(settings.max_message_bytes)],
     )
     add_agent_service(agent_service, server, settings.max_message_bytes)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(

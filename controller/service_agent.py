@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from cryptography import x509
 from google.protobuf.message import DecodeError
 
 from controller import enrollment
@@ -25,7 +26,6 @@ from controller.acks import AckCoalescer
 from controller.device_certs import identity_from_uris, sign_device_csr
 from controller.errors import (
     EnrollRefused,
-    MessageTooLarge,
     PkiError,
     ProtocolError,
     StoreError,
@@ -33,6 +33,7 @@ from controller.errors import (
 from controller.ingest import MessageWriter
 from controller.metrics import ControllerMetrics
 from controller.pki import CertificateAuthority, cert_pem, load_ca
+from controller.request_checks import decode
 from controller.service_convert import health_from_pb, identity_from_hello, report_from_pb
 from controller.sessions import Closing, Session, SessionRegistry
 from controller.settings import ControllerSettings
@@ -174,9 +175,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         identity = await self._hello(request_iterator, context, peer)
         if identity is None:
             return
+        serial = None
         if self._settings.agent_tls:
-            identity = await self._certified(identity, peer, context)
-        await self._refuse_if_decommissioned(identity.device_id, peer, context)
+            identity, serial = await self._certified(identity, peer, context)
+        await self._refuse_unless_current(identity.device_id, serial, peer, context)
         session = self._sessions.open(identity.device_id)
         self._acks.forget(identity.device_id)
         try:
@@ -231,8 +233,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         claimed: DeviceIdentity,
         peer: str,
         context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
-    ) -> DeviceIdentity:
-        """The device and school its verified client certificate names; never the Hello's."""
+    ) -> tuple[DeviceIdentity, str]:
+        """The device and school its verified client certificate names, never the Hello's,
+        and the certificate's serial number (hex)."""
         names = context.auth_context().get("x509_subject_alternative_name", [])
         try:
             device_id, school_id = identity_from_uris([n.decode(errors="replace") for n in names])
@@ -248,23 +251,45 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             message = f"the certificate is for device {device_id}, Hello says {claimed.device_id}"
             log.warning("stream refused peer=%s code=PERMISSION_DENIED reason=%s", peer, message)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-        return dataclasses.replace(claimed, school_id=school_id)
+        # gRPC verified this certificate already; it parses.
+        pem = next(iter(context.auth_context().get("x509_pem_cert", ())), b"")
+        serial = f"{x509.load_pem_x509_certificate(pem).serial_number:x}"
+        return dataclasses.replace(claimed, school_id=school_id), serial
 
-    async def _refuse_if_decommissioned(
+    async def _refuse_unless_current(
         self,
         device_id: str,
+        serial: str | None,
         peer: str,
         context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
     ) -> None:
-        """Aborts the stream of a decommissioned device: refused until it enrolls again."""
+        """Aborts the stream of a decommissioned device (refused until it enrolls again),
+        and of a certificate the device's enrollment has since replaced: a copy of an
+        old key, from a stolen disk say, is no way back in."""
         try:
             # A read, so not queued behind the writer's batches: 08:00 opens many streams.
             enrolled = await asyncio.to_thread(self._store.get_enrollment, device_id)
         except StoreError as exc:
             log.error("stream refused device=%s peer=%s error=%s", device_id, peer, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "controller store unavailable")
-        if enrolled is None or enrolled.revoked_at is None:
+        if enrolled is None:
             return
+        if enrolled.revoked_at is None:
+            if serial is None or not enrolled.serial or serial == enrolled.serial:
+                return
+            self._metrics.streams_closed.labels("replaced_certificate").inc()
+            log.warning(
+                "stream refused device=%s peer=%s reason=replaced_certificate serial=%s current=%s",
+                device_id,
+                peer,
+                serial,
+                enrolled.serial,
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate {serial} is not device {device_id}'s current one "
+                "(it enrolled again since)",
+            )
         self._metrics.streams_closed.labels("decommissioned").inc()
         log.warning("stream refused device=%s peer=%s reason=decommissioned", device_id, peer)
         await context.abort(
@@ -412,12 +437,6 @@ def add_to_server(service: AgentService, server: grpc.aio.Server, max_bytes: int
     gRPC's own receive limit would end an oversized stream as "cancelled" with no word
     of why; checking here lets the handler close it with a status and a log line.
     """
-
-    def decode(data: bytes) -> agent_pb2.AgentMessage:
-        if len(data) > max_bytes:
-            raise MessageTooLarge(f"message of {len(data)} bytes is over the {max_bytes} limit")
-        return agent_pb2.AgentMessage.FromString(data)
-
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Enroll": grpc.unary_unary_rpc_method_handler(
             service.Enroll,
@@ -426,7 +445,7 @@ def add_to_server(service: AgentService, server: grpc.aio.Server, max_bytes: int
         ),
         "Connect": grpc.stream_stream_rpc_method_handler(
             service.Connect,
-            request_deserializer=decode,
+            request_deserializer=lambda data: decode(data, max_bytes),
             response_serializer=agent_pb2.ControllerMessage.SerializeToString,
         ),
     }

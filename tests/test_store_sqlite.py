@@ -203,3 +203,14 @@ def test_a_replayed_older_report_never_replaces_a_newer_one(store: SqliteStore) 
     d = store.get_device("p4", T0 + 31)
     assert d is not None and d.report is not None
     assert (d.report.system, d.report.report_at, d.heartbeats_stored) == (b"new", T0 + 30, 2)
+
+
+def test_a_number_sqlite_cannot_hold_refuses_the_batch_and_nothing_else(
+    store: SqliteStore,
+) -> None:
+    store.device_connected(ident("p1"), 1, 90, 1.0)
+    with pytest.raises(StoreError, match=r"too large|overflow"):
+        store.record_messages([beat("p1", 2**63, 2.0)])
+    store.record_messages([beat("p1", 1, 3.0)])
+    device = store.get_device("p1", 3.0)
+    assert device is not None and device.last_seq == 1 and device.heartbeats_stored == 1

@@ -244,7 +244,9 @@ class SqliteStore(EnrollTables, AccessTables):
                     if reports:
                         self._writer.executemany(_REPORTS_SQL, reports)
                 self._writer.execute("COMMIT")
-            except sqlite3.Error as exc:
+            # OverflowError: a number SQLite cannot hold. The ingest checks refuse those
+            # first; should one slip through, the batch is refused, not the writer killed.
+            except (sqlite3.Error, OverflowError) as exc:
                 if self._writer.in_transaction:
                     self._writer.execute("ROLLBACK")
                 raise StoreError(f"database {self.path}: {exc}") from None
