@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller.device_certs import sign_device_csr
 from controller.pki import init_ca, load_ca
+from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
 from tests.procs import (
     Agent,
     Controller,
@@ -169,3 +170,57 @@ def test_an_agent_waits_for_an_unreachable_controller_to_enroll(
         assert agent.log.read_text().count("enrolled device=panel-w") == 1
     finally:
         controller.stop()
+
+
+def _enrolled(c: Controller, device_id: str, school: str) -> tuple[bytes, bytes]:
+    """A key made here and the certificate the controller's Enroll gives for it."""
+    ca = (c.workdir / "data/pki/ca.crt").read_bytes()
+    token = _ctl(c, "enroll", "token", "create", "--school", school).out.strip()
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    tls = grpc.ssl_channel_credentials(ca)
+    with grpc.secure_channel(f"127.0.0.1:{c.enroll_port}", tls) as channel:
+        request = agent_pb2.EnrollRequest(token=token, csr_pem=csr, device_id=device_id)
+        response = agent_pb2_grpc.AgentServiceStub(channel).Enroll(request, timeout=10)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return pem, response.certificate_pem
+
+
+def _welcomed(c: Controller, key: bytes, cert: bytes, device: str) -> bool:
+    ca = (c.workdir / "data/pki/ca.crt").read_bytes()
+    creds = grpc.ssl_channel_credentials(ca, key, cert)
+    with RawStream(c.address, credentials=creds) as stream:
+        stream.send(hello(device))
+        return stream.next().HasField("welcome")
+
+
+def test_a_certificate_replaced_by_a_new_enrollment_is_refused(
+    tls_controller: Controller,
+) -> None:
+    c = tls_controller
+    old_key, old_cert = _enrolled(c, "panel-r", "1234")
+    assert _welcomed(c, old_key, old_cert, "panel-r")
+
+    # The panel's disk is replaced: it is allowed to enroll again and gets a new key.
+    assert _ctl(c, "devices", "reenroll", "panel-r").code == 0
+    new_key, new_cert = _enrolled(c, "panel-r", "1234")
+    assert _welcomed(c, new_key, new_cert, "panel-r")
+
+    # The old disk's key, still signed by the CA, is no way back in.
+    serial = f"{x509.load_pem_x509_certificate(old_cert).serial_number:x}"
+    refused = _refusal(
+        c.address, (c.workdir / "data/pki/ca.crt").read_bytes(), old_key, old_cert, "panel-r"
+    )
+    assert refused == (
+        f"PERMISSION_DENIED: certificate {serial} is not device panel-r's current one "
+        "(it enrolled again since)"
+    )
+    assert "reason=replaced_certificate" in c.log_text()
+    assert c.metrics()['schoolfleet_streams_closed_total{reason="replaced_certificate"}'] == 1
