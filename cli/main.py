@@ -42,8 +42,8 @@ def _global(
         typer.Option(
             envvar="SCHOOLCTL_CONTROLLER",
             show_default=False,
-            help=f"Controller gRPC address, HOST:PORT [default: from the config file, "
-            f"else {DEFAULT_CONTROLLER}].",
+            help=f"Controller gRPC address, HOST:PORT (default: from the config file, "
+            f"else {DEFAULT_CONTROLLER}).",
         ),
     ] = None,
     timeout: Annotated[
@@ -54,7 +54,7 @@ def _global(
         typer.Option(
             envvar="SCHOOLCTL_CA_CERT",
             help="The controller's CA certificate: talk TLS to its enroll_listen port "
-            "[default: from the config file].",
+            "(default: from the config file).",
         ),
     ] = None,
 ) -> None:

@@ -31,9 +31,11 @@ def _read_token() -> str:
 
 
 def login(as_json: JsonFlag = False) -> None:
-    """Check a token with the controller and keep it, with the controller's address
-    and CA, in your config file (mode 0600). The token is read from the terminal,
-    hidden, or from stdin: `schoolctl login < token.txt`."""
+    """Check your token with the controller and keep it in your config file.
+
+    The controller's address and CA (--controller, --ca-cert) are kept with it, in a
+    file only you can read (mode 0600). The token is read from the terminal, hidden,
+    or from stdin: `schoolctl login < token.txt`."""
     import os
 
     token = _read_token()
@@ -53,8 +55,9 @@ def login(as_json: JsonFlag = False) -> None:
 
 
 def logout() -> None:
-    """Forget the token kept in your config file (the controller keeps it valid until
-    central ops revoke it)."""
+    """Forget the token kept in your config file.
+
+    The controller still accepts it until central ops revoke it."""
     import os
 
     saved = config()
@@ -93,8 +96,9 @@ def users_create(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create a user and print their token on stdout, this once (the controller keeps
-    only its hash). They run `schoolctl login` with it."""
+    """Create a user and print their token on stdout, this once.
+
+    The controller keeps only its hash. They run `schoolctl login` with it."""
     from common.durations import parse_duration
 
     try:
@@ -151,8 +155,11 @@ def audit(
     limit: Annotated[int, typer.Option(help="At most this many entries.", min=1)] = 100,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show the audit log, newest first: every change made through the controller,
-    and every attempt refused (who, when, what, which target, the outcome)."""
+    """Show the audit log: changes made, and attempts refused, newest first.
+
+    Each entry says who, when, what, which target and school, the outcome and the
+    message the caller got. Central ops see every entry; others their schools' and
+    their own."""
     from common.durations import parse_duration
     from protos.mapping import timestamp
     from protos.schoolfleet.v1 import admin_pb2

@@ -89,10 +89,12 @@ class Guard:
         self,
         store: AccessStore,
         executor: ThreadPoolExecutor,
+        on_denied: Callable[[str], None] = lambda action: None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._executor = executor
+        self._on_denied = on_denied
         self.now = now
 
     async def off_loop(self, fn: Callable[..., T], *args: object) -> T:
@@ -116,6 +118,8 @@ class Guard:
         return user
 
     async def audit(self, call: Call, outcome: Outcome, message: str) -> None:
+        if outcome is Outcome.DENIED:
+            self._on_denied(call.action)
         entry = AuditEntry(
             entry_id=0,
             at=self.now(),

@@ -122,6 +122,18 @@ class ControllerMetrics:
             registry=registry,
         )
 
+        self.admin_denied = Counter(
+            "schoolfleet_admin_denied",
+            "schoolctl calls refused: no or an unaccepted token, or a role or school "
+            "that does not allow the action.",
+            labelnames=["action"],
+            registry=registry,
+        )
+
+    def count_denied(self, action: str) -> None:
+        """Counts one refused admin call."""
+        self.admin_denied.labels(action).inc()
+
     def observe_flush(self, rows: int, seconds: float) -> None:
         """Records one stored batch."""
         self.heartbeats_stored.inc(rows)

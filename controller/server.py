@@ -161,7 +161,7 @@ async def serve(settings: ControllerSettings) -> None:
     )
     add_agent_service(agent_service, server, settings.max_message_bytes)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminService(store, Guard(store, read_executor), sessions), server
+        AdminService(store, Guard(store, read_executor, metrics.count_denied), sessions), server
     )
     ports = _add_ports(server, settings)
     grpc_port = ports["grpc"]
