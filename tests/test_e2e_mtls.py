@@ -224,3 +224,15 @@ def test_a_certificate_replaced_by_a_new_enrollment_is_refused(
     )
     assert "reason=replaced_certificate" in c.log_text()
     assert c.metrics()['schoolfleet_streams_closed_total{reason="replaced_certificate"}'] == 1
+
+
+def test_a_decommissioned_devices_certificate_is_refused(tls_controller: Controller) -> None:
+    c = tls_controller
+    key, cert = _enrolled(c, "panel-z", "1234")
+    assert _welcomed(c, key, cert, "panel-z")
+    assert _ctl(c, "devices", "decommission", "panel-z", "--yes").code == 0
+    ca = (c.workdir / "data/pki/ca.crt").read_bytes()
+    assert _refusal(c.address, ca, key, cert, "panel-z") == (
+        "PERMISSION_DENIED: device panel-z is decommissioned; "
+        "it must be allowed to re-enroll and enroll"
+    )
