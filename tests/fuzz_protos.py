@@ -1,6 +1,6 @@
 """An atheris target over the checks the controller applies to what devices send.
 
-Run by tests/test_hostile_input.py as ``python tests/fuzz_protos.py CORPUS -runs=N``
+Run by tests/test_hostile_streams.py as ``python tests/fuzz_protos.py CORPUS -runs=N``
 (any libFuzzer flags work). The first byte of an input picks what the rest is:
 
 0. an AgentMessage as Connect reads it: the controller's own decoder (size limit,

@@ -1,36 +1,26 @@
-"""Hostile clients for tests: hand-made protobuf, forged certificates, raw sockets.
+"""Hostile clients' side of the wire: hand-made protobuf, raw gRPC calls, raw sockets.
 
-Everything here talks to a real controller over loopback, or reads its SQLite file
-read-only; nothing stands in for one of our own components.
+Hypothesis strategies for bytes that look like protobuf and for AgentMessages with
+wild field values; the varint and tag helpers to write malformed messages by hand;
+calls that send raw bytes to any method and return the status they got; TLS channels
+with any client identity; and plain TCP connections that send garbage or nothing at
+all. Everything here talks to a real controller over loopback.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import datetime as dt
 import socket
-import sqlite3
 import ssl
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import strategies as st
 
-from controller import enrollment
-from controller.device_certs import sign_device_csr
-from controller.pki import CertificateAuthority
-from controller.store import open_store
 from protos.schoolfleet.v1 import admin_pb2, agent_pb2
+from tests.hostile_pki import KeyCert
 
 CONNECT = "/schoolfleet.v1.AgentService/Connect"
 ENROLL = "/schoolfleet.v1.AgentService/Enroll"
@@ -50,6 +40,10 @@ REFUSALS = frozenset(
 )
 # Random bytes are sometimes a valid request, and then the answer is OK.
 CLEAN = REFUSALS | {grpc.StatusCode.OK}
+# Short names for the statuses the tests expect.
+UNAVAILABLE, UNAUTHENTICATED = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED
+INVALID, DENIED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED
+TOO_LARGE = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 # Client channels say their limits too (gRPC's default send limit is none at all);
 # large enough to send what the controller must refuse.
@@ -94,6 +88,20 @@ def tag(number: int, wire_type: int) -> bytes:
 
 def length_delimited(number: int, payload: bytes) -> bytes:
     return tag(number, LEN) + varint(len(payload)) + payload
+
+
+def nested_groups(depth: int) -> bytes:
+    """Unknown field 99 as groups inside groups, ``depth`` deep: a parser that recursed
+    without a limit would run out of stack."""
+    return tag(99, SGROUP) * depth + tag(99, EGROUP) * depth
+
+
+def nested_unknown(depth: int) -> bytes:
+    """Unknown field 99 as length-delimited fields inside each other, ``depth`` deep."""
+    inner = b""
+    for _ in range(depth):
+        inner = length_delimited(99, inner)
+    return inner
 
 
 @st.composite
@@ -197,184 +205,6 @@ def agent_messages(draw: st.DrawFn, device_id: str, school_id: str) -> agent_pb2
         result.message = value("text")
         result.finished_at.CopyFrom(value("time"))
     return message
-
-
-# --- certificates -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeyCert:
-    """A private key and its certificate, PEM: a client's TLS identity."""
-
-    key: bytes
-    cert: bytes
-
-
-def new_key(curve: str = "P-256") -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP384R1() if curve == "P-384" else ec.SECP256R1())
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def csr_pem(key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hostile")]))
-        .sign(key or new_key(), hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM)
-
-
-def device_cert(ca: CertificateAuthority, device_id: str, school_id: str) -> KeyCert:
-    """What enrollment gives a device: the CA's certificate for its own new key."""
-    key = new_key()
-    return KeyCert(key_pem(key), sign_device_csr(ca, csr_pem(key), device_id, school_id).pem)
-
-
-def certificate(
-    issuer_name: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    uris: list[str],
-    *,
-    not_before: dt.datetime | None = None,
-    not_after: dt.datetime | None = None,
-    client_auth: bool = True,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> KeyCert:
-    """A client certificate made by hand: any issuer, any device URIs, any dates."""
-    key = key or new_key()
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hostile")]))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before or now - dt.timedelta(hours=1))
-        .not_valid_after(not_after or now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    )
-    if client_auth:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-    if uris:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
-            critical=False,
-        )
-    cert = builder.sign(issuer_key, hashes.SHA256())
-    return KeyCert(key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
-
-
-def self_signed(uri: str) -> KeyCert:
-    """A forgery: a certificate that names the device and vouches for itself."""
-    key = new_key()
-    return certificate(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hostile")]), key, [uri], key=key
-    )
-
-
-def tampered_csr() -> bytes:
-    """A certificate request whose signature no longer matches what it says."""
-    csr = x509.load_pem_x509_csr(csr_pem())
-    der = bytearray(csr.public_bytes(serialization.Encoding.DER))
-    der[-1] ^= 0x01
-    return x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
-
-
-def csr_of_version(version: int) -> bytes:
-    """A certificate request whose version field says ``version`` (0 means v1, the only one)."""
-    der = x509.load_pem_x509_csr(csr_pem()).public_bytes(serialization.Encoding.DER)
-    # The first INTEGER 0 in the DER is CertificationRequestInfo's version.
-    at = der.index(b"\x02\x01\x00")
-    der = der[:at] + bytes([2, 1, version]) + der[at + 3 :]
-    return b"".join(
-        [
-            b"-----BEGIN CERTIFICATE REQUEST-----\n",
-            base64.encodebytes(der),
-            b"-----END CERTIFICATE REQUEST-----\n",
-        ]
-    )
-
-
-def look_alike_ca(ca: CertificateAuthority) -> tuple[x509.Name, ec.EllipticCurvePrivateKey]:
-    """Another key under the real CA's exact name: what a forger would sign with."""
-    return ca.certificate.subject, new_key()
-
-
-# --- the controller's store, read-only -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeviceRow:
-    """What the store holds of one device's stream of heartbeats."""
-
-    heartbeats_stored: int
-    last_seq: int
-    seq_gaps: int
-
-
-def _read(database: Path, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
-    # Read-only, so that a test can never be what changes the controller's data.
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        return db.execute(sql, params).fetchall()
-
-
-def device_row(database: Path, device_id: str) -> DeviceRow | None:
-    rows = _read(
-        database,
-        "SELECT heartbeats_stored, last_seq, seq_gaps FROM devices WHERE device_id = ?",
-        (device_id,),
-    )
-    return DeviceRow(*(int(v) for v in rows[0])) if rows else None  # type: ignore[call-overload]
-
-
-def enrolled(database: Path, device_ids: list[str]) -> set[str]:
-    """Which of ``device_ids`` the controller issued a certificate to."""
-    marks = ",".join("?" * len(device_ids))
-    rows = _read(
-        database,
-        f"SELECT device_id FROM enrollments WHERE device_id IN ({marks})",
-        tuple(device_ids),
-    )
-    return {str(r[0]) for r in rows}
-
-
-def token_uses(database: Path, secret: str) -> tuple[int, int]:
-    """``(uses, uses_left)`` of the token with ``secret``."""
-    rows = _read(
-        database,
-        "SELECT uses, uses_left FROM enroll_tokens WHERE token_hash = ?",
-        (enrollment.hash_secret(secret),),
-    )
-    return int(rows[0][0]), int(rows[0][1])  # type: ignore[call-overload]
-
-
-def seed_token(
-    database: Path,
-    school_id: str,
-    *,
-    uses: int = 1,
-    valid_seconds: int = 3600,
-    now: float | None = None,
-    revoked: bool = False,
-) -> str:
-    """Puts an enrollment token in the store as the admin API would; returns its secret."""
-    minted_at = time.time() if now is None else now
-    token, secret = enrollment.mint(school_id, uses, valid_seconds, minted_at)
-    if revoked:
-        token = replace(token, revoked_at=minted_at)
-    store = open_store(f"sqlite:{database}")
-    try:
-        store.add_enroll_token(token, enrollment.hash_secret(secret))
-    finally:
-        store.close()
-    return secret
 
 
 # --- calls --------------------------------------------------------------------------------
