@@ -883,3 +883,272 @@ class DeviceEnrollment(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeviceEnrollment: _TypeAlias = DeviceEnrollment  # noqa: Y015
+
+@_typing.final
+class ScheduledLesson(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_FIELD_NUMBER: _builtins.int
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    TEACHER_FIELD_NUMBER: _builtins.int
+    CONTENT_URL_FIELD_NUMBER: _builtins.int
+    REMOTE_FIELD_NUMBER: _builtins.int
+    line: _builtins.int
+    """Where the row is in the source (a file's line), for messages."""
+    school_id: _builtins.str
+    room_id: _builtins.str
+    class_name: _builtins.str
+    subject: _builtins.str
+    teacher: _builtins.str
+    content_url: _builtins.str
+    remote: _builtins.bool
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        line: _builtins.int = ...,
+        school_id: _builtins.str = ...,
+        room_id: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        class_name: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        teacher: _builtins.str = ...,
+        content_url: _builtins.str = ...,
+        remote: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_name", b"class_name", "content_url", b"content_url", "ends_at", b"ends_at", "line", b"line", "remote", b"remote", "room_id", b"room_id", "school_id", b"school_id", "starts_at", b"starts_at", "subject", b"subject", "teacher", b"teacher"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduledLesson: _TypeAlias = ScheduledLesson  # noqa: Y015
+
+@_typing.final
+class ImportLessonsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    LESSONS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """For messages and the audit log, e.g. the file's name."""
+    dry_run: _builtins.bool
+    """Check only: nothing is stored."""
+    @_builtins.property
+    def lessons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduledLesson]: ...
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        lessons: _abc.Iterable[Global___ScheduledLesson] | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "lessons", b"lessons", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportLessonsRequest: _TypeAlias = ImportLessonsRequest  # noqa: Y015
+
+@_typing.final
+class RowError(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    line: _builtins.int
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        line: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line", b"line", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RowError: _TypeAlias = RowError  # noqa: Y015
+
+@_typing.final
+class ImportLessonsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDED_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    LOCKED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    added: _builtins.int
+    updated: _builtins.int
+    unchanged: _builtins.int
+    locked: _builtins.int
+    """Rows for lessons already dispatched or over: kept as they were."""
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowError]: ...
+    def __init__(
+        self,
+        *,
+        added: _builtins.int = ...,
+        updated: _builtins.int = ...,
+        unchanged: _builtins.int = ...,
+        locked: _builtins.int = ...,
+        errors: _abc.Iterable[Global___RowError] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "errors", b"errors", "locked", b"locked", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportLessonsResponse: _TypeAlias = ImportLessonsResponse  # noqa: Y015
+
+@_typing.final
+class ListLessonsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    """Empty: every school the caller may see."""
+    room_id: _builtins.str
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Unset: today, in the controller's time zone."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+        room_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_id", b"room_id", "school_id", b"school_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLessonsRequest: _TypeAlias = ListLessonsRequest  # noqa: Y015
+
+@_typing.final
+class LessonInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LESSON_ID_FIELD_NUMBER: _builtins.int
+    LESSON_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DISPATCHED_AT_FIELD_NUMBER: _builtins.int
+    PANELS_FIELD_NUMBER: _builtins.int
+    LAUNCHED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    lesson_id: _builtins.str
+    state: _builtins.str
+    """scheduled, dispatched, held, partly-held, failed or no-device"""
+    reason: _builtins.str
+    panels: _builtins.int
+    """Panels it was dispatched to, and how many said launched and failed."""
+    launched: _builtins.int
+    failed: _builtins.int
+    @_builtins.property
+    def lesson(self) -> Global___ScheduledLesson: ...
+    @_builtins.property
+    def dispatched_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        lesson_id: _builtins.str = ...,
+        lesson: Global___ScheduledLesson | None = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        dispatched_at: _timestamp_pb2.Timestamp | None = ...,
+        panels: _builtins.int = ...,
+        launched: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatched_at", b"dispatched_at", "lesson", b"lesson"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatched_at", b"dispatched_at", "failed", b"failed", "launched", b"launched", "lesson", b"lesson", "lesson_id", b"lesson_id", "panels", b"panels", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LessonInfo: _TypeAlias = LessonInfo  # noqa: Y015
+
+@_typing.final
+class ListLessonsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LESSONS_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lessons(self) -> _containers.RepeatedCompositeFieldContainer[Global___LessonInfo]: ...
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        lessons: _abc.Iterable[Global___LessonInfo] | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lessons", b"lessons", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLessonsResponse: _TypeAlias = ListLessonsResponse  # noqa: Y015
+
+@_typing.final
+class LaunchLessonRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    MINUTES_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    room_id: _builtins.str
+    url: _builtins.str
+    minutes: _builtins.int
+    """How long it lasts (45 if 0)."""
+    title: _builtins.str
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+        room_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        minutes: _builtins.int = ...,
+        title: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["minutes", b"minutes", "room_id", b"room_id", "school_id", b"school_id", "title", b"title", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LaunchLessonRequest: _TypeAlias = LaunchLessonRequest  # noqa: Y015

@@ -104,6 +104,21 @@ class AdminServiceStub:
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ImportLessons = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ImportLessons',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportLessonsRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportLessonsResponse.FromString,
+                _registered_method=True)
+        self.ListLessons = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ListLessons',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListLessonsRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListLessonsResponse.FromString,
+                _registered_method=True)
+        self.LaunchLesson = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/LaunchLesson',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LaunchLessonRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LessonInfo.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -204,6 +219,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportLessons(self, request, context):
+        """Lessons: rows from a schedule (each checked: bad ones are answered with their
+        line and reason, good ones stored; the same rows again change nothing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLessons(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LaunchLesson(self, request, context):
+        """A lesson made now, by hand, in one room: its panels launch the URL at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -276,6 +312,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
                     response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ImportLessons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportLessons,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportLessonsRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportLessonsResponse.SerializeToString,
+            ),
+            'ListLessons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLessons,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListLessonsRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListLessonsResponse.SerializeToString,
+            ),
+            'LaunchLesson': grpc.unary_unary_rpc_method_handler(
+                    servicer.LaunchLesson,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LaunchLessonRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LessonInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -656,6 +707,87 @@ class AdminService:
             '/schoolfleet.v1.AdminService/ListAudit',
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportLessons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ImportLessons',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportLessonsRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportLessonsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLessons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ListLessons',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListLessonsRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListLessonsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LaunchLesson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/LaunchLesson',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LaunchLessonRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LessonInfo.FromString,
             options,
             channel_credentials,
             insecure,

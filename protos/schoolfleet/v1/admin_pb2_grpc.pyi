@@ -60,6 +60,13 @@ class AdminServiceStub:
     RevokeUser: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeUserRequest, _admin_pb2.User]
     ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
     """Every change made through this service, and every attempt refused, newest first."""
+    ImportLessons: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ImportLessonsRequest, _admin_pb2.ImportLessonsResponse]
+    """Lessons: rows from a schedule (each checked: bad ones are answered with their
+    line and reason, good ones stored; the same rows again change nothing).
+    """
+    ListLessons: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLessonsRequest, _admin_pb2.ListLessonsResponse]
+    LaunchLesson: _grpc.UnaryUnaryMultiCallable[_admin_pb2.LaunchLessonRequest, _admin_pb2.LessonInfo]
+    """A lesson made now, by hand, in one room: its panels launch the URL at once."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -93,6 +100,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     RevokeUser: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeUserRequest, _admin_pb2.User]  # type: ignore[assignment]
     ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
     """Every change made through this service, and every attempt refused, newest first."""
+    ImportLessons: _aio.UnaryUnaryMultiCallable[_admin_pb2.ImportLessonsRequest, _admin_pb2.ImportLessonsResponse]  # type: ignore[assignment]
+    """Lessons: rows from a schedule (each checked: bad ones are answered with their
+    line and reason, good ones stored; the same rows again change nothing).
+    """
+    ListLessons: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLessonsRequest, _admin_pb2.ListLessonsResponse]  # type: ignore[assignment]
+    LaunchLesson: _aio.UnaryUnaryMultiCallable[_admin_pb2.LaunchLessonRequest, _admin_pb2.LessonInfo]  # type: ignore[assignment]
+    """A lesson made now, by hand, in one room: its panels launch the URL at once."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -207,5 +221,30 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListAuditResponse, _abc.Awaitable[_admin_pb2.ListAuditResponse]]:
         """Every change made through this service, and every attempt refused, newest first."""
+
+    @_abc_1.abstractmethod
+    def ImportLessons(
+        self,
+        request: _admin_pb2.ImportLessonsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ImportLessonsResponse, _abc.Awaitable[_admin_pb2.ImportLessonsResponse]]:
+        """Lessons: rows from a schedule (each checked: bad ones are answered with their
+        line and reason, good ones stored; the same rows again change nothing).
+        """
+
+    @_abc_1.abstractmethod
+    def ListLessons(
+        self,
+        request: _admin_pb2.ListLessonsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListLessonsResponse, _abc.Awaitable[_admin_pb2.ListLessonsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LaunchLesson(
+        self,
+        request: _admin_pb2.LaunchLessonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LessonInfo, _abc.Awaitable[_admin_pb2.LessonInfo]]:
+        """A lesson made now, by hand, in one room: its panels launch the URL at once."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -225,6 +225,7 @@ class AgentMessage(_message.Message):
     HELLO_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     COMMAND_RESULT_FIELD_NUMBER: _builtins.int
+    LESSON_EVENT_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Per-device, strictly increasing across streams and agent restarts (the agent
     resumes after Welcome.last_stored_seq). Hello carries 0.
@@ -235,6 +236,8 @@ class AgentMessage(_message.Message):
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
     def command_result(self) -> Global___CommandResult: ...
+    @_builtins.property
+    def lesson_event(self) -> Global___LessonEvent: ...
     def __init__(
         self,
         *,
@@ -242,16 +245,112 @@ class AgentMessage(_message.Message):
         hello: Global___Hello | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         command_result: Global___CommandResult | None = ...,
+        lesson_event: Global___LessonEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_result", b"command_result", "heartbeat", b"heartbeat", "hello", b"hello"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_result", b"command_result", "heartbeat", b"heartbeat", "hello", b"hello", "lesson_event", b"lesson_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_result", b"command_result", "heartbeat", b"heartbeat", "hello", b"hello", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_result", b"command_result", "heartbeat", b"heartbeat", "hello", b"hello", "lesson_event", b"lesson_event", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "command_result"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "command_result", "lesson_event"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class LessonEvent(_message.Message):
+    """What happened to a lesson on this device. Spooled like every message, and never
+    dropped from a full spool.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[LessonEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: LessonEvent._Kind.ValueType  # 0
+        KIND_LAUNCHED: LessonEvent._Kind.ValueType  # 1
+        """The kiosk program runs with the lesson's content."""
+        KIND_FAILED: LessonEvent._Kind.ValueType  # 2
+        """The lesson could not be shown; `reason` says why."""
+        KIND_ENDED: LessonEvent._Kind.ValueType  # 3
+        """The lesson ended (its end time, or EndLesson) and the program was closed."""
+        KIND_RELAUNCHED: LessonEvent._Kind.ValueType  # 4
+        """The program died during the lesson and was started again, once."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: LessonEvent.Kind.ValueType  # 0
+    KIND_LAUNCHED: LessonEvent.Kind.ValueType  # 1
+    """The kiosk program runs with the lesson's content."""
+    KIND_FAILED: LessonEvent.Kind.ValueType  # 2
+    """The lesson could not be shown; `reason` says why."""
+    KIND_ENDED: LessonEvent.Kind.ValueType  # 3
+    """The lesson ended (its end time, or EndLesson) and the program was closed."""
+    KIND_RELAUNCHED: LessonEvent.Kind.ValueType  # 4
+    """The program died during the lesson and was started again, once."""
+
+    class _Reason:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[LessonEvent._Reason.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        REASON_UNSPECIFIED: LessonEvent._Reason.ValueType  # 0
+        REASON_NO_PROGRAM: LessonEvent._Reason.ValueType  # 1
+        """The kiosk program is not installed or cannot be started."""
+        REASON_URL_REFUSED: LessonEvent._Reason.ValueType  # 2
+        """The URL's scheme or host is not allowed (Welcome.content_hosts)."""
+        REASON_CRASHED: LessonEvent._Reason.ValueType  # 3
+        """The program died during the lesson, again after its one relaunch."""
+        REASON_NO_NETWORK: LessonEvent._Reason.ValueType  # 4
+        """The device has no network to reach the content."""
+
+    class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper): ...
+    REASON_UNSPECIFIED: LessonEvent.Reason.ValueType  # 0
+    REASON_NO_PROGRAM: LessonEvent.Reason.ValueType  # 1
+    """The kiosk program is not installed or cannot be started."""
+    REASON_URL_REFUSED: LessonEvent.Reason.ValueType  # 2
+    """The URL's scheme or host is not allowed (Welcome.content_hosts)."""
+    REASON_CRASHED: LessonEvent.Reason.ValueType  # 3
+    """The program died during the lesson, again after its one relaunch."""
+    REASON_NO_NETWORK: LessonEvent.Reason.ValueType  # 4
+    """The device has no network to reach the content."""
+
+    LESSON_ID_FIELD_NUMBER: _builtins.int
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    lesson_id: _builtins.str
+    command_id: _builtins.str
+    """The LaunchLesson command this answers."""
+    kind: Global___LessonEvent.Kind.ValueType
+    reason: Global___LessonEvent.Reason.ValueType
+    message: _builtins.str
+    """Details for people, e.g. the program's exit status."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        lesson_id: _builtins.str = ...,
+        command_id: _builtins.str = ...,
+        kind: Global___LessonEvent.Kind.ValueType = ...,
+        reason: Global___LessonEvent.Reason.ValueType = ...,
+        message: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "command_id", b"command_id", "kind", b"kind", "lesson_id", b"lesson_id", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LessonEvent: _TypeAlias = LessonEvent  # noqa: Y015
 
 @_typing.final
 class Welcome(_message.Message):
@@ -263,6 +362,7 @@ class Welcome(_message.Message):
     LAST_STORED_SEQ_FIELD_NUMBER: _builtins.int
     THRESHOLDS_FIELD_NUMBER: _builtins.int
     FULL_REPORT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    CONTENT_HOSTS_FIELD_NUMBER: _builtins.int
     heartbeat_interval_seconds: _builtins.int
     """How often the agent sends a heartbeat."""
     offline_after_seconds: _builtins.int
@@ -279,6 +379,12 @@ class Welcome(_message.Message):
     def thresholds(self) -> _fleet_pb2.Thresholds:
         """Unset: the agent keeps its own defaults."""
 
+    @_builtins.property
+    def content_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Hosts lesson content may come from: an https URL on one of them (or a
+        subdomain), or http on one of them, is launched; any other is refused.
+        """
+
     def __init__(
         self,
         *,
@@ -288,10 +394,11 @@ class Welcome(_message.Message):
         last_stored_seq: _builtins.int = ...,
         thresholds: _fleet_pb2.Thresholds | None = ...,
         full_report_interval_seconds: _builtins.int = ...,
+        content_hosts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time", "thresholds", b"thresholds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["full_report_interval_seconds", b"full_report_interval_seconds", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "last_stored_seq", b"last_stored_seq", "offline_after_seconds", b"offline_after_seconds", "server_time", b"server_time", "thresholds", b"thresholds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hosts", b"content_hosts", "full_report_interval_seconds", b"full_report_interval_seconds", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "last_stored_seq", b"last_stored_seq", "offline_after_seconds", b"offline_after_seconds", "server_time", b"server_time", "thresholds", b"thresholds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -321,28 +428,100 @@ class Command(_message.Message):
     COMMAND_ID_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     PING_FIELD_NUMBER: _builtins.int
+    LAUNCH_LESSON_FIELD_NUMBER: _builtins.int
+    END_LESSON_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """Unique; the agent applies each command id at most once."""
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def ping(self) -> Global___Ping: ...
+    @_builtins.property
+    def launch_lesson(self) -> Global___LaunchLesson: ...
+    @_builtins.property
+    def end_lesson(self) -> Global___EndLesson: ...
     def __init__(
         self,
         *,
         command_id: _builtins.str = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         ping: Global___Ping | None = ...,
+        launch_lesson: Global___LaunchLesson | None = ...,
+        end_lesson: Global___EndLesson | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "issued_at", b"issued_at", "ping", b"ping"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "end_lesson", b"end_lesson", "issued_at", b"issued_at", "launch_lesson", b"launch_lesson", "ping", b"ping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "command_id", b"command_id", "issued_at", b"issued_at", "ping", b"ping"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "command_id", b"command_id", "end_lesson", b"end_lesson", "issued_at", b"issued_at", "launch_lesson", b"launch_lesson", "ping", b"ping"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["ping"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["ping", "launch_lesson", "end_lesson"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class LaunchLesson(_message.Message):
+    """Show a lesson's content on the kiosk program now, until `ends_at`. Sent a little
+    before the lesson starts, and again on reconnect until it ends: the agent answers
+    each command id once and never runs one lesson twice at a time.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LESSON_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    REMOTE_FIELD_NUMBER: _builtins.int
+    lesson_id: _builtins.str
+    url: _builtins.str
+    title: _builtins.str
+    """For people: class and subject, e.g. "7B mathematics"."""
+    remote: _builtins.bool
+    """A video-conference lesson rather than a library scenario."""
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        lesson_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        title: _builtins.str = ...,
+        remote: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "lesson_id", b"lesson_id", "remote", b"remote", "starts_at", b"starts_at", "title", b"title", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LaunchLesson: _TypeAlias = LaunchLesson  # noqa: Y015
+
+@_typing.final
+class EndLesson(_message.Message):
+    """Close the lesson's content now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LESSON_ID_FIELD_NUMBER: _builtins.int
+    lesson_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        lesson_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lesson_id", b"lesson_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndLesson: _TypeAlias = EndLesson  # noqa: Y015
 
 @_typing.final
 class Ack(_message.Message):
