@@ -12,6 +12,20 @@ from inventory.model import DeviceKind, valid_id
 
 ENV_PREFIX = "SCHOOLFLEET_AGENT_"
 DEFAULT_CONFIG = Path("/etc/schoolfleet/agent.toml")
+# Chromium as an M OS panel's lesson kiosk: full screen, no dialogs or first-run
+# pages, and its own profile so that no other Chromium takes the URL over (a second
+# Chromium on one profile hands its URL to the first and exits at once).
+KIOSK_ARGV = (
+    "chromium",
+    "--kiosk",
+    "--noerrdialogs",
+    "--disable-infobars",
+    "--no-first-run",
+    # No keyring: a desktop keyring would ask to be unlocked, over the lesson.
+    "--password-store=basic",
+    "--user-data-dir=/var/lib/schoolfleet/kiosk-profile",
+    "{url}",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +47,12 @@ class AgentSettings:
     max_message_bytes: int = 4 * 1024 * 1024
     # Filesystem whose usage is reported as disk_percent.
     disk_path: Path = Path("/")
-    # The kiosk/lesson program whose process is watched (path or name); empty: none.
+    # A program whose process must always run (path or name), or the device is
+    # degraded; empty: none. Not the lesson browser, which runs only during lessons.
     kiosk_program: str = ""
+    # What the launcher starts for a lesson, without a shell: {url} and {lesson_id}
+    # in an item are replaced. Empty: this device shows no lessons (NO_PROGRAM).
+    kiosk_argv: tuple[str, ...] = KIOSK_ARGV
     # Where messages wait for the controller's ack (SQLite); survives restarts.
     spool_path: Path = Path("/var/lib/schoolfleet/agent-spool.db")
     # When the spool is full the oldest heartbeats are dropped (~7 days at 30 s).
@@ -70,6 +88,14 @@ class AgentSettings:
                 "'backoff_initial' must be positive and at most 'backoff_cap'",
                 "backoff_initial",
                 "backoff_cap",
+            )
+        if self.kiosk_argv and (
+            not self.kiosk_argv[0] or not any("{url}" in item for item in self.kiosk_argv)
+        ):
+            raise SettingError(
+                "'kiosk_argv' must be empty or a program followed by arguments, "
+                "one of them with {url}",
+                "kiosk_argv",
             )
         if self.log_level.lower() not in LOG_LEVELS:
             raise SettingError(f"'log_level' must be one of {', '.join(LOG_LEVELS)}", "log_level")

@@ -26,7 +26,14 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _is_str_list(kind: object) -> bool:
+    """``tuple[str, ...]``: a list of strings (a tuple, so the settings stay frozen)."""
+    return typing.get_origin(kind) is tuple and typing.get_args(kind) == (str, ...)
+
+
 def _type_name(kind: type) -> str:
+    if _is_str_list(kind):
+        return "a list of strings"
     if issubclass(kind, enum.Enum):
         return "one of " + ", ".join(str(m.value) for m in kind)
     return {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "a string")
@@ -34,7 +41,10 @@ def _type_name(kind: type) -> str:
 
 def _from_toml(kind: type, value: object) -> object:
     """Checks a value parsed by tomllib; returns it converted, or raises ValueError."""
-    if kind is bool:
+    if _is_str_list(kind):
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+    elif kind is bool:
         if isinstance(value, bool):
             return value
     elif kind is int:
@@ -50,6 +60,16 @@ def _from_toml(kind: type, value: object) -> object:
 
 def _from_text(kind: type, text: str) -> object:
     """Parses an environment variable or flag; raises ValueError if it does not fit."""
+    if _is_str_list(kind):
+        # Written as in the file, a TOML array: '["chromium", "--kiosk", "{url}"]'. Not
+        # split on spaces: an argument may contain one, and no shell quoting applies.
+        try:
+            parsed = tomllib.loads(f"value = {text}")
+        except tomllib.TOMLDecodeError:
+            raise ValueError from None
+        if list(parsed) != ["value"]:
+            raise ValueError
+        return _from_toml(kind, parsed["value"])
     if kind is bool:
         lowered = text.strip().lower()
         if lowered in _TRUE | _FALSE:
@@ -63,7 +83,8 @@ def _from_text(kind: type, text: str) -> object:
 
 
 def field_types(cls: type) -> dict[str, type]:
-    """The settings fields and their concrete types (Optional is not supported)."""
+    """The settings fields and their types: bool, int, float, str, Path, an Enum, or
+    ``tuple[str, ...]`` (a list in the file). Optional is not supported."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -173,6 +194,8 @@ def _show(value: object) -> str:
         value = value.value
     if isinstance(value, Path):
         value = str(value)
+    if isinstance(value, tuple):
+        value = list(value)
     return repr(value)
 
 

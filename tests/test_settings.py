@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.settings import AgentSettings
+from agent.settings import KIOSK_ARGV, AgentSettings
 from common.errors import ConfigError
 from common.settings import load_settings, load_settings_lenient
 from controller.settings import ControllerSettings
@@ -238,3 +238,47 @@ def test_controller_with_a_wrong_flag_says_so_in_one_line(tmp_path: Path) -> Non
     assert done.stderr.strip().splitlines() == [
         f"schoolfleet-controller: config {tmp_path / 'c.toml'}: file not found"
     ]
+
+
+def test_kiosk_argv_is_a_list_of_strings_from_the_file_or_the_environment(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "a.toml"
+    f.write_text(IDENTITY + "kiosk_argv = ['/opt/kiosk', '--url={url}']\n")
+    s = load_settings(AgentSettings, path=f, env_prefix="A_", environ={})
+    assert s.kiosk_argv == ("/opt/kiosk", "--url={url}")
+    # The environment takes the same TOML array; spaces inside an item are kept.
+    env = {"A_KIOSK_ARGV": '["my kiosk", "{url}"]'}
+    s = load_settings(AgentSettings, path=f, env_prefix="A_", environ=env)
+    assert s.kiosk_argv == ("my kiosk", "{url}")
+    s = load_settings(AgentSettings, path=f, env_prefix="A_", environ={"A_KIOSK_ARGV": "[]"})
+    assert s.kiosk_argv == ()
+    assert AgentSettings(device_id="p1", kind=DeviceKind.PANEL, school_id="s1").kiosk_argv == (
+        KIOSK_ARGV
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("kiosk_argv = 'chromium {url}'", {}, "'kiosk_argv' must be a list of strings, got"),
+        ("kiosk_argv = ['chromium', 3]", {}, "'kiosk_argv' must be a list of strings, got"),
+        ("", {"A_KIOSK_ARGV": "chromium {url}"}, "A_KIOSK_ARGV='chromium {url}': must be a list"),
+        ("", {"A_KIOSK_ARGV": '["a"]\nx = 1'}, "A_KIOSK_ARGV="),
+        ("kiosk_argv = ['chromium', '--kiosk']", {}, "one of them with {url}"),
+        ("kiosk_argv = ['', '{url}']", {}, "'kiosk_argv' must be empty or a program"),
+    ],
+)
+def test_bad_kiosk_argv_is_refused(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    f = tmp_path / "a.toml"
+    f.write_text(IDENTITY + text + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(AgentSettings, path=f, env_prefix="A_", environ=env)
+    assert message in str(caught.value)
+    # Lenient: the default argv, shown as it would be written in the file.
+    s, problems = _agent(f, IDENTITY + text + "\n", env)
+    assert s.kiosk_argv == KIOSK_ARGV
+    assert len(problems) == 1
+    assert "using the default ['chromium', '--kiosk', " in problems[0]
