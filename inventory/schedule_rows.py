@@ -1,0 +1,223 @@
+"""The rules of one schedule row, shared by every ``ScheduleSource``: ``parse_row``.
+
+``parse_row`` turns one row's fields (CSV strings or JSON values) into a
+``ScheduleRow``, or a ``RowError`` naming each field that is missing, malformed or
+out of range. The rules that need the other rows, the inventory and the stored
+lessons are ``inventory.schedule.check_rows``; the contract both use (the columns,
+the limits, the row types) is ``inventory.schedule``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from urllib.parse import urlsplit
+
+from common.content_hosts import is_ip
+from inventory.lessons import Lesson
+from inventory.model import valid_id
+from inventory.schedule import (
+    COLUMNS,
+    MAX_LESSON_SECONDS,
+    MAX_TEXT,
+    MAX_URL,
+    OPTIONAL_COLUMNS,
+    RowError,
+    ScheduleRow,
+    quoted,
+)
+
+_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,6}))?)?"
+    r"(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)?"
+)
+_TRUE = frozenset({"true", "yes", "1"})
+_FALSE = frozenset({"false", "no", "0"})
+# Line breaks and surrogates too: a message or a panel title must stay one line,
+# and a lone surrogate (possible through a JSON escape) cannot be stored as UTF-8.
+_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def parse_row(line: int, fields: Mapping[str, object]) -> ScheduleRow | RowError:
+    """Apply the rules of one row; a row's problems are joined into one message.
+
+    Values are strings (CSV) or JSON values; strings are stripped of surrounding
+    spaces. ``None`` is treated as absent. Keys not in ``COLUMNS`` are refused, so
+    a misspelt column is never silently dropped.
+    """
+    problems: list[str] = []
+    unknown = sorted(k for k in fields if k not in COLUMNS)
+    if unknown:
+        names = ", ".join(quoted(k) for k in unknown)
+        problems.append(f"unknown field {names} (known: {', '.join(COLUMNS)})")
+    school = _ident(fields, "school", problems)
+    room = _ident(fields, "room", problems)
+    start = _time(fields, "start", problems)
+    end = _time(fields, "end", problems)
+    if start is not None and end is not None:
+        _span(start, end, problems)
+    class_name = _label(fields, "class", problems)
+    subject = _label(fields, "subject", problems)
+    teacher = _label(fields, "teacher", problems)
+    url = _url(fields, problems)
+    remote = _flag(fields, "remote", problems)
+    if problems or start is None or end is None:
+        return RowError(line, "; ".join(problems))
+    lesson = Lesson(school, room, start[0], end[0], class_name, subject, teacher, url, remote)
+    return ScheduleRow(line, lesson)
+
+
+# Helpers of parse_row: each notes its problems and returns "" (or False) on one, so
+# parse_row builds the Lesson only when no problem was noted.
+_MISSING = object()
+
+
+def _text(fields: Mapping[str, object], name: str, problems: list[str], need: bool = True) -> str:
+    """The field as a stripped string; a required one must not be absent or empty."""
+    value = fields.get(name, _MISSING)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if not isinstance(value, str) and value not in (_MISSING, None):
+        problems.append(f"{name} is {_json_kind(value)} ({_brief(value)}), not a string")
+    elif need:
+        state = "missing" if value is _MISSING else "null" if value is None else "empty"
+        problems.append(f"{name} is {state}")
+    return ""
+
+
+def _ident(fields: Mapping[str, object], name: str, problems: list[str]) -> str:
+    value = _text(fields, name, problems)
+    if value and not valid_id(value):
+        problems.append(
+            f"{name} {quoted(value)} is not a valid id "
+            "(1-64 letters, digits and ._:-, starting with a letter or digit)"
+        )
+    return value
+
+
+def _time(fields: Mapping[str, object], name: str, problems: list[str]) -> tuple[float, str] | None:
+    """Epoch seconds and the text as written, or None after noting why."""
+    text = _text(fields, name, problems)
+    if not text:
+        return None
+    m = _TIME.fullmatch(text)
+    if m is None:
+        problems.append(
+            f"{name} {quoted(text)} is not an ISO 8601 time (write it as 2026-11-24T08:30+03:00)"
+        )
+        return None
+    year, month, day, hour, minute, sec, frac, zulu, sign, off_h, off_m = m.groups()
+    if not zulu and not sign:
+        # A naive time is a different instant in each zone the importer might run
+        # in; the file must say which one it meant.
+        problems.append(
+            f"{name} {quoted(text)} has no time zone "
+            f"(write it as {text}+03:00, with your offset, or Z for UTC)"
+        )
+        return None
+    try:
+        offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
+        micro = int((frac or "0").ljust(6, "0"))
+        moment = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(sec or 0), micro,
+            tzinfo=timezone(-offset if sign == "-" else offset),
+        )  # fmt: skip
+        # Range-checks the instant in UTC, where lesson_id formats it.
+        return moment.astimezone(UTC).timestamp(), text
+    except (ValueError, OverflowError) as e:
+        problems.append(f"{name} {quoted(text)} is not a valid time ({e})")
+        return None
+
+
+def _span(start: tuple[float, str], end: tuple[float, str], problems: list[str]) -> None:
+    length = end[0] - start[0]
+    if length <= 0:
+        problems.append(f"end {quoted(end[1])} is not after start {quoted(start[1])}")
+    elif length > MAX_LESSON_SECONDS:
+        hours, rest = divmod(int(length), 3600)
+        problems.append(
+            f"end {quoted(end[1])} is {hours}h{rest // 60:02d}m after start {quoted(start[1])} "
+            f"(a lesson is at most {MAX_LESSON_SECONDS // 3600} hours)"
+        )
+
+
+def _label(fields: Mapping[str, object], name: str, problems: list[str]) -> str:
+    """class, subject and teacher: one line of text; only teacher may be empty."""
+    value = _text(fields, name, problems, need=name not in OPTIONAL_COLUMNS)
+    if len(value) > MAX_TEXT:
+        problems.append(f"{name} is {len(value)} characters long, at most {MAX_TEXT}")
+    elif any(unicodedata.category(ch) in _BAD_CATEGORIES for ch in value):
+        problems.append(f"{name} {quoted(value)} contains a control character or line break")
+    return value
+
+
+def _url(fields: Mapping[str, object], problems: list[str]) -> str:
+    """Only the scheme and form here: the http allow-list is check_rows' business."""
+    url = _text(fields, "content_url", problems)
+    problem = ""
+    if len(url) > MAX_URL:
+        problem = f"is {len(url)} characters long, at most {MAX_URL}"
+    elif any(ch.isspace() or not ch.isprintable() for ch in url):
+        problem = "contains a space or a control character (percent-encode it)"
+    elif url:
+        try:
+            parts = urlsplit(url)
+            scheme = parts.scheme.lower()
+            if scheme not in ("https", "http"):
+                shown = scheme or "none"
+                problem = f"has scheme {shown} (only https, or http for allowed hosts)"
+            elif not parts.hostname:
+                problem = "has no host"
+            elif not is_ip(parts.hostname) and not all(
+                ch.isalnum() or ch in "-._" for ch in parts.hostname
+            ):
+                problem = f"has an invalid host {quoted(parts.hostname)}"
+            elif parts.username is not None or parts.password is not None:
+                # user@host hides the real host from a reader, and a password in a
+                # schedule would be shown to every class.
+                problem = "carries a user name or password"
+            else:
+                _ = parts.port  # raises ValueError for a port out of range or not a number
+        except ValueError as e:
+            problem = f"is not a valid URL ({e})"
+    if problem:
+        problems.append(f"content_url {quoted(url)} {problem}")
+    return url
+
+
+def _flag(fields: Mapping[str, object], name: str, problems: list[str]) -> bool:
+    """remote: true/false, yes/no or 1/0 in any case, or a JSON boolean; absent is false."""
+    value = fields.get(name)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE | {""}:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, str):
+        problems.append(f"{name} {quoted(value)} is not true or false (or yes/no, 1/0)")
+    elif value is not None:
+        problems.append(f"{name} is {_json_kind(value)} ({_brief(value)}), not true or false")
+    return False
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _brief(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return _one_line(text if len(text) <= 40 else text[:40] + "…")
+
+
+def _one_line(text: str) -> str:
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
