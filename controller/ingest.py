@@ -18,12 +18,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from controller.errors import StoreError
-from controller.store import AgentRow, DeviceStore
+from controller.store import AgentRow, DeviceStore, StoredLessonEvent
 
 log = logging.getLogger(__name__)
 
 OnStored = Callable[[dict[str, int]], None]
 OnFlush = Callable[[int, float], None]
+OnLessonEvents = Callable[[list[StoredLessonEvent]], None]
 
 
 def highest_seq(rows: Sequence[AgentRow]) -> dict[str, int]:
@@ -48,6 +49,7 @@ class MessageWriter:
         queue_max: int,
         on_stored: OnStored,
         on_flush: OnFlush,
+        on_lesson_events: OnLessonEvents = lambda events: None,
     ) -> None:
         self._store = store
         self._executor = executor
@@ -57,6 +59,7 @@ class MessageWriter:
         self._queue: asyncio.Queue[AgentRow | None] = asyncio.Queue(queue_max)
         self._on_stored = on_stored
         self._on_flush = on_flush
+        self._on_lesson_events = on_lesson_events
 
     async def submit(self, row: AgentRow) -> None:
         """Queues one message; waits while the queue is full."""
@@ -96,10 +99,12 @@ class MessageWriter:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._store.record_messages, rows)
+            events = await loop.run_in_executor(self._executor, self._store.record_messages, rows)
         except StoreError as exc:
             # Not acked, so the agents keep these and send them again.
             log.error("message batch not stored rows=%d error=%s", len(rows), exc)
             return
         self._on_flush(len(rows), time.perf_counter() - started)
+        if events:
+            self._on_lesson_events(events)
         self._on_stored(highest_seq(rows))

@@ -21,6 +21,7 @@ from controller.errors import MessageTooLarge, ProtocolError
 from protos.schoolfleet.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
+ADMIN_PREFIX = "/schoolfleet.v1.AdminService/"
 
 # SQLite keeps signed 64-bit integers: a larger uint64 would fail the writer's batch.
 _INT64_MAX = 2**63 - 1
@@ -80,8 +81,10 @@ class UnaryRequestChecks(grpc.aio.ServerInterceptor):
     ``decode`` instead, so that the handler can close them with a status.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, admin_max_bytes: int) -> None:
         self._max_bytes = max_bytes
+        # schoolctl's requests: a schedule import sends many rows at once.
+        self._admin_max_bytes = admin_max_bytes
 
     async def intercept_service(
         self,
@@ -96,7 +99,11 @@ class UnaryRequestChecks(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             _checked(handler.unary_unary, handler_call_details.method),
             request_deserializer=_checked_deserializer(
-                handler.request_deserializer, handler_call_details.method, self._max_bytes
+                handler.request_deserializer,
+                handler_call_details.method,
+                self._admin_max_bytes
+                if handler_call_details.method.startswith(ADMIN_PREFIX)
+                else self._max_bytes,
             ),
             response_serializer=handler.response_serializer,
         )

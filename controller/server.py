@@ -18,13 +18,16 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
+from zoneinfo import ZoneInfo
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from controller.admin_guard import Guard
+from controller.dispatcher import Dispatcher
 from controller.errors import ConfigError
 from controller.ingest import MessageWriter
+from controller.lesson_metrics import LessonCollector, LessonMetrics
 from controller.metrics import ControllerMetrics, FleetCollector
 from controller.request_checks import UnaryRequestChecks
 from controller.service_admin import AdminService
@@ -41,12 +44,18 @@ log = logging.getLogger(__name__)
 _ADMIN_HEADROOM = 256
 
 
+def admin_request_max(settings: ControllerSettings) -> int:
+    """The largest request the server takes at all: schoolctl's (a part of a schedule);
+    a device's are held to max_message_bytes before they are decoded."""
+    return max(4 * settings.max_message_bytes, 1024 * 1024)
+
+
 def grpc_options(settings: ControllerSettings) -> list[tuple[str, int]]:
     """Server channel options: explicit message limits, keepalive that suits agents."""
     return [
         # A backstop only: AgentService checks max_message_bytes itself so that it can
         # say why it closes a stream; gRPC would just cancel it.
-        ("grpc.max_receive_message_length", 4 * settings.max_message_bytes),
+        ("grpc.max_receive_message_length", admin_request_max(settings)),
         ("grpc.max_send_message_length", 4 * 1024 * 1024),
         # A stale server from an earlier run must not silently share the port.
         ("grpc.so_reuseport", 0),
@@ -142,6 +151,18 @@ async def serve(settings: ControllerSettings) -> None:
     metrics = ControllerMetrics(registry)
     sessions: Sessions = Sessions()
     registry.register(FleetCollector(store, lambda: len(sessions)))
+    zone = ZoneInfo(settings.timezone)
+    registry.register(LessonCollector(store, zone))
+    lesson_metrics = LessonMetrics(registry)
+    dispatcher = Dispatcher(
+        store,
+        read_executor,
+        sessions,
+        lesson_metrics,
+        lead=settings.lesson_lead,
+        settle=settings.lesson_settle,
+        on_time=settings.lesson_on_time,
+    )
     agent_service = AgentService(settings, store, write_executor, sessions, metrics)
     writer = MessageWriter(
         store,
@@ -151,17 +172,26 @@ async def serve(settings: ControllerSettings) -> None:
         queue_max=settings.queue_max,
         on_stored=agent_service.ack,
         on_flush=metrics.observe_flush,
+        on_lesson_events=lesson_metrics.observe_all,
     )
     agent_service.writer = writer
 
     server = grpc.aio.server(
         options=grpc_options(settings),
         maximum_concurrent_rpcs=settings.max_streams + _ADMIN_HEADROOM,
-        interceptors=[UnaryRequestChecks(settings.max_message_bytes)],
+        interceptors=[UnaryRequestChecks(settings.max_message_bytes, admin_request_max(settings))],
     )
     add_agent_service(agent_service, server, settings.max_message_bytes)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminService(store, Guard(store, read_executor, metrics.count_denied), sessions), server
+        AdminService(
+            store,
+            Guard(store, read_executor, metrics.count_denied),
+            sessions,
+            dispatcher=dispatcher,
+            content_hosts=settings.content_hosts,
+            zone=zone,
+        ),
+        server,
     )
     ports = _add_ports(server, settings)
     grpc_port = ports["grpc"]
@@ -171,6 +201,7 @@ async def serve(settings: ControllerSettings) -> None:
     _tune_gc()
     writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")
     acks_task = asyncio.create_task(agent_service.run_acks(), name="acks")
+    dispatcher_task = asyncio.create_task(dispatcher.run(), name="lesson-dispatcher")
     if settings.ports_file != Path():
         _write_ports(settings.ports_file, {**ports, "metrics": metrics_port})
     log.info(
@@ -191,9 +222,10 @@ async def serve(settings: ControllerSettings) -> None:
     await server.stop(settings.shutdown_grace)
     await writer.close()
     await writer_task
-    acks_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await acks_task
+    for task in (acks_task, dispatcher_task):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     http_server.shutdown()
     http_server.server_close()
     http_thread.join(timeout=5)

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import grpc
 
 from controller import enrollment
 from controller.access import Need
 from controller.admin_guard import Call, Guard, Refused, guarded, invalid, not_found
+from controller.dispatcher import Dispatcher
+from controller.service_admin_lessons import LessonHandlers
 from controller.service_admin_people import PeopleHandlers
 from controller.service_convert import count_to_pb, device_to_pb, enrollment_to_pb, token_to_pb
 from controller.sessions import Closing, SessionRegistry
@@ -27,6 +31,7 @@ from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, fleet_pb
 
 log = logging.getLogger(__name__)
 
+_UTC = ZoneInfo("UTC")
 PAGE_DEFAULT = 500
 PAGE_MAX = 1000
 
@@ -41,15 +46,25 @@ def _check_school_filter(school_id: str) -> None:
         _check_id(school_id, "school id")
 
 
-class AdminService(PeopleHandlers, admin_pb2_grpc.AdminServiceServicer):
+class AdminService(PeopleHandlers, LessonHandlers, admin_pb2_grpc.AdminServiceServicer):
     """Fleet queries and changes for schoolctl, answered from the store."""
 
     def __init__(
-        self, store: Store, guard: Guard, sessions: SessionRegistry[agent_pb2.ControllerMessage]
+        self,
+        store: Store,
+        guard: Guard,
+        sessions: SessionRegistry[agent_pb2.ControllerMessage],
+        *,
+        dispatcher: Dispatcher | None = None,
+        content_hosts: Iterable[str] = (),
+        zone: ZoneInfo = _UTC,
     ) -> None:
         self._store = store
         self.guard = guard
         self._sessions = sessions
+        self.dispatcher = dispatcher
+        self.content_hosts = frozenset(content_hosts)
+        self.zone = zone
 
     async def _device_school(self, device_id: str) -> str:
         """The school of a device the store knows (enrolled or seen); NOT_FOUND if none."""

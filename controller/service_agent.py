@@ -31,13 +31,14 @@ from controller.errors import (
     StoreError,
 )
 from controller.ingest import MessageWriter
+from controller.lesson_convert import lesson_event_from_pb
 from controller.metrics import ControllerMetrics
 from controller.pki import CertificateAuthority, cert_pem, load_ca
 from controller.request_checks import decode
 from controller.service_convert import health_from_pb, identity_from_hello, report_from_pb
 from controller.sessions import Closing, Session, SessionRegistry
 from controller.settings import ControllerSettings
-from controller.store import CommandResultRow, HeartbeatRow, Store
+from controller.store import CommandResultRow, HeartbeatRow, LessonEventRow, Store
 from inventory.model import DeviceIdentity, Enrollment, valid_id
 from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
@@ -214,8 +215,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     last_stored_seq=last_seq,
                     thresholds=_thresholds(self._settings),
                     full_report_interval_seconds=self._settings.full_report_interval,
+                    content_hosts=self._settings.content_hosts,
                 )
             )
+            # Commands that waited for the device, e.g. a lesson that started while it
+            # was off; one the dispatcher also pushed just now is deduped by the agent.
+            for command in await self._pending_commands(identity.device_id):
+                yield ControllerMessage(command=command)
             while True:
                 item = await session.next()
                 if isinstance(item, Closing):
@@ -227,6 +233,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         finally:
             reader.cancel()
             self._finish(session, peer, closing)
+
+    async def _pending_commands(self, device_id: str) -> list[agent_pb2.Command]:
+        try:
+            pending = await asyncio.to_thread(self._store.pending_commands, device_id, self._now())
+        except StoreError as exc:
+            # The commands stay in the outbox for the next stream.
+            log.error("pending commands not read device=%s error=%s", device_id, exc)
+            return []
+        return [agent_pb2.Command.FromString(data) for data in pending]
 
     async def _certified(
         self,
@@ -335,7 +350,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             while (message := await _next(request_iterator)) is not None:
                 body = message.WhichOneof("body")
-                if body in ("heartbeat", "command_result") and message.seq == 0:
+                if body in ("heartbeat", "command_result", "lesson_event") and message.seq == 0:
                     raise ProtocolError(f"{body}: AgentMessage.seq must be above 0")
                 if body == "heartbeat":
                     health = health_from_pb(message.heartbeat.health)
@@ -346,6 +361,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     )
                 elif body == "command_result":
                     await writer.submit(_result_row(device_id, message, self._now()))
+                elif body == "lesson_event":
+                    event = lesson_event_from_pb(device_id, message.lesson_event)
+                    log.info(
+                        "lesson event device=%s lesson=%s kind=%s reason=%s",
+                        device_id,
+                        event.lesson_id[:120],
+                        event.kind,
+                        event.reason or "-",
+                    )
+                    await writer.submit(LessonEventRow(device_id, message.seq, self._now(), event))
                 elif body == "hello":
                     raise ProtocolError("Hello may only be sent once per stream")
                 else:

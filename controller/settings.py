@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.errors import SettingError
 from common.settings import LOG_LEVELS, load_settings
@@ -17,6 +18,15 @@ def _split_hostport(value: str, key: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SettingError(f"{key!r} must be HOST:PORT, got {value!r}", key)
+
+
+def _check_zone(name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise SettingError(
+            f"'timezone' {name!r} is not a time zone name like Europe/Moscow", "timezone"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,18 @@ class ControllerSettings:
     enroll_listen: str = "127.0.0.1:7445"
     # The controller's own files; its CA is in DATA_DIR/pki (`schoolfleet-controller init`).
     data_dir: Path = Path("/var/lib/schoolfleet")
+    # Hosts lesson content may come from (told to agents in Welcome; a subdomain of one
+    # counts too): panels refuse any other URL, and a schedule row may use http only
+    # for these. Empty: panels refuse every lesson, so set it.
+    content_hosts: tuple[str, ...] = ()
+    # Seconds before a lesson's start that its panels are told to launch it.
+    lesson_lead: float = 60.0
+    # A panel that launched within this many seconds of the start was on time.
+    lesson_on_time: float = 60.0
+    # Seconds after a lesson's end that its outcome is decided (answers still in spools).
+    lesson_settle: float = 120.0
+    # The schools' time zone (IANA name): what "today" means for lessons.
+    timezone: str = "UTC"
     # Where `listen` with port 0 writes the ports it got (for tests and the demo).
     ports_file: Path = Path()
     log_level: str = "info"
@@ -81,7 +103,16 @@ class ControllerSettings:
         for key in ("heartbeat_interval", "missed_heartbeats", "batch_max", "queue_max"):
             if getattr(self, key) < 1:
                 raise SettingError(f"{key!r} must be at least 1", key)
-        for key in ("flush_interval", "ack_interval", "shutdown_grace", "full_report_interval"):
+        _check_zone(self.timezone)
+        for key in (
+            "flush_interval",
+            "ack_interval",
+            "shutdown_grace",
+            "full_report_interval",
+            "lesson_lead",
+            "lesson_on_time",
+            "lesson_settle",
+        ):
             if getattr(self, key) < 0:
                 raise SettingError(f"{key!r} must be >= 0", key)
         if self.hello_timeout <= 0:

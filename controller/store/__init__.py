@@ -16,7 +16,9 @@ from controller.store.protocol import (
     DeviceStore,
     EnrollTokenStore,
     HeartbeatRow,
+    LessonEventRow,
     Store,
+    StoredLessonEvent,
 )
 
 __all__ = [
@@ -26,7 +28,9 @@ __all__ = [
     "DeviceStore",
     "EnrollTokenStore",
     "HeartbeatRow",
+    "LessonEventRow",
     "Store",
+    "StoredLessonEvent",
     "open_store",
     "sqlite_path",
 ]

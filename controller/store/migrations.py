@@ -133,6 +133,74 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_by_school ON audit (school_id, entry_id);
     CREATE INDEX audit_by_actor ON audit (actor, entry_id);
     """,
+    # 8: rooms, the lesson schedule, the command outbox and what panels said of lessons.
+    """
+    CREATE TABLE rooms (
+        school_id TEXT NOT NULL,
+        room_id   TEXT NOT NULL,
+        PRIMARY KEY (school_id, room_id)
+    );
+    INSERT INTO rooms SELECT DISTINCT school_id, room_id FROM devices WHERE room_id != '';
+    CREATE TABLE lessons (
+        lesson_id     TEXT PRIMARY KEY,
+        school_id     TEXT NOT NULL,
+        room_id       TEXT NOT NULL,
+        starts_at     REAL NOT NULL,
+        ends_at       REAL NOT NULL,
+        class_name    TEXT NOT NULL,
+        subject       TEXT NOT NULL,
+        teacher       TEXT NOT NULL,
+        content_url   TEXT NOT NULL,
+        remote        INTEGER NOT NULL,
+        -- 1: launched by hand (schoolctl lessons launch), not from the schedule.
+        manual        INTEGER NOT NULL DEFAULT 0,
+        -- scheduled, dispatched, then an outcome: held, partly-held, failed, no-device.
+        state         TEXT NOT NULL DEFAULT 'scheduled',
+        reason        TEXT NOT NULL DEFAULT '',
+        dispatched_at REAL,
+        ended_at      REAL,
+        updated_at    REAL NOT NULL
+    );
+    CREATE INDEX lessons_by_room ON lessons (school_id, room_id, starts_at);
+    CREATE INDEX lessons_by_state ON lessons (state, starts_at);
+    CREATE INDEX lessons_by_start ON lessons (starts_at);
+    -- The panels a lesson was dispatched to, and what each said.
+    CREATE TABLE lesson_panels (
+        lesson_id     TEXT NOT NULL,
+        device_id     TEXT NOT NULL,
+        command_id    TEXT NOT NULL,
+        launched_at   REAL,
+        failed_reason TEXT,
+        failed_at     REAL,
+        ended_at      REAL,
+        PRIMARY KEY (lesson_id, device_id)
+    );
+    -- Commands waiting for a device: sent on every stream open until done or expired.
+    CREATE TABLE outbox (
+        command_id TEXT PRIMARY KEY,
+        device_id  TEXT NOT NULL,
+        lesson_id  TEXT NOT NULL,
+        -- a serialized schoolfleet.v1.Command
+        command    BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        done_at    REAL
+    );
+    CREATE INDEX outbox_pending ON outbox (device_id, expires_at) WHERE done_at IS NULL;
+    CREATE TABLE lesson_events (
+        device_id   TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        lesson_id   TEXT NOT NULL,
+        command_id  TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        reason      TEXT,
+        message     TEXT NOT NULL,
+        at          REAL NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (device_id, seq)
+    );
+    CREATE INDEX lesson_events_by_lesson ON lesson_events (lesson_id);
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from controller.store.lessons_protocol import LessonStore
+from inventory.lessons import LessonEvent
 from inventory.model import (
     CommandOutcome,
     Condition,
@@ -53,8 +55,28 @@ class CommandResultRow:
     finished_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class LessonEventRow:
+    """What a panel said of a lesson, on its way to the store."""
+
+    device_id: str
+    seq: int
+    received_at: float
+    event: LessonEvent
+
+
 # A device's messages share one sequence, so they are stored in one ordered stream.
-AgentRow = HeartbeatRow | CommandResultRow
+AgentRow = HeartbeatRow | CommandResultRow | LessonEventRow
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLessonEvent:
+    """A lesson event stored for the first time (a replayed one is not), with what the
+    metrics need of its lesson."""
+
+    event: LessonEvent
+    school_id: str
+    starts_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +107,10 @@ class DeviceStore(Protocol):
     def reset_streams(self) -> int:
         """Marks every stream down (at start-up: none survive a restart); returns how many."""
 
-    def record_messages(self, rows: Sequence[AgentRow]) -> None:
+    def record_messages(self, rows: Sequence[AgentRow]) -> list[StoredLessonEvent]:
         """Stores a batch in order in one transaction; rows at or below a device's last
         seq are duplicates and change nothing. A seq that skips numbers counts the
-        skipped ones as the device's gaps."""
+        skipped ones as the device's gaps. Returns the lesson events stored now."""
 
     def command_results(self, device_id: str, limit: int) -> list[CommandOutcome]:
         """The device's latest command results, newest first."""
@@ -170,5 +192,5 @@ class AccessStore(Protocol):
         """Entries matching ``query``, newest first."""
 
 
-class Store(DeviceStore, EnrollTokenStore, AccessStore, Protocol):
+class Store(DeviceStore, EnrollTokenStore, AccessStore, LessonStore, Protocol):
     """Everything the controller keeps; one implementation per backend."""

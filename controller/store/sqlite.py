@@ -16,9 +16,17 @@ import sqlite3
 from collections.abc import Sequence
 
 from controller.errors import StoreError
-from controller.store.protocol import AgentRow, CommandResultRow, DeviceQuery, HeartbeatRow
+from controller.store.protocol import (
+    AgentRow,
+    CommandResultRow,
+    DeviceQuery,
+    HeartbeatRow,
+    LessonEventRow,
+    StoredLessonEvent,
+)
 from controller.store.sqlite_access import AccessTables
 from controller.store.sqlite_enroll import EnrollTables
+from controller.store.sqlite_lessons import LessonTables
 from inventory.model import (
     CommandOutcome,
     Condition,
@@ -109,8 +117,8 @@ def _heartbeat_params(r: HeartbeatRow) -> tuple[object, ...]:
     )
 
 
-def _is_result(row: AgentRow) -> bool:
-    return isinstance(row, CommandResultRow)
+def _is_heartbeat(row: AgentRow) -> bool:
+    return isinstance(row, HeartbeatRow)
 
 
 def _record(row: sqlite3.Row) -> DeviceRecord:
@@ -163,7 +171,7 @@ def _record(row: sqlite3.Row) -> DeviceRecord:
     )
 
 
-class SqliteStore(EnrollTables, AccessTables):
+class SqliteStore(EnrollTables, AccessTables, LessonTables):
     """The Store on one SQLite file: devices here, the rest in the table classes."""
 
     def device_connected(
@@ -204,6 +212,11 @@ class SqliteStore(EnrollTables, AccessTables):
                         "boot_time": identity.os.boot_time if identity.os else None,
                     },
                 ).fetchone()
+                if identity.room_id:
+                    self._writer.execute(
+                        "INSERT OR IGNORE INTO rooms VALUES (?, ?)",
+                        (identity.school_id, identity.room_id),
+                    )
             except sqlite3.Error as exc:
                 raise StoreError(f"database {self.path}: {exc}") from None
         return int(row[0])
@@ -217,16 +230,21 @@ class SqliteStore(EnrollTables, AccessTables):
     def reset_streams(self) -> int:
         return self._write("UPDATE devices SET stream_id = 0 WHERE stream_id != 0", ())
 
-    def record_messages(self, rows: Sequence[AgentRow]) -> None:
+    def record_messages(self, rows: Sequence[AgentRow]) -> list[StoredLessonEvent]:
+        events: list[StoredLessonEvent] = []
         with self._write_lock:
             try:
                 self._writer.execute("BEGIN IMMEDIATE")
-                # Results and heartbeats share the device's sequence: runs keep the order.
-                for is_result, run in itertools.groupby(rows, _is_result):
-                    if is_result:
+                # Every message shares the device's sequence: runs keep the order.
+                for is_beat, run in itertools.groupby(rows, _is_heartbeat):
+                    if not is_beat:
                         for r in run:
-                            assert isinstance(r, CommandResultRow)
-                            self._record_result(r)
+                            if isinstance(r, CommandResultRow):
+                                self._record_result(r)
+                            elif isinstance(r, LessonEventRow):
+                                stored = self._record_lesson_event(r)
+                                if stored is not None:
+                                    events.append(stored)
                         continue
                     beats = [r for r in run if isinstance(r, HeartbeatRow)]
                     self._writer.executemany(_HEARTBEAT_SQL, map(_heartbeat_params, beats))
@@ -250,6 +268,7 @@ class SqliteStore(EnrollTables, AccessTables):
                 if self._writer.in_transaction:
                     self._writer.execute("ROLLBACK")
                 raise StoreError(f"database {self.path}: {exc}") from None
+        return events
 
     def _record_result(self, r: CommandResultRow) -> None:
         moved = self._writer.execute(_RESULT_SEQ_SQL, (r.device_id, r.seq)).rowcount

@@ -71,6 +71,17 @@ class SqliteBase:
             except sqlite3.Error as exc:
                 raise StoreError(f"database {self.path}: {exc}") from None
 
+    def _write_many(self, sql: str, params: Sequence[Sequence[object]]) -> None:
+        with self._write_lock:
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                self._writer.executemany(sql, params)
+                self._writer.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise StoreError(f"database {self.path}: {exc}") from None
+
     def schema_version(self) -> int:
         """The schema version the file is at."""
         return int(self._reader().execute("PRAGMA user_version").fetchone()[0])

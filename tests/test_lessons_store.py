@@ -1,0 +1,152 @@
+"""Lessons in the store and their outcome: import, dispatch, answers, settle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from controller.lesson_outcome import outcome
+from controller.store import LessonEventRow
+from controller.store.lessons_protocol import (
+    ImportCounts,
+    LessonQuery,
+    OutboxCommand,
+    PanelResult,
+)
+from controller.store.sqlite import SqliteStore
+from inventory.lessons import EventKind, FailReason, Lesson, LessonEvent, LessonState
+from inventory.model import DeviceIdentity, DeviceKind
+
+T0 = 1_800_000_000.0
+
+
+def lesson(room: str = "r1", start: float = T0, minutes: int = 45, **kw: object) -> Lesson:
+    base = Lesson("s1", room, start, start + minutes * 60, "7B", "maths", "T", "https://x/l", False)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "c.db")
+    for device_id, kind, room in (
+        ("p1", DeviceKind.PANEL, "r1"),
+        ("p2", DeviceKind.PANEL, "r1"),
+        ("l1", DeviceKind.LAPTOP, "r1"),
+        ("p3", DeviceKind.PANEL, "r2"),
+    ):
+        identity = DeviceIdentity(device_id, kind, "s1", room, "h", "1")
+        s.device_connected(identity, 1, 90, T0 - 100)
+    yield s
+    s.close()
+
+
+def test_rooms_come_from_devices_and_can_be_added(store: SqliteStore) -> None:
+    assert store.known_rooms([("s1", "r1"), ("s1", "r2"), ("s1", "r3"), ("s2", "r1")]) == {
+        ("s1", "r1"),
+        ("s1", "r2"),
+    }
+    store.add_room("s1", "r3")
+    assert ("s1", "r3") in store.known_rooms([("s1", "r3")])
+
+
+def test_saving_the_same_lessons_again_changes_nothing(store: SqliteStore) -> None:
+    a, b = lesson(), lesson("r2")
+    assert store.save_lessons([a, b], T0 - 1000) == ImportCounts(2, 0, 0, 0)
+    assert store.save_lessons([a, b], T0 - 900) == ImportCounts(0, 0, 2, 0)
+    moved = replace(a, content_url="https://x/other")
+    assert store.save_lessons([moved], T0 - 800) == ImportCounts(0, 1, 0, 0)
+    found = store.lessons_in_rooms([("s1", "r1")], T0, T0 + 1)
+    assert found == {("s1", "r1"): [moved]}
+
+
+def test_dispatch_once_with_a_command_per_panel_and_no_device_without(
+    store: SqliteStore,
+) -> None:
+    a, empty = lesson(), lesson("r9")
+    store.add_room("s1", "r9")
+    store.save_lessons([a, empty], T0 - 1000)
+    assert store.due_lessons(T0 - 61, T0 - 61) == []
+    assert [x.lesson_id for x in store.due_lessons(T0, T0 - 60)] == [a.lesson_id, empty.lesson_id]
+    panels = store.panels_in_rooms([("s1", "r1"), ("s1", "r9")])
+    assert panels == {("s1", "r1"): ["p1", "p2"]}, "laptops are not panels"
+    commands = [
+        OutboxCommand(f"launch:{a.lesson_id}:{d}", d, a.lesson_id, d.encode(), a.ends_at)
+        for d in panels[("s1", "r1")]
+    ]
+    plan = [(a.lesson_id, commands), (empty.lesson_id, [])]
+    assert store.dispatch(plan, T0 - 60) == [a.lesson_id, empty.lesson_id]
+    assert store.dispatch(plan, T0 - 59) == [], "a second dispatch changes nothing"
+    assert store.due_lessons(T0, T0 - 59) == []
+    assert store.pending_commands("p1", T0) == [b"p1"]
+    assert store.pending_commands("p1", a.ends_at) == [], "expired with the lesson"
+    states = {r.lesson.room_id: (r.state, r.panels) for r in store.list_lessons(_today())}
+    assert states == {"r1": (LessonState.DISPATCHED, 2), "r9": (LessonState.NO_DEVICE, 0)}
+    # Once dispatched, the schedule may not move it.
+    assert store.save_lessons([replace(a, teacher="U")], T0) == ImportCounts(0, 0, 0, 1)
+
+
+def _today() -> LessonQuery:
+    return LessonQuery(T0 - 86400, T0 + 86400)
+
+
+def _event(device: str, seq: int, kind: EventKind, at: float, **kw: object) -> LessonEventRow:
+    a = lesson()
+    event = LessonEvent(a.lesson_id, device, f"launch:{a.lesson_id}:{device}", kind, None, "", at)
+    return LessonEventRow(device, seq, at + 1, replace(event, **kw))  # type: ignore[arg-type]
+
+
+def test_panel_answers_are_stored_once(store: SqliteStore) -> None:
+    a = lesson()
+    store.save_lessons([a], T0 - 1000)
+    commands = [
+        OutboxCommand(f"launch:{a.lesson_id}:{d}", d, a.lesson_id, d.encode(), a.ends_at)
+        for d in ("p1", "p2")
+    ]
+    store.dispatch([(a.lesson_id, commands)], T0 - 60)
+    launched = _event("p1", 1, EventKind.LAUNCHED, T0 - 58)
+    failed = _event("p2", 1, EventKind.FAILED, T0 - 57, reason=FailReason.URL_REFUSED)
+    stored = store.record_messages([launched, failed])
+    assert [(s.event.kind, s.school_id, s.starts_at) for s in stored] == [
+        (EventKind.LAUNCHED, "s1", T0),
+        (EventKind.FAILED, "s1", T0),
+    ]
+    assert store.record_messages([launched]) == [], "a replay is not stored again"
+    # Offered again on a reconnect until the lesson ends: a restarted panel needs it.
+    assert store.pending_commands("p1", T0) == [b"p1"]
+    [(_, results)] = store.lessons_to_settle(a.ends_at + 1)
+    assert results == [
+        PanelResult("p1", T0 - 58, None),
+        PanelResult("p2", None, "url-refused"),
+    ]
+    state, reason = outcome(a.starts_at, results, 60)
+    store.settle(a.lesson_id, state, reason, a.ends_at + 1)
+    [record] = store.list_lessons(_today())
+    assert (record.state, record.launched, record.failed) == (LessonState.PARTLY_HELD, 1, 1)
+    assert record.reason == "p2: url-refused"
+
+
+@pytest.mark.parametrize(
+    ("panels", "state", "reason"),
+    [
+        ([], LessonState.NO_DEVICE, "no panel in the room"),
+        ([PanelResult("a", T0 - 5, None), PanelResult("b", T0 + 59, None)], LessonState.HELD, ""),
+        ([PanelResult("a", T0 + 61, None)], LessonState.PARTLY_HELD, "a: late by 61s"),
+        ([PanelResult("a", T0, "crashed")], LessonState.PARTLY_HELD, "a: crashed"),
+        (
+            [PanelResult("a", None, None), PanelResult("b", None, "no-network")],
+            LessonState.FAILED,
+            "not-reached on 1 of 2, no-network on 1 of 2",
+        ),
+    ],
+)
+def test_outcomes(panels: list[PanelResult], state: LessonState, reason: str) -> None:
+    assert outcome(T0, panels, 60) == (state, reason)
+
+
+def test_next_wake_is_the_earliest_due_thing(store: SqliteStore) -> None:
+    assert store.next_wake(60, 120) is None
+    store.save_lessons([lesson(start=T0 + 600), lesson("r2", start=T0)], T0 - 1000)
+    assert store.next_wake(60, 120) == T0 - 60
