@@ -24,6 +24,8 @@ import grpc
 from agent.backoff import backoff_delay
 from agent.enroll import Credentials
 from agent.errors import SpoolError
+from agent.launcher import Launcher
+from agent.network import has_default_route
 from agent.report import FullReports, Reporter, heartbeat, thresholds_from_pb
 from agent.settings import AgentSettings
 from agent.spool import Spool
@@ -79,6 +81,17 @@ class Link:
         self._reporter = reporter
         self._spool = spool
         self._version = version
+        # Shows lessons on the kiosk program; its events go into the spool.
+        self._launcher = Launcher(
+            settings.kiosk_argv,
+            emit=self.spool_lesson_event,
+            allowed_hosts=lambda: self.content_hosts,
+            has_network=has_default_route,
+        )
+        # Lesson content hosts, from the latest Welcome.
+        self.content_hosts: tuple[str, ...] = ()
+        # Lesson commands run as tasks (a launch waits for a program to stop first).
+        self._lesson_tasks: set[asyncio.Task[None]] = set()
         self._interval = settings.heartbeat_interval
         self._full = FullReports(_FULL_REPORT_INTERVAL)
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -97,6 +110,9 @@ class Link:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
+            # The lesson program goes with the agent; the controller sends the lesson
+            # again when the agent is back, if it has not ended.
+            await self._launcher.close()
 
     async def _produce(self, stop: asyncio.Event) -> None:
         """Spools a heartbeat every interval, connected or not."""
@@ -199,7 +215,7 @@ class Link:
                 room_id=s.room_id,
                 hostname=socket.gethostname()[:255],
                 agent_version=self._version,
-                capabilities=["ping"],
+                capabilities=["ping", "lessons"],
                 os=os_to_pb(self._reporter.os_info()),
             ),
         )
@@ -241,6 +257,7 @@ class Link:
         if welcome.HasField("thresholds"):
             self._reporter.limits = thresholds_from_pb(welcome.thresholds)
         self._full.interval = float(welcome.full_report_interval_seconds)
+        self.content_hosts = tuple(welcome.content_hosts)
         self._full.reset()
         self._spool.welcome(welcome.last_stored_seq)
         self._up_since = asyncio.get_running_loop().time()
@@ -296,6 +313,15 @@ class Link:
             elif body == "command":
                 self._run_command(message.command)
 
+    def spool_lesson_event(self, event: agent_pb2.LessonEvent) -> None:
+        """The launcher's report: spooled like a command result, never dropped."""
+        try:
+            self._spool.append(agent_pb2.AgentMessage(lesson_event=event), precious=True)
+        except SpoolError as exc:
+            log.error("lesson event not spooled, lost lesson=%s: %s", event.lesson_id, exc)
+            return
+        self._spooled.set()
+
     def _run_command(self, command: agent_pb2.Command) -> None:
         if command.command_id in self._seen:
             log.info("command already handled, not run again cmd=%s", command.command_id)
@@ -304,6 +330,17 @@ class Link:
         if len(self._seen) > _SEEN_COMMANDS:
             self._seen.popitem(last=False)
         action = command.WhichOneof("action")
+        if action in ("launch_lesson", "end_lesson"):
+            # Answered by the lesson's events, not by a CommandResult.
+            if action == "launch_lesson":
+                work = self._launcher.launch(command.command_id, command.launch_lesson)
+            else:
+                work = self._launcher.end(command.end_lesson.lesson_id)
+            task = asyncio.create_task(work, name=f"lesson {command.command_id}")
+            self._lesson_tasks.add(task)
+            task.add_done_callback(self._lesson_tasks.discard)
+            log.info("command handled cmd=%s action=%s", command.command_id, action)
+            return
         result = agent_pb2.CommandResult(
             command_id=command.command_id, finished_at=timestamp(time.time())
         )
