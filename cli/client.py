@@ -319,3 +319,19 @@ class AdminClient:
         """Audit entries matching the request's filters, newest first."""
         response = self._call(self._stub.ListAudit, request)
         return [audit_from_pb(e) for e in response.entries]
+
+    def import_lessons(
+        self, source: str, lessons: list[admin_pb2.ScheduledLesson], dry_run: bool
+    ) -> admin_pb2.ImportLessonsResponse:
+        """Sends schedule rows; the answer counts what changed and lists refused rows."""
+        request = admin_pb2.ImportLessonsRequest(source=source, lessons=lessons, dry_run=dry_run)
+        return self._call(self._stub.ImportLessons, request)
+
+    def lessons(self, school_id: str | None, room_id: str | None) -> admin_pb2.ListLessonsResponse:
+        """Today's lessons (the controller's time zone), of one school or room, or all."""
+        request = admin_pb2.ListLessonsRequest(school_id=school_id or "", room_id=room_id or "")
+        return self._call(self._stub.ListLessons, request)
+
+    def launch_lesson(self, request: admin_pb2.LaunchLessonRequest) -> admin_pb2.LessonInfo:
+        """A lesson by hand, now: the room's panels open the URL."""
+        return self._call(self._stub.LaunchLesson, request)

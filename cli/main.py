@@ -12,6 +12,7 @@ import typer
 
 from cli import people, render
 from cli.errors import CliError
+from cli.lessons import lessons_app
 from cli.options import DEFAULT_CONTROLLER, JsonFlag, Options, client, err, out, print_json
 from inventory.model import Condition, DeviceKind, DeviceStatus
 
@@ -33,6 +34,7 @@ token_app = typer.Typer(
 enroll_app.add_typer(token_app, name="token")
 app.add_typer(enroll_app, name="enroll")
 people.register(app)
+app.add_typer(lessons_app, name="lessons")
 
 
 @app.callback()

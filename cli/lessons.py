@@ -1,0 +1,196 @@
+"""schoolctl lessons: import a schedule, see the day's lessons, launch one by hand."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.errors import CliError, RequestRefused
+from cli.options import JsonFlag, client, err, out, print_json
+from cli.render import iso
+from inventory.schedule import RowError, ScheduleError, ScheduleRow
+from inventory.schedule_file import open_schedule
+from protos.mapping import seconds
+from protos.mapping_lessons import scheduled_to_pb
+from protos.schoolfleet.v1 import admin_pb2
+
+lessons_app = typer.Typer(
+    help="Lessons: import the schedule, see today's lessons, launch one by hand.",
+    no_args_is_help=True,
+)
+
+# Rows per request: well under the controller's request limit (1 MiB by default).
+_CHUNK_BYTES = 512 * 1024
+
+_STATE_STYLE = {
+    "held": "green",
+    "partly-held": "yellow",
+    "failed": "red",
+    "no-device": "red",
+    "dispatched": "cyan",
+    "scheduled": "",
+}
+
+
+def _chunks(rows: list[admin_pb2.ScheduledLesson]) -> list[list[admin_pb2.ScheduledLesson]]:
+    chunks: list[list[admin_pb2.ScheduledLesson]] = [[]]
+    size = 0
+    for row in rows:
+        row_size = row.ByteSize() + 8
+        if chunks[-1] and size + row_size > _CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(row)
+        size += row_size
+    return chunks
+
+
+@lessons_app.command("import")
+def lessons_import(
+    path: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A schedule, .csv or .json.", show_default=False)
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check every row; store nothing.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import a schedule file: every row is checked, each bad row is reported with its
+    line and reason, the good ones are stored. The same file again changes nothing.
+
+    Columns (CSV header, or JSON keys): school, room, start, end, class, subject,
+    teacher, content_url, remote. Times need a time zone: 2026-11-24T08:30+03:00.
+    Exits 2 if any row was refused."""
+    try:
+        source = open_schedule(path)
+        parsed = list(source.rows())
+    except ScheduleError as exc:
+        raise RequestRefused(str(exc)) from None
+    errors = [(r.line, r.message) for r in parsed if isinstance(r, RowError)]
+    rows = [scheduled_to_pb(r.lesson, r.line) for r in parsed if isinstance(r, ScheduleRow)]
+    totals = {"added": 0, "updated": 0, "unchanged": 0, "locked": 0}
+    if rows:
+        with client() as c:
+            for chunk in _chunks(rows):
+                answer = c.import_lessons(path.name, chunk, dry_run)
+                for key in totals:
+                    totals[key] += getattr(answer, key)
+                errors += [(e.line, e.message) for e in answer.errors]
+    errors.sort()
+    if as_json:
+        print_json(
+            {
+                "file": str(path),
+                "rows": len(parsed),
+                "dry_run": dry_run,
+                **totals,
+                "refused": [{"line": line, "message": m} for line, m in errors],
+            }
+        )
+    else:
+        for line, message in errors:
+            err.print(f"{path}:{line}: {message}", markup=False)
+        verb = "checked" if dry_run else "imported"
+        out.print(
+            f"{path}: {verb} {len(parsed)} rows: {totals['added']} added, "
+            f"{totals['updated']} updated, {totals['unchanged']} unchanged, "
+            f"{totals['locked']} already started (kept), {len(errors)} refused",
+            markup=False,
+        )
+    if errors:
+        raise typer.Exit(2)
+
+
+def _lesson_json(info: admin_pb2.LessonInfo) -> dict[str, Any]:
+    s = info.lesson
+    return {
+        "lesson_id": info.lesson_id,
+        "school_id": s.school_id,
+        "room_id": s.room_id,
+        "starts_at": iso(seconds(s.starts_at)),
+        "ends_at": iso(seconds(s.ends_at)),
+        "class": s.class_name,
+        "subject": s.subject,
+        "teacher": s.teacher,
+        "content_url": s.content_url,
+        "remote": s.remote,
+        "state": info.state,
+        "reason": info.reason,
+        "dispatched_at": iso(seconds(info.dispatched_at))
+        if info.HasField("dispatched_at")
+        else None,
+        "panels": info.panels,
+        "launched": info.launched,
+        "failed": info.failed,
+    }
+
+
+def _lessons_table(lessons: list[admin_pb2.LessonInfo]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("START", "END", "SCHOOL", "ROOM", "CLASS", "SUBJECT", "STATE", "PANELS"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("WHY")
+    for info in lessons:
+        s = info.lesson
+        style = _STATE_STYLE.get(info.state, "")
+        state = f"[{style}]{info.state}[/]" if style else info.state
+        table.add_row(
+            time.strftime("%H:%M", time.localtime(seconds(s.starts_at))),
+            time.strftime("%H:%M", time.localtime(seconds(s.ends_at))),
+            s.school_id,
+            s.room_id,
+            escape(s.class_name),
+            escape(s.subject),
+            state,
+            f"{info.launched}/{info.panels}" if info.panels else "-",
+            escape(info.reason),
+        )
+    return table
+
+
+@lessons_app.command("today")
+def lessons_today(
+    school: Annotated[str | None, typer.Option(help="Only this school.")] = None,
+    room: Annotated[str | None, typer.Option(help="Only this room.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Today's lessons with their state: scheduled, dispatched, then held, partly-held,
+    failed or no-device, and why; PANELS is launched/dispatched."""
+    with client() as c:
+        answer = c.lessons(school, room)
+    lessons = list(answer.lessons)
+    if as_json:
+        print_json([_lesson_json(x) for x in lessons])
+    elif not lessons:
+        err.print("no lessons today")
+    else:
+        out.print(_lessons_table(lessons))
+
+
+@lessons_app.command("launch")
+def lessons_launch(
+    url: Annotated[str, typer.Argument(metavar="URL", help="What the panels open.")],
+    room: Annotated[str, typer.Option(help="The room whose panels open it.")],
+    school: Annotated[str, typer.Option(help="The room's school.")],
+    minutes: Annotated[int, typer.Option(help="How long it lasts.", min=1, max=720)] = 45,
+    title: Annotated[str, typer.Option(help="What it is, for the lists.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Launch a lesson by hand, now, on a room's panels (it takes over from whatever
+    they show)."""
+    request = admin_pb2.LaunchLessonRequest(
+        school_id=school, room_id=room, url=url, minutes=minutes, title=title
+    )
+    with client() as c:
+        info = c.launch_lesson(request)
+    if as_json:
+        print_json(_lesson_json(info))
+    elif info.state == "no-device":
+        raise CliError(f"room {room} of school {school} has no panel: nothing launched")
+    else:
+        out.print(f"{info.lesson_id}: sent to {info.panels} panel(s)")
