@@ -263,3 +263,35 @@ def test_a_real_browser_renders_the_lesson_and_it_is_counted_held(
             assert "lesson ended" in c.log_text()
         finally:
             c.stop()
+
+
+def test_a_lesson_launched_by_hand_opens_now(tmp_path: Path, agents: list[Agent]) -> None:
+    with LessonSite() as site:
+        c = _controller(tmp_path).start()
+        try:
+            agents.append(_panel(tmp_path, c, "panel-301", "r301").start())
+            _online(c, "panel-301")
+            url = site.url("by-hand")
+            launched = schoolctl(
+                c.address, "lessons", "launch", url, "--school", "s1", "--room", "r301", "--json"
+            )
+            assert launched.code == 0, launched.err
+            info = launched.json()
+            assert (info["state"], info["panels"]) == ("dispatched", 1)
+            assert info["lesson_id"].endswith("/manual")
+            wait_until(lambda: site.hits("/lesson/by-hand"), 15, "the page opened by hand")
+            entry = schoolctl(c.address, "audit", "--action", "lessons.launch", "--json").json()
+            assert [(e["target"], e["outcome"]) for e in entry] == [("r301", "ok")]
+
+            for args, code, words in (
+                (("--room", "r999"), 2, "room r999 of school s1 is not in the inventory"),
+                (("--room", "r301", "--minutes", "0"), 2, "--minutes"),
+            ):
+                refused = schoolctl(c.address, "lessons", "launch", url, "--school", "s1", *args)
+                assert refused.code == code and words in refused.err, refused
+            other = schoolctl(
+                c.address, "lessons", "launch", "ftp://x/y", "--school", "s1", "--room", "r301"
+            )
+            assert other.code == 2 and "ftp" in other.err and "Traceback" not in other.err
+        finally:
+            c.stop()
