@@ -51,6 +51,12 @@ schoolctl is logged in as a central-ops user (.demo/schoolctl.toml, mode 0600). 
   schoolctl devices list --json
   curl -s http://{METRICS}/metrics | grep ^schoolfleet_
 
+Lessons: two short ones in each panel's room, the first starting within two minutes
+(.demo/schedule.csv); each panel "opens" it by itself (see .demo/panel-*.log):
+
+  schoolctl lessons today
+  grep -h "lesson event" .demo/panel-*.log
+
 People and the audit log:
 
   schoolctl users create it-1001 --role school-it --school school-1001 > .demo/it.token
@@ -158,6 +164,7 @@ def start() -> None:
         f'database = "sqlite://{STATE / "controller.db"}"\n'
         "heartbeat_interval = 5\n"
         f'ports_file = "{STATE / "ports.json"}"\n'
+        'content_hosts = ["lessons.example.edu"]\nlesson_lead = 10\nlesson_settle = 10\n'
     )
     if not CA_CERT.exists():
         _must("schoolfleet-controller", "init", "--data-dir", str(DATA), "--address", "127.0.0.1")
@@ -189,6 +196,7 @@ def start() -> None:
             f'spool_path = "{STATE / (device_id + "-spool.db")}"\n'
             f'cert_dir = "{STATE / ("tls-" + device_id)}"\nca_cert = "{CA_CERT}"\n'
             f'enroll_controller = "{PUBLIC}"\nenroll_token = "{tokens[school]}"\n'
+            f'kiosk_argv = ["{sys.executable}", "{ROOT / "demo" / "kiosk.py"}", "{{url}}"]\n'
         )
         pids[device_id] = _spawn(
             device_id, [str(BIN / "schoolfleet-agent"), "--config", str(config)]
@@ -203,7 +211,30 @@ def start() -> None:
         time.sleep(0.5)
     else:
         print("demo: not every device came online in 30 s; see .demo/*.log", file=sys.stderr)
+    _schedule()
     print(TRY)
+
+
+def _schedule() -> None:
+    """Two short lessons in each panel's room: the first starts in a minute."""
+    start = (int(time.time()) // 60 + 2) * 60
+    rows = ["school,room,start,end,class,subject,teacher,content_url,remote"]
+    for _, kind, school, room in DEVICES:
+        if kind != "panel":
+            continue
+        for n, subject in enumerate(("maths", "history")):
+            begin = start + n * 180
+            rows.append(
+                f"{school},{room},{_iso(begin)},{_iso(begin + 120)},7B,{subject},Ivanova,"
+                f"https://lessons.example.edu/{subject},no"
+            )
+    path = STATE / "schedule.csv"
+    path.write_text("\n".join(rows) + "\n")
+    _must("schoolctl", "lessons", "import", str(path))
+
+
+def _iso(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 if __name__ == "__main__":
