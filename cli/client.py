@@ -44,8 +44,9 @@ from protos.mapping_people import ROLE_TO_PB, audit_from_pb, user_from_pb
 from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
 
 _MAX_MESSAGE = 16 * 1024 * 1024
-# Requests are a few ids and filters.
-_MAX_SEND = 64 * 1024
+# Requests are a few ids and filters, or a part of a schedule (cli/lessons.py sends at
+# most 512 KiB of rows at once; the controller takes up to 1 MiB).
+_MAX_SEND = 1024 * 1024
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 

@@ -154,7 +154,7 @@ def test_a_late_panel_gets_its_lesson_and_a_restart_neither_loses_nor_repeats_it
             assert len(site.hits("/lesson/history")) == 1
             [lesson] = _lessons(c)
             assert (lesson["state"], lesson["panels"], lesson["launched"]) == ("dispatched", 1, 1)
-            assert c.log_text().count("lesson dispatched lesson=s1/r102/") == 1
+            assert c.log_text().count("lessons dispatched count=1 panels=1 ") == 1
         finally:
             c.stop()
 
@@ -295,3 +295,25 @@ def test_a_lesson_launched_by_hand_opens_now(tmp_path: Path, agents: list[Agent]
             assert other.code == 2 and "ftp" in other.err and "Traceback" not in other.err
         finally:
             c.stop()
+
+
+def test_a_term_of_lessons_imports_in_parts_and_again_changes_nothing(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    c = _controller(tmp_path).start()
+    try:
+        agents.append(_panel(tmp_path, c, "panel-401", "r401").start())
+        _online(c, "panel-401")
+        first = time.time() + 86400
+        url = "https://lessons.example.edu/" + "a" * 200
+        rows = [_row("r401", first + n * 3600, first + n * 3600 + 2700, url) for n in range(3000)]
+        schedule = tmp_path / "term.csv"
+        schedule.write_text(HEADER + "".join(rows))
+        assert schedule.stat().st_size > 600 * 1024, "more than one 512 KiB part"
+        done = schoolctl(c.address, "lessons", "import", str(schedule), timeout=120)
+        assert done.code == 0, done.err
+        assert "3000 rows: 3000 added, 0 updated, 0 unchanged" in done.out
+        again = schoolctl(c.address, "lessons", "import", str(schedule), timeout=120)
+        assert "3000 rows: 0 added, 0 updated, 3000 unchanged" in again.out
+    finally:
+        c.stop()
