@@ -39,13 +39,13 @@ _IDLE_MAX = 5.0
 _BATCH = 500
 
 
-def launch_command(lesson: Lesson, device_id: str, now: float) -> agent_pb2.Command:
+def launch_command(lesson: Lesson, lesson_id: str, device_id: str, now: float) -> agent_pb2.Command:
     """The LaunchLesson command for one panel; its id is the same on every retry."""
     return agent_pb2.Command(
-        command_id=f"launch:{lesson.lesson_id}:{device_id}",
+        command_id=f"launch:{lesson_id}:{device_id}",
         issued_at=timestamp(now),
         launch_lesson=agent_pb2.LaunchLesson(
-            lesson_id=lesson.lesson_id,
+            lesson_id=lesson_id,
             url=lesson.content_url,
             starts_at=timestamp(lesson.starts_at),
             ends_at=timestamp(lesson.ends_at),
@@ -125,41 +125,55 @@ class Dispatcher:
             log.info("lesson settled lesson=%s state=%s %s", lesson.lesson_id, state, reason)
 
     async def _dispatch(self, lessons: list[Lesson], now: float) -> None:
+        # Thousands of lessons may start in the same minute: the work per lesson is
+        # kept small (its id formatted once, one log line per batch, not per lesson).
         rooms = await self._off_loop(
             self._store.panels_in_rooms, [(x.school_id, x.room_id) for x in lessons]
         )
         planned: list[tuple[str, list[OutboxCommand]]] = []
-        messages: dict[str, list[tuple[str, agent_pb2.Command]]] = {}
+        messages: dict[str, tuple[Lesson, list[tuple[str, agent_pb2.Command]]]] = {}
         for lesson in lessons:
+            lesson_id = lesson.lesson_id
+            sent: list[tuple[str, agent_pb2.Command]] = []
             commands = []
             for device_id in rooms.get((lesson.school_id, lesson.room_id), []):
-                command = launch_command(lesson, device_id, now)
+                command = launch_command(lesson, lesson_id, device_id, now)
                 commands.append(
                     OutboxCommand(
                         command.command_id,
                         device_id,
-                        lesson.lesson_id,
+                        lesson_id,
                         command.SerializeToString(),
                         lesson.ends_at,
                     )
                 )
-                messages.setdefault(lesson.lesson_id, []).append((device_id, command))
-            planned.append((lesson.lesson_id, commands))
+                sent.append((device_id, command))
+            planned.append((lesson_id, commands))
+            messages[lesson_id] = (lesson, sent)
         dispatched = await self._off_loop(self._store.dispatch, planned, now)
-        by_id = {x.lesson_id: x for x in lessons}
+        panels = empty = 0
         for lesson_id in dispatched:
-            lesson = by_id[lesson_id]
-            sent = messages.get(lesson_id, [])
+            lesson, sent = messages[lesson_id]
             for device_id, command in sent:
                 session = self._sessions.get(device_id)
                 if session is not None:
                     session.send(agent_pb2.ControllerMessage(command=command))
             if sent:
                 self._metrics.dispatched(lesson.school_id)
-                log.info("lesson dispatched lesson=%s panels=%d", lesson_id, len(sent))
+                panels += len(sent)
+                log.debug("lesson dispatched lesson=%s panels=%d", lesson_id, len(sent))
             else:
                 self._metrics.settled(lesson.school_id, LessonState.NO_DEVICE)
+                empty += 1
                 log.warning("lesson has no panel lesson=%s", lesson_id)
+        if dispatched:
+            log.info(
+                "lessons dispatched count=%d panels=%d no_panel=%d first=%s",
+                len(dispatched),
+                panels,
+                empty,
+                dispatched[0],
+            )
 
     def _end(self, lesson: Lesson, panels: list[str], now: float) -> None:
         for device_id in panels:

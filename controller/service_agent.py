@@ -363,7 +363,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     await writer.submit(_result_row(device_id, message, self._now()))
                 elif body == "lesson_event":
                     event = lesson_event_from_pb(device_id, message.lesson_event)
-                    log.info(
+                    # Thousands arrive at a lesson's start: failures are the news.
+                    log.log(
+                        logging.WARNING if event.reason else logging.DEBUG,
                         "lesson event device=%s lesson=%s kind=%s reason=%s",
                         device_id,
                         event.lesson_id[:120],
