@@ -29,7 +29,7 @@ from agent.network import has_default_route
 from agent.report import FullReports, Reporter, heartbeat, thresholds_from_pb
 from agent.settings import AgentSettings
 from agent.spool import Spool
-from protos.mapping import KIND_TO_PB, os_to_pb, timestamp
+from protos.mapping import KIND_TO_PB, os_to_pb, seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ _CLOSE_GRACE = 3.0
 _SEND_BATCH = 100
 # Seconds between full reports until the controller's Welcome says otherwise.
 _FULL_REPORT_INTERVAL = 300.0
+# Longest a lesson is held for its start: the controller sends it lesson_lead (60 s)
+# early; a device clock far behind must not keep the room waiting.
+_HOLD_MAX = 300.0
 
 
 Call = grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.ControllerMessage]
@@ -112,6 +115,8 @@ class Link:
                 await producer
             # The lesson program goes with the agent; the controller sends the lesson
             # again when the agent is back, if it has not ended.
+            for task in list(self._lesson_tasks):
+                task.cancel()
             await self._launcher.close()
 
     async def _produce(self, stop: asyncio.Event) -> None:
@@ -313,6 +318,16 @@ class Link:
             elif body == "command":
                 self._run_command(message.command)
 
+    async def _launch_at_start(self, command_id: str, cmd: agent_pb2.LaunchLesson) -> None:
+        """Shows the lesson at its start by this device's clock. The controller sends it
+        early (lesson_lead), so that thousands of panels have it by the start; with a
+        clock far behind the controller's, it is not held longer than _HOLD_MAX."""
+        delay = seconds(cmd.starts_at) - time.time()
+        if delay > 0:
+            log.info("lesson held until its start lesson=%s in=%.1fs", cmd.lesson_id, delay)
+            await asyncio.sleep(min(delay, _HOLD_MAX))
+        await self._launcher.launch(command_id, cmd)
+
     def spool_lesson_event(self, event: agent_pb2.LessonEvent) -> None:
         """The launcher's report: spooled like a command result, never dropped."""
         try:
@@ -333,7 +348,7 @@ class Link:
         if action in ("launch_lesson", "end_lesson"):
             # Answered by the lesson's events, not by a CommandResult.
             if action == "launch_lesson":
-                work = self._launcher.launch(command.command_id, command.launch_lesson)
+                work = self._launch_at_start(command.command_id, command.launch_lesson)
             else:
                 work = self._launcher.end(command.end_lesson.lesson_id)
             task = asyncio.create_task(work, name=f"lesson {command.command_id}")
