@@ -54,6 +54,7 @@ proto: dev
 
 bench: dev
 	$(PY) bench/ingest.py
+	$(PY) bench/lesson_fanout.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

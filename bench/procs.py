@@ -41,6 +41,8 @@ class TargetKind:
     stored_metric: str
     received_metric: str
     streams_metric: str
+    # A baseline server's module, run as ``python -m MODULE --ports-file F``.
+    module: str = "bench.bare_server"
 
 
 CONTROLLER = TargetKind(
@@ -116,7 +118,7 @@ async def start_target(
             f"--ports-file={ports_file}",
         ]
     else:
-        argv = [sys.executable, "-m", "bench.bare_server", f"--ports-file={ports_file}"]
+        argv = [sys.executable, "-m", kind.module, f"--ports-file={ports_file}"]
     with log.open("wb") as log_fh:
         proc = await asyncio.create_subprocess_exec(
             *argv,
