@@ -35,7 +35,7 @@ from controller.service_agent import AgentService, Sessions
 from controller.service_agent import add_to_server as add_agent_service
 from controller.sessions import Closing
 from controller.settings import ControllerSettings
-from controller.store import open_store
+from controller.store import Store, open_store
 from protos.schoolfleet.v1 import admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,30 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+def _lessons(
+    settings: ControllerSettings,
+    store: Store,
+    executor: ThreadPoolExecutor,
+    sessions: Sessions,
+    registry: CollectorRegistry,
+) -> tuple[LessonMetrics, Dispatcher]:
+    """The lesson figures and the dispatcher that runs the schedule."""
+    if not settings.content_hosts:
+        log.warning("content_hosts is empty: panels refuse every lesson's URL; set it")
+    registry.register(LessonCollector(store, ZoneInfo(settings.timezone)))
+    metrics = LessonMetrics(registry)
+    dispatcher = Dispatcher(
+        store,
+        executor,
+        sessions,
+        metrics,
+        lead=settings.lesson_lead,
+        settle=settings.lesson_settle,
+        on_time=settings.lesson_on_time,
+    )
+    return metrics, dispatcher
+
+
 async def serve(settings: ControllerSettings) -> None:
     """Runs the controller until SIGTERM or SIGINT, then shuts down gracefully."""
     store = open_store(settings.database)
@@ -152,17 +176,7 @@ async def serve(settings: ControllerSettings) -> None:
     sessions: Sessions = Sessions()
     registry.register(FleetCollector(store, lambda: len(sessions)))
     zone = ZoneInfo(settings.timezone)
-    registry.register(LessonCollector(store, zone))
-    lesson_metrics = LessonMetrics(registry)
-    dispatcher = Dispatcher(
-        store,
-        read_executor,
-        sessions,
-        lesson_metrics,
-        lead=settings.lesson_lead,
-        settle=settings.lesson_settle,
-        on_time=settings.lesson_on_time,
-    )
+    lesson_metrics, dispatcher = _lessons(settings, store, read_executor, sessions, registry)
     agent_service = AgentService(settings, store, write_executor, sessions, metrics)
     writer = MessageWriter(
         store,
