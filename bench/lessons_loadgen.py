@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from bench import wire
-from bench.loadgen import CHANNEL_OPTIONS, NoWelcome
+from bench.loadgen import connect_each, open_stream
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 
 log = logging.getLogger("bench.lessons_loadgen")
@@ -107,44 +107,12 @@ class Panels:
         self._stopping = False
 
     async def connect_all(self, concurrency: int, per_panel: float) -> dict[str, object]:
-        """Opens every panel's stream, ``concurrency`` at a time, each given ``per_panel``
-        seconds; failures are counted, not raised."""
-        started = time.monotonic()
-        slots = asyncio.Semaphore(concurrency)
-
-        async def one(panel: Panel) -> None:
-            async with slots:
-                try:
-                    await asyncio.wait_for(self._connect(panel), per_panel)
-                except TimeoutError:
-                    panel.error = "connect timed out"
-                except grpc.aio.AioRpcError as exc:
-                    panel.error = f"connect {exc.code().name}: {exc.details()}"
-                except NoWelcome as exc:
-                    panel.error = str(exc)
-
-        await asyncio.gather(*(one(p) for p in self._panels))
-        return {
-            "event": "ready",
-            "connected": sum(p.open for p in self._panels),
-            "failed": sum(not p.open for p in self._panels),
-            "seconds": time.monotonic() - started,
-            "errors": self._errors(),
-        }
+        """Opens every panel's stream; see bench.loadgen.connect_each."""
+        return await connect_each(self._panels, self._connect, concurrency, per_panel, self._errors)
 
     async def _connect(self, panel: Panel) -> None:
-        channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
-        self._channels.append(channel)
-        connect: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
-            wire.CONNECT_METHOD
-        )
-        call = connect()
+        call, last_seq = await open_stream(self._target, self._channels, panel.hello)
         panel.call = call
-        await call.write(panel.hello)
-        first = await call.read()
-        last_seq = wire.read_welcome(first) if isinstance(first, bytes) else None
-        if last_seq is None:
-            raise NoWelcome("stream ended before a Welcome")
         panel.next_seq = last_seq + 1
         panel.open = True
         panel.tasks.append(asyncio.create_task(self._read(panel, call)))

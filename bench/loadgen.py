@@ -23,7 +23,9 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -77,6 +79,68 @@ class Device:
         return max(0, self.acked_seq - self.first_seq + 1)
 
 
+class Streamed(Protocol):
+    """What connect_each needs of a simulated device."""
+
+    open: bool
+    error: str | None
+
+
+S = TypeVar("S", bound=Streamed)
+
+
+async def connect_each(
+    devices: Sequence[S],
+    connect: Callable[[S], Awaitable[None]],
+    concurrency: int,
+    per_device: float,
+    errors: Callable[[], dict[str, int]],
+) -> dict[str, object]:
+    """Opens every device's stream, ``concurrency`` at a time, each given ``per_device``
+    seconds; failures are counted, not raised. Returns the "ready" record."""
+    started = time.monotonic()
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(device: S) -> None:
+        async with slots:
+            try:
+                await asyncio.wait_for(connect(device), per_device)
+            except TimeoutError:
+                device.error = "connect timed out"
+            except grpc.aio.AioRpcError as exc:
+                device.error = f"connect {exc.code().name}: {exc.details()}"
+            except NoWelcome as exc:
+                device.error = str(exc)
+
+    await asyncio.gather(*(one(d) for d in devices))
+    return {
+        "event": "ready",
+        "connected": sum(d.open for d in devices),
+        "failed": sum(not d.open for d in devices),
+        "seconds": time.monotonic() - started,
+        "errors": errors(),
+    }
+
+
+async def open_stream(
+    target: str, channels: list[grpc.aio.Channel], hello: bytes
+) -> tuple[Call, int]:
+    """A Connect stream on its own channel, Hello sent and Welcome read: the call and
+    the controller's last stored seq."""
+    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    channels.append(channel)
+    connect: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+        wire.CONNECT_METHOD
+    )
+    call = connect()
+    await call.write(hello)
+    first = await call.read()
+    last_seq = wire.read_welcome(first) if isinstance(first, bytes) else None
+    if last_seq is None:
+        raise NoWelcome("stream ended before a Welcome")
+    return call, last_seq
+
+
 class Fleet:
     """The devices of one worker process and the tasks that drive them."""
 
@@ -92,44 +156,14 @@ class Fleet:
         self._stopping = False
 
     async def connect_all(self, concurrency: int, per_device: float) -> dict[str, object]:
-        """Opens every device's stream, ``concurrency`` at a time, each given ``per_device``
-        seconds; failures are counted."""
-        started = time.monotonic()
-        slots = asyncio.Semaphore(concurrency)
-
-        async def one(device: Device) -> None:
-            async with slots:
-                try:
-                    await asyncio.wait_for(self._connect(device), per_device)
-                except TimeoutError:
-                    device.error = "connect timed out"
-                except grpc.aio.AioRpcError as exc:
-                    device.error = f"connect {exc.code().name}: {exc.details()}"
-                except NoWelcome as exc:
-                    device.error = str(exc)
-
-        await asyncio.gather(*(one(d) for d in self._devices))
-        return {
-            "event": "ready",
-            "connected": sum(d.open for d in self._devices),
-            "failed": sum(not d.open for d in self._devices),
-            "seconds": time.monotonic() - started,
-            "errors": self._errors(),
-        }
+        """Opens every device's stream; see connect_each."""
+        return await connect_each(
+            self._devices, self._connect, concurrency, per_device, self._errors
+        )
 
     async def _connect(self, device: Device) -> None:
-        channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
-        self._channels.append(channel)
-        connect: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
-            wire.CONNECT_METHOD
-        )
-        call = connect()
+        call, last_seq = await open_stream(self._target, self._channels, device.hello)
         device.call = call
-        await call.write(device.hello)
-        first = await call.read()
-        last_seq = wire.read_welcome(first) if isinstance(first, bytes) else None
-        if last_seq is None:
-            raise NoWelcome("stream ended before a Welcome")
         device.first_seq = device.next_seq = last_seq + 1
         device.open = True
         device.tasks.append(asyncio.create_task(self._read(device, call)))
