@@ -222,6 +222,8 @@ class Link:
                 agent_version=self._version,
                 capabilities=["ping", "lessons"],
                 os=os_to_pb(self._reporter.os_info()),
+                management_address=s.management_address,
+                labels=dict(s.label_pairs()),
             ),
         )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from common.errors import SettingError
 from common.settings import LOG_LEVELS, load_settings, load_settings_lenient
-from inventory.model import DeviceKind, valid_id
+from inventory.model import DeviceKind, check_labels, ip_address, parse_label, valid_id
 
 ENV_PREFIX = "SCHOOLFLEET_AGENT_"
 DEFAULT_CONFIG = Path("/etc/schoolfleet/agent.toml")
@@ -70,6 +70,12 @@ class AgentSettings:
     # Off: plaintext to a controller with agent_tls off, for a lab only; ca_cert is
     # then not needed, and the device is whoever its config file says.
     tls: bool = True
+    # Where Ansible should reach this device, when not at the address its stream comes
+    # from (behind NAT, say): an IP address; empty: the stream's.
+    management_address: str = ""
+    # "name=value" entries the controller keeps with the device (rollout selectors,
+    # Ansible groups); rules in inventory.model.check_labels.
+    labels: tuple[str, ...] = ()
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -97,8 +103,21 @@ class AgentSettings:
                 "one of them with {url}",
                 "kiosk_argv",
             )
+        if self.management_address:
+            try:
+                ip_address(self.management_address)
+            except ValueError as exc:
+                raise SettingError(f"'management_address' {exc}", "management_address") from None
+        try:
+            self.label_pairs()
+        except ValueError as exc:
+            raise SettingError(f"'labels' is wrong: {exc}", "labels") from None
         if self.log_level.lower() not in LOG_LEVELS:
             raise SettingError(f"'log_level' must be one of {', '.join(LOG_LEVELS)}", "log_level")
+
+    def label_pairs(self) -> tuple[tuple[str, str], ...]:
+        """The labels as (name, value), sorted; raises ValueError for a bad entry."""
+        return check_labels(parse_label(entry) for entry in self.labels)
 
 
 def load(path: Path, overrides: dict[str, object] | None = None) -> AgentSettings:

@@ -6,6 +6,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from cli import render_report
@@ -38,6 +39,8 @@ def device_json(d: DeviceRecord) -> dict[str, Any]:
     identity = asdict(d.identity)
     if d.identity.os is not None:
         identity["os"]["boot_time"] = iso(d.identity.os.boot_time)
+    # A JSON object, as the labels were written; asdict gives a list of pairs.
+    identity["labels"] = dict(d.identity.labels)
     r = d.report
     return {
         **identity,
@@ -118,6 +121,9 @@ def device_detail(d: DeviceRecord, now: float) -> Table:
         ("hostname", i.hostname or "-"),
         ("agent", i.agent_version or "-"),
         ("os", _os(d)),
+        ("address", i.address or "- (none known: not in the Ansible inventory)"),
+        # Labels come from the device's config: shown as text, never as markup.
+        ("labels", escape(", ".join(f"{k}={v}" for k, v in i.labels)) or "-"),
         ("status", _status(d.status)),
         ("enrollment", _enrollment(d)),
         (

@@ -196,11 +196,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             log.error("stream refused device=%s peer=%s error=%s", identity.device_id, peer, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "controller store unavailable")
         log.info(
-            "stream open device=%s school=%s kind=%s peer=%s stream=%d last_seq=%d",
+            "stream open device=%s school=%s kind=%s peer=%s address=%s stream=%d last_seq=%d",
             identity.device_id,
             identity.school_id,
             identity.kind,
             peer,
+            identity.address or "-",
             session.stream_id,
             last_seq,
         )
@@ -325,7 +326,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 return None
             if first.WhichOneof("body") != "hello":
                 raise ProtocolError("the first message on a stream must be Hello")
-            return identity_from_hello(first.hello)
+            return identity_from_hello(first.hello, peer)
         except TimeoutError:
             code, message = (
                 grpc.StatusCode.DEADLINE_EXCEEDED,

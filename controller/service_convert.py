@@ -8,6 +8,7 @@ names the field.
 from __future__ import annotations
 
 import math
+from urllib.parse import unquote
 
 from controller.errors import ProtocolError
 from inventory.model import (
@@ -19,6 +20,8 @@ from inventory.model import (
     Health,
     KindCount,
     OsInfo,
+    check_labels,
+    ip_address,
     valid_id,
 )
 from protos import mapping
@@ -55,8 +58,39 @@ def _check_text(value: str, field: str) -> str:
     return value
 
 
-def identity_from_hello(hello: agent_pb2.Hello) -> DeviceIdentity:
-    """The identity a Hello claims, checked."""
+def peer_address(peer: str) -> str:
+    """The IP address in gRPC's peer string ("ipv4:198.18.0.5:40122",
+    "ipv6:[::1]:40122"); "" for a unix socket or anything else without one."""
+    family, _, rest = peer.partition(":")
+    if family not in ("ipv4", "ipv6"):
+        return ""
+    # gRPC percent-encodes the URI, e.g. an IPv6 zone's "%" as "%25".
+    host = unquote(rest).rpartition(":")[0].removeprefix("[").removesuffix("]")
+    try:
+        return ip_address(host)
+    except ValueError:
+        return ""
+
+
+def _address(hello: agent_pb2.Hello, peer: str) -> str:
+    """Where Ansible reaches the device: the address it names, else its stream's."""
+    if not hello.management_address:
+        return peer_address(peer)
+    try:
+        return ip_address(hello.management_address)
+    except ValueError as exc:
+        raise ProtocolError(f"Hello.management_address {exc}") from None
+
+
+def _labels(hello: agent_pb2.Hello) -> tuple[tuple[str, str], ...]:
+    try:
+        return check_labels(hello.labels.items())
+    except ValueError as exc:
+        raise ProtocolError(f"Hello.labels: {exc}") from None
+
+
+def identity_from_hello(hello: agent_pb2.Hello, peer: str = "") -> DeviceIdentity:
+    """The identity a Hello claims, checked; ``peer`` is gRPC's ``context.peer()``."""
     kind = KIND_FROM_PB.get(hello.kind)
     if kind is None:
         raise ProtocolError(f"Hello.kind {hello.kind} is not a known device kind")
@@ -68,6 +102,8 @@ def identity_from_hello(hello: agent_pb2.Hello) -> DeviceIdentity:
         hostname=_check_text(hello.hostname, "Hello.hostname"),
         agent_version=_check_text(hello.agent_version, "Hello.agent_version"),
         os=_os_from_pb(hello.os) if hello.HasField("os") else None,
+        address=_address(hello, peer),
+        labels=_labels(hello),
     )
 
 
@@ -128,6 +164,8 @@ def device_to_pb(d: DeviceRecord) -> admin_pb2.Device:
         first_seen=timestamp(d.first_seen),
         offline_after_seconds=int(d.offline_after),
         last_seq=d.last_seq,
+        address=d.identity.address,
+        labels=dict(d.identity.labels),
     )
     if d.last_heartbeat is not None:
         out.last_heartbeat.CopyFrom(timestamp(d.last_heartbeat))

@@ -6,10 +6,16 @@ Nothing here does I/O or knows about protobuf; the service modules translate.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+# The same names a rollout selector's label.NAME takes (inventory/rollouts.py).
+_LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+LABELS_MAX = 32
+LABEL_VALUE_MAX = 128
 
 
 class DeviceKind(enum.StrEnum):
@@ -39,6 +45,57 @@ class Condition(enum.StrEnum):
 def valid_id(value: str) -> bool:
     """Device, school and room ids: 1-64 of letters, digits and ``._:-``."""
     return _ID.fullmatch(value) is not None
+
+
+def ip_address(text: str) -> str:
+    """``text`` as a canonical IP address (``::ffff:a.b.c.d`` as ``a.b.c.d``); raises
+    ValueError naming it if it is none, or not one a device can be reached at."""
+    try:
+        # The longest IPv6 text is 45 characters; a scope (fe80::1%eth0) adds a name.
+        if len(text) > 64:
+            raise ValueError
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text[:80]!r} is not an IP address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(f"{text[:80]!r} is not an address a device can be reached at")
+    return str(address)
+
+
+def check_labels(labels: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Labels sorted by name, as a device's identity keeps them; raises ValueError
+    naming the first that breaks a rule (count, name, value length, control
+    characters, a name twice)."""
+    pairs = sorted(labels)
+    if len(pairs) > LABELS_MAX:
+        raise ValueError(f"{len(pairs)} labels, at most {LABELS_MAX} are allowed")
+    seen: set[str] = set()
+    for name, value in pairs:
+        if _LABEL_NAME.fullmatch(name) is None:
+            raise ValueError(
+                f"label name {name[:80]!r} is not 1-64 of letters, digits and . _ - "
+                "(starting with a letter or digit)"
+            )
+        if name in seen:
+            raise ValueError(f"label {name} is given twice")
+        seen.add(name)
+        if len(value) > LABEL_VALUE_MAX:
+            raise ValueError(f"label {name} is longer than {LABEL_VALUE_MAX} characters")
+        # Shown in terminals and logs as they are.
+        if not value.isprintable():
+            raise ValueError(f"label {name} has a control character")
+    return tuple(pairs)
+
+
+def parse_label(entry: str) -> tuple[str, str]:
+    """``grade=5`` -> ("grade", "5"), as the agent's config writes a label; the name
+    is checked by :func:`check_labels`."""
+    name, sep, value = entry.partition("=")
+    if not sep:
+        raise ValueError(f"label {entry[:80]!r} must be written NAME=VALUE")
+    return name, value
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +133,10 @@ class DeviceIdentity:
     hostname: str = ""
     agent_version: str = ""
     os: OsInfo | None = None
+    # Where Ansible reaches the device (an IP address), "" if unknown.
+    address: str = ""
+    # Sorted by name (see check_labels), so identities compare and hash as values.
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,8 @@ class Controller:
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    # Where the gRPC ports listen, e.g. the machine's end of a test's veth pair.
+    host: str = "127.0.0.1"
     grpc_port: int = 0
     metrics_port: int = 0
     # With agent_tls: the TLS port for enrollment and schoolctl.
@@ -94,7 +96,7 @@ class Controller:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     def start(self) -> Controller:
         ports = self.workdir / "ports.json"
@@ -112,7 +114,7 @@ class Controller:
                     "--config",
                     str(self.workdir / "controller.toml"),
                     "--listen",
-                    f"127.0.0.1:{self.port}",
+                    f"{self.host}:{self.port}",
                     "--metrics-listen",
                     "127.0.0.1:0",
                     "--database",
@@ -134,8 +136,9 @@ class Controller:
         got = wait_until(ready, 20, "controller ports file")
         self.grpc_port, self.metrics_port = got["grpc"], got["metrics"]
         self.enroll_port = got.get("enroll", 0)
-        for port in (self.grpc_port, self.enroll_port):
-            _ADMIN_TOKENS[f"127.0.0.1:{port}"] = self.admin_token
+        _ADMIN_TOKENS[self.address] = self.admin_token
+        # tls_env's enroll_listen is on loopback unless a test says otherwise.
+        _ADMIN_TOKENS[f"127.0.0.1:{self.enroll_port}"] = self.admin_token
         return self
 
     def create_user(self, name: str, role: str, *schools: str) -> CreatedUser:
@@ -200,6 +203,8 @@ class Agent:
     controller: str
     extra: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    # A network namespace the test made: the agent runs inside it.
+    netns: str = ""
 
     @property
     def log(self) -> Path:
@@ -223,9 +228,11 @@ class Agent:
             **self.extra,
         }
         config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+        # ip netns exec execs the agent, so the pid stop() signals is the agent's own.
+        wrapper = ["ip", "netns", "exec", self.netns] if self.netns else []
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "schoolfleet-agent"), "--config", str(config)],
+                [*wrapper, str(BIN / "schoolfleet-agent"), "--config", str(config)],
                 stdout=log,
                 stderr=log,
             )

@@ -344,6 +344,26 @@ Global___ListAuditResponse: _TypeAlias = ListAuditResponse  # noqa: Y015
 class Device(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     SCHOOL_ID_FIELD_NUMBER: _builtins.int
@@ -368,6 +388,8 @@ class Device(_message.Message):
     RECENT_COMMANDS_FIELD_NUMBER: _builtins.int
     REPORT_AT_FIELD_NUMBER: _builtins.int
     ENROLLMENT_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     kind: _fleet_pb2.DeviceKind.ValueType
     school_id: _builtins.str
@@ -384,6 +406,10 @@ class Device(_message.Message):
     """Heartbeats stored since the device was first seen (duplicates are not stored)."""
     seq_gaps: _builtins.int
     """Sequence numbers that never arrived: messages the device dropped or lost."""
+    address: _builtins.str
+    """Where Ansible reaches the device: the management_address of its latest Hello,
+    else the address that stream came from; empty if neither was an IP address.
+    """
     @_builtins.property
     def first_seen(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -422,6 +448,10 @@ class Device(_message.Message):
     def enrollment(self) -> Global___DeviceEnrollment:
         """Unset for a device that never enrolled (nor was decommissioned)."""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The labels of its latest Hello."""
+
     def __init__(
         self,
         *,
@@ -449,10 +479,12 @@ class Device(_message.Message):
         recent_commands: _abc.Iterable[Global___CommandOutcome] | None = ...,
         report_at: _timestamp_pb2.Timestamp | None = ...,
         enrollment: Global___DeviceEnrollment | None = ...,
+        address: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["enrollment", b"enrollment", "first_seen", b"first_seen", "health", b"health", "last_heartbeat", b"last_heartbeat", "network", b"network", "os", b"os", "report_at", b"report_at", "spool", b"spool", "system", b"system"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "condition", b"condition", "device_id", b"device_id", "enrollment", b"enrollment", "first_seen", b"first_seen", "health", b"health", "heartbeats_stored", b"heartbeats_stored", "hostname", b"hostname", "kind", b"kind", "last_heartbeat", b"last_heartbeat", "last_seq", b"last_seq", "network", b"network", "offline_after_seconds", b"offline_after_seconds", "os", b"os", "reasons", b"reasons", "recent_commands", b"recent_commands", "report_at", b"report_at", "room_id", b"room_id", "school_id", b"school_id", "seq_gaps", b"seq_gaps", "spool", b"spool", "status", b"status", "stream_up", b"stream_up", "system", b"system"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "condition", b"condition", "device_id", b"device_id", "enrollment", b"enrollment", "first_seen", b"first_seen", "health", b"health", "heartbeats_stored", b"heartbeats_stored", "hostname", b"hostname", "kind", b"kind", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "last_seq", b"last_seq", "network", b"network", "offline_after_seconds", b"offline_after_seconds", "os", b"os", "reasons", b"reasons", "recent_commands", b"recent_commands", "report_at", b"report_at", "room_id", b"room_id", "school_id", b"school_id", "seq_gaps", b"seq_gaps", "spool", b"spool", "status", b"status", "stream_up", b"stream_up", "system", b"system"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1152,3 +1184,379 @@ class LaunchLessonRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LaunchLessonRequest: _TypeAlias = LaunchLessonRequest  # noqa: Y015
+
+@_typing.final
+class StartRolloutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYBOOK_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
+    WAVE_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_FAIL_FIELD_NUMBER: _builtins.int
+    EXTRA_VARS_JSON_FIELD_NUMBER: _builtins.int
+    GATE_LESSONS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    playbook: _builtins.str
+    """A playbook's file name in the controller's playbook folder, e.g. "timesync.yml"."""
+    selector: _builtins.str
+    """e.g. "school=1234,kind=panel"; see schoolctl rollout start --help."""
+    canary: _builtins.str
+    """A number of hosts ("5") or a share of the rollout's hosts ("2%")."""
+    wave_size: _builtins.str
+    max_fail: _builtins.str
+    """A percentage: a wave with more failed or unreachable hosts halts the rollout."""
+    extra_vars_json: _builtins.str
+    """A JSON object."""
+    gate_lessons: _builtins.bool
+    """Also halt when lessons on changed devices fail more often than before."""
+    dry_run: _builtins.bool
+    """Check everything and answer with the hosts and first wave, but start nothing."""
+    def __init__(
+        self,
+        *,
+        playbook: _builtins.str = ...,
+        selector: _builtins.str = ...,
+        canary: _builtins.str = ...,
+        wave_size: _builtins.str = ...,
+        max_fail: _builtins.str = ...,
+        extra_vars_json: _builtins.str = ...,
+        gate_lessons: _builtins.bool = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "gate_lessons", b"gate_lessons", "max_fail", b"max_fail", "playbook", b"playbook", "selector", b"selector", "wave_size", b"wave_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRolloutRequest: _TypeAlias = StartRolloutRequest  # noqa: Y015
+
+@_typing.final
+class GetRolloutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollout_id", b"rollout_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRolloutRequest: _TypeAlias = GetRolloutRequest  # noqa: Y015
+
+@_typing.final
+class ListRolloutsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATES_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these states (running, paused, halted, aborted, done); empty: all."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[_builtins.str] | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRolloutsRequest: _TypeAlias = ListRolloutsRequest  # noqa: Y015
+
+@_typing.final
+class RolloutWave(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAVE_FIELD_NUMBER: _builtins.int
+    HOSTS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    wave: _builtins.int
+    hosts: _builtins.int
+    failed: _builtins.int
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset while the wave runs."""
+
+    def __init__(
+        self,
+        *,
+        wave: _builtins.int = ...,
+        hosts: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "finished_at", b"finished_at", "hosts", b"hosts", "started_at", b"started_at", "wave", b"wave"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutWave: _TypeAlias = RolloutWave  # noqa: Y015
+
+@_typing.final
+class RolloutHost(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    WAVE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    school_id: _builtins.str
+    wave: _builtins.int
+    """0 before the host's turn; waves count from 1."""
+    outcome: _builtins.str
+    """pending, running, ok, changed, failed, unreachable, cancelled"""
+    task: _builtins.str
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        school_id: _builtins.str = ...,
+        wave: _builtins.int = ...,
+        outcome: _builtins.str = ...,
+        task: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "message", b"message", "outcome", b"outcome", "school_id", b"school_id", "task", b"task", "wave", b"wave"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutHost: _TypeAlias = RolloutHost  # noqa: Y015
+
+@_typing.final
+class RolloutInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    PLAYBOOK_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
+    WAVE_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_FAIL_FIELD_NUMBER: _builtins.int
+    GATE_LESSONS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    WAVES_FIELD_NUMBER: _builtins.int
+    HOSTS_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    EXTRA_VARS_JSON_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.int
+    playbook: _builtins.str
+    selector: _builtins.str
+    canary: _builtins.str
+    wave_size: _builtins.str
+    max_fail: _builtins.float
+    gate_lessons: _builtins.bool
+    state: _builtins.str
+    """running, paused, halted, aborted, done"""
+    reason: _builtins.str
+    """Why it halted or was aborted, in words."""
+    created_by: _builtins.str
+    waiting: _builtins.str
+    """Why pending hosts wait (lessons, maintenance windows), if they do."""
+    extra_vars_json: _builtins.str
+    dry_run: _builtins.bool
+    """Only in a dry run's answer: nothing was stored."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Hosts by outcome."""
+
+    @_builtins.property
+    def waves(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutWave]: ...
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutHost]:
+        """Every host (in GetRollout and StartRollout; empty in ListRollouts)."""
+
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.int = ...,
+        playbook: _builtins.str = ...,
+        selector: _builtins.str = ...,
+        canary: _builtins.str = ...,
+        wave_size: _builtins.str = ...,
+        max_fail: _builtins.float = ...,
+        gate_lessons: _builtins.bool = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        created_by: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        waves: _abc.Iterable[Global___RolloutWave] | None = ...,
+        hosts: _abc.Iterable[Global___RolloutHost] | None = ...,
+        waiting: _builtins.str = ...,
+        extra_vars_json: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "counts", b"counts", "created_at", b"created_at", "created_by", b"created_by", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "finished_at", b"finished_at", "gate_lessons", b"gate_lessons", "hosts", b"hosts", "max_fail", b"max_fail", "playbook", b"playbook", "reason", b"reason", "rollout_id", b"rollout_id", "selector", b"selector", "state", b"state", "updated_at", b"updated_at", "waiting", b"waiting", "wave_size", b"wave_size", "waves", b"waves"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutInfo: _TypeAlias = RolloutInfo  # noqa: Y015
+
+@_typing.final
+class ListRolloutsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rollouts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutInfo]: ...
+    def __init__(
+        self,
+        *,
+        rollouts: _abc.Iterable[Global___RolloutInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollouts", b"rollouts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRolloutsResponse: _TypeAlias = ListRolloutsResponse  # noqa: Y015
+
+@_typing.final
+class SetMaintenanceWindowsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    @_builtins.property
+    def windows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """e.g. "mon-fri 18:00-06:00", "sat,sun 00:00-24:00"; empty: no windows."""
+
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+        windows: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["school_id", b"school_id", "windows", b"windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMaintenanceWindowsRequest: _TypeAlias = SetMaintenanceWindowsRequest  # noqa: Y015
+
+@_typing.final
+class MaintenanceWindows(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    @_builtins.property
+    def windows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+        windows: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["school_id", b"school_id", "windows", b"windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MaintenanceWindows: _TypeAlias = MaintenanceWindows  # noqa: Y015
+
+@_typing.final
+class ListMaintenanceWindowsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMaintenanceWindowsRequest: _TypeAlias = ListMaintenanceWindowsRequest  # noqa: Y015
+
+@_typing.final
+class ListMaintenanceWindowsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schools(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaintenanceWindows]: ...
+    def __init__(
+        self,
+        *,
+        schools: _abc.Iterable[Global___MaintenanceWindows] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schools", b"schools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMaintenanceWindowsResponse: _TypeAlias = ListMaintenanceWindowsResponse  # noqa: Y015

@@ -119,6 +119,51 @@ class AdminServiceStub:
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LaunchLessonRequest.SerializeToString,
                 response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LessonInfo.FromString,
                 _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/StartRollout',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/GetRollout',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ListRollouts',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.PauseRollout = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/PauseRollout',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.ResumeRollout = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ResumeRollout',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/AbortRollout',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.RetryRollout = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/RetryRollout',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.SetMaintenanceWindows = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/SetMaintenanceWindows',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.SetMaintenanceWindowsRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.MaintenanceWindows.FromString,
+                _registered_method=True)
+        self.ListMaintenanceWindows = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ListMaintenanceWindows',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -240,6 +285,68 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRollout(self, request, context):
+        """Rollouts: a playbook from the controller's playbook folder, to the devices a
+        selector names, in waves. Start checks everything (playbook, selector, extra
+        vars, hosts already in a rollout) before anything runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRollout(self, request, context):
+        """Pause lets the running wave finish and starts no other; resume goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Abort stops the running wave's ansible process; its hosts are cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryRollout(self, request, context):
+        """A new rollout of the same playbook and options to the hosts that failed or
+        were unreachable in a finished one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMaintenanceWindows(self, request, context):
+        """A school's maintenance windows: rollouts change its devices only inside them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMaintenanceWindows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -327,6 +434,51 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.LaunchLesson,
                     request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LaunchLessonRequest.FromString,
                     response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LessonInfo.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.StartRolloutRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'PauseRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRollout,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'ResumeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRollout,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'RetryRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryRollout,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'SetMaintenanceWindows': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMaintenanceWindows,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.SetMaintenanceWindowsRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.MaintenanceWindows.SerializeToString,
+            ),
+            'ListMaintenanceWindows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMaintenanceWindows,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -788,6 +940,249 @@ class AdminService:
             '/schoolfleet.v1.AdminService/LaunchLesson',
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LaunchLessonRequest.SerializeToString,
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.LessonInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/StartRollout',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.StartRolloutRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/GetRollout',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ListRollouts',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/PauseRollout',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ResumeRollout',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/AbortRollout',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/RetryRollout',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMaintenanceWindows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/SetMaintenanceWindows',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.SetMaintenanceWindowsRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.MaintenanceWindows.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMaintenanceWindows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ListMaintenanceWindows',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

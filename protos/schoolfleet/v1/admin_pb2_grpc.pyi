@@ -67,6 +67,25 @@ class AdminServiceStub:
     ListLessons: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLessonsRequest, _admin_pb2.ListLessonsResponse]
     LaunchLesson: _grpc.UnaryUnaryMultiCallable[_admin_pb2.LaunchLessonRequest, _admin_pb2.LessonInfo]
     """A lesson made now, by hand, in one room: its panels launch the URL at once."""
+    StartRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.StartRolloutRequest, _admin_pb2.RolloutInfo]
+    """Rollouts: a playbook from the controller's playbook folder, to the devices a
+    selector names, in waves. Start checks everything (playbook, selector, extra
+    vars, hosts already in a rollout) before anything runs.
+    """
+    GetRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]
+    ListRollouts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListRolloutsRequest, _admin_pb2.ListRolloutsResponse]
+    PauseRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]
+    """Pause lets the running wave finish and starts no other; resume goes on."""
+    ResumeRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]
+    AbortRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]
+    """Abort stops the running wave's ansible process; its hosts are cancelled."""
+    RetryRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]
+    """A new rollout of the same playbook and options to the hosts that failed or
+    were unreachable in a finished one.
+    """
+    SetMaintenanceWindows: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetMaintenanceWindowsRequest, _admin_pb2.MaintenanceWindows]
+    """A school's maintenance windows: rollouts change its devices only inside them."""
+    ListMaintenanceWindows: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListMaintenanceWindowsRequest, _admin_pb2.ListMaintenanceWindowsResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -107,6 +126,25 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListLessons: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLessonsRequest, _admin_pb2.ListLessonsResponse]  # type: ignore[assignment]
     LaunchLesson: _aio.UnaryUnaryMultiCallable[_admin_pb2.LaunchLessonRequest, _admin_pb2.LessonInfo]  # type: ignore[assignment]
     """A lesson made now, by hand, in one room: its panels launch the URL at once."""
+    StartRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.StartRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
+    """Rollouts: a playbook from the controller's playbook folder, to the devices a
+    selector names, in waves. Start checks everything (playbook, selector, extra
+    vars, hosts already in a rollout) before anything runs.
+    """
+    GetRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
+    ListRollouts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListRolloutsRequest, _admin_pb2.ListRolloutsResponse]  # type: ignore[assignment]
+    PauseRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
+    """Pause lets the running wave finish and starts no other; resume goes on."""
+    ResumeRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
+    AbortRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
+    """Abort stops the running wave's ansible process; its hosts are cancelled."""
+    RetryRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
+    """A new rollout of the same playbook and options to the hosts that failed or
+    were unreachable in a finished one.
+    """
+    SetMaintenanceWindows: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetMaintenanceWindowsRequest, _admin_pb2.MaintenanceWindows]  # type: ignore[assignment]
+    """A school's maintenance windows: rollouts change its devices only inside them."""
+    ListMaintenanceWindows: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListMaintenanceWindowsRequest, _admin_pb2.ListMaintenanceWindowsResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -246,5 +284,78 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.LessonInfo, _abc.Awaitable[_admin_pb2.LessonInfo]]:
         """A lesson made now, by hand, in one room: its panels launch the URL at once."""
+
+    @_abc_1.abstractmethod
+    def StartRollout(
+        self,
+        request: _admin_pb2.StartRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RolloutInfo, _abc.Awaitable[_admin_pb2.RolloutInfo]]:
+        """Rollouts: a playbook from the controller's playbook folder, to the devices a
+        selector names, in waves. Start checks everything (playbook, selector, extra
+        vars, hosts already in a rollout) before anything runs.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRollout(
+        self,
+        request: _admin_pb2.GetRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RolloutInfo, _abc.Awaitable[_admin_pb2.RolloutInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRollouts(
+        self,
+        request: _admin_pb2.ListRolloutsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListRolloutsResponse, _abc.Awaitable[_admin_pb2.ListRolloutsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PauseRollout(
+        self,
+        request: _admin_pb2.GetRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RolloutInfo, _abc.Awaitable[_admin_pb2.RolloutInfo]]:
+        """Pause lets the running wave finish and starts no other; resume goes on."""
+
+    @_abc_1.abstractmethod
+    def ResumeRollout(
+        self,
+        request: _admin_pb2.GetRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RolloutInfo, _abc.Awaitable[_admin_pb2.RolloutInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def AbortRollout(
+        self,
+        request: _admin_pb2.GetRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RolloutInfo, _abc.Awaitable[_admin_pb2.RolloutInfo]]:
+        """Abort stops the running wave's ansible process; its hosts are cancelled."""
+
+    @_abc_1.abstractmethod
+    def RetryRollout(
+        self,
+        request: _admin_pb2.GetRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RolloutInfo, _abc.Awaitable[_admin_pb2.RolloutInfo]]:
+        """A new rollout of the same playbook and options to the hosts that failed or
+        were unreachable in a finished one.
+        """
+
+    @_abc_1.abstractmethod
+    def SetMaintenanceWindows(
+        self,
+        request: _admin_pb2.SetMaintenanceWindowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.MaintenanceWindows, _abc.Awaitable[_admin_pb2.MaintenanceWindows]]:
+        """A school's maintenance windows: rollouts change its devices only inside them."""
+
+    @_abc_1.abstractmethod
+    def ListMaintenanceWindows(
+        self,
+        request: _admin_pb2.ListMaintenanceWindowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListMaintenanceWindowsResponse, _abc.Awaitable[_admin_pb2.ListMaintenanceWindowsResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

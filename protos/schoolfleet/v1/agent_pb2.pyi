@@ -83,6 +83,26 @@ class Hello(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     SCHOOL_ID_FIELD_NUMBER: _builtins.int
@@ -91,18 +111,31 @@ class Hello(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     OS_FIELD_NUMBER: _builtins.int
+    MANAGEMENT_ADDRESS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     kind: _fleet_pb2.DeviceKind.ValueType
     school_id: _builtins.str
     room_id: _builtins.str
     hostname: _builtins.str
     agent_version: _builtins.str
+    management_address: _builtins.str
+    """Where Ansible should reach the device when it is not the address the stream
+    comes from, e.g. behind NAT. An IP address, or empty.
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Features this agent handles, e.g. "ping"."""
 
     @_builtins.property
     def os(self) -> _fleet_pb2.OsInfo: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The device's own labels from its config, e.g. grade=5: at most 32, names 1-64
+        of letters, digits and . _ - (starting with a letter or digit), values up to
+        128 characters.
+        """
+
     def __init__(
         self,
         *,
@@ -114,10 +147,12 @@ class Hello(_message.Message):
         agent_version: _builtins.str = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
         os: _fleet_pb2.OsInfo | None = ...,
+        management_address: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["os", b"os"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capabilities", b"capabilities", "device_id", b"device_id", "hostname", b"hostname", "kind", b"kind", "os", b"os", "room_id", b"room_id", "school_id", b"school_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capabilities", b"capabilities", "device_id", b"device_id", "hostname", b"hostname", "kind", b"kind", "labels", b"labels", "management_address", b"management_address", "os", b"os", "room_id", b"room_id", "school_id", b"school_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
