@@ -20,6 +20,7 @@ from controller.store.protocol import (
     Store,
     StoredLessonEvent,
 )
+from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery, RolloutStore
 
 __all__ = [
     "AccessStore",
@@ -28,7 +29,11 @@ __all__ = [
     "DeviceStore",
     "EnrollTokenStore",
     "HeartbeatRow",
+    "HostsClaimed",
     "LessonEventRow",
+    "NewHost",
+    "RolloutQuery",
+    "RolloutStore",
     "Store",
     "StoredLessonEvent",
     "open_store",

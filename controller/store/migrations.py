@@ -201,6 +201,74 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX lesson_events_by_lesson ON lesson_events (lesson_id);
     """,
+    # 9: where Ansible reaches a device and its labels; rollouts, their hosts and
+    #    waves, the one-rollout-per-host claims, and schools' maintenance windows.
+    """
+    -- The address the device's stream came from, or the one its agent names.
+    ALTER TABLE devices ADD COLUMN address TEXT NOT NULL DEFAULT '';
+    -- A JSON object of the agent's labels, e.g. {"grade": "5"}.
+    ALTER TABLE devices ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE rollouts (
+        rollout_id      INTEGER PRIMARY KEY,
+        playbook        TEXT NOT NULL,
+        selector        TEXT NOT NULL,
+        -- JSON: canary, wave_size, max_fail, extra_vars, gate_lessons
+        spec            TEXT NOT NULL,
+        -- running, paused, halted, aborted, done
+        state           TEXT NOT NULL,
+        reason          TEXT NOT NULL DEFAULT '',
+        created_by      TEXT NOT NULL,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL,
+        finished_at     REAL,
+        baseline_tried  INTEGER NOT NULL DEFAULT 0,
+        baseline_failed INTEGER NOT NULL DEFAULT 0,
+        waiting         TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX rollouts_by_state ON rollouts (state);
+    CREATE TABLE rollout_hosts (
+        rollout_id  INTEGER NOT NULL,
+        device_id   TEXT NOT NULL,
+        school_id   TEXT NOT NULL,
+        -- NULL until the host's wave starts
+        wave        INTEGER,
+        -- pending, running, ok, changed, failed, unreachable, cancelled
+        outcome     TEXT NOT NULL DEFAULT 'pending',
+        task        TEXT NOT NULL DEFAULT '',
+        message     TEXT NOT NULL DEFAULT '',
+        started_at  REAL,
+        finished_at REAL,
+        PRIMARY KEY (rollout_id, device_id)
+    );
+    -- Counts by outcome, and the pending or running hosts a wave or an end moves,
+    -- without reading a rollout's 20,000 rows.
+    CREATE INDEX rollout_hosts_by_outcome ON rollout_hosts (rollout_id, outcome);
+    -- A caller's school scope: does the rollout have a host in these schools?
+    CREATE INDEX rollout_hosts_by_school ON rollout_hosts (rollout_id, school_id);
+    CREATE TABLE rollout_waves (
+        rollout_id  INTEGER NOT NULL,
+        wave        INTEGER NOT NULL,
+        hosts       INTEGER NOT NULL,
+        started_at  REAL NOT NULL,
+        finished_at REAL,
+        failed      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (rollout_id, wave)
+    );
+    -- A host is in at most one unfinished rollout: its claim is taken with the
+    -- rollout's rows and given back when the rollout ends.
+    CREATE TABLE rollout_claims (
+        device_id  TEXT PRIMARY KEY,
+        rollout_id INTEGER NOT NULL
+    );
+    -- An ending rollout gives back its claims.
+    CREATE INDEX rollout_claims_by_rollout ON rollout_claims (rollout_id);
+    CREATE TABLE maintenance_windows (
+        school_id TEXT NOT NULL,
+        -- e.g. "mon-fri 18:00-06:00", in the controller's time zone
+        window    TEXT NOT NULL,
+        PRIMARY KEY (school_id, window)
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from controller.store.lessons_protocol import LessonStore
+from controller.store.rollouts_protocol import RolloutStore
 from inventory.lessons import LessonEvent
 from inventory.model import (
     CommandOutcome,
@@ -192,5 +193,5 @@ class AccessStore(Protocol):
         """Entries matching ``query``, newest first."""
 
 
-class Store(DeviceStore, EnrollTokenStore, AccessStore, LessonStore, Protocol):
+class Store(DeviceStore, EnrollTokenStore, AccessStore, LessonStore, RolloutStore, Protocol):
     """Everything the controller keeps; one implementation per backend."""

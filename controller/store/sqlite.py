@@ -27,6 +27,7 @@ from controller.store.protocol import (
 from controller.store.sqlite_access import AccessTables
 from controller.store.sqlite_enroll import EnrollTables
 from controller.store.sqlite_lessons import LessonTables
+from controller.store.sqlite_rollouts import RolloutTables
 from inventory.model import (
     CommandOutcome,
     Condition,
@@ -54,7 +55,7 @@ _DEVICE_COLUMNS = (
     "offline_after, last_heartbeat, last_seq, collected_at, cpu_percent, memory_percent, "
     "disk_percent, uptime_seconds, load1, load5, load15, os_name, os_version, kernel, "
     "boot_time, condition, reasons, system_report, network_report, report_at, spool_pending, "
-    f"spool_dropped, heartbeats_stored, seq_gaps, {ONLINE_SQL} AS online"
+    f"spool_dropped, heartbeats_stored, seq_gaps, address, labels, {ONLINE_SQL} AS online"
 )
 _DEVICES_FROM = "devices LEFT JOIN device_reports USING (device_id)"
 
@@ -157,6 +158,8 @@ def _record(row: sqlite3.Row) -> DeviceRecord:
             hostname=row["hostname"],
             agent_version=row["agent_version"],
             os=os_info,
+            address=row["address"],
+            labels=_labels(row["labels"]),
         ),
         status=DeviceStatus.ONLINE if row["online"] else DeviceStatus.OFFLINE,
         stream_up=row["stream_id"] != 0,
@@ -171,7 +174,12 @@ def _record(row: sqlite3.Row) -> DeviceRecord:
     )
 
 
-class SqliteStore(EnrollTables, AccessTables, LessonTables):
+def _labels(text: str) -> tuple[tuple[str, str], ...]:
+    # Written by device_connected from checked labels only, so it is a flat object.
+    return tuple(sorted(json.loads(text).items()))
+
+
+class SqliteStore(EnrollTables, AccessTables, LessonTables, RolloutTables):
     """The Store on one SQLite file: devices here, the rest in the table classes."""
 
     def device_connected(
@@ -183,17 +191,19 @@ class SqliteStore(EnrollTables, AccessTables, LessonTables):
                     """
                     INSERT INTO devices (device_id, kind, school_id, room_id, hostname,
                                          agent_version, first_seen, stream_id, offline_after,
-                                         os_name, os_version, kernel, boot_time)
+                                         os_name, os_version, kernel, boot_time, address,
+                                         labels)
                     VALUES (:device_id, :kind, :school_id, :room_id, :hostname,
                             :agent_version, :now, :stream_id, :offline_after,
-                            :os_name, :os_version, :kernel, :boot_time)
+                            :os_name, :os_version, :kernel, :boot_time, :address, :labels)
                     ON CONFLICT (device_id) DO UPDATE SET
                         kind = excluded.kind, school_id = excluded.school_id,
                         room_id = excluded.room_id, hostname = excluded.hostname,
                         agent_version = excluded.agent_version,
                         stream_id = excluded.stream_id, offline_after = excluded.offline_after,
                         os_name = excluded.os_name, os_version = excluded.os_version,
-                        kernel = excluded.kernel, boot_time = excluded.boot_time
+                        kernel = excluded.kernel, boot_time = excluded.boot_time,
+                        address = excluded.address, labels = excluded.labels
                     RETURNING last_seq
                     """,
                     {
@@ -210,6 +220,8 @@ class SqliteStore(EnrollTables, AccessTables, LessonTables):
                         "os_version": identity.os.version if identity.os else None,
                         "kernel": identity.os.kernel if identity.os else "",
                         "boot_time": identity.os.boot_time if identity.os else None,
+                        "address": identity.address,
+                        "labels": json.dumps(dict(identity.labels), sort_keys=True),
                     },
                 ).fetchone()
                 if identity.room_id:

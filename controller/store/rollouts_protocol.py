@@ -1,0 +1,116 @@
+"""What the controller needs from a store for rollouts: the rollouts, their hosts and
+waves, the claims that keep a host in one rollout at a time, schools' maintenance
+windows, and what the lesson schedule says about rooms and launches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from controller.errors import SchoolFleetError
+from inventory.rollouts import (
+    HostOutcome,
+    HostResult,
+    LessonRates,
+    RolloutRecord,
+    RolloutSpec,
+    RolloutState,
+)
+
+Room = tuple[str, str]
+
+
+class HostsClaimed(SchoolFleetError):
+    """Some hosts are already in an unfinished rollout; nothing was stored."""
+
+    def __init__(self, claims: Mapping[str, int]) -> None:
+        # device id -> the rollout that holds it
+        self.claims = dict(claims)
+        first, rollout = sorted(self.claims.items())[0]
+        more = f" and {len(self.claims) - 1} more" if len(self.claims) > 1 else ""
+        super().__init__(f"{first}{more} already in rollout {rollout}")
+
+
+@dataclass(frozen=True, slots=True)
+class NewHost:
+    device_id: str
+    school_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutQuery:
+    """Rollouts, newest first; None matches everything."""
+
+    states: frozenset[RolloutState] | None = None
+    # Only rollouts with a host in one of these schools (a caller's scope).
+    schools: frozenset[str] | None = None
+    limit: int = 50
+
+
+class RolloutStore(Protocol):
+    """Rollouts in the store."""
+
+    def create_rollout(
+        self,
+        spec: RolloutSpec,
+        hosts: Sequence[NewHost],
+        created_by: str,
+        now: float,
+        baseline: LessonRates,
+    ) -> int:
+        """In one transaction: claims every host, stores the rollout (running) and its
+        hosts (pending); returns its id. Raises HostsClaimed, storing nothing, if a host
+        is in another unfinished rollout."""
+
+    def get_rollout(self, rollout_id: int) -> RolloutRecord | None:
+        """The rollout with its counts and waves, or None."""
+
+    def list_rollouts(self, query: RolloutQuery) -> list[RolloutRecord]:
+        """Rollouts matching ``query``, newest first."""
+
+    def rollout_schools(self, rollout_id: int) -> set[str]:
+        """The schools of the rollout's hosts."""
+
+    def rollout_hosts(
+        self, rollout_id: int, outcomes: frozenset[HostOutcome] | None = None
+    ) -> list[HostResult]:
+        """The rollout's hosts (of these outcomes), by wave then device id; pending
+        hosts (no wave) last."""
+
+    def set_rollout_state(
+        self, rollout_id: int, state: RolloutState, reason: str, now: float
+    ) -> RolloutRecord | None:
+        """Moves the rollout to ``state``. A final state cancels its pending and running
+        hosts, closes an unfinished wave and gives back every claim. None if unknown."""
+
+    def set_waiting(self, rollout_id: int, waiting: str, now: float) -> None:
+        """Records why pending hosts wait (empty: they do not)."""
+
+    def start_wave(self, rollout_id: int, wave: int, device_ids: Sequence[str], now: float) -> None:
+        """The hosts are running in ``wave``; the wave's row is stored."""
+
+    def finish_wave(
+        self, rollout_id: int, wave: int, results: Sequence[HostResult], now: float
+    ) -> None:
+        """Stores each host's outcome (with its task and message) and closes the wave
+        with its count of failed and unreachable hosts."""
+
+    def requeue_interrupted(self, rollout_id: int) -> int:
+        """After a restart: the hosts of a wave that did not finish go back to pending
+        and the wave's row is removed; returns how many hosts."""
+
+    def set_windows(self, school_id: str, windows: Sequence[str]) -> None:
+        """Replaces the school's maintenance windows (none: any time free of lessons)."""
+
+    def windows(self, school_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
+        """Maintenance windows by school (of these schools); schools without are absent."""
+
+    def busy_rooms(self, rooms: Iterable[Room], since: float, until: float) -> dict[Room, float]:
+        """Rooms with a lesson overlapping [since, until), each with the end of its last
+        such lesson (when it is free again)."""
+
+    def lesson_rates(self, device_ids: Iterable[str], since: float, until: float) -> LessonRates:
+        """Launches of lessons starting in [since, until) on these devices: each device
+        of a dispatched lesson is one try, failed if it reported a failure or never
+        launched."""
