@@ -8,6 +8,7 @@ from typing import TypeVar, cast
 
 import grpc
 
+from cli.client_rollouts import RolloutCalls
 from cli.errors import (
     CliError,
     ControllerUnreachable,
@@ -62,6 +63,8 @@ def device_from_pb(d: admin_pb2.Device) -> DeviceRecord:
             hostname=d.hostname,
             agent_version=d.agent_version,
             os=os_from_pb(d.os) if d.HasField("os") else None,
+            address=d.address,
+            labels=tuple(sorted(d.labels.items())),
         ),
         status=STATUS_FROM_PB.get(d.status, DeviceStatus.OFFLINE),
         stream_up=d.stream_up,
@@ -153,7 +156,7 @@ _ERRORS: dict[grpc.StatusCode, type[CliError]] = {
 }
 
 
-class AdminClient:
+class AdminClient(RolloutCalls):
     """Talks to one controller's AdminService; every failure becomes a CliError."""
 
     def __init__(

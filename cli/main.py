@@ -13,7 +13,9 @@ import typer
 from cli import people, render
 from cli.errors import CliError
 from cli.lessons import lessons_app
+from cli.maintenance import maintenance_app
 from cli.options import DEFAULT_CONTROLLER, JsonFlag, Options, client, err, out, print_json
+from cli.rollouts import rollout_app
 from inventory.model import Condition, DeviceKind, DeviceStatus
 
 app = typer.Typer(
@@ -35,6 +37,8 @@ enroll_app.add_typer(token_app, name="token")
 app.add_typer(enroll_app, name="enroll")
 people.register(app)
 app.add_typer(lessons_app, name="lessons")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(maintenance_app, name="maintenance")
 
 
 @app.callback()

@@ -9,6 +9,9 @@ SchoolFleetError (common.errors)
 │                       refused; the message names the file or the value
 ├── EnrollRefused       an enrollment is refused: a token that is not usable, or a
 │                       device already enrolled; ``status`` is the gRPC answer
+├── RolloutRefused      a rollout's playbook cannot be used: a name that is not a
+│                       file of the playbook folder, a missing file, not YAML, not
+│                       a list of plays, or ansible-playbook's syntax check fails
 └── ProtocolError       a device broke the stream's rules; the stream is closed
     │                   with ``code`` and the message, other streams go on
     └── MessageTooLarge a message over the size limit
@@ -24,6 +27,7 @@ __all__ = [
     "MessageTooLarge",
     "PkiError",
     "ProtocolError",
+    "RolloutRefused",
     "SchoolFleetError",
     "StoreError",
 ]
@@ -44,6 +48,10 @@ class EnrollRefused(SchoolFleetError):
         super().__init__(message)
         # The gRPC status name the Enroll call is answered with.
         self.status = status
+
+
+class RolloutRefused(SchoolFleetError):
+    """A rollout cannot start as asked; the message is one line naming the playbook."""
 
 
 class ProtocolError(SchoolFleetError):

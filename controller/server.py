@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,9 @@ from controller.ingest import MessageWriter
 from controller.lesson_metrics import LessonCollector, LessonMetrics
 from controller.metrics import ControllerMetrics, FleetCollector
 from controller.request_checks import UnaryRequestChecks
+from controller.rollout_engine import EngineSettings, RolloutEngine
+from controller.rollout_metrics import RolloutCollector, RolloutMetrics
+from controller.rollout_runner import RunnerSettings, default_forks
 from controller.service_admin import AdminService
 from controller.service_agent import AgentService, Sessions
 from controller.service_agent import add_to_server as add_agent_service
@@ -162,6 +166,43 @@ def _lessons(
     return metrics, dispatcher
 
 
+def _rollouts(
+    settings: ControllerSettings,
+    store: Store,
+    executor: ThreadPoolExecutor,
+    registry: CollectorRegistry,
+) -> tuple[RolloutEngine, RunnerSettings]:
+    """The rollout engine and how it runs Ansible."""
+    registry.register(RolloutCollector(store))
+    # ssh's control sockets need a short path (108 bytes), whatever data_dir is; the
+    # engine removes the folder when it closes.
+    control_dir = Path(tempfile.mkdtemp(prefix="sf-ssh-", dir="/tmp"))
+    runner = RunnerSettings(
+        forks=settings.rollout_forks or default_forks(),
+        remote_user=settings.rollout_ssh_user,
+        private_key_file=settings.ssh_key,
+        known_hosts=settings.known_hosts,
+        control_path_dir=control_dir,
+        timeout=settings.rollout_wave_timeout,
+    )
+    engine = RolloutEngine(
+        store,
+        executor,
+        runner,
+        EngineSettings(
+            playbooks_dir=settings.playbooks_dir,
+            work_dir=settings.data_dir / "rollouts",
+            zone=ZoneInfo(settings.timezone),
+            batch_estimate=settings.rollout_batch_estimate,
+            recheck=settings.rollout_recheck,
+            gate_days=settings.rollout_gate_days,
+            lesson_on_time=settings.lesson_on_time,
+        ),
+        RolloutMetrics(registry),
+    )
+    return engine, runner
+
+
 async def serve(settings: ControllerSettings) -> None:
     """Runs the controller until SIGTERM or SIGINT, then shuts down gracefully."""
     store = open_store(settings.database)
@@ -178,6 +219,7 @@ async def serve(settings: ControllerSettings) -> None:
     zone = ZoneInfo(settings.timezone)
     lesson_metrics, dispatcher = _lessons(settings, store, read_executor, sessions, registry)
     agent_service = AgentService(settings, store, write_executor, sessions, metrics)
+    rollouts, runner = _rollouts(settings, store, read_executor, registry)
     writer = MessageWriter(
         store,
         write_executor,
@@ -204,6 +246,9 @@ async def serve(settings: ControllerSettings) -> None:
             dispatcher=dispatcher,
             content_hosts=settings.content_hosts,
             zone=zone,
+            rollouts=rollouts,
+            playbooks_dir=settings.playbooks_dir,
+            runner_settings=runner,
         ),
         server,
     )
@@ -216,6 +261,7 @@ async def serve(settings: ControllerSettings) -> None:
     writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")
     acks_task = asyncio.create_task(agent_service.run_acks(), name="acks")
     dispatcher_task = asyncio.create_task(dispatcher.run(), name="lesson-dispatcher")
+    await rollouts.resume_all()
     if settings.ports_file != Path():
         _write_ports(settings.ports_file, {**ports, "metrics": metrics_port})
     log.info(
@@ -234,6 +280,7 @@ async def serve(settings: ControllerSettings) -> None:
         Closing("shutdown", grpc.StatusCode.UNAVAILABLE, "controller is shutting down")
     )
     await server.stop(settings.shutdown_grace)
+    await rollouts.close()
     await writer.close()
     await writer_task
     for task in (acks_task, dispatcher_task):

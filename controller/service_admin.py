@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import grpc
@@ -18,8 +19,11 @@ from controller import enrollment
 from controller.access import Need
 from controller.admin_guard import Call, Guard, Refused, guarded, invalid, not_found
 from controller.dispatcher import Dispatcher
+from controller.rollout_engine import RolloutEngine
+from controller.rollout_runner import RunnerSettings
 from controller.service_admin_lessons import LessonHandlers
 from controller.service_admin_people import PeopleHandlers
+from controller.service_admin_rollouts import RolloutHandlers
 from controller.service_convert import count_to_pb, device_to_pb, enrollment_to_pb, token_to_pb
 from controller.sessions import Closing, SessionRegistry
 from controller.store import Store
@@ -46,7 +50,9 @@ def _check_school_filter(school_id: str) -> None:
         _check_id(school_id, "school id")
 
 
-class AdminService(PeopleHandlers, LessonHandlers, admin_pb2_grpc.AdminServiceServicer):
+class AdminService(
+    PeopleHandlers, LessonHandlers, RolloutHandlers, admin_pb2_grpc.AdminServiceServicer
+):
     """Fleet queries and changes for schoolctl, answered from the store."""
 
     def __init__(
@@ -58,6 +64,9 @@ class AdminService(PeopleHandlers, LessonHandlers, admin_pb2_grpc.AdminServiceSe
         dispatcher: Dispatcher | None = None,
         content_hosts: Iterable[str] = (),
         zone: ZoneInfo = _UTC,
+        rollouts: RolloutEngine | None = None,
+        playbooks_dir: Path = Path(),
+        runner_settings: RunnerSettings | None = None,
     ) -> None:
         self._store = store
         self.guard = guard
@@ -65,6 +74,9 @@ class AdminService(PeopleHandlers, LessonHandlers, admin_pb2_grpc.AdminServiceSe
         self.dispatcher = dispatcher
         self.content_hosts = frozenset(content_hosts)
         self.zone = zone
+        self.rollouts = rollouts
+        self.playbooks_dir = playbooks_dir
+        self.runner_settings = runner_settings
 
     async def _device_school(self, device_id: str) -> str:
         """The school of a device the store knows (enrolled or seen); NOT_FOUND if none."""

@@ -86,6 +86,25 @@ class ControllerSettings:
     lesson_settle: float = 120.0
     # The schools' time zone (IANA name): what "today" means for lessons.
     timezone: str = "UTC"
+    # Rollouts: the playbooks `schoolctl rollout start` may name (files in this folder).
+    playbooks_dir: Path = Path("/etc/schoolfleet/playbooks")
+    # How Ansible logs in to devices: this user, with this key (default
+    # DATA_DIR/ssh/id_ed25519), checking host keys against this file (default
+    # DATA_DIR/ssh/known_hosts; a host whose key is not there is unreachable).
+    rollout_ssh_user: str = "root"
+    rollout_ssh_key: Path = Path()
+    rollout_known_hosts: Path = Path()
+    # Hosts Ansible changes at once; 0: sized to this machine's cores.
+    rollout_forks: int = 0
+    # A wave still running after this many seconds is stopped; its hosts fail.
+    rollout_wave_timeout: float = 3600.0
+    # How long a batch of `forks` hosts is expected to take before a wave has been
+    # measured: a wave takes only hosts free of lessons for its expected duration.
+    rollout_batch_estimate: float = 300.0
+    # How often a rollout whose hosts all wait (lessons, windows) looks again.
+    rollout_recheck: float = 60.0
+    # --gate lessons compares with lessons on the same devices over this many days.
+    rollout_gate_days: float = 7.0
     # Where `listen` with port 0 writes the ports it got (for tests and the demo).
     ports_file: Path = Path()
     log_level: str = "info"
@@ -100,10 +119,13 @@ class ControllerSettings:
                 f"got {self.database!r}",
                 "database",
             )
+        _check_zone(self.timezone)
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
         for key in ("heartbeat_interval", "missed_heartbeats", "batch_max", "queue_max"):
             if getattr(self, key) < 1:
                 raise SettingError(f"{key!r} must be at least 1", key)
-        _check_zone(self.timezone)
         for key in (
             "flush_interval",
             "ack_interval",
@@ -112,11 +134,15 @@ class ControllerSettings:
             "lesson_lead",
             "lesson_on_time",
             "lesson_settle",
+            "rollout_forks",
+            "rollout_recheck",
+            "rollout_gate_days",
         ):
             if getattr(self, key) < 0:
                 raise SettingError(f"{key!r} must be >= 0", key)
-        if self.hello_timeout <= 0:
-            raise SettingError("'hello_timeout' must be positive", "hello_timeout")
+        for key in ("hello_timeout", "rollout_wave_timeout", "rollout_batch_estimate"):
+            if getattr(self, key) <= 0:
+                raise SettingError(f"{key!r} must be positive", key)
         if self.log_level.lower() not in LOG_LEVELS:
             raise SettingError(f"'log_level' must be one of {', '.join(LOG_LEVELS)}", "log_level")
         if self.max_message_bytes < 1024:
@@ -135,6 +161,20 @@ class ControllerSettings:
         ):
             if getattr(self, low) > getattr(self, high):
                 raise SettingError(f"{low!r} must not be above {high!r}", low)
+
+    @property
+    def ssh_key(self) -> Path:
+        return (
+            self.rollout_ssh_key
+            if self.rollout_ssh_key != Path()
+            else self.data_dir / "ssh" / "id_ed25519"
+        )
+
+    @property
+    def known_hosts(self) -> Path:
+        if self.rollout_known_hosts != Path():
+            return self.rollout_known_hosts
+        return self.data_dir / "ssh" / "known_hosts"
 
     @property
     def offline_after(self) -> int:

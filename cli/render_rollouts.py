@@ -1,0 +1,327 @@
+"""How schoolctl shows rollouts and maintenance windows: JSON for scripts, text for people."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+
+from cli.render import age, iso
+from inventory.rollouts import (
+    Amount,
+    HostOutcome,
+    RolloutInputError,
+    RolloutSpec,
+    RolloutState,
+    parse_amount,
+    wave_size,
+)
+from protos.mapping import seconds
+from protos.schoolfleet.v1 import admin_pb2
+
+_STATE_STYLE = {
+    RolloutState.RUNNING: "cyan",
+    RolloutState.PAUSED: "yellow",
+    RolloutState.HALTED: "red",
+    RolloutState.ABORTED: "red",
+    RolloutState.DONE: "green",
+}
+_OUTCOME_STYLE = {
+    HostOutcome.OK: "green",
+    HostOutcome.CHANGED: "green",
+    HostOutcome.FAILED: "red",
+    HostOutcome.UNREACHABLE: "red",
+    HostOutcome.CANCELLED: "yellow",
+}
+# Python 3.11's `"x" in SomeEnum` raises for a non-member, and the controller may be newer.
+_OUTCOMES = {o.value for o in HostOutcome}
+_STATES = {s.value for s in RolloutState}
+_BAD = {o.value for o in HostOutcome if o.bad}
+_UNSETTLED = {o.value for o in HostOutcome if not o.settled}
+
+
+def is_final(state: str) -> bool:
+    """Halted, aborted or done: nothing more will happen to the rollout."""
+    return state in {s.value for s in RolloutState if s.final}
+
+
+def _amount(text: str, default: Amount) -> Amount:
+    try:
+        return parse_amount(text, "amount") if text else default
+    except RolloutInputError:
+        return default
+
+
+def wave_plan(total: int, canary: str, wave: str) -> list[int]:
+    """The sizes of the waves ``total`` hosts go in: the canary, then doubling up to
+    the wave size (inventory/rollouts.py decides; this only adds them up)."""
+    defaults = RolloutSpec("", "")
+    spec = RolloutSpec(
+        "", "", canary=_amount(canary, defaults.canary), wave_size=_amount(wave, defaults.wave_size)
+    )
+    sizes: list[int] = []
+    left = total
+    while left > 0:  # a wave takes at least one host
+        size = min(left, wave_size(spec, total, len(sizes)))
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+def plan_text(sizes: list[int]) -> str:
+    """``1, 2, 4, 8, 16, 24 (9 times), 7``: runs of equal waves shortened."""
+    parts: list[str] = []
+    i = 0
+    while i < len(sizes):
+        j = i
+        while j < len(sizes) and sizes[j] == sizes[i]:
+            j += 1
+        parts.append(
+            f"{sizes[i]} ({j - i} times)" if j - i > 2 else ", ".join(map(str, sizes[i:j]))
+        )
+        i = j
+    return ", ".join(parts) or "none"
+
+
+def progress(info: admin_pb2.RolloutInfo) -> tuple[int, int]:
+    """(settled hosts, all hosts): the hosts whose outcome is known, cancelled included."""
+    total = sum(info.counts.values())
+    return total - sum(n for k, n in info.counts.items() if k in _UNSETTLED), total
+
+
+def progress_note(info: admin_pb2.RolloutInfo) -> str:
+    """Beside the progress bar: the state, and why it stopped or what it waits for."""
+    why = info.reason if is_final(info.state) else info.waiting
+    return f"{info.state}: {why}" if why else info.state
+
+
+def _ordered_counts(info: admin_pb2.RolloutInfo) -> list[tuple[str, int]]:
+    order = [o.value for o in HostOutcome] + sorted(set(info.counts) - _OUTCOMES)
+    return [(k, info.counts[k]) for k in order if info.counts.get(k)]
+
+
+def counts_text(info: admin_pb2.RolloutInfo) -> str:
+    """``240: 200 ok, 3 failed, 37 pending`` (markup)."""
+    parts = []
+    for outcome, n in _ordered_counts(info):
+        style = _OUTCOME_STYLE.get(HostOutcome(outcome)) if outcome in _OUTCOMES else None
+        text = f"{n} {escape(outcome)}"
+        parts.append(f"[{style}]{text}[/]" if style else text)
+    return f"{sum(info.counts.values())}: {', '.join(parts) or 'no hosts'}"
+
+
+def _state(state: str) -> str:
+    style = _STATE_STYLE.get(RolloutState(state)) if state in _STATES else None
+    return f"[{style}]{escape(state)}[/]" if style else escape(state) or "-"
+
+
+def _extra_vars(info: admin_pb2.RolloutInfo) -> Any:
+    if not info.extra_vars_json:
+        return {}
+    try:
+        return json.loads(info.extra_vars_json)
+    except ValueError:
+        return info.extra_vars_json
+
+
+def _time(info: Any, name: str) -> float | None:
+    return seconds(getattr(info, name)) if info.HasField(name) else None
+
+
+def rollout_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
+    """A rollout as a plain dict with ISO times; ``hosts`` is empty in lists."""
+    settled, total = progress(info)
+    return {
+        "rollout_id": info.rollout_id,
+        "playbook": info.playbook,
+        "selector": info.selector,
+        "canary": info.canary,
+        "wave_size": info.wave_size,
+        "max_fail": info.max_fail,
+        "gate_lessons": info.gate_lessons,
+        "extra_vars": _extra_vars(info),
+        "state": info.state,
+        "final": is_final(info.state),
+        "reason": info.reason,
+        "waiting": info.waiting,
+        "dry_run": info.dry_run,
+        "created_by": info.created_by,
+        "created_at": iso(_time(info, "created_at")),
+        "updated_at": iso(_time(info, "updated_at")),
+        "finished_at": iso(_time(info, "finished_at")),
+        "total": total,
+        "settled": settled,
+        # Every outcome, zero where none, so scripts can read counts["failed"].
+        "counts": {o.value: info.counts.get(o.value, 0) for o in HostOutcome} | dict(info.counts),
+        "plan": wave_plan(total, info.canary, info.wave_size),
+        "waves": [
+            {
+                "wave": w.wave,
+                "hosts": w.hosts,
+                "failed": w.failed,
+                "started_at": iso(_time(w, "started_at")),
+                "finished_at": iso(_time(w, "finished_at")),
+            }
+            for w in info.waves
+        ],
+        "hosts": [
+            {
+                "device_id": h.device_id,
+                "school_id": h.school_id,
+                "wave": h.wave or None,
+                "outcome": h.outcome,
+                "task": h.task,
+                "message": h.message,
+            }
+            for h in info.hosts
+        ],
+    }
+
+
+def _options(info: admin_pb2.RolloutInfo) -> str:
+    text = (
+        f"canary {info.canary or '-'}, then doubling up to {info.wave_size or '-'} a wave; "
+        f"halts when a wave has more than {info.max_fail:g}% failed or unreachable"
+    )
+    return text + ("; halts if lessons fail more often" if info.gate_lessons else "")
+
+
+def _schools(info: admin_pb2.RolloutInfo) -> str:
+    per_school = Counter(h.school_id for h in info.hosts)
+    return ", ".join(f"{escape(s)}: {n}" for s, n in sorted(per_school.items()))
+
+
+def started_lines(info: admin_pb2.RolloutInfo) -> list[str]:
+    """What ``rollout start`` and ``retry`` say: the id, hosts and waves plan (markup)."""
+    total = len(info.hosts) or sum(info.counts.values())
+    hosts = f"{total} host(s) ({escape(info.selector)})"
+    if info.dry_run:
+        lines = [f"dry run, nothing was started: {escape(info.playbook)} would go to {hosts}"]
+    else:
+        lines = [f"rollout {info.rollout_id} started: {escape(info.playbook)} to {hosts}"]
+    if info.hosts:
+        lines.append(f"hosts by school: {_schools(info)}")
+    first = [escape(h.device_id) for h in info.hosts if h.wave == 1]
+    if first:
+        lines.append(f"first wave (canary): {', '.join(first)}")
+    sizes = wave_plan(total, info.canary, info.wave_size)
+    lines.append(f"{len(sizes)} waves: {plan_text(sizes)}; {_options(info)}")
+    if info.waiting:
+        lines.append(f"waiting: {escape(info.waiting)}")
+    if not info.dry_run:
+        lines.append(f"follow it: schoolctl rollout status {info.rollout_id} --watch")
+    return lines
+
+
+def _duration(wave: admin_pb2.RolloutWave, now: float) -> str:
+    if not wave.HasField("started_at"):
+        return "-"
+    started = seconds(wave.started_at)
+    if not wave.HasField("finished_at"):
+        return f"{age(started, now)} so far"
+    return age(started, seconds(wave.finished_at))
+
+
+def _waves_table(info: admin_pb2.RolloutInfo, now: float) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("WAVE", "HOSTS", "FAILED", "DURATION"):
+        table.add_column(name, no_wrap=True, justify="left" if name == "DURATION" else "right")
+    for w in info.waves:
+        failed = f"[red]{w.failed}[/]" if w.failed else "0"
+        table.add_row(str(w.wave), str(w.hosts), failed, _duration(w, now))
+    return table
+
+
+def _failing_table(hosts: list[admin_pb2.RolloutHost]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("DEVICE", "SCHOOL", "WAVE", "OUTCOME", "TASK"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("MESSAGE")
+    for h in hosts:
+        table.add_row(
+            escape(h.device_id),
+            escape(h.school_id),
+            str(h.wave or "-"),
+            f"[red]{escape(h.outcome)}[/]",
+            escape(h.task) or "-",
+            escape(h.message) or "-",
+        )
+    return table
+
+
+def rollout_detail(info: admin_pb2.RolloutInfo, now: float) -> Group:
+    """One rollout for people: its state and why, counts, waves and failing hosts."""
+    fields = Table(box=None, show_header=False, pad_edge=False)
+    fields.add_column(style="bold", no_wrap=True)
+    fields.add_column()
+    state = _state(info.state) + (f" ({escape(info.reason)})" if info.reason else "")
+    rows = [
+        ("rollout", f"{info.rollout_id} {escape(info.playbook)}"),
+        ("state", state),
+        ("selector", escape(info.selector)),
+        ("waves", _options(info)),
+        ("hosts", counts_text(info)),
+    ]
+    if info.waiting:
+        rows.append(("waiting", escape(info.waiting)))
+    if info.extra_vars_json and info.extra_vars_json != "{}":
+        rows.append(("extra vars", escape(info.extra_vars_json)))
+    created = _time(info, "created_at")
+    rows.append(("started", f"{iso(created) or '-'} by {escape(info.created_by) or '-'}"))
+    finished = _time(info, "finished_at")
+    if finished is not None:
+        rows.append(("finished", f"{iso(finished)} ({age(created, finished)} in all)"))
+    for key, value in rows:
+        fields.add_row(key, value)
+    parts: list[RenderableType] = [fields]
+    if info.waves:
+        parts += ["", _waves_table(info, now)]
+    failing = [h for h in info.hosts if h.outcome in _BAD]
+    if failing:
+        parts += ["", f"[bold]failed or unreachable ({len(failing)})[/]", _failing_table(failing)]
+    return Group(*parts)
+
+
+def rollouts_table(infos: list[admin_pb2.RolloutInfo], now: float) -> Table:
+    """One row per rollout, newest first as the controller sends them."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("ID", "PLAYBOOK", "STATE", "HOSTS", "FAILED", "WAVES", "STARTED", "BY"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("SELECTOR")
+    table.add_column("WHY")
+    for info in infos:
+        settled, total = progress(info)
+        failed = sum(info.counts.get(k, 0) for k in _BAD)
+        created = _time(info, "created_at")
+        table.add_row(
+            str(info.rollout_id),
+            escape(info.playbook),
+            _state(info.state),
+            f"{settled}/{total}",
+            f"[red]{failed}[/]" if failed else "0",
+            str(len(info.waves)),
+            f"{age(created, now)} ago" if created is not None else "-",
+            escape(info.created_by),
+            escape(info.selector),
+            escape(info.reason or info.waiting),
+        )
+    return table
+
+
+def windows_json(w: admin_pb2.MaintenanceWindows) -> dict[str, Any]:
+    """A school's maintenance windows."""
+    return {"school_id": w.school_id, "windows": list(w.windows)}
+
+
+def windows_table(schools: list[admin_pb2.MaintenanceWindows]) -> Table:
+    """One row per school."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("SCHOOL", no_wrap=True)
+    table.add_column("WINDOWS")
+    for w in schools:
+        table.add_row(escape(w.school_id), escape("; ".join(w.windows)) or "any time")
+    return table

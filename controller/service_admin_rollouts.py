@@ -1,0 +1,320 @@
+"""AdminService's rollouts: start (every check before anything runs), follow, pause,
+resume, abort, retry; and schools' maintenance windows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+
+from controller.access import Need
+from controller.admin_guard import Call, Guard, Refused, guarded, invalid, not_found
+from controller.errors import RolloutRefused
+from controller.rollout_engine import RolloutEngine
+from controller.rollout_runner import RunnerSettings, check_playbook
+from controller.store import Store
+from controller.store.protocol import DeviceQuery
+from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery
+from inventory.model import valid_id
+from inventory.people import Outcome
+from inventory.rollouts import (
+    HostOutcome,
+    HostResult,
+    RolloutInputError,
+    RolloutRecord,
+    RolloutSpec,
+    RolloutState,
+    Selector,
+    parse_amount,
+    parse_percent,
+    parse_selector,
+    wave_size,
+)
+from inventory.school_day import WindowError, parse_window
+from protos.mapping_rollouts import rollout_to_pb
+from protos.schoolfleet.v1 import admin_pb2
+
+EXTRA_VARS_MAX = 64 * 1024
+LIST_MAX = 500
+WINDOWS_MAX = 14
+
+
+def _each_school(schools: Iterable[str]) -> list[str | None]:
+    """The schools to check the caller against; None alone: a request across schools."""
+    return [*sorted(schools)] or [None]
+
+
+def _conflict(message: str) -> Refused:
+    return Refused(grpc.StatusCode.FAILED_PRECONDITION, message, Outcome.FAILED)
+
+
+def _extra_vars(text: str) -> dict[str, object]:
+    if not text:
+        return {}
+    if len(text) > EXTRA_VARS_MAX:
+        raise invalid(f"extra vars are {len(text)} bytes; at most {EXTRA_VARS_MAX}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise invalid(f"extra vars are not valid JSON: {exc.msg} at {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise invalid("extra vars must be a mapping of names to values")
+    return value
+
+
+def _spec(request: admin_pb2.StartRolloutRequest) -> RolloutSpec:
+    try:
+        parse_selector(request.selector)
+        return RolloutSpec(
+            playbook=request.playbook,
+            selector=request.selector,
+            canary=parse_amount(request.canary or "1", "canary"),
+            wave_size=parse_amount(request.wave_size or "10%", "wave size"),
+            max_fail=parse_percent(request.max_fail or "5", "max fail"),
+            extra_vars=_extra_vars(request.extra_vars_json),
+            gate_lessons=request.gate_lessons,
+        )
+    except RolloutInputError as exc:
+        raise invalid(str(exc)) from None
+
+
+def _preview(spec: RolloutSpec, hosts: list[NewHost], now: float) -> RolloutRecord:
+    """What a dry run answers: the rollout as it would start, nothing stored."""
+    counts = {o: 0 for o in HostOutcome}
+    counts[HostOutcome.PENDING] = len(hosts)
+    return RolloutRecord(
+        rollout_id=0,
+        spec=spec,
+        state=RolloutState.RUNNING,
+        reason=f"dry run: the first wave would take {wave_size(spec, len(hosts), 0)} host(s)",
+        created_by="",
+        created_at=now,
+        updated_at=now,
+        finished_at=None,
+        counts=counts,
+    )
+
+
+class RolloutHandlers:
+    """Mixed into AdminService, which provides these."""
+
+    _store: Store
+    guard: Guard
+    rollouts: RolloutEngine | None
+    playbooks_dir: Path
+    runner_settings: RunnerSettings | None
+
+    def _engine(self) -> RolloutEngine:
+        if self.rollouts is None:
+            raise Refused(
+                grpc.StatusCode.UNAVAILABLE, "rollouts are not running here", Outcome.FAILED
+            )
+        return self.rollouts
+
+    async def _hosts(self, selector: Selector, scope: frozenset[str] | None) -> list[NewHost]:
+        """The registry's devices the selector matches, within the caller's schools."""
+        schools = selector.schools or None
+        if scope is not None:
+            schools = (schools or scope) & scope
+        kinds = selector.kinds
+        hosts: list[NewHost] = []
+        after = ""
+        while True:
+            query = DeviceQuery(
+                schools=schools,
+                kind=next(iter(kinds)) if len(kinds) == 1 else None,
+                after_id=after,
+                limit=1000,
+            )
+            page = await self.guard.off_loop(self._store.list_devices, query, self.guard.now())
+            for d in page:
+                i = d.identity
+                if selector.matches(
+                    device_id=i.device_id,
+                    school_id=i.school_id,
+                    room_id=i.room_id,
+                    kind=i.kind,
+                    os_version=i.os.version if i.os is not None else None,
+                    labels=dict(i.labels),
+                ):
+                    hosts.append(NewHost(i.device_id, i.school_id))
+            if len(page) < query.limit:
+                return hosts
+            after = page[-1].identity.device_id
+
+    async def _rollout(self, call: Call, rollout_id: int, need: Need) -> RolloutRecord:
+        """The rollout, if the caller may see (or change) every school it touches."""
+        call.target = str(rollout_id)
+        record = await self.guard.off_loop(self._store.get_rollout, rollout_id)
+        if record is None:
+            raise not_found(f"no rollout {rollout_id}")
+        schools = await self.guard.off_loop(self._store.rollout_schools, rollout_id)
+        for school in _each_school(schools):
+            call.allow(need, school)
+        return record
+
+    async def _info(self, record: RolloutRecord) -> admin_pb2.RolloutInfo:
+        hosts: list[HostResult] = await self.guard.off_loop(
+            self._store.rollout_hosts, record.rollout_id
+        )
+        return rollout_to_pb(record, hosts)
+
+    @guarded("rollouts.start", Need.CHANGE, audited=True)
+    async def StartRollout(
+        self, request: admin_pb2.StartRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        call.target = request.playbook[:200]
+        spec = _spec(request)
+        selector = parse_selector(spec.selector)
+        for school in _each_school(selector.schools):
+            call.allow(Need.CHANGE, school)
+        if self.runner_settings is None:
+            raise invalid("rollouts are not set up on this controller")
+        try:
+            await self.guard.off_loop(
+                check_playbook, self.playbooks_dir, request.playbook, self.runner_settings
+            )
+        except RolloutRefused as exc:
+            raise invalid(str(exc)) from None
+        hosts = await self._hosts(selector, call.who.scope)
+        if not hosts:
+            raise invalid(f"selector {spec.selector!r} matches no devices")
+        if request.dry_run:
+            call.done = f"dry run of {request.playbook} on {len(hosts)} hosts"
+            preview = _preview(spec, hosts, self.guard.now())
+            pending = [
+                HostResult(h.device_id, h.school_id, None, HostOutcome.PENDING) for h in hosts
+            ]
+            return rollout_to_pb(preview, pending, dry_run=True)
+        try:
+            rollout_id = await self._engine().start(spec, hosts, call.who.name)
+        except HostsClaimed as exc:
+            raise _conflict(
+                f"{exc}: one rollout at a time may change a host; wait for it or abort it"
+            ) from None
+        call.target = f"{rollout_id} {request.playbook}"[:200]
+        call.done = f"rollout {rollout_id}: {request.playbook} on {len(hosts)} hosts"
+        record = await self.guard.off_loop(self._store.get_rollout, rollout_id)
+        assert record is not None
+        return await self._info(record)
+
+    @guarded("rollouts.get", Need.READ)
+    async def GetRollout(
+        self, request: admin_pb2.GetRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        return await self._info(await self._rollout(call, request.rollout_id, Need.READ))
+
+    @guarded("rollouts.list", Need.READ)
+    async def ListRollouts(
+        self, request: admin_pb2.ListRolloutsRequest, call: Call
+    ) -> admin_pb2.ListRolloutsResponse:
+        try:
+            states = frozenset(RolloutState(s) for s in request.states) or None
+        except ValueError:
+            known = ", ".join(s.value for s in RolloutState)
+            raise invalid(f"rollout states are {known}") from None
+        limit = min(request.limit or 50, LIST_MAX)
+        query = RolloutQuery(states=states, schools=call.who.scope, limit=limit)
+        records = await self.guard.off_loop(self._store.list_rollouts, query)
+        return admin_pb2.ListRolloutsResponse(rollouts=[rollout_to_pb(r) for r in records])
+
+    @guarded("rollouts.pause", Need.CHANGE, audited=True)
+    async def PauseRollout(
+        self, request: admin_pb2.GetRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        record = await self._rollout(call, request.rollout_id, Need.CHANGE)
+        if record.state is not RolloutState.RUNNING:
+            raise _conflict(f"rollout {record.rollout_id} is {record.state.value}, not running")
+        paused = await self._engine().pause(record.rollout_id)
+        assert paused is not None
+        call.done = f"rollout {record.rollout_id} {paused.state.value}"
+        return await self._info(paused)
+
+    @guarded("rollouts.resume", Need.CHANGE, audited=True)
+    async def ResumeRollout(
+        self, request: admin_pb2.GetRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        record = await self._rollout(call, request.rollout_id, Need.CHANGE)
+        if record.state is not RolloutState.PAUSED:
+            raise _conflict(f"rollout {record.rollout_id} is {record.state.value}, not paused")
+        resumed = await self._engine().resume(record.rollout_id)
+        assert resumed is not None
+        call.done = f"rollout {record.rollout_id} {resumed.state.value}"
+        return await self._info(resumed)
+
+    @guarded("rollouts.abort", Need.CHANGE, audited=True)
+    async def AbortRollout(
+        self, request: admin_pb2.GetRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        record = await self._rollout(call, request.rollout_id, Need.CHANGE)
+        if record.state.final:
+            raise _conflict(f"rollout {record.rollout_id} is already {record.state.value}")
+        aborted = await self._engine().abort(record.rollout_id, call.who.name)
+        assert aborted is not None
+        call.done = f"rollout {record.rollout_id} {aborted.state.value}"
+        return await self._info(aborted)
+
+    @guarded("rollouts.retry", Need.CHANGE, audited=True)
+    async def RetryRollout(
+        self, request: admin_pb2.GetRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        record = await self._rollout(call, request.rollout_id, Need.CHANGE)
+        if not record.state.final:
+            raise _conflict(
+                f"rollout {record.rollout_id} is {record.state.value}: "
+                "retry a finished one (abort it, or wait)"
+            )
+        bad = frozenset({HostOutcome.FAILED, HostOutcome.UNREACHABLE})
+        failed = await self.guard.off_loop(self._store.rollout_hosts, record.rollout_id, bad)
+        if not failed:
+            raise invalid(f"rollout {record.rollout_id} has no failed or unreachable hosts")
+        spec = replace(record.spec, selector=f"failed hosts of rollout {record.rollout_id}")
+        hosts = [NewHost(h.device_id, h.school_id) for h in failed]
+        try:
+            new_id = await self._engine().start(spec, hosts, call.who.name)
+        except HostsClaimed as exc:
+            raise _conflict(f"{exc}: wait for it or abort it") from None
+        call.done = f"rollout {new_id}: retry of {record.rollout_id} on {len(hosts)} hosts"
+        new = await self.guard.off_loop(self._store.get_rollout, new_id)
+        assert new is not None
+        return await self._info(new)
+
+    @guarded("maintenance.set", Need.CHANGE, audited=True)
+    async def SetMaintenanceWindows(
+        self, request: admin_pb2.SetMaintenanceWindowsRequest, call: Call
+    ) -> admin_pb2.MaintenanceWindows:
+        if not valid_id(request.school_id):
+            raise invalid(f"school id {request.school_id[:80]!r} is not valid")
+        call.target = request.school_id
+        call.allow(Need.CHANGE, request.school_id)
+        if len(request.windows) > WINDOWS_MAX:
+            raise invalid(f"at most {WINDOWS_MAX} windows per school")
+        try:
+            windows = sorted({parse_window(w).text for w in request.windows})
+        except WindowError as exc:
+            raise invalid(str(exc)) from None
+        await self.guard.off_loop(self._store.set_windows, request.school_id, windows)
+        if self.rollouts is not None:
+            self.rollouts.wake_all()
+        call.done = f"windows: {'; '.join(windows) or 'none'}"
+        return admin_pb2.MaintenanceWindows(school_id=request.school_id, windows=windows)
+
+    @guarded("maintenance.list", Need.READ)
+    async def ListMaintenanceWindows(
+        self, request: admin_pb2.ListMaintenanceWindowsRequest, call: Call
+    ) -> admin_pb2.ListMaintenanceWindowsResponse:
+        if request.school_id and not valid_id(request.school_id):
+            raise invalid(f"school id {request.school_id[:80]!r} is not valid")
+        call.allow(Need.READ, request.school_id or None)
+        scope = call.who.scope
+        wanted = [request.school_id] if request.school_id else (sorted(scope) if scope else None)
+        stored: Mapping[str, list[str]] = await self.guard.off_loop(self._store.windows, wanted)
+        return admin_pb2.ListMaintenanceWindowsResponse(
+            schools=[
+                admin_pb2.MaintenanceWindows(school_id=s, windows=w)
+                for s, w in sorted(stored.items())
+            ]
+        )

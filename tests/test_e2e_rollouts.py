@@ -1,0 +1,352 @@
+"""Rollouts end to end: a real controller, real agents in network namespaces, each
+namespace a real SSH host, and schoolctl as a user runs it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.netns import needs_root
+from tests.procs import Agent, Controller, Result, schoolctl, wait_until
+from tests.ssh_hosts import SshHost, ssh_hosts
+
+pytestmark = [pytest.mark.e2e, needs_root]
+
+PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
+PRIVATE = (
+    "/etc/schoolfleet",
+    "/opt/schoolfleet",
+    "/var/lib/schoolfleet",
+    "/etc/systemd/system",
+    "/etc/systemd/timesyncd.conf.d",
+)
+# Writes a marker; fails on a host labelled fail=yes; sleeps when asked.
+MARK = """\
+- name: Mark the hosts
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: The config folder exists
+      ansible.builtin.file:
+        path: /etc/schoolfleet
+        state: directory
+        mode: "0755"
+    - name: A host labelled to fail fails here
+      ansible.builtin.fail:
+        msg: this host is labelled to fail
+      when: (sf_labels | default({})).get('fail', '') == 'yes'
+    - name: The marker names the run
+      ansible.builtin.copy:
+        dest: /etc/schoolfleet/marker
+        content: "{{ marker | default('unset') }}\\n"
+        mode: "0644"
+    - name: Take a while when asked
+      ansible.builtin.command: sleep {{ pause | default(0) }}
+      when: (pause | default(0) | int) > 0
+      changed_when: false
+"""
+
+
+# A lesson launched in a test host's room shows nothing: a quiet stand-in for Chromium.
+KIOSK = [sys.executable, "-c", "import time; time.sleep(600)", "{url}"]
+
+
+@dataclass
+class Lab:
+    controller: Controller
+    hosts: list[SshHost]
+    agents: list[Agent]
+
+    def ctl(self, *args: str, timeout: float = 30) -> Result:
+        return schoolctl(self.controller.address, *args, timeout=timeout)
+
+    def status(self, rollout_id: int) -> dict[str, Any]:
+        done = self.ctl("rollout", "status", str(rollout_id), "--json")
+        assert done.code in (0, 1), done
+        info: dict[str, Any] = done.json()
+        return info
+
+    def start(self, *args: str) -> int:
+        done = self.ctl("rollout", "start", *args, "--json")
+        assert done.code == 0, done
+        return int(done.json()["rollout_id"])
+
+    def wait_state(self, rollout_id: int, states: set[str], timeout: float) -> dict[str, Any]:
+        return wait_until(
+            lambda: ((s := self.status(rollout_id))["state"] in states and s) or None,
+            timeout,
+            f"rollout {rollout_id} in {states}",
+            step=0.5,
+        )
+
+    def outcomes(self, info: dict[str, Any]) -> dict[str, str]:
+        return {h["device_id"]: h["outcome"] for h in info["hosts"]}
+
+    def ansible_pids(self) -> list[int]:
+        proc = self.controller.proc
+        assert proc is not None
+        return [
+            p.pid
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "ansible-playbook" in " ".join(p.cmdline())
+        ]
+
+
+def _agents(lab_dir: Path, controller: Controller, hosts: list[SshHost]) -> list[Agent]:
+    agents = []
+    for i, host in enumerate(hosts):
+        school = "s2" if i == len(hosts) - 1 else "s1"
+        labels = ["fail=yes"] if host.name == "host-3" else []
+        agents.append(
+            Agent(
+                lab_dir,
+                host.name,
+                "panel",
+                school,
+                f"r{i}",
+                f"{host.gateway}:{controller.grpc_port}",
+                extra={"labels": labels, "heartbeat_interval": 2, "kiosk_argv": KIOSK},
+                netns=host.namespace,
+            ).start()
+        )
+    return agents
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    work = tmp_path_factory.mktemp("rollouts")
+    playbooks = work / "playbooks"
+    shutil.copytree(PLAYBOOKS, playbooks)
+    (playbooks / "mark.yml").write_text(MARK)
+    (playbooks / "broken.yml").write_text("- name: broken\n  hosts: all\n  tasks: [\n")
+    with ssh_hosts(6, private_dirs=PRIVATE) as hosts:
+        controller = Controller(
+            work,
+            host=hosts[0].gateway,
+            env={
+                "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(work / "data"),
+                "SCHOOLFLEET_CONTROLLER_PLAYBOOKS_DIR": str(playbooks),
+                "SCHOOLFLEET_CONTROLLER_ROLLOUT_SSH_KEY": str(hosts[0].key_file),
+                "SCHOOLFLEET_CONTROLLER_ROLLOUT_KNOWN_HOSTS": str(hosts[0].known_hosts),
+                "SCHOOLFLEET_CONTROLLER_ROLLOUT_RECHECK": "1",
+                "SCHOOLFLEET_CONTROLLER_ROLLOUT_BATCH_ESTIMATE": "60",
+                "SCHOOLFLEET_CONTROLLER_CONTENT_HOSTS": '["lessons.test"]',
+                # The lesson gate judges a launch this long after the lesson's start.
+                "SCHOOLFLEET_CONTROLLER_LESSON_ON_TIME": "1",
+            },
+        ).start()
+        agents = _agents(work, controller, hosts)
+        lab = Lab(controller, hosts, agents)
+        try:
+
+            def registered() -> list[dict[str, Any]] | None:
+                devices = lab.ctl("devices", "list", "--json").json()
+                ready = [d for d in devices if d.get("address")]
+                return devices if len(ready) == len(hosts) else None
+
+            devices = wait_until(registered, 60, "every agent registered with its address")
+            assert {d["device_id"]: d["address"] for d in devices} == {
+                h.name: h.address for h in hosts
+            }
+            yield lab
+        finally:
+            for agent in agents:
+                agent.stop()
+            controller.stop()
+
+
+def test_waves_halt_at_the_wave_that_fails_and_every_outcome_is_recorded(lab: Lab) -> None:
+    lab.hosts[4].stop()  # sshd gone: host-4 is unreachable
+    rollout_id = lab.start(
+        "mark.yml",
+        "--select",
+        "school=s1",
+        "--canary",
+        "1",
+        "--wave-size",
+        "2",
+        "--max-fail",
+        "40%",
+        "--extra-vars",
+        "marker: first",
+    )
+    watched = lab.ctl(
+        "rollout", "status", str(rollout_id), "--watch", "--interval", "1", timeout=180
+    )
+    assert watched.code == 1, watched  # halted
+    info = lab.status(rollout_id)
+    assert info["state"] == "halted"
+    assert "wave 3" in info["reason"] and "limit 40%" in info["reason"]
+    assert [(w["wave"], w["hosts"], w["failed"]) for w in info["waves"]] == [
+        (1, 1, 0),
+        (2, 2, 0),
+        (3, 2, 2),
+    ]
+    hosts = {h["device_id"]: h for h in info["hosts"]}
+    assert lab.outcomes(info) == {
+        "host-0": "changed",
+        "host-1": "changed",
+        "host-2": "changed",
+        "host-3": "failed",
+        "host-4": "unreachable",
+    }
+    assert hosts["host-3"]["task"] == "A host labelled to fail fails here"
+    assert "labelled to fail" in hosts["host-3"]["message"]
+    assert hosts["host-4"]["message"]
+    for host in lab.hosts[:3]:
+        assert host.read_file("/etc/schoolfleet/marker") == "first\n"
+    assert lab.hosts[3].read_file("/etc/schoolfleet/marker") is None
+    # The people view says the same, and names the failing task.
+    shown = lab.ctl("rollout", "status", str(rollout_id))
+    assert shown.code == 1 and "halted" in shown.out and "labelled to fail" in shown.out
+    metrics = lab.controller.metrics()
+    assert metrics['schoolfleet_rollouts_finished_total{state="halted"}'] >= 1
+    assert metrics['schoolfleet_rollout_host_results_total{outcome="failed"}'] >= 1
+    # retry --failed: a new rollout of the failed and unreachable hosts only.
+    retried = lab.ctl("rollout", "retry", str(rollout_id), "--failed", "--json")
+    assert retried.code == 0, retried
+    again = lab.wait_state(int(retried.json()["rollout_id"]), {"halted", "done"}, 120)
+    assert set(lab.outcomes(again)) == {"host-3", "host-4"}
+
+
+def test_bad_requests_are_refused_before_anything_runs(lab: Lab) -> None:
+    before = lab.ctl("rollout", "list", "--json").json()
+    cases = [
+        (("nothing.yml", "--select", "school=s1"), "nothing.yml"),
+        (("broken.yml", "--select", "school=s1"), "broken.yml"),
+        (("mark.yml", "--select", "school=nowhere"), "matches no devices"),
+        (("mark.yml", "--select", "colour=red"), "selector key 'colour'"),
+        (("mark.yml", "--select", "school=s1", "--extra-vars", "{bad"), "--extra-vars"),
+        (("mark.yml", "--select", "school=s1", "--extra-vars", "[1, 2]"), "mapping"),
+        (("mark.yml", "--select", "school=s1", "--max-fail", "120%"), "max"),
+    ]
+    for args, needle in cases:
+        done = lab.ctl("rollout", "start", *args)
+        assert done.code != 0, (args, done)
+        assert needle in done.err, (args, done.err)
+        # Beside the warning that the lab's plaintext port carries the token.
+        lines = [x for x in done.err.splitlines() if not x.startswith("schoolctl: warning:")]
+        assert len(lines) == 1, done.err
+        assert "Traceback" not in done.err
+    assert lab.ctl("rollout", "list", "--json").json() == before
+
+
+def test_one_rollout_per_host_and_abort_stops_ansible(lab: Lab) -> None:
+    slow = lab.start(
+        "mark.yml", "--select", "device=host-0", "--extra-vars", '{"marker": "slow", "pause": 60}'
+    )
+    wait_until(lab.ansible_pids, 30, "ansible-playbook running")
+    second = lab.ctl("rollout", "start", "mark.yml", "--select", "school=s1")
+    assert second.code != 0
+    assert f"host-0 already in rollout {slow}" in second.err
+    aborted = lab.ctl("rollout", "abort", str(slow), "--yes", "--json", timeout=60)
+    assert aborted.code == 0, aborted
+    assert aborted.json()["state"] == "aborted"
+    assert lab.outcomes(lab.status(slow)) == {"host-0": "cancelled"}
+    wait_until(lambda: not lab.ansible_pids() or None, 10, "ansible-playbook gone")
+    # The claim is given back: host-0 may be in a new rollout.
+    lab.wait_state(lab.start("mark.yml", "--select", "device=host-0"), {"done"}, 60)
+
+
+def test_a_controller_restart_resumes_the_rollout(lab: Lab) -> None:
+    rollout_id = lab.start(
+        "mark.yml",
+        "--select",
+        "device=host-0|host-1|host-2",
+        "--wave-size",
+        "1",
+        "--extra-vars",
+        '{"marker": "resumed", "pause": 3}',
+    )
+    wait_until(
+        lambda: len(lab.status(rollout_id)["waves"]) >= 2 or None, 60, "the second wave started"
+    )
+    assert lab.controller.stop(signal.SIGTERM) == 0
+    lab.controller.start()
+    info = lab.wait_state(rollout_id, {"done", "halted"}, 90)
+    assert info["state"] == "done", info
+    assert set(lab.outcomes(info).values()) <= {"changed", "ok"}
+    for host in lab.hosts[:3]:
+        assert host.read_file("/etc/schoolfleet/marker") == "resumed\n"
+    assert "resumed from the store" in lab.controller.log_text()
+
+
+def test_a_real_playbook_is_idempotent_through_the_engine(lab: Lab) -> None:
+    extra = json.dumps(
+        {"sf_manage_services": False, "sf_manage_packages": False, "sf_ntp_servers": ["198.18.0.1"]}
+    )
+    args = ("timesync.yml", "--select", "device=host-0|host-1", "--wave-size", "2")
+    first = lab.wait_state(lab.start(*args, "--extra-vars", extra), {"done", "halted"}, 90)
+    assert set(lab.outcomes(first).values()) == {"changed"}, first
+    second = lab.wait_state(lab.start(*args, "--extra-vars", extra), {"done", "halted"}, 90)
+    assert set(lab.outcomes(second).values()) == {"ok"}, second
+
+
+def test_the_school_day_keeps_busy_devices_out_of_waves(lab: Lab) -> None:
+    # A lesson now in host-1's room; host-5's school is outside its only window.
+    launched = lab.ctl(
+        "lessons", "launch", "https://lessons.test/now", "--school", "s1", "--room", "r1"
+    )
+    assert launched.code == 0, launched
+    other_day = (dt.datetime.now(dt.UTC).weekday() + 3) % 7
+    day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[other_day]
+    window = lab.ctl("maintenance", "set", "--school", "s2", f"{day} 03:00-04:00")
+    assert window.code == 0, window
+    rollout_id = lab.start("mark.yml", "--select", "device=host-0|host-1|host-5")
+
+    def waiting() -> dict[str, Any] | None:
+        info = lab.status(rollout_id)
+        return info if info["counts"].get("pending") == 2 and info["waiting"] else None
+
+    info = wait_until(waiting, 60, "host-1 and host-5 waiting")
+    assert lab.outcomes(info)["host-0"] in {"changed", "ok"}
+    assert "1 in rooms with lessons" in info["waiting"]
+    assert "1 outside their school's maintenance window" in info["waiting"]
+    assert info["state"] == "running"
+    assert lab.ctl("rollout", "abort", str(rollout_id), "--yes").code == 0
+    assert lab.ctl("maintenance", "set", "--school", "s2", "--clear").code == 0
+
+
+def test_the_lesson_gate_halts_when_changed_panels_fail_lessons(lab: Lab) -> None:
+    # host-1's room has a lesson (the test above): the rollout changes host-0 and waits.
+    rollout_id = lab.start(
+        "mark.yml", "--select", "device=host-0|host-1", "--gate", "lessons", "--max-fail", "50%"
+    )
+    lab.wait_state(rollout_id, {"running"}, 30)
+    wait_until(
+        lambda: lab.outcomes(lab.status(rollout_id))["host-0"] in {"ok", "changed"} or None,
+        60,
+        "host-0 done in the first wave",
+    )
+    # After the change host-0's kiosk program is gone: its lessons fail to launch.
+    lab.agents[0].stop()
+    lab.agents[0] = Agent(
+        lab.agents[0].workdir,
+        "host-0",
+        "panel",
+        "s1",
+        "r0",
+        lab.agents[0].controller,
+        extra={"heartbeat_interval": 2, "kiosk_argv": ["/nonexistent/kiosk", "{url}"]},
+        netns=lab.hosts[0].namespace,
+    ).start()
+    for n in range(3):
+        url = f"https://lessons.test/after-{n}"
+        done = lab.ctl("lessons", "launch", url, "--school", "s1", "--room", "r0", "--minutes", "1")
+        assert done.code == 0, done
+        time.sleep(1.1)  # a lesson by hand is named by its second
+    info = lab.wait_state(rollout_id, {"halted", "done", "aborted"}, 60)
+    assert info["state"] == "halted", info
+    assert "lesson gate: 3 of 3 lesson launches failed" in info["reason"]
+    assert lab.outcomes(info)["host-1"] == "cancelled"
