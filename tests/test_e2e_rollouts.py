@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.netns import needs_root
-from tests.procs import Agent, Controller, Result, schoolctl, wait_until
+from tests.procs import Agent, Controller, Result, free_port, schoolctl, wait_until
 from tests.ssh_hosts import SshHost, ssh_hosts
 
 pytestmark = [pytest.mark.e2e, needs_root]
@@ -133,6 +133,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with ssh_hosts(6, private_dirs=PRIVATE) as hosts:
         controller = Controller(
             work,
+            # A fixed port: the agents find the controller again after its restart.
+            port=free_port(),
             host=hosts[0].gateway,
             env={
                 "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(work / "data"),
