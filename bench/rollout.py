@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -45,8 +46,9 @@ import math
 import os
 import shlex
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import version
 
 from bench.procs import RunFailed
@@ -55,16 +57,21 @@ from bench.rollout_lab import (
     ONE_WAVE,
     PLAIN_DEFAULTS,
     PLAIN_ENGINE,
+    PLAYBOOK,
+    PLAYBOOK_NAME,
+    SCHOOL,
     TASKS,
     VARIANTS,
     WAVES,
+    Lab,
     RunResult,
     Variant,
-    open_lab,
     run_variant,
 )
 from bench.run import median
 from controller.rollout_runner import default_forks
+from tests.procs import Agent, Controller, schoolctl, wait_until
+from tests.ssh_hosts import SshHost, ssh_hosts
 
 log = logging.getLogger("bench")
 
@@ -271,6 +278,66 @@ def _city(results: Sequence[RunResult]) -> list[str]:
             f"and {hours / 8:.1f} h on 8, if nothing else limits it."
         )
     return lines
+
+
+@contextlib.contextmanager
+def open_lab(count: int) -> Iterator[Lab]:
+    """Starts the hosts and the controller, registers every host; removes it all after."""
+    with contextlib.ExitStack() as stack:
+        # Short, in /tmp: ssh's control sockets live under it.
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-rb-", dir="/tmp")))
+        playbooks = work / "playbooks"
+        playbooks.mkdir()
+        (playbooks / PLAYBOOK_NAME).write_text(PLAYBOOK)
+        log.info("starting %d ssh hosts", count)
+        hosts = stack.enter_context(ssh_hosts(count))
+        controller = Controller(
+            work,
+            host=hosts[0].gateway,
+            env={
+                "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(work / "data"),
+                "SCHOOLFLEET_CONTROLLER_PLAYBOOKS_DIR": str(playbooks),
+                "SCHOOLFLEET_CONTROLLER_ROLLOUT_SSH_KEY": str(hosts[0].key_file),
+                "SCHOOLFLEET_CONTROLLER_ROLLOUT_KNOWN_HOSTS": str(hosts[0].known_hosts),
+            },
+        )
+        stack.callback(controller.stop)
+        controller.start()
+        _register(work, controller, hosts, stack)
+        yield Lab(work, hosts, controller, playbooks / PLAYBOOK_NAME)
+
+
+def _register(
+    work: Path, controller: Controller, hosts: list[SshHost], stack: contextlib.ExitStack
+) -> None:
+    """One agent per host until the registry has every address; then the agents stop."""
+    log.info("registering %d hosts through their agents", len(hosts))
+    agents = []
+    for i, host in enumerate(hosts):
+        agent = Agent(
+            work,
+            host.name,
+            "panel",
+            SCHOOL,
+            f"r{i}",
+            f"{host.gateway}:{controller.grpc_port}",
+            extra={"heartbeat_interval": 30},
+            netns=host.namespace,
+        )
+        stack.callback(agent.stop)
+        agents.append(agent.start())
+    wanted = {h.name: h.address for h in hosts}
+
+    def registered() -> bool:
+        done = schoolctl(controller.address, "devices", "list", "--json")
+        if done.code != 0:
+            return False
+        known = {d["device_id"]: d.get("address") for d in done.json()}
+        return all(known.get(name) == address for name, address in wanted.items())
+
+    wait_until(registered, 300, "every host registered with its address", step=2)
+    for agent in agents:
+        agent.stop()
 
 
 def benchmark(args: argparse.Namespace) -> list[RunResult]:

@@ -1,8 +1,5 @@
-"""The rollout benchmark's lab and its measured runs.
-
-The lab: ``count`` real SSH hosts in network namespaces (tests/ssh_hosts.py), a real
-controller listening on the hosts' bridge, and one agent per host that connects once so
-that the registry learns its address, then stops (the registry keeps the address).
+"""The rollout benchmark's measured runs, on a lab of SSH hosts registered with a
+real controller (bench/rollout.py sets it up).
 
 A measured run applies the benchmark's playbook to every host, one of four ways, and
 returns its wall time and the CPU each side used. Every run starts cold: afterwards the
@@ -22,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +28,8 @@ import psutil
 from bench.observe import machine_busy_seconds
 from bench.procs import RunFailed
 from controller.rollout_runner import RunnerSettings, ansible_env, default_forks
-from tests.procs import Agent, Controller, schoolctl, wait_until
-from tests.ssh_hosts import SshHost, ssh_hosts
+from tests.procs import Controller, schoolctl, wait_until
+from tests.ssh_hosts import SshHost
 
 log = logging.getLogger("bench")
 
@@ -57,7 +53,7 @@ PLAYBOOK = """\
         content: "{{ marker }}\\n"
         mode: "0644"
 """
-SCHOOL = "b1"
+SCHOOL = "b1"  # every host's school, for --select
 ANSIBLE_DEFAULT_FORKS = 5
 _RUN_TIMEOUT = 900.0
 _RECAP = re.compile(
@@ -155,66 +151,6 @@ class Lab:
         )
 
 
-@contextlib.contextmanager
-def open_lab(count: int) -> Iterator[Lab]:
-    """Starts the hosts and the controller, registers every host; removes it all after."""
-    with contextlib.ExitStack() as stack:
-        # Short, in /tmp: ssh's control sockets live under it.
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-rb-", dir="/tmp")))
-        playbooks = work / "playbooks"
-        playbooks.mkdir()
-        (playbooks / PLAYBOOK_NAME).write_text(PLAYBOOK)
-        log.info("starting %d ssh hosts", count)
-        hosts = stack.enter_context(ssh_hosts(count))
-        controller = Controller(
-            work,
-            host=hosts[0].gateway,
-            env={
-                "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(work / "data"),
-                "SCHOOLFLEET_CONTROLLER_PLAYBOOKS_DIR": str(playbooks),
-                "SCHOOLFLEET_CONTROLLER_ROLLOUT_SSH_KEY": str(hosts[0].key_file),
-                "SCHOOLFLEET_CONTROLLER_ROLLOUT_KNOWN_HOSTS": str(hosts[0].known_hosts),
-            },
-        )
-        stack.callback(controller.stop)
-        controller.start()
-        _register(work, controller, hosts, stack)
-        yield Lab(work, hosts, controller, playbooks / PLAYBOOK_NAME)
-
-
-def _register(
-    work: Path, controller: Controller, hosts: list[SshHost], stack: contextlib.ExitStack
-) -> None:
-    """One agent per host until the registry has every address; then the agents stop."""
-    log.info("registering %d hosts through their agents", len(hosts))
-    agents = []
-    for i, host in enumerate(hosts):
-        agent = Agent(
-            work,
-            host.name,
-            "panel",
-            SCHOOL,
-            f"r{i}",
-            f"{host.gateway}:{controller.grpc_port}",
-            extra={"heartbeat_interval": 30},
-            netns=host.namespace,
-        )
-        stack.callback(agent.stop)
-        agents.append(agent.start())
-    wanted = {h.name: h.address for h in hosts}
-
-    def registered() -> bool:
-        done = schoolctl(controller.address, "devices", "list", "--json")
-        if done.code != 0:
-            return False
-        known = {d["device_id"]: d.get("address") for d in done.json()}
-        return all(known.get(name) == address for name, address in wanted.items())
-
-    wait_until(registered, 300, "every host registered with its address", step=2)
-    for agent in agents:
-        agent.stop()
-
-
 def run_variant(lab: Lab, variant: Variant, run: int) -> RunResult:
     """One cold, measured run of ``variant`` on every host."""
     marker = f"{variant.key}-{run}-{time.time_ns()}"
@@ -260,8 +196,7 @@ def _run_plain(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
         output = home / "output.txt"
         busy0, sshd0, window = machine_busy_seconds(), sshd_cpu(lab.hosts), time.monotonic()
         seconds, cpu, code = _timed(argv, env, home, output)
-        masters, stopped = stop_masters(control_dir)
-        _wait_sessions_gone(lab.hosts)
+        masters, stopped = _settle(lab, {control_dir})
         text = output.read_text(errors="replace")
         recap = {m[0]: m[1:] for m in _RECAP.findall(text)}
         ok = sum(1 for v in recap.values() if v[2] == "0" and v[3] == "0")
@@ -341,11 +276,7 @@ def _run_engine(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
     cpu1 = _tree_cpu(proc)
     status = schoolctl(controller.address, "rollout", "status", str(rollout_id), "--json")
     info: dict[str, Any] = status.json() if status.out.strip() else {}
-    masters, stopped = 0.0, 0
-    for control_dir in _engine_control_dirs(lab, rollout_id):
-        cpu, count = stop_masters(control_dir)
-        masters, stopped = masters + cpu, stopped + count
-    _wait_sessions_gone(lab.hosts)
+    masters, stopped = _settle(lab, _engine_control_dirs(lab, rollout_id))
     counts = info.get("counts", {})
     state = str(info.get("state", ""))
     error = "" if state == "done" else f"rollout {rollout_id} {state}: {info.get('reason', '')}"
@@ -442,9 +373,15 @@ def _tree_cpu(proc: psutil.Process) -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
-def _wait_sessions_gone(hosts: list[SshHost]) -> None:
-    """Until every ssh session has ended (and its CPU is in its sshd's children's times)."""
-    wait_until(lambda: not any(h.session_pids() for h in hosts), 30, "ssh sessions to end")
+def _settle(lab: Lab, control_dirs: set[Path]) -> tuple[float, int]:
+    """Stops a run's ssh masters and waits until every session has ended (its CPU is then
+    in its sshd's children's times); returns the masters' CPU and how many there were."""
+    cpu, count = 0.0, 0
+    for control_dir in control_dirs:
+        more, found = stop_masters(control_dir)
+        cpu, count = cpu + more, count + found
+    wait_until(lambda: not any(h.session_pids() for h in lab.hosts), 30, "ssh sessions to end")
+    return cpu, count
 
 
 def _markers(hosts: list[SshHost], marker: str) -> int:
