@@ -80,6 +80,9 @@ class RunnerSettings:
     # Seconds an idle ssh connection is kept for the next task or wave; 0: none kept.
     control_persist: int = 60
     ansible_bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
+    # The devices' Python (M OS is Debian-based); "auto_silent" makes Ansible look for
+    # one on every host first, one more remote command per host and wave.
+    python_interpreter: str = "/usr/bin/python3"
 
     def __post_init__(self) -> None:
         if self.forks < 1:
@@ -137,7 +140,7 @@ def ansible_env(settings: RunnerSettings, home: Path) -> dict[str, str]:
         "ANSIBLE_TIMEOUT": str(settings.ssh_timeout),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        "ANSIBLE_PYTHON_INTERPRETER": settings.python_interpreter,
     }
     if settings.private_key_file is not None:
         env["ANSIBLE_PRIVATE_KEY_FILE"] = str(settings.private_key_file)

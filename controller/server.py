@@ -180,6 +180,7 @@ def _rollouts(
     runner = RunnerSettings(
         forks=settings.rollout_forks or default_forks(),
         remote_user=settings.rollout_ssh_user,
+        python_interpreter=settings.rollout_python,
         private_key_file=settings.ssh_key,
         known_hosts=settings.known_hosts,
         control_path_dir=control_dir,

@@ -92,6 +92,8 @@ class ControllerSettings:
     # DATA_DIR/ssh/id_ed25519), checking host keys against this file (default
     # DATA_DIR/ssh/known_hosts; a host whose key is not there is unreachable).
     rollout_ssh_user: str = "root"
+    # The devices' Python; "auto_silent": Ansible finds it on each host (a command more).
+    rollout_python: str = "/usr/bin/python3"
     rollout_ssh_key: Path = Path()
     rollout_known_hosts: Path = Path()
     # Hosts Ansible changes at once; 0: sized to this machine's cores.

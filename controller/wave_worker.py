@@ -69,6 +69,7 @@ def _job_from_json(text: str) -> WaveJob:
         pipelining=s["pipelining"],
         control_persist=s["control_persist"],
         ansible_bin_dir=Path(s["ansible_bin_dir"]),
+        python_interpreter=s["python_interpreter"],
     )
     return WaveJob(
         playbook=Path(raw["playbook"]),
