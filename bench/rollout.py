@@ -97,13 +97,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="run only these variants (repeatable; figures from such runs lack ratios)",
     )
     p.add_argument("--json", type=Path, help="write every run's figures to this file")
-    p.add_argument(
-        "--host-bashrc",
-        type=Path,
-        help="put this file in every host's (private) /root/.bashrc: hosts whose every "
-        "remote command pays a shell start-up, as TECH-NOTES' reference figures did "
-        "with this machine's ~/.bashrc (pyenv init)",
-    )
     args = p.parse_args(argv)
     if args.hosts < 1 or args.runs < 1:
         p.error("--hosts and --runs must be at least 1")
@@ -347,29 +340,11 @@ def _register(
         agent.stop()
 
 
-def _seed_bashrc(lab: Lab, source: Path) -> None:
-    """Copies ``source`` into each host's /root, inside its sshd's mount namespace (the
-    host's /root is a private tmpfs: the machine's own is untouched)."""
-    text = source.read_text()
-    for host in lab.hosts:
-        subprocess.run(
-            ["nsenter", "--target", str(host.pid), "--mount", "tee", "/root/.bashrc"],
-            input=text,
-            text=True,
-            capture_output=True,
-            check=True,
-            timeout=10,
-        )
-    log.info("hosts' /root/.bashrc from %s", source)
-
-
 def benchmark(args: argparse.Namespace) -> list[RunResult]:
     """Sets the hosts up once, then every run, every variant."""
     variants = [v for v in VARIANTS if not args.only or v.key in args.only]
     results: list[RunResult] = []
     with open_lab(args.hosts) as lab:
-        if args.host_bashrc is not None:
-            _seed_bashrc(lab, args.host_bashrc)
         for run in range(1, args.runs + 1):
             shift = (run - 1) % len(variants)
             for variant in variants[shift:] + variants[:shift]:
