@@ -352,3 +352,42 @@ def test_the_lesson_gate_halts_when_changed_panels_fail_lessons(lab: Lab) -> Non
     assert info["state"] == "halted", info
     assert "lesson gate: 3 of 3 lesson launches failed" in info["reason"]
     assert lab.outcomes(info)["host-1"] == "cancelled"
+
+
+def test_school_it_rolls_out_only_in_its_schools(lab: Lab) -> None:
+    it = lab.controller.create_user("it-s2", "school-it", "s2")
+    viewer = lab.controller.create_user("watcher", "viewer")
+    address = lab.controller.address
+
+    def start(token: str, select: str) -> Result:
+        return schoolctl(address, "rollout", "start", "mark.yml", "--select", select, token=token)
+
+    other = start(it.token, "school=s1")
+    assert other.code == 6, other
+    assert "may not rollouts.start in school s1" in other.err
+    everywhere = start(it.token, "kind=panel")
+    assert everywhere.code == 6, everywhere
+    assert "across schools" in everywhere.err
+    assert start(viewer.token, "school=s2").code == 6
+    # Their own school is theirs; what they may see of the others' is nothing.
+    own = schoolctl(
+        address,
+        "rollout",
+        "start",
+        "mark.yml",
+        "--select",
+        "school=s2",
+        "--dry-run",
+        "--json",
+        token=it.token,
+    )
+    assert own.code == 0, own
+    assert [h["device_id"] for h in own.json()["hosts"]] == ["host-5"]
+    listed = schoolctl(address, "rollout", "list", "--json", token=it.token)
+    assert listed.code == 0
+    assert all(r["rollout_id"] for r in listed.json())
+    first = lab.ctl("rollout", "list", "--json").json()[-1]["rollout_id"]
+    hidden = schoolctl(address, "rollout", "status", str(first), token=it.token)
+    assert hidden.code == 6, hidden
+    denied = lab.ctl("audit", "--actor", "it-s2", "--outcome", "denied", "--json").json()
+    assert {e["action"] for e in denied} >= {"rollouts.start", "rollouts.get"}
