@@ -383,11 +383,13 @@ def test_school_it_rolls_out_only_in_its_schools(lab: Lab) -> None:
     )
     assert own.code == 0, own
     assert [h["device_id"] for h in own.json()["hosts"]] == ["host-5"]
+    in_s1 = lab.start("mark.yml", "--select", "device=host-2")
+    lab.wait_state(in_s1, {"done", "halted"}, 60)
     listed = schoolctl(address, "rollout", "list", "--json", token=it.token)
-    assert listed.code == 0
-    assert all(r["rollout_id"] for r in listed.json())
-    first = lab.ctl("rollout", "list", "--json").json()[-1]["rollout_id"]
-    hidden = schoolctl(address, "rollout", "status", str(first), token=it.token)
+    assert listed.code == 0, listed
+    assert in_s1 not in [r["rollout_id"] for r in listed.json()]
+    assert in_s1 in [r["rollout_id"] for r in lab.ctl("rollout", "list", "--json").json()]
+    hidden = schoolctl(address, "rollout", "status", str(in_s1), token=it.token)
     assert hidden.code == 6, hidden
     denied = lab.ctl("audit", "--actor", "it-s2", "--outcome", "denied", "--json").json()
     assert {e["action"] for e in denied} >= {"rollouts.start", "rollouts.get"}
