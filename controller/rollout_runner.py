@@ -1,6 +1,6 @@
 """Runs one wave of a rollout: ansible-playbook through ansible-runner on the wave's
 hosts, in an environment that owes nothing to this machine's Ansible or ssh
-configuration; checks a playbook before a rollout may use it; and stops the ssh
+configuration; and stops the ssh
 connections Ansible keeps open between waves when the controller shuts down.
 """
 
@@ -14,7 +14,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,12 +22,10 @@ from typing import Any
 
 import ansible_runner
 import psutil
-import yaml
 from ansible_runner.exceptions import AnsibleRunnerException
 
 from common.errors import SettingError
-from controller.errors import RolloutRefused
-from controller.runner_events import NO_RESULT, WaveTally, one_line
+from controller.runner_events import NO_RESULT, WaveTally, first_error_in, one_line
 from inventory.rollouts import HostResult
 
 log = logging.getLogger(__name__)
@@ -36,10 +33,8 @@ log = logging.getLogger(__name__)
 # ssh binds a master's socket at <dir>/<10 hex chars, Ansible's>.<16 random chars> and
 # renames it after; a unix socket path is at most 107 bytes (108 with its NUL).
 CONTROL_PATH_DIR_MAX = 107 - len("/0123456789.0123456789abcdef")
-PLAYBOOK_SUFFIXES = (".yml", ".yaml")
 # How often ansible-runner asks whether to stop: a cancel takes effect within ~1 s.
 _POLL_SECONDS = 0.5
-_SYNTAX_CHECK_TIMEOUT = 120
 _FORKS_CAP = 20
 # In a wave's folder: ansible-runner's artifacts/<_IDENT>, and the extra vars file.
 _IDENT = "run"
@@ -145,46 +140,6 @@ def ansible_env(settings: RunnerSettings, home: Path) -> dict[str, str]:
     if settings.private_key_file is not None:
         env["ANSIBLE_PRIVATE_KEY_FILE"] = str(settings.private_key_file)
     return env
-
-
-def check_playbook(playbooks_dir: Path, name: str, settings: RunnerSettings) -> Path:
-    """The absolute path of playbook ``name`` in ``playbooks_dir``, once it reads as a
-    list of plays and passes ``ansible-playbook --syntax-check``; else RolloutRefused."""
-    if (
-        not name.endswith(PLAYBOOK_SUFFIXES)
-        or any(sep in name for sep in ("/", "\\", os.sep))
-        or not name.isprintable()
-    ):
-        raise RolloutRefused(
-            f"playbook {name!r}: playbook names a file in the controller's playbook folder"
-            f" ({playbooks_dir}), ending .yml or .yaml"
-        )
-    path = playbooks_dir.absolute() / name
-    if not path.is_file():
-        found = _playbooks(playbooks_dir)
-        available = f"available: {', '.join(found)}" if found else "it has no playbooks"
-        raise RolloutRefused(f"playbook {name!r} is not in {playbooks_dir}; {available}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RolloutRefused(f"playbook {name!r} cannot be read as UTF-8 text: {exc}") from None
-    try:
-        # compose, not load: Ansible's own tags (!unsafe, !vault) need no constructor.
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RolloutRefused(f"playbook {name!r} is not valid YAML{where}: {problem}") from None
-    if (
-        not isinstance(root, yaml.SequenceNode)
-        or not root.value
-        or not all(isinstance(play, yaml.MappingNode) for play in root.value)
-    ):
-        raise RolloutRefused(f"playbook {name!r} is not a list of plays (- name: ..., hosts: ...)")
-    if error := _syntax_error(path, settings):
-        raise RolloutRefused(f"playbook {name!r}: {error}")
-    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,59 +404,9 @@ def _write_private(path: Path, value: Mapping[str, Any]) -> Path:
     return path.absolute()
 
 
-def _playbooks(folder: Path) -> list[str]:
-    try:
-        return sorted(p.name for p in folder.iterdir() if p.name.endswith(PLAYBOOK_SUFFIXES))
-    except OSError:
-        return []
-
-
-_ERROR = re.compile(r"^(?:\[ERROR\]:|ERROR!)\s*(.+)$")
-_WHERE = re.compile(r"^Origin: .*:(\d+):\d+$|line (\d+), column \d+")
-
-
-def _syntax_error(path: Path, settings: RunnerSettings) -> str:
-    """ansible-playbook --syntax-check's first error, with its line; "" when it passes."""
-    with tempfile.TemporaryDirectory(prefix="sf-syntax-") as home:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-        env |= ansible_env(settings, Path(home))
-        argv = [str(settings.ansible_bin_dir / "ansible-playbook"), "--syntax-check"]
-        argv += ["-i", "localhost,", str(path)]
-        try:
-            done = subprocess.run(
-                argv,
-                env=env,
-                cwd=path.parent,
-                capture_output=True,
-                text=True,
-                timeout=_SYNTAX_CHECK_TIMEOUT,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return one_line(f"the syntax check could not run: {exc}")
-    if done.returncode == 0:
-        return ""
-    lines = [line.strip() for line in (done.stderr + "\n" + done.stdout).splitlines()]
-    error = _first_error_in(lines) or next(
-        (line for line in reversed(lines) if line), f"exit code {done.returncode}"
-    )
-    return one_line(error.replace(str(path), path.name))
-
-
-def _first_error_in(lines: list[str]) -> str:
-    for index, line in enumerate(lines):
-        if found := _ERROR.match(line):
-            where = next(
-                (w for w in map(_WHERE.search, lines[index : index + 6]) if w is not None), None
-            )
-            line_no = where and (where.group(1) or where.group(2))
-            return found.group(1) + (f" (line {line_no})" if line_no else "")
-    return ""
-
-
 def _first_error(stdout: Path) -> str:
     try:
         text = stdout.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-    return one_line(_first_error_in([line.strip() for line in text.splitlines()]))
+    return one_line(first_error_in([line.strip() for line in text.splitlines()]))

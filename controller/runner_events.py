@@ -8,6 +8,7 @@ block's ``rescue`` handled, or an ``ignore_unreachable`` task's lost connection)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -238,3 +239,20 @@ def _time(value: object) -> float | None:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
         return None
+
+
+ERROR_LINE = re.compile(r"^(?:\[ERROR\]:|ERROR!)\s*(.+)$")
+ERROR_WHERE = re.compile(r"^Origin: .*:(\d+):\d+$|line (\d+), column \d+")
+
+
+def first_error_in(lines: list[str]) -> str:
+    """Ansible's first ERROR line among ``lines``, with the playbook line it names."""
+    for index, line in enumerate(lines):
+        if found := ERROR_LINE.match(line):
+            where = next(
+                (w for w in map(ERROR_WHERE.search, lines[index : index + 6]) if w is not None),
+                None,
+            )
+            line_no = where and (where.group(1) or where.group(2))
+            return found.group(1) + (f" (line {line_no})" if line_no else "")
+    return ""

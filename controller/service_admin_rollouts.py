@@ -13,8 +13,9 @@ import grpc
 from controller.access import Need
 from controller.admin_guard import Call, Guard, Refused, guarded, invalid, not_found
 from controller.errors import RolloutRefused
+from controller.playbook_check import check_playbook
 from controller.rollout_engine import RolloutEngine
-from controller.rollout_runner import RunnerSettings, check_playbook
+from controller.rollout_runner import RunnerSettings
 from controller.store import Store
 from controller.store.protocol import DeviceQuery
 from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery

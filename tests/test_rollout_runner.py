@@ -19,12 +19,12 @@ import pytest
 
 from common.errors import SettingError
 from controller.errors import RolloutRefused
+from controller.playbook_check import check_playbook
 from controller.rollout_runner import (
     CONTROL_PATH_DIR_MAX,
     RunnerSettings,
     WaveJob,
     ansible_env,
-    check_playbook,
     default_forks,
     run_wave,
     stop_control_masters,

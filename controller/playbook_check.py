@@ -1,0 +1,93 @@
+"""Checks a playbook before a rollout may use it: a file in the controller's playbook
+folder, YAML that is a list of plays, and `ansible-playbook --syntax-check` passing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from controller.errors import RolloutRefused
+from controller.rollout_runner import RunnerSettings, ansible_env
+from controller.runner_events import first_error_in, one_line
+
+PLAYBOOK_SUFFIXES = (".yml", ".yaml")
+_SYNTAX_CHECK_TIMEOUT = 120
+
+
+def check_playbook(playbooks_dir: Path, name: str, settings: RunnerSettings) -> Path:
+    """The absolute path of playbook ``name`` in ``playbooks_dir``, once it reads as a
+    list of plays and passes ``ansible-playbook --syntax-check``; else RolloutRefused."""
+    if (
+        not name.endswith(PLAYBOOK_SUFFIXES)
+        or any(sep in name for sep in ("/", "\\", os.sep))
+        or not name.isprintable()
+    ):
+        raise RolloutRefused(
+            f"playbook {name!r}: playbook names a file in the controller's playbook folder"
+            f" ({playbooks_dir}), ending .yml or .yaml"
+        )
+    path = playbooks_dir.absolute() / name
+    if not path.is_file():
+        found = _playbooks(playbooks_dir)
+        available = f"available: {', '.join(found)}" if found else "it has no playbooks"
+        raise RolloutRefused(f"playbook {name!r} is not in {playbooks_dir}; {available}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RolloutRefused(f"playbook {name!r} cannot be read as UTF-8 text: {exc}") from None
+    try:
+        # compose, not load: Ansible's own tags (!unsafe, !vault) need no constructor.
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RolloutRefused(f"playbook {name!r} is not valid YAML{where}: {problem}") from None
+    if (
+        not isinstance(root, yaml.SequenceNode)
+        or not root.value
+        or not all(isinstance(play, yaml.MappingNode) for play in root.value)
+    ):
+        raise RolloutRefused(f"playbook {name!r} is not a list of plays (- name: ..., hosts: ...)")
+    if error := _syntax_error(path, settings):
+        raise RolloutRefused(f"playbook {name!r}: {error}")
+    return path
+
+
+def _playbooks(folder: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.name.endswith(PLAYBOOK_SUFFIXES))
+    except OSError:
+        return []
+
+
+def _syntax_error(path: Path, settings: RunnerSettings) -> str:
+    """ansible-playbook --syntax-check's first error, with its line; "" when it passes."""
+    with tempfile.TemporaryDirectory(prefix="sf-syntax-") as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+        env |= ansible_env(settings, Path(home))
+        argv = [str(settings.ansible_bin_dir / "ansible-playbook"), "--syntax-check"]
+        argv += ["-i", "localhost,", str(path)]
+        try:
+            done = subprocess.run(
+                argv,
+                env=env,
+                cwd=path.parent,
+                capture_output=True,
+                text=True,
+                timeout=_SYNTAX_CHECK_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return one_line(f"the syntax check could not run: {exc}")
+    if done.returncode == 0:
+        return ""
+    lines = [line.strip() for line in (done.stderr + "\n" + done.stdout).splitlines()]
+    error = first_error_in(lines) or next(
+        (line for line in reversed(lines) if line), f"exit code {done.returncode}"
+    )
+    return one_line(error.replace(str(path), path.name))
