@@ -52,11 +52,12 @@ lint: dev
 proto: dev
 	$(PY) -m protos.codegen
 
-# bench/rollout.py needs root: its SSH hosts are network namespaces.
+# bench/rollout.py and bench/probes.py need root: their hosts are network namespaces.
 bench: dev
 	$(PY) bench/ingest.py
 	$(PY) bench/lesson_fanout.py
 	$(PY) bench/rollout.py
+	$(PY) bench/probes.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -25,6 +25,7 @@ from agent.backoff import backoff_delay
 from agent.enroll import Credentials
 from agent.errors import SpoolError
 from agent.launcher import Launcher
+from agent.link_uplink import UplinkMeasurer
 from agent.network import has_default_route
 from agent.report import FullReports, Reporter, heartbeat, thresholds_from_pb
 from agent.settings import AgentSettings
@@ -95,6 +96,8 @@ class Link:
         self.content_hosts: tuple[str, ...] = ()
         # Lesson commands run as tasks (a launch waits for a program to stop first).
         self._lesson_tasks: set[asyncio.Task[None]] = set()
+        # Carries out MeasureUplink orders, one at a time; answers go into the spool.
+        self._uplink = UplinkMeasurer(settings.controller, self._spool_result)
         self._interval = settings.heartbeat_interval
         self._full = FullReports(_FULL_REPORT_INTERVAL)
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -117,6 +120,7 @@ class Link:
             # again when the agent is back, if it has not ended.
             for task in list(self._lesson_tasks):
                 task.cancel()
+            self._uplink.close()
             await self._launcher.close()
 
     async def _produce(self, stop: asyncio.Event) -> None:
@@ -220,7 +224,7 @@ class Link:
                 room_id=s.room_id,
                 hostname=socket.gethostname()[:255],
                 agent_version=self._version,
-                capabilities=["ping", "lessons"],
+                capabilities=["ping", "lessons", "uplink"],
                 os=os_to_pb(self._reporter.os_info()),
                 management_address=s.management_address,
                 labels=dict(s.label_pairs()),
@@ -358,6 +362,9 @@ class Link:
             task.add_done_callback(self._lesson_tasks.discard)
             log.info("command handled cmd=%s action=%s", command.command_id, action)
             return
+        if action == "measure_uplink":
+            self._uplink.order(command)
+            return
         result = agent_pb2.CommandResult(
             command_id=command.command_id, finished_at=timestamp(time.time())
         )
@@ -373,9 +380,12 @@ class Link:
             action,
             agent_pb2.CommandResult.Status.Name(result.status),
         )
+        self._spool_result(result)
+
+    def _spool_result(self, result: agent_pb2.CommandResult) -> None:
         try:
             self._spool.append(agent_pb2.AgentMessage(command_result=result), precious=True)
         except SpoolError as exc:
-            log.error("command result not spooled, lost cmd=%s: %s", command.command_id, exc)
+            log.error("command result not spooled, lost cmd=%s: %s", result.command_id, exc)
             return
         self._spooled.set()

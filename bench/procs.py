@@ -81,6 +81,8 @@ def _child_env(controller_settings: dict[str, str]) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     # Ingest is measured on plaintext streams, like the earlier runs it is compared with.
     env[_CONTROLLER_ENV + "AGENT_TLS"] = "false"
+    # Free ports only (older trees ignore a setting they do not know).
+    env[_CONTROLLER_ENV + "UPLINK_LISTEN"] = "127.0.0.1:0"
     for key, value in controller_settings.items():
         env[_CONTROLLER_ENV + key.upper()] = value
     return env

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar, cast
 
 import grpc
 
+from cli.client_infra import InfraCalls
 from cli.client_rollouts import RolloutCalls
+from cli.client_uplink import UplinkCalls
 from cli.errors import (
     CliError,
     ControllerUnreachable,
@@ -30,6 +33,7 @@ from inventory.model import (
     KindCount,
 )
 from inventory.people import AuditEntry, Role, User
+from inventory.uplink import UplinkCheck
 from protos.mapping import (
     CONDITION_FROM_PB,
     CONDITION_TO_PB,
@@ -42,11 +46,12 @@ from protos.mapping import (
     seconds,
 )
 from protos.mapping_people import ROLE_TO_PB, audit_from_pb, user_from_pb
+from protos.mapping_uplink import check_from_pb
 from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
 
 _MAX_MESSAGE = 16 * 1024 * 1024
-# Requests are a few ids and filters, or a part of a schedule (cli/lessons.py sends at
-# most 512 KiB of rows at once; the controller takes up to 1 MiB).
+# Requests are a few ids and filters, or a part of a schedule or inventory (cli/imports.py
+# sends at most 512 KiB of rows at once; the controller takes up to 1 MiB).
 _MAX_SEND = 1024 * 1024
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -156,7 +161,18 @@ _ERRORS: dict[grpc.StatusCode, type[CliError]] = {
 }
 
 
-class AdminClient(RolloutCalls):
+@dataclass(frozen=True, slots=True)
+class FleetStatus:
+    """What `schoolctl status` shows: device counts, and the schools whose latest
+    uplink measurement is under the target."""
+
+    counts: list[KindCount]
+    computed_at: float
+    uplink_target_mbps: float
+    slow_uplinks: list[UplinkCheck]
+
+
+class AdminClient(RolloutCalls, UplinkCalls, InfraCalls):
     """Talks to one controller's AdminService; every failure becomes a CliError."""
 
     def __init__(
@@ -283,8 +299,9 @@ class AdminClient(RolloutCalls):
             self._stub.DecommissionDevice, admin_pb2.GetDeviceRequest(device_id=device_id)
         )
 
-    def fleet_status(self, school_id: str | None = None) -> tuple[list[KindCount], float]:
-        """Online/offline counts per school and kind, and when they were computed."""
+    def fleet_status(self, school_id: str | None = None) -> FleetStatus:
+        """Online/offline counts per school and kind, when they were computed, and the
+        schools measured under the uplink target."""
         response = self._call(
             self._stub.FleetStatus, admin_pb2.FleetStatusRequest(school_id=school_id or "")
         )
@@ -292,7 +309,12 @@ class AdminClient(RolloutCalls):
             KindCount(c.school_id, KIND_FROM_PB[c.kind], c.online, c.offline)
             for c in response.counts
         ]
-        return counts, seconds(response.computed_at)
+        return FleetStatus(
+            counts,
+            seconds(response.computed_at),
+            response.uplink_target_mbps,
+            [check_from_pb(c) for c in response.slow_uplinks],
+        )
 
     def whoami(self) -> User:
         """The user the token belongs to."""

@@ -11,9 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.errors import CliError, RequestRefused
+from cli.imports import ImportReport, in_parts
 from cli.options import JsonFlag, client, err, out, print_json
 from cli.render import iso
-from inventory.schedule import RowError, ScheduleError, ScheduleRow
+from inventory.row_fields import RowError
+from inventory.schedule import ScheduleError, ScheduleRow
 from inventory.schedule_file import open_schedule
 from protos.mapping import seconds
 from protos.mapping_lessons import scheduled_to_pb
@@ -24,9 +26,6 @@ lessons_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# Rows per request: well under the controller's request limit (1 MiB by default).
-_CHUNK_BYTES = 512 * 1024
-
 _STATE_STYLE = {
     "held": "green",
     "partly-held": "yellow",
@@ -35,19 +34,6 @@ _STATE_STYLE = {
     "dispatched": "cyan",
     "scheduled": "",
 }
-
-
-def _chunks(rows: list[admin_pb2.ScheduledLesson]) -> list[list[admin_pb2.ScheduledLesson]]:
-    chunks: list[list[admin_pb2.ScheduledLesson]] = [[]]
-    size = 0
-    for row in rows:
-        row_size = row.ByteSize() + 8
-        if chunks[-1] and size + row_size > _CHUNK_BYTES:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(row)
-        size += row_size
-    return chunks
 
 
 @lessons_app.command("import")
@@ -71,38 +57,20 @@ def lessons_import(
         parsed = list(source.rows())
     except ScheduleError as exc:
         raise RequestRefused(str(exc)) from None
-    errors = [(r.line, r.message) for r in parsed if isinstance(r, RowError)]
     rows = [scheduled_to_pb(r.lesson, r.line) for r in parsed if isinstance(r, ScheduleRow)]
-    totals = {"added": 0, "updated": 0, "unchanged": 0, "locked": 0}
+    report = ImportReport(
+        path,
+        len(parsed),
+        dry_run,
+        {"added": 0, "updated": 0, "unchanged": 0, "locked": 0},
+        [(r.line, r.message) for r in parsed if isinstance(r, RowError)],
+    )
     if rows:
         with client() as c:
-            for chunk in _chunks(rows):
-                answer = c.import_lessons(path.name, chunk, dry_run)
-                for key in totals:
-                    totals[key] += getattr(answer, key)
-                errors += [(e.line, e.message) for e in answer.errors]
-    errors.sort()
-    if as_json:
-        print_json(
-            {
-                "file": str(path),
-                "rows": len(parsed),
-                "dry_run": dry_run,
-                **totals,
-                "refused": [{"line": line, "message": m} for line, m in errors],
-            }
-        )
-    else:
-        for line, message in errors:
-            err.print(f"{path}:{line}: {message}", markup=False)
-        verb = "checked" if dry_run else "imported"
-        out.print(
-            f"{path}: {verb} {len(parsed)} rows: {totals['added']} added, "
-            f"{totals['updated']} updated, {totals['unchanged']} unchanged, "
-            f"{totals['locked']} already started (kept), {len(errors)} refused",
-            markup=False,
-        )
-    if errors:
+            for part in in_parts([row] for row in rows):
+                report.add(c.import_lessons(path.name, part, dry_run))
+    report.show(as_json, {"locked": "already started (kept)"})
+    if report.errors:
         raise typer.Exit(2)
 
 

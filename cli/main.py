@@ -12,10 +12,12 @@ import typer
 
 from cli import people, render
 from cli.errors import CliError
+from cli.inventory import aps_app, inventory_app, servers_app
 from cli.lessons import lessons_app
 from cli.maintenance import maintenance_app
 from cli.options import DEFAULT_CONTROLLER, JsonFlag, Options, client, err, out, print_json
 from cli.rollouts import rollout_app
+from cli.uplink import uplink_app
 from inventory.model import Condition, DeviceKind, DeviceStatus
 
 app = typer.Typer(
@@ -39,6 +41,10 @@ people.register(app)
 app.add_typer(lessons_app, name="lessons")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(maintenance_app, name="maintenance")
+app.add_typer(uplink_app, name="uplink")
+app.add_typer(inventory_app, name="inventory")
+app.add_typer(aps_app, name="aps")
+app.add_typer(servers_app, name="servers")
 
 
 @app.callback()
@@ -246,15 +252,27 @@ def status(
     school: Annotated[str | None, typer.Option(help="Only this school.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Devices online and offline, per school and kind."""
+    """Devices online and offline, per school and kind, and the schools whose measured
+    uplink is under the target (100 Mbit/s unless the controller says otherwise)."""
+    from cli import render_uplink
+
     with client() as c:
-        counts, computed_at = c.fleet_status(school)
+        got = c.fleet_status(school)
     if as_json:
-        print_json(render.status_json(counts, computed_at))
-    elif not counts:
-        err.print("no devices yet")
+        print_json(
+            {
+                **render.status_json(got.counts, got.computed_at),
+                **render_uplink.slow_json(got.uplink_target_mbps, got.slow_uplinks),
+            }
+        )
+        return
+    if got.counts:
+        out.print(render.status_table(got.counts))
     else:
-        out.print(render.status_table(counts))
+        err.print("no devices yet")
+    if got.slow_uplinks:
+        out.print()
+        out.print(render_uplink.slow_table(got.uplink_target_mbps, got.slow_uplinks, time.time()))
 
 
 def run(main: Callable[..., Any] = app) -> None:

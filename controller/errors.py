@@ -12,6 +12,8 @@ SchoolFleetError (common.errors)
 ├── RolloutRefused      a rollout's playbook cannot be used: a name that is not a
 │                       file of the playbook folder, a missing file, not YAML, not
 │                       a list of plays, or ansible-playbook's syntax check fails
+├── UplinkUnavailable   a school's uplink cannot be checked now: no online device
+│                       of it can measure, or a check of it is running elsewhere
 └── ProtocolError       a device broke the stream's rules; the stream is closed
     │                   with ``code`` and the message, other streams go on
     └── MessageTooLarge a message over the size limit
@@ -30,6 +32,7 @@ __all__ = [
     "RolloutRefused",
     "SchoolFleetError",
     "StoreError",
+    "UplinkUnavailable",
 ]
 
 
@@ -52,6 +55,10 @@ class EnrollRefused(SchoolFleetError):
 
 class RolloutRefused(SchoolFleetError):
     """A rollout cannot start as asked; the message is one line naming the playbook."""
+
+
+class UplinkUnavailable(SchoolFleetError):
+    """A school's uplink cannot be checked now; the message says why."""
 
 
 class ProtocolError(SchoolFleetError):

@@ -17,6 +17,7 @@ import signal
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 from zoneinfo import ZoneInfo
@@ -27,9 +28,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from controller.admin_guard import Guard
 from controller.dispatcher import Dispatcher
 from controller.errors import ConfigError
+from controller.infra_metrics import InfraCollector
 from controller.ingest import MessageWriter
 from controller.lesson_metrics import LessonCollector, LessonMetrics
 from controller.metrics import ControllerMetrics, FleetCollector
+from controller.probe_check import ProbeSettings
+from controller.probes import ProbeMetrics, Prober
 from controller.request_checks import UnaryRequestChecks
 from controller.rollout_engine import EngineSettings, RolloutEngine
 from controller.rollout_metrics import RolloutCollector, RolloutMetrics
@@ -37,9 +41,14 @@ from controller.rollout_runner import RunnerSettings, default_forks
 from controller.service_admin import AdminService
 from controller.service_agent import AgentService, Sessions
 from controller.service_agent import add_to_server as add_agent_service
+from controller.service_uplink import SessionCourier
 from controller.sessions import Closing
 from controller.settings import ControllerSettings
 from controller.store import Store, open_store
+from controller.uplink import UplinkChecks, UplinkSettings
+from controller.uplink_http import Tokens, UplinkServer
+from controller.uplink_http import serve as serve_uplink
+from controller.uplink_metrics import UplinkCollector, UplinkMetrics
 from protos.schoolfleet.v1 import admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -204,7 +213,109 @@ def _rollouts(
     return engine, runner
 
 
-async def serve(settings: ControllerSettings) -> None:
+def _stop_http(server: WSGIServer | UplinkServer, thread: threading.Thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@dataclass
+class _Uplink:
+    """The uplink endpoint on its thread, and the checks' schedule running."""
+
+    checks: UplinkChecks
+    http: UplinkServer
+    thread: threading.Thread
+    schedule: asyncio.Task[None]
+
+    async def close(self) -> None:
+        """Stops the schedule; checks running are recorded as failed; closes the endpoint."""
+        self.schedule.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.schedule
+        await self.checks.close()
+        _stop_http(self.http, self.thread)
+
+
+def _uplink(
+    settings: ControllerSettings,
+    store: Store,
+    executor: ThreadPoolExecutor,
+    sessions: Sessions,
+    agent_service: AgentService,
+    registry: CollectorRegistry,
+) -> _Uplink:
+    """Starts the uplink endpoint and the checks' schedule (no stream is up yet: the
+    first look finds no school to check)."""
+    tokens = Tokens()
+    http, thread = serve_uplink(settings.uplink_listen, tokens)
+    registry.register(UplinkCollector(store))
+    checks = UplinkChecks(
+        store,
+        executor,
+        SessionCourier(sessions),
+        tokens,
+        UplinkMetrics(registry),
+        UplinkSettings(
+            interval=settings.uplink_interval,
+            concurrency=settings.uplink_concurrency,
+            bytes=settings.uplink_bytes,
+            timeout=settings.uplink_timeout,
+            port=http.port,
+        ),
+    )
+    agent_service.on_uplink_answer = checks.answered
+    schedule = asyncio.create_task(checks.run(), name="uplink-checks")
+    return _Uplink(checks, http, thread, schedule)
+
+
+@dataclass
+class _Probes:
+    """The probe schedule running, if probe_interval is not 0."""
+
+    prober: Prober | None = None
+    task: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        """Cuts the probes running short and stores the results gathered."""
+        if self.prober is not None and self.task is not None:
+            await self.prober.close()
+            await self.task
+
+
+def _probes(
+    settings: ControllerSettings,
+    store: Store,
+    executor: ThreadPoolExecutor,
+    registry: CollectorRegistry,
+) -> _Probes:
+    """Starts probing the access points and servers of the inventory."""
+    if not settings.probe_interval:
+        # Probes off: the family is still exported (empty), as the catalogue lists it.
+        ProbeMetrics(registry)
+        return _Probes()
+    probe = ProbeSettings(
+        connect_timeout=settings.probe_connect_timeout,
+        banner_timeout=settings.probe_banner_timeout,
+        auth_timeout=settings.probe_auth_timeout,
+        command_timeout=settings.probe_command_timeout,
+        private_key_file=settings.ssh_key,
+        concurrency=settings.probe_concurrency,
+        interval=settings.probe_interval,
+    )
+    prober = Prober(store.probe_targets, store.record_probes, probe, executor, registry)
+    return _Probes(prober, asyncio.create_task(prober.run(), name="probes"))
+
+
+def _store_gauges(store: Store, registry: CollectorRegistry, sessions: Sessions) -> None:
+    """The gauges read from the store at scrape: devices, access points and servers."""
+    registry.register(FleetCollector(store, lambda: len(sessions)))
+    registry.register(InfraCollector(store))
+
+
+# The assembly reads in order (its order is the shutdown's contract); its parts are
+# helpers already.
+async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     """Runs the controller until SIGTERM or SIGINT, then shuts down gracefully."""
     store = open_store(settings.database)
     write_executor = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
@@ -216,10 +327,11 @@ async def serve(settings: ControllerSettings) -> None:
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
     sessions: Sessions = Sessions()
-    registry.register(FleetCollector(store, lambda: len(sessions)))
+    _store_gauges(store, registry, sessions)
     zone = ZoneInfo(settings.timezone)
     lesson_metrics, dispatcher = _lessons(settings, store, read_executor, sessions, registry)
     agent_service = AgentService(settings, store, write_executor, sessions, metrics)
+    uplink = _uplink(settings, store, read_executor, sessions, agent_service, registry)
     rollouts, runner = _rollouts(settings, store, read_executor, registry)
     writer = MessageWriter(
         store,
@@ -250,6 +362,8 @@ async def serve(settings: ControllerSettings) -> None:
             rollouts=rollouts,
             playbooks_dir=settings.playbooks_dir,
             runner_settings=runner,
+            uplink=uplink.checks,
+            uplink_target_mbps=settings.uplink_target_mbps,
         ),
         server,
     )
@@ -262,21 +376,29 @@ async def serve(settings: ControllerSettings) -> None:
     writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")
     acks_task = asyncio.create_task(agent_service.run_acks(), name="acks")
     dispatcher_task = asyncio.create_task(dispatcher.run(), name="lesson-dispatcher")
+    probes = _probes(settings, store, read_executor, registry)
     await rollouts.resume_all()
     if settings.ports_file != Path():
-        _write_ports(settings.ports_file, {**ports, "metrics": metrics_port})
+        _write_ports(
+            settings.ports_file, {**ports, "metrics": metrics_port, "uplink": uplink.http.port}
+        )
     log.info(
-        "controller started grpc=%s:%d metrics=%s:%d database=%s",
+        "controller started grpc=%s:%d metrics=%s:%d uplink=%s:%d database=%s",
         _split(settings.listen)[0],
         grpc_port,
         _split(settings.metrics_listen)[0],
         metrics_port,
+        _split(settings.uplink_listen)[0],
+        uplink.http.port,
         settings.database,
     )
 
     await _until_signalled()
 
     log.info("controller stopping streams=%d queued=%d", len(sessions), writer.pending())
+    # Checks running now are recorded as failed, and probes done are stored, while the
+    # store is still open.
+    await asyncio.gather(uplink.close(), probes.close())
     sessions.close_all(
         Closing("shutdown", grpc.StatusCode.UNAVAILABLE, "controller is shutting down")
     )
@@ -288,9 +410,7 @@ async def serve(settings: ControllerSettings) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    http_server.shutdown()
-    http_server.server_close()
-    http_thread.join(timeout=5)
+    _stop_http(http_server, http_thread)
     write_executor.shutdown(wait=True)
     read_executor.shutdown(wait=True)
     store.close()

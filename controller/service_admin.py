@@ -21,13 +21,16 @@ from controller.admin_guard import Call, Guard, Refused, guarded, invalid, not_f
 from controller.dispatcher import Dispatcher
 from controller.rollout_engine import RolloutEngine
 from controller.rollout_runner import RunnerSettings
+from controller.service_admin_infra import InfraHandlers
 from controller.service_admin_lessons import LessonHandlers
 from controller.service_admin_people import PeopleHandlers
 from controller.service_admin_rollouts import RolloutHandlers
+from controller.service_admin_uplink import UplinkHandlers
 from controller.service_convert import count_to_pb, device_to_pb, enrollment_to_pb, token_to_pb
 from controller.sessions import Closing, SessionRegistry
 from controller.store import Store
 from controller.store.protocol import DeviceQuery
+from controller.uplink import UplinkChecks
 from inventory.model import valid_id
 from inventory.people import Outcome
 from protos.mapping import CONDITION_FROM_PB, KIND_FROM_PB, STATUS_FROM_PB, timestamp
@@ -51,7 +54,12 @@ def _check_school_filter(school_id: str) -> None:
 
 
 class AdminService(
-    PeopleHandlers, LessonHandlers, RolloutHandlers, admin_pb2_grpc.AdminServiceServicer
+    PeopleHandlers,
+    LessonHandlers,
+    RolloutHandlers,
+    UplinkHandlers,
+    InfraHandlers,
+    admin_pb2_grpc.AdminServiceServicer,
 ):
     """Fleet queries and changes for schoolctl, answered from the store."""
 
@@ -67,6 +75,8 @@ class AdminService(
         rollouts: RolloutEngine | None = None,
         playbooks_dir: Path = Path(),
         runner_settings: RunnerSettings | None = None,
+        uplink: UplinkChecks | None = None,
+        uplink_target_mbps: float = 100.0,
     ) -> None:
         self._store = store
         self.guard = guard
@@ -77,6 +87,8 @@ class AdminService(
         self.rollouts = rollouts
         self.playbooks_dir = playbooks_dir
         self.runner_settings = runner_settings
+        self.uplink = uplink
+        self.uplink_target_mbps = uplink_target_mbps
 
     async def _device_school(self, device_id: str) -> str:
         """The school of a device the store knows (enrolled or seen); NOT_FOUND if none."""
@@ -261,4 +273,6 @@ class AdminService(
         return admin_pb2.FleetStatusResponse(
             counts=[count_to_pb(c) for c in counts if scope is None or c.school_id in scope],
             computed_at=timestamp(now),
+            uplink_target_mbps=self.uplink_target_mbps,
+            slow_uplinks=await self._slow_uplinks(request.school_id or None, call),
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -11,12 +11,13 @@ from controller.access import Need
 from controller.admin_guard import Call, Guard, guarded, invalid
 from controller.dispatcher import Dispatcher
 from controller.lesson_metrics import day_bounds
+from controller.service_imports import import_done
 from controller.store import Store
 from controller.store.lessons_protocol import ImportCounts, LessonQuery
 from inventory.lessons import Lesson
 from inventory.model import valid_id
-from inventory.people import Outcome
-from inventory.schedule import RowError, ScheduleRow, check_rows
+from inventory.row_fields import RowError
+from inventory.schedule import ScheduleRow, check_rows
 from inventory.schedule_rows import parse_row
 from protos.mapping import seconds, timestamp
 from protos.mapping_lessons import record_to_pb
@@ -94,26 +95,17 @@ class LessonHandlers:
             counts = await self.guard.off_loop(self._store.save_lessons, lessons, self.guard.now())
             if (counts.added or counts.updated) and self.dispatcher is not None:
                 self.dispatcher.wake()
-        schools = {r.lesson.school_id for r in good}
-        call.school_id = next(iter(schools)) if len(schools) == 1 else ""
-        call.done = (
-            f"{'checked' if request.dry_run else 'imported'} {len(request.lessons)} rows: "
-            f"{counts.added} added, {counts.updated} updated, {counts.unchanged} unchanged, "
-            f"{counts.locked} locked, {len(errors)} refused"
+        found = await import_done(
+            self.guard,
+            call,
+            dry_run=request.dry_run,
+            rows=len(request.lessons),
+            counts=asdict(counts),
+            schools={r.lesson.school_id for r in good},
+            denied=denied,
+            errors=errors,
         )
-        for school_id, why in denied.items():
-            # The rows for other schools were refused; each such school is an attempt.
-            await self.guard.audit(replace(call, school_id=school_id), Outcome.DENIED, why)
-        return admin_pb2.ImportLessonsResponse(
-            added=counts.added,
-            updated=counts.updated,
-            unchanged=counts.unchanged,
-            locked=counts.locked,
-            errors=[
-                admin_pb2.RowError(line=e.line, message=e.message)
-                for e in sorted(errors, key=lambda e: e.line)
-            ],
-        )
+        return admin_pb2.ImportLessonsResponse(**asdict(counts), errors=found)
 
     @guarded("lessons.list", Need.READ)
     async def ListLessons(

@@ -36,9 +36,11 @@ from controller.metrics import ControllerMetrics
 from controller.pki import CertificateAuthority, cert_pem, load_ca
 from controller.request_checks import decode
 from controller.service_convert import health_from_pb, identity_from_hello, report_from_pb
+from controller.service_uplink import uplink_answer
 from controller.sessions import Closing, Session, SessionRegistry
 from controller.settings import ControllerSettings
 from controller.store import CommandResultRow, HeartbeatRow, LessonEventRow, Store
+from controller.uplink import UplinkAnswer
 from inventory.model import DeviceIdentity, Enrollment, valid_id
 from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
@@ -46,6 +48,8 @@ from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
 log = logging.getLogger(__name__)
 
 ControllerMessage = agent_pb2.ControllerMessage
+# Capabilities kept of a Hello; an agent names a handful.
+_CAPABILITIES_MAX = 32
 # Seconds between sweeps for held-back acks, at the least.
 _ACK_TICK_MIN = 0.1
 Sessions = SessionRegistry[agent_pb2.ControllerMessage]
@@ -75,6 +79,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._metrics = metrics
         self._now = now
         self.writer: MessageWriter | None = None
+        # Where answers to MeasureUplink go (the uplink checks), beside the store.
+        self.on_uplink_answer: Callable[[UplinkAnswer], None] = lambda answer: None
         # Loaded at the first enrollment; a new CA needs a restart.
         self._ca: CertificateAuthority | None = None
         self._acks = AckCoalescer(settings.ack_interval)
@@ -173,14 +179,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
     ) -> AsyncIterator[agent_pb2.ControllerMessage]:
         peer = context.peer()
-        identity = await self._hello(request_iterator, context, peer)
-        if identity is None:
+        hello = await self._hello(request_iterator, context, peer)
+        if hello is None:
             return
+        identity, capabilities = hello
         serial = None
         if self._settings.agent_tls:
             identity, serial = await self._certified(identity, peer, context)
         await self._refuse_unless_current(identity.device_id, serial, peer, context)
-        session = self._sessions.open(identity.device_id)
+        session = self._sessions.open(identity.device_id, capabilities)
         self._acks.forget(identity.device_id)
         try:
             last_seq = await asyncio.get_running_loop().run_in_executor(
@@ -318,15 +325,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
         context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
         peer: str,
-    ) -> DeviceIdentity | None:
-        """Reads and checks the stream's first message; aborts the stream if it is wrong."""
+    ) -> tuple[DeviceIdentity, frozenset[str]] | None:
+        """Reads and checks the stream's first message; aborts the stream if it is wrong.
+        Returns the identity it claims and the capabilities it names."""
         try:
             first = await asyncio.wait_for(_next(request_iterator), self._settings.hello_timeout)
             if first is None:
                 return None
             if first.WhichOneof("body") != "hello":
                 raise ProtocolError("the first message on a stream must be Hello")
-            return identity_from_hello(first.hello, peer)
+            capabilities = frozenset(first.hello.capabilities[:_CAPABILITIES_MAX])
+            return identity_from_hello(first.hello, peer), capabilities
         except TimeoutError:
             code, message = (
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -362,6 +371,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     )
                 elif body == "command_result":
                     await writer.submit(_result_row(device_id, message, self._now()))
+                    answer = uplink_answer(device_id, message.command_result)
+                    if answer is not None:
+                        self.on_uplink_answer(answer)
                 elif body == "lesson_event":
                     event = lesson_event_from_pb(device_id, message.lesson_event)
                     # Thousands arrive at a lesson's start: failures are the news.

@@ -8,6 +8,7 @@ names the field.
 from __future__ import annotations
 
 import math
+import re
 from urllib.parse import unquote
 
 from controller.errors import ProtocolError
@@ -128,6 +129,10 @@ def health_from_pb(h: fleet_pb2.Health) -> Health:
     return health
 
 
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_WIFI_MAX = 8
+
+
 def report_from_pb(hb: agent_pb2.Heartbeat) -> DeviceReport | None:
     """A heartbeat's verdict and reports, checked; None from an agent that sends none."""
     if hb.condition == fleet_pb2.CONDITION_UNSPECIFIED:
@@ -147,7 +152,20 @@ def report_from_pb(hb: agent_pb2.Heartbeat) -> DeviceReport | None:
         network=hb.network.SerializeToString() if hb.HasField("network") else b"",
         spool_pending=hb.spool.pending,
         spool_dropped=hb.spool.dropped,
+        wifi=_wifi(hb.network) if hb.HasField("network") else (),
     )
+
+
+def _wifi(network: fleet_pb2.NetworkReport) -> tuple[tuple[str, float | None], ...]:
+    """The associations a report names; a BSSID that is not a MAC address is left out
+    (the report itself is kept whole)."""
+    found = []
+    for w in network.wifi[:_WIFI_MAX]:
+        bssid = w.bssid.strip().lower().replace("-", ":")
+        if _MAC.fullmatch(bssid):
+            # 0 dBm is what an interface without a reading says.
+            found.append((bssid, w.signal_dbm or None))
+    return tuple(found)
 
 
 def device_to_pb(d: DeviceRecord) -> admin_pb2.Device:

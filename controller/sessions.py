@@ -29,9 +29,17 @@ class Closing:
 class Session(Generic[M]):
     """The outbound queue of one device's stream."""
 
-    def __init__(self, device_id: str, stream_id: int, outbox_max: int) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        stream_id: int,
+        outbox_max: int,
+        capabilities: frozenset[str] = frozenset(),
+    ) -> None:
         self.device_id = device_id
         self.stream_id = stream_id
+        # What the agent said it handles, in this stream's Hello.
+        self.capabilities = capabilities
         self.closing: Closing | None = None
         self._outbox_max = outbox_max
         # Unbounded so that a Closing always fits; send() enforces the bound.
@@ -71,9 +79,9 @@ class SessionRegistry(Generic[M]):
         self._ids = itertools.count(1)
         self._outbox_max = outbox_max
 
-    def open(self, device_id: str) -> Session[M]:
+    def open(self, device_id: str, capabilities: frozenset[str] = frozenset()) -> Session[M]:
         """A new session for the device; an older one is closed as replaced."""
-        session: Session[M] = Session(device_id, next(self._ids), self._outbox_max)
+        session: Session[M] = Session(device_id, next(self._ids), self._outbox_max, capabilities)
         old = self._sessions.get(device_id)
         if old is not None:
             old.close(

@@ -107,6 +107,33 @@ class ControllerSettings:
     rollout_recheck: float = 60.0
     # --gate lessons compares with lessons on the same devices over this many days.
     rollout_gate_days: float = 7.0
+    # Uplink checks: plain HTTP that devices fetch a sized payload from, on the host
+    # they reach the controller at (the host of their `controller`), so it must listen
+    # where `listen` does; port 0 picks a free port.
+    uplink_listen: str = "127.0.0.1:7446"
+    # Seconds between two checks of a school (each has its slot in the interval); 0:
+    # checks only by hand (`schoolctl uplink check`).
+    uplink_interval: float = 21_600.0
+    # Checks running at once, city-wide (each sends a payload from this controller).
+    uplink_concurrency: int = 20
+    # Bytes one check fetches (at most 100,000,000), and the seconds it may take: a
+    # slower transfer is measured by what arrived by then.
+    uplink_bytes: int = 25_000_000
+    uplink_timeout: float = 60.0
+    # The uplink a school should have: `schoolctl status` lists schools under it.
+    uplink_target_mbps: float = 100.0
+    # Probes of access points and servers (docs/controller.toml.example): each target
+    # once per interval, at its own offset into it; 0: no probes.
+    probe_interval: float = 300.0
+    # Probes running at once; an address that does not answer holds one for
+    # probe_connect_timeout.
+    probe_concurrency: int = 128
+    probe_connect_timeout: float = 3.0
+    # For the SSH banner, and again for the key exchange after it.
+    probe_banner_timeout: float = 10.0
+    probe_auth_timeout: float = 10.0
+    # The facts command, from opening the channel to its last byte.
+    probe_command_timeout: float = 15.0
     # Where `listen` with port 0 writes the ports it got (for tests and the demo).
     ports_file: Path = Path()
     log_level: str = "info"
@@ -115,6 +142,7 @@ class ControllerSettings:
         _split_hostport(self.listen, "listen")
         _split_hostport(self.metrics_listen, "metrics_listen")
         _split_hostport(self.enroll_listen, "enroll_listen")
+        _split_hostport(self.uplink_listen, "uplink_listen")
         if not self.database.startswith("sqlite:"):
             raise SettingError(
                 "'database' must be sqlite:///ABSOLUTE/PATH or sqlite:RELATIVE/PATH, "
@@ -123,9 +151,21 @@ class ControllerSettings:
             )
         _check_zone(self.timezone)
         self._check_ranges()
+        # The agents' own limits (agent/uplink.py): an order beyond them is refused.
+        if not 0 < self.uplink_bytes <= 100_000_000:
+            raise SettingError("'uplink_bytes' must be 1 to 100000000", "uplink_bytes")
+        if self.uplink_timeout > 600:
+            raise SettingError("'uplink_timeout' must be at most 600 seconds", "uplink_timeout")
 
     def _check_ranges(self) -> None:
-        for key in ("heartbeat_interval", "missed_heartbeats", "batch_max", "queue_max"):
+        for key in (
+            "heartbeat_interval",
+            "missed_heartbeats",
+            "batch_max",
+            "queue_max",
+            "uplink_concurrency",
+            "probe_concurrency",
+        ):
             if getattr(self, key) < 1:
                 raise SettingError(f"{key!r} must be at least 1", key)
         for key in (
@@ -139,10 +179,22 @@ class ControllerSettings:
             "rollout_forks",
             "rollout_recheck",
             "rollout_gate_days",
+            "uplink_interval",
+            "probe_interval",
         ):
             if getattr(self, key) < 0:
                 raise SettingError(f"{key!r} must be >= 0", key)
-        for key in ("hello_timeout", "rollout_wave_timeout", "rollout_batch_estimate"):
+        for key in (
+            "hello_timeout",
+            "rollout_wave_timeout",
+            "rollout_batch_estimate",
+            "uplink_timeout",
+            "uplink_target_mbps",
+            "probe_connect_timeout",
+            "probe_banner_timeout",
+            "probe_auth_timeout",
+            "probe_command_timeout",
+        ):
             if getattr(self, key) <= 0:
                 raise SettingError(f"{key!r} must be positive", key)
         if self.log_level.lower() not in LOG_LEVELS:

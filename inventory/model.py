@@ -157,6 +157,9 @@ class DeviceReport:
     spool_dropped: int = 0
     # When the stored system and network reports were received.
     report_at: float | None = None
+    # From a full network report: the device's Wi-Fi associations, (BSSID in lower-case
+    # colon form, signal in dBm or None); empty in heartbeats between full reports.
+    wifi: tuple[tuple[str, float | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 A ``ScheduleSource`` yields one ``ScheduleRow`` or ``RowError`` per lesson it holds;
 the file importer (``inventory.schedule_file``) is the first, the education
 platform's API can be the next without the dispatcher noticing. This module holds
-that contract (the columns, the limits, the row and error types) and ``check_rows``,
+that contract (the columns, the limits, the row and error types; ``RowError`` is
+every import's, from ``inventory.row_fields``) and ``check_rows``,
 the rules that need the other rows, the inventory and the lessons already stored.
 The rules of one row, which every source shares, are ``parse_row`` in
 ``inventory.schedule_rows``. Both are pure: a bad row is a value with its line
@@ -21,8 +22,9 @@ from typing import Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from common.content_hosts import host_allowed
-from common.errors import SchoolFleetError
 from inventory.lessons import Lesson
+from inventory.row_fields import RowError, quoted
+from inventory.row_files import FileUnreadable
 
 # In the order a CSV header would list them; ``class`` becomes Lesson.class_name.
 COLUMNS = ("school", "room", "start", "end", "class", "subject", "teacher", "content_url", "remote")
@@ -32,11 +34,10 @@ OPTIONAL_COLUMNS = frozenset({"teacher", "remote"})
 REQUIRED_COLUMNS = tuple(c for c in COLUMNS if c not in OPTIONAL_COLUMNS)
 
 MAX_LESSON_SECONDS = 12 * 3600
-MAX_TEXT = 200
 MAX_URL = 2048
 
 
-class ScheduleError(SchoolFleetError):
+class ScheduleError(FileUnreadable):
     """A whole schedule cannot be read: unreadable, not UTF-8, a bad header or JSON."""
 
 
@@ -46,14 +47,6 @@ class ScheduleRow:
 
     line: int
     lesson: Lesson
-
-
-@dataclass(frozen=True, slots=True)
-class RowError:
-    """A refused row: where it starts and why, in one line naming the field and value."""
-
-    line: int
-    message: str
 
 
 class ScheduleSource(Protocol):
@@ -242,13 +235,6 @@ class _Intervals(Generic[_T]):
 def _http_refused(url: str, hosts: frozenset[str]) -> bool:
     parts = urlsplit(url)
     return parts.scheme.lower() == "http" and not host_allowed(parts.hostname or "", hosts)
-
-
-# quoted serves parse_row too: inventory.schedule_rows imports it from here, as
-# this module must not import that one.
-def quoted(value: str) -> str:
-    """A value quoted for a message: one line, and long ones cut."""
-    return repr(value if len(value) <= 80 else value[:80] + "…")
 
 
 def _utc(at: float) -> str:

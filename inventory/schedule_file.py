@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import bisect
 import collections
-import csv
-import io
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from inventory.row_fields import RowError
+from inventory.row_files import Item, csv_table, decode_text
 from inventory.schedule import (
     COLUMNS,
     REQUIRED_COLUMNS,
-    RowError,
     ScheduleError,
     ScheduleRow,
     ScheduleSource,
@@ -49,22 +48,12 @@ def open_schedule(path: Path) -> ScheduleSource:
 
 def parse_schedule(name: str, data: bytes, fmt: Format) -> ScheduleSource:
     """A schedule from a file's bytes; ``name`` is what messages call it."""
-    try:
-        # utf-8-sig: spreadsheet programs start "CSV UTF-8" files with a BOM.
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ScheduleError(
-            f"{name}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8"
-        ) from None
-    if not text.strip():
-        raise ScheduleError(f"{name} is empty")
-    items = _csv_items(name, text) if fmt == "csv" else _json_items(name, text)
+    text = decode_text(name, data, ScheduleError)
+    if fmt == "csv":
+        items = csv_table(name, text, COLUMNS, REQUIRED_COLUMNS, ScheduleError).items
+    else:
+        items = _json_items(name, text)
     return FileSchedule(name, tuple(items))
-
-
-# A row before parse_row: its line and its fields, or a refusal of its shape.
-_Item = tuple[int, Mapping[str, object]] | RowError
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,73 +61,12 @@ class FileSchedule:
     """A read schedule file: its rows' fields, parsed each time ``rows`` is called."""
 
     name: str
-    items: tuple[_Item, ...]
+    items: tuple[Item, ...]
 
     def rows(self) -> Iterator[ScheduleRow | RowError]:
         """Every row in file order, each parsed or refused."""
         for item in self.items:
             yield item if isinstance(item, RowError) else parse_row(*item)
-
-
-def _csv_items(name: str, text: str) -> list[_Item]:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header: list[str] | None = None
-    items: list[_Item] = []
-    # line_num counts physical lines read so far, so a record starts on the line
-    # after the previous record ended, however many lines its quoted values span.
-    ended = 0
-    try:
-        for cells in reader:
-            line, ended = ended + 1, reader.line_num
-            if not any(cell.strip() for cell in cells):
-                continue
-            if header is None:
-                header = _header(name, line, cells)
-                continue
-            # Spreadsheets pad rows with empty cells; anything else beyond the
-            # header is a value that would be lost, e.g. after an unquoted comma.
-            extra = cells[len(header) :]
-            if len(cells) < len(header) or any(cell.strip() for cell in extra):
-                items.append(
-                    RowError(
-                        line,
-                        f"row has {len(cells)} values but the header has {len(header)} "
-                        "columns (quote values that contain commas)",
-                    )
-                )
-                continue
-            items.append((line, dict(zip(header, cells, strict=False))))
-    except csv.Error as e:
-        raise ScheduleError(f"{name}:{reader.line_num}: not valid CSV ({e})") from None
-    if header is None:
-        raise ScheduleError(f"{name} has no header row ({','.join(COLUMNS)})")
-    return items
-
-
-def _header(name: str, line: int, cells: list[str]) -> list[str]:
-    """The header's column names; "Content URL" and "content-url" mean content_url."""
-    columns = [re.sub(r"[\s-]+", "_", cell.strip().lower()) for cell in cells]
-    while columns and not columns[-1]:
-        columns.pop()  # trailing empty header cells, as spreadsheets write them
-    problems = []
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        problems.append(f"lacks required columns {', '.join(missing)}")
-    unknown = [repr(c) for c in columns if c and c not in COLUMNS]
-    if unknown:
-        problems.append(f"has unknown columns {', '.join(unknown)}")
-    twice = sorted(c for c, n in collections.Counter(columns).items() if c and n > 1)
-    if twice:
-        problems.append(f"names columns more than once: {', '.join(twice)}")
-    nameless = [str(i) for i, c in enumerate(columns, 1) if not c]
-    if nameless:
-        problems.append(f"has columns without a name: {', '.join(nameless)}")
-    if not problems:
-        return columns
-    hint = f"the first row names the columns: {','.join(COLUMNS)}"
-    if len(cells) == 1 and ";" in cells[0]:
-        hint = "values are separated by ';', but a CSV schedule separates them by ','"
-    raise ScheduleError(f"{name}:{line}: the header {'; '.join(problems)} ({hint})")
 
 
 class _JsonObject(dict[str, object]):
@@ -155,7 +83,7 @@ def _json_object(pairs: list[tuple[str, object]]) -> _JsonObject:
     return obj
 
 
-def _json_items(name: str, text: str) -> list[_Item]:
+def _json_items(name: str, text: str) -> list[Item]:
     try:
         doc = json.loads(text, object_pairs_hook=_json_object)
     except json.JSONDecodeError as e:
@@ -177,7 +105,7 @@ def _json_items(name: str, text: str) -> list[_Item]:
     else:
         raise ScheduleError(f"{name}: expected {expected}, not {json.dumps(doc)[:40]}")
     starts = [0, *(m.end() for m in _LINE_BREAK.finditer(text))]
-    items: list[_Item] = []
+    items: list[Item] = []
     for offset, value in zip(_element_offsets(text, at), lessons, strict=True):
         line = bisect.bisect_right(starts, offset)
         if not isinstance(value, _JsonObject):

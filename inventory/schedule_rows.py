@@ -9,26 +9,23 @@ the limits, the row types) is ``inventory.schedule``.
 
 from __future__ import annotations
 
-import json
 import re
-import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 from common.content_hosts import is_ip
 from inventory.lessons import Lesson
-from inventory.model import valid_id
-from inventory.schedule import (
-    COLUMNS,
-    MAX_LESSON_SECONDS,
-    MAX_TEXT,
-    MAX_URL,
-    OPTIONAL_COLUMNS,
+from inventory.row_fields import (
     RowError,
-    ScheduleRow,
+    brief,
+    id_field,
+    json_kind,
+    line_field,
     quoted,
+    text_field,
 )
+from inventory.schedule import COLUMNS, MAX_LESSON_SECONDS, MAX_URL, OPTIONAL_COLUMNS, ScheduleRow
 
 _TIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,6}))?)?"
@@ -36,9 +33,6 @@ _TIME = re.compile(
 )
 _TRUE = frozenset({"true", "yes", "1"})
 _FALSE = frozenset({"false", "no", "0"})
-# Line breaks and surrogates too: a message or a panel title must stay one line,
-# and a lone surrogate (possible through a JSON escape) cannot be stored as UTF-8.
-_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
 def parse_row(line: int, fields: Mapping[str, object]) -> ScheduleRow | RowError:
@@ -53,8 +47,8 @@ def parse_row(line: int, fields: Mapping[str, object]) -> ScheduleRow | RowError
     if unknown:
         names = ", ".join(quoted(k) for k in unknown)
         problems.append(f"unknown field {names} (known: {', '.join(COLUMNS)})")
-    school = _ident(fields, "school", problems)
-    room = _ident(fields, "room", problems)
+    school = id_field(fields, "school", problems)
+    room = id_field(fields, "room", problems)
     start = _time(fields, "start", problems)
     end = _time(fields, "end", problems)
     if start is not None and end is not None:
@@ -70,37 +64,13 @@ def parse_row(line: int, fields: Mapping[str, object]) -> ScheduleRow | RowError
     return ScheduleRow(line, lesson)
 
 
-# Helpers of parse_row: each notes its problems and returns "" (or False) on one, so
-# parse_row builds the Lesson only when no problem was noted.
-_MISSING = object()
-
-
-def _text(fields: Mapping[str, object], name: str, problems: list[str], need: bool = True) -> str:
-    """The field as a stripped string; a required one must not be absent or empty."""
-    value = fields.get(name, _MISSING)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    if not isinstance(value, str) and value not in (_MISSING, None):
-        problems.append(f"{name} is {_json_kind(value)} ({_brief(value)}), not a string")
-    elif need:
-        state = "missing" if value is _MISSING else "null" if value is None else "empty"
-        problems.append(f"{name} is {state}")
-    return ""
-
-
-def _ident(fields: Mapping[str, object], name: str, problems: list[str]) -> str:
-    value = _text(fields, name, problems)
-    if value and not valid_id(value):
-        problems.append(
-            f"{name} {quoted(value)} is not a valid id "
-            "(1-64 letters, digits and ._:-, starting with a letter or digit)"
-        )
-    return value
+# Helpers of parse_row (and inventory.row_fields'): each notes its problems and
+# returns "" (or False) on one, so parse_row builds the Lesson only when none was noted.
 
 
 def _time(fields: Mapping[str, object], name: str, problems: list[str]) -> tuple[float, str] | None:
     """Epoch seconds and the text as written, or None after noting why."""
-    text = _text(fields, name, problems)
+    text = text_field(fields, name, problems)
     if not text:
         return None
     m = _TIME.fullmatch(text)
@@ -146,17 +116,12 @@ def _span(start: tuple[float, str], end: tuple[float, str], problems: list[str])
 
 def _label(fields: Mapping[str, object], name: str, problems: list[str]) -> str:
     """class, subject and teacher: one line of text; only teacher may be empty."""
-    value = _text(fields, name, problems, need=name not in OPTIONAL_COLUMNS)
-    if len(value) > MAX_TEXT:
-        problems.append(f"{name} is {len(value)} characters long, at most {MAX_TEXT}")
-    elif any(unicodedata.category(ch) in _BAD_CATEGORIES for ch in value):
-        problems.append(f"{name} {quoted(value)} contains a control character or line break")
-    return value
+    return line_field(fields, name, problems, need=name not in OPTIONAL_COLUMNS)
 
 
 def _url(fields: Mapping[str, object], problems: list[str]) -> str:
     """Only the scheme and form here: the http allow-list is check_rows' business."""
-    url = _text(fields, "content_url", problems)
+    url = text_field(fields, "content_url", problems)
     problem = ""
     if len(url) > MAX_URL:
         problem = f"is {len(url)} characters long, at most {MAX_URL}"
@@ -198,26 +163,5 @@ def _flag(fields: Mapping[str, object], name: str, problems: list[str]) -> bool:
     if isinstance(value, str):
         problems.append(f"{name} {quoted(value)} is not true or false (or yes/no, 1/0)")
     elif value is not None:
-        problems.append(f"{name} is {_json_kind(value)} ({_brief(value)}), not true or false")
+        problems.append(f"{name} is {json_kind(value)} ({brief(value)}), not true or false")
     return False
-
-
-def _json_kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "an object"
-    return f"a {type(value).__name__}"
-
-
-def _brief(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=repr)
-    return _one_line(text if len(text) <= 40 else text[:40] + "…")
-
-
-def _one_line(text: str) -> str:
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)

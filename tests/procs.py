@@ -80,6 +80,8 @@ class Controller:
     host: str = "127.0.0.1"
     grpc_port: int = 0
     metrics_port: int = 0
+    # The uplink endpoint devices fetch their payload from (on ``host``, like gRPC).
+    uplink_port: int = 0
     # With agent_tls: the TLS port for enrollment and schoolctl.
     enroll_port: int = 0
     # A central-ops user's token, made by `schoolfleet-controller users create` at
@@ -103,7 +105,16 @@ class Controller:
         ports.unlink(missing_ok=True)
         (self.workdir / "controller.toml").touch()
         # A lab controller unless the test asks for TLS (tests.procs.tls_env).
-        env = {**os.environ, "SCHOOLFLEET_CONTROLLER_AGENT_TLS": "false", **self.env}
+        env = {
+            **os.environ,
+            "SCHOOLFLEET_CONTROLLER_AGENT_TLS": "false",
+            # Never the fixed default port: tests run controllers side by side.
+            "SCHOOLFLEET_CONTROLLER_UPLINK_LISTEN": f"{self.host}:0",
+            # No probes unless a test asks: inventory rows name addresses that no test
+            # made, and probes would reach them through the machine's default route.
+            "SCHOOLFLEET_CONTROLLER_PROBE_INTERVAL": "0",
+            **self.env,
+        }
         if not self.admin_token:
             self.admin_token = self.create_user("ops", "central-ops").token
         with self.log.open("ab") as log:
@@ -136,6 +147,7 @@ class Controller:
         got = wait_until(ready, 20, "controller ports file")
         self.grpc_port, self.metrics_port = got["grpc"], got["metrics"]
         self.enroll_port = got.get("enroll", 0)
+        self.uplink_port = got.get("uplink", 0)
         _ADMIN_TOKENS[self.address] = self.admin_token
         # tls_env's enroll_listen is on loopback unless a test says otherwise.
         _ADMIN_TOKENS[f"127.0.0.1:{self.enroll_port}"] = self.admin_token

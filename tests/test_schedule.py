@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from common.content_hosts import host_allowed
 from inventory.lessons import Lesson
+from inventory.row_fields import RowError
 from inventory.schedule import (
     COLUMNS,
-    RowError,
     ScheduleError,
     ScheduleRow,
     check_rows,

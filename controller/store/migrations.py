@@ -269,6 +269,98 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (school_id, window)
     );
     """,
+    # 10: the schools' infrastructure (issue 9): schools from inventory
+    #     imports, access points and their BSSIDs, servers, the latest probe of each,
+    #     SSH host keys, uplink checks, and what devices see of the Wi-Fi.
+    """
+    CREATE TABLE schools (
+        school_id  TEXT PRIMARY KEY,
+        name       TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL
+    );
+    -- Rooms are in the rooms table (migration 8): an import adds to it.
+    CREATE TABLE access_points (
+        ap_id      TEXT PRIMARY KEY,
+        school_id  TEXT NOT NULL,
+        room_id    TEXT NOT NULL DEFAULT '',
+        location   TEXT NOT NULL DEFAULT '',
+        model      TEXT NOT NULL DEFAULT '',
+        mac        TEXT NOT NULL DEFAULT '',
+        -- management address: an IP address or a host name
+        address    TEXT NOT NULL,
+        -- empty: the access point is probed by TCP only, not over SSH
+        ssh_user   TEXT NOT NULL DEFAULT '',
+        ssh_port   INTEGER NOT NULL DEFAULT 22,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX access_points_by_school ON access_points (school_id);
+    CREATE TABLE ap_bssids (
+        -- lower case, colon separated
+        bssid TEXT PRIMARY KEY,
+        ap_id TEXT NOT NULL
+    );
+    CREATE INDEX ap_bssids_by_ap ON ap_bssids (ap_id);
+    CREATE TABLE servers (
+        server_id  TEXT PRIMARY KEY,
+        school_id  TEXT NOT NULL,
+        address    TEXT NOT NULL,
+        ssh_user   TEXT NOT NULL DEFAULT 'root',
+        ssh_port   INTEGER NOT NULL DEFAULT 22,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX servers_by_school ON servers (school_id);
+    -- The latest probe of each target (kind: ap or server).
+    CREATE TABLE probe_results (
+        target_kind TEXT NOT NULL,
+        target_id   TEXT NOT NULL,
+        up          INTEGER NOT NULL,
+        -- why it is down (refused, timeout, no SSH banner, host key changed, ...)
+        reason      TEXT NOT NULL DEFAULT '',
+        -- JSON: uptime, load, memory, disk, clients (what SSH could read)
+        facts       TEXT NOT NULL DEFAULT '{}',
+        duration    REAL NOT NULL,
+        probed_at   REAL NOT NULL,
+        PRIMARY KEY (target_kind, target_id)
+    );
+    -- SSH host keys: the pinned one (`schoolctl servers trust`), and the one last seen
+    -- when it is not the pinned one (what trust would pin).
+    CREATE TABLE host_keys (
+        target_kind TEXT NOT NULL,
+        target_id   TEXT NOT NULL,
+        pinned      INTEGER NOT NULL,
+        key_type    TEXT NOT NULL,
+        -- base64 of the key, as in known_hosts
+        key_data    TEXT NOT NULL,
+        seen_at     REAL NOT NULL,
+        PRIMARY KEY (target_kind, target_id, pinned)
+    );
+    CREATE TABLE uplink_checks (
+        school_id  TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        device_id  TEXT NOT NULL,
+        bytes      INTEGER NOT NULL,
+        -- NULL until the device answers, or when it failed
+        seconds    REAL,
+        mbps       REAL,
+        error      TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (school_id, started_at)
+    );
+    -- Checks left running (their device never answered) are failed, old ones pruned.
+    CREATE INDEX uplink_checks_by_start ON uplink_checks (started_at);
+    -- What each device's latest full report said of its Wi-Fi association.
+    CREATE TABLE device_wifi (
+        device_id  TEXT PRIMARY KEY,
+        bssid      TEXT NOT NULL,
+        signal_dbm REAL,
+        seen_at    REAL NOT NULL
+    );
+    CREATE INDEX device_wifi_by_bssid ON device_wifi (bssid);
+    -- When any device last reported each BSSID (known to the inventory or not).
+    CREATE TABLE bssid_seen (
+        bssid   TEXT PRIMARY KEY,
+        seen_at REAL NOT NULL
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

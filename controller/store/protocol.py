@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from controller.store.infra_protocol import InfraStore
 from controller.store.lessons_protocol import LessonStore
 from controller.store.rollouts_protocol import RolloutStore
+from controller.store.uplink_protocol import UplinkStore
 from inventory.lessons import LessonEvent
 from inventory.model import (
     CommandOutcome,
@@ -193,5 +195,14 @@ class AccessStore(Protocol):
         """Entries matching ``query``, newest first."""
 
 
-class Store(DeviceStore, EnrollTokenStore, AccessStore, LessonStore, RolloutStore, Protocol):
+class Store(
+    DeviceStore,
+    EnrollTokenStore,
+    AccessStore,
+    LessonStore,
+    RolloutStore,
+    UplinkStore,
+    InfraStore,
+    Protocol,
+):
     """Everything the controller keeps; one implementation per backend."""

@@ -26,8 +26,10 @@ from controller.store.protocol import (
 )
 from controller.store.sqlite_access import AccessTables
 from controller.store.sqlite_enroll import EnrollTables
+from controller.store.sqlite_infra import InfraTables
 from controller.store.sqlite_lessons import LessonTables
 from controller.store.sqlite_rollouts import RolloutTables
+from controller.store.sqlite_uplink import UplinkTables
 from inventory.model import (
     CommandOutcome,
     Condition,
@@ -179,7 +181,9 @@ def _labels(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(json.loads(text).items()))
 
 
-class SqliteStore(EnrollTables, AccessTables, LessonTables, RolloutTables):
+class SqliteStore(
+    EnrollTables, AccessTables, LessonTables, RolloutTables, UplinkTables, InfraTables
+):
     """The Store on one SQLite file: devices here, the rest in the table classes."""
 
     def device_connected(
@@ -273,6 +277,7 @@ class SqliteStore(EnrollTables, AccessTables, LessonTables, RolloutTables):
                     ]
                     if reports:
                         self._writer.executemany(_REPORTS_SQL, reports)
+                    self._record_wifi(beats)
                 self._writer.execute("COMMIT")
             # OverflowError: a number SQLite cannot hold. The ingest checks refuse those
             # first; should one slip through, the batch is refused, not the writer killed.
@@ -281,6 +286,26 @@ class SqliteStore(EnrollTables, AccessTables, LessonTables, RolloutTables):
                     self._writer.execute("ROLLBACK")
                 raise StoreError(f"database {self.path}: {exc}") from None
         return events
+
+    def _record_wifi(self, beats: Sequence[HeartbeatRow]) -> None:
+        """What each full network report says of the Wi-Fi: the device's association
+        (or none), and when each BSSID was last seen by any device."""
+        full = [b for b in beats if b.report is not None and b.report.network]
+        if not full:
+            return
+        self._writer.executemany(
+            "DELETE FROM device_wifi WHERE device_id = ?", [(b.device_id,) for b in full]
+        )
+        associated = [(b, b.report.wifi[0]) for b in full if b.report and b.report.wifi]
+        self._writer.executemany(
+            "INSERT OR REPLACE INTO device_wifi VALUES (?, ?, ?, ?)",
+            [(b.device_id, bssid, signal, b.received_at) for b, (bssid, signal) in associated],
+        )
+        self._writer.executemany(
+            "INSERT INTO bssid_seen VALUES (?, ?) ON CONFLICT (bssid) DO UPDATE"
+            " SET seen_at = max(seen_at, excluded.seen_at)",
+            [(bssid, b.received_at) for b in full if b.report for bssid, _ in b.report.wifi],
+        )
 
     def _record_result(self, r: CommandResultRow) -> None:
         moved = self._writer.execute(_RESULT_SEQ_SQL, (r.device_id, r.seq)).rowcount

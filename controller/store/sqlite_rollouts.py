@@ -128,21 +128,6 @@ class RolloutTables(SqliteBase):
     """A RolloutStore on the shared SQLite file."""
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """The writer inside BEGIN IMMEDIATE; any exception rolls everything back."""
-        with self._write_lock:
-            try:
-                self._writer.execute("BEGIN IMMEDIATE")
-                yield self._writer
-                self._writer.execute("COMMIT")
-            except BaseException as exc:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"database {self.path}: {exc}") from None
-                raise
-
-    @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         """This thread's reader in one read transaction, so a record's state, counts
         and waves are of the same moment."""

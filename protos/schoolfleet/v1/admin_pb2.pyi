@@ -702,19 +702,29 @@ class FleetStatusResponse(_message.Message):
 
     COUNTS_FIELD_NUMBER: _builtins.int
     COMPUTED_AT_FIELD_NUMBER: _builtins.int
+    UPLINK_TARGET_MBPS_FIELD_NUMBER: _builtins.int
+    SLOW_UPLINKS_FIELD_NUMBER: _builtins.int
+    uplink_target_mbps: _builtins.float
+    """The uplink a school should have, in Mbit/s (the controller's uplink_target_mbps)."""
     @_builtins.property
     def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___KindCount]: ...
     @_builtins.property
     def computed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def slow_uplinks(self) -> _containers.RepeatedCompositeFieldContainer[Global___UplinkCheck]:
+        """The latest measurement of each school whose uplink is under the target."""
+
     def __init__(
         self,
         *,
         counts: _abc.Iterable[Global___KindCount] | None = ...,
         computed_at: _timestamp_pb2.Timestamp | None = ...,
+        uplink_target_mbps: _builtins.float = ...,
+        slow_uplinks: _abc.Iterable[Global___UplinkCheck] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "counts", b"counts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "counts", b"counts", "slow_uplinks", b"slow_uplinks", "uplink_target_mbps", b"uplink_target_mbps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1560,3 +1570,653 @@ class ListMaintenanceWindowsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMaintenanceWindowsResponse: _TypeAlias = ListMaintenanceWindowsResponse  # noqa: Y015
+
+@_typing.final
+class UplinkCheck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    MBPS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    device_id: _builtins.str
+    """The device that measured."""
+    bytes: _builtins.int
+    """Asked for while running or when failed; received when measured."""
+    state: _builtins.str
+    """"running", "ok" or "failed"."""
+    seconds: _builtins.float
+    """With state ok: seconds from the request to the last byte, and Mbit/s."""
+    mbps: _builtins.float
+    error: _builtins.str
+    """With state failed: why."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        device_id: _builtins.str = ...,
+        bytes: _builtins.int = ...,
+        state: _builtins.str = ...,
+        seconds: _builtins.float = ...,
+        mbps: _builtins.float = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "device_id", b"device_id", "error", b"error", "mbps", b"mbps", "school_id", b"school_id", "seconds", b"seconds", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UplinkCheck: _TypeAlias = UplinkCheck  # noqa: Y015
+
+@_typing.final
+class CheckUplinkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckUplinkRequest: _TypeAlias = CheckUplinkRequest  # noqa: Y015
+
+@_typing.final
+class ListUplinksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    """Empty: every school the caller may see."""
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUplinksRequest: _TypeAlias = ListUplinksRequest  # noqa: Y015
+
+@_typing.final
+class SchoolUplink(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    LATEST_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    @_builtins.property
+    def latest(self) -> Global___UplinkCheck:
+        """The school's latest check, whatever its state."""
+
+    @_builtins.property
+    def measured(self) -> Global___UplinkCheck:
+        """Its latest check with a measurement; unset if it has none."""
+
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+        latest: Global___UplinkCheck | None = ...,
+        measured: Global___UplinkCheck | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latest", b"latest", "measured", b"measured"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latest", b"latest", "measured", b"measured", "school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchoolUplink: _TypeAlias = SchoolUplink  # noqa: Y015
+
+@_typing.final
+class ListUplinksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schools(self) -> _containers.RepeatedCompositeFieldContainer[Global___SchoolUplink]: ...
+    def __init__(
+        self,
+        *,
+        schools: _abc.Iterable[Global___SchoolUplink] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schools", b"schools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUplinksResponse: _TypeAlias = ListUplinksResponse  # noqa: Y015
+
+@_typing.final
+class InventorySchool(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InventorySchool: _TypeAlias = InventorySchool  # noqa: Y015
+
+@_typing.final
+class InventoryRoom(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    room_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+        room_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_id", b"room_id", "school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InventoryRoom: _TypeAlias = InventoryRoom  # noqa: Y015
+
+@_typing.final
+class InventoryAccessPoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AP_ID_FIELD_NUMBER: _builtins.int
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    BSSIDS_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SSH_USER_FIELD_NUMBER: _builtins.int
+    SSH_PORT_FIELD_NUMBER: _builtins.int
+    ap_id: _builtins.str
+    school_id: _builtins.str
+    room_id: _builtins.str
+    location: _builtins.str
+    model: _builtins.str
+    mac: _builtins.str
+    """Lower case, colon separated."""
+    address: _builtins.str
+    """The management address: an IP address or a host name."""
+    ssh_user: _builtins.str
+    """Empty: probed by TCP only, not over SSH."""
+    ssh_port: _builtins.int
+    @_builtins.property
+    def bssids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        ap_id: _builtins.str = ...,
+        school_id: _builtins.str = ...,
+        room_id: _builtins.str = ...,
+        location: _builtins.str = ...,
+        model: _builtins.str = ...,
+        mac: _builtins.str = ...,
+        bssids: _abc.Iterable[_builtins.str] | None = ...,
+        address: _builtins.str = ...,
+        ssh_user: _builtins.str = ...,
+        ssh_port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ap_id", b"ap_id", "bssids", b"bssids", "location", b"location", "mac", b"mac", "model", b"model", "room_id", b"room_id", "school_id", b"school_id", "ssh_port", b"ssh_port", "ssh_user", b"ssh_user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InventoryAccessPoint: _TypeAlias = InventoryAccessPoint  # noqa: Y015
+
+@_typing.final
+class InventoryServer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SSH_USER_FIELD_NUMBER: _builtins.int
+    SSH_PORT_FIELD_NUMBER: _builtins.int
+    server_id: _builtins.str
+    school_id: _builtins.str
+    address: _builtins.str
+    ssh_user: _builtins.str
+    ssh_port: _builtins.int
+    def __init__(
+        self,
+        *,
+        server_id: _builtins.str = ...,
+        school_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        ssh_user: _builtins.str = ...,
+        ssh_port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "school_id", b"school_id", "server_id", b"server_id", "ssh_port", b"ssh_port", "ssh_user", b"ssh_user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InventoryServer: _TypeAlias = InventoryServer  # noqa: Y015
+
+@_typing.final
+class InventoryItem(_message.Message):
+    """One row of an inventory file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_FIELD_NUMBER: _builtins.int
+    SCHOOL_FIELD_NUMBER: _builtins.int
+    ROOM_FIELD_NUMBER: _builtins.int
+    ACCESS_POINT_FIELD_NUMBER: _builtins.int
+    SERVER_FIELD_NUMBER: _builtins.int
+    line: _builtins.int
+    """The line of the file the row starts on (1-based), for the answer's errors."""
+    @_builtins.property
+    def school(self) -> Global___InventorySchool: ...
+    @_builtins.property
+    def room(self) -> Global___InventoryRoom: ...
+    @_builtins.property
+    def access_point(self) -> Global___InventoryAccessPoint: ...
+    @_builtins.property
+    def server(self) -> Global___InventoryServer: ...
+    def __init__(
+        self,
+        *,
+        line: _builtins.int = ...,
+        school: Global___InventorySchool | None = ...,
+        room: Global___InventoryRoom | None = ...,
+        access_point: Global___InventoryAccessPoint | None = ...,
+        server: Global___InventoryServer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_point", b"access_point", "item", b"item", "room", b"room", "school", b"school", "server", b"server"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_point", b"access_point", "item", b"item", "line", b"line", "room", b"room", "school", b"school", "server", b"server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["school", "room", "access_point", "server"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___InventoryItem: _TypeAlias = InventoryItem  # noqa: Y015
+
+@_typing.final
+class ImportInventoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """What to call the file in the audit log."""
+    dry_run: _builtins.bool
+    """Check every row; store nothing."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___InventoryItem]: ...
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        items: _abc.Iterable[Global___InventoryItem] | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "items", b"items", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportInventoryRequest: _TypeAlias = ImportInventoryRequest  # noqa: Y015
+
+@_typing.final
+class ImportInventoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDED_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    added: _builtins.int
+    updated: _builtins.int
+    unchanged: _builtins.int
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowError]: ...
+    def __init__(
+        self,
+        *,
+        added: _builtins.int = ...,
+        updated: _builtins.int = ...,
+        unchanged: _builtins.int = ...,
+        errors: _abc.Iterable[Global___RowError] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "errors", b"errors", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportInventoryResponse: _TypeAlias = ImportInventoryResponse  # noqa: Y015
+
+@_typing.final
+class ListAccessPointsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    DOWN_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    """Empty: every school the caller may see."""
+    down_only: _builtins.bool
+    """Only those whose latest probe found them down."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    """The last access point id of the previous page."""
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+        down_only: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["down_only", b"down_only", "page_size", b"page_size", "page_token", b"page_token", "school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccessPointsRequest: _TypeAlias = ListAccessPointsRequest  # noqa: Y015
+
+@_typing.final
+class ListAccessPointsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_POINTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def access_points(self) -> _containers.RepeatedCompositeFieldContainer[Global___InfraTarget]: ...
+    def __init__(
+        self,
+        *,
+        access_points: _abc.Iterable[Global___InfraTarget] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_points", b"access_points", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccessPointsResponse: _TypeAlias = ListAccessPointsResponse  # noqa: Y015
+
+@_typing.final
+class ListServersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    DOWN_ONLY_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    down_only: _builtins.bool
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+        down_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["down_only", b"down_only", "school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServersRequest: _TypeAlias = ListServersRequest  # noqa: Y015
+
+@_typing.final
+class ListServersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def servers(self) -> _containers.RepeatedCompositeFieldContainer[Global___InfraTarget]: ...
+    def __init__(
+        self,
+        *,
+        servers: _abc.Iterable[Global___InfraTarget] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["servers", b"servers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServersResponse: _TypeAlias = ListServersResponse  # noqa: Y015
+
+@_typing.final
+class GetServerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    server_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        server_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["server_id", b"server_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerRequest: _TypeAlias = GetServerRequest  # noqa: Y015
+
+@_typing.final
+class TrustServerKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    server_id: _builtins.str
+    fingerprint: _builtins.str
+    """The fingerprint the user was shown (SHA256:...): another key seen since is not
+    pinned. Empty: the key seen now.
+    """
+    def __init__(
+        self,
+        *,
+        server_id: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "server_id", b"server_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustServerKeyRequest: _TypeAlias = TrustServerKeyRequest  # noqa: Y015
+
+@_typing.final
+class HostKeyInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_TYPE_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    key_type: _builtins.str
+    """e.g. ssh-ed25519"""
+    fingerprint: _builtins.str
+    """SHA256:..., as ssh-keygen -l shows it."""
+    def __init__(
+        self,
+        *,
+        key_type: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "key_type", b"key_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostKeyInfo: _TypeAlias = HostKeyInfo  # noqa: Y015
+
+@_typing.final
+class ProbeInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FactsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    UP_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    PROBED_AT_FIELD_NUMBER: _builtins.int
+    FACTS_FIELD_NUMBER: _builtins.int
+    up: _builtins.bool
+    reason: _builtins.str
+    """Why it is down, or why facts are missing, in words."""
+    duration_seconds: _builtins.float
+    @_builtins.property
+    def probed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def facts(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """uptime_seconds, load1, load5, load15, memory_percent, disk_percent, clients."""
+
+    def __init__(
+        self,
+        *,
+        up: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        duration_seconds: _builtins.float = ...,
+        probed_at: _timestamp_pb2.Timestamp | None = ...,
+        facts: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["probed_at", b"probed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_seconds", b"duration_seconds", "facts", b"facts", "probed_at", b"probed_at", "reason", b"reason", "up", b"up"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProbeInfo: _TypeAlias = ProbeInfo  # noqa: Y015
+
+@_typing.final
+class InfraTarget(_message.Message):
+    """An access point or server from the inventory, with its latest probe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_ID_FIELD_NUMBER: _builtins.int
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SSH_USER_FIELD_NUMBER: _builtins.int
+    SSH_PORT_FIELD_NUMBER: _builtins.int
+    LATEST_FIELD_NUMBER: _builtins.int
+    PINNED_KEY_FIELD_NUMBER: _builtins.int
+    SEEN_KEY_FIELD_NUMBER: _builtins.int
+    ACCESS_POINT_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    MEDIAN_SIGNAL_DBM_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_BY_DEVICE_FIELD_NUMBER: _builtins.int
+    target_id: _builtins.str
+    school_id: _builtins.str
+    address: _builtins.str
+    ssh_user: _builtins.str
+    ssh_port: _builtins.int
+    devices: _builtins.int
+    """Access points: devices whose latest report names one of its BSSIDs, their
+    median signal, and when a device last reported one of its BSSIDs.
+    """
+    median_signal_dbm: _builtins.float
+    @_builtins.property
+    def latest(self) -> Global___ProbeInfo:
+        """Unset: never probed."""
+
+    @_builtins.property
+    def pinned_key(self) -> Global___HostKeyInfo:
+        """Unset: no key pinned (SSH facts are not collected)."""
+
+    @_builtins.property
+    def seen_key(self) -> Global___HostKeyInfo:
+        """The key the target presented that is not the pinned one: what trust would pin."""
+
+    @_builtins.property
+    def access_point(self) -> Global___InventoryAccessPoint:
+        """Access points: the inventory's row."""
+
+    @_builtins.property
+    def last_seen_by_device(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        target_id: _builtins.str = ...,
+        school_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        ssh_user: _builtins.str = ...,
+        ssh_port: _builtins.int = ...,
+        latest: Global___ProbeInfo | None = ...,
+        pinned_key: Global___HostKeyInfo | None = ...,
+        seen_key: Global___HostKeyInfo | None = ...,
+        access_point: Global___InventoryAccessPoint | None = ...,
+        devices: _builtins.int = ...,
+        median_signal_dbm: _builtins.float | None = ...,
+        last_seen_by_device: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_median_signal_dbm", b"_median_signal_dbm", "access_point", b"access_point", "last_seen_by_device", b"last_seen_by_device", "latest", b"latest", "median_signal_dbm", b"median_signal_dbm", "pinned_key", b"pinned_key", "seen_key", b"seen_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_median_signal_dbm", b"_median_signal_dbm", "access_point", b"access_point", "address", b"address", "devices", b"devices", "last_seen_by_device", b"last_seen_by_device", "latest", b"latest", "median_signal_dbm", b"median_signal_dbm", "pinned_key", b"pinned_key", "school_id", b"school_id", "seen_key", b"seen_key", "ssh_port", b"ssh_port", "ssh_user", b"ssh_user", "target_id", b"target_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__median_signal_dbm: _TypeAlias = _typing.Literal["median_signal_dbm"]  # noqa: Y015
+    _WhichOneofArgType__median_signal_dbm: _TypeAlias = _typing.Literal["_median_signal_dbm", b"_median_signal_dbm"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__median_signal_dbm) -> _WhichOneofReturnType__median_signal_dbm | None: ...
+
+Global___InfraTarget: _TypeAlias = InfraTarget  # noqa: Y015

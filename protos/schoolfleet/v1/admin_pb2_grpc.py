@@ -164,6 +164,41 @@ class AdminServiceStub:
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsRequest.SerializeToString,
                 response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsResponse.FromString,
                 _registered_method=True)
+        self.CheckUplink = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/CheckUplink',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CheckUplinkRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.UplinkCheck.FromString,
+                _registered_method=True)
+        self.ListUplinks = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ListUplinks',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUplinksRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUplinksResponse.FromString,
+                _registered_method=True)
+        self.ImportInventory = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ImportInventory',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportInventoryRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportInventoryResponse.FromString,
+                _registered_method=True)
+        self.ListAccessPoints = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ListAccessPoints',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAccessPointsRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAccessPointsResponse.FromString,
+                _registered_method=True)
+        self.ListServers = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ListServers',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListServersRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListServersResponse.FromString,
+                _registered_method=True)
+        self.GetServer = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/GetServer',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetServerRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.InfraTarget.FromString,
+                _registered_method=True)
+        self.TrustServerKey = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/TrustServerKey',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.TrustServerKeyRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.InfraTarget.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -347,6 +382,58 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckUplink(self, request, context):
+        """Measures a school's uplink now: one of its online devices fetches a sized payload
+        from the controller. Answers when the check has ended (ok or failed); joins the
+        school's check if one is running here. FAILED_PRECONDITION: no device can measure.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUplinks(self, request, context):
+        """Each school's latest uplink check and latest measurement.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportInventory(self, request, context):
+        """The schools' infrastructure from an inventory file: schools, rooms, access points
+        and servers (each row checked: bad ones are answered with their line and reason,
+        good ones stored; nothing else is removed; the same rows again change nothing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccessPoints(self, request, context):
+        """Access points with their latest probe and what devices see of them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrustServerKey(self, request, context):
+        """Pins the SSH host key the server's probes saw: from then on its facts are
+        collected, and any other key is refused. FAILED_PRECONDITION: no key seen to pin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -479,6 +566,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListMaintenanceWindows,
                     request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsRequest.FromString,
                     response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsResponse.SerializeToString,
+            ),
+            'CheckUplink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckUplink,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CheckUplinkRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.UplinkCheck.SerializeToString,
+            ),
+            'ListUplinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUplinks,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUplinksRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUplinksResponse.SerializeToString,
+            ),
+            'ImportInventory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportInventory,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportInventoryRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportInventoryResponse.SerializeToString,
+            ),
+            'ListAccessPoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccessPoints,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAccessPointsRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAccessPointsResponse.SerializeToString,
+            ),
+            'ListServers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServers,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListServersRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListServersResponse.SerializeToString,
+            ),
+            'GetServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServer,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetServerRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.InfraTarget.SerializeToString,
+            ),
+            'TrustServerKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrustServerKey,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.TrustServerKeyRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.InfraTarget.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1183,6 +1305,195 @@ class AdminService:
             '/schoolfleet.v1.AdminService/ListMaintenanceWindows',
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsRequest.SerializeToString,
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListMaintenanceWindowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckUplink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/CheckUplink',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.CheckUplinkRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.UplinkCheck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUplinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ListUplinks',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUplinksRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUplinksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportInventory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ImportInventory',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportInventoryRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ImportInventoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccessPoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ListAccessPoints',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAccessPointsRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListAccessPointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ListServers',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListServersRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListServersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/GetServer',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetServerRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.InfraTarget.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrustServerKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/TrustServerKey',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.TrustServerKeyRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.InfraTarget.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,26 @@ class AdminServiceStub:
     SetMaintenanceWindows: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetMaintenanceWindowsRequest, _admin_pb2.MaintenanceWindows]
     """A school's maintenance windows: rollouts change its devices only inside them."""
     ListMaintenanceWindows: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListMaintenanceWindowsRequest, _admin_pb2.ListMaintenanceWindowsResponse]
+    CheckUplink: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CheckUplinkRequest, _admin_pb2.UplinkCheck]
+    """Measures a school's uplink now: one of its online devices fetches a sized payload
+    from the controller. Answers when the check has ended (ok or failed); joins the
+    school's check if one is running here. FAILED_PRECONDITION: no device can measure.
+    """
+    ListUplinks: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListUplinksRequest, _admin_pb2.ListUplinksResponse]
+    """Each school's latest uplink check and latest measurement."""
+    ImportInventory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ImportInventoryRequest, _admin_pb2.ImportInventoryResponse]
+    """The schools' infrastructure from an inventory file: schools, rooms, access points
+    and servers (each row checked: bad ones are answered with their line and reason,
+    good ones stored; nothing else is removed; the same rows again change nothing).
+    """
+    ListAccessPoints: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAccessPointsRequest, _admin_pb2.ListAccessPointsResponse]
+    """Access points with their latest probe and what devices see of them."""
+    ListServers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListServersRequest, _admin_pb2.ListServersResponse]
+    GetServer: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServerRequest, _admin_pb2.InfraTarget]
+    TrustServerKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.TrustServerKeyRequest, _admin_pb2.InfraTarget]
+    """Pins the SSH host key the server's probes saw: from then on its facts are
+    collected, and any other key is refused. FAILED_PRECONDITION: no key seen to pin.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -145,6 +165,26 @@ class AdminServiceAsyncStub(AdminServiceStub):
     SetMaintenanceWindows: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetMaintenanceWindowsRequest, _admin_pb2.MaintenanceWindows]  # type: ignore[assignment]
     """A school's maintenance windows: rollouts change its devices only inside them."""
     ListMaintenanceWindows: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListMaintenanceWindowsRequest, _admin_pb2.ListMaintenanceWindowsResponse]  # type: ignore[assignment]
+    CheckUplink: _aio.UnaryUnaryMultiCallable[_admin_pb2.CheckUplinkRequest, _admin_pb2.UplinkCheck]  # type: ignore[assignment]
+    """Measures a school's uplink now: one of its online devices fetches a sized payload
+    from the controller. Answers when the check has ended (ok or failed); joins the
+    school's check if one is running here. FAILED_PRECONDITION: no device can measure.
+    """
+    ListUplinks: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListUplinksRequest, _admin_pb2.ListUplinksResponse]  # type: ignore[assignment]
+    """Each school's latest uplink check and latest measurement."""
+    ImportInventory: _aio.UnaryUnaryMultiCallable[_admin_pb2.ImportInventoryRequest, _admin_pb2.ImportInventoryResponse]  # type: ignore[assignment]
+    """The schools' infrastructure from an inventory file: schools, rooms, access points
+    and servers (each row checked: bad ones are answered with their line and reason,
+    good ones stored; nothing else is removed; the same rows again change nothing).
+    """
+    ListAccessPoints: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAccessPointsRequest, _admin_pb2.ListAccessPointsResponse]  # type: ignore[assignment]
+    """Access points with their latest probe and what devices see of them."""
+    ListServers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListServersRequest, _admin_pb2.ListServersResponse]  # type: ignore[assignment]
+    GetServer: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServerRequest, _admin_pb2.InfraTarget]  # type: ignore[assignment]
+    TrustServerKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.TrustServerKeyRequest, _admin_pb2.InfraTarget]  # type: ignore[assignment]
+    """Pins the SSH host key the server's probes saw: from then on its facts are
+    collected, and any other key is refused. FAILED_PRECONDITION: no key seen to pin.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -357,5 +397,67 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListMaintenanceWindowsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListMaintenanceWindowsResponse, _abc.Awaitable[_admin_pb2.ListMaintenanceWindowsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CheckUplink(
+        self,
+        request: _admin_pb2.CheckUplinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.UplinkCheck, _abc.Awaitable[_admin_pb2.UplinkCheck]]:
+        """Measures a school's uplink now: one of its online devices fetches a sized payload
+        from the controller. Answers when the check has ended (ok or failed); joins the
+        school's check if one is running here. FAILED_PRECONDITION: no device can measure.
+        """
+
+    @_abc_1.abstractmethod
+    def ListUplinks(
+        self,
+        request: _admin_pb2.ListUplinksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListUplinksResponse, _abc.Awaitable[_admin_pb2.ListUplinksResponse]]:
+        """Each school's latest uplink check and latest measurement."""
+
+    @_abc_1.abstractmethod
+    def ImportInventory(
+        self,
+        request: _admin_pb2.ImportInventoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ImportInventoryResponse, _abc.Awaitable[_admin_pb2.ImportInventoryResponse]]:
+        """The schools' infrastructure from an inventory file: schools, rooms, access points
+        and servers (each row checked: bad ones are answered with their line and reason,
+        good ones stored; nothing else is removed; the same rows again change nothing).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAccessPoints(
+        self,
+        request: _admin_pb2.ListAccessPointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAccessPointsResponse, _abc.Awaitable[_admin_pb2.ListAccessPointsResponse]]:
+        """Access points with their latest probe and what devices see of them."""
+
+    @_abc_1.abstractmethod
+    def ListServers(
+        self,
+        request: _admin_pb2.ListServersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListServersResponse, _abc.Awaitable[_admin_pb2.ListServersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetServer(
+        self,
+        request: _admin_pb2.GetServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.InfraTarget, _abc.Awaitable[_admin_pb2.InfraTarget]]: ...
+
+    @_abc_1.abstractmethod
+    def TrustServerKey(
+        self,
+        request: _admin_pb2.TrustServerKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.InfraTarget, _abc.Awaitable[_admin_pb2.InfraTarget]]:
+        """Pins the SSH host key the server's probes saw: from then on its facts are
+        collected, and any other key is refused. FAILED_PRECONDITION: no key seen to pin.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

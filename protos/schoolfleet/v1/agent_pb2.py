@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos.schoolfleet.v1 import fleet_pb2 as protos_dot_schoolfleet_dot_v1_dot_fleet__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/schoolfleet/v1/agent.proto\x12\x0eschoolfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!protos/schoolfleet/v1/fleet.proto\"B\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x11\n\tdevice_id\x18\x03 \x01(\t\"E\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\"\xc9\x02\n\x05Hello\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.schoolfleet.v1.DeviceKind\x12\x11\n\tschool_id\x18\x03 \x01(\t\x12\x0f\n\x07room_id\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\"\n\x02os\x18\x08 \x01(\x0b\x32\x16.schoolfleet.v1.OsInfo\x12\x1a\n\x12management_address\x18\t \x01(\t\x12\x31\n\x06labels\x18\n \x03(\x0b\x32!.schoolfleet.v1.Hello.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfb\x01\n\tHeartbeat\x12&\n\x06health\x18\x01 \x01(\x0b\x32\x16.schoolfleet.v1.Health\x12,\n\x06system\x18\x02 \x01(\x0b\x32\x1c.schoolfleet.v1.SystemReport\x12.\n\x07network\x18\x03 \x01(\x0b\x32\x1d.schoolfleet.v1.NetworkReport\x12,\n\tcondition\x18\x04 \x01(\x0e\x32\x19.schoolfleet.v1.Condition\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x12)\n\x05spool\x18\x06 \x01(\x0b\x32\x1a.schoolfleet.v1.SpoolStats\"\xf7\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.schoolfleet.v1.CommandResult.Status\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x11\n\rSTATUS_FAILED\x10\x02\x12\x16\n\x12STATUS_UNSUPPORTED\x10\x03\"\xe9\x01\n\x0c\x41gentMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x05hello\x18\n \x01(\x0b\x32\x15.schoolfleet.v1.HelloH\x00\x12.\n\theartbeat\x18\x0b \x01(\x0b\x32\x19.schoolfleet.v1.HeartbeatH\x00\x12\x37\n\x0e\x63ommand_result\x18\x0c \x01(\x0b\x32\x1d.schoolfleet.v1.CommandResultH\x00\x12\x33\n\x0clesson_event\x18\r \x01(\x0b\x32\x1b.schoolfleet.v1.LessonEventH\x00\x42\x06\n\x04\x62ody\"\xb4\x03\n\x0bLessonEvent\x12\x11\n\tlesson_id\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12.\n\x04kind\x18\x03 \x01(\x0e\x32 .schoolfleet.v1.LessonEvent.Kind\x12\x32\n\x06reason\x18\x04 \x01(\x0e\x32\".schoolfleet.v1.LessonEvent.Reason\x12\x0f\n\x07message\x18\x05 \x01(\t\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rKIND_LAUNCHED\x10\x01\x12\x0f\n\x0bKIND_FAILED\x10\x02\x12\x0e\n\nKIND_ENDED\x10\x03\x12\x13\n\x0fKIND_RELAUNCHED\x10\x04\"z\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11REASON_NO_PROGRAM\x10\x01\x12\x16\n\x12REASON_URL_REFUSED\x10\x02\x12\x12\n\x0eREASON_CRASHED\x10\x03\x12\x15\n\x11REASON_NO_NETWORK\x10\x04\"\x83\x02\n\x07Welcome\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\r\x12\x1d\n\x15offline_after_seconds\x18\x02 \x01(\r\x12/\n\x0bserver_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0flast_stored_seq\x18\x04 \x01(\x04\x12.\n\nthresholds\x18\x05 \x01(\x0b\x32\x1a.schoolfleet.v1.Thresholds\x12$\n\x1c\x66ull_report_interval_seconds\x18\x06 \x01(\r\x12\x15\n\rcontent_hosts\x18\x07 \x03(\t\"\x06\n\x04Ping\"\xe4\x01\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12-\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04ping\x18\n \x01(\x0b\x32\x14.schoolfleet.v1.PingH\x00\x12\x35\n\rlaunch_lesson\x18\x0b \x01(\x0b\x32\x1c.schoolfleet.v1.LaunchLessonH\x00\x12/\n\nend_lesson\x18\x0c \x01(\x0b\x32\x19.schoolfleet.v1.EndLessonH\x00\x42\x08\n\x06\x61\x63tion\"\xa9\x01\n\x0cLaunchLesson\x12\x11\n\tlesson_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12-\n\tstarts_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05title\x18\x05 \x01(\t\x12\x0e\n\x06remote\x18\x06 \x01(\x08\"\x1e\n\tEndLesson\x12\x11\n\tlesson_id\x18\x01 \x01(\t\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x97\x01\n\x11\x43ontrollerMessage\x12*\n\x07welcome\x18\n \x01(\x0b\x32\x17.schoolfleet.v1.WelcomeH\x00\x12*\n\x07\x63ommand\x18\x0b \x01(\x0b\x32\x17.schoolfleet.v1.CommandH\x00\x12\"\n\x03\x61\x63k\x18\x0c \x01(\x0b\x32\x13.schoolfleet.v1.AckH\x00\x42\x06\n\x04\x62ody2\xa7\x01\n\x0c\x41gentService\x12G\n\x06\x45nroll\x12\x1d.schoolfleet.v1.EnrollRequest\x1a\x1e.schoolfleet.v1.EnrollResponse\x12N\n\x07\x43onnect\x12\x1c.schoolfleet.v1.AgentMessage\x1a!.schoolfleet.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/schoolfleet/v1/agent.proto\x12\x0eschoolfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!protos/schoolfleet/v1/fleet.proto\"B\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x11\n\tdevice_id\x18\x03 \x01(\t\"E\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\"\xc9\x02\n\x05Hello\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.schoolfleet.v1.DeviceKind\x12\x11\n\tschool_id\x18\x03 \x01(\t\x12\x0f\n\x07room_id\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\"\n\x02os\x18\x08 \x01(\x0b\x32\x16.schoolfleet.v1.OsInfo\x12\x1a\n\x12management_address\x18\t \x01(\t\x12\x31\n\x06labels\x18\n \x03(\x0b\x32!.schoolfleet.v1.Hello.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfb\x01\n\tHeartbeat\x12&\n\x06health\x18\x01 \x01(\x0b\x32\x16.schoolfleet.v1.Health\x12,\n\x06system\x18\x02 \x01(\x0b\x32\x1c.schoolfleet.v1.SystemReport\x12.\n\x07network\x18\x03 \x01(\x0b\x32\x1d.schoolfleet.v1.NetworkReport\x12,\n\tcondition\x18\x04 \x01(\x0e\x32\x19.schoolfleet.v1.Condition\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x12)\n\x05spool\x18\x06 \x01(\x0b\x32\x1a.schoolfleet.v1.SpoolStats\"\xaa\x02\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.schoolfleet.v1.CommandResult.Status\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x06uplink\x18\x05 \x01(\x0b\x32!.schoolfleet.v1.UplinkMeasurement\"Z\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x11\n\rSTATUS_FAILED\x10\x02\x12\x16\n\x12STATUS_UNSUPPORTED\x10\x03\"3\n\x11UplinkMeasurement\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\xe9\x01\n\x0c\x41gentMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x05hello\x18\n \x01(\x0b\x32\x15.schoolfleet.v1.HelloH\x00\x12.\n\theartbeat\x18\x0b \x01(\x0b\x32\x19.schoolfleet.v1.HeartbeatH\x00\x12\x37\n\x0e\x63ommand_result\x18\x0c \x01(\x0b\x32\x1d.schoolfleet.v1.CommandResultH\x00\x12\x33\n\x0clesson_event\x18\r \x01(\x0b\x32\x1b.schoolfleet.v1.LessonEventH\x00\x42\x06\n\x04\x62ody\"\xb4\x03\n\x0bLessonEvent\x12\x11\n\tlesson_id\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12.\n\x04kind\x18\x03 \x01(\x0e\x32 .schoolfleet.v1.LessonEvent.Kind\x12\x32\n\x06reason\x18\x04 \x01(\x0e\x32\".schoolfleet.v1.LessonEvent.Reason\x12\x0f\n\x07message\x18\x05 \x01(\t\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rKIND_LAUNCHED\x10\x01\x12\x0f\n\x0bKIND_FAILED\x10\x02\x12\x0e\n\nKIND_ENDED\x10\x03\x12\x13\n\x0fKIND_RELAUNCHED\x10\x04\"z\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11REASON_NO_PROGRAM\x10\x01\x12\x16\n\x12REASON_URL_REFUSED\x10\x02\x12\x12\n\x0eREASON_CRASHED\x10\x03\x12\x15\n\x11REASON_NO_NETWORK\x10\x04\"\x83\x02\n\x07Welcome\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\r\x12\x1d\n\x15offline_after_seconds\x18\x02 \x01(\r\x12/\n\x0bserver_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0flast_stored_seq\x18\x04 \x01(\x04\x12.\n\nthresholds\x18\x05 \x01(\x0b\x32\x1a.schoolfleet.v1.Thresholds\x12$\n\x1c\x66ull_report_interval_seconds\x18\x06 \x01(\r\x12\x15\n\rcontent_hosts\x18\x07 \x03(\t\"\x06\n\x04Ping\"\x9d\x02\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12-\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04ping\x18\n \x01(\x0b\x32\x14.schoolfleet.v1.PingH\x00\x12\x35\n\rlaunch_lesson\x18\x0b \x01(\x0b\x32\x1c.schoolfleet.v1.LaunchLessonH\x00\x12/\n\nend_lesson\x18\x0c \x01(\x0b\x32\x19.schoolfleet.v1.EndLessonH\x00\x12\x37\n\x0emeasure_uplink\x18\r \x01(\x0b\x32\x1d.schoolfleet.v1.MeasureUplinkH\x00\x42\x08\n\x06\x61\x63tion\"S\n\rMeasureUplink\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\r\"\xa9\x01\n\x0cLaunchLesson\x12\x11\n\tlesson_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12-\n\tstarts_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05title\x18\x05 \x01(\t\x12\x0e\n\x06remote\x18\x06 \x01(\x08\"\x1e\n\tEndLesson\x12\x11\n\tlesson_id\x18\x01 \x01(\t\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x97\x01\n\x11\x43ontrollerMessage\x12*\n\x07welcome\x18\n \x01(\x0b\x32\x17.schoolfleet.v1.WelcomeH\x00\x12*\n\x07\x63ommand\x18\x0b \x01(\x0b\x32\x17.schoolfleet.v1.CommandH\x00\x12\"\n\x03\x61\x63k\x18\x0c \x01(\x0b\x32\x13.schoolfleet.v1.AckH\x00\x42\x06\n\x04\x62ody2\xa7\x01\n\x0c\x41gentService\x12G\n\x06\x45nroll\x12\x1d.schoolfleet.v1.EnrollRequest\x1a\x1e.schoolfleet.v1.EnrollResponse\x12N\n\x07\x43onnect\x12\x1c.schoolfleet.v1.AgentMessage\x1a!.schoolfleet.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,31 +46,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_start=593
   _globals['_HEARTBEAT']._serialized_end=844
   _globals['_COMMANDRESULT']._serialized_start=847
-  _globals['_COMMANDRESULT']._serialized_end=1094
-  _globals['_COMMANDRESULT_STATUS']._serialized_start=1004
-  _globals['_COMMANDRESULT_STATUS']._serialized_end=1094
-  _globals['_AGENTMESSAGE']._serialized_start=1097
-  _globals['_AGENTMESSAGE']._serialized_end=1330
-  _globals['_LESSONEVENT']._serialized_start=1333
-  _globals['_LESSONEVENT']._serialized_end=1769
-  _globals['_LESSONEVENT_KIND']._serialized_start=1544
-  _globals['_LESSONEVENT_KIND']._serialized_end=1645
-  _globals['_LESSONEVENT_REASON']._serialized_start=1647
-  _globals['_LESSONEVENT_REASON']._serialized_end=1769
-  _globals['_WELCOME']._serialized_start=1772
-  _globals['_WELCOME']._serialized_end=2031
-  _globals['_PING']._serialized_start=2033
-  _globals['_PING']._serialized_end=2039
-  _globals['_COMMAND']._serialized_start=2042
-  _globals['_COMMAND']._serialized_end=2270
-  _globals['_LAUNCHLESSON']._serialized_start=2273
-  _globals['_LAUNCHLESSON']._serialized_end=2442
-  _globals['_ENDLESSON']._serialized_start=2444
-  _globals['_ENDLESSON']._serialized_end=2474
-  _globals['_ACK']._serialized_start=2476
-  _globals['_ACK']._serialized_end=2494
-  _globals['_CONTROLLERMESSAGE']._serialized_start=2497
-  _globals['_CONTROLLERMESSAGE']._serialized_end=2648
-  _globals['_AGENTSERVICE']._serialized_start=2651
-  _globals['_AGENTSERVICE']._serialized_end=2818
+  _globals['_COMMANDRESULT']._serialized_end=1145
+  _globals['_COMMANDRESULT_STATUS']._serialized_start=1055
+  _globals['_COMMANDRESULT_STATUS']._serialized_end=1145
+  _globals['_UPLINKMEASUREMENT']._serialized_start=1147
+  _globals['_UPLINKMEASUREMENT']._serialized_end=1198
+  _globals['_AGENTMESSAGE']._serialized_start=1201
+  _globals['_AGENTMESSAGE']._serialized_end=1434
+  _globals['_LESSONEVENT']._serialized_start=1437
+  _globals['_LESSONEVENT']._serialized_end=1873
+  _globals['_LESSONEVENT_KIND']._serialized_start=1648
+  _globals['_LESSONEVENT_KIND']._serialized_end=1749
+  _globals['_LESSONEVENT_REASON']._serialized_start=1751
+  _globals['_LESSONEVENT_REASON']._serialized_end=1873
+  _globals['_WELCOME']._serialized_start=1876
+  _globals['_WELCOME']._serialized_end=2135
+  _globals['_PING']._serialized_start=2137
+  _globals['_PING']._serialized_end=2143
+  _globals['_COMMAND']._serialized_start=2146
+  _globals['_COMMAND']._serialized_end=2431
+  _globals['_MEASUREUPLINK']._serialized_start=2433
+  _globals['_MEASUREUPLINK']._serialized_end=2516
+  _globals['_LAUNCHLESSON']._serialized_start=2519
+  _globals['_LAUNCHLESSON']._serialized_end=2688
+  _globals['_ENDLESSON']._serialized_start=2690
+  _globals['_ENDLESSON']._serialized_end=2720
+  _globals['_ACK']._serialized_start=2722
+  _globals['_ACK']._serialized_end=2740
+  _globals['_CONTROLLERMESSAGE']._serialized_start=2743
+  _globals['_CONTROLLERMESSAGE']._serialized_end=2894
+  _globals['_AGENTSERVICE']._serialized_start=2897
+  _globals['_AGENTSERVICE']._serialized_end=3064
 # @@protoc_insertion_point(module_scope)

@@ -125,7 +125,7 @@ class Hello(_message.Message):
     """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Features this agent handles, e.g. "ping"."""
+        """Features this agent handles, e.g. "ping", "lessons", "uplink" (MeasureUplink)."""
 
     @_builtins.property
     def os(self) -> _fleet_pb2.OsInfo: ...
@@ -231,11 +231,16 @@ class CommandResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    UPLINK_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     status: Global___CommandResult.Status.ValueType
     message: _builtins.str
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def uplink(self) -> Global___UplinkMeasurement:
+        """Set in the answer to MeasureUplink with STATUS_OK."""
+
     def __init__(
         self,
         *,
@@ -243,14 +248,43 @@ class CommandResult(_message.Message):
         status: Global___CommandResult.Status.ValueType = ...,
         message: _builtins.str = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        uplink: Global___UplinkMeasurement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "uplink", b"uplink"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "finished_at", b"finished_at", "message", b"message", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "finished_at", b"finished_at", "message", b"message", "status", b"status", "uplink", b"uplink"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CommandResult: _TypeAlias = CommandResult  # noqa: Y015
+
+@_typing.final
+class UplinkMeasurement(_message.Message):
+    """What a MeasureUplink transfer took."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BYTES_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    bytes: _builtins.int
+    """Received; fewer than asked when the timeout cut the transfer short (a slow
+    uplink is measured by what arrived).
+    """
+    seconds: _builtins.float
+    """From sending the request to the last byte received."""
+    def __init__(
+        self,
+        *,
+        bytes: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UplinkMeasurement: _TypeAlias = UplinkMeasurement  # noqa: Y015
 
 @_typing.final
 class AgentMessage(_message.Message):
@@ -465,6 +499,7 @@ class Command(_message.Message):
     PING_FIELD_NUMBER: _builtins.int
     LAUNCH_LESSON_FIELD_NUMBER: _builtins.int
     END_LESSON_FIELD_NUMBER: _builtins.int
+    MEASURE_UPLINK_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """Unique; the agent applies each command id at most once."""
     @_builtins.property
@@ -475,6 +510,8 @@ class Command(_message.Message):
     def launch_lesson(self) -> Global___LaunchLesson: ...
     @_builtins.property
     def end_lesson(self) -> Global___EndLesson: ...
+    @_builtins.property
+    def measure_uplink(self) -> Global___MeasureUplink: ...
     def __init__(
         self,
         *,
@@ -483,16 +520,54 @@ class Command(_message.Message):
         ping: Global___Ping | None = ...,
         launch_lesson: Global___LaunchLesson | None = ...,
         end_lesson: Global___EndLesson | None = ...,
+        measure_uplink: Global___MeasureUplink | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "end_lesson", b"end_lesson", "issued_at", b"issued_at", "launch_lesson", b"launch_lesson", "ping", b"ping"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "end_lesson", b"end_lesson", "issued_at", b"issued_at", "launch_lesson", b"launch_lesson", "measure_uplink", b"measure_uplink", "ping", b"ping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "command_id", b"command_id", "end_lesson", b"end_lesson", "issued_at", b"issued_at", "launch_lesson", b"launch_lesson", "ping", b"ping"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "command_id", b"command_id", "end_lesson", b"end_lesson", "issued_at", b"issued_at", "launch_lesson", b"launch_lesson", "measure_uplink", b"measure_uplink", "ping", b"ping"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["ping", "launch_lesson", "end_lesson"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["ping", "launch_lesson", "end_lesson", "measure_uplink"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class MeasureUplink(_message.Message):
+    """Measure the school's uplink: fetch `bytes` bytes over plain HTTP from the
+    controller's uplink endpoint and answer with CommandResult.uplink. The host is the
+    one in the agent's own controller address, never another: the command names only
+    the port and path. Agents with the "uplink" capability handle it; one transfer at a
+    time, at most 100,000,000 bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    port: _builtins.int
+    path: _builtins.str
+    """Starts with /uplink/ and names a one-use token."""
+    bytes: _builtins.int
+    timeout_seconds: _builtins.int
+    """The transfer stops after this many seconds, with what arrived by then."""
+    def __init__(
+        self,
+        *,
+        port: _builtins.int = ...,
+        path: _builtins.str = ...,
+        bytes: _builtins.int = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "path", b"path", "port", b"port", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeasureUplink: _TypeAlias = MeasureUplink  # noqa: Y015
 
 @_typing.final
 class LaunchLesson(_message.Message):

@@ -1,0 +1,63 @@
+"""AdminService's infrastructure calls, for AdminClient (cli/client.py): the inventory
+import, access points and servers, and trusting a server's host key.
+
+A mixin so that ``with client() as c: c.servers(None)`` reads like every other call;
+the stub and the gRPC-to-CliError mapping are AdminClient's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from protos.schoolfleet.v1 import admin_pb2
+
+if TYPE_CHECKING:
+    import grpc
+
+    from cli.client import Req, Resp
+    from protos.schoolfleet.v1 import admin_pb2_grpc
+
+
+class InfraCalls:
+    """Access points, servers and the inventory; answers are the controller's messages."""
+
+    _stub: admin_pb2_grpc.AdminServiceStub
+
+    if TYPE_CHECKING:
+
+        def _call(self, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp: ...
+
+    def import_inventory(
+        self, source: str, items: Sequence[admin_pb2.InventoryItem], dry_run: bool
+    ) -> admin_pb2.ImportInventoryResponse:
+        """Sends inventory rows; the answer counts what changed and lists refused rows."""
+        request = admin_pb2.ImportInventoryRequest(source=source, items=items, dry_run=dry_run)
+        return self._call(self._stub.ImportInventory, request)
+
+    def access_points(
+        self, school_id: str | None, down_only: bool, page_size: int = 1000
+    ) -> Iterator[admin_pb2.InfraTarget]:
+        """Every access point matching the filters, fetched page by page."""
+        request = admin_pb2.ListAccessPointsRequest(
+            school_id=school_id or "", down_only=down_only, page_size=page_size
+        )
+        while True:
+            response = self._call(self._stub.ListAccessPoints, request)
+            yield from response.access_points
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def servers(self, school_id: str | None, down_only: bool) -> list[admin_pb2.InfraTarget]:
+        """Servers of one school, or of every school the caller may see."""
+        request = admin_pb2.ListServersRequest(school_id=school_id or "", down_only=down_only)
+        return list(self._call(self._stub.ListServers, request).servers)
+
+    def server(self, server_id: str) -> admin_pb2.InfraTarget:
+        """One server; NotFound if the inventory has none by that id."""
+        return self._call(self._stub.GetServer, admin_pb2.GetServerRequest(server_id=server_id))
+
+    def trust_server_key(self, server_id: str, fingerprint: str) -> admin_pb2.InfraTarget:
+        """Pins the key the server presents, if it is still the one with ``fingerprint``."""
+        request = admin_pb2.TrustServerKeyRequest(server_id=server_id, fingerprint=fingerprint)
+        return self._call(self._stub.TrustServerKey, request)

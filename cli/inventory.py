@@ -1,0 +1,206 @@
+"""schoolctl inventory, aps and servers: import the schools' infrastructure, see the
+access points and servers with their probes, and trust a server's SSH host key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from cli import render_infra as render
+from cli.errors import CliError, DeviceUnavailable, RequestRefused
+from cli.imports import ImportReport, in_parts
+from cli.options import JsonFlag, client, err, out, print_json
+from inventory.infra import Room, School
+from inventory.infra_file import InventoryFileError, open_inventory
+from inventory.infra_rows import InventoryRow, check_inventory
+from protos.mapping_infra import item_to_pb
+from protos.schoolfleet.v1 import admin_pb2
+
+inventory_app = typer.Typer(
+    help="The schools' infrastructure: import schools, rooms, Wi-Fi access points and "
+    "servers from a CSV or YAML file.",
+    no_args_is_help=True,
+)
+aps_app = typer.Typer(
+    help="Wi-Fi access points: up or down by the controller's probes, and what the "
+    "devices around them see.",
+    no_args_is_help=True,
+)
+servers_app = typer.Typer(
+    help="School servers: probes, facts read over SSH, and their SSH host keys.",
+    no_args_is_help=True,
+)
+SchoolOption = Annotated[str | None, typer.Option("--school", help="Only this school.")]
+
+
+def _by_school(rows: Sequence[InventoryRow]) -> list[list[admin_pb2.InventoryItem]]:
+    """A school's rows together, its school row and rooms first, so that each part the
+    controller checks holds what its rows refer to."""
+    groups: dict[str, list[InventoryRow]] = {}
+    for row in rows:
+        groups.setdefault(row.item.school_id, []).append(row)
+
+    def order(row: InventoryRow) -> int:
+        return 0 if isinstance(row.item, School) else 1 if isinstance(row.item, Room) else 2
+
+    return [[item_to_pb(r) for r in sorted(g, key=order)] for g in groups.values()]
+
+
+@inventory_app.command(
+    "import", short_help="Import schools, rooms, access points and servers from a file."
+)
+def inventory_import(
+    path: Annotated[
+        Path,
+        typer.Argument(metavar="FILE", help="An inventory, .csv or .yaml.", show_default=False),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check every row; store nothing.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import schools, rooms, access points and servers. Every row is checked; each bad
+    row is reported with its line and reason, the good ones are stored (nothing else is
+    removed). The same file again changes nothing.
+
+    CSV: one table with a type column (school, room, ap or server) and
+    the columns type,id,school,room,name,location,model,mac,bssids,
+    address,ssh_user,ssh_port. A cell that does not apply to its row's
+    type stays empty; bssids are separated by spaces or ';'.
+
+    YAML: {schools: [...], rooms: [...], access_points: [...],
+    servers: [...]}, each a list of mappings with those field names
+    (bssids may be a list).
+
+    A room, access point or server needs its school in the file or
+    imported before; an address is an IP address or a host name.
+    Exits 1 if any row was refused, 2 if the file cannot be read."""
+    try:
+        parsed = list(open_inventory(path).rows())
+    except InventoryFileError as exc:
+        raise RequestRefused(str(exc)) from None
+    # The file's own contradictions here; the controller checks every row again
+    # against what it stores (schools, rooms, BSSIDs) and the caller's schools.
+    good, refused = check_inventory(parsed, None)
+    report = ImportReport(
+        path,
+        len(parsed),
+        dry_run,
+        {"added": 0, "updated": 0, "unchanged": 0},
+        [(e.line, e.message) for e in refused],
+    )
+    if good:
+        with client() as c:
+            for part in in_parts(_by_school(good)):
+                report.add(c.import_inventory(path.name, part, dry_run))
+    report.show(as_json)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+DownFlag = Annotated[bool, typer.Option("--down", help="Only those the latest probe found down.")]
+Target = admin_pb2.InfraTarget
+
+
+def _show(
+    targets: Iterable[Target],
+    what: str,
+    filtered: bool,
+    as_json: bool,
+    to_json: Callable[[Target, float], dict[str, Any]],
+    table: Callable[[list[Target], float], Table],
+) -> None:
+    found = sorted(targets, key=lambda t: (t.school_id, t.target_id))
+    now = time.time()
+    if as_json:
+        print_json([to_json(t, now) for t in found])
+    elif not found:
+        err.print(f"no {what} match" if filtered else f"no {what} imported")
+    else:
+        out.print(table(found, now))
+
+
+@aps_app.command("list", short_help="Access points: up or down, devices associated, median signal.")
+def aps_list(
+    school: SchoolOption = None, down: DownFlag = False, as_json: JsonFlag = False
+) -> None:
+    """Access points with their state (up, down and why, or unknown: never probed),
+    when they were last probed, the devices associated with them and their median
+    signal, and when a device last saw one of their BSSIDs (flagged after a day)."""
+    with client() as c:
+        aps = list(c.access_points(school, down))
+    _show(aps, "access points", bool(school or down), as_json, render.ap_json, render.aps_table)
+
+
+@servers_app.command(
+    "list", short_help="Servers: up or down, uptime, load, memory, disk, host key."
+)
+def servers_list(
+    school: SchoolOption = None, down: DownFlag = False, as_json: JsonFlag = False
+) -> None:
+    """Servers with their state, the facts their SSH probe read (uptime, load, memory,
+    disk) and their host key: pinned, seen-not-trusted, or none."""
+    with client() as c:
+        servers = c.servers(school, down)
+    filtered = bool(school or down)
+    _show(servers, "servers", filtered, as_json, render.server_json, render.servers_table)
+
+
+ServerId = Annotated[str, typer.Argument(metavar="ID", help="The server's id.")]
+
+
+@servers_app.command("show", short_help="One server: its probe, facts and host keys.")
+def servers_show(server_id: ServerId, as_json: JsonFlag = False) -> None:
+    """One server: its latest probe, facts (uptime, load, memory, disk) and host keys:
+    the pinned one, and one seen but not trusted, with their SHA256 fingerprints."""
+    with client() as c:
+        server = c.server(server_id)
+    if as_json:
+        print_json(render.server_json(server, time.time()))
+    else:
+        out.print(render.server_detail(server, time.time()))
+
+
+@servers_app.command("trust", short_help="Pin the SSH host key a server presents.")
+def servers_trust(
+    server_id: ServerId,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Pin the SSH host key the server presented to the controller's probe: from then
+    on its facts are collected, and any other key is refused as a changed key.
+
+    Compare the fingerprint with the server's own before you say yes:
+    ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on its console."""
+    with client() as c:
+        server = c.server(server_id)
+        if not server.HasField("seen_key"):
+            if server.HasField("pinned_key"):
+                raise CliError(
+                    f"{server_id}: key {server.pinned_key.fingerprint} is pinned and no "
+                    "other key was seen: nothing to trust"
+                )
+            raise DeviceUnavailable(
+                f"{server_id}: no host key seen yet; wait for its next probe "
+                f"(schoolctl servers show {server_id})"
+            )
+        seen = server.seen_key
+        err.print(
+            f"{server_id} ({server.address}) presents {seen.key_type} {seen.fingerprint}",
+            markup=False,
+        )
+        if server.HasField("pinned_key"):
+            err.print(f"it replaces the pinned key {server.pinned_key.fingerprint}", markup=False)
+        if not yes and not typer.confirm("Trust this key?"):
+            raise typer.Exit(1)
+        trusted = c.trust_server_key(server_id, seen.fingerprint)
+    if as_json:
+        print_json(render.server_json(trusted, time.time()))
+    else:
+        key = trusted.pinned_key
+        out.print(f"{server_id}: pinned {key.key_type} {key.fingerprint}", markup=False)

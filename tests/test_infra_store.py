@@ -1,0 +1,242 @@
+"""The infrastructure in the SQLite store: inventory imports, probes, host keys, and
+what devices see of the Wi-Fi."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from controller.errors import StoreError
+from controller.infra_metrics import InfraCollector
+from controller.store.infra_protocol import InfraCensus, InventoryCounts
+from controller.store.sqlite import SqliteStore
+from inventory.infra import (
+    AccessPoint,
+    HostKey,
+    ProbeResult,
+    ProbeTarget,
+    Room,
+    School,
+    Server,
+    TargetKind,
+)
+
+T0 = 1_800_000_000.0
+AP1 = AccessPoint(
+    "ap-1", "s1", "10.1.0.11", "r101", "2nd floor", "U6", "aa:bb:cc:00:00:01",
+    ("aa:bb:cc:00:01:01", "aa:bb:cc:00:01:02"), "root", 22,
+)  # fmt: skip
+AP2 = AccessPoint("ap-2", "s1", "10.1.0.12", bssids=("aa:bb:cc:00:02:01",))
+AP3 = AccessPoint("ap-3", "s2", "ap3.s2.example")
+SRV1 = Server("srv-1", "s1", "10.1.0.2", "admin", 2222)
+SRV2 = Server("srv-2", "s2", "10.2.0.2")
+KEY_A = HostKey(
+    "ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+)
+KEY_B = HostKey(
+    "ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIBmxpAUeJGW7sFzt8Fc6oX6LTaYELTo8gkRiIh0qPHSp"
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "c.db")
+    s.save_inventory(
+        [School("s1", "School 1"), School("s2")],
+        [Room("s1", "r101")],
+        [AP1, AP2, AP3],
+        [SRV1, SRV2],
+        T0,
+    )
+    yield s
+    s.close()
+
+
+def probe(kind: TargetKind, target_id: str, up: bool, at: float = T0, **kw: object) -> ProbeResult:
+    base = ProbeResult(kind, target_id, up, "" if up else "connection refused", 0.01, at)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def seen_by_devices(
+    store: SqliteStore, rows: list[tuple[str, str, float | None]], at: float
+) -> None:
+    """What the ingest of the agents' Wi-Fi reports writes (device, BSSID, signal)."""
+    for device_id, bssid, signal in rows:
+        store._write(
+            "INSERT OR REPLACE INTO device_wifi VALUES (?, ?, ?, ?)", (device_id, bssid, signal, at)
+        )
+        store._write("INSERT OR REPLACE INTO bssid_seen VALUES (?, ?)", (bssid, at))
+
+
+def test_an_import_adds_then_changes_nothing_then_updates(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "c.db")
+    schools, rooms = [School("s1", "One")], [Room("s1", "r1"), Room("s1", "r2")]
+    assert s.save_inventory(schools, rooms, [AP1], [SRV1], T0) == InventoryCounts(5, 0, 0)
+    assert s.save_inventory(schools, rooms, [AP1], [SRV1], T0 + 1) == InventoryCounts(0, 0, 5)
+    moved = replace(AP1, address="10.1.0.99", bssids=("aa:bb:cc:00:01:01", "aa:bb:cc:00:01:03"))
+    renamed = [School("s1", "School One")]
+    assert s.save_inventory(renamed, [], [moved], [replace(SRV1, ssh_port=22)], T0 + 2) == (
+        InventoryCounts(0, 3, 0)
+    )
+    assert s.known_rooms([("s1", "r1"), ("s1", "r2"), ("s1", "r3")]) == {("s1", "r1"), ("s1", "r2")}
+    assert s.known_schools(["s1", "s9"]) == {"s1"}
+    assert s.bssid_owners(["aa:bb:cc:00:01:02", "aa:bb:cc:00:01:03"]) == {
+        "aa:bb:cc:00:01:03": "ap-1"
+    }
+    [status] = s.list_access_points(None, None)
+    assert status.access_point == moved
+    s.close()
+
+
+def test_a_bssid_of_another_access_point_stores_nothing(store: SqliteStore) -> None:
+    thief = replace(AP3, bssids=("aa:bb:cc:00:02:01",))
+    with pytest.raises(StoreError, match="UNIQUE"):
+        store.save_inventory([School("s3")], [], [thief], [], T0 + 1)
+    assert store.known_schools(["s3"]) == set()
+    assert store.bssid_owners(["aa:bb:cc:00:02:01"]) == {"aa:bb:cc:00:02:01": "ap-2"}
+
+
+def test_target_schools(store: SqliteStore) -> None:
+    assert store.target_schools(TargetKind.AP, ["ap-1", "ap-3", "nope"]) == {
+        "ap-1": "s1",
+        "ap-3": "s2",
+    }
+    assert store.target_schools(TargetKind.SERVER, ["srv-2"]) == {"srv-2": "s2"}
+
+
+def test_access_points_show_their_probe_and_the_view_from_below(store: SqliteStore) -> None:
+    seen_by_devices(
+        store,
+        [("p1", "aa:bb:cc:00:01:01", -50), ("p2", "aa:bb:cc:00:01:02", -70),
+         ("p3", "aa:bb:cc:00:01:02", -62), ("p4", "aa:bb:cc:00:01:01", None),
+         ("p5", "ff:ff:ff:00:00:01", -40)],
+        T0 - 10,
+    )  # fmt: skip
+    store._write("UPDATE bssid_seen SET seen_at = ? WHERE bssid = ?", (T0 - 5, "aa:bb:cc:00:01:02"))
+    store.record_probes([probe(TargetKind.AP, "ap-1", True), probe(TargetKind.AP, "ap-2", False)])
+    aps = {a.target.target_id: a for a in store.list_access_points(None, None)}
+    assert list(aps) == ["ap-1", "ap-2", "ap-3"]
+    one = aps["ap-1"]
+    assert (one.devices, one.median_signal_dbm, one.last_seen_by_device) == (4, -62, T0 - 5)
+    assert one.latest is not None and one.latest.up
+    assert one.access_point == AP1
+    assert one.target == ProbeTarget(TargetKind.AP, "ap-1", "s1", "10.1.0.11", "root", 22)
+    two = aps["ap-2"]
+    assert (two.devices, two.median_signal_dbm, two.last_seen_by_device) == (0, None, None)
+    assert two.latest is not None and two.latest.reason == "connection refused"
+    assert aps["ap-3"].latest is None
+
+    assert [a.target.target_id for a in store.list_access_points("s2", None)] == ["ap-3"]
+    assert [a.target.target_id for a in store.list_access_points(None, frozenset({"s2"}))] == [
+        "ap-3"
+    ]
+    assert [a.target.target_id for a in store.list_access_points(None, None, down_only=True)] == [
+        "ap-2"
+    ]
+    page = store.list_access_points(None, None, after_id="ap-1", limit=1)
+    assert [a.target.target_id for a in page] == ["ap-2"]
+
+
+def test_an_older_probe_does_not_replace_a_newer_one(store: SqliteStore) -> None:
+    store.record_probes([probe(TargetKind.SERVER, "srv-1", True, T0, facts={"load1": 0.5})])
+    store.record_probes([probe(TargetKind.SERVER, "srv-1", False, T0 - 60)])
+    server = store.get_server("srv-1")
+    assert server is not None and server.latest is not None
+    assert (server.latest.up, server.latest.facts) == (True, {"load1": 0.5})
+    assert store.get_server("nope") is None
+    assert [s.target.target_id for s in store.list_servers("s2", None)] == ["srv-2"]
+
+
+def test_a_seen_key_is_pinned_only_by_trust(store: SqliteStore) -> None:
+    assert store.trust_host_key(TargetKind.SERVER, "srv-1", T0) is None, "nothing seen yet"
+    store.record_probes(
+        [probe(TargetKind.SERVER, "srv-1", True, reason="host key not trusted", seen_key=KEY_A)]
+    )
+    targets = {t.target_id: t for t in store.probe_targets()}
+    assert set(targets) == {"ap-1", "ap-2", "ap-3", "srv-1", "srv-2"}
+    assert targets["srv-1"].pinned_key is None
+    server = store.get_server("srv-1")
+    assert server is not None and server.latest is not None
+    assert server.latest.seen_key == KEY_A and server.target.pinned_key is None
+
+    assert store.trust_host_key(TargetKind.SERVER, "srv-1", T0 + 1, expected=KEY_B) is None
+    assert store.trust_host_key(TargetKind.SERVER, "srv-1", T0 + 1, expected=KEY_A) == KEY_A
+    pinned = {t.target_id: t.pinned_key for t in store.probe_targets()}
+    assert pinned["srv-1"] == KEY_A and pinned["srv-2"] is None
+    server = store.get_server("srv-1")
+    assert server is not None and server.latest is not None and server.latest.seen_key is None
+
+    # The key changes: seen, not trusted, until trust pins the new one.
+    store.record_probes(
+        [
+            probe(
+                TargetKind.SERVER, "srv-1", False, T0 + 2, reason="host key changed", seen_key=KEY_B
+            )
+        ]
+    )
+    server = store.get_server("srv-1")
+    assert server is not None and server.latest is not None
+    assert (server.target.pinned_key, server.latest.seen_key) == (KEY_A, KEY_B)
+    # It changes back: nothing is left to trust.
+    store.record_probes([probe(TargetKind.SERVER, "srv-1", True, T0 + 3, seen_key=KEY_A)])
+    assert store.trust_host_key(TargetKind.SERVER, "srv-1", T0 + 4) is None
+    assert {t.target_id: t.pinned_key for t in store.probe_targets()}["srv-1"] == KEY_A
+
+
+def test_counts_by_school_kind_and_state(store: SqliteStore) -> None:
+    seen_by_devices(store, [("p1", "aa:bb:cc:00:01:01", -50)], T0 - 3600)
+    seen_by_devices(store, [("p2", "aa:bb:cc:00:02:01", -50)], T0 - 3 * 86400)
+    store.record_probes(
+        [probe(TargetKind.AP, "ap-1", True), probe(TargetKind.AP, "ap-2", False),
+         probe(TargetKind.SERVER, "srv-2", False)]
+    )  # fmt: skip
+    assert store.infra_census(T0 - 86400) == [
+        InfraCensus("s1", TargetKind.AP, 1, 1, 0, 1),
+        InfraCensus("s2", TargetKind.AP, 0, 0, 1, 1),
+        InfraCensus("s1", TargetKind.SERVER, 0, 0, 1, 0),
+        InfraCensus("s2", TargetKind.SERVER, 0, 1, 0, 0),
+    ]
+    assert store.infra_counts() == [
+        ("s1", TargetKind.AP, 1, 1),
+        ("s2", TargetKind.AP, 0, 0),
+        ("s1", TargetKind.SERVER, 0, 0),
+        ("s2", TargetKind.SERVER, 0, 1),
+    ]
+
+
+def test_the_gauges_grow_with_schools_never_with_access_points(store: SqliteStore) -> None:
+    registry = CollectorRegistry()
+    registry.register(InfraCollector(store, now=lambda: T0))
+    store.record_probes(
+        [probe(TargetKind.AP, "ap-2", False), probe(TargetKind.SERVER, "srv-1", True)]
+    )
+
+    def value(name: str, school: str, state: str | None = None) -> float | None:
+        labels = {"school": school} if state is None else {"school": school, "state": state}
+        return registry.get_sample_value(f"schoolfleet_{name}", labels)
+
+    def series() -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+        return {
+            (s.name, tuple(sorted(s.labels.items())))
+            for family in registry.collect()
+            for s in family.samples
+        }
+
+    before = series()
+    assert len(before) == 2 * 3 + 2 * 3 + 2, "per school: 3 AP states, 3 server states, unseen"
+    assert (value("access_points", "s1", "down"), value("access_points", "s1", "unknown")) == (1, 1)
+    assert value("servers", "s1", "up") == 1
+    assert value("access_points_unseen", "s2") == 1
+    many = [AccessPoint(f"ap-x{n}", "s1", f"10.9.{n // 250}.{n % 250 + 1}") for n in range(500)]
+    store.save_inventory([], [], many, [], T0)
+    assert series() == before
+    assert value("access_points", "s1", "unknown") == 501
+
+
+def test_a_fingerprint_is_what_ssh_keygen_shows() -> None:
+    assert KEY_A.fingerprint().startswith("SHA256:") and len(KEY_A.fingerprint()) == 50
+    assert HostKey("ssh-ed25519", "not base64!").fingerprint() == "SHA256:(not base64)"
