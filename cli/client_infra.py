@@ -1,5 +1,5 @@
 """AdminService's infrastructure calls, for AdminClient (cli/client.py): the inventory
-import, access points and servers, and trusting a server's host key.
+import, access points, unknown BSSIDs and servers, and trusting a server's host key.
 
 A mixin so that ``with client() as c: c.servers(None)`` reads like every other call;
 the stub and the gRPC-to-CliError mapping are AdminClient's."""
@@ -47,6 +47,12 @@ class InfraCalls:
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+    def unknown_bssids(self, school_id: str | None) -> admin_pb2.ListUnknownBssidsResponse:
+        """BSSIDs devices name that no access point has, of one school or every school
+        the caller may see (``more``: those left out of a long answer)."""
+        request = admin_pb2.ListUnknownBssidsRequest(school_id=school_id or "")
+        return self._call(self._stub.ListUnknownBssids, request)
 
     def servers(self, school_id: str | None, down_only: bool) -> list[admin_pb2.InfraTarget]:
         """Servers of one school, or of every school the caller may see."""

@@ -1,5 +1,6 @@
 """schoolctl inventory, aps and servers: import the schools' infrastructure, see the
-access points and servers with their probes, and trust a server's SSH host key."""
+access points and servers with their probes and the BSSIDs devices name that no
+access point has, and trust a server's SSH host key."""
 
 from __future__ import annotations
 
@@ -134,7 +135,31 @@ def aps_list(
     signal, and when a device last saw one of their BSSIDs (flagged after a day)."""
     with client() as c:
         aps = list(c.access_points(school, down))
+        unknown = None if as_json else c.unknown_bssids(school)
     _show(aps, "access points", bool(school or down), as_json, render.ap_json, render.aps_table)
+    if unknown is not None and (count := len(unknown.bssids) + unknown.more):
+        out.print(render.unknown_hint(count), markup=False)
+
+
+@aps_app.command(
+    "unknown", short_help="BSSIDs devices are associated with that no access point has."
+)
+def aps_unknown(school: SchoolOption = None, as_json: JsonFlag = False) -> None:
+    """BSSIDs devices are associated with that no access point in the inventory has
+    (a missing inventory row, or an access point that is not ours): per school, how
+    many devices' latest report names one, their median signal, and when the latest
+    such report came. A missing row is added with schoolctl inventory import."""
+    with client() as c:
+        answer = c.unknown_bssids(school)
+    found = list(answer.bssids)
+    if as_json:
+        print_json([render.unknown_json(u) for u in found])
+    elif not found:
+        err.print("no BSSIDs seen by devices are missing from the inventory")
+    else:
+        out.print(render.unknown_table(found, time.time()))
+    if answer.more:
+        err.print(f"{answer.more} more not shown: ask for one school with --school")
 
 
 @servers_app.command(

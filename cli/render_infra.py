@@ -1,4 +1,5 @@
-"""Access points and servers for people (rich tables) and for scripts (plain dicts)."""
+"""Access points, unknown BSSIDs and servers for people (rich tables) and for scripts
+(plain dicts)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,48 @@ def ap_json(t: admin_pb2.InfraTarget, now: float) -> dict[str, Any]:
         "last_seen_by_device": iso(_last_seen(t)),
         "unseen_for_a_day": unseen(t, now),
     }
+
+
+def _unknown_signal(u: admin_pb2.UnknownBssid) -> float | None:
+    return u.median_signal_dbm if u.HasField("median_signal_dbm") else None
+
+
+def unknown_json(u: admin_pb2.UnknownBssid) -> dict[str, Any]:
+    """A BSSID no access point has, as a plain dict with an ISO time."""
+    return {
+        "school_id": u.school_id,
+        "bssid": u.bssid,
+        "devices": u.devices,
+        "median_signal_dbm": _unknown_signal(u),
+        "last_seen": iso(seconds(u.last_seen)),
+    }
+
+
+def unknown_table(found: list[admin_pb2.UnknownBssid], now: float) -> Table:
+    """One row per school and BSSID."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("BSSID", "SCHOOL", "DEVICES"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("SIGNAL", no_wrap=True, justify="right")
+    table.add_column("SEEN", no_wrap=True)
+    for u in found:
+        signal = _unknown_signal(u)
+        table.add_row(
+            u.bssid,
+            u.school_id,
+            str(u.devices),
+            f"{signal:.0f} dBm" if signal is not None else "-",
+            f"{age(seconds(u.last_seen), now)} ago",
+        )
+    return table
+
+
+def unknown_hint(count: int) -> str:
+    """The line `schoolctl aps list` ends with when devices name BSSIDs no access
+    point has."""
+    if count == 1:
+        return "1 BSSID seen by devices is not in the inventory: schoolctl aps unknown"
+    return f"{count} BSSIDs seen by devices are not in the inventory: schoolctl aps unknown"
 
 
 def server_json(t: admin_pb2.InfraTarget, now: float) -> dict[str, Any]:

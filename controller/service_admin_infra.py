@@ -1,6 +1,6 @@
 """AdminService's infrastructure: import the inventory (schools, rooms, access points,
-servers), list access points and servers with their probes, and pin a server's SSH
-host key."""
+servers), list access points and servers with their probes, list the BSSIDs devices
+name that no access point has, and pin a server's SSH host key."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ from controller.admin_guard import Call, Guard, Refused, guarded, invalid, not_f
 from controller.service_imports import import_done
 from controller.store import Store
 from controller.store.infra_protocol import InventoryCounts
-from inventory.infra import AccessPoint, Room, School, Server, TargetKind, TargetStatus
+from inventory.infra import (
+    AccessPoint,
+    Room,
+    School,
+    Server,
+    TargetKind,
+    TargetStatus,
+    UnknownBssid,
+)
 from inventory.infra_rows import (
     InventoryRow,
     StoredInventory,
@@ -27,13 +35,16 @@ from inventory.infra_rows import (
 from inventory.model import valid_id
 from inventory.people import Outcome
 from inventory.row_fields import RowError
-from protos.mapping_infra import item_fields, target_to_pb
+from protos.mapping_infra import item_fields, target_to_pb, unknown_bssid_to_pb
 from protos.schoolfleet.v1 import admin_pb2
 
 # Rows in one import: a city is ~80,000 (schools, rooms, access points, servers); sent
 # in parts of at most 512 KiB by schoolctl.
 IMPORT_MAX = 200_000
 PAGE_DEFAULT, PAGE_MAX = 500, 1000
+# Unknown BSSIDs in one answer (~60 bytes each): a longer city-wide list means a
+# missing inventory, not a list to read; one school's is asked for then.
+UNKNOWN_MAX = 5000
 
 
 def _school_filter(school_id: str, call: Call) -> str | None:
@@ -166,6 +177,18 @@ class InfraHandlers:
         )
         found: list[TargetStatus] = await self.guard.off_loop(query)
         return admin_pb2.ListServersResponse(servers=[target_to_pb(t) for t in found])
+
+    @guarded("aps.unknown", Need.READ)
+    async def ListUnknownBssids(
+        self, request: admin_pb2.ListUnknownBssidsRequest, call: Call
+    ) -> admin_pb2.ListUnknownBssidsResponse:
+        school_id = _school_filter(request.school_id, call)
+        schools = frozenset({school_id}) if school_id else call.who.scope
+        found: list[UnknownBssid] = await self.guard.off_loop(self._store.unknown_bssids, schools)
+        return admin_pb2.ListUnknownBssidsResponse(
+            bssids=[unknown_bssid_to_pb(u) for u in found[:UNKNOWN_MAX]],
+            more=max(0, len(found) - UNKNOWN_MAX),
+        )
 
     async def _server(self, server_id: str, call: Call, need: Need) -> TargetStatus:
         if not valid_id(server_id):

@@ -126,3 +126,17 @@ class TargetStatus:
     last_seen_by_device: float | None = None
     # Access points: the inventory's row (room, location, model, MAC, BSSIDs).
     access_point: AccessPoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownBssid:
+    """A BSSID a school's devices are associated with that no access point in the
+    inventory has: a missing inventory row, or an access point that is not ours."""
+
+    school_id: str
+    bssid: str
+    # The school's devices whose latest report names it, and their median signal.
+    devices: int
+    median_signal_dbm: float | None
+    # The latest of those reports.
+    last_seen: float

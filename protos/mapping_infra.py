@@ -3,7 +3,7 @@ API's messages: rows schoolctl sends, targets the controller answers with."""
 
 from __future__ import annotations
 
-from inventory.infra import AccessPoint, HostKey, Room, School, TargetStatus
+from inventory.infra import AccessPoint, HostKey, Room, School, TargetStatus, UnknownBssid
 from inventory.infra_rows import InventoryRow, ItemKind
 from protos.mapping import timestamp
 from protos.schoolfleet.v1 import admin_pb2
@@ -105,4 +105,14 @@ def target_to_pb(status: TargetStatus) -> admin_pb2.InfraTarget:
         out.median_signal_dbm = status.median_signal_dbm
     if status.last_seen_by_device is not None:
         out.last_seen_by_device.CopyFrom(timestamp(status.last_seen_by_device))
+    return out
+
+
+def unknown_bssid_to_pb(u: UnknownBssid) -> admin_pb2.UnknownBssid:
+    """A BSSID no access point has, as the admin API shows it."""
+    out = admin_pb2.UnknownBssid(
+        school_id=u.school_id, bssid=u.bssid, devices=u.devices, last_seen=timestamp(u.last_seen)
+    )
+    if u.median_signal_dbm is not None:
+        out.median_signal_dbm = u.median_signal_dbm
     return out

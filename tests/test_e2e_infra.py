@@ -152,6 +152,18 @@ def test_import_list_and_count_the_infrastructure(controller: Controller, tmp_pa
     assert one["unseen_for_a_day"] is False
     table = schoolctl(c.address, "aps", "list")
     assert "not seen by any device for a day" in table.out and "connection refused" in table.out
+    # p4's BSSID is no access point's: listed, and pointed at by the list's last line.
+    unknown = _json(c, "aps", "unknown")
+    assert [
+        (u["school_id"], u["bssid"], u["devices"], u["median_signal_dbm"]) for u in unknown
+    ] == [("s1", "aa:bb:cc:99:99:99", 1, -40)]
+    assert table.out.rstrip().splitlines()[-1] == (
+        "1 BSSID seen by devices is not in the inventory: schoolctl aps unknown"
+    )
+    assert "not in the inventory" not in schoolctl(c.address, "aps", "list", "--json").out
+    people = schoolctl(c.address, "aps", "unknown", "--school", "s1")
+    assert people.code == 0 and "aa:bb:cc:99:99:99" in people.out, people
+    assert _json(c, "aps", "unknown", "--school", "s2") == []
 
     # A server's key: seen, shown with its fingerprint, pinned by trust.
     shown = _json(c, "servers", "show", "srv-1")
@@ -172,6 +184,8 @@ def test_import_list_and_count_the_infrastructure(controller: Controller, tmp_pa
     assert metrics['schoolfleet_access_points{school="s1",state="unknown"}'] == 1
     assert metrics['schoolfleet_access_points{school="s2",state="unknown"}'] == 1
     assert metrics['schoolfleet_access_points_unseen{school="s1"}'] == 2
+    assert metrics['schoolfleet_devices_on_unknown_bssids{school="s1"}'] == 1
+    assert metrics['schoolfleet_devices_on_unknown_bssids{school="s2"}'] == 0
     assert metrics['schoolfleet_servers{school="s1",state="up"}'] == 1
     assert metrics['schoolfleet_servers{school="s2",state="unknown"}'] == 1
     audit = _json(c, "audit", "--action", "servers.trust")
@@ -206,6 +220,8 @@ def test_school_it_imports_and_sees_only_their_schools(
     other = schoolctl(c.address, "aps", "list", "--school", "s1", token=it2)
     assert other.code == 6 and "may not aps.list in school s1" in other.err
     assert schoolctl(c.address, "servers", "show", "srv-1", token=it2).code == 6
+    assert _json(c, "aps", "unknown", token=it2) == []
+    assert schoolctl(c.address, "aps", "unknown", "--school", "s1", token=it2).code == 6
     denied = _json(c, "audit", "--actor", "it2", "--outcome", "denied")
     assert ("inventory.import", "s1") in {(e["action"], e["school_id"]) for e in denied}
 

@@ -23,7 +23,9 @@ from inventory.infra import (
     School,
     Server,
     TargetKind,
+    UnknownBssid,
 )
+from tests.test_store_sqlite import ident
 
 T0 = 1_800_000_000.0
 AP1 = AccessPoint(
@@ -227,7 +229,9 @@ def test_the_gauges_grow_with_schools_never_with_access_points(store: SqliteStor
         }
 
     before = series()
-    assert len(before) == 2 * 3 + 2 * 3 + 2, "per school: 3 AP states, 3 server states, unseen"
+    assert len(before) == 2 * 3 + 2 * 3 + 2 + 2, (
+        "per school: 3 AP states, 3 server states, unseen, devices on unknown BSSIDs"
+    )
     assert (value("access_points", "s1", "down"), value("access_points", "s1", "unknown")) == (1, 1)
     assert value("servers", "s1", "up") == 1
     assert value("access_points_unseen", "s2") == 1
@@ -235,6 +239,49 @@ def test_the_gauges_grow_with_schools_never_with_access_points(store: SqliteStor
     store.save_inventory([], [], many, [], T0)
     assert series() == before
     assert value("access_points", "s1", "unknown") == 501
+
+
+def test_bssids_no_access_point_has_are_listed_by_the_devices_school(
+    store: SqliteStore,
+) -> None:
+    for n, (device, school) in enumerate(
+        [("p1", "s1"), ("p5", "s1"), ("p6", "s1"), ("p7", "s2"), ("p8", "s2")]
+    ):
+        store.device_connected(ident(device, school), n + 1, 90, T0 - 20)
+    seen_by_devices(
+        store,
+        [("p1", "aa:bb:cc:00:01:01", -50), ("p5", "ff:ff:ff:00:00:01", -40),
+         ("p7", "ff:ff:ff:00:00:01", None), ("p8", "ff:ff:ff:00:00:02", -70)],
+        T0 - 10,
+    )  # fmt: skip
+    seen_by_devices(store, [("p6", "ff:ff:ff:00:00:01", -50)], T0 - 5)
+    # A report from a device the store has no row of is no school's.
+    seen_by_devices(store, [("ghost", "ff:ff:ff:00:00:03", -30)], T0 - 5)
+    s2 = [
+        UnknownBssid("s2", "ff:ff:ff:00:00:01", 1, None, T0 - 10),
+        UnknownBssid("s2", "ff:ff:ff:00:00:02", 1, -70, T0 - 10),
+    ]
+    assert store.unknown_bssids(None) == [
+        UnknownBssid("s1", "ff:ff:ff:00:00:01", 2, -45, T0 - 5),
+        *s2,
+    ]
+    assert store.unknown_bssids(frozenset({"s2", "s9"})) == s2
+    assert store.unknown_bssids(frozenset()) == []
+
+    registry = CollectorRegistry()
+    registry.register(InfraCollector(store, now=lambda: T0))
+
+    def gauge(school: str) -> float | None:
+        return registry.get_sample_value(
+            "schoolfleet_devices_on_unknown_bssids", {"school": school}
+        )
+
+    assert (gauge("s1"), gauge("s2")) == (2, 2)
+
+    # The inventory gains the access point: its BSSID is no longer unknown.
+    store.save_inventory([], [], [replace(AP3, bssids=("ff:ff:ff:00:00:01",))], [], T0)
+    assert store.unknown_bssids(None) == [s2[1]]
+    assert (gauge("s1"), gauge("s2")) == (0, 1), "0 for a school with access points"
 
 
 def test_a_fingerprint_is_what_ssh_keygen_shows() -> None:

@@ -18,6 +18,7 @@ from inventory.infra import (
     Server,
     TargetKind,
     TargetStatus,
+    UnknownBssid,
 )
 
 
@@ -110,3 +111,8 @@ class InfraStore(Protocol):
 
     def infra_census(self, seen_since: float) -> list[InfraCensus]:
         """Per school and kind: up, down, never probed, and access points unseen."""
+
+    def unknown_bssids(self, schools: frozenset[str] | None) -> list[UnknownBssid]:
+        """BSSIDs that devices' latest reports name and no access point has, per
+        school of the devices naming them (within ``schools``, a caller's scope), by
+        school and BSSID."""

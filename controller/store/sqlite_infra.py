@@ -31,6 +31,7 @@ from inventory.infra import (
     Server,
     TargetKind,
     TargetStatus,
+    UnknownBssid,
 )
 
 _AP, _SERVER = TargetKind.AP.value, TargetKind.SERVER.value
@@ -71,6 +72,15 @@ _CENSUS = """
     FROM {table} t
     LEFT JOIN probe_results p ON p.target_kind = :kind AND p.target_id = t.{id}
     GROUP BY t.school_id ORDER BY t.school_id
+"""
+# Devices' latest associations with BSSIDs no access point has, by the devices' school
+# (``t``, for _filters).
+_UNKNOWN_BSSIDS = """
+    SELECT t.school_id, w.bssid, COUNT(*) AS devices, MAX(w.seen_at) AS last_seen,
+        json_group_array(w.signal_dbm) AS signals
+    FROM device_wifi w JOIN devices t ON t.device_id = w.device_id
+    WHERE NOT EXISTS (SELECT 1 FROM ap_bssids b WHERE b.bssid = w.bssid) AND {scope}
+    GROUP BY t.school_id, w.bssid ORDER BY t.school_id, w.bssid
 """
 
 
@@ -277,6 +287,17 @@ class InfraTables(SqliteBase):
                 found.append(
                     InfraCensus(r["school_id"], kind, r["up"], r["down"], r["unknown"], r["unseen"])
                 )
+        return found
+
+    def unknown_bssids(self, schools: frozenset[str] | None) -> list[UnknownBssid]:
+        where, params = _filters(None, schools, down_only=False)
+        found = []
+        for r in self._read(_UNKNOWN_BSSIDS.format(scope=" AND ".join(where) or "TRUE"), params):
+            heard = [s for s in json.loads(r["signals"]) if s is not None]
+            median = statistics.median(heard) if heard else None
+            found.append(
+                UnknownBssid(r["school_id"], r["bssid"], r["devices"], median, r["last_seen"])
+            )
         return found
 
 

@@ -2220,3 +2220,89 @@ class InfraTarget(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__median_signal_dbm) -> _WhichOneofReturnType__median_signal_dbm | None: ...
 
 Global___InfraTarget: _TypeAlias = InfraTarget  # noqa: Y015
+
+@_typing.final
+class ListUnknownBssidsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    """Empty: every school the caller may see."""
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnknownBssidsRequest: _TypeAlias = ListUnknownBssidsRequest  # noqa: Y015
+
+@_typing.final
+class ListUnknownBssidsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BSSIDS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.int
+    """Left out of bssids to keep the answer small: ask for one school."""
+    @_builtins.property
+    def bssids(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnknownBssid]:
+        """By school, then BSSID; at most a few thousand (see more)."""
+
+    def __init__(
+        self,
+        *,
+        bssids: _abc.Iterable[Global___UnknownBssid] | None = ...,
+        more: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bssids", b"bssids", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnknownBssidsResponse: _TypeAlias = ListUnknownBssidsResponse  # noqa: Y015
+
+@_typing.final
+class UnknownBssid(_message.Message):
+    """A BSSID a school's devices are associated with that no access point has."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    BSSID_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    MEDIAN_SIGNAL_DBM_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    school_id: _builtins.str
+    bssid: _builtins.str
+    """Lower case, colon separated."""
+    devices: _builtins.int
+    """The school's devices whose latest report names it, their median signal, and
+    the latest of those reports.
+    """
+    median_signal_dbm: _builtins.float
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        school_id: _builtins.str = ...,
+        bssid: _builtins.str = ...,
+        devices: _builtins.int = ...,
+        median_signal_dbm: _builtins.float | None = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_median_signal_dbm", b"_median_signal_dbm", "last_seen", b"last_seen", "median_signal_dbm", b"median_signal_dbm"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_median_signal_dbm", b"_median_signal_dbm", "bssid", b"bssid", "devices", b"devices", "last_seen", b"last_seen", "median_signal_dbm", b"median_signal_dbm", "school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__median_signal_dbm: _TypeAlias = _typing.Literal["median_signal_dbm"]  # noqa: Y015
+    _WhichOneofArgType__median_signal_dbm: _TypeAlias = _typing.Literal["_median_signal_dbm", b"_median_signal_dbm"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__median_signal_dbm) -> _WhichOneofReturnType__median_signal_dbm | None: ...
+
+Global___UnknownBssid: _TypeAlias = UnknownBssid  # noqa: Y015

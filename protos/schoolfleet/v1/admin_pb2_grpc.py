@@ -199,6 +199,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.TrustServerKeyRequest.SerializeToString,
                 response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.InfraTarget.FromString,
                 _registered_method=True)
+        self.ListUnknownBssids = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ListUnknownBssids',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUnknownBssidsRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUnknownBssidsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -434,6 +439,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUnknownBssids(self, request, context):
+        """BSSIDs that devices' latest reports name and no access point in the inventory
+        has (a missing inventory row, or an access point that is not ours), per school.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -601,6 +614,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.TrustServerKey,
                     request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.TrustServerKeyRequest.FromString,
                     response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.InfraTarget.SerializeToString,
+            ),
+            'ListUnknownBssids': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnknownBssids,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUnknownBssidsRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUnknownBssidsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1494,6 +1512,33 @@ class AdminService:
             '/schoolfleet.v1.AdminService/TrustServerKey',
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.TrustServerKeyRequest.SerializeToString,
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.InfraTarget.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnknownBssids(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ListUnknownBssids',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUnknownBssidsRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListUnknownBssidsResponse.FromString,
             options,
             channel_credentials,
             insecure,

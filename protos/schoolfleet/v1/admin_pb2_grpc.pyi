@@ -106,6 +106,10 @@ class AdminServiceStub:
     """Pins the SSH host key the server's probes saw: from then on its facts are
     collected, and any other key is refused. FAILED_PRECONDITION: no key seen to pin.
     """
+    ListUnknownBssids: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListUnknownBssidsRequest, _admin_pb2.ListUnknownBssidsResponse]
+    """BSSIDs that devices' latest reports name and no access point in the inventory
+    has (a missing inventory row, or an access point that is not ours), per school.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -184,6 +188,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     TrustServerKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.TrustServerKeyRequest, _admin_pb2.InfraTarget]  # type: ignore[assignment]
     """Pins the SSH host key the server's probes saw: from then on its facts are
     collected, and any other key is refused. FAILED_PRECONDITION: no key seen to pin.
+    """
+    ListUnknownBssids: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListUnknownBssidsRequest, _admin_pb2.ListUnknownBssidsResponse]  # type: ignore[assignment]
+    """BSSIDs that devices' latest reports name and no access point in the inventory
+    has (a missing inventory row, or an access point that is not ours), per school.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -458,6 +466,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.InfraTarget, _abc.Awaitable[_admin_pb2.InfraTarget]]:
         """Pins the SSH host key the server's probes saw: from then on its facts are
         collected, and any other key is refused. FAILED_PRECONDITION: no key seen to pin.
+        """
+
+    @_abc_1.abstractmethod
+    def ListUnknownBssids(
+        self,
+        request: _admin_pb2.ListUnknownBssidsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListUnknownBssidsResponse, _abc.Awaitable[_admin_pb2.ListUnknownBssidsResponse]]:
+        """BSSIDs that devices' latest reports name and no access point in the inventory
+        has (a missing inventory row, or an access point that is not ours), per school.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
