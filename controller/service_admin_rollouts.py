@@ -222,29 +222,29 @@ class RolloutHandlers:
         records = await self.guard.off_loop(self._store.list_rollouts, query)
         return admin_pb2.ListRolloutsResponse(rollouts=[rollout_to_pb(r) for r in records])
 
+    async def _switch(self, call: Call, rollout_id: int, pause: bool) -> admin_pb2.RolloutInfo:
+        """Pause (the running wave finishes, no other starts) or resume."""
+        record = await self._rollout(call, rollout_id, Need.CHANGE)
+        want = RolloutState.RUNNING if pause else RolloutState.PAUSED
+        if record.state is not want:
+            raise _conflict(f"rollout {rollout_id} is {record.state.value}, not {want.value}")
+        engine = self._engine()
+        changed = await (engine.pause if pause else engine.resume)(rollout_id)
+        assert changed is not None
+        call.done = f"rollout {rollout_id} {changed.state.value}"
+        return await self._info(changed)
+
     @guarded("rollouts.pause", Need.CHANGE, audited=True)
     async def PauseRollout(
         self, request: admin_pb2.GetRolloutRequest, call: Call
     ) -> admin_pb2.RolloutInfo:
-        record = await self._rollout(call, request.rollout_id, Need.CHANGE)
-        if record.state is not RolloutState.RUNNING:
-            raise _conflict(f"rollout {record.rollout_id} is {record.state.value}, not running")
-        paused = await self._engine().pause(record.rollout_id)
-        assert paused is not None
-        call.done = f"rollout {record.rollout_id} {paused.state.value}"
-        return await self._info(paused)
+        return await self._switch(call, request.rollout_id, pause=True)
 
     @guarded("rollouts.resume", Need.CHANGE, audited=True)
     async def ResumeRollout(
         self, request: admin_pb2.GetRolloutRequest, call: Call
     ) -> admin_pb2.RolloutInfo:
-        record = await self._rollout(call, request.rollout_id, Need.CHANGE)
-        if record.state is not RolloutState.PAUSED:
-            raise _conflict(f"rollout {record.rollout_id} is {record.state.value}, not paused")
-        resumed = await self._engine().resume(record.rollout_id)
-        assert resumed is not None
-        call.done = f"rollout {record.rollout_id} {resumed.state.value}"
-        return await self._info(resumed)
+        return await self._switch(call, request.rollout_id, pause=False)
 
     @guarded("rollouts.abort", Need.CHANGE, audited=True)
     async def AbortRollout(

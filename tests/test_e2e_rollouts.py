@@ -3,6 +3,7 @@ namespace a real SSH host, and schoolctl as a user runs it."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -96,11 +97,13 @@ class Lab:
     def ansible_pids(self) -> list[int]:
         proc = self.controller.proc
         assert proc is not None
-        return [
-            p.pid
-            for p in psutil.Process(proc.pid).children(recursive=True)
-            if "ansible-playbook" in " ".join(p.cmdline())
-        ]
+        pids = []
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            # A process that has just ended (a zombie) has no command line any more.
+            with contextlib.suppress(psutil.Error):
+                if "ansible-playbook" in " ".join(p.cmdline()):
+                    pids.append(p.pid)
+        return pids
 
 
 def _agents(lab_dir: Path, controller: Controller, hosts: list[SshHost]) -> list[Agent]:
@@ -393,3 +396,30 @@ def test_school_it_rolls_out_only_in_its_schools(lab: Lab) -> None:
     assert hidden.code == 6, hidden
     denied = lab.ctl("audit", "--actor", "it-s2", "--outcome", "denied", "--json").json()
     assert {e["action"] for e in denied} >= {"rollouts.start", "rollouts.get"}
+
+
+def test_pause_lets_the_wave_finish_and_resume_goes_on(lab: Lab) -> None:
+    rollout_id = lab.start(
+        "mark.yml",
+        "--select",
+        "device=host-0|host-2|host-5",  # host-1 has a lesson; 3 fails; 4 is down
+        "--wave-size",
+        "1",
+        "--extra-vars",
+        '{"marker": "paused", "pause": 2}',
+    )
+    wait_until(lab.ansible_pids, 30, "the first wave running")
+    paused = lab.ctl("rollout", "pause", str(rollout_id), "--json")
+    assert paused.code == 0, paused
+    assert paused.json()["state"] == "paused"
+    again = lab.ctl("rollout", "pause", str(rollout_id))
+    assert again.code != 0 and "is paused, not running" in again.err
+    # The running wave finishes; no other starts while paused.
+    wait_until(lambda: not lab.ansible_pids() or None, 30, "the first wave done")
+    time.sleep(3)
+    info = lab.status(rollout_id)
+    assert (info["state"], len(info["waves"]), info["counts"]["pending"]) == ("paused", 1, 2)
+    resumed = lab.ctl("rollout", "resume", str(rollout_id), "--json")
+    assert resumed.code == 0, resumed
+    done = lab.wait_state(rollout_id, {"done", "halted"}, 60)
+    assert done["state"] == "done" and len(done["waves"]) == 3
