@@ -123,9 +123,14 @@ def init(
 ) -> None:
     """Create the controller's certificate authority and its TLS server certificate."""
     from controller import pki
+    from controller.private_files import private_dir
 
     try:
+        private_dir(data_dir.absolute())
         files = pki.init_ca(data_dir.absolute() / "pki", name or [], address or [], force=force)
+    except OSError as exc:
+        print(f"schoolfleet-controller: data dir {data_dir}: {exc.strerror}", file=sys.stderr)
+        raise typer.Exit(2) from None
     except SchoolFleetError as exc:
         print(f"schoolfleet-controller: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None

@@ -32,6 +32,7 @@ from controller.infra_metrics import InfraCollector
 from controller.ingest import MessageWriter
 from controller.lesson_metrics import LessonCollector, LessonMetrics
 from controller.metrics import ControllerMetrics, FleetCollector
+from controller.private_files import private_dir
 from controller.probe_check import ProbeSettings
 from controller.probes import ProbeMetrics, Prober
 from controller.request_checks import UnaryRequestChecks
@@ -317,6 +318,13 @@ def _store_gauges(store: Store, registry: CollectorRegistry, sessions: Sessions)
 # helpers already.
 async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     """Runs the controller until SIGTERM or SIGINT, then shuts down gracefully."""
+    # Whatever the umask it was started with: what it writes is its own (controller/
+    # private_files.py); files others may read (ca.crt) are given their mode explicitly.
+    os.umask(0o077)
+    try:
+        private_dir(settings.data_dir)
+    except OSError as exc:
+        raise ConfigError(f"data_dir {settings.data_dir}: {exc.strerror}") from None
     store = open_store(settings.database)
     write_executor = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
     read_executor = ThreadPoolExecutor(4, thread_name_prefix="store-reader")

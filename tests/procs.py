@@ -113,6 +113,8 @@ class Controller:
             # No probes unless a test asks: inventory rows name addresses that no test
             # made, and probes would reach them through the machine's default route.
             "SCHOOLFLEET_CONTROLLER_PROBE_INTERVAL": "0",
+            # The test's own, never the machine's /var/lib/schoolfleet.
+            "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(self.workdir / "data"),
             **self.env,
         }
         if not self.admin_token:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from controller.errors import StoreError
+from controller.private_files import private_sqlite
 from controller.store.migrations import LATEST, MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class SqliteBase:
         self._readers: list[sqlite3.Connection] = []
         self._write_lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite(path)
             self._writer = self._connect()
             self._writer.execute("PRAGMA journal_mode=WAL")
             self._migrate()
