@@ -25,6 +25,7 @@ import psutil
 from ansible_runner.exceptions import AnsibleRunnerException
 
 from common.errors import SettingError
+from controller.playbook_vars import unsafe_vars
 from controller.runner_events import NO_RESULT, WaveTally, first_error_in, one_line
 from inventory.rollouts import HostResult
 
@@ -268,7 +269,8 @@ def _run_ansible(
     """One ansible-runner run of the job: (status, rc, error)."""
     env = ansible_env(job.settings, job.work_dir / "ansible-home")
     # Files, not arguments: extra vars and host vars may hold secrets, and ps shows argv.
-    extra = _write_private(job.work_dir / _EXTRA_VARS, job.extra_vars)
+    # Every extra var came from a person: marked unsafe, Ansible never templates it.
+    extra = _write_private(job.work_dir / _EXTRA_VARS, unsafe_vars(job.extra_vars))
     inventory = _write_private(job.work_dir / "inventory.json", job.inventory)
     # ansible-runner 2.4 drops a settings= argument unless env/settings exists (its
     # prepare_env replaces it with {} when that file is missing): so the file it is.

@@ -3,7 +3,6 @@ resume, abort, retry; and schools' maintenance windows."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -14,13 +13,14 @@ from controller.access import Need
 from controller.admin_guard import Call, Guard, Refused, guarded, invalid, not_found
 from controller.errors import RolloutRefused
 from controller.playbook_check import check_playbook
+from controller.playbook_vars import check_extra_vars, read_schema
 from controller.rollout_engine import RolloutEngine
 from controller.rollout_runner import RunnerSettings
 from controller.store import Store
 from controller.store.protocol import DeviceQuery
 from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery
 from inventory.model import valid_id
-from inventory.people import Outcome
+from inventory.people import Outcome, Role
 from inventory.rollouts import (
     HostOutcome,
     HostResult,
@@ -38,7 +38,6 @@ from inventory.school_day import WindowError, parse_window
 from protos.mapping_rollouts import rollout_to_pb
 from protos.schoolfleet.v1 import admin_pb2
 
-EXTRA_VARS_MAX = 64 * 1024
 LIST_MAX = 500
 WINDOWS_MAX = 14
 
@@ -52,18 +51,12 @@ def _conflict(message: str) -> Refused:
     return Refused(grpc.StatusCode.FAILED_PRECONDITION, message, Outcome.FAILED)
 
 
-def _extra_vars(text: str) -> dict[str, object]:
+def _extra_vars(playbooks_dir: Path, playbook: str, text: str, central: bool) -> dict[str, object]:
+    """The request's extra vars, checked against the playbook's variables (its
+    NAME.vars.yml) and what the caller may set: blocking (it reads the schema)."""
     if not text:
         return {}
-    if len(text) > EXTRA_VARS_MAX:
-        raise invalid(f"extra vars are {len(text)} bytes; at most {EXTRA_VARS_MAX}")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise invalid(f"extra vars are not valid JSON: {exc.msg} at {exc.pos}") from None
-    if not isinstance(value, dict):
-        raise invalid("extra vars must be a mapping of names to values")
-    return value
+    return check_extra_vars(text, read_schema(playbooks_dir, playbook), central=central)
 
 
 def _spec(request: admin_pb2.StartRolloutRequest) -> RolloutSpec:
@@ -75,7 +68,6 @@ def _spec(request: admin_pb2.StartRolloutRequest) -> RolloutSpec:
             canary=parse_amount(request.canary or "1", "canary"),
             wave_size=parse_amount(request.wave_size or "10%", "wave size"),
             max_fail=parse_percent(request.max_fail or "5", "max fail"),
-            extra_vars=_extra_vars(request.extra_vars_json),
             gate_lessons=request.gate_lessons,
         )
     except RolloutInputError as exc:
@@ -178,8 +170,17 @@ class RolloutHandlers:
             await self.guard.off_loop(
                 check_playbook, self.playbooks_dir, request.playbook, self.runner_settings
             )
+            # Before anything is stored or run: names, types, who may set them.
+            extra = await self.guard.off_loop(
+                _extra_vars,
+                self.playbooks_dir,
+                request.playbook,
+                request.extra_vars_json,
+                call.who.role is Role.CENTRAL_OPS,
+            )
         except RolloutRefused as exc:
             raise invalid(str(exc)) from None
+        spec = replace(spec, extra_vars=extra)
         hosts = await self._hosts(selector, call.who.scope)
         if not hosts:
             raise invalid(f"selector {spec.selector!r} matches no devices")

@@ -57,6 +57,11 @@ MARK = """\
       when: (pause | default(0) | int) > 0
       changed_when: false
 """
+# mark.yml's variables: what a rollout of it may set.
+MARK_VARS = """\
+marker: {type: str, pattern: "[a-z0-9-]{1,40}", school_it: true}
+pause: {type: int, min: 0, max: 120}
+"""
 
 
 # A lesson launched in a test host's room shows nothing: a quiet stand-in for Chromium.
@@ -132,6 +137,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     playbooks = work / "playbooks"
     shutil.copytree(PLAYBOOKS, playbooks)
     (playbooks / "mark.yml").write_text(MARK)
+    (playbooks / "mark.vars.yml").write_text(MARK_VARS)
     (playbooks / "broken.yml").write_text("- name: broken\n  hosts: all\n  tasks: [\n")
     with ssh_hosts(6, private_dirs=PRIVATE) as hosts:
         controller = Controller(
@@ -234,6 +240,11 @@ def test_bad_requests_are_refused_before_anything_runs(lab: Lab) -> None:
         (("mark.yml", "--select", "colour=red"), "selector key 'colour'"),
         (("mark.yml", "--select", "school=s1", "--extra-vars", "{bad"), "--extra-vars"),
         (("mark.yml", "--select", "school=s1", "--extra-vars", "[1, 2]"), "mapping"),
+        (
+            ("mark.yml", "--select", "school=s1", "--extra-vars", "ansible_host: 198.18.0.9"),
+            "extra var 'ansible_host': Ansible's own",
+        ),
+        (("mark.yml", "--select", "school=s1", "--extra-vars", "pause: 999"), "'pause'"),
         (("mark.yml", "--select", "school=s1", "--max-fail", "120%"), "max"),
     ]
     for args, needle in cases:
