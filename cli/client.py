@@ -293,6 +293,11 @@ class AdminClient(RolloutCalls, UplinkCalls, InfraCalls):
             self._stub.ReenrollDevice, admin_pb2.GetDeviceRequest(device_id=device_id)
         )
 
+    def move(self, device_id: str, school_id: str) -> admin_pb2.DeviceMove:
+        """Puts the device in another school (central ops only)."""
+        request = admin_pb2.MoveDeviceRequest(device_id=device_id, school_id=school_id)
+        return self._call(self._stub.MoveDevice, request)
+
     def decommission(self, device_id: str) -> admin_pb2.DeviceEnrollment:
         """Revokes the device's certificate and closes its stream."""
         return self._call(

@@ -188,6 +188,37 @@ def devices_decommission(
         out.print(f"{revoked.device_id} decommissioned: its stream is closed and it is refused")
 
 
+@devices_app.command("move")
+def devices_move(
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
+    school: Annotated[str, typer.Option(help="The school it moves to.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Move a device to another school (central ops only).
+
+    Its stream is closed and its certificate, which names its old school, is refused:
+    it enrolls again with a token of its new school. Its room, labels, latest report,
+    Wi-Fi association, command results and undelivered commands are dropped."""
+    if not yes and not typer.confirm(f"Move {device_id} to school {school}? It is cut off"):
+        raise typer.Exit(1)
+    with client() as c:
+        moved = c.move(device_id, school)
+    if as_json:
+        print_json(
+            {
+                "device_id": moved.device_id,
+                "from_school_id": moved.from_school_id,
+                "to_school_id": moved.to_school_id,
+            }
+        )
+    else:
+        out.print(
+            f"{moved.device_id} moved from school {moved.from_school_id} to "
+            f"{moved.to_school_id}: it must enroll with a token of school {moved.to_school_id}"
+        )
+
+
 @token_app.command("create")
 def token_create(
     school: Annotated[str, typer.Option(help="The school whose devices may enroll with it.")],

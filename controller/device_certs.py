@@ -112,7 +112,7 @@ def identity_from_uris(uris: list[str]) -> tuple[str, str]:
             and device_urn(school_id, device_id) == urns[0]
         ):
             return device_id, school_id
-    raise PkiError(f"malformed device URI {urns[0]!r}")
+    raise PkiError(f"malformed device URI {urns[0][:120]!r}")
 
 
 def _csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:

@@ -68,10 +68,38 @@ def token_refused() -> EnrollRefused:
     )
 
 
-def already_enrolled(device_id: str) -> EnrollRefused:
-    """A device id that has a certificate and may not replace it."""
+def taken(device_id: str) -> EnrollRefused:
+    """The one answer for a device id a token may not enroll, whatever the reason: it
+    is enrolled and not open to enroll again, or it belongs to another school. A
+    token's holder learns that the id is taken (it cannot be theirs) and no more: not
+    which school has it, nor whether it is open."""
     return EnrollRefused(
-        f"device {device_id!r} is already enrolled; "
-        f"'schoolctl devices reenroll {device_id}' lets it enroll again",
+        f"device {device_id!r} cannot enroll with this token: it is enrolled already, "
+        f"or in another school. Its school's IT can let it enroll again "
+        f"('schoolctl devices reenroll {device_id}'); central ops move a device between "
+        "schools ('schoolctl devices move')",
         "ALREADY_EXISTS",
     )
+
+
+def device_refusal(
+    device_id: str,
+    token_school: str,
+    enrolled_school: str | None,
+    open_to_reenroll: bool,
+    seen_school: str | None,
+) -> EnrollRefused | None:
+    """None if a token of ``token_school`` may enroll ``device_id``; otherwise why not.
+
+    ``enrolled_school`` is the school of the device's enrollment (None: it has none)
+    and ``open_to_reenroll`` whether `devices reenroll` opened it; ``seen_school`` is
+    the school the device's streams named, for a device that never enrolled. A token
+    enrolls only its own school's devices: moving one is central ops' (MoveDevice).
+    """
+    if enrolled_school is not None:
+        if enrolled_school != token_school or not open_to_reenroll:
+            return taken(device_id)
+        return None
+    if seen_school is not None and seen_school != token_school:
+        return taken(device_id)
+    return None

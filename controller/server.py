@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
+from controller import audit_log
 from controller.admin_guard import Guard
 from controller.dispatcher import Dispatcher
 from controller.errors import ConfigError
@@ -338,7 +339,9 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     _store_gauges(store, registry, sessions)
     zone = ZoneInfo(settings.timezone)
     lesson_metrics, dispatcher = _lessons(settings, store, read_executor, sessions, registry)
-    agent_service = AgentService(settings, store, write_executor, sessions, metrics)
+    agent_service = AgentService(
+        settings, store, write_executor, sessions, metrics, audit_log.appender(store, read_executor)
+    )
     uplink = _uplink(settings, store, read_executor, sessions, agent_service, registry)
     rollouts, runner = _rollouts(settings, store, read_executor, registry)
     writer = MessageWriter(

@@ -30,6 +30,7 @@ from controller.service_convert import count_to_pb, device_to_pb, enrollment_to_
 from controller.sessions import Closing, SessionRegistry
 from controller.store import Store
 from controller.store.protocol import DeviceQuery
+from controller.store.rollouts_protocol import HostsClaimed
 from controller.uplink import UplinkChecks
 from inventory.model import valid_id
 from inventory.people import Outcome
@@ -259,6 +260,49 @@ class AdminService(
             )
         call.done = f"certificate {revoked.serial or '-'} revoked, stream closed"
         return enrollment_to_pb(revoked)
+
+    @guarded("devices.move", Need.ADMIN, audited=True)
+    async def MoveDevice(
+        self, request: admin_pb2.MoveDeviceRequest, call: Call
+    ) -> admin_pb2.DeviceMove:
+        # Central ops only (the guard checked the role), who see every school: the
+        # store's answer is the existence check, in the move's own transaction.
+        call.target = request.device_id
+        _check_id(request.device_id, "device id")
+        _check_id(request.school_id, "school id")
+        try:
+            moved = await self.guard.off_loop(
+                self._store.move_device, request.device_id, request.school_id, self.guard.now()
+            )
+        except HostsClaimed as exc:
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"device {request.device_id} is in rollout {exc.claims[request.device_id]}, "
+                "which has not finished: abort it or let it finish first",
+                Outcome.FAILED,
+            ) from None
+        if moved is None:
+            raise not_found(f"no device {request.device_id!r}")
+        # In the audit of the school that lost it (the message names both).
+        call.school_id = moved.from_school
+        if moved.from_school == moved.to_school:
+            raise invalid(f"device {request.device_id!r} is already in school {moved.to_school}")
+        session = self._sessions.get(request.device_id)
+        if session is not None:
+            session.close(
+                Closing(
+                    "moved",
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"device {request.device_id} moved to another school; "
+                    "it must enroll with a token of its school",
+                )
+            )
+        call.done = f"moved from school {moved.from_school} to {moved.to_school}"
+        return admin_pb2.DeviceMove(
+            device_id=moved.device_id,
+            from_school_id=moved.from_school,
+            to_school_id=moved.to_school,
+        )
 
     @guarded("status", Need.READ)
     async def FleetStatus(

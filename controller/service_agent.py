@@ -23,6 +23,8 @@ from google.protobuf.message import DecodeError
 
 from controller import enrollment
 from controller.acks import AckCoalescer
+from controller.admission import stream_refusal
+from controller.audit_log import AuditSink
 from controller.device_certs import identity_from_uris, sign_device_csr
 from controller.errors import (
     EnrollRefused,
@@ -42,6 +44,7 @@ from controller.settings import ControllerSettings
 from controller.store import CommandResultRow, HeartbeatRow, LessonEventRow, Store
 from controller.uplink import UplinkAnswer
 from inventory.model import DeviceIdentity, Enrollment, valid_id
+from inventory.people import AuditEntry, Outcome
 from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
 
@@ -52,6 +55,8 @@ ControllerMessage = agent_pb2.ControllerMessage
 _CAPABILITIES_MAX = 32
 # Seconds between sweeps for held-back acks, at the least.
 _ACK_TICK_MIN = 0.1
+# Characters of a client's text (a device id it sent) kept in logs and the audit.
+_CLIENT_TEXT_MAX = 80
 Sessions = SessionRegistry[agent_pb2.ControllerMessage]
 _RESULT_STATUS = {
     agent_pb2.CommandResult.STATUS_OK: "ok",
@@ -70,9 +75,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         write_executor: ThreadPoolExecutor,
         sessions: Sessions,
         metrics: ControllerMetrics,
+        audit: AuditSink,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
+        # Where every enrollment, granted or refused, is recorded (the audit log).
+        self._audit = audit
         self._store = store
         self._write_executor = write_executor
         self._sessions = sessions
@@ -109,11 +117,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         context: grpc.aio.ServicerContext[agent_pb2.EnrollRequest, agent_pb2.EnrollResponse],
     ) -> agent_pb2.EnrollResponse:
         peer = context.peer()
+        attempt = _Attempt()
+        outcome = Outcome.FAILED
         try:
             # Off the loop, and off the heartbeat writer's thread: a morning of first
             # enrollments must not delay batches. The store's writes take its lock.
-            cert, ca_cert = await asyncio.to_thread(self._enroll, request)
-        except (EnrollRefused, ProtocolError) as exc:
+            cert, ca_cert, serial = await asyncio.to_thread(self._enroll, request, attempt)
+        except EnrollRefused as exc:
+            code, message, outcome = grpc.StatusCode[exc.status], str(exc), Outcome.DENIED
+        except ProtocolError as exc:
             code, message = grpc.StatusCode[exc.status], str(exc)
         except PkiError as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
@@ -123,47 +135,98 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             log.error("enrollment not stored peer=%s error=%s", peer, exc)
             code, message = grpc.StatusCode.UNAVAILABLE, "controller store unavailable"
         else:
-            log.info("device enrolled device=%s peer=%s", request.device_id, peer)
+            log.info(
+                "device enrolled device=%s school=%s token=%s serial=%s peer=%s",
+                request.device_id,
+                attempt.school_id,
+                attempt.actor,
+                serial,
+                peer,
+            )
+            await self._audit_enroll(request, attempt, Outcome.OK, f"certificate {serial}", peer)
             return agent_pb2.EnrollResponse(certificate_pem=cert, ca_certificate_pem=ca_cert)
         log.warning(
-            "enrollment refused device=%s peer=%s code=%s reason=%s",
-            request.device_id[:80],
+            "enrollment refused device=%s school=%s token=%s peer=%s code=%s reason=%s",
+            request.device_id[:_CLIENT_TEXT_MAX],
+            attempt.school_id or "-",
+            attempt.actor,
             peer,
             code.name,
             message,
         )
+        await self._audit_enroll(request, attempt, outcome, message, peer)
         await context.abort(code, message)
         raise AssertionError("abort returns only by raising")
 
-    def _enroll(self, request: agent_pb2.EnrollRequest) -> tuple[bytes, bytes]:
-        """Checks the token and the device, signs the request, records both at once."""
+    async def _audit_enroll(
+        self,
+        request: agent_pb2.EnrollRequest,
+        attempt: _Attempt,
+        outcome: Outcome,
+        message: str,
+        peer: str,
+    ) -> None:
+        await self._audit(
+            AuditEntry(
+                entry_id=0,
+                at=self._now(),
+                actor=attempt.actor,
+                action="enroll",
+                target=request.device_id[:_CLIENT_TEXT_MAX],
+                school_id=attempt.school_id,
+                outcome=outcome,
+                message=message[:500],
+                peer=peer[:100],
+            )
+        )
+
+    def _enroll(
+        self, request: agent_pb2.EnrollRequest, attempt: _Attempt
+    ) -> tuple[bytes, bytes, str]:
+        """Checks the token and the device, signs the request, records both at once.
+        Fills in ``attempt`` with the token's id and school once the token is usable."""
         if not valid_id(request.device_id):
-            raise ProtocolError(f"device id {request.device_id[:80]!r} is not a valid id")
+            raise ProtocolError(
+                f"device id {request.device_id[:_CLIENT_TEXT_MAX]!r} is not a valid id"
+            )
         token_hash = enrollment.hash_secret(request.token)
         token = self._store.find_enroll_token(token_hash)
         now = self._now()
-        # Checked here so that nothing is signed for nothing; the store checks both
-        # again in the transaction that takes the token's use.
+        # Checked here so that nothing is signed for nothing; the store checks all of
+        # it again in the transaction that takes the token's use.
         if token is None or not token.usable(now):
             raise enrollment.token_refused()
+        attempt.actor, attempt.school_id = token.token_id, token.school_id
         existing = self._store.get_enrollment(request.device_id)
-        if existing is not None and not existing.reenroll:
-            raise enrollment.already_enrolled(request.device_id)
+        seen = None
+        if existing is None:
+            device = self._store.get_device(request.device_id, now)
+            seen = device.identity.school_id if device is not None else None
+        refused = enrollment.device_refusal(
+            request.device_id,
+            token.school_id,
+            existing.school_id if existing else None,
+            existing is not None and existing.reenroll,
+            seen,
+        )
+        if refused is not None:
+            raise refused
         ca = self._certificate_authority()
         issued = sign_device_csr(ca, request.csr_pem, request.device_id, token.school_id)
+        serial = f"{issued.serial:x}"
         self._store.enroll(
             token_hash,
             Enrollment(
                 device_id=request.device_id,
                 school_id=token.school_id,
-                serial=f"{issued.serial:x}",
+                serial=serial,
                 not_after=issued.not_after.timestamp(),
                 enrolled_at=now,
                 token_id=token.token_id,
             ),
             now,
         )
-        return issued.pem, cert_pem(ca.certificate)
+        return issued.pem, cert_pem(ca.certificate), serial
 
     def _certificate_authority(self) -> CertificateAuthority:
         if self._ca is None:
@@ -186,7 +249,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         serial = None
         if self._settings.agent_tls:
             identity, serial = await self._certified(identity, peer, context)
-        await self._refuse_unless_current(identity.device_id, serial, peer, context)
+        await self._refuse_unless_current(identity, serial, peer, context)
         session = self._sessions.open(identity.device_id, capabilities)
         self._acks.forget(identity.device_id)
         try:
@@ -281,44 +344,37 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     async def _refuse_unless_current(
         self,
-        device_id: str,
+        identity: DeviceIdentity,
         serial: str | None,
         peer: str,
         context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
     ) -> None:
-        """Aborts the stream of a decommissioned device (refused until it enrolls again),
-        and of a certificate the device's enrollment has since replaced: a copy of an
-        old key, from a stolen disk say, is no way back in."""
+        """Aborts the stream unless the device's enrollment stands behind its certificate
+        (controller/admission.py): a certificate of a device never enrolled, of another
+        school, of a decommissioned device, or one a later enrollment replaced (a copy
+        of an old key, from a stolen disk say) is no way in."""
+        device_id = identity.device_id
         try:
             # A read, so not queued behind the writer's batches: 08:00 opens many streams.
             enrolled = await asyncio.to_thread(self._store.get_enrollment, device_id)
         except StoreError as exc:
             log.error("stream refused device=%s peer=%s error=%s", device_id, peer, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "controller store unavailable")
-        if enrolled is None:
+        cert_school = identity.school_id if serial is not None else None
+        refusal = stream_refusal(device_id, cert_school, serial, enrolled)
+        if refusal is None:
             return
-        if enrolled.revoked_at is None:
-            if serial is None or not enrolled.serial or serial == enrolled.serial:
-                return
-            self._metrics.streams_closed.labels("replaced_certificate").inc()
-            log.warning(
-                "stream refused device=%s peer=%s reason=replaced_certificate serial=%s current=%s",
-                device_id,
-                peer,
-                serial,
-                enrolled.serial,
-            )
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"certificate {serial} is not device {device_id}'s current one "
-                "(it enrolled again since)",
-            )
-        self._metrics.streams_closed.labels("decommissioned").inc()
-        log.warning("stream refused device=%s peer=%s reason=decommissioned", device_id, peer)
-        await context.abort(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"device {device_id} is decommissioned; it must be allowed to re-enroll and enroll",
+        self._metrics.streams_closed.labels(refusal.reason).inc()
+        log.warning(
+            "stream refused device=%s school=%s peer=%s reason=%s serial=%s current=%s",
+            device_id,
+            cert_school or "-",
+            peer,
+            refusal.reason,
+            serial or "-",
+            (enrolled.serial or "-") if enrolled else "-",
         )
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal.message)
 
     async def _hello(
         self,
@@ -423,6 +479,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             closing.reason,
             f" code={closing.code.name} detail={closing.message}" if closing.code else "",
         )
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """Who an enrollment came as, for its log line and audit entry: the token's id and
+    school once the token is known to be usable, "-" and "" before."""
+
+    actor: str = "-"
+    school_id: str = ""
 
 
 class _NoCa(Exception):

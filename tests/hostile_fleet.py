@@ -26,8 +26,8 @@ from controller.pki import CertificateAuthority, load_ca
 from controller.settings import ControllerSettings
 from controller.store import open_store
 from protos.schoolfleet.v1 import agent_pb2
-from tests.hostile_pki import KeyCert, device_cert
-from tests.hostile_wire import tls_channel
+from tests.hostile_pki import KeyCert, csr_pem, key_pem, new_key
+from tests.hostile_wire import ENROLL, tls_channel, unary
 from tests.procs import Agent, Controller, init_controller_ca, tls_env, wait_until
 from tests.wire import hello
 
@@ -165,8 +165,11 @@ def start_fleet(tmp: Path) -> Iterator[Fleet]:
         ).start()
         ca = load_ca(data / "pki")
         enroll = tls_channel(controller.enroll_port, ca_pem)
-        device = tls_channel(controller.grpc_port, ca_pem, device_cert(ca, FUZZ, SCHOOL))
-        channels += [enroll, device]
+        channels.append(enroll)
+        # Enrolled like any device: only an enrolled device's certificate opens a stream.
+        fuzz = enroll_as(enroll, seed_token(controller.database, SCHOOL), FUZZ)
+        device = tls_channel(controller.grpc_port, ca_pem, fuzz)
+        channels.append(device)
         fleet = Fleet(controller, agent, ca, ca_pem, enroll, device)
         wait_until(
             lambda: (
@@ -183,6 +186,16 @@ def start_fleet(tmp: Path) -> Iterator[Fleet]:
         if agent is not None:
             agent.stop()
         controller.stop()
+
+
+def enroll_as(enroll: grpc.Channel, secret: str, device_id: str) -> KeyCert:
+    """Enrolls ``device_id`` with the token ``secret`` through the real Enroll call: a
+    key made here and the certificate the controller gave for it."""
+    key = new_key()
+    request = agent_pb2.EnrollRequest(token=secret, device_id=device_id, csr_pem=csr_pem(key))
+    code, details, response = unary(enroll, ENROLL, request.SerializeToString())
+    assert code == grpc.StatusCode.OK, f"{device_id} not enrolled: {code} {details}"
+    return KeyCert(key_pem(key), agent_pb2.EnrollResponse.FromString(response).certificate_pem)
 
 
 def assert_unharmed(fleet: Fleet) -> None:

@@ -63,8 +63,10 @@ def certificate(
     not_after: dt.datetime | None = None,
     client_auth: bool = True,
     key: ec.EllipticCurvePrivateKey | None = None,
+    serial: int | None = None,
 ) -> KeyCert:
-    """A client certificate made by hand: any issuer, any device URIs, any dates."""
+    """A client certificate made by hand: any issuer, any device URIs, any dates, any
+    serial number."""
     key = key or new_key()
     now = dt.datetime.now(dt.UTC)
     builder = (
@@ -72,7 +74,7 @@ def certificate(
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hostile")]))
         .issuer_name(issuer_name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial or x509.random_serial_number())
         .not_valid_before(not_before or now - dt.timedelta(hours=1))
         .not_valid_after(not_after or now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

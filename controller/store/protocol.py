@@ -34,6 +34,17 @@ from inventory.people import AuditEntry, AuditQuery, User
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceMove:
+    """A device put in another school by central ops."""
+
+    device_id: str
+    from_school: str
+    to_school: str
+    # Whether it had an enrollment (a device seen only on plaintext streams has none).
+    enrolled: bool
+
+
+@dataclass(frozen=True, slots=True)
 class HeartbeatRow:
     """One heartbeat on its way to the store."""
 
@@ -155,8 +166,10 @@ class EnrollTokenStore(Protocol):
     def enroll(self, token_hash: bytes, enrollment: Enrollment, now: float) -> None:
         """In one transaction: takes one use of the token and records the enrollment.
 
-        Raises EnrollRefused if the token is no longer usable at ``now`` or the device
-        is enrolled and not marked for re-enrollment; then nothing changes.
+        Raises EnrollRefused if the token is no longer usable at ``now``, or if the
+        device is enrolled and not marked for re-enrollment, or belongs to a school
+        other than the enrollment's (controller.enrollment.device_refusal); then
+        nothing changes.
         """
 
     def get_enrollment(self, device_id: str) -> Enrollment | None:
@@ -170,6 +183,17 @@ class EnrollTokenStore(Protocol):
 
         A device known only from its streams (enrolled before certificates) gets a
         revoked enrollment, so it is refused too. None if the device is unknown."""
+
+    def move_device(self, device_id: str, to_school: str, now: float) -> DeviceMove | None:
+        """In one transaction: puts the device in ``to_school`` and opens it to enroll
+        there (its certificate names its old school, so it is refused until it does).
+
+        What placed it in its old school goes: its room and labels, its latest full
+        report and Wi-Fi association, its command results, and commands not yet
+        delivered (expired at ``now``). Its heartbeat sequence and health stay, and so
+        do its lesson events and rollout rows, which belong to the old school's lessons
+        and rollouts. Nothing changes if it is in ``to_school`` already. None if the
+        device is unknown; raises HostsClaimed if an unfinished rollout holds it."""
 
 
 class AccessStore(Protocol):

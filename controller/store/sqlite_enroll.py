@@ -6,6 +6,8 @@ import sqlite3
 
 from controller import enrollment as refusals
 from controller.errors import EnrollRefused, StoreError
+from controller.store.protocol import DeviceMove
+from controller.store.rollouts_protocol import HostsClaimed
 from controller.store.sqlite_base import SqliteBase
 from inventory.model import Enrollment, EnrollToken
 
@@ -78,6 +80,22 @@ class EnrollTables(SqliteBase):
                 ).rowcount
                 if not taken:
                     raise refusals.token_refused()
+                enrolled = self._writer.execute(
+                    "SELECT school_id, reenroll FROM enrollments WHERE device_id = ?",
+                    (e.device_id,),
+                ).fetchone()
+                seen = self._writer.execute(
+                    "SELECT school_id FROM devices WHERE device_id = ?", (e.device_id,)
+                ).fetchone()
+                refused = refusals.device_refusal(
+                    e.device_id,
+                    e.school_id,
+                    enrolled[0] if enrolled else None,
+                    bool(enrolled and enrolled[1]),
+                    seen[0] if seen else None,
+                )
+                if refused is not None:
+                    raise refused
                 stored = self._writer.execute(
                     """
                     INSERT INTO enrollments VALUES (?, ?, ?, ?, ?, ?, 0, NULL)
@@ -85,12 +103,12 @@ class EnrollTables(SqliteBase):
                         serial = excluded.serial, not_after = excluded.not_after,
                         enrolled_at = excluded.enrolled_at, token_id = excluded.token_id,
                         reenroll = 0, revoked_at = NULL
-                    WHERE enrollments.reenroll = 1
+                    WHERE enrollments.reenroll = 1 AND enrollments.school_id = excluded.school_id
                     """,
                     (e.device_id, e.school_id, e.serial, e.not_after, e.enrolled_at, e.token_id),
                 ).rowcount
                 if not stored:
-                    raise refusals.already_enrolled(e.device_id)
+                    raise refusals.taken(e.device_id)
                 self._writer.execute("COMMIT")
             except EnrollRefused:
                 self._writer.execute("ROLLBACK")
@@ -138,3 +156,53 @@ class EnrollTables(SqliteBase):
             (now, device_id),
         )
         return self.get_enrollment(device_id)
+
+    def move_device(self, device_id: str, to_school: str, now: float) -> DeviceMove | None:
+        with self._write_lock:
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    moved = self._move(device_id, to_school, now)
+                except HostsClaimed:
+                    self._writer.execute("ROLLBACK")
+                    raise
+                self._writer.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise StoreError(f"database {self.path}: {exc}") from None
+        return moved
+
+    def _move(self, device_id: str, to_school: str, now: float) -> DeviceMove | None:
+        """The move's statements, inside the caller's transaction."""
+        run = self._writer.execute
+        enrolled = run("SELECT school_id FROM enrollments WHERE device_id = ?", (device_id,))
+        enrolled_row = enrolled.fetchone()
+        seen = run("SELECT school_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        if enrolled_row is None and seen is None:
+            return None
+        from_school = str((enrolled_row or seen)[0])
+        move = DeviceMove(device_id, from_school, to_school, enrolled_row is not None)
+        if from_school == to_school:
+            return move
+        claim = run("SELECT rollout_id FROM rollout_claims WHERE device_id = ?", (device_id,))
+        claimed = claim.fetchone()
+        if claimed is not None:
+            raise HostsClaimed({device_id: int(claimed[0])})
+        # Its certificate names the old school: it is refused until it enrolls here.
+        run(
+            "UPDATE enrollments SET school_id = ?, reenroll = 1 WHERE device_id = ?",
+            (to_school, device_id),
+        )
+        run(
+            "UPDATE devices SET school_id = ?, room_id = '', labels = '{}' WHERE device_id = ?",
+            (to_school, device_id),
+        )
+        run(
+            "UPDATE outbox SET expires_at = MIN(expires_at, ?) "
+            "WHERE device_id = ? AND done_at IS NULL",
+            (now, device_id),
+        )
+        for table in ("device_reports", "device_wifi", "command_results"):
+            run(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
+        return move

@@ -884,6 +884,54 @@ class RevokeEnrollTokenRequest(_message.Message):
 Global___RevokeEnrollTokenRequest: _TypeAlias = RevokeEnrollTokenRequest  # noqa: Y015
 
 @_typing.final
+class MoveDeviceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    school_id: _builtins.str
+    """The school it moves to."""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        school_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveDeviceRequest: _TypeAlias = MoveDeviceRequest  # noqa: Y015
+
+@_typing.final
+class DeviceMove(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    FROM_SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    TO_SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    from_school_id: _builtins.str
+    to_school_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        from_school_id: _builtins.str = ...,
+        to_school_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "from_school_id", b"from_school_id", "to_school_id", b"to_school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceMove: _TypeAlias = DeviceMove  # noqa: Y015
+
+@_typing.final
 class DeviceEnrollment(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -79,6 +79,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.SerializeToString,
                 response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.FromString,
                 _registered_method=True)
+        self.MoveDevice = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/MoveDevice',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.MoveDeviceRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceMove.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/schoolfleet.v1.AdminService/WhoAmI',
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
@@ -265,6 +270,14 @@ class AdminServiceServicer:
     def DecommissionDevice(self, request, context):
         """Revokes the device's certificate and closes its stream; it cannot connect until
         it is allowed to re-enroll and enrolls again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveDevice(self, request, context):
+        """Puts a device in another school (central-ops only). Its certificate names its
+        old school, so it is refused until it enrolls with a token of the new one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -494,6 +507,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DecommissionDevice,
                     request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.FromString,
                     response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.SerializeToString,
+            ),
+            'MoveDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveDevice,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.MoveDeviceRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceMove.SerializeToString,
             ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
@@ -864,6 +882,33 @@ class AdminService:
             '/schoolfleet.v1.AdminService/DecommissionDevice',
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetDeviceRequest.SerializeToString,
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceEnrollment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/MoveDevice',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.MoveDeviceRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.DeviceMove.FromString,
             options,
             channel_credentials,
             insecure,

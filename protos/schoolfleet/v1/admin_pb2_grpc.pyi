@@ -50,6 +50,10 @@ class AdminServiceStub:
     """Revokes the device's certificate and closes its stream; it cannot connect until
     it is allowed to re-enroll and enrolls again.
     """
+    MoveDevice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MoveDeviceRequest, _admin_pb2.DeviceMove]
+    """Puts a device in another school (central-ops only). Its certificate names its
+    old school, so it is refused until it enrolls with a token of the new one.
+    """
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_admin_pb2.WhoAmIRequest, _admin_pb2.User]
     """The caller, as their bearer token says."""
     CreateUser: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateUserRequest, _admin_pb2.CreateUserResponse]
@@ -132,6 +136,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     DecommissionDevice: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDeviceRequest, _admin_pb2.DeviceEnrollment]  # type: ignore[assignment]
     """Revokes the device's certificate and closes its stream; it cannot connect until
     it is allowed to re-enroll and enrolls again.
+    """
+    MoveDevice: _aio.UnaryUnaryMultiCallable[_admin_pb2.MoveDeviceRequest, _admin_pb2.DeviceMove]  # type: ignore[assignment]
+    """Puts a device in another school (central-ops only). Its certificate names its
+    old school, so it is refused until it enrolls with a token of the new one.
     """
     WhoAmI: _aio.UnaryUnaryMultiCallable[_admin_pb2.WhoAmIRequest, _admin_pb2.User]  # type: ignore[assignment]
     """The caller, as their bearer token says."""
@@ -266,6 +274,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.DeviceEnrollment, _abc.Awaitable[_admin_pb2.DeviceEnrollment]]:
         """Revokes the device's certificate and closes its stream; it cannot connect until
         it is allowed to re-enroll and enrolls again.
+        """
+
+    @_abc_1.abstractmethod
+    def MoveDevice(
+        self,
+        request: _admin_pb2.MoveDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeviceMove, _abc.Awaitable[_admin_pb2.DeviceMove]]:
+        """Puts a device in another school (central-ops only). Its certificate names its
+        old school, so it is refused until it enrolls with a token of the new one.
         """
 
     @_abc_1.abstractmethod
