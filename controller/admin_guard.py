@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -80,6 +80,31 @@ class Call:
         why = access.refusal(self.who, need, self.action, school_id)
         if why is not None:
             raise Refused(grpc.StatusCode.PERMISSION_DENIED, why, Outcome.DENIED)
+
+    def allow_target(self, need: Need, schools: Iterable[str] | None, what: str) -> None:
+        """For a target named by its id (``what``, e.g. "device 'panel-1'"): ``schools``
+        are those it belongs to, None if there is no such target.
+
+        A scoped caller gets one answer, NOT_FOUND "no ... in your schools", both for a
+        target of another school and for none at all, so that an id tells them nothing
+        of what exists elsewhere; both are audited as denied (the other school is kept
+        in the entry, for central ops). Central ops get a plain NOT_FOUND."""
+        scope = self.who.scope
+        if schools is None:
+            raise self._hidden(what)
+        belongs = sorted(schools)
+        outside = [s for s in belongs if scope is not None and s not in scope]
+        if outside:
+            self.school_id = outside[0]
+            raise self._hidden(what)
+        checked: list[str | None] = [*belongs] or [None]
+        for school in checked:
+            self.allow(need, school)
+
+    def _hidden(self, what: str) -> Refused:
+        if self.who.scope is None:
+            return not_found(f"no {what}")
+        return Refused(grpc.StatusCode.NOT_FOUND, f"no {what} in your schools", Outcome.DENIED)
 
 
 class Guard:

@@ -91,16 +91,21 @@ class AdminService(
         self.uplink = uplink
         self.uplink_target_mbps = uplink_target_mbps
 
-    async def _device_school(self, device_id: str) -> str:
-        """The school of a device the store knows (enrolled or seen); NOT_FOUND if none."""
+    async def _device_school(self, device_id: str) -> str | None:
+        """The school of a device the store knows (enrolled or seen), or None."""
         _check_id(device_id, "device id")
         enrolled = await self.guard.off_loop(self._store.get_enrollment, device_id)
         if enrolled is not None:
             return enrolled.school_id
         device = await self.guard.off_loop(self._store.get_device, device_id, self.guard.now())
-        if device is None:
-            raise not_found(f"no device {device_id!r}")
-        return device.identity.school_id
+        return device.identity.school_id if device is not None else None
+
+    async def _allow_device(self, call: Call, need: Need, device_id: str) -> None:
+        """Refuses unless the caller may ``need`` the device; to a scoped caller,
+        another school's device and none at all look the same."""
+        call.target = device_id
+        school = await self._device_school(device_id)
+        call.allow_target(need, None if school is None else [school], f"device {device_id!r}")
 
     @guarded("devices.list", Need.READ)
     async def ListDevices(
@@ -144,17 +149,16 @@ class AdminService(
         device = await self.guard.off_loop(
             self._store.get_device, request.device_id, self.guard.now()
         )
-        if device is None:
-            raise not_found(f"no device {request.device_id!r}")
-        call.allow(Need.READ, device.identity.school_id)
+        schools = None if device is None else [device.identity.school_id]
+        call.allow_target(Need.READ, schools, f"device {request.device_id!r}")
+        assert device is not None
         return device_to_pb(device)
 
     @guarded("devices.ping", Need.CHANGE, audited=True)
     async def PingDevice(
         self, request: admin_pb2.PingDeviceRequest, call: Call
     ) -> admin_pb2.PingDeviceResponse:
-        call.target = request.device_id
-        call.allow(Need.CHANGE, await self._device_school(request.device_id))
+        await self._allow_device(call, Need.CHANGE, request.device_id)
         session = self._sessions.get(request.device_id)
         if session is None:
             raise Refused(
@@ -213,9 +217,8 @@ class AdminService(
         _check_id(request.token_id, "token id")
         call.target = request.token_id
         token = await self.guard.off_loop(self._store.get_enroll_token, request.token_id)
-        if token is None:
-            raise not_found(f"no enroll token {request.token_id!r}")
-        call.allow(Need.CHANGE, token.school_id)
+        schools = None if token is None else [token.school_id]
+        call.allow_target(Need.CHANGE, schools, f"enroll token {request.token_id!r}")
         revoked = await self.guard.off_loop(
             self._store.revoke_enroll_token, request.token_id, self.guard.now()
         )
@@ -228,8 +231,7 @@ class AdminService(
     async def ReenrollDevice(
         self, request: admin_pb2.GetDeviceRequest, call: Call
     ) -> admin_pb2.DeviceEnrollment:
-        call.target = request.device_id
-        call.allow(Need.CHANGE, await self._device_school(request.device_id))
+        await self._allow_device(call, Need.CHANGE, request.device_id)
         enrolled = await self.guard.off_loop(self._store.allow_reenroll, request.device_id)
         if enrolled is None:
             raise not_found(
@@ -242,8 +244,7 @@ class AdminService(
     async def DecommissionDevice(
         self, request: admin_pb2.GetDeviceRequest, call: Call
     ) -> admin_pb2.DeviceEnrollment:
-        call.target = request.device_id
-        call.allow(Need.CHANGE, await self._device_school(request.device_id))
+        await self._allow_device(call, Need.CHANGE, request.device_id)
         revoked = await self.guard.off_loop(
             self._store.decommission, request.device_id, self.guard.now()
         )

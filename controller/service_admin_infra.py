@@ -12,7 +12,7 @@ import grpc
 
 from controller import access
 from controller.access import Need
-from controller.admin_guard import Call, Guard, Refused, guarded, invalid, not_found
+from controller.admin_guard import Call, Guard, Refused, guarded, invalid
 from controller.service_imports import import_done
 from controller.store import Store
 from controller.store.infra_protocol import InventoryCounts
@@ -26,10 +26,12 @@ from inventory.infra import (
     UnknownBssid,
 )
 from inventory.infra_rows import (
+    WORDS,
     InventoryRow,
     StoredInventory,
     check_inventory,
     item_id,
+    kind_of,
     parse_item,
 )
 from inventory.model import valid_id
@@ -42,6 +44,8 @@ from protos.schoolfleet.v1 import admin_pb2
 # in parts of at most 512 KiB by schoolctl.
 IMPORT_MAX = 200_000
 PAGE_DEFAULT, PAGE_MAX = 500, 1000
+# Who holds a BSSID, to a caller who may not see the access point that does.
+_ANOTHER = "of another school"
 # Unknown BSSIDs in one answer (~60 bytes each): a longer city-wide list means a
 # missing inventory, not a list to read; one school's is asked for then.
 UNKNOWN_MAX = 5000
@@ -66,8 +70,11 @@ class InfraHandlers:
     _store: Store
     guard: Guard
 
-    async def _stored(self, rows: Sequence[InventoryRow]) -> StoredInventory:
-        """What check_inventory needs of the store for these rows."""
+    async def _stored(
+        self, rows: Sequence[InventoryRow], scope: frozenset[str] | None
+    ) -> StoredInventory:
+        """What check_inventory needs of the store for these rows; to a caller with
+        ``scope``, another school's access point is not named."""
         aps = [r.item for r in rows if isinstance(r.item, AccessPoint)]
         schools = await self.guard.off_loop(
             self._store.known_schools, {r.item.school_id for r in rows}
@@ -78,6 +85,11 @@ class InfraHandlers:
         owners = await self.guard.off_loop(
             self._store.bssid_owners, {b for ap in aps for b in ap.bssids}
         )
+        if scope is not None and owners:
+            homes = await self.guard.off_loop(
+                self._store.target_schools, TargetKind.AP, sorted(set(owners.values()))
+            )
+            owners = {b: ap if homes.get(ap) in scope else _ANOTHER for b, ap in owners.items()}
         return StoredInventory(schools, rooms, owners)
 
     async def _in_scope(
@@ -99,13 +111,17 @@ class InfraHandlers:
             why = None
             if isinstance(row, InventoryRow):
                 item = row.item
-                # The row's school, and the one an access point or server is moved from.
-                schools = [item.school_id, stored.get(type(item), {}).get(item_id(item), "")]
-                for school in filter(None, dict.fromkeys(schools)):
-                    why = access.refusal(call.who, Need.CHANGE, call.action, school)
-                    if why is not None:
-                        denied.setdefault(school, why)
-                        break
+                school = item.school_id
+                why = access.refusal(call.who, Need.CHANGE, call.action, school)
+                # An access point or server moved from another school needs that school
+                # too; which school is not said (it is the other school's to know).
+                home = stored.get(type(item), {}).get(item_id(item), "")
+                moved = home not in ("", school)
+                if why is None and moved and access.refusal(call.who, Need.CHANGE, "", home):
+                    school = home
+                    why = f"{WORDS[kind_of(item)]} {item_id(item)} belongs to another school"
+                if why is not None:
+                    denied.setdefault(school, why)
             checked.append(row if why is None else RowError(row.line, why))
         return checked, denied
 
@@ -120,7 +136,7 @@ class InfraHandlers:
         parsed = [parse_item(item.line, *item_fields(item)) for item in request.items]
         rows, denied = await self._in_scope(parsed, call)
         passed = [r for r in rows if isinstance(r, InventoryRow)]
-        good, errors = check_inventory(rows, await self._stored(passed))
+        good, errors = check_inventory(rows, await self._stored(passed, call.who.scope))
         counts = InventoryCounts(0, 0, 0)
         if good and not request.dry_run:
             items = [r.item for r in good]
@@ -195,9 +211,9 @@ class InfraHandlers:
             raise invalid(f"server id {server_id[:80]!r} is not valid")
         call.target = server_id
         server = await self.guard.off_loop(self._store.get_server, server_id)
-        if server is None:
-            raise not_found(f"no server {server_id!r} in the inventory")
-        call.allow(need, server.target.school_id)
+        schools = None if server is None else [server.target.school_id]
+        call.allow_target(need, schools, f"server {server_id!r}")
+        assert server is not None
         return server
 
     @guarded("servers.show", Need.READ)

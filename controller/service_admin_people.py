@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import grpc
 
 from controller import access
@@ -95,4 +97,9 @@ class PeopleHandlers:
             limit=min(request.limit or AUDIT_DEFAULT, AUDIT_MAX),
         )
         entries = await self.guard.off_loop(self._store.list_audit, query)
+        scope = call.who.scope
+        if scope is not None:
+            # A scoped reader also sees their own attempts elsewhere, but not which
+            # school a target they could not see is in.
+            entries = [e if e.school_id in scope else replace(e, school_id="") for e in entries]
         return admin_pb2.ListAuditResponse(entries=[audit_to_pb(e) for e in entries])

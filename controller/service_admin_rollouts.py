@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from controller.access import Need
-from controller.admin_guard import Call, Guard, Refused, guarded, invalid, not_found
+from controller.admin_guard import Call, Guard, Refused, guarded, invalid
 from controller.errors import RolloutRefused
 from controller.playbook_check import check_playbook
 from controller.playbook_vars import check_extra_vars, read_schema
@@ -142,11 +142,11 @@ class RolloutHandlers:
         """The rollout, if the caller may see (or change) every school it touches."""
         call.target = str(rollout_id)
         record = await self.guard.off_loop(self._store.get_rollout, rollout_id)
-        if record is None:
-            raise not_found(f"no rollout {rollout_id}")
-        schools = await self.guard.off_loop(self._store.rollout_schools, rollout_id)
-        for school in _each_school(schools):
-            call.allow(need, school)
+        schools = None
+        if record is not None:
+            schools = await self.guard.off_loop(self._store.rollout_schools, rollout_id)
+        call.allow_target(need, schools, f"rollout {rollout_id}")
+        assert record is not None
         return record
 
     async def _info(self, record: RolloutRecord) -> admin_pb2.RolloutInfo:

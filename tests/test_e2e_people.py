@@ -74,6 +74,12 @@ def _denied(result: Result, *words: str) -> None:
         assert word in result.err, result.err
 
 
+def _hidden(result: Result, device_id: str) -> None:
+    """Another school's device: answered as if there were none."""
+    assert result.code == 4, result
+    assert result.err == f"schoolctl: no device {device_id!r} in your schools\n", result.err
+
+
 def test_school_it_sees_and_changes_only_their_schools(city: City) -> None:
     it1 = city.it1
     listed = city.ctl("devices", "list", "--json", token=it1)
@@ -83,12 +89,13 @@ def test_school_it_sees_and_changes_only_their_schools(city: City) -> None:
     ]
     assert city.ctl("devices", "show", "panel-a", token=it1).code == 0
 
-    # Another school's things are refused outright, never an empty answer.
-    _denied(city.ctl("devices", "show", "panel-b", token=it1), "it1", "school s2", "s1")
+    # Another school's things are refused outright, never an empty answer; its
+    # devices are not even said to exist.
+    _hidden(city.ctl("devices", "show", "panel-b", token=it1), "panel-b")
     _denied(city.ctl("devices", "list", "--school", "s2", token=it1), "school s2")
     _denied(city.ctl("status", "--school", "s2", token=it1), "school s2")
-    _denied(city.ctl("devices", "decommission", "panel-b", "--yes", token=it1), "school s2")
-    _denied(city.ctl("devices", "ping", "panel-b", token=it1), "school s2")
+    _hidden(city.ctl("devices", "decommission", "panel-b", "--yes", token=it1), "panel-b")
+    _hidden(city.ctl("devices", "ping", "panel-b", token=it1), "panel-b")
     _denied(city.ctl("enroll", "token", "create", "--school", "s2", token=it1), "school s2")
     _denied(city.ctl("users", "list", token=it1), "only central-ops")
     # The other school's device is untouched.

@@ -89,12 +89,14 @@ def test_lists_newest_first_by_state_and_school(store: SqliteStore) -> None:
     assert ids(RolloutQuery(limit=2)) == [third, second]
     assert ids(RolloutQuery(states=frozenset({RolloutState.RUNNING}))) == [third, first]
     assert ids(RolloutQuery(states=frozenset({RolloutState.DONE}))) == [second]
-    assert ids(RolloutQuery(schools=frozenset({"s1"}))) == [third, first]
-    assert ids(RolloutQuery(schools=frozenset({"s2", "s3"}))) == [third, second]
+    # Only rollouts all of whose schools are in the query's (a caller's scope).
+    assert ids(RolloutQuery(schools=frozenset({"s1"}))) == [first]
+    assert ids(RolloutQuery(schools=frozenset({"s2", "s3"}))) == [second]
+    assert ids(RolloutQuery(schools=frozenset({"s1", "s3"}))) == [third, first]
     assert ids(RolloutQuery(schools=frozenset({"s9"}))) == []
     both = RolloutQuery(states=frozenset({RolloutState.RUNNING}), schools=frozenset({"s2"}))
     assert ids(both) == []
-    [listed] = store.list_rollouts(RolloutQuery(schools=frozenset({"s3"})))
+    [listed] = store.list_rollouts(RolloutQuery(schools=frozenset({"s1", "s3"}), limit=1))
     assert listed == store.get_rollout(third)
 
 
@@ -303,7 +305,9 @@ def test_lesson_rates_count_each_panel_of_each_lesson(store: SqliteStore) -> Non
 def test_a_city_wide_rollout_of_20000_hosts(store: SqliteStore) -> None:
     many = [NewHost(f"d{n:05d}", f"s{n % 40}") for n in range(20_000)]
     rollout_id = store.create_rollout(SPEC, many, "ana", T0, LessonRates(0, 0))
-    [record] = store.list_rollouts(RolloutQuery(schools=frozenset({"s7"})))
+    assert store.list_rollouts(RolloutQuery(schools=frozenset({"s7"}))) == []
+    every = frozenset(f"s{n}" for n in range(40))
+    [record] = store.list_rollouts(RolloutQuery(schools=every))
     assert (record.rollout_id, record.counts[HostOutcome.PENDING]) == (rollout_id, 20_000)
     assert len(store.rollout_schools(rollout_id)) == 40
 

@@ -43,7 +43,7 @@ class RolloutQuery:
     """Rollouts, newest first; None matches everything."""
 
     states: frozenset[RolloutState] | None = None
-    # Only rollouts with a host in one of these schools (a caller's scope).
+    # Only rollouts whose hosts are all in these schools (a caller's scope).
     schools: frozenset[str] | None = None
     limit: int = 50
 

@@ -199,9 +199,10 @@ class RolloutTables(SqliteBase):
             where.append(f"state IN {_IDS}")
             params.append(_ids(s.value for s in query.states))
         if query.schools is not None:
+            # Like GetRollout: a rollout is seen only by who may see every school it touches.
             where.append(
-                "EXISTS (SELECT 1 FROM rollout_hosts AS h WHERE h.rollout_id = r.rollout_id "
-                f"AND h.school_id IN {_IDS})"
+                "NOT EXISTS (SELECT 1 FROM rollout_hosts AS h WHERE h.rollout_id = r.rollout_id "
+                f"AND h.school_id NOT IN {_IDS})"
             )
             params.append(_ids(query.schools))
         with self._snapshot() as db:
