@@ -14,6 +14,7 @@ import asyncio
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from controller import access
+from controller import access, internal_errors
 from controller.access import Caller, Need
 from controller.errors import ProtocolError, StoreError
+from controller.field_ranges import out_of_range
 from controller.store import AccessStore
 from inventory.people import AuditEntry, Outcome, User
 
@@ -53,6 +55,14 @@ def invalid(message: str) -> Refused:
 
 def not_found(message: str) -> Refused:
     return Refused(grpc.StatusCode.NOT_FOUND, message, Outcome.FAILED)
+
+
+def internal_error(what: str) -> Refused:
+    """For an exception nobody expected, inside an ``except``: logs it with a reference
+    the answer gives, so that an operator can find it."""
+    ref = uuid.uuid4().hex[:12]
+    log.exception("unexpected error in %s ref=%s", what, ref)
+    return Refused(grpc.StatusCode.INTERNAL, internal_errors.answer(ref), Outcome.FAILED)
 
 
 @dataclass
@@ -199,11 +209,19 @@ def guarded(
                 why = access.role_refusal(call.caller, need, action)
                 if why is not None:
                     raise Refused(grpc.StatusCode.PERMISSION_DENIED, why, Outcome.DENIED)
+                # After the caller is known, so that the attempt is audited.
+                why = out_of_range(request)  # type: ignore[arg-type]
+                if why is not None:
+                    raise invalid(why)
                 result = await handler(self, request, call)
             except ProtocolError as exc:
                 refused = invalid(str(exc))
             except Refused as exc:
                 refused = exc
+            except Exception:
+                # Our bug, not the caller's: logged once with its traceback, answered
+                # without internals, and audited like any other outcome.
+                refused = internal_error(action)
             else:
                 if audited:
                     await guard.audit(call, Outcome.OK, call.done)

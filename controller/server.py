@@ -31,6 +31,7 @@ from controller.dispatcher import Dispatcher
 from controller.errors import ConfigError
 from controller.infra_metrics import InfraCollector
 from controller.ingest import MessageWriter
+from controller.internal_errors import CatchAll
 from controller.lesson_metrics import LessonCollector, LessonMetrics
 from controller.metrics import ControllerMetrics, FleetCollector
 from controller.private_files import private_dir
@@ -359,7 +360,10 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     server = grpc.aio.server(
         options=grpc_options(settings),
         maximum_concurrent_rpcs=settings.max_streams + _ADMIN_HEADROOM,
-        interceptors=[UnaryRequestChecks(settings.max_message_bytes, admin_request_max(settings))],
+        interceptors=[
+            CatchAll(),
+            UnaryRequestChecks(settings.max_message_bytes, admin_request_max(settings)),
+        ],
     )
     add_agent_service(agent_service, server, settings.max_message_bytes)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(

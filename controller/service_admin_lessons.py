@@ -10,6 +10,7 @@ from controller import access
 from controller.access import Need
 from controller.admin_guard import Call, Guard, guarded, invalid
 from controller.dispatcher import Dispatcher
+from controller.field_ranges import time_problem
 from controller.lesson_metrics import day_bounds
 from controller.service_imports import import_done
 from controller.store import Store
@@ -47,6 +48,15 @@ def _fields(s: admin_pb2.ScheduledLesson) -> dict[str, object]:
     }
 
 
+def _bad_time(s: admin_pb2.ScheduledLesson) -> str | None:
+    """Why a row's start or end is no time at all, or None."""
+    for ts, name in ((s.starts_at, "start"), (s.ends_at, "end")):
+        why = time_problem(ts.seconds, ts.nanos, name)
+        if why is not None:
+            return why
+    return None
+
+
 class LessonHandlers:
     """Mixed into AdminService, which provides these."""
 
@@ -81,7 +91,8 @@ class LessonHandlers:
         rows: list[ScheduleRow | RowError] = []
         denied: dict[str, str] = {}
         for s in request.lessons:
-            row = parse_row(s.line, _fields(s))
+            bad_time = _bad_time(s)
+            row = RowError(s.line, bad_time) if bad_time else parse_row(s.line, _fields(s))
             if isinstance(row, ScheduleRow):
                 why = access.refusal(call.who, Need.CHANGE, call.action, row.lesson.school_id)
                 if why is not None:
