@@ -147,7 +147,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             return agent_pb2.EnrollResponse(certificate_pem=cert, ca_certificate_pem=ca_cert)
         log.warning(
             "enrollment refused device=%s school=%s token=%s peer=%s code=%s reason=%s",
-            request.device_id[:_CLIENT_TEXT_MAX],
+            _client_id(request.device_id),
             attempt.school_id or "-",
             attempt.actor,
             peer,
@@ -172,7 +172,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 at=self._now(),
                 actor=attempt.actor,
                 action="enroll",
-                target=request.device_id[:_CLIENT_TEXT_MAX],
+                target=_client_id(request.device_id),
                 school_id=attempt.school_id,
                 outcome=outcome,
                 message=message[:500],
@@ -479,6 +479,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             closing.reason,
             f" code={closing.code.name} detail={closing.message}" if closing.code else "",
         )
+
+
+def _client_id(device_id: str) -> str:
+    """A device id a client sent, fit for a log line or the audit: as it is when valid,
+    otherwise quoted (escaped) and cut short."""
+    return device_id if valid_id(device_id) else repr(device_id[:_CLIENT_TEXT_MAX])
 
 
 @dataclasses.dataclass

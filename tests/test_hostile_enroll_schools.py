@@ -160,7 +160,9 @@ def test_every_refused_enrollment_is_audited_without_its_secret(lab: Lab) -> Non
     assert (entry["actor"], entry["outcome"], entry["school_id"]) == ("-", "denied", "")
     assert "not valid" in entry["message"]
     bad = lab.ctl("audit", "--action", "enroll", "--outcome", "failed", "--json").json()
-    assert any(e["target"].startswith("not a valid id") for e in bad)
+    # A client's bad id is kept quoted: its newline cannot start a line of its own.
+    assert any(e["target"] == repr("not a valid id\n") for e in bad)
+    assert "enrollment refused device='not a valid id\\n' " in lab.c.log_text()
     assert secret not in lab.c.log_text()
     assert secret not in json.dumps(lab.ctl("audit", "--json").json())
 
@@ -232,6 +234,7 @@ def test_a_certificate_for_a_device_never_enrolled_opens_no_stream(lab: Lab) -> 
     assert enrolled(lab.c.database, ["panel-ghost"]) == set()
     assert "stream refused device=panel-ghost" in lab.c.log_text()
     assert "reason=not_enrolled" in lab.c.log_text()
+    assert lab.c.metrics()['schoolfleet_streams_closed_total{reason="not_enrolled"}'] >= 1
 
 
 def test_a_certificate_naming_another_school_opens_no_stream(lab: Lab) -> None:
@@ -252,6 +255,7 @@ def test_a_certificate_naming_another_school_opens_no_stream(lab: Lab) -> None:
     assert "panel-s1" not in lab.devices()
     assert device_row(lab.c.database, "panel-s1") is None
     assert "reason=wrong_school" in lab.c.log_text()
+    assert lab.c.metrics()['schoolfleet_streams_closed_total{reason="wrong_school"}'] >= 1
     # The same school with a serial number that is not the current one.
     stale = device_cert(lab.ca, "panel-s1", SCHOOL_A)
     assert lab.connect(stale, "panel-s1")[0] == DENIED
