@@ -27,9 +27,7 @@ def appender(store: AccessStore, executor: ThreadPoolExecutor) -> AuditSink:
 
     async def append(entry: AuditEntry) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                executor, store.append_audit, entry
-            )
+            await asyncio.get_running_loop().run_in_executor(executor, store.append_audit, entry)
         except StoreError as exc:
             log.error("audit entry not stored %s error=%s", entry, exc)
 
