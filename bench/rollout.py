@@ -59,6 +59,7 @@ from bench.rollout_lab import (
     PLAIN_ENGINE,
     PLAYBOOK,
     PLAYBOOK_NAME,
+    PLAYBOOK_VARS,
     SCHOOL,
     TASKS,
     VARIANTS,
@@ -70,6 +71,7 @@ from bench.rollout_lab import (
 )
 from bench.run import median
 from controller.rollout_runner import default_forks
+from tests.ansible_user import ansible_work_dir, ensure_ansible_user
 from tests.procs import Agent, Controller, schoolctl, wait_until
 from tests.ssh_hosts import SshHost, ssh_hosts
 
@@ -286,9 +288,16 @@ def open_lab(count: int) -> Iterator[Lab]:
     with contextlib.ExitStack() as stack:
         # Short, in /tmp: ssh's control sockets live under it.
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sf-rb-", dir="/tmp")))
+        # Ansible runs as its own OS user, as in production: it reads the playbooks.
+        ensure_ansible_user()
+        ansible_dir = stack.enter_context(ansible_work_dir())
+        work.chmod(0o755)
         playbooks = work / "playbooks"
-        playbooks.mkdir()
+        playbooks.mkdir(mode=0o755)
         (playbooks / PLAYBOOK_NAME).write_text(PLAYBOOK)
+        (playbooks / PLAYBOOK_NAME).chmod(0o644)
+        (playbooks / "bench.vars.yml").write_text(PLAYBOOK_VARS)
+        (playbooks / "bench.vars.yml").chmod(0o644)
         log.info("starting %d ssh hosts", count)
         hosts = stack.enter_context(ssh_hosts(count))
         controller = Controller(
@@ -297,6 +306,7 @@ def open_lab(count: int) -> Iterator[Lab]:
             env={
                 "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(work / "data"),
                 "SCHOOLFLEET_CONTROLLER_PLAYBOOKS_DIR": str(playbooks),
+                "SCHOOLFLEET_CONTROLLER_ROLLOUT_WORK_DIR": str(ansible_dir),
                 "SCHOOLFLEET_CONTROLLER_ROLLOUT_SSH_KEY": str(hosts[0].key_file),
                 "SCHOOLFLEET_CONTROLLER_ROLLOUT_KNOWN_HOSTS": str(hosts[0].known_hosts),
             },

@@ -53,6 +53,8 @@ PLAYBOOK = """\
         content: "{{ marker }}\\n"
         mode: "0644"
 """
+# bench.vars.yml: the one variable a rollout of it sets.
+PLAYBOOK_VARS = 'marker: {type: str, pattern: "[A-Za-z0-9._-]{1,64}"}\n'
 SCHOOL = "b1"  # every host's school, for --select
 ANSIBLE_DEFAULT_FORKS = 5
 _RUN_TIMEOUT = 900.0

@@ -112,7 +112,10 @@ def rollout_start(
         str | None,
         typer.Option(
             metavar="YAML|JSON|@FILE",
-            help="Variables for the playbook: a mapping, as YAML or JSON text or a file.",
+            help="Variables for the playbook: a mapping, as YAML or JSON text or a file. "
+            "Only the names its NAME.vars.yml declares, with the values it allows (school IT:"
+            " those marked school_it); a name it does not take is refused, listing those it"
+            " does. Values are passed as text, never templated.",
         ),
     ] = None,
     gate: Annotated[

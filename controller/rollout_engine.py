@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,11 +30,11 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from controller.rollout_metrics import RolloutMetrics
-from controller.rollout_runner import RunnerSettings, WaveJob, WaveRun, stop_control_masters
+from controller.rollout_runner import RunnerSettings, WaveJob, WaveRun
 from controller.store import Store
 from controller.store.protocol import DeviceQuery
 from controller.store.rollouts_protocol import NewHost, RolloutQuery
-from controller.wave_worker import run_wave_isolated
+from controller.wave_worker import run_wave_isolated, stop_masters_as
 from inventory.ansible_inventory import runner_inventory
 from inventory.model import DeviceRecord
 from inventory.rollouts import (
@@ -66,7 +65,10 @@ class EngineSettings:
     """What the engine needs of the controller's settings."""
 
     playbooks_dir: Path
+    # The controller's own folder of rollouts: each wave's worker log.
     work_dir: Path
+    # Where Ansible writes each wave's files, as its OS user: outside the data folder.
+    ansible_dir: Path
     zone: ZoneInfo
     batch_estimate: float
     recheck: float
@@ -185,12 +187,9 @@ class RolloutEngine:
             task.cancel()
         self._waves.shutdown(wait=False, cancel_futures=True)
         control_dir = self._runner.control_path_dir
-        stopped = await asyncio.get_running_loop().run_in_executor(
-            None, stop_control_masters, control_dir
+        await asyncio.get_running_loop().run_in_executor(
+            None, stop_masters_as, self._runner.os_user, control_dir
         )
-        shutil.rmtree(control_dir, ignore_errors=True)
-        if stopped:
-            log.info("ssh control masters stopped count=%d", len(stopped))
 
     def _kick(self, rollout_id: int) -> None:
         if rollout_id in self._cancel:
@@ -313,20 +312,22 @@ class RolloutEngine:
         log.info("rollout %d wave %d started hosts=%d", rid, wave, len(chosen))
         if reachable:
             cancel = self._cancel[rid] = threading.Event()
+            name = _fresh(self._settings.work_dir / str(rid), f"wave-{wave}")
             job = WaveJob(
                 playbook=self._settings.playbooks_dir / spec.playbook,
                 inventory=runner_inventory(reachable),
                 hosts=tuple(d.identity.device_id for d in reachable),
                 extra_vars=dict(spec.extra_vars),
-                work_dir=_fresh(self._settings.work_dir / str(rid) / f"wave-{wave}"),
+                work_dir=self._settings.ansible_dir / str(rid) / name,
                 settings=self._runner,
                 wave=wave,
                 schools={h.device_id: h.school_id for h in chosen},
             )
             loop = asyncio.get_running_loop()
             try:
+                log_path = self._settings.work_dir / str(rid) / f"{name}.log"
                 run: WaveRun = await loop.run_in_executor(
-                    self._waves, run_wave_isolated, job, cancel
+                    self._waves, run_wave_isolated, job, cancel, log_path
                 )
             finally:
                 self._cancel.pop(rid, None)
@@ -410,14 +411,15 @@ class RolloutEngine:
         return {school: [parse_window(w) for w in texts] for school, texts in stored.items()}
 
 
-def _fresh(folder: Path) -> Path:
-    """A wave's folder, or wave-N.2, .3... when a wave interrupted by a restart runs
-    again (the first attempt's artifacts are kept for diagnosis)."""
-    attempt, path = 1, folder
-    while path.exists() or path.with_name(path.name + ".log").exists():
+def _fresh(logs: Path, name: str) -> str:
+    """A wave's name, or wave-N.2, .3... when a wave interrupted by a restart runs again
+    (the first attempt's files are kept for diagnosis): told by the worker logs in the
+    controller's own folder, which the controller can always read."""
+    attempt, fresh = 1, name
+    while (logs / f"{fresh}.log").exists():
         attempt += 1
-        path = folder.with_name(f"{folder.name}.{attempt}")
-    return path
+        fresh = f"{name}.{attempt}"
+    return fresh
 
 
 def _room(device: DeviceRecord | None) -> str:

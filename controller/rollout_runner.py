@@ -79,6 +79,9 @@ class RunnerSettings:
     # The devices' Python (M OS is Debian-based); "auto_silent" makes Ansible look for
     # one on every host first, one more remote command per host and wave.
     python_interpreter: str = "/usr/bin/python3"
+    # The OS user a wave's worker drops to (controller/ansible_user.py); "": the
+    # controller's own, for a lab only.
+    os_user: str = ""
 
     def __post_init__(self) -> None:
         if self.forks < 1:

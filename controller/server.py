@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from controller import audit_log
 from controller.admin_guard import Guard
+from controller.ansible_user import rollout_dirs
 from controller.dispatcher import Dispatcher
 from controller.errors import ConfigError
 from controller.infra_metrics import InfraCollector
@@ -186,9 +186,11 @@ def _rollouts(
 ) -> tuple[RolloutEngine, RunnerSettings]:
     """The rollout engine and how it runs Ansible."""
     registry.register(RolloutCollector(store))
-    # ssh's control sockets need a short path (108 bytes), whatever data_dir is; the
-    # engine removes the folder when it closes.
-    control_dir = Path(tempfile.mkdtemp(prefix="sf-ssh-", dir="/tmp"))
+    # Ansible writes as its own OS user, outside data_dir; the engine removes the
+    # control sockets' folder when it closes.
+    ansible_dir, control_dir = rollout_dirs(
+        settings.rollout_os_user, settings.rollout_work_dir, settings.data_dir
+    )
     runner = RunnerSettings(
         forks=settings.rollout_forks or default_forks(),
         remote_user=settings.rollout_ssh_user,
@@ -197,6 +199,7 @@ def _rollouts(
         known_hosts=settings.known_hosts,
         control_path_dir=control_dir,
         timeout=settings.rollout_wave_timeout,
+        os_user=settings.rollout_os_user,
     )
     engine = RolloutEngine(
         store,
@@ -205,6 +208,7 @@ def _rollouts(
         EngineSettings(
             playbooks_dir=settings.playbooks_dir,
             work_dir=settings.data_dir / "rollouts",
+            ansible_dir=ansible_dir,
             zone=ZoneInfo(settings.timezone),
             batch_estimate=settings.rollout_batch_estimate,
             recheck=settings.rollout_recheck,

@@ -11,6 +11,7 @@ import grpc
 
 from controller.access import Need
 from controller.admin_guard import Call, Guard, Refused, guarded, invalid
+from controller.ansible_user import find_os_user
 from controller.errors import RolloutRefused
 from controller.playbook_check import check_playbook
 from controller.playbook_vars import check_extra_vars, read_schema
@@ -166,6 +167,11 @@ class RolloutHandlers:
             call.allow(Need.CHANGE, school)
         if self.runner_settings is None:
             raise invalid("rollouts are not set up on this controller")
+        if self.runner_settings.os_user:
+            try:
+                find_os_user(self.runner_settings.os_user)
+            except RolloutRefused as exc:
+                raise _conflict(str(exc)) from None
         try:
             await self.guard.off_loop(
                 check_playbook, self.playbooks_dir, request.playbook, self.runner_settings

@@ -72,6 +72,10 @@ class ControllerSettings:
     agent_tls: bool = True
     # With agent_tls: TLS without client certificates, for enrollment and schoolctl.
     enroll_listen: str = "127.0.0.1:7445"
+    # Refused sign-ins (bearer tokens) and enrollments one source address may make:
+    # this many at once, then this many a minute; beyond, RESOURCE_EXHAUSTED.
+    refused_burst: int = 20
+    refused_per_minute: int = 10
     # The controller's own files; its CA is in DATA_DIR/pki (`schoolfleet-controller init`).
     data_dir: Path = Path("/var/lib/schoolfleet")
     # Hosts lesson content may come from (told to agents in Welcome; a subdomain of one
@@ -96,6 +100,12 @@ class ControllerSettings:
     rollout_python: str = "/usr/bin/python3"
     rollout_ssh_key: Path = Path()
     rollout_known_hosts: Path = Path()
+    # The OS user Ansible runs as (controller/ansible_user.py): it cannot read data_dir.
+    # "": the controller's own user, UNSAFE, for a lab only.
+    rollout_os_user: str = "schoolfleet-ansible"
+    # Where Ansible writes each wave's files; default: `rollouts` in rollout_os_user's
+    # home. Outside data_dir, whenever rollout_os_user is set.
+    rollout_work_dir: Path = Path()
     # Hosts Ansible changes at once; 0: sized to this machine's cores.
     rollout_forks: int = 0
     # A wave still running after this many seconds is stopped; its hosts fail.
@@ -151,6 +161,16 @@ class ControllerSettings:
             )
         _check_zone(self.timezone)
         self._check_ranges()
+        if (
+            self.rollout_os_user
+            and self.rollout_work_dir != Path()
+            and self.rollout_work_dir.absolute().is_relative_to(self.data_dir.absolute())
+        ):
+            raise SettingError(
+                f"'rollout_work_dir' {self.rollout_work_dir} is inside data_dir: Ansible's"
+                " user must not reach the controller's data; choose a folder outside it",
+                "rollout_work_dir",
+            )
         # The agents' own limits (agent/uplink.py): an order beyond them is refused.
         if not 0 < self.uplink_bytes <= 100_000_000:
             raise SettingError("'uplink_bytes' must be 1 to 100000000", "uplink_bytes")
@@ -165,6 +185,8 @@ class ControllerSettings:
             "queue_max",
             "uplink_concurrency",
             "probe_concurrency",
+            "refused_burst",
+            "refused_per_minute",
         ):
             if getattr(self, key) < 1:
                 raise SettingError(f"{key!r} must be at least 1", key)

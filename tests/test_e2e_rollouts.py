@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.ansible_user import ansible_work_dir, ensure_ansible_user, readable_playbooks
 from tests.netns import needs_root
 from tests.procs import Agent, Controller, Result, free_port, schoolctl, wait_until
 from tests.ssh_hosts import SshHost, ssh_hosts
@@ -134,12 +135,17 @@ def _agents(lab_dir: Path, controller: Controller, hosts: list[SshHost]) -> list
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     work = tmp_path_factory.mktemp("rollouts")
-    playbooks = work / "playbooks"
-    shutil.copytree(PLAYBOOKS, playbooks)
-    (playbooks / "mark.yml").write_text(MARK)
-    (playbooks / "mark.vars.yml").write_text(MARK_VARS)
-    (playbooks / "broken.yml").write_text("- name: broken\n  hosts: all\n  tasks: [\n")
-    with ssh_hosts(6, private_dirs=PRIVATE) as hosts:
+    source = work / "playbooks"
+    shutil.copytree(PLAYBOOKS, source)
+    (source / "mark.yml").write_text(MARK)
+    (source / "mark.vars.yml").write_text(MARK_VARS)
+    (source / "broken.yml").write_text("- name: broken\n  hosts: all\n  tasks: [\n")
+    ensure_ansible_user()
+    with (
+        readable_playbooks(source) as playbooks,
+        ansible_work_dir() as ansible_dir,
+        ssh_hosts(6, private_dirs=PRIVATE) as hosts,
+    ):
         controller = Controller(
             work,
             # A fixed port: the agents find the controller again after its restart.
@@ -148,6 +154,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             env={
                 "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(work / "data"),
                 "SCHOOLFLEET_CONTROLLER_PLAYBOOKS_DIR": str(playbooks),
+                "SCHOOLFLEET_CONTROLLER_ROLLOUT_WORK_DIR": str(ansible_dir),
                 "SCHOOLFLEET_CONTROLLER_ROLLOUT_SSH_KEY": str(hosts[0].key_file),
                 "SCHOOLFLEET_CONTROLLER_ROLLOUT_KNOWN_HOSTS": str(hosts[0].known_hosts),
                 "SCHOOLFLEET_CONTROLLER_ROLLOUT_RECHECK": "1",
