@@ -172,6 +172,7 @@ def test_deep_nesting_is_refused_before_the_parser_sees_it() -> None:
     assert refused(deep, NOTES) == "extra var 'note': nested deeper than 4"
     braces = '{"a": "[[[[[[[[[[", "note": ' + '{"a": ' * 30_000 + "1" + "}" * 30_001
     assert refused(braces, NOTES) == "extra var 'note': nested deeper than 4"
+    assert refused("[" * 30_000, NOTES) == "extra vars are nested deeper than 4"
 
 
 def test_a_large_value_is_refused_naming_it() -> None:
