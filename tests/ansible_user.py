@@ -25,6 +25,7 @@ from controller.ansible_user import drop_argv, find_os_user, worker_env
 
 ANSIBLE_USER = "schoolfleet-ansible"
 HOME = Path("/var/lib") / ANSIBLE_USER
+_PROJECT = Path(__file__).resolve().parent.parent
 _ACL = "system.posix_acl_access"
 _UNDEFINED_ID = 0xFFFFFFFF
 _USER_OBJ, _USER, _GROUP_OBJ, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
@@ -37,7 +38,10 @@ def ensure_ansible_user() -> str:
     except KeyError:
         _useradd()
     uid = pwd.getpwnam(ANSIBLE_USER).pw_uid
-    for folder in _closed_folders_on_the_way(Path(os.path.realpath(sys.executable)), uid):
+    # The interpreter, the venv's packages and the project's own code (CI checks out
+    # wherever it likes, maybe under a closed folder too).
+    targets = (Path(os.path.realpath(sys.executable)), Path(sys.prefix), _PROJECT)
+    for folder in {f for t in targets for f in _closed_folders_on_the_way(t, uid)}:
         _allow_search(folder, uid)
     _check_worker_starts()
     return ANSIBLE_USER
