@@ -26,6 +26,7 @@ from controller import access, internal_errors
 from controller.access import Caller, Need
 from controller.errors import ProtocolError, StoreError
 from controller.field_ranges import out_of_range
+from controller.refusals import Refusals
 from controller.store import AccessStore
 from inventory.people import AuditEntry, Outcome, User
 
@@ -36,6 +37,8 @@ Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 NO_ACTOR = "-"
+# What refused bearer tokens are folded and limited as, per source.
+SIGN_IN = "sign-in"
 _MISSING = "no bearer token: run 'schoolctl login' (or set SCHOOLCTL_TOKEN)"
 _NOT_ACCEPTED = "the bearer token is not accepted (unknown, revoked or expired)"
 
@@ -43,10 +46,14 @@ _NOT_ACCEPTED = "the bearer token is not accepted (unknown, revoked or expired)"
 class Refused(Exception):
     """A call answered with a status other than OK; ``outcome`` is how it is audited."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, outcome: Outcome) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, outcome: Outcome, *, folded: bool = False
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.outcome = outcome
+        # Counted into its source's folded entry (controller/refusals.py), not audited.
+        self.folded = folded
 
 
 def invalid(message: str) -> Refused:
@@ -126,11 +133,13 @@ class Guard:
         executor: ThreadPoolExecutor,
         on_denied: Callable[[str], None] = lambda action: None,
         now: Callable[[], float] = time.time,
+        refusals: Refusals | None = None,
     ) -> None:
         self._store = store
         self._executor = executor
         self._on_denied = on_denied
         self.now = now
+        self._refusals = refusals
 
     async def off_loop(self, fn: Callable[..., T], *args: object) -> T:
         """Runs a store call on the read pool; a store failure becomes UNAVAILABLE."""
@@ -143,14 +152,29 @@ class Guard:
                 Outcome.FAILED,
             ) from None
 
-    async def authenticate(self, context: Context) -> User:
+    async def authenticate(self, context: Context, peer: str) -> User:
+        """The caller's user; a source that keeps presenting bad tokens is answered
+        RESOURCE_EXHAUSTED before its token is looked at."""
+        if self._refusals is not None:
+            busy = await self._refusals.busy(peer, SIGN_IN)
+            if busy is not None:
+                raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, busy, Outcome.DENIED, folded=True)
         token = access.bearer(context.invocation_metadata())
         if token is None:
-            raise Refused(grpc.StatusCode.UNAUTHENTICATED, _MISSING, Outcome.DENIED)
+            raise self._unauthenticated(peer, _MISSING)
         user = await self.off_loop(self._store.find_user, access.hash_token(token))
         if user is None or not user.active(self.now()):
-            raise Refused(grpc.StatusCode.UNAUTHENTICATED, _NOT_ACCEPTED, Outcome.DENIED)
+            raise self._unauthenticated(peer, _NOT_ACCEPTED)
         return user
+
+    def _unauthenticated(self, peer: str, message: str) -> Refused:
+        if self._refusals is not None:
+            self._refusals.refused(peer, SIGN_IN)
+        return Refused(grpc.StatusCode.UNAUTHENTICATED, message, Outcome.DENIED)
+
+    def folded(self, call: Call) -> None:
+        """A denial counted into its source's folded entry: only the metric sees it now."""
+        self._on_denied(call.action)
 
     async def audit(self, call: Call, outcome: Outcome, message: str) -> None:
         if outcome is Outcome.DENIED:
@@ -203,7 +227,7 @@ def guarded(
             guard: Guard = self.guard
             call = Call(action=action, peer=context.peer() or "")
             try:
-                call.user = await guard.authenticate(context)
+                call.user = await guard.authenticate(context, call.peer)
                 call.caller = Caller.of(call.user)
                 # The role first; the target's school when the handler knows it.
                 why = access.role_refusal(call.caller, need, action)
@@ -226,7 +250,9 @@ def guarded(
                 if audited:
                     await guard.audit(call, Outcome.OK, call.done)
                 return result
-            if audited or refused.outcome is Outcome.DENIED:
+            if refused.folded:
+                guard.folded(call)
+            elif audited or refused.outcome is Outcome.DENIED:
                 await guard.audit(call, refused.outcome, str(refused))
             await context.abort(refused.code, str(refused))
             raise AssertionError("abort returns only by raising")

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from controller import audit_log
 from controller.admin_guard import Guard
 from controller.ansible_user import rollout_dirs
+from controller.attempt_limits import FailureBudget
 from controller.dispatcher import Dispatcher
 from controller.errors import ConfigError
 from controller.infra_metrics import InfraCollector
@@ -37,6 +38,7 @@ from controller.metrics import ControllerMetrics, FleetCollector
 from controller.private_files import private_dir
 from controller.probe_check import ProbeSettings
 from controller.probes import ProbeMetrics, Prober
+from controller.refusals import Refusals
 from controller.request_checks import UnaryRequestChecks
 from controller.rollout_engine import EngineSettings, RolloutEngine
 from controller.rollout_metrics import RolloutCollector, RolloutMetrics
@@ -344,8 +346,17 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     _store_gauges(store, registry, sessions)
     zone = ZoneInfo(settings.timezone)
     lesson_metrics, dispatcher = _lessons(settings, store, read_executor, sessions, registry)
+    audit = audit_log.appender(store, read_executor)
+    # Refused sign-ins and enrollments: limited and folded per source address.
+    refusals = Refusals(audit, FailureBudget(settings.refused_per_minute, settings.refused_burst))
     agent_service = AgentService(
-        settings, store, write_executor, sessions, metrics, audit_log.appender(store, read_executor)
+        settings,
+        store,
+        write_executor,
+        sessions,
+        metrics,
+        refusals.sink(audit),
+        refusals=refusals,
     )
     uplink = _uplink(settings, store, read_executor, sessions, agent_service, registry)
     rollouts, runner = _rollouts(settings, store, read_executor, registry)
@@ -373,7 +384,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminService(
             store,
-            Guard(store, read_executor, metrics.count_denied),
+            Guard(store, read_executor, metrics.count_denied, refusals=refusals),
             sessions,
             dispatcher=dispatcher,
             content_hosts=settings.content_hosts,
@@ -395,6 +406,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")
     acks_task = asyncio.create_task(agent_service.run_acks(), name="acks")
     dispatcher_task = asyncio.create_task(dispatcher.run(), name="lesson-dispatcher")
+    refusals_task = asyncio.create_task(refusals.run(), name="refusals")
     probes = _probes(settings, store, read_executor, registry)
     await rollouts.resume_all()
     if settings.ports_file != Path():
@@ -425,10 +437,11 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     await rollouts.close()
     await writer.close()
     await writer_task
-    for task in (acks_task, dispatcher_task):
+    for task in (acks_task, dispatcher_task, refusals_task):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await refusals.close()
     _stop_http(http_server, http_thread)
     write_executor.shutdown(wait=True)
     read_executor.shutdown(wait=True)

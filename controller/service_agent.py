@@ -36,6 +36,7 @@ from controller.ingest import MessageWriter
 from controller.lesson_convert import lesson_event_from_pb
 from controller.metrics import ControllerMetrics
 from controller.pki import CertificateAuthority, cert_pem, load_ca
+from controller.refusals import Refusals
 from controller.request_checks import decode
 from controller.service_convert import health_from_pb, identity_from_hello, report_from_pb
 from controller.service_uplink import uplink_answer
@@ -77,8 +78,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         metrics: ControllerMetrics,
         audit: AuditSink,
         now: Callable[[], float] = time.time,
+        refusals: Refusals | None = None,
     ) -> None:
         self._settings = settings
+        # Sources that keep failing to enroll are refused before any work.
+        self._refusals = refusals
         # Where every enrollment, granted or refused, is recorded (the audit log).
         self._audit = audit
         self._store = store
@@ -117,6 +121,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         context: grpc.aio.ServicerContext[agent_pb2.EnrollRequest, agent_pb2.EnrollResponse],
     ) -> agent_pb2.EnrollResponse:
         peer = context.peer()
+        busy = await self._refusals.busy(peer, "enroll") if self._refusals is not None else None
+        if busy is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
         attempt = _Attempt()
         outcome = Outcome.FAILED
         try:
