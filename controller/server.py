@@ -30,6 +30,7 @@ from controller.ansible_user import rollout_dirs
 from controller.attempt_limits import FailureBudget
 from controller.dispatcher import Dispatcher
 from controller.errors import ConfigError
+from controller.grpc_logs import hide_metadata_values
 from controller.infra_metrics import InfraCollector
 from controller.ingest import MessageWriter
 from controller.internal_errors import CatchAll
@@ -326,6 +327,7 @@ def _store_gauges(store: Store, registry: CollectorRegistry, sessions: Sessions)
 # helpers already.
 async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     """Runs the controller until SIGTERM or SIGINT, then shuts down gracefully."""
+    hide_metadata_values()
     # Whatever the umask it was started with: what it writes is its own (controller/
     # private_files.py); files others may read (ca.crt) are given their mode explicitly.
     os.umask(0o077)

@@ -287,3 +287,66 @@ def silent_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
     finally:
         for s in sockets:
             s.close()
+
+
+# --- HTTP/2 by hand, for headers no gRPC client sends ---------------------------------
+
+
+def _hpack_int(value: int, prefix_bits: int = 7) -> bytes:
+    top = (1 << prefix_bits) - 1
+    if value < top:
+        return bytes([value])
+    out, value = bytearray([top]), value - top
+    while value >= 128:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _hpack_literal(name: bytes, value: bytes) -> bytes:
+    """A header as a literal without indexing, with a new name and no Huffman coding."""
+    return b"\x00" + _hpack_int(len(name)) + name + _hpack_int(len(value)) + value
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes([kind, flags])
+        + stream_id.to_bytes(4, "big")
+        + payload
+    )
+
+
+def raw_h2_call(
+    port: int, path: str, metadata: list[tuple[bytes, bytes]], message: bytes, wait: float = 2.0
+) -> bytes:
+    """One gRPC call over plaintext HTTP/2 written by hand, so that its metadata may hold
+    any bytes at all (gRPC's clients refuse to send what is not printable ASCII);
+    returns the raw bytes that came back within ``wait``."""
+    headers = b"".join(
+        _hpack_literal(n, v)
+        for n, v in [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", path.encode()),
+            (b":authority", f"127.0.0.1:{port}".encode()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            *metadata,
+        ]
+    )
+    chunks = [headers[i : i + 16_384] for i in range(0, len(headers), 16_384)]
+    frames = HTTP2_PREFACE + _frame(4, 0, 0, b"")
+    for n, chunk in enumerate(chunks):
+        last = 0x4 if n == len(chunks) - 1 else 0
+        frames += _frame(1 if n == 0 else 9, last, 1, chunk)
+    body = b"\x00" + len(message).to_bytes(4, "big") + message
+    frames += _frame(0, 0x1, 1, body)
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(frames)
+        got = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := s.recv(65536):
+                got += chunk
+        return got
