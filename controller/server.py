@@ -29,6 +29,7 @@ from controller.admin_guard import Guard
 from controller.ansible_user import rollout_dirs
 from controller.attempt_limits import FailureBudget
 from controller.dispatcher import Dispatcher
+from controller.enroll_service import Enroller
 from controller.errors import ConfigError
 from controller.grpc_logs import hide_metadata_values
 from controller.infra_metrics import InfraCollector
@@ -351,15 +352,8 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     audit = audit_log.appender(store, read_executor)
     # Refused sign-ins and enrollments: limited and folded per source address.
     refusals = Refusals(audit, FailureBudget(settings.refused_per_minute, settings.refused_burst))
-    agent_service = AgentService(
-        settings,
-        store,
-        write_executor,
-        sessions,
-        metrics,
-        refusals.sink(audit),
-        refusals=refusals,
-    )
+    enroller = Enroller(settings.data_dir / "pki", store, refusals.sink(audit), refusals)
+    agent_service = AgentService(settings, store, write_executor, sessions, metrics, enroller)
     uplink = _uplink(settings, store, read_executor, sessions, agent_service, registry)
     rollouts, runner = _rollouts(settings, store, read_executor, registry)
     writer = MessageWriter(

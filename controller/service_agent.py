@@ -21,22 +21,14 @@ import grpc
 from cryptography import x509
 from google.protobuf.message import DecodeError
 
-from controller import enrollment
 from controller.acks import AckCoalescer
 from controller.admission import stream_refusal
-from controller.audit_log import AuditSink
-from controller.device_certs import identity_from_uris, sign_device_csr
-from controller.errors import (
-    EnrollRefused,
-    PkiError,
-    ProtocolError,
-    StoreError,
-)
+from controller.device_certs import identity_from_uris
+from controller.enroll_service import Enroller
+from controller.errors import PkiError, ProtocolError, StoreError
 from controller.ingest import MessageWriter
 from controller.lesson_convert import lesson_event_from_pb
 from controller.metrics import ControllerMetrics
-from controller.pki import CertificateAuthority, cert_pem, load_ca
-from controller.refusals import Refusals
 from controller.request_checks import decode
 from controller.service_convert import health_from_pb, identity_from_hello, report_from_pb
 from controller.service_uplink import uplink_answer
@@ -44,8 +36,7 @@ from controller.sessions import Closing, Session, SessionRegistry
 from controller.settings import ControllerSettings
 from controller.store import CommandResultRow, HeartbeatRow, LessonEventRow, Store
 from controller.uplink import UplinkAnswer
-from inventory.model import DeviceIdentity, Enrollment, valid_id
-from inventory.people import AuditEntry, Outcome
+from inventory.model import DeviceIdentity
 from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
 
@@ -56,8 +47,6 @@ ControllerMessage = agent_pb2.ControllerMessage
 _CAPABILITIES_MAX = 32
 # Seconds between sweeps for held-back acks, at the least.
 _ACK_TICK_MIN = 0.1
-# Characters of a client's text (a device id it sent) kept in logs and the audit.
-_CLIENT_TEXT_MAX = 80
 Sessions = SessionRegistry[agent_pb2.ControllerMessage]
 _RESULT_STATUS = {
     agent_pb2.CommandResult.STATUS_OK: "ok",
@@ -76,15 +65,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         write_executor: ThreadPoolExecutor,
         sessions: Sessions,
         metrics: ControllerMetrics,
-        audit: AuditSink,
+        enroller: Enroller,
         now: Callable[[], float] = time.time,
-        refusals: Refusals | None = None,
     ) -> None:
         self._settings = settings
-        # Sources that keep failing to enroll are refused before any work.
-        self._refusals = refusals
-        # Where every enrollment, granted or refused, is recorded (the audit log).
-        self._audit = audit
+        self._enroller = enroller
         self._store = store
         self._write_executor = write_executor
         self._sessions = sessions
@@ -93,8 +78,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self.writer: MessageWriter | None = None
         # Where answers to MeasureUplink go (the uplink checks), beside the store.
         self.on_uplink_answer: Callable[[UplinkAnswer], None] = lambda answer: None
-        # Loaded at the first enrollment; a new CA needs a restart.
-        self._ca: CertificateAuthority | None = None
         self._acks = AckCoalescer(settings.ack_interval)
 
     def ack(self, highest: dict[str, int]) -> None:
@@ -120,128 +103,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         request: agent_pb2.EnrollRequest,
         context: grpc.aio.ServicerContext[agent_pb2.EnrollRequest, agent_pb2.EnrollResponse],
     ) -> agent_pb2.EnrollResponse:
-        peer = context.peer()
-        busy = await self._refusals.busy(peer, "enroll") if self._refusals is not None else None
-        if busy is not None:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
-        attempt = _Attempt()
-        outcome = Outcome.FAILED
-        try:
-            # Off the loop, and off the heartbeat writer's thread: a morning of first
-            # enrollments must not delay batches. The store's writes take its lock.
-            cert, ca_cert, serial = await asyncio.to_thread(self._enroll, request, attempt)
-        except EnrollRefused as exc:
-            code, message, outcome = grpc.StatusCode[exc.status], str(exc), Outcome.DENIED
-        except ProtocolError as exc:
-            code, message = grpc.StatusCode[exc.status], str(exc)
-        except PkiError as exc:
-            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        except _NoCa as exc:
-            code, message = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-        except StoreError as exc:
-            log.error("enrollment not stored peer=%s error=%s", peer, exc)
-            code, message = grpc.StatusCode.UNAVAILABLE, "controller store unavailable"
-        else:
-            log.info(
-                "device enrolled device=%s school=%s token=%s serial=%s peer=%s",
-                request.device_id,
-                attempt.school_id,
-                attempt.actor,
-                serial,
-                peer,
-            )
-            await self._audit_enroll(request, attempt, Outcome.OK, f"certificate {serial}", peer)
-            return agent_pb2.EnrollResponse(certificate_pem=cert, ca_certificate_pem=ca_cert)
-        log.warning(
-            "enrollment refused device=%s school=%s token=%s peer=%s code=%s reason=%s",
-            _client_id(request.device_id),
-            attempt.school_id or "-",
-            attempt.actor,
-            peer,
-            code.name,
-            message,
-        )
-        await self._audit_enroll(request, attempt, outcome, message, peer)
-        await context.abort(code, message)
-        raise AssertionError("abort returns only by raising")
-
-    async def _audit_enroll(
-        self,
-        request: agent_pb2.EnrollRequest,
-        attempt: _Attempt,
-        outcome: Outcome,
-        message: str,
-        peer: str,
-    ) -> None:
-        await self._audit(
-            AuditEntry(
-                entry_id=0,
-                at=self._now(),
-                actor=attempt.actor,
-                action="enroll",
-                target=_client_id(request.device_id),
-                school_id=attempt.school_id,
-                outcome=outcome,
-                message=message[:500],
-                peer=peer[:100],
-            )
-        )
-
-    def _enroll(
-        self, request: agent_pb2.EnrollRequest, attempt: _Attempt
-    ) -> tuple[bytes, bytes, str]:
-        """Checks the token and the device, signs the request, records both at once.
-        Fills in ``attempt`` with the token's id and school once the token is usable."""
-        if not valid_id(request.device_id):
-            raise ProtocolError(
-                f"device id {request.device_id[:_CLIENT_TEXT_MAX]!r} is not a valid id"
-            )
-        token_hash = enrollment.hash_secret(request.token)
-        token = self._store.find_enroll_token(token_hash)
-        now = self._now()
-        # Checked here so that nothing is signed for nothing; the store checks all of
-        # it again in the transaction that takes the token's use.
-        if token is None or not token.usable(now):
-            raise enrollment.token_refused()
-        attempt.actor, attempt.school_id = token.token_id, token.school_id
-        existing = self._store.get_enrollment(request.device_id)
-        seen = None
-        if existing is None:
-            device = self._store.get_device(request.device_id, now)
-            seen = device.identity.school_id if device is not None else None
-        refused = enrollment.device_refusal(
-            request.device_id,
-            token.school_id,
-            existing.school_id if existing else None,
-            existing is not None and existing.reenroll,
-            seen,
-        )
-        if refused is not None:
-            raise refused
-        ca = self._certificate_authority()
-        issued = sign_device_csr(ca, request.csr_pem, request.device_id, token.school_id)
-        serial = f"{issued.serial:x}"
-        self._store.enroll(
-            token_hash,
-            Enrollment(
-                device_id=request.device_id,
-                school_id=token.school_id,
-                serial=serial,
-                not_after=issued.not_after.timestamp(),
-                enrolled_at=now,
-                token_id=token.token_id,
-            ),
-            now,
-        )
-        return issued.pem, cert_pem(ca.certificate), serial
-
-    def _certificate_authority(self) -> CertificateAuthority:
-        if self._ca is None:
-            try:
-                self._ca = load_ca(self._settings.data_dir / "pki")
-            except PkiError as exc:
-                raise _NoCa(f"the controller cannot sign certificates: {exc}") from None
-        return self._ca
+        return await self._enroller.enroll(request, context)
 
     async def Connect(
         self,
@@ -486,25 +348,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             closing.reason,
             f" code={closing.code.name} detail={closing.message}" if closing.code else "",
         )
-
-
-def _client_id(device_id: str) -> str:
-    """A device id a client sent, fit for a log line or the audit: as it is when valid,
-    otherwise quoted (escaped) and cut short."""
-    return device_id if valid_id(device_id) else repr(device_id[:_CLIENT_TEXT_MAX])
-
-
-@dataclasses.dataclass
-class _Attempt:
-    """Who an enrollment came as, for its log line and audit entry: the token's id and
-    school once the token is known to be usable, "-" and "" before."""
-
-    actor: str = "-"
-    school_id: str = ""
-
-
-class _NoCa(Exception):
-    """The controller has no usable CA (not initialised, or its files are wrong)."""
 
 
 def _thresholds(s: ControllerSettings) -> fleet_pb2.Thresholds:
