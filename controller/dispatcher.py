@@ -22,7 +22,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from controller.lesson_metrics import LessonMetrics
 from controller.lesson_outcome import outcome
 from controller.sessions import SessionRegistry
 from controller.store import Store
@@ -63,7 +62,6 @@ class Dispatcher:
         store: Store,
         executor: ThreadPoolExecutor,
         sessions: SessionRegistry[agent_pb2.ControllerMessage],
-        metrics: LessonMetrics,
         *,
         lead: float,
         settle: float,
@@ -73,7 +71,6 @@ class Dispatcher:
         self._store = store
         self._executor = executor
         self._sessions = sessions
-        self._metrics = metrics
         self._lead = lead
         self._settle = settle
         self._on_time = on_time
@@ -112,7 +109,6 @@ class Dispatcher:
             await self._off_loop(
                 self._store.settle, lesson.lesson_id, LessonState.FAILED, "not dispatched", now
             )
-            self._metrics.settled(lesson.school_id, LessonState.FAILED)
             log.warning("lesson missed lesson=%s reason=not dispatched", lesson.lesson_id)
         for lesson, panels in await self._off_loop(self._store.lessons_ending, now):
             self._end(lesson, panels, now)
@@ -121,7 +117,6 @@ class Dispatcher:
         ):
             state, reason = outcome(lesson.starts_at, results, self._on_time)
             await self._off_loop(self._store.settle, lesson.lesson_id, state, reason, now)
-            self._metrics.settled(lesson.school_id, state)
             log.info("lesson settled lesson=%s state=%s %s", lesson.lesson_id, state, reason)
 
     async def _dispatch(self, lessons: list[Lesson], now: float) -> None:
@@ -159,11 +154,9 @@ class Dispatcher:
                 if session is not None:
                     session.send(agent_pb2.ControllerMessage(command=command))
             if sent:
-                self._metrics.dispatched(lesson.school_id)
                 panels += len(sent)
                 log.debug("lesson dispatched lesson=%s panels=%d", lesson_id, len(sent))
             else:
-                self._metrics.settled(lesson.school_id, LessonState.NO_DEVICE)
                 empty += 1
                 log.warning("lesson has no panel lesson=%s", lesson_id)
         if dispatched:

@@ -5,6 +5,8 @@ Series grow with schools and a fixed set of states, never with access points or
 servers: a school has three ``schoolfleet_access_points`` series (up, down,
 unknown) however many access points it has, and one
 ``schoolfleet_devices_on_unknown_bssids`` however many BSSIDs its devices name.
+Every known school has every series, at 0 where it has nothing of the kind, so that
+lists of schools are complete.
 """
 
 from __future__ import annotations
@@ -13,18 +15,30 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.errors import StoreError
-from controller.store.infra_protocol import InfraCensus, InfraStore
-from inventory.infra import TargetKind
+from controller.store.infra_protocol import InfraCensus
+from inventory.infra import TargetKind, UnknownBssid
 
 log = logging.getLogger(__name__)
 
 # An access point no device reported for this long is flagged (issue 9: "a day").
 UNSEEN_AFTER = 86_400.0
+_STATES = ("up", "down", "unknown")
+
+
+class InfraFigures(Protocol):
+    """The store's queries the infrastructure collector reads."""
+
+    def school_ids(self) -> list[str]: ...
+
+    def infra_census(self, seen_since: float) -> list[InfraCensus]: ...
+
+    def unknown_bssids(self, schools: frozenset[str] | None) -> list[UnknownBssid]: ...
 
 
 class InfraCollector(Collector):
@@ -32,7 +46,7 @@ class InfraCollector(Collector):
     ``schoolfleet_access_points_unseen`` and ``schoolfleet_devices_on_unknown_bssids``,
     by school."""
 
-    def __init__(self, store: InfraStore, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: InfraFigures, now: Callable[[], float] = time.time) -> None:
         self._store = store
         self._now = now
 
@@ -71,29 +85,27 @@ class InfraCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         aps, servers, unseen, on_unknown = self._families()
         try:
+            known = self._store.school_ids()
             census = self._store.infra_census(self._now() - UNSEEN_AFTER)
             unknown = self._store.unknown_bssids(None)
         except StoreError as exc:
             log.error("infrastructure counts not read for /metrics: %s", exc)
-            census, unknown = [], []
-        # 0 for a school with access points, rather than no series.
+            return
+        found = {(c.school_id, c.kind): c for c in census}
         devices: Counter[str] = Counter()
-        for c in census:
-            family = aps if c.kind is TargetKind.AP else servers
-            for state, count in _states(c):
-                family.add_metric([c.school_id, state], count)
-            if c.kind is TargetKind.AP:
-                unseen.add_metric([c.school_id], c.unseen)
-                devices[c.school_id] += 0
         for u in unknown:
             devices[u.school_id] += u.devices
-        for school_id, count in sorted(devices.items()):
-            on_unknown.add_metric([school_id], count)
-        yield aps
-        yield servers
-        yield unseen
-        yield on_unknown
+        schools = sorted({*known, *(c.school_id for c in census), *devices})
+        for school in schools:
+            for kind, family in ((TargetKind.AP, aps), (TargetKind.SERVER, servers)):
+                c = found.get((school, kind))
+                for state, count in zip(_STATES, _counts(c), strict=True):
+                    family.add_metric([school, state], count)
+            ap = found.get((school, TargetKind.AP))
+            unseen.add_metric([school], ap.unseen if ap else 0)
+            on_unknown.add_metric([school], devices[school])
+        yield from (aps, servers, unseen, on_unknown)
 
 
-def _states(c: InfraCensus) -> tuple[tuple[str, int], ...]:
-    return (("up", c.up), ("down", c.down), ("unknown", c.unknown))
+def _counts(c: InfraCensus | None) -> tuple[int, int, int]:
+    return (c.up, c.down, c.unknown) if c else (0, 0, 0)

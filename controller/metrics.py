@@ -1,8 +1,10 @@
 """Prometheus metrics of the controller.
 
 Fleet gauges are computed from the store at scrape time, per school (and kind,
-status or verdict): series grow with schools, never with devices. Ingest figures are plain
-counters and a histogram updated as things happen.
+status or verdict): series grow with schools, never with devices, and every known school
+has all of them, at 0 where it has no such device. Ingest figures are plain counters and
+a histogram updated as things happen; a labelled counter is created at 0 for every value
+it can take, so that ``increase()`` sees its first step.
 """
 
 from __future__ import annotations
@@ -10,16 +12,44 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.errors import StoreError
-from controller.store import DeviceStore
-from inventory.model import Condition
+from inventory.model import Condition, DeviceKind, KindCount, SchoolReports
 
 log = logging.getLogger(__name__)
+
+# Why a device stream ends (controller/sessions.py, service_agent.py, admission.py,
+# service_admin.py); docs/metrics.md lists the same.
+STREAM_CLOSE_REASONS = (
+    "agent_closed",
+    "replaced",
+    "slow_reader",
+    "protocol_error",
+    "read_error",
+    "cancelled",
+    "shutdown",
+    "unauthenticated",
+    "not_enrolled",
+    "wrong_school",
+    "replaced_certificate",
+    "decommissioned",
+    "moved",
+)
+
+
+class FleetFigures(Protocol):
+    """The store's queries the fleet collector reads."""
+
+    def school_ids(self) -> list[str]: ...
+
+    def fleet_counts(self, now: float, school_id: str | None = None) -> list[KindCount]: ...
+
+    def school_reports(self, now: float) -> list[SchoolReports]: ...
 
 
 class FleetCollector(Collector):
@@ -27,7 +57,7 @@ class FleetCollector(Collector):
 
     def __init__(
         self,
-        store: DeviceStore,
+        store: FleetFigures,
         streams: Callable[[], int],
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -69,22 +99,25 @@ class FleetCollector(Collector):
         devices, streams, conditions, missing, dropped = self._families()
         now = self._now()
         try:
+            known = self._store.school_ids()
             counts = self._store.fleet_counts(now)
-            schools = self._store.school_reports(now)
+            reports = {r.school_id: r for r in self._store.school_reports(now)}
         except StoreError as exc:
             # A scrape must not fail as a whole; the gap in the series shows it.
             log.error("fleet counts not read for /metrics: %s", exc)
-            counts, schools = [], []
-        for c in counts:
-            devices.add_metric([c.school_id, c.kind.value, "online"], c.online)
-            devices.add_metric([c.school_id, c.kind.value, "offline"], c.offline)
-        for school in schools:
+            known, counts, reports = [], [], {}
+        found = {(c.school_id, c.kind): c for c in counts}
+        for school in sorted({*known, *(c.school_id for c in counts)}):
+            for kind in DeviceKind:
+                c = found.get((school, kind))
+                devices.add_metric([school, kind.value, "online"], c.online if c else 0)
+                devices.add_metric([school, kind.value, "offline"], c.offline if c else 0)
+            report = reports.get(school)
             for condition in Condition:
-                conditions.add_metric(
-                    [school.school_id, condition.value], school.conditions.get(condition, 0)
-                )
-            missing.add_metric([school.school_id], school.messages_missing)
-            dropped.add_metric([school.school_id], school.spool_dropped)
+                n = report.conditions.get(condition, 0) if report else 0
+                conditions.add_metric([school, condition.value], n)
+            missing.add_metric([school], report.messages_missing if report else 0)
+            dropped.add_metric([school], report.spool_dropped if report else 0)
         streams.add_metric([], self._streams())
         yield from (devices, streams, conditions, missing, dropped)
 
@@ -121,6 +154,8 @@ class ControllerMetrics:
             labelnames=["reason"],
             registry=registry,
         )
+        for reason in STREAM_CLOSE_REASONS:
+            self.streams_closed.labels(reason)
 
         self.admin_denied = Counter(
             "schoolfleet_admin_denied",

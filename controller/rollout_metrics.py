@@ -1,12 +1,17 @@
-"""Rollout figures for central ops: rollouts by state, hosts by outcome, wave durations.
+"""Rollout figures for central ops: rollouts by state, hosts by outcome, wave durations,
+and the progress of each rollout running now.
 
-Series grow with a fixed set of states and outcomes, never with rollouts or hosts:
-the gauges sum every unfinished rollout, read from the store at scrape time.
+The city-wide gauges sum every unfinished rollout, read from the store at scrape time.
+The per-rollout ones carry a ``rollout`` label, the only label that names one thing:
+they exist for the newest ``PER_ROLLOUT_MAX`` unfinished rollouts only and end with
+them, so their number stays small whatever the history (schoolctl rollout list has
+every rollout).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter as Tally
 from collections.abc import Iterator
 
@@ -23,6 +28,22 @@ log = logging.getLogger(__name__)
 # A wave of a few hosts takes tens of seconds; a city-wide wave, hours.
 WAVE_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 _ACTIVE = frozenset({RolloutState.RUNNING, RolloutState.PAUSED})
+PER_ROLLOUT_MAX = 50
+# How pick_wave (inventory/school_day.py) words the hosts that wait, by reason.
+_WAITING = (
+    ("lessons", re.compile(r"(\d+) in rooms with lessons")),
+    ("maintenance-window", re.compile(r"(\d+) outside their school's maintenance window")),
+)
+
+
+def waiting_hosts(waiting: str) -> dict[str, int]:
+    """Hosts that wait for their wave, by reason (lessons, maintenance-window), from a
+    rollout's ``waiting`` text; 0 for a reason it does not name."""
+    found = {}
+    for reason, pattern in _WAITING:
+        match = pattern.search(waiting)
+        found[reason] = int(match[1]) if match else 0
+    return found
 
 
 class RolloutMetrics:
@@ -74,7 +95,7 @@ class RolloutCollector(Collector):
         yield from self._families()
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, ...]:
         return (
             GaugeMetricFamily(
                 "schoolfleet_rollouts",
@@ -87,10 +108,28 @@ class RolloutCollector(Collector):
                 "failed, unreachable, cancelled.",
                 labels=["outcome"],
             ),
+            GaugeMetricFamily(
+                "schoolfleet_rollout_info",
+                "1 for each unfinished rollout (the newest 50), with its playbook and "
+                "state: running, paused.",
+                labels=["rollout", "playbook", "state"],
+            ),
+            GaugeMetricFamily(
+                "schoolfleet_rollout_progress",
+                "Hosts of each unfinished rollout (the newest 50) by outcome: pending, "
+                "running, ok, changed, failed, unreachable, cancelled.",
+                labels=["rollout", "outcome"],
+            ),
+            GaugeMetricFamily(
+                "schoolfleet_rollout_waiting_hosts",
+                "Pending hosts of each unfinished rollout (the newest 50) that its last "
+                "wave could not take, by why: lessons, maintenance-window.",
+                labels=["rollout", "reason"],
+            ),
         )
 
     def collect(self) -> Iterator[Metric]:
-        rollouts, hosts = self._families()
+        rollouts, hosts, info, progress, waiting = self._families()
         try:
             active = self._store.list_rollouts(RolloutQuery(states=_ACTIVE, limit=10_000))
         except StoreError as exc:
@@ -104,5 +143,12 @@ class RolloutCollector(Collector):
             rollouts.add_metric([state.value], by_state[state])
         for outcome in HostOutcome:
             hosts.add_metric([outcome.value], by_outcome[outcome])
-        yield rollouts
-        yield hosts
+        # list_rollouts gives the newest first.
+        for record in active[:PER_ROLLOUT_MAX]:
+            rid = str(record.rollout_id)
+            info.add_metric([rid, record.spec.playbook, record.state.value], 1)
+            for outcome in HostOutcome:
+                progress.add_metric([rid, outcome.value], record.counts.get(outcome, 0))
+            for reason, count in waiting_hosts(record.waiting).items():
+                waiting.add_metric([rid, reason], count)
+        yield from (rollouts, hosts, info, progress, waiting)

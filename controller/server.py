@@ -168,13 +168,14 @@ def _lessons(
     """The lesson figures and the dispatcher that runs the schedule."""
     if not settings.content_hosts:
         log.warning("content_hosts is empty: panels refuse every lesson's URL; set it")
-    registry.register(LessonCollector(store, ZoneInfo(settings.timezone)))
+    registry.register(
+        LessonCollector(store, ZoneInfo(settings.timezone), on_time=settings.lesson_on_time)
+    )
     metrics = LessonMetrics(registry)
     dispatcher = Dispatcher(
         store,
         executor,
         sessions,
-        metrics,
         lead=settings.lesson_lead,
         settle=settings.lesson_settle,
         on_time=settings.lesson_on_time,

@@ -150,3 +150,57 @@ def test_next_wake_is_the_earliest_due_thing(store: SqliteStore) -> None:
     assert store.next_wake(60, 120) is None
     store.save_lessons([lesson(start=T0 + 600), lesson("r2", start=T0)], T0 - 1000)
     assert store.next_wake(60, 120) == T0 - 60
+
+
+def test_todays_figures_per_school(store: SqliteStore) -> None:
+    # r1 (p1 launches, p2 is silent), r2 (p3 fails), and r1's later lesson not due yet.
+    shown, unshown, later = lesson(), lesson("r2"), lesson(start=T0 + 3600)
+    store.save_lessons([shown, unshown, later], T0 - 1000)
+    plan = []
+    for a in (shown, unshown, later):
+        devices = ("p3",) if a.room_id == "r2" else ("p1", "p2")
+        ids = [f"launch:{a.lesson_id}:{d}" for d in devices]
+        plan.append(
+            (
+                a.lesson_id,
+                [
+                    OutboxCommand(i, d, a.lesson_id, b"", a.ends_at)
+                    for i, d in zip(ids, devices, strict=True)
+                ],
+            )
+        )
+    store.dispatch(plan, T0 - 60)
+    row = _event("p3", 1, EventKind.FAILED, T0 - 50, reason=FailReason.NO_PROGRAM)
+    command = f"launch:{unshown.lesson_id}:p3"
+    failed = replace(row, event=replace(row.event, lesson_id=unshown.lesson_id, command_id=command))
+    store.record_messages([_event("p1", 1, EventKind.LAUNCHED, T0 - 55), failed])
+    day = (T0 - 3600, T0 + 7200)
+    # Before the on-time mark, the failed room is still starting; after it, not showing.
+    assert sorted(store.lessons_under_way(*day, due_before=T0 - 1)) == [
+        ("s1", "showing", 1),
+        ("s1", "starting", 2),
+    ]
+    assert sorted(store.lessons_under_way(*day, due_before=T0 + 60)) == [
+        ("s1", "not-showing", 1),
+        ("s1", "showing", 1),
+        ("s1", "starting", 1),
+    ]
+    assert sorted(store.lesson_panel_counts(*day, due_before=T0 + 60)) == [
+        ("s1", "launched", 1),
+        ("s1", "no-program", 1),
+        ("s1", "not-reached", 1),
+        ("s1", "pending", 2),
+    ]
+    assert store.lesson_day_spans(*day) == [("s1", T0, later.ends_at)]
+    # Settled lessons are counted by state and leave the lessons under way.
+    store.settle(unshown.lesson_id, LessonState.FAILED, "no-program on 1 of 1", T0 + 2800)
+    assert sorted(store.lesson_counts(*day)) == [
+        ("s1", LessonState.DISPATCHED, 2),
+        ("s1", LessonState.FAILED, 1),
+    ]
+    assert ("s1", "not-showing", 1) not in store.lessons_under_way(*day, due_before=T0 + 60)
+
+
+def test_every_known_school_from_inventory_devices_and_lessons(store: SqliteStore) -> None:
+    store.save_lessons([lesson(school_id="s7")], T0)
+    assert store.school_ids() == ["s1", "s7"]

@@ -81,3 +81,19 @@ def test_sweeps_fail_checks_left_running_and_prune_old_ones(store: SqliteStore) 
     assert s1.error == "no answer" and s2.state is UplinkState.RUNNING
     assert store.prune_uplink_checks(T0 + 100) == 1
     assert [c.school_id for c in store.latest_uplink_checks()] == ["s2"]
+
+
+def test_failed_checks_since_the_latest_measurement(store: SqliteStore) -> None:
+    # s1: measured, then two failures; s2: failed, then measured; s3: never measured.
+    for n, (school, mbps) in enumerate(
+        [("s1", 50.0), ("s1", None), ("s1", None), ("s2", None), ("s2", 300.0), ("s3", None)]
+    ):
+        at = T0 + n
+        store.start_uplink_check(UplinkCheck(school, at, "d", 100), 0)
+        if mbps is None:
+            store.finish_uplink_check(school, at, 100, None, None, "no answer")
+        else:
+            store.finish_uplink_check(school, at, 100, 1.0, mbps, "")
+    # One still running counts for nothing yet.
+    store.start_uplink_check(UplinkCheck("s4", T0 + 9, "d", 100), 0)
+    assert store.uplink_failures() == {"s1": 2, "s2": 0, "s3": 1, "s4": 0}

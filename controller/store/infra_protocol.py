@@ -52,6 +52,11 @@ class InfraStore(Protocol):
     def known_schools(self, school_ids: Iterable[str]) -> set[str]:
         """Those of ``school_ids`` an inventory import stored."""
 
+    def school_ids(self) -> list[str]:
+        """Every school the controller knows, sorted: imported with the inventory, or
+        named by a device or a lesson. /metrics gives each of them every series, at 0
+        where nothing is counted."""
+
     def target_schools(self, kind: TargetKind, target_ids: Iterable[str]) -> dict[str, str]:
         """The school each of these access points or servers is stored in, if any."""
 

@@ -108,3 +108,21 @@ class LessonStore(Protocol):
 
     def lesson_counts(self, since: float, until: float) -> list[tuple[str, LessonState, int]]:
         """Lessons starting in [since, until) per school and state."""
+
+    def lessons_under_way(
+        self, since: float, until: float, due_before: float
+    ) -> list[tuple[str, str, int]]:
+        """Dispatched lessons starting in [since, until) per school and whether a panel
+        shows them: showing (one launched), not-showing (none, and the lesson started
+        before ``due_before``), starting (none yet, not due)."""
+
+    def lesson_panel_counts(
+        self, since: float, until: float, due_before: float
+    ) -> list[tuple[str, str, int]]:
+        """The panels of lessons starting in [since, until) per school and result:
+        launched, the reason the panel gave for failing, not-reached (silent, and the
+        lesson started before ``due_before``) or pending."""
+
+    def lesson_day_spans(self, since: float, until: float) -> list[tuple[str, float, float]]:
+        """Per school with lessons starting in [since, until): the first one's start and
+        the latest end."""

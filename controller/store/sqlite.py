@@ -27,6 +27,7 @@ from controller.store.protocol import (
 from controller.store.sqlite_access import AccessTables
 from controller.store.sqlite_enroll import EnrollTables
 from controller.store.sqlite_infra import InfraTables
+from controller.store.sqlite_lesson_counts import LessonCountTables
 from controller.store.sqlite_lessons import LessonTables
 from controller.store.sqlite_rollouts import RolloutTables
 from controller.store.sqlite_uplink import UplinkTables
@@ -182,7 +183,13 @@ def _labels(text: str) -> tuple[tuple[str, str], ...]:
 
 
 class SqliteStore(
-    EnrollTables, AccessTables, LessonTables, RolloutTables, UplinkTables, InfraTables
+    EnrollTables,
+    AccessTables,
+    LessonTables,
+    LessonCountTables,
+    RolloutTables,
+    UplinkTables,
+    InfraTables,
 ):
     """The Store on one SQLite file: devices here, the rest in the table classes."""
 

@@ -98,6 +98,14 @@ class InfraTables(SqliteBase):
         )
         return {r["school_id"] for r in rows}
 
+    def school_ids(self) -> list[str]:
+        rows = self._read(
+            "SELECT school_id FROM schools UNION SELECT school_id FROM devices "
+            "UNION SELECT school_id FROM lessons ORDER BY 1",
+            {},
+        )
+        return [r["school_id"] for r in rows]
+
     def target_schools(self, kind: TargetKind, target_ids: Iterable[str]) -> dict[str, str]:
         table, id_column = _TABLES[kind]
         rows = self._read(

@@ -304,14 +304,6 @@ class LessonTables(SqliteBase):
             for r in rows
         ]
 
-    def lesson_counts(self, since: float, until: float) -> list[tuple[str, LessonState, int]]:
-        rows = self._read(
-            "SELECT school_id, state, count(*) AS n FROM lessons "
-            "WHERE starts_at >= :since AND starts_at < :until GROUP BY school_id, state",
-            {"since": since, "until": until},
-        )
-        return [(r["school_id"], LessonState(r["state"]), r["n"]) for r in rows]
-
     def _record_lesson_event(self, r: LessonEventRow) -> StoredLessonEvent | None:
         """Inside record_messages' transaction: stores a new event and what it means for
         the lesson's panel; None for a replayed one."""

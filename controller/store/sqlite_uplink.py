@@ -143,3 +143,19 @@ class UplinkTables(SqliteBase):
             params,
         )
         return [_check(r) for r in rows]
+
+    def uplink_failures(self) -> dict[str, int]:
+        rows = self._read(
+            f"""
+            WITH RECURSIVE {_EVERY_SCHOOL}
+            SELECT id, (
+                SELECT COUNT(*) FROM uplink_checks c
+                WHERE c.school_id = id AND c.error != '' AND c.started_at > COALESCE(
+                    (SELECT MAX(started_at) FROM uplink_checks m
+                     WHERE m.school_id = id AND m.mbps IS NOT NULL), -1)
+            ) AS failures
+            FROM schools WHERE id IS NOT NULL
+            """,
+            {},
+        )
+        return {r["id"]: r["failures"] for r in rows}

@@ -45,3 +45,7 @@ class UplinkStore(Protocol):
     ) -> list[UplinkCheck]:
         """Each school's latest check (``measured``: its latest with a measurement), by
         school id; of one school, or of ``schools`` (None: every school)."""
+
+    def uplink_failures(self) -> dict[str, int]:
+        """Per school with checks: its failed checks since its latest measurement (all
+        of them if it has none; 0 when the latest finished check measured)."""
