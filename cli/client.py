@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -12,12 +13,14 @@ import grpc
 from cli.client_infra import InfraCalls
 from cli.client_rollouts import RolloutCalls
 from cli.client_uplink import UplinkCalls
+from cli.config import config_path
 from cli.errors import (
     CliError,
     ControllerUnreachable,
     DeviceUnavailable,
     NotAllowed,
     NotFound,
+    NotLoggedIn,
     RequestRefused,
 )
 from inventory.model import (
@@ -209,6 +212,10 @@ class AdminClient(RolloutCalls, UplinkCalls, InfraCalls):
         call = cast(grpc.Call, exc)
         code = call.code()
         details = call.details() or code.name
+        if not self._metadata:
+            # Without a token nothing is answered: that, not the port, is what to fix
+            # (with no login file the default address is often not the admin port).
+            return self._not_logged_in(code)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             why = _why_unreachable(code, details)
             return ControllerUnreachable(
@@ -224,6 +231,15 @@ class AdminClient(RolloutCalls, UplinkCalls, InfraCalls):
         if kind is not None:
             return kind(details)
         return CliError(f"controller at {self.address} answered {code.name}: {details}")
+
+    def _not_logged_in(self, code: grpc.StatusCode) -> NotLoggedIn:
+        unanswered = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        return NotLoggedIn(
+            f"not logged in: no token in $SCHOOLCTL_TOKEN or {config_path(os.environ)}; "
+            "run 'schoolctl --controller HOST:PORT --ca-cert CA_CERT login' with a token "
+            "from central ops"
+            + (f" (and the controller at {self.address} did not answer)" if unanswered else "")
+        )
 
     def _call(self, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
         try:

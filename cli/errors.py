@@ -6,6 +6,7 @@ CliError                 base; ``exit_code`` is what the process exits with
 ├── RequestRefused          the controller refused the request as invalid (exit 2)
 ├── DeviceUnavailable       the device is not connected, or did not answer in time (exit 5)
 └── NotAllowed              no valid token, or the user's role or schools do not allow it (exit 6)
+    └── NotLoggedIn         no token at all: schoolctl login has not been run (exit 6)
 """
 
 from __future__ import annotations
@@ -47,3 +48,7 @@ class NotAllowed(CliError):
     """The controller did not accept the token, or the user may not do this."""
 
     exit_code = 6
+
+
+class NotLoggedIn(NotAllowed):
+    """No token in the environment or the config file: the user has not logged in."""

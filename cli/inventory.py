@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cli import render_infra as render
 from cli.errors import CliError, DeviceUnavailable, RequestRefused
+from cli.groups import command_group
 from cli.imports import ImportReport, in_parts
 from cli.options import JsonFlag, client, err, out, print_json
 from inventory.infra import Room, School
@@ -22,20 +23,15 @@ from inventory.infra_rows import InventoryRow, check_inventory
 from protos.mapping_infra import item_to_pb
 from protos.schoolfleet.v1 import admin_pb2
 
-inventory_app = typer.Typer(
-    help="The schools' infrastructure: import schools, rooms, Wi-Fi access points and "
-    "servers from a CSV or YAML file.",
-    no_args_is_help=True,
+inventory_app = command_group(
+    "The schools' infrastructure: import schools, rooms, Wi-Fi access points and "
+    "servers from a CSV or YAML file."
 )
-aps_app = typer.Typer(
-    help="Wi-Fi access points: up or down by the controller's probes, and what the "
-    "devices around them see.",
-    no_args_is_help=True,
+aps_app = command_group(
+    "Wi-Fi access points: up or down by the controller's probes, and what the "
+    "devices around them see."
 )
-servers_app = typer.Typer(
-    help="School servers: probes, facts read over SSH, and their SSH host keys.",
-    no_args_is_help=True,
-)
+servers_app = command_group("School servers: probes, facts read over SSH, and their SSH host keys.")
 SchoolOption = Annotated[str | None, typer.Option("--school", help="Only this school.")]
 
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.errors import CliError, RequestRefused
+from cli.groups import command_group
 from cli.imports import ImportReport, in_parts
 from cli.options import JsonFlag, client, err, out, print_json
 from cli.render import iso
@@ -21,9 +22,8 @@ from protos.mapping import seconds
 from protos.mapping_lessons import scheduled_to_pb
 from protos.schoolfleet.v1 import admin_pb2
 
-lessons_app = typer.Typer(
-    help="Lessons: import the schedule, see today's lessons, launch one by hand.",
-    no_args_is_help=True,
+lessons_app = command_group(
+    "Lessons: import the schedule, see today's lessons, launch one by hand."
 )
 
 _STATE_STYLE = {

@@ -12,6 +12,7 @@ import typer
 
 from cli import people, render
 from cli.errors import CliError
+from cli.groups import command_group
 from cli.inventory import aps_app, inventory_app, servers_app
 from cli.lessons import lessons_app
 from cli.maintenance import maintenance_app
@@ -20,20 +21,19 @@ from cli.rollouts import rollout_app
 from cli.uplink import uplink_app
 from inventory.model import Condition, DeviceKind, DeviceStatus
 
-app = typer.Typer(
-    help="SchoolFleet command line: see and manage your schools' devices.\n\n"
+app = command_group(
+    "SchoolFleet command line: see and manage your schools' devices.\n\n"
     "Start with 'schoolctl login' (a token from central ops); it keeps the controller's "
     "address, CA and your token in ~/.config/schoolfleet/schoolctl.toml (mode 0600).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    # --install-completion / --show-completion for bash, zsh and fish; device, school,
+    # rollout and playbook names complete from the controller (cli/completion.py).
+    add_completion=True,
 )
-devices_app = typer.Typer(help="List and inspect devices.", no_args_is_help=True)
+devices_app = command_group("List and inspect devices.")
 app.add_typer(devices_app, name="devices")
-enroll_app = typer.Typer(help="Let new devices join: enrollment tokens.", no_args_is_help=True)
-token_app = typer.Typer(
-    help="Create, list and revoke enrollment tokens (a school's devices enroll with one).",
-    no_args_is_help=True,
+enroll_app = command_group("Let new devices join: enrollment tokens.")
+token_app = command_group(
+    "Create, list and revoke enrollment tokens (a school's devices enroll with one)."
 )
 enroll_app.add_typer(token_app, name="token")
 app.add_typer(enroll_app, name="enroll")

@@ -8,13 +8,13 @@ import typer
 
 from cli import render_rollouts as render
 from cli.errors import RequestRefused
+from cli.groups import command_group
 from cli.options import JsonFlag, client, err, out, print_json
 
-maintenance_app = typer.Typer(
-    help="Schools' maintenance windows: rollouts change a school's devices only inside "
+maintenance_app = command_group(
+    "Schools' maintenance windows: rollouts change a school's devices only inside "
     "them (and never in a room during a lesson). A school without windows may be "
-    "changed any time free of lessons.",
-    no_args_is_help=True,
+    "changed any time free of lessons."
 )
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TextIO, cast
 
 import typer
 from rich.console import Console
@@ -21,9 +22,43 @@ if TYPE_CHECKING:
 DEFAULT_CONTROLLER = "127.0.0.1:7443"
 ENV_TOKEN = "SCHOOLCTL_TOKEN"  # noqa: S105 (a variable's name, not a secret)
 
+
+class _TrimmedLines(io.TextIOBase):
+    """stdout without the spaces rich pads each table cell with at the end of a line
+    (a `devices show` line would otherwise run to the widest row). sys.stdout is looked
+    up at each write, as rich does, so that a test runner's capture still sees it."""
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            sys.stdout.write(line.rstrip(" ") + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            sys.stdout.write(self._partial)
+            self._partial = ""
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+    def fileno(self) -> int:
+        return sys.stdout.fileno()
+
+
 # Scripts read stdout; people and diagnostics go through stderr or the table.
 # Piped into grep or a file, tables keep every character: no terminal width to fit.
-out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 250)
+out = Console(
+    # A text stream in all but its type: rich only writes, flushes and asks isatty.
+    file=cast(TextIO, _TrimmedLines()),
+    soft_wrap=True,
+    highlight=False,
+    width=None if sys.stdout.isatty() else 250,
+)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]

@@ -11,12 +11,11 @@ import typer
 from cli import render_people
 from cli.config import CliConfig, config_path, write_config
 from cli.errors import CliError
+from cli.groups import command_group
 from cli.options import DEFAULT_CONTROLLER, JsonFlag, Options, client, config, err, out, print_json
 from inventory.people import Outcome, Role
 
-users_app = typer.Typer(
-    help="People's access to the controller (central-ops only).", no_args_is_help=True
-)
+users_app = command_group("People's access to the controller (central-ops only).")
 
 
 def _read_token() -> str:

@@ -15,6 +15,7 @@ import typer
 from cli import render_rollouts as render
 from cli.errors import ControllerUnreachable, RequestRefused
 from cli.extra_vars import parse_extra_vars
+from cli.groups import command_group
 from cli.options import JsonFlag, client, err, out, print_json
 from inventory.rollouts import (
     RolloutInputError,
@@ -41,14 +42,13 @@ _RULES = (
     "maintenance set) has its devices changed only inside them."
 )
 
-rollout_app = typer.Typer(
-    help="Run a playbook on devices in waves, follow it, pause, abort or retry it.\n\n"
+rollout_app = command_group(
+    "Run a playbook on devices in waves, follow it, pause, abort or retry it.\n\n"
     + _RULES
     + "\n\nExit codes: 0 ok; 1 the rollout halted or was aborted (status); 2 a bad "
     "selector, amount, extra vars or option, refused before anything is sent, or "
     "refused by the controller; 3 no controller; 4 no such rollout; 5 not possible in "
-    "the rollout's state (pause a finished one, a host already in another); 6 not allowed.",
-    no_args_is_help=True,
+    "the rollout's state (pause a finished one, a host already in another); 6 not allowed."
 )
 
 # Polls in a row that may find no controller before --watch gives up.

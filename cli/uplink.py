@@ -9,13 +9,13 @@ import typer
 
 from cli import render_uplink as render
 from cli.errors import DeviceUnavailable
+from cli.groups import command_group
 from cli.options import JsonFlag, client, err, out, print_json
 from inventory.uplink import UplinkState
 
-uplink_app = typer.Typer(
-    help="Schools' internet uplinks: a device of each school fetches a sized payload "
-    "from the controller now and then, and the Mbit/s it saw is the school's uplink.",
-    no_args_is_help=True,
+uplink_app = command_group(
+    "Schools' internet uplinks: a device of each school fetches a sized payload "
+    "from the controller now and then, and the Mbit/s it saw is the school's uplink."
 )
 
 

@@ -40,9 +40,9 @@ class Result:
 
 
 def ctl(*args: str, stdin: str | None = None) -> Result:
-    """schoolctl ARGS in-process, with no config file and no token."""
+    """schoolctl ARGS in-process, with no config file and a token no controller knows."""
     runner = CliRunner()
-    env = {"SCHOOLCTL_CONFIG": os.devnull, "SCHOOLCTL_TOKEN": "", "COLUMNS": "200"}
+    env = {"SCHOOLCTL_CONFIG": os.devnull, "SCHOOLCTL_TOKEN": "sfu_unknown", "COLUMNS": "200"}
     argv = ["--controller", NO_CONTROLLER, "--timeout", "1", *args]
     with runner.isolation(input=stdin, env=env) as (out, err, _):
         try:

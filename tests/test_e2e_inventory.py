@@ -191,7 +191,7 @@ def test_the_inventory_script_says_what_is_wrong_in_one_line(tmp_path: Path) -> 
         **os.environ,
         "SCHOOLCTL_CONFIG": os.devnull,
         "SCHOOLCTL_CONTROLLER": "127.0.0.1:1",
-        "SCHOOLCTL_TOKEN": "",
+        "SCHOOLCTL_TOKEN": "sfu_unknown",
     }
     script = str(BIN / "schoolfleet-inventory")
     cases = [

@@ -151,7 +151,7 @@ def test_no_token_a_wrong_one_or_a_revoked_one_is_refused_and_audited(city: City
         return city.c.metrics().get('schoolfleet_admin_denied_total{action="whoami"}', 0.0)
 
     before, whoami_before = len(anonymous()), denied_whoami()
-    _denied(city.ctl("status", token=""), "did not accept your token", "schoolctl login")
+    _denied(city.ctl("status", token=""), "not logged in: no token", "schoolctl", "login")
     _denied(city.ctl("status", token="sfu_" + "x" * 43), "not accepted")
     temp = city.ctl("users", "create", "temp", "--role", "viewer").out.strip()
     assert city.ctl("whoami", token=temp).out.startswith("temp (viewer; all schools)")
