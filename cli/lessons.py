@@ -15,6 +15,7 @@ from cli.groups import command_group
 from cli.imports import ImportReport, in_parts
 from cli.options import JsonFlag, client, err, out, print_json
 from cli.render import iso
+from cli.schools import require_school
 from inventory.row_fields import RowError
 from inventory.schedule import ScheduleError, ScheduleRow
 from inventory.schedule_file import open_schedule
@@ -131,6 +132,8 @@ def lessons_today(
     failed or no-device, and why; PANELS is launched/dispatched."""
     with client() as c:
         answer = c.lessons(school, room)
+        if not answer.lessons:
+            require_school(c, school)
     lessons = list(answer.lessons)
     if as_json:
         print_json([_lesson_json(x) for x in lessons])

@@ -18,6 +18,7 @@ from cli.lessons import lessons_app
 from cli.maintenance import maintenance_app
 from cli.options import DEFAULT_CONTROLLER, JsonFlag, Options, client, err, out, print_json
 from cli.rollouts import rollout_app
+from cli.schools import require_school
 from cli.uplink import uplink_app
 from inventory.model import Condition, DeviceKind, DeviceStatus
 
@@ -89,6 +90,8 @@ def devices_list(
     """List devices with their status, their own verdict and latest health."""
     with client() as c:
         devices = list(c.devices(school, kind, status, condition))
+        if not devices:
+            require_school(c, school)
     if as_json:
         print_json([render.device_json(d) for d in devices])
     elif not devices:
@@ -256,6 +259,8 @@ def token_list(
     """List tokens (never their secrets), newest first."""
     with client() as c:
         tokens = c.enroll_tokens(school)
+        if not tokens:
+            require_school(c, school)
     if as_json:
         print_json([render.token_json(t) for t in tokens])
     elif not tokens:
@@ -289,6 +294,8 @@ def status(
 
     with client() as c:
         got = c.fleet_status(school)
+        if not got.counts:
+            require_school(c, school)
     if as_json:
         print_json(
             {
