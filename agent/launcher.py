@@ -333,12 +333,14 @@ class Launcher:
             message=message,
             at=timestamp(self._now()),
         )
+        # A reason only where there is one: a launch that worked has none to give.
+        why = f" reason={Event.Reason.Name(event.reason)}" if event.reason else ""
         log.info(
-            "lesson event kind=%s lesson=%s cmd=%s reason=%s: %s",
+            "lesson event kind=%s lesson=%s cmd=%s%s: %s",
             Event.Kind.Name(event.kind),
             lesson_id,
             command_id,
-            Event.Reason.Name(event.reason),
+            why,
             message,
         )
         try:

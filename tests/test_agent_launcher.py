@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import http.server
 import json
+import logging
 import os
 import shutil
 import signal
@@ -271,6 +272,27 @@ def test_relaunched_program_runs_on_until_the_lesson_ends(kiosk: Kiosk) -> None:
     assert [e.kind for e in events] == [LAUNCHED, RELAUNCHED, ENDED]
     assert events[2].message == "ended by EndLesson"
     assert all(gone(int(str(r["pid"]))) for r in kiosk.runs())
+
+
+def test_log_names_a_reason_only_when_there_is_one(
+    kiosk: Kiosk, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events: list[agent_pb2.LessonEvent] = []
+
+    async def scenario() -> None:
+        launch = launcher(kiosk.argv(), events)
+        await launch.launch("c1", lesson())
+        await until(kiosk.runs, "the kiosk to start")
+        await launch.close()
+        await launcher([str(tmp_path / "missing"), "{url}"], events).launch("c2", lesson("L2"))
+
+    with caplog.at_level(logging.INFO, logger="agent.launcher"):
+        run(scenario)
+    lines = [r.getMessage() for r in caplog.records if "lesson event" in r.getMessage()]
+    launched = next(line for line in lines if "kind=KIND_LAUNCHED" in line)
+    failed = next(line for line in lines if "kind=KIND_FAILED" in line)
+    assert "reason=" not in launched, launched
+    assert "reason=REASON_NO_PROGRAM" in failed, failed
 
 
 def test_program_that_cannot_be_started_is_no_program(tmp_path: Path) -> None:
