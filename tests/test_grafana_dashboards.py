@@ -21,6 +21,8 @@ from tests.prom import (
     panels,
     promtool,
     promtool_run,
+    recorded_names,
+    rules,
     substitute,
 )
 
@@ -74,11 +76,49 @@ def test_variables_used_are_defined() -> None:
 
 def test_panels_read_only_catalogued_metrics() -> None:
     known = catalogue()
+    recorded = {r.name for r in rules() if r.kind == "record"}
     for query in panel_queries():
         names = {family(n, known) for n in metric_names(query.expr)}
-        # Prometheus's own `up` is the only other series a panel may read.
-        assert names or 'up{job="schoolfleet-controller"}' in query.expr, query.where()
+        reads = recorded_names(query.expr)
+        # Besides catalogued and recorded series, Prometheus's own `up` is all a panel reads.
+        assert names or reads or 'up{job="schoolfleet-controller"}' in query.expr, query.where()
         assert names <= set(known), f"{query.where()}: not in docs/metrics.md"
+        assert reads <= recorded, f"{query.where()}: reads a series rules.yml does not record"
+
+
+def test_the_school_dashboard_takes_several_schools_and_all() -> None:
+    [var] = dashboards()["school.json"]["templating"]["list"]
+    assert (var["name"], var["multi"], var["includeAll"], var["allValue"]) == (
+        "school",
+        True,
+        True,
+        ".+",
+    )
+    for query in panel_queries():
+        if query.dashboard == "SchoolFleet: one school":
+            # A regex match: several schools are sent as (a|b), All as .+
+            assert 'school=~"$school"' in query.expr, query.where()
+            assert 'school="$school"' not in query.expr, query.where()
+
+
+# Units a count is never shown in; every other panel shows whole numbers.
+_NOT_COUNTS = {"percentunit", "s", "Mbits", "ops", "reqps"}
+
+
+def test_counts_are_whole_numbers() -> None:
+    for name, board in dashboards().items():
+        for panel in panels(board):
+            if panel["type"] == "row" or not panel["title"]:
+                continue
+            defaults = panel["fieldConfig"]["defaults"]
+            exprs = " ".join(t["expr"] for t in panel["targets"])
+            counting = "lesson" in exprs or "schoolfleet_devices" in exprs
+            if counting and defaults.get("unit") not in _NOT_COUNTS and panel["type"] != "table":
+                assert defaults.get("decimals") == 0, f"{name} / {panel['title']}"
+            for override in panel["fieldConfig"]["overrides"]:
+                props = {p["id"]: p["value"] for p in override["properties"]}
+                if props.get("unit") == "short":
+                    assert props.get("decimals") == 0, f"{name} / {panel['title']}"
 
 
 @pytest.mark.skipif(promtool() is None, reason="promtool (Debian package prometheus) is missing")
