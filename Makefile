@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 # pytest-timeout's per-test limit, on top of each test's own bounded waits.
 PYTEST_ARGS ?=
 
-.PHONY: help install dev demo demo-stop test test-fast lint proto bench clean
+.PHONY: help install dev demo demo-stop demo-reset test test-fast lint proto bench clean
 
 help:
 	@echo "make demo       start a controller and simulated devices, print what to try"
 	@echo "make demo-stop  stop them"
+	@echo "make demo-reset stop them and forget the demo's data (.demo/)"
 	@echo "make test       install with dev extras and run the whole suite"
 	@echo "make test-fast  the suite without the end-to-end cases"
 	@echo "make lint       ruff and mypy"
@@ -33,10 +34,13 @@ install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
 demo: install
-	$(PY) demo/demo.py start
+	@$(PY) demo/demo.py start
 
 demo-stop:
-	$(PY) demo/demo.py stop
+	@$(PY) demo/demo.py stop
+
+demo-reset:
+	@$(PY) demo/demo.py reset
 
 test: dev lint
 	$(PY) -m pytest $(PYTEST_ARGS)
