@@ -5,29 +5,40 @@ PY := $(VENV)/bin/python
 # pytest-timeout's per-test limit, on top of each test's own bounded waits.
 PYTEST_ARGS ?=
 
-.PHONY: help install dev demo demo-stop demo-reset test test-fast lint proto bench clean
+.PHONY: help install dev packages demo demo-stop demo-reset test test-fast lint proto bench clean
 
 help:
 	@echo "make demo       start a controller and simulated devices, print what to try"
 	@echo "make demo-stop  stop them"
 	@echo "make demo-reset stop them and forget the demo's data (.demo/)"
-	@echo "make test       install with dev extras and run the whole suite"
+	@echo "make test       install with dev extras (and, as root, the Debian packages the"
+	@echo "                suite needs) and run the whole suite"
 	@echo "make test-fast  the suite without the end-to-end cases"
 	@echo "make lint       ruff and mypy"
 	@echo "make proto      regenerate protos/ Python code from the .proto files"
 	@echo "make bench      run the benchmarks in bench/ (minutes)"
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	@echo "creating the virtual environment $(VENV) with $(PYTHON)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e .
-	touch $@
+	@echo "installing SchoolFleet and its dependencies into $(VENV) (about 30 s the first time)"
+	@$(PY) -m pip install --quiet -e .
+	@touch $@
+	@echo "installed"
 
 $(VENV)/.installed-dev: $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $@ $(VENV)/.installed
+	@echo "installing SchoolFleet with the test and lint tools into $(VENV) (about a minute the first time)"
+	@$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.installed
+	@echo "installed"
+
+# The Debian packages the suite needs: installed as root, else named with the command
+# that installs them (one list, in .ci/packages.sh; .ci/run comes here too).
+packages:
+	@.ci/packages.sh
 
 install: $(VENV)/.installed
 
@@ -42,7 +53,7 @@ demo-stop:
 demo-reset:
 	@$(PY) demo/demo.py reset
 
-test: dev lint
+test: packages dev lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: dev
@@ -64,4 +75,4 @@ bench: dev
 	$(PY) bench/probes.py
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache build schoolfleet.egg-info

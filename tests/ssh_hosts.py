@@ -47,6 +47,7 @@ import psutil
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.debian_tools import need
 from tests.netns import ip, ip_json, namespace
 
 SSHD = "/usr/sbin/sshd"
@@ -166,7 +167,7 @@ def ssh_hosts(
     """Starts ``count`` hosts, each seeing ``private_dirs`` empty and its own (see
     ``mount_plan``); yields them once every sshd answers, and removes it all afterwards."""
     if not Path(SSHD).exists():
-        raise AssertionError(f"{SSHD} is missing: install openssh-server (.ci/run does)")
+        need(SSHD, "openssh-server")
     run = uuid.uuid4().hex[:6]
     with ExitStack() as stack:
         # In /tmp whatever TMPDIR says: the hosts' overlays must not cover it.

@@ -13,7 +13,6 @@ import http.server
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -30,6 +29,7 @@ from agent.launcher import Launcher, exit_text, expand_argv
 from common.content_hosts import url_allowed
 from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2
+from tests.debian_tools import need
 
 Event = agent_pb2.LessonEvent
 LAUNCHED, RELAUNCHED = Event.KIND_LAUNCHED, Event.KIND_RELAUNCHED
@@ -458,7 +458,6 @@ def test_whole_group_is_stopped_and_sigterm_ignored_is_killed(kiosk: Kiosk) -> N
 
 # With real Chromium.
 
-CHROMIUM = shutil.which("chromium")
 LESSON_PAGE = b"""<!doctype html>
 <html><head><title>Lesson</title></head><body><h1>7B mathematics</h1>
 <script>
@@ -508,13 +507,12 @@ def lesson_server() -> Iterator[_LessonServer]:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run does)")
 def test_chromium_shows_the_lesson_page(tmp_path: Path, lesson_server: _LessonServer) -> None:
-    assert CHROMIUM is not None
+    chromium = need("chromium", "chromium")
     events: list[agent_pb2.LessonEvent] = []
     url = f"http://127.0.0.1:{lesson_server.server_address[1]}/lesson?id=L1"
     argv = [
-        CHROMIUM,
+        chromium,
         # The panel's kiosk flags, made to run here: no display (headless=new keeps
         # running on its URL until it is stopped, as a kiosk does), root in a container
         # (no sandbox), no GPU, a small /dev/shm, and a fresh profile.

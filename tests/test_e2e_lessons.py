@@ -4,7 +4,6 @@ by itself when it starts; the controller counts it held; a restart loses nothing
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.debian_tools import need
 from tests.lesson_site import FAKE_KIOSK, LessonSite
 from tests.procs import Agent, Controller, free_port, schoolctl, wait_until
 
@@ -220,16 +220,12 @@ def test_bad_rows_are_named_by_line_and_good_ones_kept(tmp_path: Path, agents: l
         c.stop()
 
 
-CHROMIUM = shutil.which("chromium")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run does)")
 def test_a_real_browser_renders_the_lesson_and_it_is_counted_held(
     tmp_path: Path, agents: list[Agent]
 ) -> None:
-    assert CHROMIUM is not None
+    chromium = need("chromium", "chromium")
     argv = [
-        CHROMIUM,
+        chromium,
         # As root in a container: no sandbox, no GPU, a small /dev/shm; its own profile.
         "--headless=new",
         "--no-sandbox",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import configparser
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from controller.settings import ControllerSettings
+from tests.debian_tools import need
 from tests.procs import BIN
 
 UNITS = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
@@ -26,8 +26,7 @@ def _service(unit: Path = UNIT) -> configparser.SectionProxy:
 
 @pytest.mark.parametrize("source", [UNIT, CONTROLLER_UNIT], ids=lambda p: p.stem)
 def test_systemd_accepts_the_unit(tmp_path: Path, source: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    assert analyze, "systemd-analyze is needed (Debian package systemd, installed by .ci/run)"
+    analyze = need("systemd-analyze", "systemd")
     # verify checks that ExecStart exists: point it at this checkout's programs.
     unit = tmp_path / source.name
     unit.write_text(source.read_text().replace("/opt/schoolfleet/bin/", f"{BIN}/"))
