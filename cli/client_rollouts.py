@@ -39,6 +39,11 @@ class RolloutCalls:
         request = admin_pb2.ListRolloutsRequest(states=states, limit=limit)
         return list(self._call(self._stub.ListRollouts, request).rollouts)
 
+    def playbooks(self) -> list[str]:
+        """The playbooks in the controller's folder, by file name."""
+        request = admin_pb2.ListPlaybooksRequest()
+        return list(self._call(self._stub.ListPlaybooks, request).names)
+
     def pause_rollout(self, rollout_id: int) -> admin_pb2.RolloutInfo:
         """The running wave finishes; no other starts until resumed."""
         return self._call(

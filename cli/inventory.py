@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from cli import completion
 from cli import render_infra as render
 from cli.errors import CliError, DeviceUnavailable, RequestRefused
 from cli.groups import command_group
@@ -32,7 +33,10 @@ aps_app = command_group(
     "devices around them see."
 )
 servers_app = command_group("School servers: probes, facts read over SSH, and their SSH host keys.")
-SchoolOption = Annotated[str | None, typer.Option("--school", help="Only this school.")]
+SchoolOption = Annotated[
+    str | None,
+    typer.Option("--school", help="Only this school.", autocompletion=completion.schools),
+]
 
 
 def _by_school(rows: Sequence[InventoryRow]) -> list[list[admin_pb2.InventoryItem]]:

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cli import completion
 from cli.errors import CliError, RequestRefused
 from cli.groups import command_group
 from cli.imports import ImportReport, in_parts
@@ -124,7 +125,9 @@ def _lessons_table(lessons: list[admin_pb2.LessonInfo]) -> Table:
 
 @lessons_app.command("today")
 def lessons_today(
-    school: Annotated[str | None, typer.Option(help="Only this school.")] = None,
+    school: Annotated[
+        str | None, typer.Option(help="Only this school.", autocompletion=completion.schools)
+    ] = None,
     room: Annotated[str | None, typer.Option(help="Only this room.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -147,7 +150,9 @@ def lessons_today(
 def lessons_launch(
     url: Annotated[str, typer.Argument(metavar="URL", help="What the panels open.")],
     room: Annotated[str, typer.Option(help="The room whose panels open it.")],
-    school: Annotated[str, typer.Option(help="The room's school.")],
+    school: Annotated[
+        str, typer.Option(help="The room's school.", autocompletion=completion.schools)
+    ],
     minutes: Annotated[int, typer.Option(help="How long it lasts.", min=1, max=720)] = 45,
     title: Annotated[str, typer.Option(help="What it is, for the lists.")] = "",
     as_json: JsonFlag = False,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import people, render
+from cli import completion, people, render
 from cli.errors import CliError
 from cli.groups import command_group
 from cli.inventory import aps_app, inventory_app, servers_app
@@ -47,6 +47,10 @@ app.add_typer(inventory_app, name="inventory")
 app.add_typer(aps_app, name="aps")
 app.add_typer(servers_app, name="servers")
 
+DeviceId = Annotated[
+    str, typer.Argument(metavar="ID", help="The device's id.", autocompletion=completion.devices)
+]
+
 
 @app.callback()
 def _global(
@@ -78,7 +82,10 @@ def _global(
 
 @devices_app.command("list")
 def devices_list(
-    school: Annotated[str | None, typer.Option(help="Only this school's devices.")] = None,
+    school: Annotated[
+        str | None,
+        typer.Option(help="Only this school's devices.", autocompletion=completion.schools),
+    ] = None,
     kind: Annotated[DeviceKind | None, typer.Option(help="Only this kind.")] = None,
     status: Annotated[DeviceStatus | None, typer.Option(help="Only online or offline.")] = None,
     condition: Annotated[
@@ -102,7 +109,7 @@ def devices_list(
 
 @devices_app.command("show")
 def devices_show(
-    device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
+    device_id: DeviceId,
     as_json: JsonFlag = False,
 ) -> None:
     """Show one device in full: what it runs, its verdict and why, its disks,
@@ -117,7 +124,7 @@ def devices_show(
 
 @devices_app.command("ping")
 def devices_ping(
-    device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
+    device_id: DeviceId,
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for the device's answer.", min=0.1)
     ] = 10.0,
@@ -158,7 +165,7 @@ def devices_ping(
 
 @devices_app.command("reenroll")
 def devices_reenroll(
-    device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
+    device_id: DeviceId,
     as_json: JsonFlag = False,
 ) -> None:
     """Let an enrolled (or decommissioned) device enroll again, e.g. after a disk swap.
@@ -174,7 +181,7 @@ def devices_reenroll(
 
 @devices_app.command("decommission")
 def devices_decommission(
-    device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
+    device_id: DeviceId,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -193,8 +200,10 @@ def devices_decommission(
 
 @devices_app.command("move")
 def devices_move(
-    device_id: Annotated[str, typer.Argument(metavar="ID", help="The device's id.")],
-    school: Annotated[str, typer.Option(help="The school it moves to.")],
+    device_id: DeviceId,
+    school: Annotated[
+        str, typer.Option(help="The school it moves to.", autocompletion=completion.schools)
+    ],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -224,7 +233,12 @@ def devices_move(
 
 @token_app.command("create")
 def token_create(
-    school: Annotated[str, typer.Option(help="The school whose devices may enroll with it.")],
+    school: Annotated[
+        str,
+        typer.Option(
+            help="The school whose devices may enroll with it.", autocompletion=completion.schools
+        ),
+    ],
     uses: Annotated[int, typer.Option(help="How many devices may enroll with it.", min=1)] = 1,
     expires: Annotated[
         str, typer.Option(help="How long it is valid: 90s, 30m, 12h, 7d (at most 365d).")
@@ -253,7 +267,10 @@ def token_create(
 
 @token_app.command("list")
 def token_list(
-    school: Annotated[str | None, typer.Option(help="Only this school's tokens.")] = None,
+    school: Annotated[
+        str | None,
+        typer.Option(help="Only this school's tokens.", autocompletion=completion.schools),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List tokens (never their secrets), newest first."""
@@ -285,7 +302,9 @@ def token_revoke(
 
 @app.command()
 def status(
-    school: Annotated[str | None, typer.Option(help="Only this school.")] = None,
+    school: Annotated[
+        str | None, typer.Option(help="Only this school.", autocompletion=completion.schools)
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Devices online and offline, per school and kind, and the schools whose measured

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cli import completion
 from cli import render_rollouts as render
 from cli.errors import RequestRefused
 from cli.groups import command_group
@@ -20,7 +21,9 @@ maintenance_app = command_group(
 
 @maintenance_app.command("set")
 def maintenance_set(
-    school: Annotated[str, typer.Option(metavar="ID", help="The school.")],
+    school: Annotated[
+        str, typer.Option(metavar="ID", help="The school.", autocompletion=completion.schools)
+    ],
     windows: Annotated[
         list[str] | None,
         typer.Argument(
@@ -63,7 +66,10 @@ def maintenance_set(
 
 @maintenance_app.command("list")
 def maintenance_list(
-    school: Annotated[str | None, typer.Option(metavar="ID", help="Only this school.")] = None,
+    school: Annotated[
+        str | None,
+        typer.Option(metavar="ID", help="Only this school.", autocompletion=completion.schools),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List schools' maintenance windows (schools without any are not listed)."""

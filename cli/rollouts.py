@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli import completion
 from cli import render_rollouts as render
 from cli.errors import ControllerUnreachable, RequestRefused
 from cli.extra_vars import parse_extra_vars
@@ -54,7 +55,13 @@ rollout_app = command_group(
 # Polls in a row that may find no controller before --watch gives up.
 _WATCH_MISSES = 5
 RolloutId = Annotated[
-    int, typer.Argument(metavar="ID", help="The rollout's number (rollout list).", min=1)
+    int,
+    typer.Argument(
+        metavar="ID",
+        help="The rollout's number (rollout list).",
+        min=1,
+        autocompletion=completion.rollouts,
+    ),
 ]
 
 
@@ -85,7 +92,9 @@ def rollout_start(
     playbook: Annotated[
         str,
         typer.Argument(
-            metavar="PLAYBOOK", help="A playbook in the controller's folder, e.g. timesync.yml."
+            metavar="PLAYBOOK",
+            help="A playbook in the controller's folder, e.g. timesync.yml.",
+            autocompletion=completion.playbooks,
         ),
     ],
     select: Annotated[
@@ -130,6 +139,14 @@ def rollout_start(
         bool,
         typer.Option("--dry-run", help="Check everything, show hosts and waves, start nothing."),
     ] = False,
+    include_offline: Annotated[
+        bool,
+        typer.Option(
+            "--include-offline",
+            help="Also the devices offline now, at their last address (by default they "
+            "are left out and listed as not reached).",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     try:
@@ -155,6 +172,7 @@ def rollout_start(
         extra_vars_json=parse_extra_vars(extra_vars) if extra_vars is not None else "",
         gate_lessons=gate == "lessons",
         dry_run=dry_run,
+        include_offline=include_offline,
     )
     with client() as c:
         info = c.start_rollout(request)

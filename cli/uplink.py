@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli import completion
 from cli import render_uplink as render
 from cli.errors import DeviceUnavailable
 from cli.groups import command_group
@@ -21,7 +22,9 @@ uplink_app = command_group(
 
 @uplink_app.command("check")
 def uplink_check(
-    school: Annotated[str, typer.Option(metavar="ID", help="The school.")],
+    school: Annotated[
+        str, typer.Option(metavar="ID", help="The school.", autocompletion=completion.schools)
+    ],
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for the check to end.", min=1.0)
     ] = 120.0,
@@ -43,7 +46,10 @@ def uplink_check(
 
 @uplink_app.command("list")
 def uplink_list(
-    school: Annotated[str | None, typer.Option(metavar="ID", help="Only this school.")] = None,
+    school: Annotated[
+        str | None,
+        typer.Option(metavar="ID", help="Only this school.", autocompletion=completion.schools),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Each school's latest measurement, and its latest check if that one failed."""

@@ -32,7 +32,7 @@ def check_playbook(playbooks_dir: Path, name: str, settings: RunnerSettings) -> 
         )
     path = playbooks_dir.absolute() / name
     if not path.is_file():
-        found = _playbooks(playbooks_dir)
+        found = playbook_names(playbooks_dir)
         available = f"available: {', '.join(found)}" if found else "it has no playbooks"
         raise RolloutRefused(f"playbook {name!r} is not in {playbooks_dir}; {available}")
     try:
@@ -58,11 +58,14 @@ def check_playbook(playbooks_dir: Path, name: str, settings: RunnerSettings) -> 
     return path
 
 
-def _playbooks(folder: Path) -> list[str]:
+def playbook_names(folder: Path) -> list[str]:
+    """The playbooks' file names in ``folder``, sorted; none if it cannot be read."""
     try:
-        return sorted(p.name for p in folder.iterdir() if p.name.endswith(PLAYBOOK_SUFFIXES))
+        names = [p.name for p in folder.iterdir() if p.name.endswith(PLAYBOOK_SUFFIXES)]
     except OSError:
         return []
+    # NAME.vars.yml is the schema of NAME.yml's extra vars, not a playbook.
+    return sorted(n for n in names if not n.endswith((".vars.yml", ".vars.yaml")))
 
 
 def _syntax_error(path: Path, settings: RunnerSettings) -> str:

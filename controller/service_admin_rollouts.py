@@ -11,16 +11,17 @@ import grpc
 
 from controller.access import Need
 from controller.admin_guard import Call, Guard, Refused, guarded, invalid
+from controller.ansible_access import ansible_access
 from controller.ansible_user import find_os_user
 from controller.errors import RolloutRefused
-from controller.playbook_check import check_playbook
+from controller.playbook_check import check_playbook, playbook_names
 from controller.playbook_vars import check_extra_vars, read_schema
 from controller.rollout_engine import RolloutEngine
 from controller.rollout_runner import RunnerSettings
 from controller.store import Store
 from controller.store.protocol import DeviceQuery
 from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery
-from inventory.model import valid_id
+from inventory.model import DeviceStatus, valid_id
 from inventory.people import Outcome, Role
 from inventory.rollouts import (
     HostOutcome,
@@ -70,9 +71,25 @@ def _spec(request: admin_pb2.StartRolloutRequest) -> RolloutSpec:
             wave_size=parse_amount(request.wave_size or "10%", "wave size"),
             max_fail=parse_percent(request.max_fail or "5", "max fail"),
             gate_lessons=request.gate_lessons,
+            include_offline=request.include_offline,
         )
     except RolloutInputError as exc:
         raise invalid(str(exc)) from None
+
+
+def split_offline(
+    matched: Iterable[tuple[NewHost, DeviceStatus]], include_offline: bool
+) -> tuple[list[NewHost], tuple[str, ...]]:
+    """The hosts a rollout takes, and the offline device ids it leaves out (none when
+    ``include_offline``)."""
+    hosts: list[NewHost] = []
+    offline: list[str] = []
+    for host, status in matched:
+        if include_offline or status is DeviceStatus.ONLINE:
+            hosts.append(host)
+        else:
+            offline.append(host.device_id)
+    return hosts, tuple(offline)
 
 
 def _preview(spec: RolloutSpec, hosts: list[NewHost], now: float) -> RolloutRecord:
@@ -108,13 +125,16 @@ class RolloutHandlers:
             )
         return self.rollouts
 
-    async def _hosts(self, selector: Selector, scope: frozenset[str] | None) -> list[NewHost]:
-        """The registry's devices the selector matches, within the caller's schools."""
+    async def _hosts(
+        self, selector: Selector, scope: frozenset[str] | None
+    ) -> list[tuple[NewHost, DeviceStatus]]:
+        """The registry's devices the selector matches, within the caller's schools,
+        with whether each is online now."""
         schools = selector.schools or None
         if scope is not None:
             schools = (schools or scope) & scope
         kinds = selector.kinds
-        hosts: list[NewHost] = []
+        hosts: list[tuple[NewHost, DeviceStatus]] = []
         after = ""
         while True:
             query = DeviceQuery(
@@ -134,7 +154,7 @@ class RolloutHandlers:
                     os_version=i.os.version if i.os is not None else None,
                     labels=dict(i.labels),
                 ):
-                    hosts.append(NewHost(i.device_id, i.school_id))
+                    hosts.append((NewHost(i.device_id, i.school_id), d.status))
             if len(page) < query.limit:
                 return hosts
             after = page[-1].identity.device_id
@@ -186,10 +206,16 @@ class RolloutHandlers:
             )
         except RolloutRefused as exc:
             raise invalid(str(exc)) from None
-        spec = replace(spec, extra_vars=extra)
-        hosts = await self._hosts(selector, call.who.scope)
-        if not hosts:
+        matched = await self._hosts(selector, call.who.scope)
+        if not matched:
             raise invalid(f"selector {spec.selector!r} matches no devices")
+        hosts, offline = split_offline(matched, spec.include_offline)
+        if not hosts:
+            raise invalid(
+                f"selector {spec.selector!r} matches {len(offline)} device(s), all offline: "
+                "add --include-offline to try them at their last address"
+            )
+        spec = replace(spec, extra_vars=extra, offline_skipped=offline)
         if request.dry_run:
             call.done = f"dry run of {request.playbook} on {len(hosts)} hosts"
             preview = _preview(spec, hosts, self.guard.now())
@@ -228,6 +254,39 @@ class RolloutHandlers:
         query = RolloutQuery(states=states, schools=call.who.scope, limit=limit)
         records = await self.guard.off_loop(self._store.list_rollouts, query)
         return admin_pb2.ListRolloutsResponse(rollouts=[rollout_to_pb(r) for r in records])
+
+    @guarded("rollouts.playbooks", Need.READ)
+    async def ListPlaybooks(
+        self, request: admin_pb2.ListPlaybooksRequest, call: Call
+    ) -> admin_pb2.ListPlaybooksResponse:
+        # The names only: the same list StartRollout gives with an unknown playbook.
+        names = await self.guard.off_loop(playbook_names, self.playbooks_dir)
+        return admin_pb2.ListPlaybooksResponse(names=names)
+
+    @guarded("rollouts.access", Need.READ)
+    async def GetAnsibleAccess(
+        self, request: admin_pb2.GetAnsibleAccessRequest, call: Call
+    ) -> admin_pb2.AnsibleAccess:
+        settings = self.runner_settings
+        if settings is None:
+            raise invalid("rollouts are not set up on this controller")
+        try:
+            access = await self.guard.off_loop(
+                ansible_access,
+                self._store,
+                settings.known_hosts,
+                settings.remote_user,
+                settings.python_interpreter,
+                call.who.scope,
+                self.guard.now(),
+            )
+        except RolloutRefused as exc:
+            raise _conflict(str(exc)) from None
+        return admin_pb2.AnsibleAccess(
+            ssh_user=access.ssh_user,
+            python_interpreter=access.python_interpreter,
+            known_hosts=access.known_hosts,
+        )
 
     async def _switch(self, call: Call, rollout_id: int, pause: bool) -> admin_pb2.RolloutInfo:
         """Pause (the running wave finishes, no other starts) or resume."""
@@ -279,7 +338,11 @@ class RolloutHandlers:
         failed = await self.guard.off_loop(self._store.rollout_hosts, record.rollout_id, bad)
         if not failed:
             raise invalid(f"rollout {record.rollout_id} has no failed or unreachable hosts")
-        spec = replace(record.spec, selector=f"failed hosts of rollout {record.rollout_id}")
+        spec = replace(
+            record.spec,
+            selector=f"failed hosts of rollout {record.rollout_id}",
+            offline_skipped=(),
+        )
         hosts = [NewHost(h.device_id, h.school_id) for h in failed]
         try:
             new_id = await self._engine().start(spec, hosts, call.who.name)

@@ -237,6 +237,7 @@ def _start() -> str:
         "heartbeat_interval = 5\n"
         f'ports_file = "{STATE / "ports.json"}"\n'
         'content_hosts = ["lessons.example.edu"]\nlesson_lead = 10\nlesson_settle = 10\n'
+        f'playbooks_dir = "{ROOT / "playbooks"}"\n'
     )
     if not CA_CERT.exists():
         _must("schoolfleet-controller", "init", "--data-dir", str(DATA), "--address", "127.0.0.1")

@@ -1255,6 +1255,7 @@ class StartRolloutRequest(_message.Message):
     EXTRA_VARS_JSON_FIELD_NUMBER: _builtins.int
     GATE_LESSONS_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    INCLUDE_OFFLINE_FIELD_NUMBER: _builtins.int
     playbook: _builtins.str
     """A playbook's file name in the controller's playbook folder, e.g. "timesync.yml"."""
     selector: _builtins.str
@@ -1270,6 +1271,10 @@ class StartRolloutRequest(_message.Message):
     """Also halt when lessons on changed devices fail more often than before."""
     dry_run: _builtins.bool
     """Check everything and answer with the hosts and first wave, but start nothing."""
+    include_offline: _builtins.bool
+    """Also the devices offline now (at their last address); by default they are left
+    out and listed in RolloutInfo.offline_skipped.
+    """
     def __init__(
         self,
         *,
@@ -1281,10 +1286,11 @@ class StartRolloutRequest(_message.Message):
         extra_vars_json: _builtins.str = ...,
         gate_lessons: _builtins.bool = ...,
         dry_run: _builtins.bool = ...,
+        include_offline: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "gate_lessons", b"gate_lessons", "max_fail", b"max_fail", "playbook", b"playbook", "selector", b"selector", "wave_size", b"wave_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "gate_lessons", b"gate_lessons", "include_offline", b"include_offline", "max_fail", b"max_fail", "playbook", b"playbook", "selector", b"selector", "wave_size", b"wave_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1448,6 +1454,9 @@ class RolloutInfo(_message.Message):
     WAITING_FIELD_NUMBER: _builtins.int
     EXTRA_VARS_JSON_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    INCLUDE_OFFLINE_FIELD_NUMBER: _builtins.int
+    OFFLINE_SKIPPED_FIELD_NUMBER: _builtins.int
+    OFFLINE_SKIPPED_COUNT_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.int
     playbook: _builtins.str
     selector: _builtins.str
@@ -1465,6 +1474,10 @@ class RolloutInfo(_message.Message):
     extra_vars_json: _builtins.str
     dry_run: _builtins.bool
     """Only in a dry run's answer: nothing was stored."""
+    include_offline: _builtins.bool
+    """Whether devices offline at the start were taken too."""
+    offline_skipped_count: _builtins.int
+    """How many they are (also in ListRollouts)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1480,6 +1493,12 @@ class RolloutInfo(_message.Message):
     @_builtins.property
     def hosts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutHost]:
         """Every host (in GetRollout and StartRollout; empty in ListRollouts)."""
+
+    @_builtins.property
+    def offline_skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The devices the selector matched that were offline at the start and left out:
+        not reached by this rollout (in GetRollout and StartRollout; empty in ListRollouts).
+        """
 
     def __init__(
         self,
@@ -1503,14 +1522,61 @@ class RolloutInfo(_message.Message):
         waiting: _builtins.str = ...,
         extra_vars_json: _builtins.str = ...,
         dry_run: _builtins.bool = ...,
+        include_offline: _builtins.bool = ...,
+        offline_skipped: _abc.Iterable[_builtins.str] | None = ...,
+        offline_skipped_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "counts", b"counts", "created_at", b"created_at", "created_by", b"created_by", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "finished_at", b"finished_at", "gate_lessons", b"gate_lessons", "hosts", b"hosts", "max_fail", b"max_fail", "playbook", b"playbook", "reason", b"reason", "rollout_id", b"rollout_id", "selector", b"selector", "state", b"state", "updated_at", b"updated_at", "waiting", b"waiting", "wave_size", b"wave_size", "waves", b"waves"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "counts", b"counts", "created_at", b"created_at", "created_by", b"created_by", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "finished_at", b"finished_at", "gate_lessons", b"gate_lessons", "hosts", b"hosts", "include_offline", b"include_offline", "max_fail", b"max_fail", "offline_skipped", b"offline_skipped", "offline_skipped_count", b"offline_skipped_count", "playbook", b"playbook", "reason", b"reason", "rollout_id", b"rollout_id", "selector", b"selector", "state", b"state", "updated_at", b"updated_at", "waiting", b"waiting", "wave_size", b"wave_size", "waves", b"waves"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RolloutInfo: _TypeAlias = RolloutInfo  # noqa: Y015
+
+@_typing.final
+class GetAnsibleAccessRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAnsibleAccessRequest: _TypeAlias = GetAnsibleAccessRequest  # noqa: Y015
+
+@_typing.final
+class AnsibleAccess(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SSH_USER_FIELD_NUMBER: _builtins.int
+    PYTHON_INTERPRETER_FIELD_NUMBER: _builtins.int
+    KNOWN_HOSTS_FIELD_NUMBER: _builtins.int
+    ssh_user: _builtins.str
+    """The controller's rollout_ssh_user and rollout_python."""
+    python_interpreter: _builtins.str
+    @_builtins.property
+    def known_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Lines of the controller's known_hosts for the addresses of the caller's devices."""
+
+    def __init__(
+        self,
+        *,
+        ssh_user: _builtins.str = ...,
+        python_interpreter: _builtins.str = ...,
+        known_hosts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known_hosts", b"known_hosts", "python_interpreter", b"python_interpreter", "ssh_user", b"ssh_user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnsibleAccess: _TypeAlias = AnsibleAccess  # noqa: Y015
 
 @_typing.final
 class ListRolloutsResponse(_message.Message):
@@ -1531,6 +1597,43 @@ class ListRolloutsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRolloutsResponse: _TypeAlias = ListRolloutsResponse  # noqa: Y015
+
+@_typing.final
+class ListPlaybooksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlaybooksRequest: _TypeAlias = ListPlaybooksRequest  # noqa: Y015
+
+@_typing.final
+class ListPlaybooksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """File names, e.g. timesync.yml, sorted."""
+
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlaybooksResponse: _TypeAlias = ListPlaybooksResponse  # noqa: Y015
 
 @_typing.final
 class SetMaintenanceWindowsRequest(_message.Message):

@@ -139,6 +139,16 @@ class AdminServiceStub:
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
                 response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
                 _registered_method=True)
+        self.GetAnsibleAccess = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/GetAnsibleAccess',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetAnsibleAccessRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.AnsibleAccess.FromString,
+                _registered_method=True)
+        self.ListPlaybooks = channel.unary_unary(
+                '/schoolfleet.v1.AdminService/ListPlaybooks',
+                request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListPlaybooksRequest.SerializeToString,
+                response_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListPlaybooksResponse.FromString,
+                _registered_method=True)
         self.PauseRollout = channel.unary_unary(
                 '/schoolfleet.v1.AdminService/PauseRollout',
                 request_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
@@ -359,6 +369,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAnsibleAccess(self, request, context):
+        """What plain Ansible needs to reach the caller's devices as rollouts do: the SSH
+        user, the devices' Python and their host keys from the controller's known_hosts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlaybooks(self, request, context):
+        """The playbooks in the controller's playbook folder, by file name (for completion).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseRollout(self, request, context):
         """Pause lets the running wave finish and starts no other; resume goes on.
         """
@@ -567,6 +592,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListRollouts,
                     request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.FromString,
                     response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'GetAnsibleAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAnsibleAccess,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetAnsibleAccessRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.AnsibleAccess.SerializeToString,
+            ),
+            'ListPlaybooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlaybooks,
+                    request_deserializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListPlaybooksRequest.FromString,
+                    response_serializer=protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListPlaybooksResponse.SerializeToString,
             ),
             'PauseRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseRollout,
@@ -1206,6 +1241,60 @@ class AdminService:
             '/schoolfleet.v1.AdminService/ListRollouts',
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
             protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAnsibleAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/GetAnsibleAccess',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.GetAnsibleAccessRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.AnsibleAccess.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlaybooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schoolfleet.v1.AdminService/ListPlaybooks',
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListPlaybooksRequest.SerializeToString,
+            protos_dot_schoolfleet_dot_v1_dot_admin__pb2.ListPlaybooksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,12 @@ class AdminServiceStub:
     """
     GetRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]
     ListRollouts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListRolloutsRequest, _admin_pb2.ListRolloutsResponse]
+    GetAnsibleAccess: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetAnsibleAccessRequest, _admin_pb2.AnsibleAccess]
+    """What plain Ansible needs to reach the caller's devices as rollouts do: the SSH
+    user, the devices' Python and their host keys from the controller's known_hosts.
+    """
+    ListPlaybooks: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPlaybooksRequest, _admin_pb2.ListPlaybooksResponse]
+    """The playbooks in the controller's playbook folder, by file name (for completion)."""
     PauseRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]
     """Pause lets the running wave finish and starts no other; resume goes on."""
     ResumeRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]
@@ -165,6 +171,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     GetRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
     ListRollouts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListRolloutsRequest, _admin_pb2.ListRolloutsResponse]  # type: ignore[assignment]
+    GetAnsibleAccess: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetAnsibleAccessRequest, _admin_pb2.AnsibleAccess]  # type: ignore[assignment]
+    """What plain Ansible needs to reach the caller's devices as rollouts do: the SSH
+    user, the devices' Python and their host keys from the controller's known_hosts.
+    """
+    ListPlaybooks: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPlaybooksRequest, _admin_pb2.ListPlaybooksResponse]  # type: ignore[assignment]
+    """The playbooks in the controller's playbook folder, by file name (for completion)."""
     PauseRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
     """Pause lets the running wave finish and starts no other; resume goes on."""
     ResumeRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
@@ -375,6 +387,24 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListRolloutsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListRolloutsResponse, _abc.Awaitable[_admin_pb2.ListRolloutsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAnsibleAccess(
+        self,
+        request: _admin_pb2.GetAnsibleAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AnsibleAccess, _abc.Awaitable[_admin_pb2.AnsibleAccess]]:
+        """What plain Ansible needs to reach the caller's devices as rollouts do: the SSH
+        user, the devices' Python and their host keys from the controller's known_hosts.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPlaybooks(
+        self,
+        request: _admin_pb2.ListPlaybooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListPlaybooksResponse, _abc.Awaitable[_admin_pb2.ListPlaybooksResponse]]:
+        """The playbooks in the controller's playbook folder, by file name (for completion)."""
 
     @_abc_1.abstractmethod
     def PauseRollout(
