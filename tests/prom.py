@@ -165,6 +165,19 @@ def promtool_run(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.Completed
     )
 
 
+def quick_rules(path: Path, wait: str = "1s") -> Path:
+    """rules.yml with every alert's ``for:`` set to ``wait``, written to ``path``: a live
+    Prometheus checks what the rules compute, promtool's unit tests (rules_test.yml)
+    check the shipped ``for:`` values."""
+    loaded = yaml.safe_load(RULES.read_text())
+    for group in loaded["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = wait
+    path.write_text(yaml.safe_dump(loaded, sort_keys=False))
+    return path
+
+
 class PrometheusError(Exception):
     """Prometheus answered a query with an error."""
 
@@ -173,9 +186,10 @@ class Prometheus:
     """Debian's ``prometheus`` on 127.0.0.1, a free port and a temporary TSDB,
     scraping the given targets with deploy/prometheus/prometheus.yml's job every second."""
 
-    def __init__(self, workdir: Path, targets: list[str]) -> None:
+    def __init__(self, workdir: Path, targets: list[str], rule_file: Path = RULES) -> None:
         self.workdir = workdir
         self.targets = targets
+        self.rule_file = rule_file
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -189,7 +203,7 @@ class Prometheus:
         config: dict[str, Any] = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
         config["global"].update(scrape_interval="1s", evaluation_interval="1s")
         config.pop("alerting", None)
-        config["rule_files"] = [str(RULES)]
+        config["rule_files"] = [str(self.rule_file)]
         [job] = config["scrape_configs"]
         job.update(scrape_interval="1s", scrape_timeout="1s")
         job["static_configs"] = [{"targets": self.targets}]
@@ -264,6 +278,25 @@ class Prometheus:
             return [{"metric": {}, "value": data["result"]}]
         result: list[dict[str, Any]] = data["result"]
         return result
+
+    def values(self, expr: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """An instant query's samples by their labels (without job, instance and the
+        metric's name), sorted: what a panel shows, as numbers."""
+        skip = {"job", "instance", "__name__"}
+        return {
+            tuple(sorted((k, v) for k, v in r["metric"].items() if k not in skip)): float(
+                r["value"][1]
+            )
+            for r in self.query(expr)
+        }
+
+    def firing(self) -> set[tuple[str, str]]:
+        """(alert name, school or instance) of every firing alert."""
+        return {
+            (a["labels"]["alertname"], a["labels"].get("school", a["labels"].get("instance", "")))
+            for a in self.api("/api/v1/alerts")["alerts"]
+            if a["state"] == "firing"
+        }
 
     def names(self) -> set[str]:
         """Every metric name Prometheus holds."""

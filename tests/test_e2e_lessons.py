@@ -109,14 +109,11 @@ def test_a_scheduled_lesson_opens_by_itself_and_is_counted_held(
             assert (lesson["state"], lesson["panels"], lesson["launched"]) == ("held", 1, 1)
             assert not _alive(pid), "the kiosk program is closed at the lesson's end"
             metrics = c.metrics()
-            assert metrics['schoolfleet_lesson_launches_total{school="s1"}'] == 1
-            assert metrics['schoolfleet_lessons_settled_total{school="s1",state="held"}'] == 1
+            assert metrics['schoolfleet_lesson_panels_today{result="launched",school="s1"}'] == 1
             assert metrics['schoolfleet_lessons_today{school="s1",state="held"}'] == 1
-            assert metrics['schoolfleet_lesson_launch_latency_seconds_count{school="s1"}'] == 1
-            assert (
-                metrics['schoolfleet_lesson_launch_latency_seconds_bucket{le="0.1",school="s1"}']
-                == 1
-            )
+            assert metrics['schoolfleet_lessons_today{school="s1",state="failed"}'] == 0
+            assert metrics["schoolfleet_lesson_launch_latency_seconds_count"] == 1
+            assert metrics['schoolfleet_lesson_launch_latency_seconds_bucket{le="0.1"}'] == 1
             log = agents[0].log.read_text()
             assert "lesson" in log
         finally:
