@@ -104,7 +104,8 @@ def test_schoolctl_errors_are_one_line(controller: Controller) -> None:
     assert bad_kind.code == 2 and "toaster" in bad_kind.err
     for result in (missing, bad, bad_kind):
         assert "Traceback" not in result.err
-    unreachable = schoolctl(f"127.0.0.1:{free_port()}", "devices", "list")
+    # With a token: without one, "not logged in" is what schoolctl says first.
+    unreachable = schoolctl(f"127.0.0.1:{free_port()}", "devices", "list", token="sfu_" + "x" * 43)
     assert unreachable.code == 3
     assert len(unreachable.err.strip().splitlines()) == 1
     assert "cannot reach the controller" in unreachable.err
