@@ -149,6 +149,10 @@ def rollout_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
         "reason": info.reason,
         "waiting": info.waiting,
         "dry_run": info.dry_run,
+        "include_offline": info.include_offline,
+        # Offline at the start, left out: not reached by this rollout.
+        "offline_skipped": list(info.offline_skipped),
+        "offline_skipped_count": info.offline_skipped_count,
         "created_by": info.created_by,
         "created_at": iso(_time(info, "created_at")),
         "updated_at": iso(_time(info, "updated_at")),
@@ -195,6 +199,14 @@ def _schools(info: admin_pb2.RolloutInfo) -> str:
     return ", ".join(f"{escape(s)}: {n}" for s, n in sorted(per_school.items()))
 
 
+def _offline_text(info: admin_pb2.RolloutInfo, named_max: int = 10) -> str:
+    """``3 offline at the start: a, b, c`` (markup): hosts the rollout left out."""
+    names = [escape(d) for d in info.offline_skipped[:named_max]]
+    more = info.offline_skipped_count - len(names)
+    listed = ", ".join(names) + (f" and {more} more" if more > 0 and names else "")
+    return f"{info.offline_skipped_count} offline at the start" + (f": {listed}" if listed else "")
+
+
 def started_lines(info: admin_pb2.RolloutInfo) -> list[str]:
     """What ``rollout start`` and ``retry`` say: the id, hosts and waves plan (markup)."""
     total = len(info.hosts) or sum(info.counts.values())
@@ -212,6 +224,8 @@ def started_lines(info: admin_pb2.RolloutInfo) -> list[str]:
     lines.append(f"{len(sizes)} waves: {plan_text(sizes)}; {_options(info)}")
     if info.waiting:
         lines.append(f"waiting: {escape(info.waiting)}")
+    if info.offline_skipped_count:
+        lines.append(f"not reached: {_offline_text(info)} (--include-offline takes them)")
     if not info.dry_run:
         lines.append(f"follow it: schoolctl rollout status {info.rollout_id} --watch")
     return lines
@@ -268,6 +282,8 @@ def rollout_detail(info: admin_pb2.RolloutInfo, now: float) -> Group:
     ]
     if info.waiting:
         rows.append(("waiting", escape(info.waiting)))
+    if info.offline_skipped_count:
+        rows.append(("not reached", _offline_text(info)))
     if info.extra_vars_json and info.extra_vars_json != "{}":
         rows.append(("extra vars", escape(info.extra_vars_json)))
     created = _time(info, "created_at")

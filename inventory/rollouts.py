@@ -189,6 +189,10 @@ class RolloutSpec:
     max_fail: float = 5.0
     extra_vars: Mapping[str, object] = field(default_factory=dict)
     gate_lessons: bool = False
+    # Devices offline at the start are left out (listed in offline_skipped: not
+    # reached) unless this is set; they get the change from a later rollout.
+    include_offline: bool = False
+    offline_skipped: tuple[str, ...] = ()
 
 
 def wave_size(spec: RolloutSpec, total: int, waves_started: int) -> int:

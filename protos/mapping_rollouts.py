@@ -53,6 +53,10 @@ def rollout_to_pb(
         waiting=r.waiting,
         extra_vars_json=json.dumps(dict(spec.extra_vars), sort_keys=True),
         dry_run=dry_run,
+        include_offline=spec.include_offline,
+        # The names with the hosts (a rollout's detail), the count everywhere.
+        offline_skipped=spec.offline_skipped if hosts else (),
+        offline_skipped_count=len(spec.offline_skipped),
     )
     if r.finished_at is not None:
         message.finished_at.CopyFrom(timestamp(r.finished_at))

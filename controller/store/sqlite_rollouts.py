@@ -54,6 +54,8 @@ def _spec_json(spec: RolloutSpec) -> str:
                 "max_fail": spec.max_fail,
                 "extra_vars": dict(spec.extra_vars),
                 "gate_lessons": spec.gate_lessons,
+                "include_offline": spec.include_offline,
+                "offline_skipped": list(spec.offline_skipped),
             },
             sort_keys=True,
         )
@@ -71,6 +73,9 @@ def _spec(row: sqlite3.Row) -> RolloutSpec:
         max_fail=float(data["max_fail"]),
         extra_vars=data["extra_vars"],
         gate_lessons=bool(data["gate_lessons"]),
+        # Absent from rollouts stored before offline devices were left out.
+        include_offline=bool(data.get("include_offline", True)),
+        offline_skipped=tuple(data.get("offline_skipped", ())),
     )
 
 
