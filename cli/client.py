@@ -275,6 +275,10 @@ class AdminClient(RolloutCalls, UplinkCalls, InfraCalls):
         response = self._call(self._stub.GetDevice, admin_pb2.GetDeviceRequest(device_id=device_id))
         return device_from_pb(response)
 
+    def ansible_access(self) -> admin_pb2.AnsibleAccess:
+        """The controller's SSH user, devices' Python and host keys for your devices."""
+        return self._call(self._stub.GetAnsibleAccess, admin_pb2.GetAnsibleAccessRequest())
+
     def ping(self, device_id: str) -> tuple[str, float]:
         """Sends a ping to the device; returns the command id and when it was issued."""
         response = self._call(

@@ -5,12 +5,25 @@
 arguments, so everything else also comes from the environment: the controller, CA
 and token as schoolctl reads them (its flags' variables, then its config file), and
 the selection from SCHOOLFLEET_INVENTORY_SELECT.
+
+Besides the hosts, ``--list`` gives the group ``schoolfleet`` (every host) what a run
+needs to reach them as the controller's rollouts do: ``ansible_user`` and
+``ansible_python_interpreter`` (its rollout settings) and ``ansible_ssh_common_args``
+that check host keys against a known_hosts file this script writes from the
+controller's (``--known-hosts``).
+
+Warnings (devices left out, renamed groups, a token sent unencrypted) are in that
+group's ``sf_inventory_warnings``, and on stderr only when it is a terminal:
+Ansible shows any stderr of an inventory script as an error, even when it worked.
+The collection's ``schoolfleet.fleet.registry`` plugin shows them as warnings.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,17 +31,18 @@ from typing import NoReturn
 
 from cli.errors import CliError, NotFound
 from cli.options import DEFAULT_CONTROLLER, Options, client, print_json
-from inventory.ansible_inventory import InventoryPlan, plan_inventory
+from inventory.ansible_inventory import plan_inventory
 from inventory.model import DeviceRecord
 from inventory.rollouts import RolloutInputError, Selector, parse_selector
+from protos.schoolfleet.v1 import admin_pb2
 
 PROG = "schoolfleet-inventory"
 # The variables behind schoolctl's --controller and --ca-cert (cli/main.py).
 ENV_CONTROLLER = "SCHOOLCTL_CONTROLLER"
 ENV_CA_CERT = "SCHOOLCTL_CA_CERT"
 ENV_SELECT = "SCHOOLFLEET_INVENTORY_SELECT"
-# Devices named in a "left out" line; the rest are counted.
-_NAMED_MAX = 10
+ENV_KNOWN_HOSTS = "SCHOOLFLEET_INVENTORY_KNOWN_HOSTS"
+WARNINGS_VAR = "sf_inventory_warnings"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
         "config file); the token is $SCHOOLCTL_TOKEN or the config file's",
     )
     parser.add_argument(
+        "--known-hosts",
+        type=Path,
+        default=os.environ.get(ENV_KNOWN_HOSTS) or None,
+        help="where to write the controller's host keys of your devices, which the hosts'"
+        f" ssh then checks (default ${ENV_KNOWN_HOSTS}, then "
+        "~/.cache/schoolfleet/known_hosts-CONTROLLER)",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for each answer"
     )
     return parser
@@ -92,22 +114,41 @@ def _selected(devices: Iterable[DeviceRecord], selector: Selector | None) -> lis
     ]
 
 
-def _warn(plan: InventoryPlan) -> None:
-    """Says on stderr who is missing and which groups were renamed (Ansible shows it)."""
-    if plan.skipped:
-        names = ", ".join(s.device_id for s in plan.skipped[:_NAMED_MAX])
-        more = len(plan.skipped) - _NAMED_MAX
-        names += f" and {more} more" if more > 0 else ""
-        print(
-            f"{PROG}: {len(plan.skipped)} device(s) left out, no address known: {names}",
-            file=sys.stderr,
-        )
-    for c in plan.collisions:
-        print(
-            f"{PROG}: group {c.name} would mix {', '.join(c.values)}; "
-            f"named {', '.join(c.groups)} instead",
-            file=sys.stderr,
-        )
+def default_known_hosts(controller: str) -> Path:
+    """~/.cache/schoolfleet/known_hosts-CONTROLLER ($XDG_CACHE_HOME first)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "schoolfleet" / f"known_hosts-{re.sub(r'[^A-Za-z0-9.-]', '_', controller)}"
+
+
+def _write_known_hosts(path: Path, lines: Iterable[str]) -> None:
+    """Replaces ``path`` at once, so a run never reads half a file."""
+    text = "".join(f"{line}\n" for line in lines)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CliError(f"--known-hosts {path}: cannot write it ({exc.strerror})") from None
+
+
+def connection_vars(access: admin_pb2.AnsibleAccess, known_hosts: Path) -> dict[str, object]:
+    """The ``schoolfleet`` group's connection variables: the controller's settings, and ssh
+    checking host keys against ``known_hosts`` only, as the controller's rollouts do."""
+    q = shlex.quote
+    ssh_args = (
+        f"-o UserKnownHostsFile={q(str(known_hosts))} -o GlobalKnownHostsFile=/dev/null"
+        " -o StrictHostKeyChecking=yes"
+    )
+    return {
+        "ansible_user": access.ssh_user,
+        "ansible_python_interpreter": access.python_interpreter,
+        # A path from this machine's environment: text, never a template.
+        "ansible_ssh_common_args": {"__ansible_unsafe": ssh_args},
+    }
 
 
 def _main(args: argparse.Namespace) -> None:
@@ -115,11 +156,19 @@ def _main(args: argparse.Namespace) -> None:
     Options.controller = args.controller
     Options.ca_cert = args.ca_cert
     Options.timeout = args.timeout
-    with client() as c:
+    warnings: list[str] = []
+    with client(warn=warnings.append) as c:
         if args.host is None:
             plan = plan_inventory(_selected(c.devices(), selector))
-            _warn(plan)
-            print_json(plan.script_inventory())
+            access = c.ansible_access()
+            known_hosts = args.known_hosts or default_known_hosts(c.address)
+            _write_known_hosts(known_hosts, access.known_hosts)
+            warnings += [f"{PROG}: {line}" for line in plan.warnings()]
+            if sys.stderr.isatty():
+                for line in warnings:
+                    print(line, file=sys.stderr)
+            fleet_vars = connection_vars(access, known_hosts) | {WARNINGS_VAR: warnings}
+            print_json(plan.script_inventory(fleet_vars))
             return
         try:
             devices = [c.device(args.host)]

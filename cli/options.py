@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TextIO, cast
 
@@ -87,10 +88,15 @@ def _loopback(address: str) -> bool:
         return False
 
 
-def client(token: str | None = None) -> AdminClient:
+def _say(line: str) -> None:
+    err.print(line, markup=False)
+
+
+def client(token: str | None = None, warn: Callable[[str], None] = _say) -> AdminClient:
     """A client for the controller the flags, environment or config file name.
 
-    ``token`` overrides the user's own (for ``login``, which checks a new one)."""
+    ``token`` overrides the user's own (for ``login``, which checks a new one); a
+    warning goes to ``warn`` (stderr by default)."""
     # Late import: `schoolctl --help` should not pay for the gRPC stack.
     from cli.client import AdminClient
 
@@ -105,10 +111,7 @@ def client(token: str | None = None) -> AdminClient:
         except OSError as exc:
             raise CliError(f"--ca-cert {ca_path}: {exc.strerror}") from None
     elif token and not _loopback(address):
-        err.print(
-            f"schoolctl: warning: no --ca-cert: your token goes to {address} unencrypted",
-            markup=False,
-        )
+        warn(f"schoolctl: warning: no --ca-cert: your token goes to {address} unencrypted")
     return AdminClient(address, Options.timeout, ca, token)
 
 

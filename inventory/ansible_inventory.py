@@ -9,11 +9,13 @@ A host is named by its device id. A device without an address cannot be reached,
 so it is left out and listed in the plan's ``skipped`` instead.
 
 Group names: ``school_<school>``, ``room_<school>_<room>``, ``kind_<kind>``,
-``os_<version>`` and ``label_<name>_<value>``, each character other than an ASCII
-letter, digit or ``_`` replaced by ``_``. When different values would give one name
-(os ``22.04`` and ``22-04``; label ``a_b=c`` and ``a=b_c``) none of them gets it:
-each gets the name followed by ``_`` and the first 8 hex digits of the SHA-256 of its
-values, and the clash is listed in ``collisions``. A name still taken after that
+``os_<version>``, ``label_<name>_<value>``, ``status_online``/``status_offline`` (as
+the controller judged it when asked) and ``condition_<ok|degraded|critical|unknown>``
+(the device's own verdict in its latest report; unknown before one), each character
+other than an ASCII letter, digit or ``_`` replaced by ``_``. When different values
+would give one name (os ``22.04`` and ``22-04``; label ``a_b=c`` and ``a=b_c``) none
+of them gets it: each gets the name followed by ``_`` and the first 8 hex digits of
+the SHA-256 of its values, and the clash is listed in ``collisions``. A name still taken after that
 (only values chosen to collide do that) gets ``_2``, ``_3``, ... So one group never
 holds devices of different values, and a name that would be ambiguous is not made.
 """
@@ -28,6 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from inventory.model import DeviceRecord
+
+# A device with no report yet has no verdict.
+NO_CONDITION = "unknown"
+# Every host of the inventory: its variables are how to reach them (no generated
+# group name is without a prefix, so none can be this).
+FLEET_GROUP = "schoolfleet"
 
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_]")
 # What a group is for, before it has a name: ("os", ("22.04",)).
@@ -61,12 +69,30 @@ class InventoryPlan:
     skipped: tuple[SkippedHost, ...] = ()
     collisions: tuple[Collision, ...] = ()
 
-    def script_inventory(self) -> dict[str, Any]:
+    def warnings(self, named_max: int = 10) -> list[str]:
+        """Who was left out and which groups were renamed, a line each (at most
+        ``named_max`` devices named in a line, the rest counted)."""
+        lines = []
+        if self.skipped:
+            names = ", ".join(s.device_id for s in self.skipped[:named_max])
+            more = len(self.skipped) - named_max
+            names += f" and {more} more" if more > 0 else ""
+            lines.append(f"{len(self.skipped)} device(s) left out, no address known: {names}")
+        lines += [
+            f"group {c.name} would mix {', '.join(c.values)}; named {', '.join(c.groups)} instead"
+            for c in self.collisions
+        ]
+        return lines
+
+    def script_inventory(self, fleet_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         """The inventory script protocol's ``--list`` answer, ``_meta.hostvars``
-        included (so Ansible never calls ``--host`` once per host)."""
+        included (so Ansible never calls ``--host`` once per host). Every host is also
+        in the group ``schoolfleet``, whose variables are ``fleet_vars`` (group
+        variables, so a user's group_vars and host vars still win over them)."""
         out: dict[str, Any] = {
             "_meta": {"hostvars": self.hostvars},
-            "all": {"children": list(self.groups)},
+            "all": {"children": [FLEET_GROUP, *self.groups]},
+            FLEET_GROUP: {"hosts": list(self.hostvars), "vars": fleet_vars or {}},
         }
         out.update({name: {"hosts": list(hosts)} for name, hosts in self.groups.items()})
         return out
@@ -85,6 +111,10 @@ def _unsafe(text: str) -> dict[str, str]:
     return {"__ansible_unsafe": text}
 
 
+def _condition(d: DeviceRecord) -> str:
+    return d.report.condition.value if d.report is not None else NO_CONDITION
+
+
 def _hostvars(d: DeviceRecord) -> dict[str, Any]:
     i = d.identity
     return {
@@ -95,12 +125,19 @@ def _hostvars(d: DeviceRecord) -> dict[str, Any]:
         "sf_room": i.room_id,
         "sf_os_version": _unsafe((i.os.version if i.os else None) or ""),
         "sf_labels": {name: _unsafe(value) for name, value in i.labels},
+        "sf_status": d.status.value,
+        "sf_condition": _condition(d),
     }
 
 
 def _group_keys(d: DeviceRecord) -> list[GroupKey]:
     i = d.identity
-    keys: list[GroupKey] = [("school", (i.school_id,)), ("kind", (i.kind.value,))]
+    keys: list[GroupKey] = [
+        ("school", (i.school_id,)),
+        ("kind", (i.kind.value,)),
+        ("status", (d.status.value,)),
+        ("condition", (_condition(d),)),
+    ]
     if i.room_id:
         keys.append(("room", (i.school_id, i.room_id)))
     if i.os is not None and i.os.version:

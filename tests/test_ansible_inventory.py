@@ -9,14 +9,17 @@ from hypothesis import strategies as st
 
 from inventory.ansible_inventory import build_inventory, plan_inventory, runner_inventory
 from inventory.model import (
+    Condition,
     DeviceIdentity,
     DeviceKind,
     DeviceRecord,
+    DeviceReport,
     DeviceStatus,
     OsInfo,
 )
 
 ANSIBLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_STATE_GROUPS = ("status_", "condition_")
 
 
 def device(
@@ -28,6 +31,8 @@ def device(
     address: str = "198.18.0.5",
     os_version: str | None = "22.04",
     labels: dict[str, str] | None = None,
+    status: DeviceStatus = DeviceStatus.ONLINE,
+    condition: Condition | None = None,
 ) -> DeviceRecord:
     return DeviceRecord(
         identity=DeviceIdentity(
@@ -39,13 +44,14 @@ def device(
             address=address,
             labels=tuple(sorted((labels or {}).items())),
         ),
-        status=DeviceStatus.ONLINE,
+        status=status,
         stream_up=True,
         first_seen=0.0,
         last_heartbeat=None,
         offline_after=90.0,
         last_seq=0,
         health=None,
+        report=DeviceReport(condition, ()) if condition is not None else None,
     )
 
 
@@ -65,6 +71,8 @@ def test_hosts_carry_their_address_and_facts_as_hostvars() -> None:
             # Text the device sent is never templated by Ansible.
             "sf_os_version": unsafe("22.04"),
             "sf_labels": {"grade": unsafe("5")},
+            "sf_status": "online",
+            "sf_condition": "unknown",
         }
     }
 
@@ -77,7 +85,11 @@ def test_groups_by_school_room_kind_os_and_label() -> None:
             device("panel-2", school="77", room="1", labels={"grade": "5", "wing": "north"}),
         ]
     )
-    groups = {name: body["hosts"] for name, body in inv.items() if name not in ("_meta", "all")}
+    groups = {
+        name: body["hosts"]
+        for name, body in inv.items()
+        if name not in ("_meta", "all", "schoolfleet") and not name.startswith(_STATE_GROUPS)
+    }
     assert groups == {
         "school_1234": ["laptop-1", "panel-1"],
         "school_77": ["panel-2"],
@@ -89,8 +101,46 @@ def test_groups_by_school_room_kind_os_and_label() -> None:
         "label_grade_5": ["panel-1", "panel-2"],
         "label_wing_north": ["panel-2"],
     }
-    assert inv["all"] == {"children": sorted(groups)}
-    assert all(ANSIBLE_NAME.fullmatch(name) for name in groups)
+    assert set(inv["all"]["children"]) == {
+        *groups,
+        "schoolfleet",
+        "status_online",
+        "condition_unknown",
+    }
+    assert inv["schoolfleet"] == {"hosts": ["laptop-1", "panel-1", "panel-2"], "vars": {}}
+    assert all(ANSIBLE_NAME.fullmatch(name) for name in inv["all"]["children"])
+
+
+def test_groups_by_whether_online_and_the_devices_verdict() -> None:
+    plan = plan_inventory(
+        [
+            device("a", condition=Condition.OK),
+            device("b", condition=Condition.DEGRADED, status=DeviceStatus.OFFLINE),
+            device("c", condition=Condition.CRITICAL),
+            device("d", status=DeviceStatus.OFFLINE),
+        ]
+    )
+    state_groups = {g: h for g, h in plan.groups.items() if g.startswith(_STATE_GROUPS)}
+    assert state_groups == {
+        "condition_critical": ("c",),
+        "condition_degraded": ("b",),
+        "condition_ok": ("a",),
+        "condition_unknown": ("d",),
+        "status_offline": ("b", "d"),
+        "status_online": ("a", "c"),
+    }
+    assert plan.hostvars["b"]["sf_status"] == "offline"
+    assert plan.hostvars["b"]["sf_condition"] == "degraded"
+
+
+def test_the_fleet_group_carries_the_variables_given_and_warnings_are_lines() -> None:
+    plan = plan_inventory([device("a"), *(device(f"n{i}", address="") for i in range(12))])
+    inv = plan.script_inventory({"ansible_user": "root"})
+    assert inv["schoolfleet"] == {"hosts": ["a"], "vars": {"ansible_user": "root"}}
+    assert plan.warnings() == [
+        "12 device(s) left out, no address known: "
+        "n0, n1, n10, n11, n2, n3, n4, n5, n6, n7 and 2 more"
+    ]
 
 
 def test_a_device_without_an_address_is_left_out_and_said_to_be() -> None:
@@ -139,6 +189,8 @@ def test_characters_ansible_refuses_become_underscores() -> None:
         "kind_panel",
         "os_22_04",
         "label_b_c_Klasse_5____x__",
+        "status_online",
+        "condition_unknown",
     }
 
 
@@ -148,13 +200,17 @@ def test_runner_form_has_the_same_hosts_and_groups() -> None:
     runner = runner_inventory(devices)
     assert runner["all"]["hosts"] == script["_meta"]["hostvars"]
     children = runner["all"]["children"]
-    assert set(children) == set(script["all"]["children"])
+    assert set(children) == set(script["all"]["children"]) - {"schoolfleet"}
     for name, body in children.items():
         assert body == {"hosts": {host: {} for host in script[name]["hosts"]}}
 
 
 def test_an_empty_registry_is_an_empty_inventory() -> None:
-    assert build_inventory([]) == {"_meta": {"hostvars": {}}, "all": {"children": []}}
+    assert build_inventory([]) == {
+        "_meta": {"hostvars": {}},
+        "all": {"children": ["schoolfleet"]},
+        "schoolfleet": {"hosts": [], "vars": {}},
+    }
 
 
 _VALUE = st.text(alphabet="ab_.-1", min_size=1, max_size=4)
