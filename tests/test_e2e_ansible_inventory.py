@@ -320,3 +320,31 @@ def test_rollouts_leave_offline_devices_out_unless_asked(lab: Lab) -> None:
     assert f"not reached  1 offline at the start: {GONE}" in shown.out, shown.out
     listed = schoolctl(address, "rollout", "list", "--json").json()
     assert [r["offline_skipped_count"] for r in listed if str(r["rollout_id"]) == rollout_id] == [1]
+
+
+def test_the_plugin_caches_and_a_scoped_user_gets_only_their_keys(lab: Lab) -> None:
+    cached = lab.work / "cached.schoolfleet.yml"
+    cache_dir = lab.work / "inventory-cache"
+    cached.write_text(
+        "plugin: schoolfleet.fleet.registry\ncache: true\n"
+        f"cache_plugin: ansible.builtin.jsonfile\ncache_connection: {cache_dir}\n"
+        "cache_timeout: 300\n"
+    )
+    listing = ["ansible-inventory", "-i", str(cached), "--list"]
+    first = ansible(listing, lab.env())
+    assert first.code == 0, first
+    # Read from the cache: the controller is not asked (a refused token would fail).
+    again = ansible(listing, lab.env(token="sfu_not_a_token"))  # noqa: S106
+    assert again.code == 0, again
+    assert json.loads(again.out)["status_online"]["hosts"] == ["host-0", "host-1"]
+    flushed = ansible([*listing, "--flush-cache"], lab.env(token="sfu_not_a_token"))  # noqa: S106
+    assert flushed.code != 0 and "did not accept your token" in flushed.err, flushed
+
+    # A school's IT user of another school: no hosts, and no host key of these.
+    other = lab.controller.create_user("it-s2", "school-it", "s2")
+    known = lab.work / "it-s2-known_hosts"
+    env = {**lab.env(token=other.token), "SCHOOLFLEET_INVENTORY_KNOWN_HOSTS": str(known)}
+    theirs = ansible(["ansible-inventory", "-i", str(BIN / "schoolfleet-inventory"), "--list"], env)
+    assert theirs.code == 0, theirs
+    assert json.loads(theirs.out)["_meta"]["hostvars"] == {}
+    assert known.read_text() == ""
