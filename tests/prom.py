@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import urllib.error
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from tests.debian_tools import need
 from tests.procs import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,14 +152,9 @@ def substitute(expr: str, school: str, rate_interval: str) -> str:
     return out.replace("${school}", school).replace("$school", school)
 
 
-def promtool() -> str | None:
-    return shutil.which("promtool")
-
-
 def promtool_run(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess[str]:
-    """Runs Debian's promtool; the caller checks that it is installed."""
-    tool = promtool()
-    assert tool is not None
+    """Runs Debian's promtool (a missing one fails the test, naming its package)."""
+    tool = need("promtool", "prometheus")
     return subprocess.run(
         [tool, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
     )
@@ -210,8 +205,7 @@ class Prometheus:
         return config
 
     def start(self) -> Prometheus:
-        binary = shutil.which("prometheus")
-        assert binary, "Debian's prometheus package is needed (installed by .ci/run)"
+        binary = need("prometheus", "prometheus")
         config = self.workdir / "prometheus.yml"
         config.write_text(yaml.safe_dump(self.config()))
         self.port = free_port()

@@ -3,14 +3,9 @@ every alert is unit-tested, and the example configuration is valid."""
 
 from __future__ import annotations
 
-import pytest
 import yaml
 
-from tests.prom import PROMETHEUS_DIR, promtool, promtool_run, rules
-
-pytestmark = pytest.mark.skipif(
-    promtool() is None, reason="promtool (Debian package prometheus) is not installed"
-)
+from tests.prom import PROMETHEUS_DIR, promtool_run, rules
 
 
 def test_promtool_accepts_the_rules() -> None:
