@@ -31,10 +31,10 @@ from zoneinfo import ZoneInfo
 
 from controller.rollout_metrics import RolloutMetrics
 from controller.rollout_runner import RunnerSettings, WaveJob, WaveRun
+from controller.rollout_worker import RolloutWorker, stop_masters_as
 from controller.store import Store
 from controller.store.protocol import DeviceQuery
 from controller.store.rollouts_protocol import NewHost, RolloutQuery
-from controller.wave_worker import run_wave_isolated, stop_masters_as
 from inventory.ansible_inventory import runner_inventory
 from inventory.model import DeviceRecord
 from inventory.rollouts import (
@@ -100,6 +100,8 @@ class RolloutEngine:
         self._wake: dict[int, asyncio.Event] = {}
         self._cancel: dict[int, threading.Event] = {}
         self._aborts: dict[int, str] = {}
+        # Each driven rollout's warm wave worker, kept from wave to wave.
+        self._workers: dict[int, RolloutWorker] = {}
         self._closing = False
 
     async def _off(self, fn: Callable[..., T], *args: object) -> T:
@@ -185,6 +187,10 @@ class RolloutEngine:
             await asyncio.wait(tasks, timeout=_CANCEL_WAIT)
         for task in tasks:
             task.cancel()
+        # Workers of tasks that did not end in time: their waves are stopped too.
+        for worker in list(self._workers.values()):
+            await asyncio.get_running_loop().run_in_executor(None, worker.close, 0.0)
+        self._workers.clear()
         self._waves.shutdown(wait=False, cancel_futures=True)
         control_dir = self._runner.control_path_dir
         await asyncio.get_running_loop().run_in_executor(
@@ -245,14 +251,18 @@ class RolloutEngine:
         return self._closing or rollout_id in self._aborts
 
     async def _drive(self, rollout_id: int) -> None:
-        while not self._stopping(rollout_id):
-            record = await self._off(self._store.get_rollout, rollout_id)
-            if record is None or record.state.final:
-                return
-            if record.state is RolloutState.PAUSED:
-                return  # resume spawns the task again
-            if not await self._turn(record):
-                return
+        try:
+            while not self._stopping(rollout_id):
+                record = await self._off(self._store.get_rollout, rollout_id)
+                if record is None or record.state.final:
+                    return
+                if record.state is RolloutState.PAUSED:
+                    return  # resume spawns the task again
+                if not await self._turn(record):
+                    return
+        finally:
+            if (worker := self._workers.pop(rollout_id, None)) is not None:
+                await asyncio.get_running_loop().run_in_executor(self._waves, worker.close)
 
     async def _turn(self, record: RolloutRecord) -> bool:
         """One step of a running rollout: a wave, or a wait. False when it ended."""
@@ -326,8 +336,9 @@ class RolloutEngine:
             loop = asyncio.get_running_loop()
             try:
                 log_path = self._settings.work_dir / str(rid) / f"{name}.log"
+                worker = self._workers.setdefault(rid, RolloutWorker(self._runner.os_user))
                 run: WaveRun = await loop.run_in_executor(
-                    self._waves, run_wave_isolated, job, cancel, log_path
+                    self._waves, worker.run, job, cancel, log_path
                 )
             finally:
                 self._cancel.pop(rid, None)

@@ -7,6 +7,7 @@ connections Ansible keeps open between waves when the controller shuts down.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ CONTROL_PATH_DIR_MAX = 107 - len("/0123456789.0123456789abcdef")
 # How often ansible-runner asks whether to stop: a cancel takes effect within ~1 s.
 _POLL_SECONDS = 0.5
 _FORKS_CAP = 20
+STRATEGIES = ("linear", "mitogen")
 # In a wave's folder: ansible-runner's artifacts/<_IDENT>, and the extra vars file.
 _IDENT = "run"
 _EXTRA_VARS = "extra_vars.json"
@@ -82,6 +84,9 @@ class RunnerSettings:
     # The OS user a wave's worker drops to (controller/ansible_user.py); "": the
     # controller's own, for a lab only.
     os_user: str = ""
+    # Ansible's strategy: "linear" (Ansible's own) or "mitogen" (Mitogen for Ansible's
+    # mitogen_linear: one Python per host kept across tasks, modules sent over it).
+    strategy: str = "linear"
 
     def __post_init__(self) -> None:
         if self.forks < 1:
@@ -93,6 +98,16 @@ class RunnerSettings:
             raise SettingError("'control_persist' must be 0 or more seconds", "control_persist")
         if not self.remote_user:
             raise SettingError("'remote_user' is empty", "remote_user")
+        if self.strategy not in STRATEGIES:
+            raise SettingError(
+                f"'strategy' must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}",
+                "strategy",
+            )
+        if self.strategy == "mitogen" and mitogen_strategy_dir() is None:
+            raise SettingError(
+                "'strategy' mitogen needs Mitogen for Ansible: pip install 'mitogen>=0.3.54'",
+                "strategy",
+            )
         control = self.control_path_dir
         if not control.is_absolute():
             raise SettingError(f"'control_path_dir' {control} must be absolute", "control_path_dir")
@@ -102,6 +117,14 @@ class RunnerSettings:
                 f" most {CONTROL_PATH_DIR_MAX} bytes, e.g. /run/schoolfleet/ssh",
                 "control_path_dir",
             )
+
+
+def mitogen_strategy_dir() -> Path | None:
+    """The folder of Mitogen for Ansible's strategy plugins, if it is installed."""
+    found = importlib.util.find_spec("ansible_mitogen")
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(next(iter(found.submodule_search_locations))) / "plugins" / "strategy"
 
 
 def ansible_env(settings: RunnerSettings, home: Path) -> dict[str, str]:
@@ -143,6 +166,9 @@ def ansible_env(settings: RunnerSettings, home: Path) -> dict[str, str]:
     }
     if settings.private_key_file is not None:
         env["ANSIBLE_PRIVATE_KEY_FILE"] = str(settings.private_key_file)
+    if settings.strategy == "mitogen":
+        env["ANSIBLE_STRATEGY"] = "mitogen_linear"
+        env["ANSIBLE_STRATEGY_PLUGINS"] = str(mitogen_strategy_dir())
     return env
 
 
@@ -327,6 +353,26 @@ def stop_control_masters(control_path_dir: Path, timeout: float = 10) -> list[in
         _kill(left)
     log.info("stopped ssh masters=%s in %s", [p.pid for p in masters], control_path_dir)
     return [p.pid for p in masters]
+
+
+def stop_orphaned_wave(work_dir: Path) -> int:
+    """Stops this user's ansible-playbook of the wave in ``work_dir`` (or of a rerun in
+    ``work_dir.N``) and everything under it, whose worker has gone; returns how many
+    such trees it stopped. ansible-runner has it ignore SIGHUP, so it would run on."""
+    prefixes = (f"@{work_dir.absolute()}/", f"@{work_dir.absolute()}.")
+    suffix = f"/{_EXTRA_VARS}"
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline", "uids", "ppid"]):
+        uids, argv = proc.info["uids"], proc.info["cmdline"] or []
+        if uids is None or uids.real != os.getuid():
+            continue
+        if any(a.startswith(prefixes) and a.endswith(suffix) for a in argv):
+            found[proc.pid] = proc
+    # Ansible's own workers carry the same arguments: stop each tree from its root.
+    roots = [p for p in found.values() if p.info["ppid"] not in found]
+    for root in roots:
+        _stop_tree(root)
+    return len(roots)
 
 
 class _AnsibleProcess:

@@ -1,22 +1,27 @@
-"""A rollout wave in a process of its own.
+"""A rollout's waves in a process of their own.
 
 ansible-runner starts ansible-playbook with pexpect, which forks the calling process.
 Forked from the controller, the child inherits gRPC's running threads' state, and gRPC's
 fork handlers sometimes made it fail before ansible-playbook started (seen here: "no
-result from ansible", with gRPC's epoll error as the run's only output). So each wave
-runs in a fresh interpreter that has never loaded gRPC, started with subprocess (which
-execs at once); the job goes in on stdin and the results come back on stdout as JSON.
-Running Ansible's event handling there also keeps it off the controller's GIL.
+result from ansible", with gRPC's epoll error as the run's only output). So waves run
+in an interpreter that has never loaded gRPC, started with subprocess (which execs at
+once). Running Ansible's event handling there also keeps it off the controller's GIL.
+
+One worker serves one rollout, wave after wave (controller/rollout_worker.py starts
+it): jobs come in on stdin and answers go out on stdout, a JSON line each
+(controller/worker_protocol.py). Kept warm across waves, it saves each wave the
+interpreter's start and its imports. It ends when its stdin ends, and by itself after
+``--idle`` seconds without a job.
 
 The worker runs as Ansible's own OS user (``rollout_os_user``, see
 controller/ansible_user.py), which cannot read the controller's data folder: the SSH
-key and the known hosts come in the job, and the worker writes them into a folder of
+key and the known hosts come in each job, and the worker writes them into a folder of
 its own beside the wave's, removed when the wave ends.
 
-Cancelling is the end of the worker's stdin (a controller that is not root may not
-signal another user's process; SIGTERM still works where it may): the worker stops the
-wave's ansible processes and still answers. A killed controller closes the pipe too,
-and the worker asks the kernel for SIGTERM when it dies, so no wave runs on.
+Cancelling is a cancel line, or the end of stdin (a controller that is not root may
+not signal another user's process; SIGTERM still works where it may): the worker stops
+the wave's ansible processes and still answers. A killed controller closes the pipe
+too, and the worker asks the kernel for SIGTERM when it dies, so no wave runs on.
 """
 
 from __future__ import annotations
@@ -26,90 +31,43 @@ import ctypes
 import json
 import logging
 import os
+import queue
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from controller.ansible_user import drop_argv, find_os_user, worker_env
-from controller.errors import RolloutRefused
 from controller.rollout_runner import (
-    RunnerSettings,
     WaveJob,
     WaveRun,
     run_wave,
     stop_control_masters,
+    stop_orphaned_wave,
 )
+from controller.worker_protocol import answer_line, job_from
 from inventory.rollouts import HostOutcome, HostResult
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
-# How long a worker gets to stop its wave after SIGTERM before it is killed.
-_STOP_GRACE = 30.0
+# A worker no one gives a job for this long ends (the controller starts another).
+DEFAULT_IDLE = 300.0
 
 
-def _job_to_json(job: WaveJob, ssh: dict[str, str]) -> str:
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(job.settings).items()}
-    return json.dumps(
-        {
-            "playbook": str(job.playbook),
-            "inventory": job.inventory,
-            "hosts": list(job.hosts),
-            "work_dir": str(job.work_dir),
-            "settings": settings,
-            "extra_vars": dict(job.extra_vars),
-            "wave": job.wave,
-            "schools": dict(job.schools),
-            "ssh": ssh,
-        }
-    )
-
-
-def _job_from_json(text: str) -> tuple[WaveJob, dict[str, str]]:
-    raw = json.loads(text)
-    s = raw["settings"]
-    key = s["private_key_file"]
-    settings = RunnerSettings(
-        forks=s["forks"],
-        remote_user=s["remote_user"],
-        private_key_file=Path(key) if key else None,
-        known_hosts=Path(s["known_hosts"]),
-        control_path_dir=Path(s["control_path_dir"]),
-        timeout=s["timeout"],
-        ssh_timeout=s["ssh_timeout"],
-        pipelining=s["pipelining"],
-        control_persist=s["control_persist"],
-        ansible_bin_dir=Path(s["ansible_bin_dir"]),
-        python_interpreter=s["python_interpreter"],
-        os_user=s["os_user"],
-    )
-    job = WaveJob(
-        playbook=Path(raw["playbook"]),
-        inventory=raw["inventory"],
-        hosts=raw["hosts"],
-        work_dir=Path(raw["work_dir"]),
-        settings=settings,
-        extra_vars=raw["extra_vars"],
-        wave=raw["wave"],
-        schools=raw["schools"],
-    )
-    return job, raw["ssh"]
-
-
-def _ssh_files(settings: RunnerSettings) -> dict[str, str]:
-    """The key and known hosts the wave uses, read here (as the controller) for the
-    worker, which cannot read the controller's files."""
-    ssh = {"known_hosts": settings.known_hosts.read_text(encoding="utf-8")}
-    if settings.private_key_file is not None:
-        ssh["private_key"] = settings.private_key_file.read_text(encoding="utf-8")
-    return ssh
+def failed_run(job: WaveJob, cancelled: bool, started: float, why: str) -> WaveRun:
+    """Every host of the wave failed (or cancelled) for ``why``, the worker's trouble."""
+    log.error("wave=%s %s", job.wave, why)
+    outcome = HostOutcome.CANCELLED if cancelled else HostOutcome.FAILED
+    results = {
+        h: HostResult(h, job.schools.get(h, ""), job.wave, outcome, "", why) for h in job.hosts
+    }
+    return WaveRun("failed", None, results, time.monotonic() - started, job.work_dir, why)
 
 
 def _own_dir(path: Path) -> None:
@@ -139,165 +97,54 @@ def _write_private(path: Path, text: str) -> Path:
     return path
 
 
-def _run_to_json(run: WaveRun) -> str:
-    results = [{**asdict(r), "outcome": r.outcome.value} for r in run.results.values()]
-    return json.dumps(
-        {
-            "status": run.status,
-            "rc": run.rc,
-            "results": results,
-            "duration": run.duration,
-            "artifact_dir": str(run.artifact_dir),
-            "error": run.error,
-        }
-    )
+class _Inbox:
+    """Reads the controller's lines in a thread: jobs queue up for the main thread,
+    cancels are noted at once, and the end of stdin (or SIGTERM) stops everything."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._cancelled: set[int] = set()
+        self.closed = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def close(self) -> None:
+        self.closed = True
+        self.jobs.put(None)
+
+    def cancelled(self, job_id: int) -> Callable[[], bool]:
+        return lambda: self.closed or job_id in self._cancelled
+
+    def _read(self) -> None:
+        # The raw descriptor: a daemon thread blocked in sys.stdin's buffer would hold
+        # its lock at the interpreter's exit (a fatal error).
+        pending = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(0, 65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self._take(line)
+        self.close()
+
+    def _take(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+            if "cancel" in message:
+                self._cancelled.add(int(message["cancel"]))
+            else:
+                self.jobs.put({"id": int(message["id"]), **message})
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("a line from the controller is not a job or a cancel: %s", exc)
 
 
-def _run_from_json(text: str) -> WaveRun:
-    raw = json.loads(text)
-    results = {
-        r["device_id"]: HostResult(**{**r, "outcome": HostOutcome(r["outcome"])})
-        for r in raw["results"]
-    }
-    return WaveRun(
-        raw["status"],
-        raw["rc"],
-        results,
-        raw["duration"],
-        Path(raw["artifact_dir"]),
-        raw["error"],
-    )
-
-
-def worker_command(os_user: str, argv: list[str]) -> tuple[list[str], dict[str, str] | None]:
-    """``argv`` and its environment, dropped to ``os_user`` (None: this process's)."""
-    if not os_user:
-        return argv, None
-    user = find_os_user(os_user)
-    return drop_argv(user, argv), worker_env(user)
-
-
-def run_wave_isolated(
-    job: WaveJob, cancel: threading.Event, log_path: Path | None = None
-) -> WaveRun:
-    """Runs ``job`` in a worker process, as ``job.settings.os_user``; blocking (call it
-    in a thread). Setting ``cancel`` stops the wave; the answer then has the hosts it
-    finished. The worker's stderr goes to ``log_path`` (default: beside the work dir)."""
+def _run(message: dict[str, Any], cancelled: Callable[[], bool]) -> WaveRun:
     started = time.monotonic()
-    if log_path is None:
-        log_path = job.work_dir.with_name(job.work_dir.name + ".log")
-    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        argv, env = worker_command(
-            job.settings.os_user, [sys.executable, "-m", "controller.wave_worker"]
-        )
-        payload = _job_to_json(job, _ssh_files(job.settings)).encode() + b"\n"
-    except RolloutRefused as exc:
-        return _failed(job, cancel, started, str(exc))
-    except OSError as exc:
-        return _failed(job, cancel, started, f"the wave's SSH files cannot be read: {exc}")
-    with log_path.open("ab") as errors:
-        worker = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            env=env,
-            # The controller's working folder may be closed to the worker's user.
-            cwd="/",
-        )
-    assert worker.stdin is not None
-    assert worker.stdout is not None
-    with contextlib.suppress(BrokenPipeError):
-        worker.stdin.write(payload)
-        worker.stdin.flush()
-    reader = _Reader(worker.stdout)
-    signalled_at: float | None = None
-    while worker.poll() is None:
-        if cancel.is_set() and signalled_at is None:
-            with contextlib.suppress(OSError):
-                worker.stdin.close()
-            with contextlib.suppress(PermissionError):
-                worker.send_signal(signal.SIGTERM)
-            signalled_at = time.monotonic()
-        if signalled_at is not None and time.monotonic() - signalled_at > _STOP_GRACE:
-            with contextlib.suppress(PermissionError):
-                worker.kill()
-        time.sleep(0.2)
-    with contextlib.suppress(OSError):
-        worker.stdin.close()
-    out = reader.result()
-    if worker.returncode == 0 and out:
-        return _run_from_json(out)
-    return _failed(
-        job, cancel, started, f"the wave's worker exited {worker.returncode}; see {log_path}"
-    )
-
-
-def _failed(job: WaveJob, cancel: threading.Event, started: float, why: str) -> WaveRun:
-    """Every host of the wave failed (or cancelled) for ``why``, the worker's trouble."""
-    log.error("wave=%s %s", job.wave, why)
-    outcome = HostOutcome.CANCELLED if cancel.is_set() else HostOutcome.FAILED
-    results = {
-        h: HostResult(h, job.schools.get(h, ""), job.wave, outcome, "", why) for h in job.hosts
-    }
-    return WaveRun("failed", None, results, time.monotonic() - started, job.work_dir, why)
-
-
-def stop_masters_as(os_user: str, control_path_dir: Path) -> None:
-    """Stops the ssh masters in ``control_path_dir`` and removes it, as ``os_user`` (whose
-    sockets and processes they are) when there is one."""
-    if not os_user:
-        stop_control_masters(control_path_dir)
-        shutil.rmtree(control_path_dir, ignore_errors=True)
-        return
-    try:
-        argv, env = worker_command(
-            os_user,
-            [
-                sys.executable,
-                "-m",
-                "controller.wave_worker",
-                "--stop-masters",
-                str(control_path_dir),
-            ],
-        )
-    except RolloutRefused as exc:
-        log.warning("ssh masters in %s not stopped: %s", control_path_dir, exc)
-        return
-    done = subprocess.run(argv, env=env, cwd="/", capture_output=True, timeout=30, check=False)
-    if done.returncode != 0:
-        log.warning("stopping ssh masters in %s failed: %s", control_path_dir, done.stderr[-500:])
-
-
-class _Reader:
-    """Reads the worker's answer in a thread, so a full pipe never blocks it."""
-
-    def __init__(self, stream: Any) -> None:
-        self._chunks: list[bytes] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: Any) -> None:
-        self._chunks.append(stream.read())
-
-    def result(self) -> str:
-        self._thread.join(10)
-        return b"".join(self._chunks).decode()
-
-
-def _stop_on_eof(stop: threading.Event) -> None:
-    """The controller closes stdin to cancel (or dies, which closes it too)."""
-    # The raw descriptor: a daemon thread blocked in sys.stdin's buffer would hold its
-    # lock at the interpreter's exit (a fatal error).
-    with contextlib.suppress(OSError):
-        while os.read(0, 4096):
-            pass
-    stop.set()
-
-
-def _run(line: str, stop: threading.Event) -> WaveRun:
-    job, ssh = _job_from_json(line)
+        job, ssh = job_from(message["job"]), message["ssh"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"job {message.get('id')} is malformed: {exc!r}") from exc
     # Left by an earlier controller whose rollout ids started again: kept, not reused.
     folder, attempt = job.work_dir, 1
     while job.work_dir.exists():
@@ -309,11 +156,36 @@ def _run(line: str, stop: threading.Event) -> WaveRun:
         job = _with_ssh_files(job, ssh, ssh_dir)
     except OSError as exc:
         shutil.rmtree(ssh_dir, ignore_errors=True)
-        return _failed(job, stop, time.monotonic(), f"the wave cannot start: {exc}")
+        return failed_run(job, cancelled(), started, f"the wave cannot start: {exc}")
     try:
-        return run_wave(job, stop.is_set)
+        return run_wave(job, cancelled)
     finally:
         shutil.rmtree(ssh_dir, ignore_errors=True)
+
+
+def serve(idle: float) -> None:
+    """Runs jobs from stdin one after another until stdin ends or ``idle`` seconds pass
+    without one."""
+    inbox = _Inbox()
+    signal.signal(signal.SIGTERM, lambda *_: inbox.close())
+    inbox.start()
+    while not inbox.closed:
+        try:
+            message = inbox.jobs.get(timeout=idle)
+        except queue.Empty:
+            log.info("no job for %g s: the worker ends", idle)
+            return
+        if message is None:
+            return
+        job_id = message["id"]
+        try:
+            run = _run(message, inbox.cancelled(job_id))
+        except ValueError as exc:
+            # Our own bug: ending says so to the controller, which fails the wave.
+            log.error("%s", exc)
+            return
+        sys.stdout.buffer.write(answer_line(job_id, run))
+        sys.stdout.buffer.flush()
 
 
 def main() -> None:
@@ -325,14 +197,19 @@ def main() -> None:
         stop_control_masters(folder)
         shutil.rmtree(folder, ignore_errors=True)
         return
+    if sys.argv[1:2] == ["--stop-wave"]:
+        stopped = stop_orphaned_wave(Path(sys.argv[2]))
+        log.info("stopped %d ansible-playbook of the wave in %s", stopped, sys.argv[2])
+        return
+    idle = DEFAULT_IDLE
+    if sys.argv[1:2] == ["--idle"]:
+        idle = float(sys.argv[2])
+    # The signal comes when the thread that started this process ends (the kernel's
+    # rule): the controller starts workers from a thread that lives as long as it does.
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    line = sys.stdin.readline()
-    threading.Thread(target=_stop_on_eof, args=(stop,), daemon=True).start()
-    sys.stdout.write(_run_to_json(_run(line, stop)))
+    serve(idle)
 
 
 if __name__ == "__main__":
