@@ -30,9 +30,12 @@ class RolloutCalls:
         """Starts a rollout (or, with ``dry_run``, only checks it); its hosts and first wave."""
         return self._call(self._stub.StartRollout, request)
 
-    def rollout(self, rollout_id: int) -> admin_pb2.RolloutInfo:
-        """One rollout with its waves and hosts; NotFound if there is none."""
-        return self._call(self._stub.GetRollout, admin_pb2.GetRolloutRequest(rollout_id=rollout_id))
+    def rollout(self, rollout_id: int, device_id: str = "") -> admin_pb2.RolloutInfo:
+        """One rollout with its waves and hosts; NotFound if there is none. With
+        ``device_id``: that host alone, with its whole stored result (NotFound if the
+        rollout has no such host in the caller's schools)."""
+        request = admin_pb2.GetRolloutRequest(rollout_id=rollout_id, device_id=device_id)
+        return self._call(self._stub.GetRollout, request)
 
     def rollouts(self, states: Sequence[str], limit: int) -> list[admin_pb2.RolloutInfo]:
         """Rollouts in these states (all if none), newest first, without their hosts."""
@@ -62,11 +65,11 @@ class RolloutCalls:
             self._stub.AbortRollout, admin_pb2.GetRolloutRequest(rollout_id=rollout_id)
         )
 
-    def retry_rollout(self, rollout_id: int) -> admin_pb2.RolloutInfo:
-        """A new rollout to the hosts that failed or were unreachable in a finished one."""
-        return self._call(
-            self._stub.RetryRollout, admin_pb2.GetRolloutRequest(rollout_id=rollout_id)
-        )
+    def retry_rollout(self, rollout_id: int, which: Sequence[str]) -> admin_pb2.RolloutInfo:
+        """A new rollout to hosts of a finished one: ``which`` is "failed" (failed,
+        unreachable, interrupted) and/or "not-reached" (never reached)."""
+        request = admin_pb2.GetRolloutRequest(rollout_id=rollout_id, retry=which)
+        return self._call(self._stub.RetryRollout, request)
 
     def set_maintenance_windows(
         self, school_id: str, windows: Sequence[str]

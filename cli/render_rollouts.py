@@ -9,8 +9,10 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from cli.render import age, iso
+from inventory.host_output import printable
 from inventory.rollouts import (
     Amount,
     HostOutcome,
@@ -29,6 +31,7 @@ _STATE_STYLE = {
     RolloutState.HALTED: "red",
     RolloutState.ABORTED: "red",
     RolloutState.DONE: "green",
+    RolloutState.DONE_UNREACHED: "yellow",
 }
 _OUTCOME_STYLE = {
     HostOutcome.OK: "green",
@@ -36,16 +39,21 @@ _OUTCOME_STYLE = {
     HostOutcome.FAILED: "red",
     HostOutcome.UNREACHABLE: "red",
     HostOutcome.CANCELLED: "yellow",
+    HostOutcome.INTERRUPTED: "red",
 }
 # Python 3.11's `"x" in SomeEnum` raises for a non-member, and the controller may be newer.
 _OUTCOMES = {o.value for o in HostOutcome}
 _STATES = {s.value for s in RolloutState}
 _BAD = {o.value for o in HostOutcome if o.bad}
+# Shown with their task and output: bad, or stopped half way by an abort.
+_SHOWN = _BAD | {HostOutcome.INTERRUPTED.value}
+# The people view prints the output ends of this many failing hosts (--host: any).
+OUTPUT_SHOWN = 5
 _UNSETTLED = {o.value for o in HostOutcome if not o.settled}
 
 
 def is_final(state: str) -> bool:
-    """Halted, aborted or done: nothing more will happen to the rollout."""
+    """Halted, aborted, done or done-unreached: nothing more will happen to it."""
     return state in {s.value for s in RolloutState if s.final}
 
 
@@ -132,6 +140,43 @@ def _time(info: Any, name: str) -> float | None:
     return seconds(getattr(info, name)) if info.HasField(name) else None
 
 
+def budget_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
+    """The --max-fail budget: hosts that may fail or be unreachable, how many have."""
+    return {
+        "max_fail": info.max_fail,
+        "allowed": info.fail_budget,
+        "used": info.fail_budget_used,
+        "left": max(0, info.fail_budget - info.fail_budget_used),
+        "passed": info.fail_budget_used > info.fail_budget,
+    }
+
+
+def budget_text(info: admin_pb2.RolloutInfo) -> str:
+    """``1 of 2 hosts may still fail (40% of 5 hosts; 1 failed or unreachable)``."""
+    budget = budget_json(info)
+    total = sum(info.counts.values())
+    of = f"{info.max_fail:g}% of {total} hosts; {budget['used']} failed or unreachable"
+    if budget["passed"]:
+        return f"passed: {budget['used']} failed or unreachable, {budget['allowed']} allowed"
+    return f"{budget['left']} of {budget['allowed']} hosts may still fail ({of})"
+
+
+def _host_json(h: admin_pb2.RolloutHost) -> dict[str, Any]:
+    return {
+        "device_id": h.device_id,
+        "school_id": h.school_id,
+        "wave": h.wave or None,
+        "outcome": h.outcome,
+        "task": h.task,
+        "message": h.message,
+        "rc": h.rc if h.HasField("rc") else None,
+        "stdout_tail": printable(h.stdout_tail),
+        "stderr_tail": printable(h.stderr_tail),
+        "started_at": iso(_time(h, "started_at")),
+        "finished_at": iso(_time(h, "finished_at")),
+    }
+
+
 def rollout_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
     """A rollout as a plain dict with ISO times; ``hosts`` is empty in lists."""
     settled, total = progress(info)
@@ -157,6 +202,7 @@ def rollout_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
         "created_at": iso(_time(info, "created_at")),
         "updated_at": iso(_time(info, "updated_at")),
         "finished_at": iso(_time(info, "finished_at")),
+        "fail_budget": budget_json(info),
         "total": total,
         "settled": settled,
         # Every outcome, zero where none, so scripts can read counts["failed"].
@@ -172,24 +218,35 @@ def rollout_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
             }
             for w in info.waves
         ],
-        "hosts": [
-            {
-                "device_id": h.device_id,
-                "school_id": h.school_id,
-                "wave": h.wave or None,
-                "outcome": h.outcome,
-                "task": h.task,
-                "message": h.message,
-            }
-            for h in info.hosts
-        ],
+        "hosts": [_host_json(h) for h in info.hosts],
+    }
+
+
+def _detail(h: admin_pb2.RolloutHost) -> Any:
+    if not h.detail_json:
+        return {}
+    try:
+        return json.loads(h.detail_json)
+    except ValueError:
+        return {"unreadable": printable(h.detail_json[:200])}
+
+
+def host_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
+    """``rollout status ID --host DEVICE --json``: the rollout's state and that host's
+    whole stored result (its tasks, and the failing task's result)."""
+    host = info.hosts[0] if info.hosts else admin_pb2.RolloutHost()
+    return {
+        "rollout_id": info.rollout_id,
+        "playbook": info.playbook,
+        "state": info.state,
+        "host": _host_json(host) | {"detail": _detail(host)},
     }
 
 
 def _options(info: admin_pb2.RolloutInfo) -> str:
     text = (
         f"canary {info.canary or '-'}, then doubling up to {info.wave_size or '-'} a wave; "
-        f"halts when a wave has more than {info.max_fail:g}% failed or unreachable"
+        f"halts when more than {info.max_fail:g}% of all hosts failed or were unreachable"
     )
     return text + ("; halts if lessons fail more often" if info.gate_lessons else "")
 
@@ -250,21 +307,47 @@ def _waves_table(info: admin_pb2.RolloutInfo, now: float) -> Table:
     return table
 
 
+def _rc(h: admin_pb2.RolloutHost) -> str:
+    return str(h.rc) if h.HasField("rc") else "-"
+
+
 def _failing_table(hosts: list[admin_pb2.RolloutHost]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in ("DEVICE", "SCHOOL", "WAVE", "OUTCOME", "TASK"):
+    for name in ("DEVICE", "SCHOOL", "WAVE", "OUTCOME", "TASK", "RC"):
         table.add_column(name, no_wrap=True)
     table.add_column("MESSAGE")
     for h in hosts:
         table.add_row(
-            escape(h.device_id),
-            escape(h.school_id),
+            escape(printable(h.device_id)),
+            escape(printable(h.school_id)),
             str(h.wave or "-"),
             f"[red]{escape(h.outcome)}[/]",
-            escape(h.task) or "-",
-            escape(h.message) or "-",
+            escape(printable(h.task)) or "-",
+            _rc(h),
+            escape(printable(h.message)) or "-",
         )
     return table
+
+
+def _output(h: admin_pb2.RolloutHost) -> list[RenderableType]:
+    """The ends of a host's stderr and stdout, as plain text (never markup)."""
+    parts: list[RenderableType] = []
+    for name, text in (("stderr", h.stderr_tail), ("stdout", h.stdout_tail)):
+        if text:
+            parts += [f"[bold]{name}[/] (last lines):", Text(printable(text), style="dim")]
+    return parts
+
+
+def _outputs(hosts: list[admin_pb2.RolloutHost], rollout_id: int) -> list[RenderableType]:
+    """Each failing host's output ends, for the first OUTPUT_SHOWN that have some."""
+    with_output = [h for h in hosts if h.stdout_tail or h.stderr_tail]
+    parts: list[RenderableType] = []
+    for h in with_output[:OUTPUT_SHOWN]:
+        parts += ["", f"[bold]{escape(printable(h.device_id))}[/] rc {_rc(h)}", *_output(h)]
+    more = len(with_output) - OUTPUT_SHOWN
+    if more > 0:
+        parts += ["", f"and {more} more: schoolctl rollout status {rollout_id} --host DEVICE"]
+    return parts
 
 
 def rollout_detail(info: admin_pb2.RolloutInfo, now: float) -> Group:
@@ -278,6 +361,7 @@ def rollout_detail(info: admin_pb2.RolloutInfo, now: float) -> Group:
         ("state", state),
         ("selector", escape(info.selector)),
         ("waves", _options(info)),
+        ("budget", budget_text(info)),
         ("hosts", counts_text(info)),
     ]
     if info.waiting:
@@ -296,9 +380,54 @@ def rollout_detail(info: admin_pb2.RolloutInfo, now: float) -> Group:
     parts: list[RenderableType] = [fields]
     if info.waves:
         parts += ["", _waves_table(info, now)]
-    failing = [h for h in info.hosts if h.outcome in _BAD]
+    failing = [h for h in info.hosts if h.outcome in _SHOWN]
     if failing:
-        parts += ["", f"[bold]failed or unreachable ({len(failing)})[/]", _failing_table(failing)]
+        title = f"[bold]failed, unreachable or interrupted ({len(failing)})[/]"
+        parts += ["", title, _failing_table(failing), *_outputs(failing, info.rollout_id)]
+    return Group(*parts)
+
+
+def host_detail(info: admin_pb2.RolloutInfo) -> Group:
+    """``rollout status ID --host DEVICE``: one host's whole stored result."""
+    h = info.hosts[0] if info.hosts else admin_pb2.RolloutHost()
+    fields = Table(box=None, show_header=False, pad_edge=False)
+    fields.add_column(style="bold", no_wrap=True)
+    fields.add_column()
+    outcome = escape(h.outcome)
+    style = _OUTCOME_STYLE.get(HostOutcome(h.outcome)) if h.outcome in _OUTCOMES else None
+    started, finished = _time(h, "started_at"), _time(h, "finished_at")
+    rows = [
+        ("host", f"{escape(printable(h.device_id))} (school {escape(printable(h.school_id))})"),
+        ("rollout", f"{info.rollout_id} {escape(info.playbook)}, {_state(info.state)}"),
+        ("wave", str(h.wave or "-")),
+        ("outcome", f"[{style}]{outcome}[/]" if style else outcome),
+        ("task", escape(printable(h.task)) or "-"),
+        ("message", escape(printable(h.message)) or "-"),
+        ("rc", _rc(h)),
+        ("started", iso(started) or "-"),
+        ("finished", iso(finished) or "-"),
+    ]
+    for key, value in rows:
+        fields.add_row(key, value)
+    parts: list[RenderableType] = [fields]
+    detail = _detail(h)
+    tasks = detail.get("tasks", []) if isinstance(detail, dict) else []
+    if tasks:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        table.add_column("TASK")
+        table.add_column("STATUS", no_wrap=True)
+        for t in tasks:
+            table.add_row(Text(printable(str(t.get("task", "")))), Text(str(t.get("status", ""))))
+        left = detail.get("tasks_left_out")
+        earlier = f", {left} earlier left out" if left else ""
+        parts += ["", f"[bold]tasks ({len(tasks)}{earlier})[/]", table]
+    if h.stdout_tail or h.stderr_tail:
+        parts += ["", *_output(h)]
+    result = detail.get("result") if isinstance(detail, dict) else None
+    if result is not None:
+        # JSON with ensure_ascii: every control character is an escape.
+        text = json.dumps(result, indent=2, sort_keys=True, ensure_ascii=True)
+        parts += ["", "[bold]result of the failing task[/]:", Text(text)]
     return Group(*parts)
 
 

@@ -19,6 +19,7 @@ from cli.extra_vars import parse_extra_vars
 from cli.groups import command_group
 from cli.options import JsonFlag, client, err, out, print_json
 from inventory.rollouts import (
+    HostOutcome,
     RolloutInputError,
     RolloutState,
     parse_amount,
@@ -36,8 +37,13 @@ _RULES = (
     "Keys: school, room, device (ids), kind (panel, monoblock, laptop, server), os (the "
     "OS version a device reports), label.NAME (a device label).\n\n"
     "Waves: the canary first (--canary), then each wave twice the one before, up to "
-    "--wave-size. A wave whose share of failed or unreachable hosts is above --max-fail "
-    "halts the rollout; the hosts not yet reached are left as they were.\n\n"
+    "--wave-size.\n\n"
+    "--max-fail is a budget for the whole rollout: its failed and unreachable hosts, "
+    "as a share of all its hosts, may reach it but not pass it (5% of 60 hosts: 3 may "
+    "fail, the 4th halts). It is checked at every wave: a wave after which the budget is "
+    "passed halts the rollout, and a wave that would certainly pass it (hosts with no "
+    "known address) does not start. The hosts not yet reached are left as they were; "
+    "rollout status shows the budget left.\n\n"
     "The school day comes first: devices in a room with a lesson scheduled are not "
     "changed until it is over, and a school with maintenance windows (schoolctl "
     "maintenance set) has its devices changed only inside them."
@@ -46,10 +52,12 @@ _RULES = (
 rollout_app = command_group(
     "Run a playbook on devices in waves, follow it, pause, abort or retry it.\n\n"
     + _RULES
-    + "\n\nExit codes: 0 ok; 1 the rollout halted or was aborted (status); 2 a bad "
-    "selector, amount, extra vars or option, refused before anything is sent, or "
-    "refused by the controller; 3 no controller; 4 no such rollout; 5 not possible in "
-    "the rollout's state (pause a finished one, a host already in another); 6 not allowed."
+    + "\n\nExit codes: 0 ok; 1 the rollout halted or was aborted, or ended with failed "
+    "hosts (status); 2 a bad selector, amount, extra vars or option, refused before "
+    "anything is sent, or refused by the controller; 3 no controller; 4 no such rollout "
+    "(or host of it); 5 not possible in the rollout's state (pause a finished one, a host "
+    "already in another); 6 not allowed; 7 the rollout ended with hosts not reached "
+    "(done-unreached, and none failed: status)."
 )
 
 # Polls in a row that may find no controller before --watch gives up.
@@ -65,9 +73,19 @@ RolloutId = Annotated[
 ]
 
 
-def exit_code(state: str) -> int:
-    """What ``rollout status`` exits with: 1 if it halted or was aborted, else 0."""
-    return 1 if state in (RolloutState.HALTED, RolloutState.ABORTED) else 0
+# rollout status: the rollout ended with hosts not reached (and none failed).
+EXIT_UNREACHED = 7
+
+
+def exit_code(info: admin_pb2.RolloutInfo) -> int:
+    """What ``rollout status`` exits with: 1 if the rollout halted or was aborted, or
+    has failed hosts; 7 if it ended with hosts not reached; else 0 (done, or still
+    going without --watch)."""
+    if info.state in (RolloutState.HALTED, RolloutState.ABORTED):
+        return 1
+    if info.counts.get(HostOutcome.FAILED.value, 0):
+        return 1
+    return EXIT_UNREACHED if info.state == RolloutState.DONE_UNREACHED else 0
 
 
 def _show_started(info: admin_pb2.RolloutInfo, as_json: bool) -> None:
@@ -114,7 +132,9 @@ def rollout_start(
     max_fail: Annotated[
         str,
         typer.Option(
-            metavar="P%", help="Halt when a wave has more failed or unreachable hosts than this."
+            metavar="P%",
+            help="The budget of the whole rollout: halt when more than this share of all "
+            "its hosts failed or were unreachable (checked at every wave; see above).",
         ),
     ] = "5%",
     extra_vars: Annotated[
@@ -217,6 +237,16 @@ def _watch(
 @rollout_app.command("status")
 def rollout_status(
     rollout_id: RolloutId,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            metavar="DEVICE",
+            help="Only this host, with its whole stored result: its tasks, the failing "
+            "task's return code, output and result (bounded).",
+            autocompletion=completion.devices,
+        ),
+    ] = None,
     watch: Annotated[
         bool, typer.Option("--watch", help="Show progress until it is over (Ctrl-C to stop).")
     ] = False,
@@ -225,14 +255,22 @@ def rollout_status(
     ] = 2.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """A rollout's state, hosts by outcome, waves, and failed or unreachable hosts with
-    the task that failed and its message; why pending hosts wait, if they do.
+    """A rollout's state, the --max-fail budget left, hosts by outcome, waves, and failed
+    or unreachable hosts with the task that failed, its message, return code and the end
+    of its output; why pending hosts wait, if they do. --host DEVICE shows one host's
+    whole stored result.
 
-    Exits 0 when done (or still running or paused), 1 when it halted or was aborted:
+    Exits 0 when done with every host reached and none failed (or still running or
+    paused); 1 when it halted or was aborted, or has failed hosts; 7 when it ended with
+    hosts not reached (done-unreached: retry --not-reached --failed takes them):
     `schoolctl rollout status 12 --watch && echo all good`.
     """
+    if host is not None and watch:
+        raise RequestRefused("--host shows one host's stored result; it does not --watch")
     with client() as c:
-        if watch:
+        if host is not None:
+            info = c.rollout(rollout_id, host)
+        elif watch:
             try:
                 info = _watch(c, rollout_id, interval, as_json)
             except KeyboardInterrupt:
@@ -240,11 +278,15 @@ def rollout_status(
                 raise typer.Exit(130) from None
         else:
             info = c.rollout(rollout_id)
-    if as_json:
+    if host is not None and as_json:
+        print_json(render.host_json(info))
+    elif host is not None:
+        out.print(render.host_detail(info))
+    elif as_json:
         print_json(render.rollout_json(info))
     else:
         out.print(render.rollout_detail(info, time.time()))
-    raise typer.Exit(exit_code(info.state))
+    raise typer.Exit(exit_code(info))
 
 
 @rollout_app.command("list")
@@ -296,8 +338,9 @@ def rollout_abort(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Abort: stop the running wave's playbook now; its hosts and those not reached yet
-    are cancelled (they may be left half changed). Asks first unless --yes."""
+    """Abort: stop the running wave's playbook now. Its hosts are interrupted (they may be
+    left half changed: retry --failed takes them); those not reached yet are cancelled
+    (unchanged: retry --not-reached). Asks first unless --yes."""
     if not yes:
         if not sys.stdin.isatty():
             raise RequestRefused(
@@ -307,7 +350,7 @@ def rollout_abort(
             raise typer.Exit(1)
     with client() as c:
         info = c.abort_rollout(rollout_id)
-    _changed(info, as_json, "the running wave was stopped, its hosts cancelled")
+    _changed(info, as_json, "the running wave was stopped, its hosts interrupted")
 
 
 @rollout_app.command("retry")
@@ -315,16 +358,30 @@ def rollout_retry(
     rollout_id: RolloutId,
     failed: Annotated[
         bool,
-        typer.Option("--failed", help="Required: only hosts that failed or were unreachable."),
+        typer.Option(
+            "--failed",
+            help="The hosts that failed, were unreachable, or were interrupted by an abort.",
+        ),
+    ] = False,
+    not_reached: Annotated[
+        bool,
+        typer.Option(
+            "--not-reached",
+            help="The hosts never reached: cancelled before their turn (halt, abort), or "
+            "offline at the start and left out.",
+        ),
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Start a new rollout of the same playbook and options to the hosts that failed or
-    were unreachable in a finished one. Prints the new rollout's number."""
-    if not failed:
+    """Start a new rollout of the same playbook and options to hosts of a finished one:
+    --failed, --not-reached, or both (at least one). Devices offline now are left out
+    unless the rollout took offline devices too. Prints the new rollout's number."""
+    which = [w for w, given in (("failed", failed), ("not-reached", not_reached)) if given]
+    if not which:
         raise RequestRefused(
-            "retry needs --failed: it tries again the hosts that failed or were unreachable"
+            "retry needs --failed (failed, unreachable or interrupted hosts), "
+            "--not-reached (hosts never reached), or both"
         )
     with client() as c:
-        info = c.retry_rollout(rollout_id)
+        info = c.retry_rollout(rollout_id, which)
     _show_started(info, as_json)

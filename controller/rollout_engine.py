@@ -4,9 +4,11 @@ One asyncio task per running rollout. Each turn it reads the rollout from the st
 (the store is the truth: a restart resumes from it), picks the next wave's hosts
 (canary first, then doubling up to --wave-size, only hosts free of lessons and inside
 their school's maintenance windows), runs the wave with ansible-runner in a worker
-thread, stores every host's outcome and halts the rollout when the wave's failure
-rate passes --max-fail or, with --gate lessons, when lessons on changed devices fail
-more often than before.
+thread, stores every host's outcome and halts the rollout when its failed and
+unreachable hosts pass the --max-fail budget (inventory/rollout_verdict.py: checked
+before each wave and after it) or, with --gate lessons, when lessons on changed
+devices fail more often than before. A rollout whose every host had its turn ends
+done, or done-unreached when some hosts were not reached.
 
 Pause lets the running wave finish; abort cancels it (ansible-runner's cancel
 callback stops the ansible process) and its unfinished hosts are cancelled. On
@@ -37,6 +39,7 @@ from controller.store.protocol import DeviceQuery
 from controller.store.rollouts_protocol import NewHost, RolloutQuery
 from inventory.ansible_inventory import runner_inventory
 from inventory.model import DeviceRecord
+from inventory.rollout_verdict import end_state, fail_budget, halt_after_wave, halt_before_wave
 from inventory.rollouts import (
     HostOutcome,
     HostResult,
@@ -45,7 +48,6 @@ from inventory.rollouts import (
     RolloutSpec,
     RolloutState,
     gate_closed,
-    wave_failed,
     wave_size,
 )
 from inventory.school_day import Candidate, Window, parse_window, pick_wave
@@ -273,7 +275,10 @@ class RolloutEngine:
             return False
         pending = await self._off(self._store.rollout_hosts, rid, frozenset({HostOutcome.PENDING}))
         if not pending:
-            await self._finish(rid, RolloutState.DONE, _summary(record))
+            state, reason = end_state(
+                record.counts, len(record.spec.offline_skipped), len(record.waves)
+            )
+            await self._finish(rid, state, reason)
             return False
         size = wave_size(record.spec, record.total, len(record.waves))
         devices = await self._devices(pending)
@@ -305,8 +310,13 @@ class RolloutEngine:
     ) -> bool:
         rid, spec = record.rollout_id, record.spec
         wave = len(record.waves) + 1
-        started = self._now()
         ids = [h.device_id for h in chosen]
+        unaddressed = sum(1 for d in ids if d not in devices or not devices[d].identity.address)
+        halt = halt_before_wave(fail_budget(spec.max_fail, record.counts), wave, unaddressed)
+        if halt:
+            await self._finish(rid, RolloutState.HALTED, halt)
+            return False
+        started = self._now()
         await self._off(self._store.start_wave, rid, wave, ids, started)
         reachable = [devices[d] for d in ids if d in devices and devices[d].identity.address]
         # A host the registry has no address for cannot be reached; Ansible never sees it.
@@ -362,13 +372,10 @@ class RolloutEngine:
         )
         if rid in self._aborts:
             return False
-        stop, rate = wave_failed((r.outcome for r in final), spec.max_fail)
-        if stop:
-            reason = (
-                f"wave {wave}: {rate:.0f}% of {len(final)} hosts failed or unreachable "
-                f"(limit {spec.max_fail:g}%)"
-            )
-            await self._finish(rid, RolloutState.HALTED, reason)
+        after = await self._off(self._store.get_rollout, rid)
+        halt = halt_after_wave(fail_budget(spec.max_fail, (after or record).counts), wave)
+        if halt:
+            await self._finish(rid, RolloutState.HALTED, halt)
             return False
         return True
 
@@ -435,8 +442,3 @@ def _fresh(logs: Path, name: str) -> str:
 
 def _room(device: DeviceRecord | None) -> str:
     return device.identity.room_id if device is not None else ""
-
-
-def _summary(record: RolloutRecord) -> str:
-    counts = ", ".join(f"{n} {o.value}" for o, n in record.counts.items() if n)
-    return f"every host done in {len(record.waves)} wave(s): {counts}"

@@ -59,13 +59,13 @@ class RolloutMetrics:
         self._hosts = Counter(
             "schoolfleet_rollout_host_results",
             "Hosts that finished a rollout wave, by outcome: ok, changed, failed, "
-            "unreachable, cancelled.",
+            "unreachable, cancelled, interrupted.",
             labelnames=["outcome"],
             registry=registry,
         )
         self._finished = Counter(
             "schoolfleet_rollouts_finished",
-            "Rollouts that ended, by how: done, halted, aborted.",
+            "Rollouts that ended, by how: done, done-unreached, halted, aborted.",
             labelnames=["state"],
             registry=registry,
         )
@@ -105,7 +105,7 @@ class RolloutCollector(Collector):
             GaugeMetricFamily(
                 "schoolfleet_rollout_hosts",
                 "Hosts of unfinished rollouts by outcome: pending, running, ok, changed, "
-                "failed, unreachable, cancelled.",
+                "failed, unreachable, cancelled, interrupted.",
                 labels=["outcome"],
             ),
             GaugeMetricFamily(
@@ -117,7 +117,7 @@ class RolloutCollector(Collector):
             GaugeMetricFamily(
                 "schoolfleet_rollout_progress",
                 "Hosts of each unfinished rollout (the newest 50) by outcome: pending, "
-                "running, ok, changed, failed, unreachable, cancelled.",
+                "running, ok, changed, failed, unreachable, cancelled, interrupted.",
                 labels=["rollout", "outcome"],
             ),
             GaugeMetricFamily(

@@ -14,12 +14,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from inventory.host_output import detail_json, output_of
 from inventory.rollouts import HostOutcome, HostResult
 
 NO_RESULT = "no result from ansible"
 MESSAGE_MAX = 300
 
 _FAILED = frozenset({"runner_on_failed", "runner_on_async_failed"})
+_NOT_ENDED = frozenset({HostOutcome.CANCELLED, HostOutcome.INTERRUPTED})
+# A task's own end (not a loop item's), and the status it gives the task.
+_STATUS = {
+    "runner_on_ok": "ok",
+    "runner_on_async_ok": "ok",
+    "runner_on_skipped": "skipped",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_failed": "failed",
+    "runner_on_async_failed": "failed",
+}
 _HOST_EVENTS = frozenset(
     {
         "runner_on_start",
@@ -44,6 +55,8 @@ class _Bad:
     task: str
     message: str
     at: float | None
+    # The task's result as Ansible gave it: return code, output, the rest.
+    res: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -52,6 +65,9 @@ class _Host:
     last_at: float | None = None
     last_task: str = ""
     bad: list[_Bad] = field(default_factory=list)
+    # Each task the host ran and how it went (ok, changed, failed, ignored, skipped,
+    # unreachable): the host's result as ``rollout status --host`` shows it.
+    tasks: list[tuple[str, str]] = field(default_factory=list)
     # The message of the latest failed loop item, per task: a loop task's own failure
     # only says "One or more items failed" when its results were too big to send.
     item_failures: dict[str, str] = field(default_factory=dict)
@@ -89,7 +105,7 @@ class WaveTally:
             host = self._hosts.setdefault(name, _Host())
             bad = self._note(host, str(kind), data, _time(event.get("created")))
             if bad is not None and len(host.bad) == 1:
-                return self._result(name, bad.outcome, bad.task, bad.message, bad.at)
+                return self._result(name, bad.outcome, bad.task, bad.message, bad.at, bad)
         return None
 
     def _note(
@@ -104,15 +120,19 @@ class WaveTally:
         res = data.get("res")
         res = res if isinstance(res, Mapping) else {}
         bad = None
+        if status := _STATUS.get(kind):
+            changed = status == "ok" and res.get("changed")
+            ignored = status == "failed" and data.get("ignore_errors")
+            host.tasks.append((task, "changed" if changed else "ignored" if ignored else status))
         if kind == "runner_item_on_failed":
             host.item_failures[task] = describe(res)
         elif kind == "runner_on_unreachable":
-            bad = _Bad(HostOutcome.UNREACHABLE, task, describe(res) or "unreachable", at)
+            bad = _Bad(HostOutcome.UNREACHABLE, task, describe(res) or "unreachable", at, res)
         elif kind in _FAILED and not data.get("ignore_errors"):
             message = describe(res)
             if "results" not in res and task in host.item_failures:
                 message = host.item_failures[task]
-            bad = _Bad(HostOutcome.FAILED, task, message or "failed", at)
+            bad = _Bad(HostOutcome.FAILED, task, message or "failed", at, res)
         if bad is not None:
             host.bad.append(bad)
         return bad
@@ -123,8 +143,9 @@ class WaveTally:
         """Every host of the wave with an outcome: unreachable > failed > changed > ok.
 
         A host the run did not finish (no closing stats: cancelled, timed out, ansible
-        died) keeps a failure it already had; otherwise it is CANCELLED if the wave was
-        cancelled, else FAILED with ``reason``.
+        died) keeps a failure it already had; otherwise, if the wave was cancelled, it
+        is INTERRUPTED when a task had begun on it (it may be half changed), CANCELLED
+        when none had; else FAILED with ``reason``.
         """
         return {name: self._settle(name, cancelled, reason) for name in hosts}
 
@@ -134,9 +155,11 @@ class WaveTally:
             return self._finished(name, host, self._stats)
         cause = _worst(host.bad)
         if cause is not None:
-            return self._result(name, cause.outcome, cause.task, cause.message, cause.at)
+            return self._result(name, cause.outcome, cause.task, cause.message, cause.at, cause)
         if cancelled:
-            return self._result(name, HostOutcome.CANCELLED, host.last_task, "", host.last_at)
+            begun = name in self._hosts
+            outcome = HostOutcome.INTERRUPTED if begun else HostOutcome.CANCELLED
+            return self._result(name, outcome, host.last_task, "", host.last_at)
         return self._result(name, HostOutcome.FAILED, host.last_task, reason, host.last_at)
 
     def _finished(self, name: str, host: _Host, stats: Mapping[str, Any]) -> HostResult:
@@ -152,15 +175,24 @@ class WaveTally:
             if outcome is HostOutcome.FAILED:
                 kept = kept[_count(stats, "rescued", name) :]
             cause = (kept or host.bad or [_Bad(outcome, "", outcome.value, None)])[0]
-            return self._result(name, outcome, cause.task, cause.message, cause.at or host.last_at)
+            at = cause.at or host.last_at
+            return self._result(name, outcome, cause.task, cause.message, at, cause)
         changed = _count(stats, "changed", name) > 0
         outcome = HostOutcome.CHANGED if changed else HostOutcome.OK
         return self._result(name, outcome, "", "", host.last_at)
 
     def _result(
-        self, name: str, outcome: HostOutcome, task: str, message: str, at: float | None
+        self,
+        name: str,
+        outcome: HostOutcome,
+        task: str,
+        message: str,
+        at: float | None,
+        cause: _Bad | None = None,
     ) -> HostResult:
         host = self._hosts.get(name)
+        rc, stdout, stderr = output_of(cause.res) if cause is not None else (None, "", "")
+        ended = outcome.settled and outcome not in _NOT_ENDED
         return HostResult(
             device_id=name,
             school_id=self._schools.get(name, ""),
@@ -169,7 +201,11 @@ class WaveTally:
             task=task,
             message=message,
             started_at=host.started_at if host else None,
-            finished_at=at if outcome.settled and outcome is not HostOutcome.CANCELLED else None,
+            finished_at=at if ended else None,
+            rc=rc,
+            stdout=stdout,
+            stderr=stderr,
+            detail=detail_json(host.tasks if host else [], cause.res if cause else None),
         )
 
 

@@ -21,7 +21,7 @@ from controller.rollout_runner import RunnerSettings
 from controller.store import Store
 from controller.store.protocol import DeviceQuery
 from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery
-from inventory.model import DeviceStatus, valid_id
+from inventory.model import DeviceRecord, DeviceStatus, valid_id
 from inventory.people import Outcome, Role
 from inventory.rollouts import (
     HostOutcome,
@@ -42,6 +42,13 @@ from protos.schoolfleet.v1 import admin_pb2
 
 LIST_MAX = 500
 WINDOWS_MAX = 14
+# RetryRollout: which hosts of a finished rollout each word takes.
+RETRY_HOSTS = {
+    # Tried and not changed as asked, or stopped half way by an abort.
+    "failed": frozenset({HostOutcome.FAILED, HostOutcome.UNREACHABLE, HostOutcome.INTERRUPTED}),
+    # Never tried: the rollout ended first (devices offline at the start are added).
+    "not-reached": frozenset({HostOutcome.CANCELLED}),
+}
 
 
 def _each_school(schools: Iterable[str]) -> list[str | None]:
@@ -90,6 +97,16 @@ def split_offline(
         else:
             offline.append(host.device_id)
     return hosts, tuple(offline)
+
+
+def _current(store: Store, device_ids: Iterable[str], now: float) -> dict[str, DeviceRecord]:
+    """The registry's records of these devices (those it still has): blocking."""
+    found = {}
+    for device_id in device_ids:
+        record = store.get_device(device_id, now)
+        if record is not None:
+            found[device_id] = record
+    return found
 
 
 def _preview(spec: RolloutSpec, hosts: list[NewHost], now: float) -> RolloutRecord:
@@ -239,7 +256,21 @@ class RolloutHandlers:
     async def GetRollout(
         self, request: admin_pb2.GetRolloutRequest, call: Call
     ) -> admin_pb2.RolloutInfo:
-        return await self._info(await self._rollout(call, request.rollout_id, Need.READ))
+        record = await self._rollout(call, request.rollout_id, Need.READ)
+        if not request.device_id:
+            return await self._info(record)
+        device_id = request.device_id
+        if not valid_id(device_id):
+            raise invalid(f"device id {device_id[:80]!r} is not valid")
+        host = await self.guard.off_loop(self._store.rollout_host, record.rollout_id, device_id)
+        # Another school's device answers as one the rollout does not have.
+        call.allow_target(
+            Need.READ,
+            {host.school_id} if host is not None else None,
+            f"host {device_id!r} in rollout {record.rollout_id}",
+        )
+        assert host is not None
+        return rollout_to_pb(record, [host])
 
     @guarded("rollouts.list", Need.READ)
     async def ListRollouts(
@@ -334,16 +365,16 @@ class RolloutHandlers:
                 f"rollout {record.rollout_id} is {record.state.value}: "
                 "retry a finished one (abort it, or wait)"
             )
-        bad = frozenset({HostOutcome.FAILED, HostOutcome.UNREACHABLE})
-        failed = await self.guard.off_loop(self._store.rollout_hosts, record.rollout_id, bad)
-        if not failed:
-            raise invalid(f"rollout {record.rollout_id} has no failed or unreachable hosts")
+        which = sorted(set(request.retry) or {"failed"})
+        unknown = [w for w in which if w not in RETRY_HOSTS]
+        if unknown:
+            raise invalid(f"retry {unknown[0][:40]!r}: say failed or not-reached")
+        hosts, offline = await self._retry_hosts(call, record, which)
         spec = replace(
             record.spec,
-            selector=f"failed hosts of rollout {record.rollout_id}",
-            offline_skipped=(),
+            selector=f"{' and '.join(which)} hosts of rollout {record.rollout_id}",
+            offline_skipped=offline,
         )
-        hosts = [NewHost(h.device_id, h.school_id) for h in failed]
         try:
             new_id = await self._engine().start(spec, hosts, call.who.name)
         except HostsClaimed as exc:
@@ -352,6 +383,38 @@ class RolloutHandlers:
         new = await self.guard.off_loop(self._store.get_rollout, new_id)
         assert new is not None
         return await self._info(new)
+
+    async def _retry_hosts(
+        self, call: Call, record: RolloutRecord, which: list[str]
+    ) -> tuple[list[NewHost], tuple[str, ...]]:
+        """The hosts a retry takes, each in its school now, and those it leaves out as
+        offline (as the rollout's start did, unless it took offline devices too)."""
+        rid = record.rollout_id
+        outcomes = frozenset().union(*(RETRY_HOSTS[w] for w in which))
+        found = await self.guard.off_loop(self._store.rollout_hosts, rid, outcomes)
+        ids = [h.device_id for h in found]
+        if "not-reached" in which:
+            ids += record.spec.offline_skipped
+        words = " or ".join(which)
+        if not ids:
+            raise invalid(f"rollout {rid} has no {words} hosts")
+        devices = await self.guard.off_loop(_current, self._store, ids, self.guard.now())
+        if not devices:
+            raise invalid(f"rollout {rid}: none of its {words} hosts is registered any more")
+        # A device may have moved since: the caller must be allowed its school now.
+        for school in sorted({d.identity.school_id for d in devices.values()}):
+            call.allow(Need.CHANGE, school)
+        matched = [
+            (NewHost(d.identity.device_id, d.identity.school_id), d.status)
+            for d in devices.values()
+        ]
+        hosts, offline = split_offline(matched, record.spec.include_offline)
+        if not hosts:
+            raise invalid(
+                f"rollout {rid}: its {len(offline)} {' and '.join(which)} host(s) are all "
+                "offline now; retry when they are back"
+            )
+        return hosts, offline
 
     @guarded("maintenance.set", Need.CHANGE, audited=True)
     async def SetMaintenanceWindows(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -16,18 +16,23 @@ from inventory.model import DeviceKind, valid_id
 
 
 class RolloutState(enum.StrEnum):
-    """Where a rollout is; the last three are final."""
+    """Where a rollout is; all but running and paused are final."""
 
     RUNNING = "running"
     PAUSED = "paused"
-    # A wave's failure rate passed --max-fail, or the lesson gate closed: stopped.
+    # Its failed and unreachable hosts passed the --max-fail budget, or the lesson
+    # gate closed: stopped.
     HALTED = "halted"
     ABORTED = "aborted"
+    # Every host had its turn and was reached.
     DONE = "done"
+    # Every host had its turn, but some were not reached (unreachable, or offline at
+    # the start and left out): they do not have the change.
+    DONE_UNREACHED = "done-unreached"
 
     @property
     def final(self) -> bool:
-        return self in (RolloutState.HALTED, RolloutState.ABORTED, RolloutState.DONE)
+        return self not in (RolloutState.RUNNING, RolloutState.PAUSED)
 
 
 class HostOutcome(enum.StrEnum):
@@ -39,8 +44,10 @@ class HostOutcome(enum.StrEnum):
     CHANGED = "changed"
     FAILED = "failed"
     UNREACHABLE = "unreachable"
-    # The rollout ended (abort, halt) before the host's turn, or during its wave.
+    # The rollout ended (abort, halt) before the playbook reached the host: unchanged.
     CANCELLED = "cancelled"
+    # An abort stopped the playbook while it ran on the host: it may be half changed.
+    INTERRUPTED = "interrupted"
 
     @property
     def bad(self) -> bool:
@@ -186,6 +193,8 @@ class RolloutSpec:
     selector: str
     canary: Amount = Amount(1, False)
     wave_size: Amount = Amount(10, True)
+    # A budget for the whole rollout: the share (percent) of its hosts that may fail
+    # or be unreachable; more halts it (inventory/rollout_verdict.py).
     max_fail: float = 5.0
     extra_vars: Mapping[str, object] = field(default_factory=dict)
     gate_lessons: bool = False
@@ -204,16 +213,6 @@ def wave_size(spec: RolloutSpec, total: int, waves_started: int) -> int:
     cap = max(canary, spec.wave_size.of(total))
     # 2**n is typed Any (a negative n gives a float); a shift doubles exactly.
     return min(cap, canary << waves_started)
-
-
-def wave_failed(outcomes: Iterable[HostOutcome], max_fail: float) -> tuple[bool, float]:
-    """Whether a finished wave stops the rollout: its share of failed or unreachable
-    hosts (in percent) above ``max_fail``. Returns (stop, rate)."""
-    settled = [o for o in outcomes if o.settled and o is not HostOutcome.CANCELLED]
-    if not settled:
-        return False, 0.0
-    rate = 100 * sum(o.bad for o in settled) / len(settled)
-    return rate > max_fail, rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +251,14 @@ class HostResult:
     message: str = ""
     started_at: float | None = None
     finished_at: float | None = None
+    # The failing task's return code and the ends of its stdout and stderr (bounded,
+    # control characters escaped: inventory/host_output.py).
+    rc: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    # The host's whole result as JSON (its tasks, the failing task's result), bounded;
+    # only read for one host (rollout status --host), never in lists.
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -229,7 +229,8 @@ def _info(state: str = "halted") -> admin_pb2.RolloutInfo:
         max_fail=5.0,
         gate_lessons=True,
         state=state,
-        reason="wave 4 had 25% failed or unreachable (more than 5%)",
+        reason="wave 4: 13 of 240 hosts failed or unreachable, over the --max-fail budget "
+        "of 12 (5%)",
         created_by="alice",
         created_at=timestamp(1_790_000_000),
         updated_at=timestamp(1_790_000_900),
@@ -244,6 +245,8 @@ def _info(state: str = "halted") -> admin_pb2.RolloutInfo:
         },
         waiting="room 101 has a lesson until 10:45",
         extra_vars_json='{"ntp": "10.0.0.1"}',
+        fail_budget=12,
+        fail_budget_used=2,
     )
     for n, hosts, failed in ((1, 1, 0), (2, 2, 0), (3, 4, 0), (4, 8, 2)):
         wave = info.waves.add(wave=n, hosts=hosts, failed=failed)
@@ -258,6 +261,9 @@ def _info(state: str = "halted") -> admin_pb2.RolloutInfo:
         outcome="failed",
         task="chrony : restart chronyd",
         message="Unable to restart service chronyd: [bad unit]",
+        rc=1,
+        stderr_tail="Job for chronyd.service failed.\n[red]See journalctl -xe[/red]\x1b[2J",
+        stdout_tail="",
     )
     info.hosts.add(
         device_id="panel-10",
@@ -280,7 +286,9 @@ def _text(thing: RenderableType) -> str:
 
 def test_people_see_state_counts_waves_and_failing_hosts() -> None:
     text = _text(render.rollout_detail(_info(), now=1_790_000_500))
-    assert "halted (wave 4 had 25% failed or unreachable (more than 5%))" in text
+    assert "halted (wave 4: 13 of 240 hosts failed or unreachable, over the --max-fail" in text
+    budget = "budget 10 of 12 hosts may still fail (5% of 240 hosts; 2 failed or unreachable)"
+    assert budget in " ".join(text.split())
     assert "240: 225 pending, 10 ok, 3 changed, 1 failed, 1 unreachable" in text
     assert "waiting room 101 has a lesson until 10:45" in " ".join(text.split())
     assert "canary 1, then doubling up to 10% a wave" in text
@@ -294,10 +302,16 @@ def test_people_see_state_counts_waves_and_failing_hosts() -> None:
     )
     assert lines[header + 1].split() == ["1", "1", "0", "1m"]
     assert lines[header + 4].split() == ["4", "8", "2", "1m", "so", "far"]
-    assert "failed or unreachable (2)" in text
-    failing = [line for line in lines if line.startswith("panel-")]
+    assert "failed, unreachable or interrupted (2)" in text
+    failing = [line for line in lines if line.startswith("panel-") and " rc " not in line]
     assert len(failing) == 2
     assert "chrony : restart chronyd" in failing[0]
+    assert "chrony : restart chronyd  1   Unable" in failing[0], "the return code"
+    # The end of the failing task's stderr, as text: no markup, no terminal escape.
+    assert "panel-9 rc 1" in text
+    assert "Job for chronyd.service failed." in text
+    assert "[red]See journalctl -xe[/red]\\x1b[2J" in text
+    assert "\x1b" not in text
     # Square brackets in a message are text, not markup.
     assert "Unable to restart service chronyd: [bad unit]" in failing[0]
     assert "Gathering Facts" in failing[1] and "No route to host" in failing[1]
@@ -307,7 +321,7 @@ def test_scripts_get_json_with_every_field() -> None:
     data = json.loads(json.dumps(render.rollout_json(_info())))
     assert data["rollout_id"] == 12
     assert data["state"] == "halted" and data["final"] is True
-    assert data["reason"].startswith("wave 4 had 25%")
+    assert data["reason"].startswith("wave 4: 13 of 240 hosts")
     assert data["counts"]["failed"] == 1 and data["counts"]["cancelled"] == 0
     assert (data["total"], data["settled"]) == (240, 15)
     assert data["extra_vars"] == {"ntp": "10.0.0.1"}
@@ -321,6 +335,13 @@ def test_scripts_get_json_with_every_field() -> None:
         "started_at": "2026-09-21T14:20:00+00:00",
         "finished_at": None,
     }
+    assert data["fail_budget"] == {
+        "max_fail": 5.0,
+        "allowed": 12,
+        "used": 2,
+        "left": 10,
+        "passed": False,
+    }
     failed = [h for h in data["hosts"] if h["outcome"] == "failed"]
     assert failed == [
         {
@@ -330,8 +351,14 @@ def test_scripts_get_json_with_every_field() -> None:
             "outcome": "failed",
             "task": "chrony : restart chronyd",
             "message": "Unable to restart service chronyd: [bad unit]",
+            "rc": 1,
+            "stdout_tail": "",
+            "stderr_tail": "Job for chronyd.service failed.\n[red]See journalctl -xe[/red]\\x1b[2J",
+            "started_at": None,
+            "finished_at": None,
         }
     ]
+    assert data["hosts"][0]["rc"] is None
     assert data["hosts"][-1]["wave"] is None
     assert sum(data["plan"]) == 240
 
@@ -378,23 +405,20 @@ def test_list_and_windows_tables() -> None:
     }
 
 
+def _ended(state: str, **counts: int) -> admin_pb2.RolloutInfo:
+    return admin_pb2.RolloutInfo(state=state, counts={"ok": 3, **counts})
+
+
 def test_exit_code_tells_scripts_how_it_ended() -> None:
-    assert [exit_code(s) for s in ("done", "running", "paused", "halted", "aborted")] == [
-        0,
-        0,
-        0,
-        1,
-        1,
-    ]
-    assert [render.is_final(s) for s in ("done", "running", "paused", "halted", "aborted")] == [
-        True,
-        False,
-        False,
-        True,
-        True,
-    ]
+    states = ("done", "running", "paused", "halted", "aborted", "done-unreached")
+    assert [exit_code(_ended(s)) for s in states] == [0, 0, 0, 1, 1, 7]
+    assert [render.is_final(s) for s in states] == [True, False, False, True, True, True]
+    # Failed hosts within the --max-fail budget: done, but not a success.
+    assert exit_code(_ended("done", failed=1)) == 1
+    assert exit_code(_ended("done-unreached", failed=1, unreachable=1)) == 1
+    assert exit_code(_ended("done-unreached", unreachable=1)) == 7
     assert render.progress(_info()) == (15, 240)
-    assert render.progress_note(_info()).startswith("halted: wave 4 had 25% failed")
+    assert render.progress_note(_info()).startswith("halted: wave 4: 13 of 240 hosts")
     assert render.progress_note(_info("running")) == "running: room 101 has a lesson until 10:45"
 
 
@@ -407,10 +431,74 @@ def test_help_explains_selector_waves_school_day_and_exit_codes() -> None:
             assert f"{key} " in text or f"{key}," in text, key
         assert "'|' separates alternatives" in text
         assert "the canary first (--canary), then each wave twice the one before" in text
-        assert "--max-fail halts the rollout" in text
+        assert "--max-fail is a budget for the whole rollout" in text
+        assert "checked at every wave" in text
         assert "devices in a room with a lesson scheduled are not changed" in text
         assert "maintenance windows" in text
     text = " ".join(ctl("rollout", "--help").out.split())
-    assert "Exit codes: 0 ok; 1 the rollout halted or was aborted" in text
+    assert "Exit codes: 0 ok; 1 the rollout halted or was aborted, or ended with failed" in text
+    assert "7 the rollout ended with hosts not reached (done-unreached" in text
     status = " ".join(ctl("rollout", "status", "--help").out.split())
-    assert "Exits 0 when done (or still running or paused), 1 when it halted" in status
+    assert "Exits 0 when done with every host reached and none failed" in status
+    assert "7 when it ended with hosts not reached (done-unreached" in status
+    assert "--host" in status and "whole stored result" in status
+    retry = " ".join(ctl("rollout", "retry", "--help").out.split())
+    assert "--failed" in retry and "--not-reached" in retry and "interrupted" in retry
+    start_help = " ".join(ctl("rollout", "start", "--help").out.split())
+    assert "The budget of the whole rollout" in start_help
+
+
+def _host_info() -> admin_pb2.RolloutInfo:
+    info = _info()
+    del info.hosts[:]
+    detail = {
+        "tasks": [
+            {"task": "chrony : install", "status": "ok"},
+            {"task": "chrony : restart chronyd", "status": "failed"},
+        ],
+        "result": {"rc": 1, "msg": "Unable to restart\u001b[31m", "stderr": "bad unit"},
+    }
+    host = info.hosts.add(
+        device_id="panel-9",
+        school_id="1234",
+        wave=4,
+        outcome="failed",
+        task="chrony : restart chronyd",
+        message="Unable to restart service chronyd: [bad unit]",
+        rc=1,
+        stderr_tail="bad unit",
+        stdout_tail="line 1\nline 2",
+        detail_json=json.dumps(detail),
+    )
+    host.started_at.CopyFrom(timestamp(1_790_000_400))
+    host.finished_at.CopyFrom(timestamp(1_790_000_410))
+    return info
+
+
+def test_one_hosts_whole_result_for_people_and_scripts() -> None:
+    text = _text(render.host_detail(_host_info()))
+    assert "panel-9 (school 1234)" in text
+    flat = " ".join(text.split())
+    assert "message Unable to restart service chronyd: [bad unit] rc 1 started" in flat
+    assert "chrony : install" in text and "ok" in text
+    assert "stderr (last lines):" in text and "bad unit" in text
+    assert "stdout (last lines):" in text and "line 2" in text
+    assert "result of the failing task" in text
+    assert '"msg": "Unable to restart\\u001b[31m"' in text
+    assert "\x1b" not in text
+    data = json.loads(json.dumps(render.host_json(_host_info())))
+    assert data["rollout_id"] == 12 and data["state"] == "halted"
+    assert data["host"]["rc"] == 1
+    assert data["host"]["detail"]["tasks"][1] == {
+        "task": "chrony : restart chronyd",
+        "status": "failed",
+    }
+    assert data["host"]["started_at"] == "2026-09-21T14:20:00+00:00"
+
+
+def test_status_host_and_retry_refuse_in_one_line() -> None:
+    both = ctl("rollout", "status", "3", "--host", "panel-1", "--watch")
+    _one_line_refusal(both, "--host shows one host's stored result")
+    neither = ctl("rollout", "retry", "3")
+    _one_line_refusal(neither, "retry needs --failed")
+    assert "--not-reached" in neither.err

@@ -33,7 +33,8 @@ PRIVATE = (
     "/etc/systemd/system",
     "/etc/systemd/timesyncd.conf.d",
 )
-# Writes a marker; fails on a host labelled fail=yes; sleeps when asked.
+# Writes a marker; fails on a host labelled fail=yes (exit 3, a line on stdout and one on
+# stderr); sleeps when asked.
 MARK = """\
 - name: Mark the hosts
   hosts: all
@@ -45,9 +46,9 @@ MARK = """\
         state: directory
         mode: "0755"
     - name: A host labelled to fail fails here
-      ansible.builtin.fail:
-        msg: this host is labelled to fail
+      ansible.builtin.shell: "echo checking; echo this host is labelled to fail >&2; exit 3"
       when: (sf_labels | default({})).get('fail', '') == 'yes'
+      changed_when: false
     - name: The marker names the run
       ansible.builtin.copy:
         dest: /etc/schoolfleet/marker
@@ -80,7 +81,7 @@ class Lab:
 
     def status(self, rollout_id: int) -> dict[str, Any]:
         done = self.ctl("rollout", "status", str(rollout_id), "--json")
-        assert done.code in (0, 1), done
+        assert done.code in (0, 1, 7), done
         info: dict[str, Any] = done.json()
         return info
 
@@ -194,8 +195,10 @@ def test_waves_halt_at_the_wave_that_fails_and_every_outcome_is_recorded(lab: La
         "1",
         "--wave-size",
         "2",
+        # A budget of 1 of the 5 hosts: the canary's wave and the next pass, the third
+        # (host-3 fails, host-4 is unreachable) halts.
         "--max-fail",
-        "40%",
+        "20%",
         "--extra-vars",
         "marker: first",
     )
@@ -205,7 +208,16 @@ def test_waves_halt_at_the_wave_that_fails_and_every_outcome_is_recorded(lab: La
     assert watched.code == 1, watched  # halted
     info = lab.status(rollout_id)
     assert info["state"] == "halted"
-    assert "wave 3" in info["reason"] and "limit 40%" in info["reason"]
+    assert info["reason"] == (
+        "wave 3: 2 of 5 hosts failed or unreachable, over the --max-fail budget of 1 (20%)"
+    )
+    assert info["fail_budget"] == {
+        "max_fail": 20.0,
+        "allowed": 1,
+        "used": 2,
+        "left": 0,
+        "passed": True,
+    }
     assert [(w["wave"], w["hosts"], w["failed"]) for w in info["waves"]] == [
         (1, 1, 0),
         (2, 2, 0),
@@ -220,7 +232,12 @@ def test_waves_halt_at_the_wave_that_fails_and_every_outcome_is_recorded(lab: La
         "host-4": "unreachable",
     }
     assert hosts["host-3"]["task"] == "A host labelled to fail fails here"
-    assert "labelled to fail" in hosts["host-3"]["message"]
+    assert hosts["host-3"]["message"] == "non-zero return code: this host is labelled to fail"
+    assert (hosts["host-3"]["rc"], hosts["host-3"]["stderr_tail"]) == (
+        3,
+        "this host is labelled to fail",
+    )
+    assert hosts["host-3"]["stdout_tail"] == "checking"
     assert hosts["host-4"]["message"]
     for host in lab.hosts[:3]:
         assert host.read_file("/etc/schoolfleet/marker") == "first\n"
@@ -228,6 +245,29 @@ def test_waves_halt_at_the_wave_that_fails_and_every_outcome_is_recorded(lab: La
     # The people view says the same, and names the failing task.
     shown = lab.ctl("rollout", "status", str(rollout_id))
     assert shown.code == 1 and "halted" in shown.out and "labelled to fail" in shown.out
+    flat = " ".join(shown.out.split())
+    assert "budget passed: 2 failed or unreachable, 1 allowed" in flat
+    assert "host-3 rc 3 stderr (last lines): this host is labelled to fail" in flat
+    # One host's whole stored result, without digging in the data folder.
+    one = lab.ctl("rollout", "status", str(rollout_id), "--host", "host-3")
+    assert one.code == 1, one  # the rollout's own exit code
+    flat = " ".join(one.out.split())
+    assert "host host-3 (school s1)" in flat and "rc 3" in flat
+    assert "A host labelled to fail fails here failed" in flat
+    assert "stderr (last lines): this host is labelled to fail" in flat
+    assert "stdout (last lines): checking" in flat
+    assert '"rc": 3' in one.out and "invocation" not in one.out
+    detail = lab.ctl("rollout", "status", str(rollout_id), "--host", "host-3", "--json").json()
+    assert detail["host"]["rc"] == 3
+    tasks = detail["host"]["detail"]["tasks"]
+    assert [t["task"] for t in tasks] == [
+        "The config folder exists",
+        "A host labelled to fail fails here",
+    ]
+    assert tasks[-1]["status"] == "failed"
+    unknown = lab.ctl("rollout", "status", str(rollout_id), "--host", "host-9")
+    assert unknown.code == 4, unknown
+    assert unknown.err.splitlines()[-1] == f"schoolctl: no host 'host-9' in rollout {rollout_id}"
     metrics = lab.controller.metrics()
     assert metrics['schoolfleet_rollouts_finished_total{state="halted"}'] >= 1
     assert metrics['schoolfleet_rollout_host_results_total{outcome="failed"}'] >= 1
@@ -236,6 +276,35 @@ def test_waves_halt_at_the_wave_that_fails_and_every_outcome_is_recorded(lab: La
     assert retried.code == 0, retried
     again = lab.wait_state(int(retried.json()["rollout_id"]), {"halted", "done"}, 120)
     assert set(lab.outcomes(again)) == {"host-3", "host-4"}
+
+
+def test_hosts_not_reached_end_the_rollout_apart_and_retry_takes_them(lab: Lab) -> None:
+    # host-4's sshd is down since the first test: unreachable, within a budget of 1 of 2.
+    rollout_id = lab.start("mark.yml", "--select", "device=host-0|host-4", "--max-fail", "50%")
+    watched = lab.ctl(
+        "rollout", "status", str(rollout_id), "--watch", "--interval", "1", timeout=120
+    )
+    assert watched.code == 7, watched  # done, but not every host has the change
+    info = lab.status(rollout_id)
+    assert info["state"] == "done-unreached"
+    assert info["reason"].startswith("done, 1 host(s) not reached (1 unreachable)")
+    assert (info["fail_budget"]["left"], info["fail_budget"]["passed"]) == (0, False)
+    assert "done-unreached" in lab.ctl("rollout", "status", str(rollout_id)).out
+    # A failure spends the whole budget of 0: the host after it is never reached.
+    halted = lab.start("mark.yml", "--select", "device=host-3|host-5", "--max-fail", "0%")
+    info = lab.wait_state(halted, {"halted", "done", "done-unreached"}, 120)
+    assert info["state"] == "halted", info
+    assert lab.outcomes(info) == {"host-3": "failed", "host-5": "cancelled"}
+    not_reached = lab.ctl("rollout", "retry", str(halted), "--not-reached", "--json")
+    assert not_reached.code == 0, not_reached
+    assert not_reached.json()["selector"] == f"not-reached hosts of rollout {halted}"
+    again = lab.wait_state(int(not_reached.json()["rollout_id"]), {"done", "halted"}, 120)
+    assert set(lab.outcomes(again)) == {"host-5"}
+    assert set(lab.outcomes(again).values()) <= {"changed", "ok"}
+    both = lab.ctl("rollout", "retry", str(halted), "--failed", "--not-reached", "--json")
+    assert both.code == 0, both
+    assert {h["device_id"] for h in both.json()["hosts"]} == {"host-3", "host-5"}
+    lab.wait_state(int(both.json()["rollout_id"]), {"halted", "done"}, 120)
 
 
 def test_bad_requests_are_refused_before_anything_runs(lab: Lab) -> None:
@@ -276,7 +345,8 @@ def test_one_rollout_per_host_and_abort_stops_ansible(lab: Lab) -> None:
     aborted = lab.ctl("rollout", "abort", str(slow), "--yes", "--json", timeout=60)
     assert aborted.code == 0, aborted
     assert aborted.json()["state"] == "aborted"
-    assert lab.outcomes(lab.status(slow)) == {"host-0": "cancelled"}
+    # Stopped in the middle of its playbook: it may be half changed.
+    assert lab.outcomes(lab.status(slow)) == {"host-0": "interrupted"}
     wait_until(lambda: not lab.ansible_pids() or None, 10, "ansible-playbook gone")
     # The claim is given back: host-0 may be in a new rollout.
     lab.wait_state(lab.start("mark.yml", "--select", "device=host-0"), {"done"}, 60)
@@ -415,6 +485,26 @@ def test_school_it_rolls_out_only_in_its_schools(lab: Lab) -> None:
     # (Beside the warning that the lab's plaintext port carries the token.)
     said = hidden.err.splitlines()[-1]
     assert (hidden.code, said) == (4, f"schoolctl: no rollout {in_s1} in your schools")
+    # One host's result: only of their own schools; another school's device answers
+    # as a device the rollout does not have.
+    in_s2 = lab.start("mark.yml", "--select", "device=host-5")
+    lab.wait_state(in_s2, {"done", "halted"}, 60)
+    mine = schoolctl(address, "rollout", "status", str(in_s2), "--host", "host-5", token=it.token)
+    assert mine.code == 0, mine
+    answers = []
+    for device in ("host-0", "host-99"):
+        other = schoolctl(
+            address, "rollout", "status", str(in_s2), "--host", device, token=it.token
+        )
+        answers.append((other.code, other.err.splitlines()[-1].replace(device, "X")))
+    assert (
+        answers[0]
+        == answers[1]
+        == (
+            4,
+            f"schoolctl: no host 'X' in rollout {in_s2} in your schools",
+        )
+    )
     denied = lab.ctl("audit", "--actor", "it-s2", "--outcome", "denied", "--json").json()
     assert {e["action"] for e in denied} >= {"rollouts.start", "rollouts.get"}
 

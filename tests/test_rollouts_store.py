@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -178,7 +179,16 @@ def test_an_end_cancels_the_hosts_left_and_closes_the_wave(store: SqliteStore) -
         "canary failed",
         T0 + 20,
     )
-    assert record.counts[HostOutcome.CANCELLED] == 3
+    # The running host was stopped half way; the pending ones were never touched.
+    assert {o: n for o, n in record.counts.items() if n} == {
+        HostOutcome.INTERRUPTED: 1,
+        HostOutcome.CANCELLED: 2,
+    }
+    assert [h.outcome for h in store.rollout_hosts(rollout_id)] == [
+        HostOutcome.INTERRUPTED,
+        HostOutcome.CANCELLED,
+        HostOutcome.CANCELLED,
+    ]
     assert record.waves == (WaveRecord(0, 1, T0 + 10, T0 + 20),)
     assert {h.finished_at for h in store.rollout_hosts(rollout_id)} == {T0 + 20}
     # A final rollout stays as it ended: its claims are gone.
@@ -186,6 +196,52 @@ def test_an_end_cancels_the_hosts_left_and_closes_the_wave(store: SqliteStore) -
     assert again is not None
     assert (again.state, again.updated_at) == (RolloutState.HALTED, T0 + 20)
     assert store.set_rollout_state(rollout_id + 1, RolloutState.ABORTED, "", T0) is None
+
+
+def test_a_hosts_whole_result_is_kept_bounded_and_escaped(store: SqliteStore) -> None:
+    rollout_id = store.create_rollout(SPEC, hosts("d1", "d2"), "ana", T0, LessonRates(0, 0))
+    store.start_wave(rollout_id, 1, ["d1", "d2"], T0 + 10)
+    detail = json.dumps({"tasks": [{"task": "apt", "status": "failed"}], "result": {"rc": 100}})
+    failed = HostResult(
+        "d1",
+        "s1",
+        1,
+        HostOutcome.FAILED,
+        "apt: install",
+        "non-zero return code\x1b[2J",
+        rc=100,
+        # What a worker could send: far too long, with a terminal escape in it.
+        stdout="\n".join(f"line {n}" for n in range(5000)),
+        stderr="E: no space left\x1b]0;owned\x07\n",
+        detail=detail,
+    )
+    store.finish_wave(rollout_id, 1, [failed, HostResult("d2", "s1", 1, HostOutcome.OK)], T0 + 20)
+    kept = store.rollout_host(rollout_id, "d1")
+    assert kept is not None
+    assert (kept.outcome, kept.task, kept.rc) == (HostOutcome.FAILED, "apt: install", 100)
+    assert kept.message == "non-zero return code\\x1b[2J"
+    assert kept.stdout.splitlines() == [f"line {n}" for n in range(4980, 5000)]
+    assert kept.stderr == "E: no space left\\x1b]0;owned\\x07"
+    assert json.loads(kept.detail) == json.loads(detail)
+    # Lists leave the detail out; one host's view has it.
+    assert [h.detail for h in store.rollout_hosts(rollout_id)] == ["", ""]
+    assert store.rollout_hosts(rollout_id)[0].rc == 100
+    assert store.rollout_host(rollout_id, "d9") is None
+    assert store.rollout_host(rollout_id + 1, "d1") is None
+
+
+def test_a_detail_too_big_or_not_json_is_not_kept(store: SqliteStore) -> None:
+    rollout_id = store.create_rollout(SPEC, hosts("d1", "d2"), "ana", T0, LessonRates(0, 0))
+    store.start_wave(rollout_id, 1, ["d1", "d2"], T0 + 10)
+    results = [
+        HostResult("d1", "s1", 1, HostOutcome.FAILED, detail="x" * 100_000),
+        HostResult("d2", "s1", 1, HostOutcome.FAILED, detail="[1, 2]"),
+    ]
+    store.finish_wave(rollout_id, 1, results, T0 + 20)
+    big, odd = (store.rollout_host(rollout_id, d) for d in ("d1", "d2"))
+    assert big is not None and odd is not None
+    assert "over 16384 bytes" in json.loads(big.detail)["left_out"]
+    assert json.loads(odd.detail) == {"left_out": "the detail was not a JSON object"}
 
 
 def test_a_pause_keeps_the_hosts_as_they_are(store: SqliteStore) -> None:

@@ -361,6 +361,16 @@ MIGRATIONS: tuple[str, ...] = (
         seen_at REAL NOT NULL
     );
     """,
+    # 11: what a rollout keeps of each host's result: the failing task's return code,
+    #     the ends of its stdout and stderr, and the host's tasks and failing result
+    #     as bounded JSON (inventory/host_output.py). Hosts an abort stopped mid-task
+    #     are 'interrupted' from now on; older 'cancelled' rows may be either.
+    """
+    ALTER TABLE rollout_hosts ADD COLUMN rc INTEGER;
+    ALTER TABLE rollout_hosts ADD COLUMN stdout TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rollout_hosts ADD COLUMN stderr TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rollout_hosts ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -76,13 +76,18 @@ class RolloutStore(Protocol):
         self, rollout_id: int, outcomes: frozenset[HostOutcome] | None = None
     ) -> list[HostResult]:
         """The rollout's hosts (of these outcomes), by wave then device id; pending
-        hosts (no wave) last."""
+        hosts (no wave) last. Without their detail (rollout_host has it)."""
+
+    def rollout_host(self, rollout_id: int, device_id: str) -> HostResult | None:
+        """One host of the rollout with its whole stored result (detail included), or
+        None if the device is not one of its hosts."""
 
     def set_rollout_state(
         self, rollout_id: int, state: RolloutState, reason: str, now: float
     ) -> RolloutRecord | None:
-        """Moves the rollout to ``state``. A final state cancels its pending and running
-        hosts, closes an unfinished wave and gives back every claim. None if unknown."""
+        """Moves the rollout to ``state``. A final state cancels its pending hosts, marks
+        its running ones interrupted, closes an unfinished wave and gives back every
+        claim. None if unknown."""
 
     def set_waiting(self, rollout_id: int, waiting: str, now: float) -> None:
         """Records why pending hosts wait (empty: they do not)."""
@@ -93,8 +98,9 @@ class RolloutStore(Protocol):
     def finish_wave(
         self, rollout_id: int, wave: int, results: Sequence[HostResult], now: float
     ) -> None:
-        """Stores each host's outcome (with its task and message) and closes the wave
-        with its count of failed and unreachable hosts."""
+        """Stores each host's outcome (with its task, message, return code, output ends
+        and detail, bounded again) and closes the wave with its count of failed and
+        unreachable hosts."""
 
     def requeue_interrupted(self, rollout_id: int) -> int:
         """After a restart: the hosts of a wave that did not finish go back to pending

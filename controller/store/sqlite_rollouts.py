@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from controller.errors import StoreError
 from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery, Room
 from controller.store.sqlite_base import SqliteBase
+from inventory.host_output import bounded_detail, printable, tail
 from inventory.rollouts import (
     Amount,
     HostOutcome,
@@ -31,6 +32,11 @@ from inventory.schedule import MAX_LESSON_SECONDS
 
 _FINAL = tuple(s.value for s in RolloutState if s.final)
 _IDS = "(SELECT value FROM json_each(?))"
+# A host's row without its detail, which only rollout_host reads.
+_HOST_COLUMNS = (
+    "rollout_id, device_id, school_id, wave, outcome, task, message, started_at, "
+    "finished_at, rc, stdout, stderr"
+)
 
 
 def _ids(values: Iterable[str]) -> str:
@@ -89,6 +95,25 @@ def _host(r: sqlite3.Row) -> HostResult:
         message=r["message"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
+        rc=r["rc"],
+        stdout=r["stdout"],
+        stderr=r["stderr"],
+        # A sqlite3.Row's `in` looks at its values, not its column names.
+        detail=r["detail"] if "detail" in r.keys() else "",  # noqa: SIM118
+    )
+
+
+def _stored(r: HostResult) -> tuple[str, str, int | None, str, str, str]:
+    """A result as it is stored: task, message, return code, output ends and detail,
+    bounded and escaped again, since they come from the wave's worker, which runs as
+    Ansible's user with the devices' output."""
+    return (
+        printable(r.task[:500]),
+        printable(r.message[:1000]),
+        r.rc,
+        tail(r.stdout),
+        tail(r.stderr),
+        bounded_detail(r.detail),
     )
 
 
@@ -230,11 +255,18 @@ class RolloutTables(SqliteBase):
     ) -> list[HostResult]:
         only = "" if outcomes is None else "AND outcome IN (SELECT value FROM json_each(:outs))"
         rows = self._read(
-            f"SELECT * FROM rollout_hosts WHERE rollout_id = :id {only} "
+            f"SELECT {_HOST_COLUMNS} FROM rollout_hosts WHERE rollout_id = :id {only} "
             "ORDER BY wave IS NULL, wave, device_id",
             {"id": rollout_id, "outs": _ids(o.value for o in outcomes or ())},
         )
         return [_host(r) for r in rows]
+
+    def rollout_host(self, rollout_id: int, device_id: str) -> HostResult | None:
+        rows = self._read(
+            "SELECT * FROM rollout_hosts WHERE rollout_id = :id AND device_id = :device",
+            {"id": rollout_id, "device": device_id},
+        )
+        return _host(rows[0]) if rows else None
 
     def set_rollout_state(
         self, rollout_id: int, state: RolloutState, reason: str, now: float
@@ -255,8 +287,11 @@ class RolloutTables(SqliteBase):
                 ),
             ).rowcount
             if moved and state.final:
+                # A running host's playbook was stopped (it may be half changed); a
+                # pending one was never touched. finish_wave may still say better.
                 db.execute(
-                    "UPDATE rollout_hosts SET outcome = 'cancelled', finished_at = ? "
+                    "UPDATE rollout_hosts SET finished_at = ?, outcome = CASE outcome "
+                    "WHEN 'running' THEN 'interrupted' ELSE 'cancelled' END "
                     "WHERE rollout_id = ? AND outcome IN ('pending', 'running')",
                     (now, rollout_id),
                 )
@@ -295,13 +330,13 @@ class RolloutTables(SqliteBase):
             # Any host of the wave, even one an abort has cancelled since: what the
             # playbook did to it is what it did.
             db.executemany(
-                "UPDATE rollout_hosts SET outcome = ?, task = ?, message = ?, finished_at = ? "
+                "UPDATE rollout_hosts SET outcome = ?, task = ?, message = ?, rc = ?, "
+                "stdout = ?, stderr = ?, detail = ?, finished_at = ? "
                 "WHERE rollout_id = ? AND device_id = ? AND wave = ?",
                 [
                     (
                         r.outcome.value,
-                        r.task,
-                        r.message,
+                        *_stored(r),
                         now if r.finished_at is None else r.finished_at,
                         rollout_id,
                         r.device_id,
@@ -321,7 +356,8 @@ class RolloutTables(SqliteBase):
         with self._transaction() as db:
             moved = db.execute(
                 "UPDATE rollout_hosts SET wave = NULL, outcome = 'pending', started_at = NULL, "
-                "finished_at = NULL, task = '', message = '' "
+                "finished_at = NULL, task = '', message = '', rc = NULL, stdout = '', "
+                "stderr = '', detail = '' "
                 "WHERE rollout_id = ?1 AND outcome = 'running' AND wave IN (SELECT wave "
                 "FROM rollout_waves WHERE rollout_id = ?1 AND finished_at IS NULL)",
                 (rollout_id,),

@@ -1264,7 +1264,9 @@ class StartRolloutRequest(_message.Message):
     """A number of hosts ("5") or a share of the rollout's hosts ("2%")."""
     wave_size: _builtins.str
     max_fail: _builtins.str
-    """A percentage: a wave with more failed or unreachable hosts halts the rollout."""
+    """A percentage: a budget for the whole rollout. When its failed and unreachable
+    hosts pass this share of all its hosts, it halts (checked at every wave).
+    """
     extra_vars_json: _builtins.str
     """A JSON object."""
     gate_lessons: _builtins.bool
@@ -1301,15 +1303,31 @@ class GetRolloutRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.int
+    device_id: _builtins.str
+    """GetRollout: only this host, with its whole stored result (RolloutInfo.hosts
+    then holds it alone, detail_json filled). A device that is not one of the
+    rollout's hosts, or not in the caller's schools, is NOT_FOUND alike.
+    """
+    @_builtins.property
+    def retry(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """RetryRollout: which hosts to take again; none means "failed" alone.
+        "failed": failed, unreachable or interrupted; "not-reached": never reached
+        (cancelled before their turn, or offline at the start and left out).
+        """
+
     def __init__(
         self,
         *,
         rollout_id: _builtins.int = ...,
+        device_id: _builtins.str = ...,
+        retry: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollout_id", b"rollout_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "retry", b"retry", "rollout_id", b"rollout_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1324,7 +1342,9 @@ class ListRolloutsRequest(_message.Message):
     limit: _builtins.int
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these states (running, paused, halted, aborted, done); empty: all."""
+        """Only these states (running, paused, halted, aborted, done, done-unreached);
+        empty: all.
+        """
 
     def __init__(
         self,
@@ -1385,14 +1405,38 @@ class RolloutHost(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    RC_FIELD_NUMBER: _builtins.int
+    STDOUT_TAIL_FIELD_NUMBER: _builtins.int
+    STDERR_TAIL_FIELD_NUMBER: _builtins.int
+    DETAIL_JSON_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     school_id: _builtins.str
     wave: _builtins.int
     """0 before the host's turn; waves count from 1."""
     outcome: _builtins.str
-    """pending, running, ok, changed, failed, unreachable, cancelled"""
+    """pending, running, ok, changed, failed, unreachable, cancelled (never reached:
+    the rollout ended first), interrupted (an abort stopped the playbook on it: it
+    may be half changed)
+    """
     task: _builtins.str
     message: _builtins.str
+    rc: _builtins.int
+    """The failing task's return code, when it had one."""
+    stdout_tail: _builtins.str
+    """The ends of the failing task's stdout and stderr: at most 20 lines and 2 KiB
+    each, control characters escaped. In GetRollout for the first 100 failing hosts.
+    """
+    stderr_tail: _builtins.str
+    detail_json: _builtins.str
+    """Only with GetRolloutRequest.device_id: the host's tasks and the failing task's
+    result as JSON, at most 16 KiB.
+    """
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -1402,12 +1446,20 @@ class RolloutHost(_message.Message):
         outcome: _builtins.str = ...,
         task: _builtins.str = ...,
         message: _builtins.str = ...,
+        rc: _builtins.int | None = ...,
+        stdout_tail: _builtins.str = ...,
+        stderr_tail: _builtins.str = ...,
+        detail_json: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rc", b"_rc", "finished_at", b"finished_at", "rc", b"rc", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "message", b"message", "outcome", b"outcome", "school_id", b"school_id", "task", b"task", "wave", b"wave"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rc", b"_rc", "detail_json", b"detail_json", "device_id", b"device_id", "finished_at", b"finished_at", "message", b"message", "outcome", b"outcome", "rc", b"rc", "school_id", b"school_id", "started_at", b"started_at", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "wave", b"wave"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__rc: _TypeAlias = _typing.Literal["rc"]  # noqa: Y015
+    _WhichOneofArgType__rc: _TypeAlias = _typing.Literal["_rc", b"_rc"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rc) -> _WhichOneofReturnType__rc | None: ...
 
 Global___RolloutHost: _TypeAlias = RolloutHost  # noqa: Y015
 
@@ -1457,6 +1509,8 @@ class RolloutInfo(_message.Message):
     INCLUDE_OFFLINE_FIELD_NUMBER: _builtins.int
     OFFLINE_SKIPPED_FIELD_NUMBER: _builtins.int
     OFFLINE_SKIPPED_COUNT_FIELD_NUMBER: _builtins.int
+    FAIL_BUDGET_FIELD_NUMBER: _builtins.int
+    FAIL_BUDGET_USED_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.int
     playbook: _builtins.str
     selector: _builtins.str
@@ -1465,7 +1519,9 @@ class RolloutInfo(_message.Message):
     max_fail: _builtins.float
     gate_lessons: _builtins.bool
     state: _builtins.str
-    """running, paused, halted, aborted, done"""
+    """running, paused, halted, aborted, done, done-unreached (every host had its
+    turn but some were not reached: unreachable, or offline at the start)
+    """
     reason: _builtins.str
     """Why it halted or was aborted, in words."""
     created_by: _builtins.str
@@ -1478,6 +1534,11 @@ class RolloutInfo(_message.Message):
     """Whether devices offline at the start were taken too."""
     offline_skipped_count: _builtins.int
     """How many they are (also in ListRollouts)."""
+    fail_budget: _builtins.int
+    """The --max-fail budget: how many hosts may fail or be unreachable (max_fail
+    percent of all the rollout's hosts, rounded down), and how many have.
+    """
+    fail_budget_used: _builtins.int
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1525,10 +1586,12 @@ class RolloutInfo(_message.Message):
         include_offline: _builtins.bool = ...,
         offline_skipped: _abc.Iterable[_builtins.str] | None = ...,
         offline_skipped_count: _builtins.int = ...,
+        fail_budget: _builtins.int = ...,
+        fail_budget_used: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "counts", b"counts", "created_at", b"created_at", "created_by", b"created_by", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "finished_at", b"finished_at", "gate_lessons", b"gate_lessons", "hosts", b"hosts", "include_offline", b"include_offline", "max_fail", b"max_fail", "offline_skipped", b"offline_skipped", "offline_skipped_count", b"offline_skipped_count", "playbook", b"playbook", "reason", b"reason", "rollout_id", b"rollout_id", "selector", b"selector", "state", b"state", "updated_at", b"updated_at", "waiting", b"waiting", "wave_size", b"wave_size", "waves", b"waves"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "counts", b"counts", "created_at", b"created_at", "created_by", b"created_by", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "fail_budget", b"fail_budget", "fail_budget_used", b"fail_budget_used", "finished_at", b"finished_at", "gate_lessons", b"gate_lessons", "hosts", b"hosts", "include_offline", b"include_offline", "max_fail", b"max_fail", "offline_skipped", b"offline_skipped", "offline_skipped_count", b"offline_skipped_count", "playbook", b"playbook", "reason", b"reason", "rollout_id", b"rollout_id", "selector", b"selector", "state", b"state", "updated_at", b"updated_at", "waiting", b"waiting", "wave_size", b"wave_size", "waves", b"waves"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -398,15 +398,17 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AbortRollout(self, request, context):
-        """Abort stops the running wave's ansible process; its hosts are cancelled.
+        """Abort stops the running wave's ansible process; its hosts are interrupted, those
+        not reached yet cancelled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RetryRollout(self, request, context):
-        """A new rollout of the same playbook and options to the hosts that failed or
-        were unreachable in a finished one.
+        """A new rollout of the same playbook and options to hosts of a finished one: those
+        that failed, were unreachable or interrupted, and/or those never reached
+        (GetRolloutRequest.retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -88,10 +88,13 @@ class AdminServiceStub:
     """Pause lets the running wave finish and starts no other; resume goes on."""
     ResumeRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]
     AbortRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]
-    """Abort stops the running wave's ansible process; its hosts are cancelled."""
+    """Abort stops the running wave's ansible process; its hosts are interrupted, those
+    not reached yet cancelled.
+    """
     RetryRollout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]
-    """A new rollout of the same playbook and options to the hosts that failed or
-    were unreachable in a finished one.
+    """A new rollout of the same playbook and options to hosts of a finished one: those
+    that failed, were unreachable or interrupted, and/or those never reached
+    (GetRolloutRequest.retry).
     """
     SetMaintenanceWindows: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetMaintenanceWindowsRequest, _admin_pb2.MaintenanceWindows]
     """A school's maintenance windows: rollouts change its devices only inside them."""
@@ -181,10 +184,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Pause lets the running wave finish and starts no other; resume goes on."""
     ResumeRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
     AbortRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
-    """Abort stops the running wave's ansible process; its hosts are cancelled."""
+    """Abort stops the running wave's ansible process; its hosts are interrupted, those
+    not reached yet cancelled.
+    """
     RetryRollout: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRolloutRequest, _admin_pb2.RolloutInfo]  # type: ignore[assignment]
-    """A new rollout of the same playbook and options to the hosts that failed or
-    were unreachable in a finished one.
+    """A new rollout of the same playbook and options to hosts of a finished one: those
+    that failed, were unreachable or interrupted, and/or those never reached
+    (GetRolloutRequest.retry).
     """
     SetMaintenanceWindows: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetMaintenanceWindowsRequest, _admin_pb2.MaintenanceWindows]  # type: ignore[assignment]
     """A school's maintenance windows: rollouts change its devices only inside them."""
@@ -427,7 +433,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetRolloutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RolloutInfo, _abc.Awaitable[_admin_pb2.RolloutInfo]]:
-        """Abort stops the running wave's ansible process; its hosts are cancelled."""
+        """Abort stops the running wave's ansible process; its hosts are interrupted, those
+        not reached yet cancelled.
+        """
 
     @_abc_1.abstractmethod
     def RetryRollout(
@@ -435,8 +443,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetRolloutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RolloutInfo, _abc.Awaitable[_admin_pb2.RolloutInfo]]:
-        """A new rollout of the same playbook and options to the hosts that failed or
-        were unreachable in a finished one.
+        """A new rollout of the same playbook and options to hosts of a finished one: those
+        that failed, were unreachable or interrupted, and/or those never reached
+        (GetRolloutRequest.retry).
         """
 
     @_abc_1.abstractmethod
