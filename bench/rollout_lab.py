@@ -1,7 +1,7 @@
 """The rollout benchmark's measured runs, on a lab of SSH hosts registered with a
 real controller (bench/rollout.py sets it up).
 
-A measured run applies the benchmark's playbook to every host, one of four ways, and
+A measured run applies the benchmark's playbook to every host, one of seven ways, and
 returns its wall time and the CPU each side used. Every run starts cold: afterwards the
 ssh ControlPersist masters it left are stopped (``ssh -O exit``, by their sockets), so
 the next run opens every connection anew.
@@ -73,6 +73,8 @@ class Variant:
     label: str
     # For the engine: `schoolctl rollout start` options; empty for plain ansible-playbook.
     options: tuple[str, ...] = ()
+    # Ansible's strategy (RunnerSettings.strategy; the controller's rollout_strategy).
+    strategy: str = "linear"
 
     @property
     def engine(self) -> bool:
@@ -81,17 +83,26 @@ class Variant:
 
 PLAIN_DEFAULTS = Variant("plain_defaults", "plain ansible-playbook, Ansible's defaults")
 PLAIN_ENGINE = Variant("plain_engine", "plain ansible-playbook, the engine's settings")
-ONE_WAVE = Variant(
-    "engine_one_wave",
-    "engine, one wave",
-    ("--canary", "100%", "--wave-size", "100%", "--max-fail", "100%"),
+# The agents stop once the hosts are registered: the hosts are offline by then.
+_ONE = ("--canary", "100%", "--wave-size", "100%", "--max-fail", "100%", "--include-offline")
+_TEN = ("--canary", "1", "--wave-size", "10%", "--max-fail", "100%", "--include-offline")
+ONE_WAVE = Variant("engine_one_wave", "engine, one wave", _ONE)
+WAVES = Variant("engine_waves", "engine, in waves", _TEN)
+PLAIN_MITOGEN = Variant(
+    "plain_mitogen", "plain ansible-playbook, the engine's settings, Mitogen", strategy="mitogen"
 )
-WAVES = Variant(
-    "engine_waves",
-    "engine, in waves",
-    ("--canary", "1", "--wave-size", "10%", "--max-fail", "100%"),
+ONE_WAVE_MITOGEN = Variant("engine_one_wave_mitogen", "engine, one wave, Mitogen", _ONE, "mitogen")
+WAVES_MITOGEN = Variant("engine_waves_mitogen", "engine, in waves, Mitogen", _TEN, "mitogen")
+VARIANTS = (
+    PLAIN_DEFAULTS,
+    PLAIN_ENGINE,
+    ONE_WAVE,
+    WAVES,
+    PLAIN_MITOGEN,
+    ONE_WAVE_MITOGEN,
+    WAVES_MITOGEN,
 )
-VARIANTS = (PLAIN_DEFAULTS, PLAIN_ENGINE, ONE_WAVE, WAVES)
+_STRATEGY_ENV = "SCHOOLFLEET_CONTROLLER_ROLLOUT_STRATEGY"
 
 
 @dataclass(slots=True)
@@ -141,8 +152,10 @@ class Lab:
     hosts: list[SshHost]
     controller: Controller
     playbook: Path
+    # Where the controller's Ansible writes its waves (rollout_work_dir).
+    ansible_dir: Path
 
-    def settings(self, control_dir: Path) -> RunnerSettings:
+    def settings(self, control_dir: Path, strategy: str = "linear") -> RunnerSettings:
         """The RunnerSettings the controller builds from its default settings."""
         return RunnerSettings(
             forks=default_forks(),
@@ -150,7 +163,18 @@ class Lab:
             private_key_file=self.hosts[0].key_file,
             known_hosts=self.hosts[0].known_hosts,
             control_path_dir=control_dir,
+            strategy=strategy,
         )
+
+    def use_strategy(self, strategy: str) -> None:
+        """Restarts the controller with ``rollout_strategy`` set so (not timed)."""
+        env = self.controller.env
+        if env.get(_STRATEGY_ENV, "linear") == strategy:
+            return
+        log.info("restarting the controller with rollout_strategy=%s", strategy)
+        self.controller.stop()
+        env[_STRATEGY_ENV] = strategy
+        self.controller.start()
 
 
 def run_variant(lab: Lab, variant: Variant, run: int) -> RunResult:
@@ -185,7 +209,7 @@ def _run_plain(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
             forks = ANSIBLE_DEFAULT_FORKS
         else:
             control_dir.mkdir(mode=0o700)
-            settings = lab.settings(control_dir)
+            settings = lab.settings(control_dir, variant.strategy)
             env |= ansible_env(settings, home / "ansible-home")
             hostvars = {h.name: {"ansible_host": h.address} for h in lab.hosts}
             forks = settings.forks
@@ -254,6 +278,7 @@ def _timed(
 
 
 def _run_engine(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
+    lab.use_strategy(variant.strategy)
     controller = lab.controller
     assert controller.proc is not None
     proc = psutil.Process(controller.proc.pid)
@@ -275,6 +300,9 @@ def _run_engine(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
 
     after = wait_until(ended, _RUN_TIMEOUT, f"rollout {rollout_id} to end", step=0.2)
     seconds = time.monotonic() - begun
+    # The rollout's wave worker ends just after the rollout: its CPU (and its zygote's
+    # and every ansible-playbook's) reaches the controller's children's times then.
+    wait_until(lambda: not _workers(proc), 60, "the rollout's wave worker to end", step=0.05)
     cpu1 = _tree_cpu(proc)
     status = schoolctl(controller.address, "rollout", "status", str(rollout_id), "--json")
     info: dict[str, Any] = status.json() if status.out.strip() else {}
@@ -314,6 +342,21 @@ def _run_engine(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
     )
 
 
+def _workers(proc: psutil.Process) -> list[psutil.Process]:
+    """The controller's wave workers, counting one that has ended but is not reaped yet
+    (a zombie: its CPU reaches the controller's children's times only once reaped)."""
+    found = []
+    for child in proc.children():
+        try:
+            if "controller.wave_worker" in child.cmdline():
+                found.append(child)
+        except psutil.ZombieProcess:
+            found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def _finished(samples: dict[str, float]) -> float:
     return sum(v for k, v in samples.items() if k.startswith(_FINISHED + "{"))
 
@@ -322,9 +365,7 @@ def _engine_control_dirs(lab: Lab, rollout_id: int) -> set[Path]:
     """Where the engine's ssh keeps its masters, as ansible-runner recorded the wave's
     environment (artifacts/run/command)."""
     found = set()
-    for command in (lab.work / "data" / "rollouts" / str(rollout_id)).glob(
-        "wave-*/artifacts/*/command"
-    ):
+    for command in (lab.ansible_dir / str(rollout_id)).glob("wave-*/artifacts/*/command"):
         env = json.loads(command.read_text()).get("env", {})
         if where := env.get("ANSIBLE_SSH_CONTROL_PATH_DIR"):
             found.add(Path(where))

@@ -26,6 +26,7 @@ import psutil
 from ansible_runner.exceptions import AnsibleRunnerException
 
 from common.errors import SettingError
+from controller.ansible_zygote import Launcher
 from controller.playbook_vars import unsafe_vars
 from controller.runner_events import NO_RESULT, WaveTally, first_error_in, one_line
 from inventory.rollouts import HostResult
@@ -42,6 +43,8 @@ STRATEGIES = ("linear", "mitogen")
 # In a wave's folder: ansible-runner's artifacts/<_IDENT>, and the extra vars file.
 _IDENT = "run"
 _EXTRA_VARS = "extra_vars.json"
+# In a wave's folder: the pid of an ansible-playbook forked from a zygote.
+PID_FILE = "ansible.pid"
 
 
 def default_forks() -> int:
@@ -207,6 +210,7 @@ def run_wave(
     job: WaveJob,
     cancelled: Callable[[], bool],
     on_host: Callable[[HostResult], None] | None = None,
+    launcher: Launcher | None = None,
 ) -> WaveRun:
     """Runs ``job`` and returns once ansible-playbook and every process under it are gone.
 
@@ -214,6 +218,7 @@ def run_wave(
     yes (or the wave's timeout passes) the run is stopped. ``on_host`` hears, in this
     thread, each host's result when it is known, and again if the run's end revises it
     (a failure a block's rescue handled). Ansible's own failures become results.
+    With a ``launcher``, ansible-playbook is forked from its zygote.
     """
     listed = job.inventory.get("all", {}).get("hosts", {})
     if missing := [h for h in job.hosts if h not in listed]:
@@ -238,7 +243,7 @@ def run_wave(
 
     log.info("wave=%s playbook=%s hosts=%d starting", job.wave, job.playbook, len(job.hosts))
     started = time.monotonic()
-    status, rc, error = _run_ansible(job, _Stopper(job, cancelled), on_event)
+    status, rc, error = _run_ansible(job, _Stopper(job, cancelled), on_event, launcher)
     artifact_dir = job.work_dir / "artifacts" / _IDENT
     if not tally.finished and not error:
         error = _first_error(artifact_dir / "stdout")
@@ -273,7 +278,9 @@ class _Stopper:
         self._cancelled = cancelled
         self._wave = job.wave
         self._deadline = time.monotonic() + job.settings.timeout
-        self.process = _AnsibleProcess(f"@{(job.work_dir / _EXTRA_VARS).absolute()}")
+        self.process = _AnsibleProcess(
+            f"@{(job.work_dir / _EXTRA_VARS).absolute()}", job.work_dir / PID_FILE
+        )
         self.why = ""  # "canceled" or "timeout" once decided
 
     def __call__(self) -> bool:
@@ -293,10 +300,17 @@ class _Stopper:
 
 
 def _run_ansible(
-    job: WaveJob, stopper: _Stopper, on_event: Callable[[dict[str, Any]], bool]
+    job: WaveJob,
+    stopper: _Stopper,
+    on_event: Callable[[dict[str, Any]], bool],
+    launcher: Launcher | None,
 ) -> tuple[str, int | None, str]:
     """One ansible-runner run of the job: (status, rc, error)."""
-    env = ansible_env(job.settings, job.work_dir / "ansible-home")
+    # One Ansible home for a rollout's waves (the folder above each wave's): a zygote
+    # forks ansible-playbook only for the environment it imported Ansible with.
+    env = ansible_env(job.settings, job.work_dir.parent / "ansible-home")
+    if launcher is not None:
+        env = launcher.env(job.work_dir, env)
     # Files, not arguments: extra vars and host vars may hold secrets, and ps shows argv.
     # Every extra var came from a person: marked unsafe, Ansible never templates it.
     extra = _write_private(job.work_dir / _EXTRA_VARS, unsafe_vars(job.extra_vars))
@@ -316,6 +330,9 @@ def _run_ansible(
             forks=job.settings.forks,
             quiet=True,
             suppress_env_files=True,
+            # Not ansible-runner's per-run jsonfile cache: its folder is a setting Ansible
+            # reads at import; no fact is kept between runs anyway.
+            fact_cache_type="memory",
             event_handler=on_event,
             # No runner timeout: it would stop the run as the runner's cancel does.
             cancel_callback=stopper,
@@ -370,6 +387,9 @@ def stop_orphaned_wave(work_dir: Path) -> int:
             found[proc.pid] = proc
     # Ansible's own workers carry the same arguments: stop each tree from its root.
     roots = [p for p in found.values() if p.info["ppid"] not in found]
+    for pid_file in [work_dir / PID_FILE, *work_dir.parent.glob(f"{work_dir.name}.*/{PID_FILE}")]:
+        if (forked := _forked(pid_file)) is not None:
+            roots.insert(0, forked)
     for root in roots:
         _stop_tree(root)
     return len(roots)
@@ -377,10 +397,12 @@ def stop_orphaned_wave(work_dir: Path) -> int:
 
 class _AnsibleProcess:
     """A wave's ansible-playbook, found among this process's children by an argument
-    only it has, and stopped with every process under it."""
+    only it has (or, forked from a zygote, by the pid it wrote in ``pid_file``), and
+    stopped with every process under it."""
 
-    def __init__(self, marker: str) -> None:
+    def __init__(self, marker: str, pid_file: Path) -> None:
         self._marker = marker
+        self._pid_file = pid_file
         self._stopped = False
 
     def stop(self) -> None:
@@ -390,8 +412,22 @@ class _AnsibleProcess:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 if self._marker in child.cmdline():
                     self._stopped = True
+                    # The forked one first: the launcher waits for it.
+                    if (forked := _forked(self._pid_file)) is not None:
+                        _stop_tree(forked)
                     _stop_tree(child)
                     return
+
+
+def _forked(pid_file: Path) -> psutil.Process | None:
+    """The ansible-playbook a zygote forked for a wave, while it runs as this user."""
+    try:
+        proc = psutil.Process(int(pid_file.read_text()))
+        if proc.uids().real == os.getuid() and proc.create_time() <= pid_file.stat().st_mtime + 1:
+            return proc
+    except (OSError, ValueError, psutil.Error):
+        pass
+    return None
 
 
 def _stop_tree(root: psutil.Process) -> None:

@@ -205,6 +205,7 @@ def _rollouts(
         control_path_dir=control_dir,
         timeout=settings.rollout_wave_timeout,
         os_user=settings.rollout_os_user,
+        strategy=settings.rollout_strategy,
     )
     engine = RolloutEngine(
         store,

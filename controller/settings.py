@@ -108,6 +108,9 @@ class ControllerSettings:
     rollout_work_dir: Path = Path()
     # Hosts Ansible changes at once; 0: sized to this machine's cores.
     rollout_forks: int = 0
+    # Ansible's strategy: "linear" (Ansible's own) or "mitogen" (Mitogen for Ansible,
+    # the mitogen package; docs/benchmarks.md has what it gains and where it fails).
+    rollout_strategy: str = "linear"
     # A wave still running after this many seconds is stopped; its hosts fail.
     rollout_wave_timeout: float = 3600.0
     # How long a batch of `forks` hosts is expected to take before a wave has been
@@ -161,6 +164,11 @@ class ControllerSettings:
             )
         _check_zone(self.timezone)
         self._check_ranges()
+        if self.rollout_strategy not in ("linear", "mitogen"):
+            raise SettingError(
+                f"'rollout_strategy' must be linear or mitogen, got {self.rollout_strategy!r}",
+                "rollout_strategy",
+            )
         if (
             self.rollout_os_user
             and self.rollout_work_dir != Path()

@@ -36,13 +36,15 @@ import shutil
 import signal
 import stat
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from controller.ansible_zygote import Launcher, start_zygote
 from controller.rollout_runner import (
     WaveJob,
     WaveRun,
@@ -139,7 +141,9 @@ class _Inbox:
             log.error("a line from the controller is not a job or a cancel: %s", exc)
 
 
-def _run(message: dict[str, Any], cancelled: Callable[[], bool]) -> WaveRun:
+def _run(
+    message: dict[str, Any], cancelled: Callable[[], bool], launcher: Launcher | None
+) -> WaveRun:
     started = time.monotonic()
     try:
         job, ssh = job_from(message["job"]), message["ssh"]
@@ -150,7 +154,10 @@ def _run(message: dict[str, Any], cancelled: Callable[[], bool]) -> WaveRun:
     while job.work_dir.exists():
         attempt += 1
         job = replace(job, work_dir=folder.with_name(f"{folder.name}.{attempt}"))
-    ssh_dir = job.work_dir.with_name(job.work_dir.name + ".ssh")
+    # The same paths for every wave of the rollout: they are in Ansible's environment,
+    # which the zygote's forks share (controller/ansible_zygote.py).
+    ssh_dir = job.work_dir.parent / "ssh"
+    shutil.rmtree(ssh_dir, ignore_errors=True)
     try:
         _own_dir(job.settings.control_path_dir)
         job = _with_ssh_files(job, ssh, ssh_dir)
@@ -158,7 +165,7 @@ def _run(message: dict[str, Any], cancelled: Callable[[], bool]) -> WaveRun:
         shutil.rmtree(ssh_dir, ignore_errors=True)
         return failed_run(job, cancelled(), started, f"the wave cannot start: {exc}")
     try:
-        return run_wave(job, cancelled)
+        return run_wave(job, cancelled, launcher=launcher)
     finally:
         shutil.rmtree(ssh_dir, ignore_errors=True)
 
@@ -168,7 +175,32 @@ def serve(idle: float) -> None:
     without one."""
     inbox = _Inbox()
     signal.signal(signal.SIGTERM, lambda *_: inbox.close())
-    inbox.start()
+    with _zygote() as launcher:
+        inbox.start()
+        _serve(inbox, idle, launcher)
+
+
+@contextlib.contextmanager
+def _zygote() -> Iterator[Launcher | None]:
+    """The zygote for this worker's waves (forked now, before any thread), stopped at
+    the end; None if it cannot start (each wave then starts Ansible afresh)."""
+    folder = Path(tempfile.mkdtemp(prefix="sf-zy-", dir="/tmp"))
+    launcher = None
+    try:
+        try:
+            launcher = start_zygote(folder)
+        except OSError as exc:
+            log.warning("no zygote: every wave starts Ansible afresh: %s", exc)
+        yield launcher
+    finally:
+        if launcher is not None:
+            with contextlib.suppress(OSError):
+                os.kill(launcher.pid, signal.SIGTERM)
+                os.waitpid(launcher.pid, 0)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _serve(inbox: _Inbox, idle: float, launcher: Launcher | None) -> None:
     while not inbox.closed:
         try:
             message = inbox.jobs.get(timeout=idle)
@@ -179,7 +211,7 @@ def serve(idle: float) -> None:
             return
         job_id = message["id"]
         try:
-            run = _run(message, inbox.cancelled(job_id))
+            run = _run(message, inbox.cancelled(job_id), launcher)
         except ValueError as exc:
             # Our own bug: ending says so to the controller, which fails the wave.
             log.error("%s", exc)

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -133,8 +133,14 @@ def _wait_sleeping(hosts: list[SshHost]) -> None:
         time.sleep(0.1)
 
 
+def _stdout(lab: Lab, n: int) -> str:
+    return (lab.waves / f"wave-{n}" / "artifacts" / "run" / "stdout").read_text()
+
+
 def _ansible_of(pid: int) -> list[psutil.Process]:
-    return psutil.Process(pid).children(recursive=True)
+    """What runs under the worker but its zygote (a fork of the worker, kept)."""
+    worker = psutil.Process(pid)
+    return [p for p in worker.children(recursive=True) if p.cmdline() != worker.cmdline()]
 
 
 def test_one_worker_runs_a_rollouts_waves_one_after_another(lab: Lab) -> None:
@@ -150,6 +156,10 @@ def test_one_worker_runs_a_rollouts_waves_one_after_another(lab: Lab) -> None:
             assert {r.wave for r in run.results.values()} == {n}
         for host in lab.hosts:
             assert host.read_file("/etc/schoolfleet/marker") == f"r2-{host.name}\n"
+        # Both forked from the worker's zygote, which had imported Ansible once.
+        for n in (1, 2):
+            assert (lab.waves / f"wave-{n}" / "ansible.pid").exists()
+            assert "started afresh" not in _stdout(lab, n)
         # Each wave's log lines went to that wave's log.
         assert "wave=1 " in (lab.logs / "w1.log").read_text()
         assert "wave=2 " in (lab.logs / "w2.log").read_text()
@@ -224,3 +234,19 @@ def test_an_idle_worker_ends_and_the_next_wave_starts_another(lab: Lab) -> None:
         again = worker.run(lab.job(2, "marker.yml", "r2"), threading.Event(), lab.logs / "w2.log")
         assert worker.pid not in (None, pid)
         assert {r.outcome for r in again.results.values()} == {HostOutcome.CHANGED}
+
+
+def test_a_wave_ansible_must_see_otherwise_starts_ansible_afresh(lab: Lab) -> None:
+    with _worker() as worker:
+        worker.run(lab.job(1, "marker.yml", "r1"), threading.Event(), lab.logs / "w1.log")
+        # Other settings: Ansible reads them at import, so the zygote's fork would not do.
+        other = replace(lab.job(2, "marker.yml", "r2"), settings=replace(lab.settings, forks=3))
+        run = worker.run(other, threading.Event(), lab.logs / "w2.log")
+        assert {r.outcome for r in run.results.values()} == {HostOutcome.CHANGED}
+        assert not (lab.waves / "wave-2" / "ansible.pid").exists()
+        assert (
+            "ansible-playbook started afresh: its environment differs in ANSIBLE_FORKS"
+            in _stdout(lab, 2)
+        )
+        for host in lab.hosts:
+            assert host.read_file("/etc/schoolfleet/marker") == f"r2-{host.name}\n"
