@@ -79,19 +79,21 @@ def test_every_list_shows_nothing_of_another_school(city: City) -> None:
 _ID_FIELDS = ("device_id", "token_id", "rollout_id", "server_id")
 
 
+def _id_fields(method: str) -> list[str]:
+    """The id fields of a method's request, in the order the message declares them: the
+    first names what the call is about, a later one something inside it (a rollout's host)."""
+    fields = SERVICE.methods_by_name[method].input_type.fields
+    return [f.name for f in fields if f.name in _ID_FIELDS]
+
+
 def _id_methods() -> list[tuple[str, str]]:
-    found = []
-    for method in admin_methods():
-        fields = method.input_type.fields_by_name
-        for name in _ID_FIELDS:
-            if name in fields:
-                found.append((method.name, name))
-    return found
+    return [(m.name, ids[0]) for m in admin_methods() if (ids := _id_fields(m.name))]
 
 
-def _request(method: str, field: str, value: str) -> Message:
+def _request(method: str, field: str, value: str, **others: str) -> Message:
     request = request_of(SERVICE.methods_by_name[method])
-    setattr(request, field, int(value) if field == "rollout_id" else value)
+    for name, text in {field: value, **others}.items():
+        setattr(request, name, int(text) if name == "rollout_id" else text)
     return request
 
 
@@ -129,6 +131,19 @@ def test_another_schools_id_answers_like_an_unknown_one(city: City) -> None:
         # Central ops get a plain NOT_FOUND for an id that does not exist.
         ops = city.call(method, _request(method, field, unknown[field]), city.ops)
         assert ops.code == NOT_FOUND and "your schools" not in ops.details, (method, ops)
+    # An id inside what the user may see (a host of their own rollout): another
+    # school's device answers like one that does not exist.
+    for method in {m for m, _ in methods}:
+        outer, *inner = _id_fields(method)
+        for field in inner:
+            mine_id = {outer: city.ours[kinds[outer]]}
+            foreign = city.call(
+                method, _request(method, field, city.theirs[kinds[field]], **mine_id)
+            )
+            absent = city.call(method, _request(method, field, unknown[field], **mine_id))
+            # (Calls that share the request but ignore the field answer alike too.)
+            assert foreign.code == absent.code != grpc.StatusCode.OK, (method, foreign, absent)
+            assert foreign.shape(city.theirs[kinds[field]]) == absent.shape(unknown[field])
     # The user's own view of the audit does not give the other school away either.
     audit = city.call("ListAudit", admin_pb2.ListAuditRequest(actor="it-a", limit=1000))
     assert audit.response is not None

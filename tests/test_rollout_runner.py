@@ -535,7 +535,8 @@ def test_a_cancelled_wave_stops_ansible_and_its_ssh(tmp_path: Path, control_dir:
         assert not worker.is_alive()
         (run,) = runs
         assert run.status == "canceled"
-        assert {r.outcome for r in run.results.values()} == {HostOutcome.CANCELLED}
+        # Both were in the middle of the sleep: stopped mid-task, maybe half-changed.
+        assert {r.outcome for r in run.results.values()} == {HostOutcome.INTERRUPTED}
         assert returned < 2.5, f"run_wave took {returned:.1f}s to return after the cancel"
         assert time.monotonic() - started < 10
         # ansible-playbook, its workers and their ssh: gone by the time run_wave returned.
