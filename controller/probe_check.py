@@ -172,6 +172,12 @@ class Checker:
             if stopped:
                 raise ProbeStopped(target.target_id)
             up, reason, facts, seen = self._ssh(sock, target)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            # A connection cut mid-way (by the target, or by stop()) can surface from
+            # any step of the session, not only the handshake.
+            if self._stopped:
+                raise ProbeStopped(target.target_id) from None
+            up, reason, facts, seen = False, f"SSH session failed: {_describe(exc)}", {}, None
         finally:
             with self._live_lock:
                 self._live.discard(sock)
