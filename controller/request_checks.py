@@ -18,15 +18,11 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.errors import MessageTooLarge, ProtocolError
+from controller.field_ranges import INT64_MAX, time_problem
 from protos.schoolfleet.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 ADMIN_PREFIX = "/schoolfleet.v1.AdminService/"
-
-# SQLite keeps signed 64-bit integers: a larger uint64 would fail the writer's batch.
-_INT64_MAX = 2**63 - 1
-# A Timestamp is a time in the years 1 to 9999; the admin API cannot send back others.
-_TIME_MIN, _TIME_MAX = -62_135_596_800, 253_402_300_799
 
 
 def decode(data: bytes, max_bytes: int) -> agent_pb2.AgentMessage:
@@ -41,14 +37,14 @@ def decode(data: bytes, max_bytes: int) -> agent_pb2.AgentMessage:
 
 def _check_ranges(message: agent_pb2.AgentMessage) -> None:
     """Refuses integers the store cannot hold and Timestamps that are no time at all."""
-    if message.seq > _INT64_MAX:
+    if message.seq > INT64_MAX:
         raise ProtocolError(f"AgentMessage.seq {message.seq} is out of range")
     body = message.WhichOneof("body")
     if body == "hello":
         _check_time(message.hello.os.boot_time, "Hello.os.boot_time")
     elif body == "heartbeat":
         _check_time(message.heartbeat.health.collected_at, "Health.collected_at")
-        if message.heartbeat.spool.dropped > _INT64_MAX:
+        if message.heartbeat.spool.dropped > INT64_MAX:
             raise ProtocolError(
                 f"SpoolStats.dropped {message.heartbeat.spool.dropped} is out of range"
             )
@@ -57,8 +53,11 @@ def _check_ranges(message: agent_pb2.AgentMessage) -> None:
 
 
 def _check_time(ts: Timestamp, field: str) -> None:
-    if not (_TIME_MIN <= ts.seconds <= _TIME_MAX and 0 <= ts.nanos < 1_000_000_000):
-        raise ProtocolError(f"{field} ({ts.seconds}s, {ts.nanos}ns) is not a valid time")
+    # SQLite keeps signed 64-bit integers and the admin API can send back only times
+    # of the years 1 to 9999: the same limits as the admin requests' (field_ranges).
+    why = time_problem(ts.seconds, ts.nanos, field)
+    if why is not None:
+        raise ProtocolError(why)
 
 
 class _Refused:
