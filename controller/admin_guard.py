@@ -14,7 +14,6 @@ import asyncio
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,12 +63,10 @@ def not_found(message: str) -> Refused:
     return Refused(grpc.StatusCode.NOT_FOUND, message, Outcome.FAILED)
 
 
-def internal_error(what: str) -> Refused:
+def internal_error(what: str, peer: str = "") -> Refused:
     """For an exception nobody expected, inside an ``except``: logs it with a reference
     the answer gives, so that an operator can find it."""
-    ref = uuid.uuid4().hex[:12]
-    log.exception("unexpected error in %s ref=%s", what, ref)
-    return Refused(grpc.StatusCode.INTERNAL, internal_errors.answer(ref), Outcome.FAILED)
+    return Refused(grpc.StatusCode.INTERNAL, internal_errors.logged(what, peer), Outcome.FAILED)
 
 
 @dataclass
@@ -245,7 +242,7 @@ def guarded(
             except Exception:
                 # Our bug, not the caller's: logged once with its traceback, answered
                 # without internals, and audited like any other outcome.
-                refused = internal_error(action)
+                refused = internal_error(action, call.peer)
             else:
                 if audited:
                     await guard.audit(call, Outcome.OK, call.done)

@@ -25,10 +25,16 @@ def answer(ref: str) -> str:
     return f"internal error (ref {ref}): the controller's log has the details"
 
 
-async def _internal(context: Context, method: str) -> None:
+def logged(what: str, peer: str) -> str:
+    """Inside an ``except``: logs the exception with its traceback under a new
+    reference, and returns what the caller is told (``answer``)."""
     ref = uuid.uuid4().hex[:12]
-    log.exception("unexpected error in %s peer=%s ref=%s", method, context.peer(), ref)
-    await context.abort(grpc.StatusCode.INTERNAL, answer(ref))
+    log.exception("unexpected error in %s peer=%s ref=%s", what, peer, ref)
+    return answer(ref)
+
+
+async def _internal(context: Context, method: str) -> None:
+    await context.abort(grpc.StatusCode.INTERNAL, logged(method, context.peer()))
 
 
 def _unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
