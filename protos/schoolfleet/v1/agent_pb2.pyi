@@ -295,6 +295,7 @@ class AgentMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     COMMAND_RESULT_FIELD_NUMBER: _builtins.int
     LESSON_EVENT_FIELD_NUMBER: _builtins.int
+    RENEW_REQUEST_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Per-device, strictly increasing across streams and agent restarts (the agent
     resumes after Welcome.last_stored_seq). Hello carries 0.
@@ -307,6 +308,10 @@ class AgentMessage(_message.Message):
     def command_result(self) -> Global___CommandResult: ...
     @_builtins.property
     def lesson_event(self) -> Global___LessonEvent: ...
+    @_builtins.property
+    def renew_request(self) -> Global___RenewRequest:
+        """Not spooled and not sequenced (seq 0): asked again on a later stream if lost."""
+
     def __init__(
         self,
         *,
@@ -315,16 +320,43 @@ class AgentMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         command_result: Global___CommandResult | None = ...,
         lesson_event: Global___LessonEvent | None = ...,
+        renew_request: Global___RenewRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_result", b"command_result", "heartbeat", b"heartbeat", "hello", b"hello", "lesson_event", b"lesson_event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_result", b"command_result", "heartbeat", b"heartbeat", "hello", b"hello", "lesson_event", b"lesson_event", "renew_request", b"renew_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_result", b"command_result", "heartbeat", b"heartbeat", "hello", b"hello", "lesson_event", b"lesson_event", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_result", b"command_result", "heartbeat", b"heartbeat", "hello", b"hello", "lesson_event", b"lesson_event", "renew_request", b"renew_request", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "command_result", "lesson_event"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "command_result", "lesson_event", "renew_request"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class RenewRequest(_message.Message):
+    """The device asks for a new certificate for a key it made itself (the private key
+    never leaves it). The certificate names the device and school of the stream's own
+    client certificate: the request must name this device (CN) or nothing, and carry
+    no extensions but a subject alternative name equal to the device's URI. At most
+    one per stream; the answer is RenewResponse.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    csr_pem: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        csr_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewRequest: _TypeAlias = RenewRequest  # noqa: Y015
 
 @_typing.final
 class LessonEvent(_message.Message):
@@ -661,25 +693,95 @@ class ControllerMessage(_message.Message):
     WELCOME_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_STATUS_FIELD_NUMBER: _builtins.int
+    RENEW_RESPONSE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
     def command(self) -> Global___Command: ...
     @_builtins.property
     def ack(self) -> Global___Ack: ...
+    @_builtins.property
+    def certificate_status(self) -> Global___CertificateStatus: ...
+    @_builtins.property
+    def renew_response(self) -> Global___RenewResponse: ...
     def __init__(
         self,
         *,
         welcome: Global___Welcome | None = ...,
         command: Global___Command | None = ...,
         ack: Global___Ack | None = ...,
+        certificate_status: Global___CertificateStatus | None = ...,
+        renew_response: Global___RenewResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "command", b"command", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "certificate_status", b"certificate_status", "command", b"command", "renew_response", b"renew_response", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "command", b"command", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "certificate_status", b"certificate_status", "command", b"command", "renew_response", b"renew_response", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "command", "ack"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "command", "ack", "certificate_status", "renew_response"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___ControllerMessage: _TypeAlias = ControllerMessage  # noqa: Y015
+
+@_typing.final
+class CertificateStatus(_message.Message):
+    """Sent to agents with the "renew" capability after Welcome, and again when the
+    controller's CAs change: whom to trust and when to renew.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CA_BUNDLE_PEM_FIELD_NUMBER: _builtins.int
+    RENEW_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    ca_bundle_pem: _builtins.bytes
+    """Every CA the controller trusts, PEM, concatenated: the agent's ca.crt becomes
+    this, so a new CA is trusted before the controller's certificate is signed by it.
+    """
+    renew_in_seconds: _builtins.float
+    """Seconds from now until the device should ask for a new certificate (0: now):
+    two thirds into its certificate's lifetime, sooner while the fleet moves to a
+    new CA.
+    """
+    def __init__(
+        self,
+        *,
+        ca_bundle_pem: _builtins.bytes = ...,
+        renew_in_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_bundle_pem", b"ca_bundle_pem", "renew_in_seconds", b"renew_in_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CertificateStatus: _TypeAlias = CertificateStatus  # noqa: Y015
+
+@_typing.final
+class RenewResponse(_message.Message):
+    """The answer to RenewRequest: a certificate, or why not."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    CA_BUNDLE_PEM_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    certificate_pem: _builtins.bytes
+    ca_bundle_pem: _builtins.bytes
+    """As CertificateStatus.ca_bundle_pem."""
+    refused: _builtins.str
+    """Set when refused, for the device's log; the stream stays up."""
+    def __init__(
+        self,
+        *,
+        certificate_pem: _builtins.bytes = ...,
+        ca_bundle_pem: _builtins.bytes = ...,
+        refused: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_bundle_pem", b"ca_bundle_pem", "certificate_pem", b"certificate_pem", "refused", b"refused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewResponse: _TypeAlias = RenewResponse  # noqa: Y015
