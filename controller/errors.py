@@ -12,6 +12,8 @@ SchoolFleetError (common.errors)
 ├── RolloutRefused      a rollout's playbook cannot be used: a name that is not a
 │                       file of the playbook folder, a missing file, not YAML, not
 │                       a list of plays, or ansible-playbook's syntax check fails
+├── BackupError         a backup cannot be taken or restored: the message names the
+│                       file, or what in the archive does not match its manifest
 ├── UplinkUnavailable   a school's uplink cannot be checked now: no online device
 │                       of it can measure, or a check of it is running elsewhere
 └── ProtocolError       a device broke the stream's rules; the stream is closed
@@ -24,6 +26,7 @@ from __future__ import annotations
 from common.errors import ConfigError, SchoolFleetError
 
 __all__ = [
+    "BackupError",
     "ConfigError",
     "EnrollRefused",
     "MessageTooLarge",
@@ -55,6 +58,10 @@ class EnrollRefused(SchoolFleetError):
 
 class RolloutRefused(SchoolFleetError):
     """A rollout cannot start as asked; the message is one line naming the playbook."""
+
+
+class BackupError(SchoolFleetError):
+    """A backup or restore was refused or failed; nothing was left half-done."""
 
 
 class UplinkUnavailable(SchoolFleetError):

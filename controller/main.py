@@ -80,6 +80,7 @@ def serve(
             },
         )
         setup_logging(settings.log_level)
+        _hold_data_dir(settings)
         asyncio.run(controller_serve(settings))
     except SchoolFleetError as exc:
         print(f"schoolfleet-controller: {exc}", file=sys.stderr)
@@ -186,6 +187,109 @@ def _created_text(created: dict[str, Any]) -> str:
     if created["replaced"]:
         lines.append("Every device enrolled with the old CA must enroll again.")
     return "\n".join(lines)
+
+
+def _hold_data_dir(settings: controller_settings.ControllerSettings) -> None:
+    """One controller per data folder, held until this process ends (restore checks it)."""
+    from controller import data_lock
+    from controller.errors import ConfigError
+    from controller.private_files import private_dir
+
+    try:
+        private_dir(settings.data_dir)
+    except OSError as exc:
+        raise ConfigError(f"data_dir {settings.data_dir}: {exc.strerror}") from None
+    data_lock.hold(settings.data_dir)
+
+
+@app.command()
+def backup(
+    to: Annotated[
+        Path,
+        typer.Option(
+            "--to", metavar="FILE", help="The archive to write (0600; never overwritten)."
+        ),
+    ],
+    config: Annotated[
+        Path, typer.Option(help="The controller's TOML settings (its database and data_dir).")
+    ] = controller_settings.DEFAULT_CONFIG,
+    database: Annotated[str | None, typer.Option(help="Store URL; overrides the config.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Data folder; overrides the config.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the manifest as JSON.")
+    ] = False,
+) -> None:
+    """Write a consistent copy of the store, the CA (with its key) and the SSH files to
+    FILE, while the controller runs."""
+    import time
+
+    from controller.backup import take_backup
+    from controller.store import sqlite_path
+
+    try:
+        settings = controller_settings.load(config, {"database": database, "data_dir": data_dir})
+        manifest = take_backup(sqlite_path(settings.database), settings.data_dir, to, time.time())
+    except SchoolFleetError as exc:
+        print(f"schoolfleet-controller: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        print(f"schoolfleet-controller: {exc.filename or to}: {exc.strerror}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if json_output:
+        print(manifest.to_json().decode())
+    else:
+        size = to.stat().st_size
+        print(
+            f"backup written to {to} ({size} bytes, {len(manifest.members)} files, "
+            f"store schema {manifest.schema_version}); it holds the CA's key: keep it as safe"
+        )
+
+
+@app.command()
+def restore(
+    from_: Annotated[
+        Path, typer.Option("--from", metavar="FILE", help="An archive made by `backup`.")
+    ],
+    config: Annotated[
+        Path, typer.Option(help="The controller's TOML settings (its database and data_dir).")
+    ] = controller_settings.DEFAULT_CONFIG,
+    database: Annotated[str | None, typer.Option(help="Store URL; overrides the config.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Data folder; overrides the config.")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace what the data folder holds (kept aside in it)."),
+    ] = False,
+) -> None:
+    """Bring a backup back into a stopped controller's data folder (all of it or nothing)."""
+    import time
+
+    from controller.restore import restore_backup
+    from controller.store import sqlite_path
+
+    try:
+        settings = controller_settings.load(config, {"database": database, "data_dir": data_dir})
+        done = restore_backup(
+            from_, sqlite_path(settings.database), settings.data_dir, force=force, now=time.time()
+        )
+    except SchoolFleetError as exc:
+        print(f"schoolfleet-controller: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        print(f"schoolfleet-controller: {exc.filename or from_}: {exc.strerror}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    import datetime as dt
+
+    taken = dt.datetime.fromtimestamp(done.manifest.taken_at, dt.UTC)
+    print(
+        f"restored the backup taken {taken:%Y-%m-%d %H:%M:%S} UTC into {settings.data_dir}"
+        f" (store schema {done.manifest.schema_version})"
+    )
+    if done.replaced_to is not None:
+        print(f"what was there before is kept in {done.replaced_to}")
 
 
 @users_app.command("create")

@@ -1,0 +1,47 @@
+"""One controller per data folder: ``serve`` holds a lock on DATA_DIR/controller.lock.
+
+``restore`` must never write under a running controller, and two controllers on one
+store would each believe its sessions are the truth. An advisory ``flock`` is released
+by the kernel when the process ends, however it ends, so a ``kill -9`` leaves no stale
+lock for an operator to clean up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from controller.errors import ConfigError
+
+LOCK_NAME = "controller.lock"
+
+
+def hold(data_dir: Path) -> int:
+    """Takes the data folder's lock for the life of this process; returns its fd (kept
+    open on purpose). A second controller on the same folder is refused in one line."""
+    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"data_dir {data_dir}: another controller is running on it (lock {LOCK_NAME})"
+        ) from None
+    return fd
+
+
+def is_held(data_dir: Path) -> bool:
+    """Whether a running controller holds ``data_dir``'s lock now."""
+    try:
+        fd = os.open(data_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        # Closing drops the lock if this process took it.
+        os.close(fd)
+    return False
