@@ -371,6 +371,22 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE rollout_hosts ADD COLUMN stderr TEXT NOT NULL DEFAULT '';
     ALTER TABLE rollout_hosts ADD COLUMN detail TEXT NOT NULL DEFAULT '';
     """,
+    # 12: device certificates renewed over the stream: which CA signed each device's
+    #     certificate in use and when, and a renewed certificate the device has not
+    #     connected with yet (enrollments.serial stays the one in use until it does).
+    #     A device without a row has the certificate its enrollment gave, from the CA
+    #     of that time.
+    """
+    CREATE TABLE device_certs (
+        device_id      TEXT PRIMARY KEY,
+        ca_id          TEXT NOT NULL,
+        issued_at      REAL NOT NULL,
+        next_serial    TEXT,
+        next_not_after REAL,
+        next_ca_id     TEXT,
+        next_issued_at REAL
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

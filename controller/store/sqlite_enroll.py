@@ -6,6 +6,7 @@ import sqlite3
 
 from controller import enrollment as refusals
 from controller.errors import EnrollRefused, StoreError
+from controller.store.certs_protocol import CertState, Renewed
 from controller.store.protocol import DeviceMove
 from controller.store.rollouts_protocol import HostsClaimed
 from controller.store.sqlite_base import SqliteBase
@@ -24,8 +25,98 @@ def _token(r: sqlite3.Row) -> EnrollToken:
     )
 
 
+_CERT_STATE = """
+    SELECT e.device_id, e.school_id, e.serial, e.not_after, e.revoked_at,
+           COALESCE(c.issued_at, e.enrolled_at) AS issued_at, COALESCE(c.ca_id, '') AS ca_id,
+           c.next_serial
+    FROM enrollments e LEFT JOIN device_certs c ON c.device_id = e.device_id
+"""
+
+
+def _cert_state(r: sqlite3.Row) -> CertState:
+    return CertState(
+        device_id=r["device_id"],
+        school_id=r["school_id"],
+        serial=r["serial"],
+        not_after=r["not_after"],
+        issued_at=r["issued_at"],
+        ca_id=r["ca_id"],
+        next_serial=r["next_serial"],
+        revoked=r["revoked_at"] is not None,
+    )
+
+
 class EnrollTables(SqliteBase):
-    """An EnrollTokenStore: tokens kept as hashes, and each device's certificate."""
+    """An EnrollTokenStore and a CertStore: tokens kept as hashes, and each device's
+    certificate with its renewals."""
+
+    def cert_state(self, device_id: str) -> CertState | None:
+        rows = self._read(f"{_CERT_STATE} WHERE e.device_id = :id", {"id": device_id})
+        return _cert_state(rows[0]) if rows else None
+
+    def cert_states(self) -> list[CertState]:
+        return [_cert_state(r) for r in self._read(f"{_CERT_STATE} ORDER BY e.device_id", {})]
+
+    def record_issued(self, device_id: str, ca_id: str, issued_at: float) -> None:
+        self._write(
+            """
+            INSERT INTO device_certs (device_id, ca_id, issued_at) VALUES (?, ?, ?)
+            ON CONFLICT (device_id) DO UPDATE SET ca_id = excluded.ca_id,
+                issued_at = excluded.issued_at, next_serial = NULL, next_not_after = NULL,
+                next_ca_id = NULL, next_issued_at = NULL
+            """,
+            (device_id, ca_id, issued_at),
+        )
+
+    def add_renewal(self, device_id: str, current_serial: str, renewed: Renewed) -> bool:
+        r = renewed
+        with self._transaction() as db:
+            current = db.execute(
+                "SELECT enrolled_at FROM enrollments WHERE device_id = ? AND serial = ? "
+                "AND revoked_at IS NULL",
+                (device_id, current_serial),
+            ).fetchone()
+            if current is None:
+                return False
+            # A device without a row keeps its enrollment's CA, unknown here ("").
+            db.execute(
+                """
+                INSERT INTO device_certs (device_id, ca_id, issued_at) VALUES (?, '', ?)
+                ON CONFLICT (device_id) DO NOTHING
+                """,
+                (device_id, current[0]),
+            )
+            db.execute(
+                """
+                UPDATE device_certs SET next_serial = ?, next_not_after = ?, next_ca_id = ?,
+                    next_issued_at = ? WHERE device_id = ?
+                """,
+                (r.serial, r.not_after, r.ca_id, r.issued_at, device_id),
+            )
+        return True
+
+    def confirm_renewal(self, device_id: str, serial: str) -> bool:
+        with self._transaction() as db:
+            renewed = db.execute(
+                "SELECT next_not_after, next_ca_id, next_issued_at FROM device_certs "
+                "WHERE device_id = ? AND next_serial = ?",
+                (device_id, serial),
+            ).fetchone()
+            if renewed is None:
+                return False
+            db.execute(
+                "UPDATE enrollments SET serial = ?, not_after = ? WHERE device_id = ?",
+                (serial, renewed[0], device_id),
+            )
+            db.execute(
+                """
+                UPDATE device_certs SET ca_id = ?, issued_at = ?, next_serial = NULL,
+                    next_not_after = NULL, next_ca_id = NULL, next_issued_at = NULL
+                WHERE device_id = ?
+                """,
+                (renewed[1], renewed[2], device_id),
+            )
+        return True
 
     def add_enroll_token(self, token: EnrollToken, token_hash: bytes) -> None:
         self._write(

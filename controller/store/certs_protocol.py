@@ -1,0 +1,58 @@
+"""What certificate renewal and CA rotation read and write of the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class CertState:
+    """A device's certificate as the store knows it: the one in use, and a renewed one
+    the device has not connected with yet."""
+
+    device_id: str
+    school_id: str
+    # Hex; the certificate in use (enrollments.serial).
+    serial: str
+    not_after: float
+    # When the certificate in use was signed, and by which CA (ca_rotation.ca_id);
+    # "" for certificates signed before the controller kept track.
+    issued_at: float
+    ca_id: str
+    next_serial: str | None = None
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Renewed:
+    """A certificate signed for a renewal, waiting for the device to use it."""
+
+    serial: str
+    not_after: float
+    issued_at: float
+    ca_id: str
+
+
+class CertStore(Protocol):
+    """Device certificates beyond their enrollment: renewals and their CAs."""
+
+    def cert_state(self, device_id: str) -> CertState | None: ...
+
+    def cert_states(self) -> list[CertState]:
+        """Every enrolled device's, decommissioned ones included (``revoked``)."""
+        ...
+
+    def record_issued(self, device_id: str, ca_id: str, issued_at: float) -> None:
+        """An enrollment's certificate was signed by ``ca_id``; any renewal is forgotten."""
+        ...
+
+    def add_renewal(self, device_id: str, current_serial: str, renewed: Renewed) -> bool:
+        """Keeps ``renewed`` as the device's next certificate, if ``current_serial`` is
+        still its certificate in use and it is not decommissioned; says whether it did."""
+        ...
+
+    def confirm_renewal(self, device_id: str, serial: str) -> bool:
+        """The device connected with its renewed certificate ``serial``: it becomes the
+        one in use and the old one is no longer accepted. Whether it was the next one."""
+        ...
