@@ -29,9 +29,9 @@ from controller import data_lock
 from controller.backup import DATABASE, MANIFEST, Manifest, Member, check_store, parse_manifest
 from controller.errors import BackupError
 from controller.private_files import private_dir
+from controller.restored import RESTORED_MARK
 from controller.store.migrations import LATEST
 
-RESTORED_MARK = "restored.json"
 # A bound on what one member may be: the store of a city's fleet is far below it,
 # and a hostile archive cannot fill the disk through a restore.
 _MAX_MEMBER = 64 << 30

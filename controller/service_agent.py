@@ -30,6 +30,7 @@ from controller.ingest import MessageWriter
 from controller.lesson_convert import lesson_event_from_pb
 from controller.metrics import ControllerMetrics
 from controller.request_checks import decode
+from controller.restored import adopt, presented, read_mark
 from controller.service_convert import health_from_pb, identity_from_hello, report_from_pb
 from controller.service_uplink import uplink_answer
 from controller.sessions import Closing, Session, SessionRegistry
@@ -79,6 +80,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         # Where answers to MeasureUplink go (the uplink checks), beside the store.
         self.on_uplink_answer: Callable[[UplinkAnswer], None] = lambda answer: None
         self._acks = AckCoalescer(settings.ack_interval)
+        # Set in a data folder a backup was restored into (controller/restored.py).
+        self._restore_mark = read_mark(settings.data_dir)
 
     def ack(self, highest: dict[str, int]) -> None:
         """Tells devices how far their heartbeats are stored (called after each batch)."""
@@ -233,6 +236,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         refusal = stream_refusal(device_id, cert_school, serial, enrolled)
         if refusal is None:
             return
+        if serial is not None and await self._adopted(identity, context):
+            return
         self._metrics.streams_closed.labels(refusal.reason).inc()
         log.warning(
             "stream refused device=%s school=%s peer=%s reason=%s serial=%s current=%s",
@@ -244,6 +249,23 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             (enrolled.serial or "-") if enrolled else "-",
         )
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal.message)
+
+    async def _adopted(
+        self,
+        identity: DeviceIdentity,
+        context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
+    ) -> bool:
+        """Whether the certificate, unknown to a restored store, was issued between the
+        backup and the restore and is now the device's (controller/restored.py)."""
+        if self._restore_mark is None:
+            return False
+        pem = next(iter(context.auth_context().get("x509_pem_cert", ())), b"")
+        cert = presented(pem, identity.device_id, identity.school_id)
+        try:
+            return await asyncio.to_thread(adopt, self._store, self._restore_mark, cert)
+        except StoreError as exc:
+            log.error("certificate not adopted device=%s error=%s", identity.device_id, exc)
+            return False
 
     async def _hello(
         self,

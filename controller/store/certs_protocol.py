@@ -56,3 +56,12 @@ class CertStore(Protocol):
         """The device connected with its renewed certificate ``serial``: it becomes the
         one in use and the old one is no longer accepted. Whether it was the next one."""
         ...
+
+    def adopt_certificate(
+        self, device_id: str, school_id: str, serial: str, not_after: float, issued_at: float
+    ) -> bool:
+        """After a restore (controller/restored.py): makes a certificate the store never
+        saw the device's current one, enrolled in ``school_id`` (decommission and
+        re-enrollment marks cleared, its CA unknown: ""), unless the store has one issued
+        at ``issued_at`` or later. Whether it did."""
+        ...

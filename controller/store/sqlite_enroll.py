@@ -118,6 +118,40 @@ class EnrollTables(SqliteBase):
             )
         return True
 
+    def adopt_certificate(
+        self, device_id: str, school_id: str, serial: str, not_after: float, issued_at: float
+    ) -> bool:
+        with self._transaction() as db:
+            # Checked again inside the transaction: two streams may race to adopt.
+            newer = db.execute(
+                f"SELECT 1 FROM ({_CERT_STATE}) WHERE device_id = ? AND issued_at >= ?",
+                (device_id, issued_at),
+            ).fetchone()
+            if newer is not None:
+                return False
+            db.execute(
+                """
+                INSERT INTO enrollments (device_id, school_id, serial, not_after,
+                                         enrolled_at, token_id)
+                VALUES (?, ?, ?, ?, ?, 'restore')
+                ON CONFLICT (device_id) DO UPDATE SET school_id = excluded.school_id,
+                    serial = excluded.serial, not_after = excluded.not_after,
+                    enrolled_at = excluded.enrolled_at, token_id = excluded.token_id,
+                    reenroll = 0, revoked_at = NULL
+                """,
+                (device_id, school_id, serial, not_after, issued_at),
+            )
+            db.execute(
+                """
+                INSERT INTO device_certs (device_id, ca_id, issued_at) VALUES (?, '', ?)
+                ON CONFLICT (device_id) DO UPDATE SET ca_id = '', issued_at = excluded.issued_at,
+                    next_serial = NULL, next_not_after = NULL, next_ca_id = NULL,
+                    next_issued_at = NULL
+                """,
+                (device_id, issued_at),
+            )
+        return True
+
     def add_enroll_token(self, token: EnrollToken, token_hash: bytes) -> None:
         self._write(
             "INSERT INTO enroll_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
