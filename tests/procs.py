@@ -219,6 +219,8 @@ class Agent:
     proc: subprocess.Popen[bytes] | None = None
     # A network namespace the test made: the agent runs inside it.
     netns: str = ""
+    # Added to the agent's environment (PYTHONPATH for an earlier release's agent).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def log(self) -> Path:
@@ -249,6 +251,7 @@ class Agent:
                 [*wrapper, str(BIN / "schoolfleet-agent"), "--config", str(config)],
                 stdout=log,
                 stderr=log,
+                env={**os.environ, **self.env},
             )
         return self
 
