@@ -1,12 +1,12 @@
-"""The device's network as the kernel sees it, read over netlink with pyroute2.
+"""The device's network as the kernel sees it, read over netlink.
 
 Interfaces (state, MAC, addresses, MTU, speed, counters), the default route, and
 the Wi-Fi association where a wireless interface exists.
 
-pyroute2's package ``__init__`` loads every API it has (ndb, ipdb, nftables,
-conntrack...); the agent needs IPRoute and IW. :func:`_netlink` loads just those
-modules: in the running agent that is ~4.6 MB and ~100 ms of start-up less
-(measured in docs/benchmarks.md), on every one of the fleet's devices.
+Links, addresses and routes come from :mod:`agent.netlink` over one socket kept
+open; only a device with a wireless interface loads pyroute2, for nl80211 (IW).
+Every device pays for what it imports in memory, so this matters fleet-wide
+(measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import concurrent.futures
 import importlib.util
 import logging
 import socket
+import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.errors import CollectError
+from agent.netlink import Link, NetlinkFailed, Rtnetlink
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ class Interface:
     rx_errors: int
     tx_errors: int
     wireless: bool
+    # Hardware (a device behind it in sysfs), as against a link made by software.
+    physical: bool = False
+    loopback: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,50 +85,90 @@ def _is_wireless(name: str, sys_net: Path) -> bool:
     return (sys_net / name / "wireless").exists() or (sys_net / name / "phy80211").exists()
 
 
-def _interface(link: Any, addresses: dict[int, list[str]], sys_net: Path) -> Interface:
-    name = str(link.get("IFLA_IFNAME"))
-    stats = link.get("IFLA_STATS64") or {}
+def _interface(link: Link, addresses: dict[int, list[str]], sys_net: Path) -> Interface:
+    rx, tx, rx_errors, tx_errors = link.counters
     return Interface(
-        name=name,
-        index=int(link["index"]),
-        state=str(link.get("IFLA_OPERSTATE") or "UNKNOWN").lower(),
-        mac=str(link.get("IFLA_ADDRESS") or ""),
-        mtu=int(link.get("IFLA_MTU") or 0),
-        addresses=addresses.get(int(link["index"]), []),
-        speed_mbit=_speed(name, sys_net),
-        rx_bytes=int(stats.get("rx_bytes", 0)),
-        tx_bytes=int(stats.get("tx_bytes", 0)),
-        rx_errors=int(stats.get("rx_errors", 0)),
-        tx_errors=int(stats.get("tx_errors", 0)),
-        wireless=_is_wireless(name, sys_net),
+        name=link.name,
+        index=link.index,
+        state=link.operstate,
+        mac=link.mac,
+        mtu=link.mtu,
+        addresses=addresses.get(link.index, []),
+        speed_mbit=_speed(link.name, sys_net),
+        rx_bytes=rx,
+        tx_bytes=tx,
+        rx_errors=rx_errors,
+        tx_errors=tx_errors,
+        wireless=_is_wireless(link.name, sys_net),
+        # A link with a device behind it in sysfs is hardware; the rest are made by
+        # software (bridges, veths, tunnels, dummies, VLANs).
+        physical=(sys_net / link.name / "device").exists(),
+        loopback=link.loopback,
     )
 
 
-def _netlink() -> tuple[Any, Any, type[Exception]]:
-    """pyroute2's IPRoute, IW and NetlinkError, without its package ``__init__``.
+def _iw() -> tuple[Any, type[Exception]]:
+    """pyroute2's IW and NetlinkError, without its package ``__init__``.
 
-    If pyroute2 is not imported yet, its package is registered unexecuted, so that
-    importing a submodule loads that submodule's own imports only. These are the
-    classes ``pyroute2`` itself exports (tests/test_agent_network.py checks it).
+    Only a device with a wireless interface loads them. If pyroute2 is not imported
+    yet, its package is registered unexecuted, so that importing a submodule loads
+    that submodule's own imports only (not ndb, ipdb, nftables, conntrack...).
     """
     if "pyroute2" not in sys.modules:
         spec = importlib.util.find_spec("pyroute2")
         if spec is not None:
             sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)
-    from pyroute2.iproute.linux import IPRoute
     from pyroute2.iwutil import IW
     from pyroute2.netlink.exceptions import NetlinkError
 
-    return IPRoute, IW, NetlinkError
+    return IW, NetlinkError
+
+
+class NetworkReader:
+    """Reads the network over one netlink socket kept open between reads."""
+
+    def __init__(self, sys_net: Path = SYS_NET) -> None:
+        self._sys_net = sys_net
+        self._rtnl = Rtnetlink()
+
+    def read(self) -> NetworkReport:
+        """Interfaces, addresses, the default route and Wi-Fi, from the kernel."""
+        try:
+            addresses = self._rtnl.addresses()
+            links = self._rtnl.links()
+            routes = self._rtnl.default_routes(socket.AF_INET)
+        except NetlinkFailed as exc:
+            raise CollectError(f"network not read over netlink: {exc}") from None
+        interfaces = []
+        for link in links:
+            try:
+                interfaces.append(_interface(link, addresses, self._sys_net))
+            except (struct.error, ValueError) as exc:
+                # A link that vanished or changed while being read is left out this time.
+                log.warning("interface skipped index=%s reason=%r", link.index, exc)
+        by_index = {i.index: i.name for i in interfaces}
+        gateway = interface = None
+        if routes:
+            gateway = routes[0].gateway
+            interface = by_index.get(routes[0].oif or -1)
+        wireless = [i for i in interfaces if i.wireless]
+        if not wireless:
+            return NetworkReport(interfaces, gateway, interface)
+        wifi, status = _read_wifi(wireless)
+        return NetworkReport(interfaces, gateway, interface, wifi, status)
+
+    def close(self) -> None:
+        """Closes the netlink socket."""
+        self._rtnl.close()
 
 
 def read_network(sys_net: Path = SYS_NET) -> NetworkReport:
-    """Reads interfaces, addresses, the default route and Wi-Fi from the kernel."""
-    iproute, iw, netlink_error = _netlink()
+    """One read of the network, on a socket of its own (``--once``, tests)."""
+    reader = NetworkReader(sys_net)
     try:
-        return _read_network(iproute, iw, netlink_error, sys_net)
-    except (netlink_error, OSError) as exc:
-        raise CollectError(f"network not read over netlink: {exc}") from None
+        return reader.read()
+    finally:
+        reader.close()
 
 
 def has_default_route() -> bool:
@@ -131,62 +176,30 @@ def has_default_route() -> bool:
     content off the school's network cannot be reached. If the kernel cannot be
     asked, says True: a lesson is not refused on a guess.
 
-    pyroute2 runs an event loop of its own, which cannot run inside the agent's, so
-    the question is asked from a thread; it takes a few milliseconds, once a lesson.
+    Asked from a thread, so that a kernel slow to answer never holds the agent's
+    event loop; it takes well under a millisecond, once a lesson.
     """
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         try:
-            return pool.submit(_default_route).result(timeout=5)
+            return pool.submit(_default_route).result(timeout=10)
         except concurrent.futures.TimeoutError:
-            log.warning("default route not read over netlink in 5 s")
+            log.warning("default route not read over netlink in 10 s")
             return True
 
 
 def _default_route() -> bool:
-    iproute, _, netlink_error = _netlink()
+    rtnl = Rtnetlink()
     try:
-        with iproute() as ipr:
-            return bool(
-                ipr.get_default_routes(family=socket.AF_INET)
-                or ipr.get_default_routes(family=socket.AF_INET6)
-            )
-    except (netlink_error, OSError) as exc:
+        return bool(rtnl.default_routes(socket.AF_INET) or rtnl.default_routes(socket.AF_INET6))
+    except NetlinkFailed as exc:
         log.warning("default route not read over netlink: %s", exc)
         return True
+    finally:
+        rtnl.close()
 
 
-def _read_network(
-    iproute: Any, iw: Any, netlink_error: type[Exception], sys_net: Path
-) -> NetworkReport:
-    with iproute() as ipr:
-        addresses: dict[int, list[str]] = {}
-        for addr in ipr.get_addr():
-            addresses.setdefault(int(addr["index"]), []).append(
-                f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}"
-            )
-        interfaces = []
-        for link in ipr.get_links():
-            try:
-                interfaces.append(_interface(link, addresses, sys_net))
-            except (KeyError, TypeError, ValueError) as exc:
-                # A link that vanished or changed while being read is left out this time.
-                log.warning("interface skipped index=%s reason=%r", link.get("index"), exc)
-        routes = ipr.get_default_routes(family=socket.AF_INET)
-    by_index = {i.index: i.name for i in interfaces}
-    gateway = interface = None
-    if routes:
-        gateway = routes[0].get("RTA_GATEWAY")
-        interface = by_index.get(routes[0].get("RTA_OIF"))
-    wireless = [i for i in interfaces if i.wireless]
-    if not wireless:
-        return NetworkReport(interfaces, gateway, interface)
-    wifi, status = _read_wifi(iw, netlink_error, wireless)
-    return NetworkReport(interfaces, gateway, interface, wifi, status)
-
-
-def _read_wifi(
-    iw: Any, netlink_error: type[Exception], wireless: list[Interface]
-) -> tuple[list[Wifi], str]:
+def _read_wifi(wireless: list[Interface]) -> tuple[list[Wifi], str]:
+    iw, netlink_error = _iw()
     found: list[Wifi] = []
     try:
         with iw() as nl80211:
@@ -194,7 +207,7 @@ def _read_wifi(
                 bss = nl80211.get_associated_bss(i.index)
                 if bss is not None:
                     found.append(wifi_from_bss(i.name, bss.get_attr("NL80211_ATTR_BSS")))
-    except netlink_error as exc:
+    except (netlink_error, OSError) as exc:
         return [], f"nl80211 unavailable: {exc}"
     return found, "associated" if found else "not associated"
 
