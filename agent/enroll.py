@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.cert_tool import finish
 from agent.errors import EnrollUnreachable
 from agent.settings import AgentSettings
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
@@ -46,6 +47,8 @@ def ensure_enrolled(settings: AgentSettings) -> Credentials | None:
     refused one; raises EnrollUnreachable when it could not be asked.
     """
     creds = credentials(settings.cert_dir)
+    if finish(settings.cert_dir):
+        log.info("renewed certificate put in place after an interruption cert=%s", creds.cert)
     if creds.cert.exists() and creds.key.exists():
         return creds
     if settings.ca_cert != Path() and not settings.enroll_controller:
@@ -55,7 +58,7 @@ def ensure_enrolled(settings: AgentSettings) -> Credentials | None:
         log.info("no certificate and no enroll_token: not enrolled cert_dir=%s", settings.cert_dir)
         return None
     try:
-        key_pem, csr_pem = _key_and_csr(settings.device_id)
+        key_pem, csr_pem = key_and_csr(settings.device_id)
         response = _enroll(settings, csr_pem)
         _save(settings.cert_dir, key_pem, response)
     except grpc.RpcError as exc:
@@ -79,7 +82,7 @@ def ensure_enrolled(settings: AgentSettings) -> Credentials | None:
     return creds
 
 
-def _key_and_csr(device_id: str) -> tuple[bytes, bytes]:
+def key_and_csr(device_id: str) -> tuple[bytes, bytes]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -129,12 +132,12 @@ def _enroll(settings: AgentSettings, csr_pem: bytes) -> agent_pb2.EnrollResponse
 def _save(cert_dir: Path, key_pem: bytes, response: agent_pb2.EnrollResponse) -> None:
     cert_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The key first, and the certificate last: a certificate on disk means all is there.
-    _write(cert_dir / KEY_FILE, key_pem, 0o600)
-    _write(cert_dir / CA_FILE, response.ca_certificate_pem, 0o644)
-    _write(cert_dir / CERT_FILE, response.certificate_pem, 0o644)
+    write_file(cert_dir / KEY_FILE, key_pem, 0o600)
+    write_file(cert_dir / CA_FILE, response.ca_certificate_pem, 0o644)
+    write_file(cert_dir / CERT_FILE, response.certificate_pem, 0o644)
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:

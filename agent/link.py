@@ -27,6 +27,8 @@ from agent.errors import SpoolError
 from agent.launcher import Launcher
 from agent.link_uplink import UplinkMeasurer
 from agent.network import has_default_route
+from agent.renewal import CAPABILITY as RENEW_CAPABILITY
+from agent.renewal import Renewal
 from agent.report import FullReports, Reporter, heartbeat, thresholds_from_pb
 from agent.settings import AgentSettings
 from agent.spool import Spool
@@ -68,6 +70,10 @@ class StreamEnded(Exception):
     """The controller ended the stream without an error status."""
 
 
+class CertificateRenewed(StreamEnded):
+    """The device has a renewed certificate: a new stream is opened with it at once."""
+
+
 class Link:
     """Keeps the device reporting into the spool and connected until ``stop`` is set."""
 
@@ -104,6 +110,10 @@ class Link:
         self._up_since: float | None = None
         # Set when the spool got a message; the sender waits on it.
         self._spooled = asyncio.Event()
+        # Renews the certificate over the stream (mutual TLS only); wakes the sender.
+        self._renewal = (
+            Renewal(credentials, settings.device_id, self._spooled.set) if credentials else None
+        )
         # Set to have the next heartbeat collected now (a new stream, a new interval).
         self._wake = asyncio.Event()
 
@@ -116,6 +126,8 @@ class Link:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
+            if self._renewal is not None:
+                self._renewal.cancel()
             # The lesson program goes with the agent; the controller sends the lesson
             # again when the agent is back, if it has not ended.
             for task in list(self._lesson_tasks):
@@ -163,6 +175,8 @@ class Link:
             reason = await self._stream_until_stopped(stop)
             if stop.is_set():
                 break
+            if self._renewal is not None and self._renewal.take_switch():
+                continue  # the renewed certificate's first stream, now
             if self._stayed_up(loop.time()) >= self._settings.backoff_reset_after:
                 attempt = 0
             delay = backoff_delay(
@@ -224,7 +238,8 @@ class Link:
                 room_id=s.room_id,
                 hostname=socket.gethostname()[:255],
                 agent_version=self._version,
-                capabilities=["ping", "lessons", "uplink"],
+                capabilities=["ping", "lessons", "uplink"]
+                + ([RENEW_CAPABILITY] if self._renewal else []),
                 os=os_to_pb(self._reporter.os_info()),
                 management_address=s.management_address,
                 labels=dict(s.label_pairs()),
@@ -300,6 +315,9 @@ class Link:
             if self._spool.generation != generation:
                 raise StreamEnded("spool started anew; reconnecting to line it up")
             self._spooled.clear()
+            renew = self._renewal.take_request() if self._renewal else None
+            if renew is not None:
+                await call.write(renew)  # not spooled: asked again on a later stream
             batch = self._spool.pending(sent, _SEND_BATCH)
             for message in batch:
                 await call.write(message)
@@ -323,6 +341,14 @@ class Link:
                 self._spool.acknowledge(message.ack.seq)
             elif body == "command":
                 self._run_command(message.command)
+            elif body == "certificate_status" and self._renewal is not None:
+                self._renewal.status(message.certificate_status)
+            elif (
+                body == "renew_response"
+                and self._renewal is not None
+                and await self._renewal.answer(message.renew_response)
+            ):
+                raise CertificateRenewed("certificate renewed")
 
     async def _launch_at_start(self, command_id: str, cmd: agent_pb2.LaunchLesson) -> None:
         """Shows the lesson at its start by this device's clock. The controller sends it

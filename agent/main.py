@@ -157,6 +157,7 @@ def _print_once(settings: agent_settings.AgentSettings, as_json: bool) -> None:
     from dataclasses import asdict
 
     from agent.report import Reporter, heartbeat_size
+    from agent.report_limits import reported_interfaces
 
     reporter = Reporter(settings)
     # psutil's CPU figure needs an interval between the priming call and the reading.
@@ -175,6 +176,10 @@ def _print_once(settings: agent_settings.AgentSettings, as_json: bool) -> None:
         "system": asdict(r.facts),
         "network": asdict(r.network) if r.network else None,
         "network_error": r.network_error,
+        # The interfaces the controller is sent (agent/report_limits.py says which).
+        "reported_interfaces": [i.name for i in reported_interfaces(r.network)]
+        if r.network
+        else [],
         # What this report weighs as a Heartbeat message (gRPC adds 5 bytes of framing).
         "heartbeat_bytes": heartbeat_size(r),
     }

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 from agent.errors import CollectError
 from agent.health import HealthCollector
-from agent.network import NetworkReport, read_network
+from agent.network import NetworkReader, NetworkReport
+from agent.report_limits import (
+    MAX_REASONS,
+    cut,
+    reported_filesystems,
+    reported_interfaces,
+    reported_temperatures,
+    reported_wifi,
+)
 from agent.settings import AgentSettings
 from agent.status import Thresholds, assess
 from agent.system import SystemCollector, SystemFacts
@@ -40,6 +48,7 @@ class Reporter:
     def __init__(self, settings: AgentSettings) -> None:
         self._health = HealthCollector(settings.disk_path)
         self._system = SystemCollector(settings.kiosk_program)
+        self._network = NetworkReader()
         self.limits = Thresholds()
 
     def collect(self) -> Report:
@@ -49,7 +58,7 @@ class Reporter:
         network: NetworkReport | None = None
         network_error: str | None = None
         try:
-            network = read_network()
+            network = self._network.read()
         except CollectError as exc:
             network_error = str(exc)
             log.warning("network not reported this time: %s", exc)
@@ -81,16 +90,16 @@ def system_to_pb(f: SystemFacts) -> fleet_pb2.SystemReport:
     out = fleet_pb2.SystemReport(
         filesystems=[
             fleet_pb2.Filesystem(
-                mountpoint=fs.mountpoint,
-                fstype=fs.fstype,
+                mountpoint=cut(fs.mountpoint),
+                fstype=cut(fs.fstype),
                 total_bytes=fs.total_bytes,
                 used_percent=fs.used_percent,
             )
-            for fs in f.filesystems
+            for fs in reported_filesystems(f.filesystems)
         ],
         temperatures=[
-            fleet_pb2.Temperature(chip=chip, celsius=c)
-            for chip, c in sorted(f.temperatures_c.items())
+            fleet_pb2.Temperature(chip=cut(chip), celsius=c)
+            for chip, c in reported_temperatures(f.temperatures_c)
         ],
         agent_rss_bytes=f.agent_rss_bytes,
         agent_cpu_percent=f.agent_cpu_percent,
@@ -107,9 +116,11 @@ def system_to_pb(f: SystemFacts) -> fleet_pb2.SystemReport:
 
 
 def network_to_pb(n: NetworkReport) -> fleet_pb2.NetworkReport:
-    """The wire form of the network as the kernel sees it."""
+    """The wire form of the network as the kernel sees it: the interfaces that matter
+    (agent/report_limits.py says which)."""
+    reported = reported_interfaces(n)
     interfaces = []
-    for i in n.interfaces:
+    for i in reported:
         pb = fleet_pb2.Interface(
             name=i.name,
             state=i.state,
@@ -137,7 +148,7 @@ def network_to_pb(n: NetworkReport) -> fleet_pb2.NetworkReport:
                 frequency_mhz=w.frequency_mhz,
                 signal_dbm=w.signal_dbm,
             )
-            for w in n.wifi
+            for w in reported_wifi(n, reported)
         ],
         wifi_status=n.wifi_status,
     )
@@ -151,7 +162,7 @@ def heartbeat(
     out = agent_pb2.Heartbeat(
         health=health_to_pb(report.health),
         condition=CONDITION_TO_PB[report.condition],
-        reasons=report.reasons,
+        reasons=[cut(r) for r in report.reasons[:MAX_REASONS]],
         spool=fleet_pb2.SpoolStats(pending=pending, dropped=dropped),
     )
     if full:
@@ -163,12 +174,15 @@ def heartbeat(
 
 def report_shape(report: Report) -> tuple[object, ...]:
     """What makes a full report worth sending at once: everything but running figures
-    (usage, counters, signal, temperatures)."""
+    (usage, counters, signal, temperatures), of what the report carries (a container's
+    link coming and going is not reported, so it sends nothing)."""
     f, n = report.facts, report.network
     return (
         report.condition,
         tuple(report.reasons),
-        tuple((fs.mountpoint, fs.fstype, fs.total_bytes) for fs in f.filesystems),
+        tuple(
+            (fs.mountpoint, fs.fstype, fs.total_bytes) for fs in reported_filesystems(f.filesystems)
+        ),
         f.swap_percent is None,
         f.battery_percent is None,
         f.on_ac_power,
@@ -178,7 +192,7 @@ def report_shape(report: Report) -> tuple[object, ...]:
         else (
             tuple(
                 (i.name, i.state, i.mac, i.mtu, tuple(i.addresses), i.speed_mbit)
-                for i in n.interfaces
+                for i in reported_interfaces(n)
             ),
             n.default_gateway,
             n.default_interface,

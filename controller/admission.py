@@ -61,5 +61,6 @@ def stream_refusal(
         return None
     return StreamRefusal(
         "replaced_certificate",
-        f"certificate {serial} is not device {device_id}'s current one (it enrolled again since)",
+        f"certificate {serial} is not device {device_id}'s current one "
+        "(it was renewed or enrolled again since)",
     )

@@ -24,6 +24,8 @@ from inventory.model import valid_id
 DEVICE_DAYS = 825
 DEVICE_URN = "urn:schoolfleet:device"
 MIN_RSA_BITS = 2048
+# Short lifetimes are for tests; a device renews two thirds of the way in.
+MIN_LIFETIME = dt.timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,17 +45,34 @@ def sign_device_csr(
     *,
     days: int = DEVICE_DAYS,
     now: dt.datetime | None = None,
+    lifetime: dt.timedelta | None = None,
 ) -> IssuedCert:
-    """A client certificate for ``device_id`` in ``school_id``, for the key in ``csr_pem``.
+    """A client certificate for ``device_id`` in ``school_id``, for the key in ``csr_pem``,
+    valid ``lifetime`` (default ``days``).
 
     Only the request's key is used: its subject and extensions are ignored.
     """
     for what, value in (("device id", device_id), ("school id", school_id)):
         if not valid_id(value):
             raise PkiError(f"{what} {value!r} is not 1-64 of letters, digits and ._:-")
-    if days < 1:
-        raise PkiError(f"a device certificate must be valid for at least 1 day, not {days}")
-    public = _csr_public_key(csr_pem)
+    if lifetime is None:
+        if days < 1:
+            raise PkiError(f"a device certificate must be valid for at least 1 day, not {days}")
+        lifetime = dt.timedelta(days=days)
+    if lifetime < MIN_LIFETIME:
+        raise PkiError(f"a device certificate must be valid for at least {MIN_LIFETIME}")
+    return sign_device_key(ca, _csr_public_key(csr_pem), device_id, school_id, lifetime, now)
+
+
+def sign_device_key(
+    ca: CertificateAuthority,
+    public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    device_id: str,
+    school_id: str,
+    lifetime: dt.timedelta,
+    now: dt.datetime | None = None,
+) -> IssuedCert:
+    """A client certificate for a key already checked (sign_device_csr, renewal_key)."""
     when = utc(now)
     ca_expires = ca.certificate.not_valid_after_utc
     if when >= ca_expires:
@@ -70,7 +89,7 @@ def sign_device_csr(
         public,
         when,
         # A certificate that outlives its CA could never be verified anyway.
-        min(when + dt.timedelta(days=days), ca_expires),
+        min(when + lifetime, ca_expires),
         [
             x509.SubjectAlternativeName(
                 [x509.UniformResourceIdentifier(device_urn(school_id, device_id))]

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 import grpc
 
 from controller import enrollment
 from controller.audit_log import AuditSink
-from controller.device_certs import sign_device_csr
+from controller.ca_keeper import CaKeeper
+from controller.ca_rotation import CaSet
+from controller.device_certs import DEVICE_DAYS, sign_device_csr
 from controller.errors import EnrollRefused, PkiError, ProtocolError, StoreError
-from controller.pki import CertificateAuthority, cert_pem, load_ca
 from controller.refusals import Refusals
 from inventory.model import DeviceRecord, Enrollment, EnrollToken, valid_id
 from inventory.people import AuditEntry, Outcome
@@ -48,6 +49,8 @@ class EnrollStore(Protocol):
 
     def enroll(self, token_hash: bytes, enrollment: Enrollment, now: float) -> None: ...
 
+    def record_issued(self, device_id: str, ca_id: str, issued_at: float) -> None: ...
+
 
 @dataclasses.dataclass
 class _Attempt:
@@ -67,21 +70,22 @@ class Enroller:
 
     def __init__(
         self,
-        pki_dir: Path,
+        keeper: CaKeeper,
         store: EnrollStore,
         audit: AuditSink,
         refusals: Refusals | None = None,
         now: Callable[[], float] = time.time,
+        lifetime: float = DEVICE_DAYS * 86_400.0,
     ) -> None:
-        self._pki_dir = pki_dir
+        # The CAs as last read from disk: `ca add-next` takes effect without a restart.
+        self._keeper = keeper
+        self._lifetime = dt.timedelta(seconds=lifetime)
         self._store = store
         # Where every enrollment, granted or refused, is recorded (the audit log).
         self._audit = audit
         # Sources that keep failing to enroll are refused before any work.
         self._refusals = refusals
         self._now = now
-        # Loaded at the first enrollment; a new CA needs a restart.
-        self._ca: CertificateAuthority | None = None
 
     async def enroll(
         self, request: agent_pb2.EnrollRequest, context: Context
@@ -184,8 +188,15 @@ class Enroller:
         )
         if refused is not None:
             raise refused
-        ca = self._certificate_authority()
-        issued = sign_device_csr(ca, request.csr_pem, request.device_id, token.school_id)
+        cas = self._certificate_authorities()
+        issued = sign_device_csr(
+            cas.issuing,
+            request.csr_pem,
+            request.device_id,
+            token.school_id,
+            lifetime=self._lifetime,
+            now=dt.datetime.fromtimestamp(now, dt.UTC),
+        )
         serial = f"{issued.serial:x}"
         self._store.enroll(
             token_hash,
@@ -199,15 +210,17 @@ class Enroller:
             ),
             now,
         )
-        return issued.pem, cert_pem(ca.certificate), serial
+        # After the enrollment: a failure here leaves the device counted on an unknown
+        # CA, so it is moved onto the newest one at its first renewal, no harm done.
+        self._store.record_issued(request.device_id, cas.issuing_id, now)
+        # The whole bundle: the device trusts a next CA before the controller uses it.
+        return issued.pem, cas.bundle_pem(), serial
 
-    def _certificate_authority(self) -> CertificateAuthority:
-        if self._ca is None:
-            try:
-                self._ca = load_ca(self._pki_dir)
-            except PkiError as exc:
-                raise _NoCa(f"the controller cannot sign certificates: {exc}") from None
-        return self._ca
+    def _certificate_authorities(self) -> CaSet:
+        try:
+            return self._keeper.cas()
+        except PkiError as exc:
+            raise _NoCa(f"the controller cannot sign certificates: {exc}") from None
 
 
 def _client_id(device_id: str) -> str:

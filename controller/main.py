@@ -14,6 +14,7 @@ import typer
 from common.errors import SchoolFleetError
 from common.logs import setup_logging
 from controller import settings as controller_settings
+from controller.cli_ca import ca_app
 from inventory.people import Role
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ users_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(users_app, name="users")
+app.add_typer(ca_app, name="ca")
 # Who the audit log names for users made on the controller's machine.
 LOCAL_ACTOR = "controller-host"
 

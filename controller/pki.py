@@ -92,10 +92,7 @@ def init_ca(
     Refuses to replace an existing CA unless ``force``: every device enrolled with the
     old one would have to enroll again.
     """
-    dns_names = _unique(check_dns_name(name) for name in names)
-    ips = _unique(check_address(address) for address in addresses)
-    if not dns_names and not ips:
-        raise PkiError("the server certificate needs at least one DNS name or IP address")
+    dns_names, ips = check_names(names, addresses)
     existing = [p for p in (pki_dir / CA_KEY, pki_dir / CA_CERT) if os.path.lexists(p)]
     if existing and not force:
         raise PkiError(
@@ -104,22 +101,22 @@ def init_ca(
         )
     when = utc(now)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = CertificateAuthority(ca_key, _ca_certificate(ca_key, when))
+    ca = CertificateAuthority(ca_key, ca_certificate(ca_key, when))
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _server_certificate(ca, server_key.public_key(), dns_names, ips, when)
+    server = server_certificate(ca, server_key.public_key(), dns_names, ips, when)
     files = {
-        CA_KEY: (_key_pem(ca_key), KEY_MODE),
+        CA_KEY: (key_pem(ca_key), KEY_MODE),
         CA_CERT: (cert_pem(ca.certificate), CERT_MODE),
-        SERVER_KEY: (_key_pem(server_key), KEY_MODE),
+        SERVER_KEY: (key_pem(server_key), KEY_MODE),
         SERVER_CERT: (cert_pem(server), CERT_MODE),
     }
     try:
         pki_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         # mkdir's mode is narrowed by the umask, and an existing directory keeps its own.
         os.chmod(pki_dir, DIR_MODE)
-        _write_all(pki_dir, files)
+        write_all(pki_dir, files)
     except OSError as exc:
-        raise PkiError(_os_problem("cannot write", exc, pki_dir)) from None
+        raise PkiError(os_problem("cannot write", exc, pki_dir)) from None
     return CaFiles(
         pki_dir,
         pki_dir / CA_KEY,
@@ -130,6 +127,15 @@ def init_ca(
         server,
         replaced=bool(existing),
     )
+
+
+def check_names(names: list[str], addresses: list[str]) -> tuple[list[str], list[IpAddress]]:
+    """The server certificate's DNS names and addresses, checked, without repeats."""
+    dns_names = _unique(check_dns_name(name) for name in names)
+    ips = _unique(check_address(address) for address in addresses)
+    if not dns_names and not ips:
+        raise PkiError("the server certificate needs at least one DNS name or IP address")
+    return dns_names, ips
 
 
 def check_dns_name(name: str) -> str:
@@ -155,7 +161,7 @@ def check_address(value: str) -> IpAddress:
     return address
 
 
-def _ca_certificate(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
+def ca_certificate(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
     # A tag in the name tells this CA from the one it replaces, in logs and on devices.
     name = x509.Name(
         [
@@ -181,7 +187,7 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.C
     )
 
 
-def _server_certificate(
+def server_certificate(
     ca: CertificateAuthority,
     public: ec.EllipticCurvePublicKey,
     dns_names: list[str],
@@ -209,7 +215,11 @@ def _server_certificate(
 
 def load_ca(pki_dir: Path) -> CertificateAuthority:
     """Reads ``ca.key`` and ``ca.crt`` and checks they belong together."""
-    key_path, cert_path = pki_dir / CA_KEY, pki_dir / CA_CERT
+    return load_ca_pair(pki_dir / CA_KEY, pki_dir / CA_CERT)
+
+
+def load_ca_pair(key_path: Path, cert_path: Path) -> CertificateAuthority:
+    """Reads a CA's key and certificate and checks they belong together."""
     key_pem = _read(key_path, private=True)
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -217,7 +227,7 @@ def load_ca(pki_dir: Path) -> CertificateAuthority:
         raise PkiError(f"{key_path} is not an unencrypted PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PkiError(f"{key_path} is not an EC private key")
-    cert = _load_cert(cert_path)
+    cert = load_cert(cert_path)
     if _spki(cert.public_key()) != _spki(key.public_key()):
         raise PkiError(f"{cert_path} does not match the key in {key_path}")
     try:
@@ -234,7 +244,7 @@ def fingerprint(cert: x509.Certificate) -> str:
     return ":".join(f"{byte:02X}" for byte in cert.fingerprint(hashes.SHA256()))
 
 
-def _load_cert(path: Path) -> x509.Certificate:
+def load_cert(path: Path) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(_read(path, private=False))
     except ValueError:
@@ -256,7 +266,7 @@ def _read(path: Path, *, private: bool) -> bytes:
     except FileNotFoundError:
         raise PkiError(f"{path} does not exist: run 'schoolfleet-controller init' first") from None
     except OSError as exc:
-        raise PkiError(_os_problem("cannot read", exc, path)) from None
+        raise PkiError(os_problem("cannot read", exc, path)) from None
 
 
 # --- shared ----------------------------------------------------------------------------
@@ -308,7 +318,7 @@ def _key_usage(
     )
 
 
-def _write_all(directory: Path, files: dict[str, tuple[bytes, int]]) -> None:
+def write_all(directory: Path, files: dict[str, tuple[bytes, int]]) -> None:
     """Writes every file to a temporary name first, then renames them all: a failure
     while writing leaves the old files as they were."""
     staged: list[tuple[Path, Path]] = []
@@ -343,7 +353,7 @@ def _stage(final: Path, data: bytes, mode: int) -> Path:
     return temporary
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -361,7 +371,7 @@ def _spki(public: CertificatePublicKeyTypes) -> bytes:
     )
 
 
-def _os_problem(doing: str, exc: OSError, fallback: Path) -> str:
+def os_problem(doing: str, exc: OSError, fallback: Path) -> str:
     return f"{doing} {exc.filename or fallback}: {exc.strerror or exc}"
 
 

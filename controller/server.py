@@ -29,8 +29,9 @@ from controller.admin_guard import Guard
 from controller.ansible_user import rollout_dirs
 from controller.attempt_limits import FailureBudget
 from controller.dispatcher import Dispatcher
+from controller.ca_keeper import CaKeeper
 from controller.enroll_service import Enroller
-from controller.errors import ConfigError
+from controller.errors import ConfigError, PkiError
 from controller.grpc_logs import hide_metadata_values
 from controller.infra_metrics import InfraCollector
 from controller.ingest import MessageWriter
@@ -48,6 +49,7 @@ from controller.rollout_runner import RunnerSettings, default_forks
 from controller.service_admin import AdminService
 from controller.service_agent import AgentService, Sessions
 from controller.service_agent import add_to_server as add_agent_service
+from controller.service_renewal import Renewals
 from controller.service_uplink import SessionCourier
 from controller.sessions import Closing
 from controller.settings import ControllerSettings
@@ -114,31 +116,26 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
-def _add_ports(server: grpc.aio.Server, settings: ControllerSettings) -> dict[str, int]:
-    """Plaintext on `listen`; or mutual TLS there and server-only TLS on `enroll_listen`."""
+def _add_ports(
+    server: grpc.aio.Server, settings: ControllerSettings, keeper: CaKeeper
+) -> dict[str, int]:
+    """Plaintext on `listen`; or mutual TLS there and server-only TLS on `enroll_listen`,
+    with credentials that follow `schoolfleet-controller ca ...` (controller/ca_keeper.py)."""
     ports: dict[str, int] = {}
     try:
         if not settings.agent_tls:
             ports["grpc"] = server.add_insecure_port(settings.listen)
             return ports
-        pki = settings.data_dir / "pki"
         try:
-            key, cert, ca = (
-                (pki / name).read_bytes() for name in ("server.key", "server.crt", "ca.crt")
-            )
-        except OSError as exc:
+            mutual = keeper.credentials(mutual=True)
+            enroll = keeper.credentials(mutual=False)
+        except PkiError as exc:
             raise ConfigError(
-                f"agent_tls: cannot read the controller's certificates in {pki} "
-                f"({exc.strerror}); run 'schoolfleet-controller init --data-dir "
-                f"{settings.data_dir}' first"
+                f"agent_tls: {exc} (run 'schoolfleet-controller init --data-dir "
+                f"{settings.data_dir}' first)"
             ) from None
-        mutual = grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=ca, require_client_auth=True
-        )
         ports["grpc"] = server.add_secure_port(settings.listen, mutual)
-        ports["enroll"] = server.add_secure_port(
-            settings.enroll_listen, grpc.ssl_server_credentials([(key, cert)])
-        )
+        ports["enroll"] = server.add_secure_port(settings.enroll_listen, enroll)
     except RuntimeError as exc:
         raise ConfigError(
             f"cannot bind {settings.listen} or {settings.enroll_listen} ({exc})"
@@ -354,8 +351,21 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     audit = audit_log.appender(store, read_executor)
     # Refused sign-ins and enrollments: limited and folded per source address.
     refusals = Refusals(audit, FailureBudget(settings.refused_per_minute, settings.refused_burst))
-    enroller = Enroller(settings.data_dir / "pki", store, refusals.sink(audit), refusals)
-    agent_service = AgentService(settings, store, write_executor, sessions, metrics, enroller)
+    keeper = CaKeeper(settings.data_dir / "pki")
+    enroller = Enroller(
+        keeper, store, refusals.sink(audit), refusals, lifetime=settings.device_cert_lifetime
+    )
+    renewals = Renewals(
+        keeper,
+        store,
+        audit,
+        sessions,
+        lifetime=settings.device_cert_lifetime,
+        spread=settings.ca_rotation_spread,
+    )
+    agent_service = AgentService(
+        settings, store, write_executor, sessions, metrics, enroller, renewals=renewals
+    )
     uplink = _uplink(settings, store, read_executor, sessions, agent_service, registry)
     rollouts, runner = _rollouts(settings, store, read_executor, registry)
     writer = MessageWriter(
@@ -395,7 +405,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         ),
         server,
     )
-    ports = _add_ports(server, settings)
+    ports = _add_ports(server, settings, keeper)
     grpc_port = ports["grpc"]
     http_server, http_thread = _serve_metrics(settings.metrics_listen, registry)
     metrics_port = http_server.server_port
@@ -405,6 +415,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     acks_task = asyncio.create_task(agent_service.run_acks(), name="acks")
     dispatcher_task = asyncio.create_task(dispatcher.run(), name="lesson-dispatcher")
     refusals_task = asyncio.create_task(refusals.run(), name="refusals")
+    pki_task = asyncio.create_task(renewals.watch(settings.ca_watch_interval), name="pki-watch")
     probes = _probes(settings, store, read_executor, registry)
     await rollouts.resume_all()
     if settings.ports_file != Path():
@@ -435,7 +446,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     await rollouts.close()
     await writer.close()
     await writer_task
-    for task in (acks_task, dispatcher_task, refusals_task):
+    for task in (acks_task, dispatcher_task, refusals_task, pki_task):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -32,6 +32,7 @@ from controller.metrics import ControllerMetrics
 from controller.request_checks import decode
 from controller.restored import adopt, presented, read_mark
 from controller.service_convert import health_from_pb, identity_from_hello, report_from_pb
+from controller.service_renewal import Renewals
 from controller.service_uplink import uplink_answer
 from controller.sessions import Closing, Session, SessionRegistry
 from controller.settings import ControllerSettings
@@ -68,9 +69,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         metrics: ControllerMetrics,
         enroller: Enroller,
         now: Callable[[], float] = time.time,
+        *,
+        renewals: Renewals,
     ) -> None:
         self._settings = settings
         self._enroller = enroller
+        # Certificate renewal on the stream and CA changes (controller/service_renewal.py).
+        self._renewals = renewals
         self._store = store
         self._write_executor = write_executor
         self._sessions = sessions
@@ -121,8 +126,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         serial = None
         if self._settings.agent_tls:
             identity, serial = await self._certified(identity, peer, context)
+        # Before admission: the first stream with a renewed certificate puts it in use.
+        cert = await self._renewals.on_connect(
+            identity.device_id, identity.school_id, serial, context
+        )
         await self._refuse_unless_current(identity, serial, peer, context)
         session = self._sessions.open(identity.device_id, capabilities)
+        self._renewals.opened(session, cert)
         self._acks.forget(identity.device_id)
         try:
             last_seq = await asyncio.get_running_loop().run_in_executor(
@@ -333,6 +343,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         event.reason or "-",
                     )
                     await writer.submit(LessonEventRow(device_id, message.seq, self._now(), event))
+                elif body == "renew_request":
+                    await self._renewals.on_request(session, message.renew_request)
                 elif body == "hello":
                     raise ProtocolError("Hello may only be sent once per stream")
                 else:

@@ -78,6 +78,14 @@ class ControllerSettings:
     refused_per_minute: int = 10
     # The controller's own files; its CA is in DATA_DIR/pki (`schoolfleet-controller init`).
     data_dir: Path = Path("/var/lib/schoolfleet")
+    # Seconds a device certificate is valid; agents renew two thirds of the way in.
+    device_cert_lifetime: float = 825 * 86_400.0
+    # How often the running controller looks for CA and server-certificate changes
+    # made by `schoolfleet-controller ca ...` (and then tells its agents).
+    ca_watch_interval: float = 10.0
+    # After `ca add-next`, devices renew onto the new CA at moments spread over this
+    # many seconds (each device its own moment), not all at once.
+    ca_rotation_spread: float = 86_400.0
     # Hosts lesson content may come from (told to agents in Welcome; a subdomain of one
     # counts too): panels refuse any other URL, and a schedule row may use http only
     # for these. Empty: panels refuse every lesson, so set it.
@@ -211,6 +219,7 @@ class ControllerSettings:
             "rollout_gate_days",
             "uplink_interval",
             "probe_interval",
+            "ca_rotation_spread",
         ):
             if getattr(self, key) < 0:
                 raise SettingError(f"{key!r} must be >= 0", key)
@@ -224,6 +233,8 @@ class ControllerSettings:
             "probe_banner_timeout",
             "probe_auth_timeout",
             "probe_command_timeout",
+            "device_cert_lifetime",
+            "ca_watch_interval",
         ):
             if getattr(self, key) <= 0:
                 raise SettingError(f"{key!r} must be positive", key)

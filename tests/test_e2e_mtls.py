@@ -220,7 +220,7 @@ def test_a_certificate_replaced_by_a_new_enrollment_is_refused(
     )
     assert refused == (
         f"PERMISSION_DENIED: certificate {serial} is not device panel-r's current one "
-        "(it enrolled again since)"
+        "(it was renewed or enrolled again since)"
     )
     assert "reason=replaced_certificate" in c.log_text()
     assert c.metrics()['schoolfleet_streams_closed_total{reason="replaced_certificate"}'] == 1

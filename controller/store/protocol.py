@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from controller.store.certs_protocol import CertStore
 from controller.store.infra_protocol import InfraStore
 from controller.store.lessons_protocol import LessonStore
 from controller.store.rollouts_protocol import RolloutStore
@@ -222,6 +223,7 @@ class AccessStore(Protocol):
 class Store(
     DeviceStore,
     EnrollTokenStore,
+    CertStore,
     AccessStore,
     LessonStore,
     RolloutStore,

@@ -1,0 +1,281 @@
+"""Certificate renewal on the devices' own streams, and the watch on the pki directory.
+
+A stream opened with a client certificate is remembered with that certificate (its
+serial, key and issuing CA). An agent with the "renew" capability is told after
+Welcome whom to trust and when to renew (CertificateStatus); it answers, in time,
+with a RenewRequest for a key it made, and gets a RenewResponse on the same stream.
+The renewed certificate is kept as the device's next one; the first stream opened
+with it makes it the certificate in use, and from then on the old one is refused
+(controller/admission.py compares with the enrollment's serial). Until that moment
+the old certificate still works, so a lost answer costs nothing: the device asks
+again on its next stream.
+
+Every renewal, granted or refused, is logged and audited (action "renew").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from controller.audit_log import AuditSink
+from controller.ca_keeper import CaKeeper
+from controller.ca_rotation import CaSet, ca_id
+from controller.cert_renewal import renew_in, renewal_key, spki
+from controller.device_certs import sign_device_key
+from controller.errors import PkiError, StoreError
+from controller.pki import BACKDATE
+from controller.sessions import Closing, Session, SessionRegistry
+from controller.store.certs_protocol import CertState, CertStore, Renewed
+from inventory.people import AuditEntry, Outcome
+from protos.schoolfleet.v1 import agent_pb2
+
+log = logging.getLogger(__name__)
+
+CAPABILITY = "renew"
+Sessions = SessionRegistry[agent_pb2.ControllerMessage]
+StreamSession = Session[agent_pb2.ControllerMessage]
+
+
+@dataclasses.dataclass
+class StreamCert:
+    """The client certificate a stream was opened with, as far as renewal needs it."""
+
+    device_id: str
+    school_id: str
+    serial: str
+    key: bytes
+    # The trusted CA that signed it ("" if none of those now trusted: it is retiring).
+    ca_id: str
+    state: CertState | None
+    renewed: bool = False
+
+
+class Renewals:
+    """Answers renewal requests and tells agents about CA changes."""
+
+    def __init__(
+        self,
+        keeper: CaKeeper,
+        store: CertStore,
+        audit: AuditSink,
+        sessions: Sessions,
+        *,
+        lifetime: float,
+        spread: float,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._keeper = keeper
+        self._store = store
+        self._audit = audit
+        self._sessions = sessions
+        self._lifetime = dt.timedelta(seconds=lifetime)
+        self._spread = spread
+        self._now = now
+        # Forgotten with the session: nothing to clean up when a stream ends.
+        self._streams: weakref.WeakKeyDictionary[StreamSession, StreamCert] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def on_connect(
+        self, device_id: str, school_id: str, serial: str | None, context: Any
+    ) -> StreamCert | None:
+        """Before the stream is admitted: a renewed certificate's first stream makes it
+        the one in use. None without a client certificate (agent_tls off)."""
+        if serial is None:
+            return None
+        pem = next(iter(context.auth_context().get("x509_pem_cert", ())), b"")
+        cert = x509.load_pem_x509_certificate(pem)
+        try:
+            state = await asyncio.to_thread(self._store.cert_state, device_id)
+            if state is not None and state.next_serial == serial and not state.revoked:
+                old = state.serial
+                if await asyncio.to_thread(self._store.confirm_renewal, device_id, serial):
+                    log.info(
+                        "renewed certificate in use device=%s school=%s serial=%s replaced=%s",
+                        device_id,
+                        school_id,
+                        serial,
+                        old,
+                    )
+                    state = await asyncio.to_thread(self._store.cert_state, device_id)
+        except StoreError as exc:
+            # Admission reads the store next and refuses the stream with its own word.
+            log.error("certificate state not read device=%s error=%s", device_id, exc)
+            state = None
+        return StreamCert(
+            device_id, school_id, serial, spki(cert.public_key()), self._issuer(cert), state
+        )
+
+    def opened(self, session: StreamSession, cert: StreamCert | None) -> None:
+        """The stream is admitted: remember its certificate, tell the agent its status."""
+        if cert is None:
+            return
+        self._streams[session] = cert
+        if CAPABILITY in session.capabilities and cert.state is not None:
+            session.send(self._status(cert, cert.state))
+
+    def _issuer(self, cert: x509.Certificate) -> str:
+        try:
+            cas = self._keeper.cas()
+        except PkiError:
+            return ""
+        for ca in cas.trusted:
+            try:
+                cert.verify_directly_issued_by(ca)
+            except (InvalidSignature, ValueError, TypeError):
+                continue
+            return ca_id(ca)
+        return ""
+
+    def _status(self, cert: StreamCert, state: CertState) -> agent_pb2.ControllerMessage:
+        cas = self._keeper.cas()
+        return agent_pb2.ControllerMessage(
+            certificate_status=agent_pb2.CertificateStatus(
+                ca_bundle_pem=cas.bundle_pem(),
+                renew_in_seconds=renew_in(
+                    self._now(),
+                    state.issued_at,
+                    state.not_after,
+                    device_id=cert.device_id,
+                    rotation_started=_rotation_started(cas, cert.ca_id),
+                    spread=self._spread,
+                ),
+            )
+        )
+
+    async def on_request(self, session: StreamSession, request: agent_pb2.RenewRequest) -> None:
+        """Signs the device's new key, or says why not; the answer goes on its stream."""
+        cert = self._streams.get(session)
+        outcome, answer = Outcome.DENIED, agent_pb2.RenewResponse()
+        if cert is None:
+            answer.refused = "renewal needs a stream opened with a client certificate"
+        elif cert.renewed:
+            answer.refused = (
+                "one renewal per stream: connect with the renewed certificate before asking again"
+            )
+        else:
+            try:
+                answer = await asyncio.to_thread(self._sign, cert, request.csr_pem)
+                outcome = Outcome.OK if not answer.refused else Outcome.DENIED
+            except StoreError as exc:
+                log.error("renewal not stored device=%s error=%s", cert.device_id, exc)
+                outcome, answer.refused = Outcome.FAILED, "controller store unavailable"
+        device_id = session.device_id
+        school_id = cert.school_id if cert is not None else ""
+        serial = _serial_of(answer.certificate_pem) if outcome == Outcome.OK else ""
+        if outcome == Outcome.OK:
+            assert cert is not None
+            cert.renewed = True
+            log.info(
+                "certificate renewed device=%s school=%s serial=%s replaces=%s",
+                device_id,
+                school_id,
+                serial,
+                cert.serial,
+            )
+        else:
+            log.warning(
+                "renewal refused device=%s school=%s reason=%s",
+                device_id,
+                school_id or "-",
+                answer.refused,
+            )
+        await self._audit(
+            AuditEntry(
+                entry_id=0,
+                at=self._now(),
+                actor=device_id,
+                action="renew",
+                target=device_id,
+                school_id=school_id,
+                outcome=outcome,
+                message=(f"certificate {serial}" if serial else answer.refused)[:500],
+                peer="",
+            )
+        )
+        session.send(agent_pb2.ControllerMessage(renew_response=answer))
+
+    def _sign(self, cert: StreamCert, csr_pem: bytes) -> agent_pb2.RenewResponse:
+        try:
+            public = renewal_key(csr_pem, cert.device_id, cert.school_id, cert.key)
+            cas = self._keeper.cas()
+            when = dt.datetime.fromtimestamp(self._now(), dt.UTC)
+            issued = sign_device_key(
+                cas.issuing, public, cert.device_id, cert.school_id, self._lifetime, when
+            )
+        except PkiError as exc:
+            return agent_pb2.RenewResponse(refused=str(exc))
+        serial = f"{issued.serial:x}"
+        renewed = Renewed(serial, issued.not_after.timestamp(), self._now(), cas.issuing_id)
+        if not self._store.add_renewal(cert.device_id, cert.serial, renewed):
+            return agent_pb2.RenewResponse(
+                refused=f"certificate {cert.serial} is no longer this device's current one"
+            )
+        return agent_pb2.RenewResponse(certificate_pem=issued.pem, ca_bundle_pem=cas.bundle_pem())
+
+    async def watch(self, interval: float) -> None:
+        """Looks at the pki directory every ``interval`` seconds until cancelled; after a
+        change, tells every agent, and closes streams whose CA is no longer trusted."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if await asyncio.to_thread(self._keeper.refresh):
+                    await self._announce()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The watch must outlive any one bad look; the next one tries again.
+                log.exception("pki watch failed; trying again in %gs", interval)
+
+    async def _announce(self) -> None:
+        cas = self._keeper.cas()
+        trusted = cas.trusted_ids()
+        states = {s.device_id: s for s in await asyncio.to_thread(self._store.cert_states)}
+        told = closed = 0
+        for session, cert in list(self._streams.items()):
+            if self._sessions.get(session.device_id) is not session:
+                continue
+            if cert.ca_id not in trusted:
+                closed += 1
+                session.close(
+                    Closing(
+                        "ca_retired",
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        "the CA that signed this certificate is retired; the device must "
+                        "enroll again",
+                    )
+                )
+                continue
+            state = states.get(session.device_id)
+            if CAPABILITY in session.capabilities and state is not None:
+                session.send(self._status(cert, state))
+                told += 1
+        log.info(
+            "pki change announced cas=%d next_ca=%s agents_told=%d streams_closed=%d",
+            len(trusted),
+            "yes" if cas.next is not None else "no",
+            told,
+            closed,
+        )
+
+
+def _rotation_started(cas: CaSet, cert_ca: str) -> float | None:
+    """When the move to the next CA began, if this certificate is not from it yet."""
+    if cas.next is None or cert_ca == cas.issuing_id:
+        return None
+    return (cas.next.certificate.not_valid_before_utc + BACKDATE).timestamp()
+
+
+def _serial_of(pem: bytes) -> str:
+    return f"{x509.load_pem_x509_certificate(pem).serial_number:x}"
