@@ -28,8 +28,8 @@ from controller import audit_log
 from controller.admin_guard import Guard
 from controller.ansible_user import rollout_dirs
 from controller.attempt_limits import FailureBudget
-from controller.dispatcher import Dispatcher
 from controller.ca_keeper import CaKeeper
+from controller.dispatcher import Dispatcher
 from controller.enroll_service import Enroller
 from controller.errors import ConfigError, PkiError
 from controller.grpc_logs import hide_metadata_values
