@@ -9,7 +9,6 @@ import dataclasses
 import logging
 import signal
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,10 +52,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    try:
-        return version("schoolfleet")
-    except PackageNotFoundError:
-        return "unknown"
+    """The installed package's version, from the Version field of its METADATA.
+
+    Read directly, as importlib.metadata would find it on sys.path, because
+    importlib.metadata loads email, zipfile and csv with it: ~1.7 MiB of every
+    device's memory for one string (docs/benchmarks.md).
+    """
+    for entry in sys.path:
+        for metadata in sorted(Path(entry or ".").glob("schoolfleet-*.dist-info/METADATA")):
+            try:
+                with metadata.open(encoding="utf-8", errors="replace") as lines:
+                    for line in lines:
+                        if line.startswith("Version:"):
+                            return line.partition(":")[2].strip()
+                        if not line.strip():
+                            break  # the headers end at the first empty line
+            except OSError:
+                continue
+    return "unknown"
 
 
 def _open_spool(settings: agent_settings.AgentSettings) -> Spool:

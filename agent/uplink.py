@@ -9,14 +9,15 @@ slow uplink gets a figure, not a failure.
 
 from __future__ import annotations
 
-import http.client
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import http.client
 
 # The most one order may ask for (the controller's cap too), and the longest it may run.
 MAX_BYTES = 100_000_000
@@ -93,6 +94,12 @@ def fetch(
     clock: Callable[[], float] = time.monotonic,
 ) -> Transfer:
     """Reads up to ``size`` bytes from ``url`` for at most ``timeout`` seconds."""
+    # Loaded on the first measurement, not by every agent at start: urllib and its
+    # http and email modules are ~2 MiB of each device's memory (docs/benchmarks.md).
+    import http.client
+    import urllib.error
+    import urllib.request
+
     # Straight to the controller: a proxy from the environment would measure itself.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     started = clock()
