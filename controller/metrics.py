@@ -24,7 +24,7 @@ from inventory.model import Condition, DeviceKind, KindCount, SchoolReports
 log = logging.getLogger(__name__)
 
 # Why a device stream ends (controller/sessions.py, service_agent.py, admission.py,
-# service_admin.py); docs/metrics.md lists the same.
+# service_admin.py, service_renewal.py); docs/metrics.md lists the same.
 STREAM_CLOSE_REASONS = (
     "agent_closed",
     "replaced",
@@ -39,6 +39,8 @@ STREAM_CLOSE_REASONS = (
     "replaced_certificate",
     "decommissioned",
     "moved",
+    "ca_retired",
+    "renewal_flood",
 )
 
 

@@ -43,6 +43,9 @@ from protos.schoolfleet.v1 import agent_pb2
 log = logging.getLogger(__name__)
 
 CAPABILITY = "renew"
+# Renewal requests one stream may make, refused ones included: each is logged and
+# audited, so a device that keeps asking is cut off and must connect again.
+REQUESTS_PER_STREAM = 10
 Sessions = SessionRegistry[agent_pb2.ControllerMessage]
 StreamSession = Session[agent_pb2.ControllerMessage]
 
@@ -59,6 +62,7 @@ class StreamCert:
     ca_id: str
     state: CertState | None
     renewed: bool = False
+    requests: int = 0
 
 
 class Renewals:
@@ -157,6 +161,22 @@ class Renewals:
     async def on_request(self, session: StreamSession, request: agent_pb2.RenewRequest) -> None:
         """Signs the device's new key, or says why not; the answer goes on its stream."""
         cert = self._streams.get(session)
+        if cert is not None:
+            cert.requests += 1
+            if cert.requests > REQUESTS_PER_STREAM:
+                log.warning(
+                    "renewal requests over the limit device=%s requests=%d; stream closed",
+                    session.device_id,
+                    cert.requests,
+                )
+                session.close(
+                    Closing(
+                        "renewal_flood",
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"more than {REQUESTS_PER_STREAM} renewal requests on one stream",
+                    )
+                )
+                return
         outcome, answer = Outcome.DENIED, agent_pb2.RenewResponse()
         if cert is None:
             answer.refused = "renewal needs a stream opened with a client certificate"

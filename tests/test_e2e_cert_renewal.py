@@ -273,12 +273,24 @@ def test_a_device_renews_only_itself_with_a_new_strong_key_and_the_old_one_is_re
                     f"certificate {old_serial} is not device panel-x's current one "
                     "(it was renewed or enrolled again since)",
                 )
+                # A device that keeps asking is cut off: each refusal costs a log line
+                # and an audit entry.
+                for _ in range(10):
+                    assert renew(switched, b"junk").refused
+                switched.send(
+                    agent_pb2.AgentMessage(renew_request=agent_pb2.RenewRequest(csr_pem=b"junk"))
+                )
+                assert switched.status() == (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "more than 10 renewal requests on one stream",
+                )
         log = c.log_text()
         entries = audit(c.database, "panel-x")
     # Every refusal is one log line and one audit entry naming what was wrong.
-    assert [o for o, _ in entries] == ["denied"] * len(hostile) + ["ok", "denied"]
+    assert [o for o, _ in entries] == ["denied"] * len(hostile) + ["ok"] + ["denied"] * 11
     assert [m for _, m in entries[: len(hostile)]] == list(expected.values())
-    assert log.count("renewal refused device=panel-x") == len(hostile) + 1
+    assert log.count("renewal refused device=panel-x") == len(hostile) + 11
+    assert "renewal requests over the limit device=panel-x requests=11" in log
     assert f"certificate renewed device=panel-x school={SCHOOL} serial={new_serial}" in log
     assert "Traceback" not in log
 
