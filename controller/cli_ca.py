@@ -72,8 +72,14 @@ def _run(
 
 
 def _cert_states(database: str) -> list[CertState]:
-    from controller.store import open_store
+    from controller.errors import StoreError
+    from controller.store import open_store, sqlite_path
 
+    # Never a new, empty store: an empty fleet would let retire-old strand every device.
+    if not sqlite_path(database).is_file():
+        raise StoreError(
+            f"database {database} does not exist: give the controller's --database or --config"
+        )
     store = open_store(database)
     try:
         return store.cert_states()
