@@ -66,6 +66,9 @@ TEST_VARS: dict[str, object] = {
     "sf_agent_group": "nogroup",
     "sf_kiosk_user": "nobody",
     "sf_kiosk_group": "nogroup",
+    # agent.yml's health check: the hosts' venvs hold the agent without its
+    # dependencies, so --once could not run; --version still runs the release's code.
+    "sf_agent_health_argv": ["/opt/schoolfleet/venv/bin/schoolfleet-agent", "--version"],
 }
 
 
