@@ -11,12 +11,17 @@ between reads. Only the attributes the agent reports are decoded
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _NLMSG = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port
 _RTA = struct.Struct("=HH")  # rtattr: length, type
@@ -30,6 +35,7 @@ RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE = 18, 22, 26
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_OPERSTATE, IFLA_STATS64 = 1, 3, 4, 16, 23
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 4, 5, 6, 15
+_LINK_ATTRS = frozenset((IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_OPERSTATE, IFLA_STATS64))
 IFF_LOOPBACK = 0x8
 RT_TABLE_MAIN, RTN_UNICAST = 254, 1
 # IF_OPER_* in the order of linux/if.h, as `ip link` prints them (lower case).
@@ -85,14 +91,20 @@ class _Dump:
     interrupted: bool = False
 
 
-def attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:
-    """rtattrs from ``offset`` on, by type (nested and byte-order flags cleared)."""
+def attributes(
+    data: bytes, offset: int = 0, wanted: frozenset[int] | None = None
+) -> dict[int, bytes]:
+    """rtattrs from ``offset`` on, by type (nested and byte-order flags cleared); only
+    the ``wanted`` types if given (a link has ~50 attributes, the agent reads five)."""
     found: dict[int, bytes] = {}
-    while offset + _RTA.size <= len(data):
-        length, kind = _RTA.unpack_from(data, offset)
-        if length < _RTA.size or offset + length > len(data):
+    unpack, end = _RTA.unpack_from, len(data)
+    while offset + 4 <= end:
+        length, kind = unpack(data, offset)
+        if length < 4 or offset + length > end:
             break  # malformed: keep what was read so far
-        found[kind & 0x3FFF] = data[offset + _RTA.size : offset + length]
+        kind &= 0x3FFF
+        if wanted is None or kind in wanted:
+            found[kind] = data[offset + 4 : offset + length]
         offset += (length + 3) & ~3
     return found
 
@@ -104,7 +116,7 @@ def _text(raw: bytes) -> str:
 def parse_link(body: bytes) -> Link:
     """An RTM_NEWLINK body."""
     _, _, index, flags, _ = _IFINFO.unpack_from(body)
-    attrs = attributes(body, _IFINFO.size)
+    attrs = attributes(body, _IFINFO.size, _LINK_ATTRS)
     state = attrs.get(IFLA_OPERSTATE, b"\0")[0]
     stats = attrs.get(IFLA_STATS64, b"")
     counters = (0, 0, 0, 0)
@@ -171,22 +183,21 @@ class Rtnetlink:
 
     def links(self) -> list[Link]:
         """Every link of the namespace."""
-        return [parse_link(b) for b in self._dump(RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0))]
+        return _parsed(parse_link, self._dump(RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0)))
 
     def addresses(self) -> dict[int, list[str]]:
         """Addresses by interface index, IPv4 and IPv6."""
         found: dict[int, list[str]] = {}
-        for body in self._dump(RTM_GETADDR, _IFADDR.pack(0, 0, 0, 0, 0)):
-            parsed = parse_address(body)
-            if parsed is not None:
-                found.setdefault(parsed[0], []).append(parsed[1])
+        request = _IFADDR.pack(0, 0, 0, 0, 0)
+        for index, address in _parsed(parse_address, self._dump(RTM_GETADDR, request)):
+            found.setdefault(index, []).append(address)
         return found
 
     def default_routes(self, family: int) -> list[Route]:
         """Default routes of the main table, lowest metric first."""
         request = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-        routes = [parse_default_route(b) for b in self._dump(RTM_GETROUTE, request)]
-        return sorted((r for r in routes if r is not None), key=lambda r: r.metric)
+        routes = _parsed(parse_default_route, self._dump(RTM_GETROUTE, request))
+        return sorted(routes, key=lambda r: r.metric)
 
     def _dump(self, kind: int, body: bytes) -> list[bytes]:
         with self._lock:
@@ -230,6 +241,21 @@ class Rtnetlink:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _parsed(parse: Callable[[bytes], T | None], bodies: list[bytes]) -> list[T]:
+    """Each body parsed; one the kernel cut short or that does not parse is left out
+    (this read goes on without it), as is one ``parse`` says is not wanted."""
+    out = []
+    for body in bodies:
+        try:
+            item = parse(body)
+        except (struct.error, IndexError, ValueError) as exc:
+            log.warning("netlink message skipped reason=%r", exc)
+            continue
+        if item is not None:
+            out.append(item)
+    return out
 
 
 def _messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:

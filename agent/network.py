@@ -14,8 +14,8 @@ from __future__ import annotations
 import concurrent.futures
 import importlib.util
 import logging
+import os
 import socket
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,38 +73,23 @@ class NetworkReport:
     wifi_status: str = "no wireless"
 
 
-def _speed(name: str, sys_net: Path) -> int | None:
+def _speed(name: str, sys_net: str) -> int | None:
     try:
-        speed = int((sys_net / name / "speed").read_text().strip())
+        with open(os.path.join(sys_net, name, "speed"), encoding="ascii") as f:
+            speed = int(f.read().strip())
     except (OSError, ValueError):
         return None  # EINVAL for links without a speed
     return speed if speed > 0 else None
 
 
-def _is_wireless(name: str, sys_net: Path) -> bool:
-    return (sys_net / name / "wireless").exists() or (sys_net / name / "phy80211").exists()
-
-
-def _interface(link: Link, addresses: dict[int, list[str]], sys_net: Path) -> Interface:
-    rx, tx, rx_errors, tx_errors = link.counters
-    return Interface(
-        name=link.name,
-        index=link.index,
-        state=link.operstate,
-        mac=link.mac,
-        mtu=link.mtu,
-        addresses=addresses.get(link.index, []),
-        speed_mbit=_speed(link.name, sys_net),
-        rx_bytes=rx,
-        tx_bytes=tx,
-        rx_errors=rx_errors,
-        tx_errors=tx_errors,
-        wireless=_is_wireless(link.name, sys_net),
-        # A link with a device behind it in sysfs is hardware; the rest are made by
-        # software (bridges, veths, tunnels, dummies, VLANs).
-        physical=(sys_net / link.name / "device").exists(),
-        loopback=link.loopback,
+def _hardware(name: str, sys_net: str) -> tuple[bool, bool]:
+    """(physical, wireless): a link with a device behind it in sysfs is hardware; the
+    rest are made by software (bridges, veths, tunnels, dummies, VLANs)."""
+    where = os.path.join(sys_net, name)
+    wireless = os.path.exists(os.path.join(where, "wireless")) or os.path.exists(
+        os.path.join(where, "phy80211")
     )
+    return os.path.exists(os.path.join(where, "device")), wireless
 
 
 def _iw() -> tuple[Any, type[Exception]]:
@@ -125,41 +110,80 @@ def _iw() -> tuple[Any, type[Exception]]:
 
 
 class NetworkReader:
-    """Reads the network over one netlink socket kept open between reads."""
+    """Reads the network over one netlink socket kept open between reads.
+
+    What sysfs says of a link (hardware, wireless) is read once per link, not every
+    heartbeat: on a host with dozens of links those file lookups were most of a read.
+    """
 
     def __init__(self, sys_net: Path = SYS_NET) -> None:
-        self._sys_net = sys_net
+        self._sys_net = str(sys_net)
         self._rtnl = Rtnetlink()
+        # (index, name) -> (physical, wireless); a renamed or new link is looked up anew.
+        self._hardware: dict[tuple[int, str], tuple[bool, bool]] = {}
 
     def read(self) -> NetworkReport:
         """Interfaces, addresses, the default route and Wi-Fi, from the kernel."""
         try:
+            routes = self._rtnl.default_routes(socket.AF_INET)
             addresses = self._rtnl.addresses()
             links = self._rtnl.links()
-            routes = self._rtnl.default_routes(socket.AF_INET)
         except NetlinkFailed as exc:
             raise CollectError(f"network not read over netlink: {exc}") from None
+        uplink = routes[0].oif if routes else None
+        known, self._hardware = self._hardware, {}
         interfaces = []
         for link in links:
-            try:
-                interfaces.append(_interface(link, addresses, self._sys_net))
-            except (struct.error, ValueError) as exc:
-                # A link that vanished or changed while being read is left out this time.
-                log.warning("interface skipped index=%s reason=%r", link.index, exc)
+            key = (link.index, link.name)
+            physical, wireless = known.get(key) or _hardware(link.name, self._sys_net)
+            self._hardware[key] = (physical, wireless)
+            interfaces.append(
+                _interface(link, addresses, physical, wireless, uplink, self._sys_net)
+            )
         by_index = {i.index: i.name for i in interfaces}
         gateway = interface = None
         if routes:
             gateway = routes[0].gateway
-            interface = by_index.get(routes[0].oif or -1)
-        wireless = [i for i in interfaces if i.wireless]
-        if not wireless:
+            interface = by_index.get(uplink or -1)
+        wireless_links = [i for i in interfaces if i.wireless]
+        if not wireless_links:
             return NetworkReport(interfaces, gateway, interface)
-        wifi, status = _read_wifi(wireless)
+        wifi, status = _read_wifi(wireless_links)
         return NetworkReport(interfaces, gateway, interface, wifi, status)
 
     def close(self) -> None:
         """Closes the netlink socket."""
         self._rtnl.close()
+
+
+def _interface(
+    link: Link,
+    addresses: dict[int, list[str]],
+    physical: bool,
+    wireless: bool,
+    uplink: int | None,
+    sys_net: str,
+) -> Interface:
+    rx, tx, rx_errors, tx_errors = link.counters
+    # A software link's speed is made up (a veth says 10000, a tun 10) unless it is
+    # the uplink (a VLAN on a NIC gives the NIC's): read only where it means something.
+    speed = _speed(link.name, sys_net) if physical or link.index == uplink else None
+    return Interface(
+        name=link.name,
+        index=link.index,
+        state=link.operstate,
+        mac=link.mac,
+        mtu=link.mtu,
+        addresses=addresses.get(link.index, []),
+        speed_mbit=speed,
+        rx_bytes=rx,
+        tx_bytes=tx,
+        rx_errors=rx_errors,
+        tx_errors=tx_errors,
+        wireless=wireless,
+        physical=physical,
+        loopback=link.loopback,
+    )
 
 
 def read_network(sys_net: Path = SYS_NET) -> NetworkReport:
