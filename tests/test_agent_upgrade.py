@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.netns import needs_root
-from tests.test_playbooks import ROOT, SshHost, _fleet, _on_host
+from tests.ssh_hosts import SshHost
+from tests.test_playbooks import ROOT, _fleet, _on_host
 
 PACKAGES = ("agent", "controller", "inventory", "protos", "cli", "common")
 # Checked by Python before anything runs: a release that cannot start on the device.
