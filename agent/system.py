@@ -125,22 +125,46 @@ def _temperatures() -> dict[str, float]:
     return {chip: max(s.current for s in sensors) for chip, sensors in chips.items() if sensors}
 
 
-def _kiosk_running(program: str) -> bool | None:
-    if not program:
-        return None
-    name = Path(program).name
-    for proc in psutil.process_iter(["name", "exe"]):
-        exe = proc.info.get("exe") or ""
-        if proc.info.get("name") == name or exe == program:
+class KioskWatch:
+    """Whether the kiosk program runs, without a walk of every process each heartbeat.
+
+    The process found is remembered and checked by itself (psutil compares its start
+    time, so a reused pid is not taken for it); the walk happens only while it is not
+    running. A panel runs ~300 processes: the walk is ~20 ms of CPU, the check ~0.1.
+    """
+
+    def __init__(self, program: str) -> None:
+        self._program = program
+        self._name = Path(program).name
+        self._found: psutil.Process | None = None
+
+    def running(self) -> bool | None:
+        """None when no kiosk program is configured."""
+        if not self._program:
+            return None
+        if self._found is not None and _alive(self._found):
             return True
-    return False
+        self._found = None
+        for proc in psutil.process_iter(["name", "exe"]):
+            exe = proc.info.get("exe") or ""
+            if (proc.info.get("name") == self._name or exe == self._program) and _alive(proc):
+                self._found = proc
+                return True
+        return False
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 class SystemCollector:
     """Collects SystemFacts; keeps the agent's own process handle for its CPU figure."""
 
     def __init__(self, kiosk_program: str = "", root: Path = Path("/")) -> None:
-        self._kiosk = kiosk_program
+        self._kiosk = KioskWatch(kiosk_program)
         self._os = read_os_release(root)
         self._me = psutil.Process(os.getpid())
         self._me.cpu_percent(interval=None)  # primed: the next call measures since now
@@ -165,5 +189,5 @@ class SystemCollector:
             on_ac_power=battery.power_plugged if battery else None,
             agent_rss_bytes=self._me.memory_info().rss,
             agent_cpu_percent=self._me.cpu_percent(interval=None),
-            kiosk_running=_kiosk_running(self._kiosk),
+            kiosk_running=self._kiosk.running(),
         )
