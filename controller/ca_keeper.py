@@ -58,7 +58,10 @@ class CaKeeper:
             try:
                 self._load(signature)
             except PkiError as exc:
-                log.error("pki files not taken (the last good ones stay) reason=%s", exc)
+                # Once per change of the files, not at every look.
+                self._signature = signature
+                if any(signature):
+                    log.error("pki files not taken (the last good ones stay) reason=%s", exc)
                 return False
         log.info(
             "pki files read cas=%d next_ca=%s generation=%d",

@@ -106,6 +106,13 @@ def test_the_running_controller_keeps_the_last_good_files_while_a_change_is_half
     shutil.copy(pki / "ca.crt", pki / "ca-next.crt")
     assert not keeper.refresh()
     assert keeper.cas() is first
+    assert not keeper.refresh()  # looked at once per change
+    # Once the files belong together again, they are taken.
+    (pki / "ca-next.crt").unlink()
+    (pki / "ca-next.key").unlink()
+    ca_rotation.add_next(pki)
+    assert keeper.refresh()
+    assert keeper.cas().next is not None
 
 
 def test_a_switch_cut_short_on_the_device_is_finished_at_the_next_start(
