@@ -197,7 +197,10 @@ def take_backup(database: Path, data_dir: Path, to: Path, now: float) -> Manifes
         manifest = Manifest(now, schema, controller_version(), members)
         partial = Path(tmp) / "archive.tar.gz"
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        with (
+            os.fdopen(fd, "wb") as raw,
+            tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6) as tar,
+        ):
             _add(tar, MANIFEST, io.BytesIO(manifest.to_json()), len(manifest.to_json()), now)
             for member, (_, path) in zip(members, sources, strict=True):
                 with path.open("rb") as f:
