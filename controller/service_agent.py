@@ -126,13 +126,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         serial = None
         if self._settings.agent_tls:
             identity, serial = await self._certified(identity, peer, context)
-        # Before admission: the first stream with a renewed certificate puts it in use.
-        cert = await self._renewals.on_connect(
-            identity.device_id, identity.school_id, serial, context
-        )
         await self._refuse_unless_current(identity, serial, peer, context)
         session = self._sessions.open(identity.device_id, capabilities)
-        self._renewals.opened(session, cert)
+        self._renewals.opened(session, identity.school_id, serial, context)
         self._acks.forget(identity.device_id)
         try:
             last_seq = await asyncio.get_running_loop().run_in_executor(
@@ -245,6 +241,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         cert_school = identity.school_id if serial is not None else None
         refusal = stream_refusal(device_id, cert_school, serial, enrolled)
         if refusal is None:
+            return
+        # The first stream with a renewed certificate makes it the one in use.
+        if (
+            serial is not None
+            and refusal.reason == "replaced_certificate"
+            and await self._renewals.confirm(device_id, serial)
+        ):
             return
         if serial is not None and await self._adopted(identity, context):
             return

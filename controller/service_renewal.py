@@ -16,6 +16,7 @@ Every renewal, granted or refused, is logged and audited (action "renew").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -26,7 +27,6 @@ from typing import Any
 
 import grpc
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from controller.audit_log import AuditSink
 from controller.ca_keeper import CaKeeper
@@ -36,7 +36,7 @@ from controller.device_certs import sign_device_key
 from controller.errors import PkiError, StoreError
 from controller.pki import BACKDATE
 from controller.sessions import Closing, Session, SessionRegistry
-from controller.store.certs_protocol import CertState, CertStore, Renewed
+from controller.store.certs_protocol import CertStore, Renewed
 from inventory.people import AuditEntry, Outcome
 from protos.schoolfleet.v1 import agent_pb2
 
@@ -60,7 +60,9 @@ class StreamCert:
     key: bytes
     # The trusted CA that signed it ("" if none of those now trusted: it is retiring).
     ca_id: str
-    state: CertState | None
+    # When it was signed and when it ends (POSIX seconds), from the certificate itself.
+    issued_at: float
+    not_after: float
     renewed: bool = False
     requests: int = 0
 
@@ -91,66 +93,67 @@ class Renewals:
             weakref.WeakKeyDictionary()
         )
 
-    async def on_connect(
-        self, device_id: str, school_id: str, serial: str | None, context: Any
-    ) -> StreamCert | None:
-        """Before the stream is admitted: a renewed certificate's first stream makes it
-        the one in use. None without a client certificate (agent_tls off)."""
-        if serial is None:
-            return None
-        pem = next(iter(context.auth_context().get("x509_pem_cert", ())), b"")
-        cert = x509.load_pem_x509_certificate(pem)
+    async def confirm(self, device_id: str, serial: str) -> bool:
+        """Whether ``serial``, not the device's current certificate, is its renewed one:
+        then it becomes the current one (the switch) and the stream may open. Asked
+        only for a certificate admission would refuse, so a stream of the certificate
+        in use costs no store work here."""
         try:
-            state = await asyncio.to_thread(self._store.cert_state, device_id)
-            if state is not None and state.next_serial == serial and not state.revoked:
-                old = state.serial
-                if await asyncio.to_thread(self._store.confirm_renewal, device_id, serial):
-                    log.info(
-                        "renewed certificate in use device=%s school=%s serial=%s replaced=%s",
-                        device_id,
-                        school_id,
-                        serial,
-                        old,
-                    )
-                    state = await asyncio.to_thread(self._store.cert_state, device_id)
+            confirmed = await asyncio.to_thread(self._store.confirm_renewal, device_id, serial)
         except StoreError as exc:
-            # Admission reads the store next and refuses the stream with its own word.
-            log.error("certificate state not read device=%s error=%s", device_id, exc)
-            state = None
-        return StreamCert(
-            device_id, school_id, serial, spki(cert.public_key()), self._issuer(cert), state
-        )
+            log.error("renewed certificate not confirmed device=%s error=%s", device_id, exc)
+            return False
+        if confirmed:
+            log.info("renewed certificate in use device=%s serial=%s", device_id, serial)
+        return confirmed
 
-    def opened(self, session: StreamSession, cert: StreamCert | None) -> None:
-        """The stream is admitted: remember its certificate, tell the agent its status."""
-        if cert is None:
+    def opened(
+        self, session: StreamSession, school_id: str, serial: str | None, context: Any
+    ) -> None:
+        """The stream is admitted: remember its certificate, tell the agent whom to
+        trust and when to renew. Nothing without a client certificate (agent_tls off)."""
+        if serial is None:
             return
-        self._streams[session] = cert
-        if CAPABILITY in session.capabilities and cert.state is not None:
-            session.send(self._status(cert, cert.state))
+        pem = next(iter(context.auth_context().get("x509_pem_cert", ())), b"")
+        # gRPC verified it already: it parses.
+        cert = x509.load_pem_x509_certificate(pem)
+        stream = StreamCert(
+            session.device_id,
+            school_id,
+            serial,
+            spki(cert.public_key()),
+            self._issuer(cert),
+            (cert.not_valid_before_utc + BACKDATE).timestamp(),
+            cert.not_valid_after_utc.timestamp(),
+        )
+        self._streams[session] = stream
+        if CAPABILITY in session.capabilities:
+            session.send(self._status(stream))
 
     def _issuer(self, cert: x509.Certificate) -> str:
+        """The trusted CA whose key identifier the certificate names (TLS checked the
+        signature); "" if none."""
         try:
             cas = self._keeper.cas()
-        except PkiError:
+            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+        except (PkiError, x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
             return ""
         for ca in cas.trusted:
-            try:
-                cert.verify_directly_issued_by(ca)
-            except (InvalidSignature, ValueError, TypeError):
-                continue
-            return ca_id(ca)
+            with contextlib.suppress(x509.ExtensionNotFound, ValueError):
+                ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+                if ski.value.digest == aki.value.key_identifier:
+                    return ca_id(ca)
         return ""
 
-    def _status(self, cert: StreamCert, state: CertState) -> agent_pb2.ControllerMessage:
+    def _status(self, cert: StreamCert) -> agent_pb2.ControllerMessage:
         cas = self._keeper.cas()
         return agent_pb2.ControllerMessage(
             certificate_status=agent_pb2.CertificateStatus(
                 ca_bundle_pem=cas.bundle_pem(),
                 renew_in_seconds=renew_in(
                     self._now(),
-                    state.issued_at,
-                    state.not_after,
+                    cert.issued_at,
+                    cert.not_after,
                     device_id=cert.device_id,
                     rotation_started=_rotation_started(cas, cert.ca_id),
                     spread=self._spread,
@@ -261,7 +264,6 @@ class Renewals:
     async def _announce(self) -> None:
         cas = self._keeper.cas()
         trusted = cas.trusted_ids()
-        states = {s.device_id: s for s in await asyncio.to_thread(self._store.cert_states)}
         told = closed = 0
         for session, cert in list(self._streams.items()):
             if self._sessions.get(session.device_id) is not session:
@@ -277,9 +279,8 @@ class Renewals:
                     )
                 )
                 continue
-            state = states.get(session.device_id)
-            if CAPABILITY in session.capabilities and state is not None:
-                session.send(self._status(cert, state))
+            if CAPABILITY in session.capabilities:
+                session.send(self._status(cert))
                 told += 1
         log.info(
             "pki change announced cas=%d next_ca=%s agents_told=%d streams_closed=%d",
