@@ -33,6 +33,8 @@ ca_app = typer.Typer(
 
 # Devices named in a refusal or in status, at most.
 _SHOWN = 10
+# Who the audit log names for changes made on the controller's machine.
+LOCAL_ACTOR = "controller-host"
 
 Config = Annotated[
     Path,
@@ -69,6 +71,27 @@ def _run(
         print(f"schoolfleet-controller: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         raise typer.Exit(2) from None
     print(json.dumps(result, indent=2) if js else text(result))
+
+
+def _audited(database: str, action: str, target: str, message: str) -> None:
+    """Records a change of the CA files in the audit log, as made on this machine; a
+    store that does not exist yet (the controller never ran) has no log to keep it."""
+    import time
+
+    from controller.store import open_store, sqlite_path
+    from inventory.people import AuditEntry, Outcome
+
+    if not sqlite_path(database).is_file():
+        return
+    store = open_store(database)
+    try:
+        store.append_audit(
+            AuditEntry(
+                0, time.time(), LOCAL_ACTOR, action, target, "", Outcome.OK, message, "local"
+            )
+        )
+    finally:
+        store.close()
 
 
 def _cert_states(database: str) -> list[CertState]:
@@ -197,6 +220,7 @@ def add_next(
         where = _where(config, data_dir, database)
         cas = ca_rotation.add_next(where.pki_dir)
         assert cas.next is not None
+        _audited(where.database, "ca.add-next", ca_rotation.ca_id(cas.next.certificate), "next CA")
         return {
             **_ca_json(cas.next.certificate, "next", True),
             "bundle": str(where.pki_dir / ca_rotation.BUNDLE),
@@ -250,6 +274,12 @@ def retire_old(
                 "('ca status'), or pass --strand-devices to make them enroll again"
             )
         done = ca_rotation.retire_old(where.pki_dir)
+        _audited(
+            where.database,
+            "ca.retire-old",
+            ca_rotation.ca_id(done.retired),
+            f"retired; {fleet['on_other_ca']} devices stranded",
+        )
         return {
             "retired": _ca_json(done.retired, "retired", False),
             "current": _ca_json(done.current, "current", True),
@@ -297,7 +327,10 @@ def server_cert(
         from controller.ca_rotation import reissue_server_cert
 
         where = _where(config, data_dir, database)
-        return _server_json(reissue_server_cert(where.pki_dir, name or [], address or []))
+        signed = _server_json(reissue_server_cert(where.pki_dir, name or [], address or []))
+        names = ", ".join([*signed["names"], *signed["addresses"]])
+        _audited(where.database, "ca.server-cert", signed["fingerprint_sha256"], names[:500])
+        return signed
 
     def text(r: dict[str, Any]) -> str:
         names = [*(f"DNS:{n}" for n in r["names"]), *(f"IP:{a}" for a in r["addresses"])]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -80,3 +82,7 @@ def test_mistakes_are_one_line_and_change_nothing(tmp_path: Path, data: Path) ->
     assert (pki / "ca-next.key").stat().st_mode & 0o777 == 0o600
     assert (pki / "ca-bundle.crt").read_bytes().count(b"BEGIN CERTIFICATE") == 2
     assert not missing.parent.exists()
+    # Each change is in the audit log, made on this machine; refusals changed nothing.
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT actor, action, outcome FROM audit").fetchall()
+    assert rows == [("controller-host", "ca.add-next", "ok")]
