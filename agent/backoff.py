@@ -1,14 +1,19 @@
-"""Reconnect delays with exponential backoff and full jitter.
+"""Reconnect delays with exponential backoff and full jitter, and the controller's word.
 
 Thousands of panels lose the controller at the same moment (a restart, an uplink
 cut); with full jitter each waits a random time in [0, min(cap, initial * 2**n)),
-so they come back spread out rather than together.
+so they come back spread out rather than together. A controller that says why it
+ended the stream (common/retry_hint.py) is believed: the device waits what it was
+told, and after a restart keeps its later attempts short (``restart_cap``) until a
+stream stays up, since the controller is coming back within seconds.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+
+from common.retry_hint import RESTART, RetryHint
 
 
 def backoff_delay(
@@ -21,3 +26,55 @@ def backoff_delay(
     # Bounding the exponent keeps 2**attempt from overflowing a float after days down.
     ceiling = min(cap, initial * 2 ** min(attempt, 62))
     return uniform(0.0, ceiling)
+
+
+class Reconnects:
+    """How long a device waits before each new stream: plain values in, seconds out."""
+
+    def __init__(
+        self,
+        initial: float,
+        cap: float,
+        restart_cap: float,
+        reset_after: float,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self._initial = initial
+        self._cap = cap
+        self._restart_cap = min(restart_cap, cap)
+        self._reset_after = reset_after
+        self._uniform = uniform
+        self._attempt = 0
+        self._restarting = False
+
+    @property
+    def attempt(self) -> int:
+        """Reconnects since the last stream that stayed up."""
+        return self._attempt
+
+    @property
+    def restarting(self) -> bool:
+        """Whether the controller said it is restarting and no stream has stayed up since."""
+        return self._restarting
+
+    def delay(self, stayed_up: float, hint: RetryHint | None, unread: bool = False) -> float:
+        """Seconds to wait after a stream that was up ``stayed_up`` seconds after its
+        Welcome (0 without one) ended, with what the controller said, if anything.
+
+        ``unread``: the controller ended the stream but its word was lost on the
+        device's side (common/retry_hint.py masked_end); likely a restart, so later
+        attempts are kept short and wait for the listener, without a hint's wait."""
+        if stayed_up >= self._reset_after:
+            self._attempt = 0
+            self._restarting = False
+        if unread and hint is None:
+            self._restarting = True
+        if hint is not None:
+            # The controller drew this wait for this device; it already carries the jitter.
+            self._restarting = self._restarting or hint.reason == RESTART
+            self._attempt = 0 if hint.reason == RESTART else self._attempt + 1
+            return hint.seconds
+        cap = self._restart_cap if self._restarting else self._cap
+        delay = backoff_delay(self._attempt, self._initial, cap, self._uniform)
+        self._attempt += 1
+        return delay

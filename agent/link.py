@@ -21,7 +21,7 @@ import time
 
 import grpc
 
-from agent.backoff import backoff_delay
+from agent.backoff import Reconnects
 from agent.enroll import Credentials
 from agent.errors import SpoolError
 from agent.launcher import Launcher
@@ -32,6 +32,7 @@ from agent.renewal import Renewal
 from agent.report import FullReports, Reporter, heartbeat, thresholds_from_pb
 from agent.settings import AgentSettings
 from agent.spool import Spool
+from common.retry_hint import RetryHint, masked_end, read_hint
 from protos.mapping import KIND_TO_PB, os_to_pb, seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
 
@@ -45,6 +46,9 @@ _HANDSHAKE_TIMEOUT = 30.0
 _CLOSE_GRACE = 3.0
 # Spooled messages read and written per round while replaying.
 _SEND_BATCH = 100
+# Longest wait between attempts after the controller said it is restarting: it is
+# back within seconds, and a 60 s cap would leave a long tail of devices offline.
+_RESTART_BACKOFF_CAP = 5.0
 # Seconds between full reports until the controller's Welcome says otherwise.
 _FULL_REPORT_INTERVAL = 300.0
 # Longest a lesson is held for its start: the controller sends it lesson_lead (60 s)
@@ -63,6 +67,10 @@ def channel_options(settings: AgentSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        # While a restarting controller is not yet listening, a stream that waits for
+        # it tries to connect again within 5 s rather than gRPC's default 120 s.
+        ("grpc.initial_reconnect_backoff_ms", 1_000),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
     ]
 
 
@@ -168,28 +176,31 @@ class Link:
         self._spooled.set()
 
     async def _connect_until_stopped(self, stop: asyncio.Event) -> None:
-        attempt = 0
+        s = self._settings
+        reconnects = Reconnects(
+            s.backoff_initial, s.backoff_cap, _RESTART_BACKOFF_CAP, s.backoff_reset_after
+        )
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             self._up_since = None
-            reason = await self._stream_until_stopped(stop)
+            reason, hint = await self._stream_until_stopped(stop, reconnects.restarting)
             if stop.is_set():
                 break
             if self._renewal is not None and self._renewal.take_switch():
                 continue  # the renewed certificate's first stream, now
-            if self._stayed_up(loop.time()) >= self._settings.backoff_reset_after:
-                attempt = 0
-            delay = backoff_delay(
-                attempt, self._settings.backoff_initial, self._settings.backoff_cap
-            )
-            attempt += 1
+            # Welcomed, then ended with grpc's stand-in status: the controller's word lost.
+            stayed_up = self._stayed_up(loop.time())
+            unread = stayed_up > 0 and masked_end(*reason.partition(": ")[::2])
+            delay = reconnects.delay(stayed_up, hint, unread)
             log.warning(
-                "controller link down controller=%s reason=%s retry_in=%.1fs attempt=%d spooled=%d",
+                "controller link down controller=%s reason=%s retry_in=%.1fs attempt=%d "
+                "spooled=%d%s",
                 self._settings.controller,
                 reason,
                 delay,
-                attempt,
+                reconnects.attempt,
                 self._spool_pending(),
+                f" controller_said={hint.reason}" if hint else "",
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -204,9 +215,12 @@ class Link:
         """Seconds the last stream was up after its Welcome (0 if it never got one)."""
         return 0.0 if self._up_since is None else now - self._up_since
 
-    async def _stream_until_stopped(self, stop: asyncio.Event) -> str:
-        """Runs one stream; returns why it ended. A stop cuts a hanging connect short."""
-        stream = asyncio.create_task(self._stream(stop))
+    async def _stream_until_stopped(
+        self, stop: asyncio.Event, wait_for_ready: bool
+    ) -> tuple[str, RetryHint | None]:
+        """Runs one stream; returns why it ended and when the controller said to come
+        back, if it did. A stop cuts a hanging connect short."""
+        stream = asyncio.create_task(self._stream(stop, wait_for_ready))
         stopping = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({stream, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -218,14 +232,14 @@ class Link:
         except asyncio.CancelledError:
             if not stop.is_set():
                 raise
-            return "stopped"
+            return "stopped", None
         except grpc.aio.AioRpcError as exc:
-            return f"{exc.code().name}: {exc.details()}"
+            return f"{exc.code().name}: {exc.details()}", read_hint(exc.trailing_metadata())
         except (StreamEnded, TimeoutError, SpoolError) as exc:
-            return str(exc) or "no Welcome in time"
+            return str(exc) or "no Welcome in time", None
         finally:
             stopping.cancel()
-        return "stream ended by the controller"
+        return "stream ended by the controller", None
 
     def _hello(self) -> agent_pb2.AgentMessage:
         s = self._settings
@@ -259,9 +273,11 @@ class Link:
         )
         return grpc.aio.secure_channel(s.controller, tls, options=channel_options(s))
 
-    async def _stream(self, stop: asyncio.Event) -> None:
+    async def _stream(self, stop: asyncio.Event, wait_for_ready: bool) -> None:
         async with self._channel() as channel:
-            call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
+            # After the controller said it is restarting, the stream waits (within the
+            # handshake timeout) for it to listen again instead of failing at once.
+            call = agent_pb2_grpc.AgentServiceStub(channel).Connect(wait_for_ready=wait_for_ready)
             async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
                 await call.write(self._hello())
                 first = await call.read()

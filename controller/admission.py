@@ -5,12 +5,17 @@ A stream is taken when the device's enrollment still stands behind it: the devic
 enrolled, not decommissioned, in the school the certificate names, and the
 certificate is the one its latest enrollment issued. Plain logic of values; the
 stream handler reads the enrollment and acts on the answer.
+
+At a restart the controller also says when its devices should come back
+(``restart_window``): spread over as many seconds as a new process needs to take
+them all, so that it is not handed the whole fleet in one second.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.retry_hint import RESTART, RetryWindow
 from inventory.model import Enrollment
 
 
@@ -64,3 +69,19 @@ def stream_refusal(
         f"certificate {serial} is not device {device_id}'s current one "
         "(it was renewed or enrolled again since)",
     )
+
+
+# Streams a controller opens per second after a restart with mutual TLS, on two cores
+# (docs/benchmarks.md, restart storm): how widely a fleet is told to spread its return.
+RESTART_ADMIT_PER_SECOND = 400.0
+# The shortest spread, and the earliest return: a device that comes back before the
+# new process listens waits for it on its connection.
+_RESTART_SPREAD_MIN = 3.0
+_RESTART_LOW = 1.0
+
+
+def restart_window(streams: int) -> RetryWindow:
+    """When the devices of ``streams`` open streams should come back after a restart:
+    spread so that the new process gets about RESTART_ADMIT_PER_SECOND at a time."""
+    spread = max(_RESTART_SPREAD_MIN, streams / RESTART_ADMIT_PER_SECOND)
+    return RetryWindow(RESTART, _RESTART_LOW, _RESTART_LOW + spread)

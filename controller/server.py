@@ -1,8 +1,10 @@
 """Assembles and runs the controller: store, writer, gRPC services, /metrics.
 
-Shutdown order matters for "nothing queued is lost": stop accepting, close the
-device streams and give them ``shutdown_grace`` to finish, then let the writer
-store everything still queued, then close the store.
+Shutdown order matters for "nothing queued is lost" and "no handler outlives what it
+uses": tell every device stream the controller is restarting (with when to come
+back) and stop accepting, wait until every stream handler has returned (within
+``shutdown_grace``), then let the writer store everything still queued, record
+every stream's end in one statement, and only then close the pools and the store.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from controller import audit_log
 from controller.admin_guard import Guard
+from controller.admission import restart_window
 from controller.ansible_user import rollout_dirs
 from controller.attempt_limits import FailureBudget
 from controller.ca_keeper import CaKeeper
@@ -86,6 +90,13 @@ def grpc_options(settings: ControllerSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
+        # gRPC holds calls that arrived before the server took them (grpc.aio takes one
+        # at a time, from its event loop); past 1,000 waiting it drops new ones at random,
+        # and the device sees CANCELLED or INTERNAL before its Welcome while the
+        # controller never hears of them. A restart storm is exactly that many: let them
+        # wait their turn; refusing is the service's choice, with a status and a hint.
+        ("grpc.server.max_pending_requests", settings.max_streams + _ADMIN_HEADROOM),
+        ("grpc.server.max_pending_requests_hard_limit", settings.max_streams + _ADMIN_HEADROOM),
     ]
 
 
@@ -244,7 +255,8 @@ class _Uplink:
         with contextlib.suppress(asyncio.CancelledError):
             await self.schedule
         await self.checks.close()
-        _stop_http(self.http, self.thread)
+        # Off the loop: shutdown() waits up to the server's 0.5 s poll.
+        await asyncio.to_thread(_stop_http, self.http, self.thread)
 
 
 def _uplink(
@@ -315,6 +327,35 @@ def _probes(
     )
     prober = Prober(store.probe_targets, store.record_probes, probe, executor, registry)
     return _Probes(prober, asyncio.create_task(prober.run(), name="probes"))
+
+
+async def _stop_serving(
+    server: grpc.aio.Server,
+    agent_service: AgentService,
+    grace: float,
+    streams: int,
+    writer: MessageWriter,
+) -> None:
+    """Ends every device stream with word of the restart and stops accepting calls;
+    returns once every stream handler has, so nothing runs on what closes next."""
+    window = restart_window(streams)
+    log.info(
+        "controller stopping streams=%d queued=%d retry_within=%.0f-%.0fs",
+        streams,
+        writer.pending(),
+        window.low,
+        window.high,
+    )
+    agent_service.stop_streams(
+        Closing("shutdown", grpc.StatusCode.UNAVAILABLE, "controller is restarting", window)
+    )
+    stopping = asyncio.create_task(server.stop(grace))
+    # server.stop returns when its grace is over even if handlers it cancelled are
+    # still unwinding; the service counts its own.
+    running = await agent_service.streams_ended(grace + 1.0)
+    await stopping
+    if running and (running := await agent_service.streams_ended(1.0)):
+        log.warning("stream handlers still running at shutdown count=%d", running)
 
 
 def _store_gauges(store: Store, registry: CollectorRegistry, sessions: Sessions) -> None:
@@ -435,15 +476,19 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
 
     await _until_signalled()
 
-    log.info("controller stopping streams=%d queued=%d", len(sessions), writer.pending())
-    # Checks running now are recorded as failed, and probes done are stored, while the
-    # store is still open.
-    await asyncio.gather(uplink.close(), probes.close())
-    sessions.close_all(
-        Closing("shutdown", grpc.StatusCode.UNAVAILABLE, "controller is shutting down")
+    stopping = time.monotonic()
+    # Beside the streams: checks running now are recorded as failed, probes done and
+    # where rollouts were are stored, while the store is still open; the HTTP servers
+    # take up to 0.5 s, the rollouts' SSH masters a process of their own.
+    others = asyncio.gather(
+        uplink.close(),
+        probes.close(),
+        rollouts.close(),
+        asyncio.to_thread(_stop_http, http_server, http_thread),
     )
-    await server.stop(settings.shutdown_grace)
-    await rollouts.close()
+    await _stop_serving(server, agent_service, settings.shutdown_grace, len(sessions), writer)
+    streams_ended = time.monotonic() - stopping
+    await others
     await writer.close()
     await writer_task
     for task in (acks_task, dispatcher_task, refusals_task, pki_task):
@@ -451,8 +496,14 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await refusals.close()
-    _stop_http(http_server, http_thread)
     write_executor.shutdown(wait=True)
     read_executor.shutdown(wait=True)
+    # After the writer's last batch: every stream's end, in one statement.
+    ended = store.reset_streams()
     store.close()
-    log.info("controller stopped")
+    log.info(
+        "controller stopped stream_ends_recorded=%d streams_s=%.2f total_s=%.2f",
+        ended,
+        streams_ended,
+        time.monotonic() - stopping,
+    )

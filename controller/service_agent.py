@@ -10,6 +10,7 @@ stream closed with a status and a log line; nothing else is affected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -87,6 +88,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._acks = AckCoalescer(settings.ack_interval)
         # Set in a data folder a backup was restored into (controller/restored.py).
         self._restore_mark = read_mark(settings.data_dir)
+        # Connect handlers running, so that shutdown waits for them before it closes
+        # the writer and the pools they use.
+        self._running = 0
+        self._all_ended = asyncio.Event()
+        # Set at shutdown: new streams are refused with it, ends are recorded at once.
+        self._stopping: Closing | None = None
 
     def ack(self, highest: dict[str, int]) -> None:
         """Tells devices how far their heartbeats are stored (called after each batch)."""
@@ -113,11 +120,46 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.EnrollResponse:
         return await self._enroller.enroll(request, context)
 
+    def stop_streams(self, closing: Closing) -> int:
+        """Ends every stream with ``closing`` and refuses new ones alike (at shutdown).
+
+        Their ends are not written one by one: the store marks every stream down in one
+        statement once the handlers are done (controller/server.py). Returns how many
+        handlers are running."""
+        self._stopping = closing
+        self._sessions.close_all(closing)
+        if self._running == 0:
+            self._all_ended.set()
+        return self._running
+
+    async def streams_ended(self, within: float) -> int:
+        """Waits until every Connect handler has returned; how many still run after
+        ``within`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_ended.wait(), within)
+        return self._running
+
     async def Connect(
         self,
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
         context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
     ) -> AsyncIterator[agent_pb2.ControllerMessage]:
+        self._running += 1
+        try:
+            async for message in self._connect(request_iterator, context):
+                yield message
+        finally:
+            self._running -= 1
+            if self._running == 0 and self._stopping is not None:
+                self._all_ended.set()
+
+    async def _connect(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+        context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
+    ) -> AsyncIterator[agent_pb2.ControllerMessage]:
+        if self._stopping is not None:
+            await _abort(context, self._stopping)
         peer = context.peer()
         hello = await self._hello(request_iterator, context, peer)
         if hello is None:
@@ -129,6 +171,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         await self._refuse_unless_current(identity, serial, peer, context)
         session = self._sessions.open(identity.device_id, capabilities)
         self._renewals.opened(session, identity.school_id, serial, context)
+        if self._stopping is not None:
+            # Opened while shutdown closed the others: it ends alike.
+            session.close(self._stopping)
         self._acks.forget(identity.device_id)
         try:
             last_seq = await asyncio.get_running_loop().run_in_executor(
@@ -178,9 +223,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     break
                 yield item
             if closing.code is not None:
-                await context.abort(closing.code, closing.message)
+                await _abort(context, closing)
         finally:
             reader.cancel()
+            # Nothing it read may reach the writer after this handler ends: shutdown
+            # closes the writer once every handler has.
+            await asyncio.wait({reader})
             self._finish(session, peer, closing)
 
     async def _pending_commands(self, device_id: str) -> list[agent_pb2.Command]:
@@ -367,7 +415,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> None:
         """Marks the device's stream down (unless a newer one took over) and logs why."""
         self._metrics.streams_closed.labels(closing.reason).inc()
-        if self._sessions.release(session):
+        if self._sessions.release(session) and self._stopping is None:
             self._acks.forget(session.device_id)
             # Queued behind any batch already handed to the store, so order is kept;
             # not awaited, so a cancelled handler still records it.
@@ -375,6 +423,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 self._store.device_disconnected, session.device_id, session.stream_id
             )
             future.add_done_callback(_log_failure)
+        if closing is self._stopping:
+            return  # thousands at once: shutdown logs their count in one line
         level = logging.WARNING if closing.code is not None else logging.INFO
         log.log(
             level,
@@ -385,6 +435,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             closing.reason,
             f" code={closing.code.name} detail={closing.message}" if closing.code else "",
         )
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
+    closing: Closing,
+) -> None:
+    """Ends the stream with the closing's status, and its retry hint as trailers."""
+    assert closing.code is not None
+    trailers = closing.retry.metadata() if closing.retry is not None else ()
+    await context.abort(closing.code, closing.message, trailing_metadata=trailers)
 
 
 def _thresholds(s: ControllerSettings) -> fleet_pb2.Thresholds:

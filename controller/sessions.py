@@ -14,16 +14,20 @@ from typing import Generic, TypeVar
 
 import grpc
 
+from common.retry_hint import RetryWindow
+
 M = TypeVar("M")
 
 
 @dataclass(frozen=True, slots=True)
 class Closing:
-    """Why a stream ends; ``code`` None ends it normally, otherwise with that status."""
+    """Why a stream ends; ``code`` None ends it normally, otherwise with that status;
+    ``retry`` tells the device when to come back (a restart, load shed)."""
 
     reason: str
     code: grpc.StatusCode | None = None
     message: str = ""
+    retry: RetryWindow | None = None
 
 
 class Session(Generic[M]):

@@ -1,0 +1,87 @@
+"""The controller's word on when to come back, and the agent's reconnect rule."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.backoff import Reconnects
+from common.retry_hint import (
+    BUSY,
+    REASON_KEY,
+    RESTART,
+    RETRY_AFTER_KEY,
+    RetryHint,
+    RetryWindow,
+    read_hint,
+)
+from controller.admission import RESTART_ADMIT_PER_SECOND, restart_window
+
+
+def _top(low: float, high: float) -> float:
+    return high
+
+
+def test_a_window_becomes_trailers_the_agent_reads() -> None:
+    trailers = RetryWindow(RESTART, 2.0, 9.0).metadata(uniform=lambda low, high: 3.25)
+    assert dict(trailers) == {REASON_KEY: "restart", RETRY_AFTER_KEY: "3250"}
+    assert read_hint(trailers) == RetryHint(RESTART, 3.25)
+    # As grpc hands trailers to the agent: bytes values, other entries beside them.
+    assert read_hint([("x-other", "1"), (REASON_KEY, b"busy"), (RETRY_AFTER_KEY, b"800")]) == (
+        RetryHint(BUSY, 0.8)
+    )
+
+
+@given(st.lists(st.tuples(st.sampled_from([REASON_KEY, RETRY_AFTER_KEY, "x"]), st.text())))
+def test_no_trailer_makes_a_device_wait_longer_than_ten_minutes(
+    trailers: list[tuple[str, str]],
+) -> None:
+    hint = read_hint(trailers)
+    assert hint is None or (hint.reason in (RESTART, BUSY) and 0 <= hint.seconds <= 600)
+
+
+def test_unreadable_hints_are_ignored() -> None:
+    assert read_hint(None) is None
+    assert read_hint([(REASON_KEY, "restart")]) is None
+    assert read_hint([(REASON_KEY, "later"), (RETRY_AFTER_KEY, "100")]) is None
+    assert read_hint([(REASON_KEY, "restart"), (RETRY_AFTER_KEY, "-5")]) is None
+    assert read_hint([(REASON_KEY, "restart"), (RETRY_AFTER_KEY, "9" * 40)]) is None
+
+
+def test_a_restart_spreads_a_big_fleet_at_the_rate_a_new_process_admits() -> None:
+    small = restart_window(10)
+    assert small.reason == RESTART and 0 < small.low < small.high
+    big = restart_window(10_000)
+    assert big.high - big.low == 10_000 / RESTART_ADMIT_PER_SECOND
+
+
+def test_after_a_restart_hint_the_device_waits_the_hint_then_keeps_attempts_short() -> None:
+    reconnects = Reconnects(1.0, 60.0, 5.0, 30.0, uniform=_top)
+    # Attempts failed for a while: the plain backoff has grown.
+    for _ in range(8):
+        reconnects.delay(0.0, None)
+    assert reconnects.delay(0.0, None) == 60.0
+    # Then a stream that was up a long time ends with the controller's restart word.
+    assert reconnects.delay(3600.0, RetryHint(RESTART, 4.2)) == 4.2
+    assert reconnects.restarting
+    # The new process is not up yet: short attempts, never the 60 s cap.
+    delays = [reconnects.delay(0.0, None) for _ in range(10)]
+    assert delays[:3] == [1.0, 2.0, 4.0]
+    assert max(delays) == 5.0
+    # A stream that stays up ends the restart: plain backoff again.
+    reconnects.delay(45.0, None)
+    assert not reconnects.restarting
+
+
+def test_a_busy_hint_is_honoured_without_shortening_later_attempts() -> None:
+    reconnects = Reconnects(1.0, 60.0, 5.0, 30.0, uniform=_top)
+    assert reconnects.delay(0.0, RetryHint(BUSY, 7.5)) == 7.5
+    assert not reconnects.restarting
+    delays = [reconnects.delay(0.0, None) for _ in range(8)]
+    assert max(delays) == 60.0
+
+
+def test_without_a_hint_it_is_the_plain_backoff() -> None:
+    reconnects = Reconnects(1.0, 60.0, 5.0, 30.0, uniform=_top)
+    assert [reconnects.delay(0.0, None) for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
+    assert reconnects.delay(31.0, None) == 1.0
