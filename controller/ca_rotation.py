@@ -185,6 +185,9 @@ def retire_old(pki_dir: Path, now: dt.datetime | None = None) -> Retirement:
     kept_as = pki_dir / RETIRED / f"ca-{when:%Y%m%d}-{ca_id(old)[:16]}.crt"
     try:
         (pki_dir / RETIRED).mkdir(mode=DIR_MODE, exist_ok=True)
+        owner = _owner(pki_dir)
+        if owner is not None:
+            os.chown(pki_dir / RETIRED, *owner)
     except OSError as exc:
         raise PkiError(os_problem("cannot write", exc, pki_dir / RETIRED)) from None
     _write(kept_as.parent, {kept_as.name: (cert_pem(old), CERT_MODE)})
@@ -215,6 +218,15 @@ def _server_pair(
 
 def _write(directory: Path, files: dict[str, tuple[bytes, int]]) -> None:
     try:
-        write_all(directory, files)
+        write_all(directory, files, _owner(directory))
     except OSError as exc:
         raise PkiError(os_problem("cannot write", exc, directory)) from None
+
+
+def _owner(directory: Path) -> tuple[int, int] | None:
+    """The folder's owner, for files root writes there: the controller runs as its own
+    user (deploy/systemd), and a key root kept to itself would be unreadable to it."""
+    if os.geteuid() != 0:
+        return None
+    st = os.stat(directory)
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)

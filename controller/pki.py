@@ -318,13 +318,15 @@ def _key_usage(
     )
 
 
-def write_all(directory: Path, files: dict[str, tuple[bytes, int]]) -> None:
+def write_all(
+    directory: Path, files: dict[str, tuple[bytes, int]], owner: tuple[int, int] | None = None
+) -> None:
     """Writes every file to a temporary name first, then renames them all: a failure
     while writing leaves the old files as they were."""
     staged: list[tuple[Path, Path]] = []
     try:
         for name, (data, mode) in files.items():
-            staged.append((_stage(directory / name, data, mode), directory / name))
+            staged.append((_stage(directory / name, data, mode, owner), directory / name))
         for temporary, final in staged:
             os.replace(temporary, final)
     finally:
@@ -337,13 +339,15 @@ def write_all(directory: Path, files: dict[str, tuple[bytes, int]]) -> None:
         os.close(dir_fd)
 
 
-def _stage(final: Path, data: bytes, mode: int) -> Path:
+def _stage(final: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> Path:
     temporary = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
     # Created with its final mode, so a key is never readable by others, not even briefly.
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with open(fd, "wb") as file:
             os.fchmod(file.fileno(), mode)  # exactly this mode, whatever the umask
+            if owner is not None:
+                os.fchown(file.fileno(), *owner)
             file.write(data)
             file.flush()
             os.fsync(file.fileno())

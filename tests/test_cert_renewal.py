@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 from pathlib import Path
 
@@ -144,3 +145,14 @@ def test_a_switch_cut_short_on_the_device_is_finished_at_the_next_start(
         cert_tool.install(device)
     assert (device / "device.crt").read_bytes() == cert
     assert not (device / "device.crt.next").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root writes files for another user")
+def test_files_root_writes_for_the_controller_belong_to_the_controller_s_user(pki: Path) -> None:
+    os.chown(pki, 65534, 65534)
+    ca_rotation.add_next(pki)
+    ca_rotation.reissue_server_cert(pki, [], [])
+    ca_rotation.retire_old(pki)
+    written = [pki / n for n in ("ca.key", "ca.crt", "server.key", "ca-bundle.crt")]
+    written += [pki / "retired", *(pki / "retired").iterdir()]
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in written} == {(65534, 65534)}
