@@ -234,6 +234,12 @@ class EnrollTables(SqliteBase):
                 ).rowcount
                 if not stored:
                     raise refusals.taken(e.device_id)
+                # A renewal of the certificate this enrollment replaces is void with it.
+                self._writer.execute(
+                    "UPDATE device_certs SET next_serial = NULL, next_not_after = NULL, "
+                    "next_ca_id = NULL, next_issued_at = NULL WHERE device_id = ?",
+                    (e.device_id,),
+                )
                 self._writer.execute("COMMIT")
             except EnrollRefused:
                 self._writer.execute("ROLLBACK")
