@@ -111,7 +111,8 @@ async def measure(windows: int, seconds: float, tree: Path | None) -> dict[str, 
         # The panel's kiosk, as a process of a name no other process has.
         kiosk = work / f"sf-kiosk-{uuid.uuid4().hex[:8]}"
         shutil.copy("/bin/sleep", kiosk)
-        controller = await start_target(CONTROLLER, work, {})
+        # A data folder of its own: serve locks it, and other runs may be going on.
+        controller = await start_target(CONTROLLER, work, {"data_dir": str(work / "data")})
         bin_dir = Path(sys.executable).parent
         quiet = asyncio.subprocess.DEVNULL
         procs = {
