@@ -94,6 +94,13 @@ class CaKeeper:
                 signature.append((st.st_ino, st.st_size, st.st_mtime_ns))
         return tuple(signature)
 
+    def server_pem(self) -> bytes:
+        """The server certificate (PEM) as last read; PkiError if it cannot be read."""
+        self.cas()
+        with self._lock:
+            assert self._server is not None
+            return self._server[1]
+
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
         cas = self.cas()
         with self._lock:

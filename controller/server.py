@@ -33,6 +33,7 @@ from controller.admission import restart_window
 from controller.ansible_user import rollout_dirs
 from controller.attempt_limits import FailureBudget
 from controller.ca_keeper import CaKeeper
+from controller.cert_metrics import CertCollector
 from controller.dispatcher import Dispatcher
 from controller.enroll_service import Enroller
 from controller.errors import ConfigError, PkiError
@@ -393,6 +394,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     # Refused sign-ins and enrollments: limited and folded per source address.
     refusals = Refusals(audit, FailureBudget(settings.refused_per_minute, settings.refused_burst))
     keeper = CaKeeper(settings.data_dir / "pki")
+    registry.register(CertCollector(keeper, store, settings.device_cert_lifetime))
     enroller = Enroller(
         keeper, store, refusals.sink(audit), refusals, lifetime=settings.device_cert_lifetime
     )

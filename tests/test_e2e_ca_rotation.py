@@ -134,6 +134,14 @@ def test_the_fleet_moves_to_a_new_ca_online_and_the_old_ca_is_refused_after(
             "decommissioned": 0,
             "behind": ["panel-old"],
         }
+        metrics = c.metrics()
+        assert metrics['schoolfleet_device_certificates{state="all"}'] == 3
+        assert metrics['schoolfleet_device_certificates{state="on_other_ca"}'] == 1
+        assert metrics['schoolfleet_device_certificates{state="expiring"}'] == 0
+        assert (
+            metrics['schoolfleet_certificate_expiry_timestamp_seconds{certificate="ca_next"}']
+            > metrics['schoolfleet_certificate_expiry_timestamp_seconds{certificate="ca"}']
+        )
         on_new = read(
             c.database, "SELECT device_id FROM device_certs WHERE ca_id = ? ORDER BY 1", next_id
         )

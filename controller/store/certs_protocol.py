@@ -34,6 +34,19 @@ class Renewed:
     ca_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class CertCounts:
+    """Enrolled devices (not decommissioned) by their certificates, for /metrics."""
+
+    devices: int
+    # Whose certificate in use another CA than the signing one signed (or one the
+    # store does not know: signed before it kept track).
+    on_other_ca: int
+    renewal_pending: int
+    # Whose certificate in use ends before the moment asked about.
+    expiring: int
+
+
 class CertStore(Protocol):
     """Device certificates beyond their enrollment: renewals and their CAs."""
 
@@ -41,6 +54,10 @@ class CertStore(Protocol):
 
     def cert_states(self) -> list[CertState]:
         """Every enrolled device's, decommissioned ones included (``revoked``)."""
+        ...
+
+    def cert_counts(self, issuing_ca_id: str, expiring_before: float) -> CertCounts:
+        """How many devices are where, counted in the store (one query)."""
         ...
 
     def record_issued(self, device_id: str, ca_id: str, issued_at: float) -> None:

@@ -6,7 +6,7 @@ import sqlite3
 
 from controller import enrollment as refusals
 from controller.errors import EnrollRefused, StoreError
-from controller.store.certs_protocol import CertState, Renewed
+from controller.store.certs_protocol import CertCounts, CertState, Renewed
 from controller.store.protocol import DeviceMove
 from controller.store.rollouts_protocol import HostsClaimed
 from controller.store.sqlite_base import SqliteBase
@@ -56,6 +56,19 @@ class EnrollTables(SqliteBase):
 
     def cert_states(self) -> list[CertState]:
         return [_cert_state(r) for r in self._read(f"{_CERT_STATE} ORDER BY e.device_id", {})]
+
+    def cert_counts(self, issuing_ca_id: str, expiring_before: float) -> CertCounts:
+        rows = self._read(
+            """
+            SELECT COUNT(*), COALESCE(SUM(COALESCE(c.ca_id, '') != :ca), 0),
+                   COALESCE(SUM(c.next_serial IS NOT NULL), 0),
+                   COALESCE(SUM(e.not_after < :before), 0)
+            FROM enrollments e LEFT JOIN device_certs c ON c.device_id = e.device_id
+            WHERE e.revoked_at IS NULL
+            """,
+            {"ca": issuing_ca_id, "before": expiring_before},
+        )
+        return CertCounts(*(int(v) for v in rows[0]))
 
     def record_issued(self, device_id: str, ca_id: str, issued_at: float) -> None:
         self._write(
