@@ -41,6 +41,11 @@ class CaKeeper:
         # Bumped at every change read; each credentials' fetcher remembers the last it gave.
         self.generation = 0
 
+    @property
+    def loaded(self) -> bool:
+        """Whether a CA was ever read (never, in a lab without TLS)."""
+        return self._cas is not None
+
     def cas(self) -> CaSet:
         """The CAs; read at first use. PkiError if they cannot be read."""
         with self._lock:

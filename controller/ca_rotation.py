@@ -159,6 +159,20 @@ def reissue_server_cert(
     return cert
 
 
+def renew_server_cert_if_due(
+    pki_dir: Path, now: dt.datetime | None = None
+) -> x509.Certificate | None:
+    """Signs a new server certificate for the same names once the present one is two
+    thirds through its lifetime (the controller does it by itself, like its devices);
+    None while it is not due."""
+    cert = load_server_cert(pki_dir)
+    when = utc(now)
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if when < start + (end - start) * 2 / 3:
+        return None
+    return reissue_server_cert(pki_dir, [], [], when)
+
+
 @dataclass(frozen=True, slots=True)
 class Retirement:
     """What ``retire_old`` did: the CA retired, the one now current, the new server cert."""

@@ -30,7 +30,7 @@ from cryptography import x509
 
 from controller.audit_log import AuditSink
 from controller.ca_keeper import CaKeeper
-from controller.ca_rotation import CaSet, ca_id
+from controller.ca_rotation import CaSet, ca_id, renew_server_cert_if_due
 from controller.cert_renewal import renew_in, renewal_key, spki
 from controller.device_certs import sign_device_key
 from controller.errors import PkiError, StoreError
@@ -88,6 +88,8 @@ class Renewals:
         self._lifetime = dt.timedelta(seconds=lifetime)
         self._spread = spread
         self._now = now
+        # The last reason the server certificate could not be renewed, told once.
+        self._server_problem = ""
         # Forgotten with the session: nothing to clean up when a stream ends.
         self._streams: weakref.WeakKeyDictionary[StreamSession, StreamCert] = (
             weakref.WeakKeyDictionary()
@@ -253,6 +255,7 @@ class Renewals:
         while True:
             await asyncio.sleep(interval)
             try:
+                await self._renew_server_cert()
                 if await asyncio.to_thread(self._keeper.refresh):
                     await self._announce()
             except asyncio.CancelledError:
@@ -260,6 +263,19 @@ class Renewals:
             except Exception:
                 # The watch must outlive any one bad look; the next one tries again.
                 log.exception("pki watch failed; trying again in %gs", interval)
+
+    async def _renew_server_cert(self) -> None:
+        try:
+            renewed = await asyncio.to_thread(renew_server_cert_if_due, self._keeper.pki_dir)
+        except PkiError as exc:
+            # A lab without a CA has nothing to renew; any other problem is told once.
+            if str(exc) != self._server_problem and self._keeper.loaded:
+                log.warning("server certificate not renewed reason=%s", exc)
+            self._server_problem = str(exc)
+            return
+        self._server_problem = ""
+        if renewed is not None:
+            log.info("server certificate renewed until=%s", renewed.not_valid_after_utc.isoformat())
 
     async def _announce(self) -> None:
         cas = self._keeper.cas()

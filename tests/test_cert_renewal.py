@@ -196,3 +196,13 @@ def test_the_store_switches_to_a_renewal_once_and_never_after_a_new_enrollment(
         assert not store.add_renewal("panel-1", "c3", Renewed("e5", 9000.0, 4000.0, "ca-2"))
     finally:
         store.close()
+
+
+def test_the_server_certificate_renews_itself_two_thirds_in_for_the_same_names(pki: Path) -> None:
+    server = ca_rotation.load_server_cert(pki)
+    start = server.not_valid_before_utc
+    assert ca_rotation.renew_server_cert_if_due(pki, start + dt.timedelta(days=480)) is None
+    renewed = ca_rotation.renew_server_cert_if_due(pki, start + dt.timedelta(days=490))
+    assert renewed is not None and renewed.serial_number != server.serial_number
+    assert ca_rotation.server_names(renewed) == ca_rotation.server_names(server)
+    assert ca_rotation.load_server_cert(pki).serial_number == renewed.serial_number
