@@ -184,6 +184,10 @@ def take_backup(database: Path, data_dir: Path, to: Path, now: float) -> Manifes
     target_dir = to.absolute().parent
     if not target_dir.is_dir():
         raise BackupError(f"{target_dir}: no such folder")
+    for folder in DATA_FOLDERS:
+        # Its partial files would be backed up with it.
+        if target_dir.resolve().is_relative_to((data_dir / folder).resolve()):
+            raise BackupError(f"{to}: inside {data_dir / folder}; write the backup elsewhere")
     with tempfile.TemporaryDirectory(prefix=".sf-backup-", dir=target_dir) as tmp:
         os.chmod(tmp, 0o700)
         store_copy = Path(tmp) / "controller.db"

@@ -292,6 +292,10 @@ def restore(
     )
     if done.replaced_to is not None:
         print(f"what was there before is kept in {done.replaced_to}")
+    print(
+        "decommissions, token uses and people's revocations made since the backup are not"
+        " in it: make them again (docs/operations.md)"
+    )
 
 
 @users_app.command("create")

@@ -120,6 +120,10 @@ def test_a_backup_never_overwrites_and_needs_a_store(tmp_path: Path) -> None:
     assert not (tmp_path / "c.tar.gz").exists()
     # Nothing left behind in the target folder either.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar.gz", "data"]
+    # Inside a folder it backs up, its own partial files would go in the archive.
+    with pytest.raises(BackupError, match=r"inside .*pki; write the backup elsewhere"):
+        take_backup(database, data, data / "pki/b.tar.gz", time.time())
+    assert sorted(p.name for p in (data / "pki").iterdir()) == ["ca.crt", "ca.key"]
 
 
 def _rewrite(
