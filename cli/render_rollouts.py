@@ -195,6 +195,7 @@ def rollout_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
         "waiting": info.waiting,
         "dry_run": info.dry_run,
         "include_offline": info.include_offline,
+        "strategy": info.strategy,
         # Offline at the start, left out: not reached by this rollout.
         "offline_skipped": list(info.offline_skipped),
         "offline_skipped_count": info.offline_skipped_count,
@@ -248,7 +249,8 @@ def _options(info: admin_pb2.RolloutInfo) -> str:
         f"canary {info.canary or '-'}, then doubling up to {info.wave_size or '-'} a wave; "
         f"halts when more than {info.max_fail:g}% of all hosts failed or were unreachable"
     )
-    return text + ("; halts if lessons fail more often" if info.gate_lessons else "")
+    text += "; halts if lessons fail more often" if info.gate_lessons else ""
+    return text + (f"; Ansible strategy {escape(info.strategy)}" if info.strategy else "")
 
 
 def _schools(info: admin_pb2.RolloutInfo) -> str:

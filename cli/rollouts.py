@@ -19,6 +19,7 @@ from cli.extra_vars import parse_extra_vars
 from cli.groups import command_group
 from cli.options import JsonFlag, client, err, out, print_json
 from inventory.rollouts import (
+    STRATEGIES,
     HostOutcome,
     RolloutInputError,
     RolloutState,
@@ -167,8 +168,20 @@ def rollout_start(
             "are left out and listed as not reached).",
         ),
     ] = False,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            metavar="mitogen|linear",
+            help="Ansible's strategy for this rollout's waves: mitogen (Mitogen for "
+            "Ansible: one Python per host for all its tasks, the faster) or linear "
+            "(Ansible's own, the fallback should Mitogen fail on a playbook). Default: the "
+            "controller's rollout_strategy. Retries keep the rollout's strategy.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
+    if strategy is not None and strategy.strip() not in STRATEGIES:
+        raise RequestRefused(f"--strategy {strategy!r}: one of {', '.join(STRATEGIES)}")
     try:
         parse_selector(select)
     except RolloutInputError as exc:
@@ -193,6 +206,7 @@ def rollout_start(
         gate_lessons=gate == "lessons",
         dry_run=dry_run,
         include_offline=include_offline,
+        strategy=(strategy or "").strip(),
     )
     with client() as c:
         info = c.start_rollout(request)

@@ -329,7 +329,13 @@ class RolloutEngine:
             )
             for h in chosen
         }
-        log.info("rollout %d wave %d started hosts=%d", rid, wave, len(chosen))
+        log.info(
+            "rollout %d wave %d started hosts=%d strategy=%s",
+            rid,
+            wave,
+            len(chosen),
+            spec.strategy or self._runner.strategy,
+        )
         if reachable:
             cancel = self._cancel[rid] = threading.Event()
             name = _fresh(self._settings.work_dir / str(rid), f"wave-{wave}")
@@ -339,7 +345,7 @@ class RolloutEngine:
                 hosts=tuple(d.identity.device_id for d in reachable),
                 extra_vars=dict(spec.extra_vars),
                 work_dir=self._settings.ansible_dir / str(rid) / name,
-                settings=self._runner,
+                settings=replace(self._runner, strategy=spec.strategy or self._runner.strategy),
                 wave=wave,
                 schools={h.device_id: h.school_id for h in chosen},
             )

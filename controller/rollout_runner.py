@@ -29,7 +29,7 @@ from common.errors import SettingError
 from controller.ansible_zygote import Launcher
 from controller.playbook_vars import unsafe_vars
 from controller.runner_events import NO_RESULT, WaveTally, first_error_in, one_line
-from inventory.rollouts import HostResult
+from inventory.rollouts import STRATEGIES, HostResult
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ CONTROL_PATH_DIR_MAX = 107 - len("/0123456789.0123456789abcdef")
 # How often ansible-runner asks whether to stop: a cancel takes effect within ~1 s.
 _POLL_SECONDS = 0.5
 _FORKS_CAP = 20
-STRATEGIES = ("linear", "mitogen")
 # In a wave's folder: ansible-runner's artifacts/<_IDENT>, and the extra vars file.
 _IDENT = "run"
 _EXTRA_VARS = "extra_vars.json"
@@ -87,9 +86,9 @@ class RunnerSettings:
     # The OS user a wave's worker drops to (controller/ansible_user.py); "": the
     # controller's own, for a lab only.
     os_user: str = ""
-    # Ansible's strategy: "linear" (Ansible's own) or "mitogen" (Mitogen for Ansible's
-    # mitogen_linear: one Python per host kept across tasks, modules sent over it).
-    strategy: str = "linear"
+    # Ansible's strategy: "mitogen" (Mitogen for Ansible's mitogen_linear: one Python
+    # per host kept across tasks, modules sent over it) or "linear" (Ansible's own).
+    strategy: str = "mitogen"
 
     def __post_init__(self) -> None:
         if self.forks < 1:

@@ -17,13 +17,14 @@ from controller.errors import RolloutRefused
 from controller.playbook_check import check_playbook, playbook_names
 from controller.playbook_vars import check_extra_vars, read_schema
 from controller.rollout_engine import RolloutEngine
-from controller.rollout_runner import RunnerSettings
+from controller.rollout_runner import RunnerSettings, mitogen_strategy_dir
 from controller.store import Store
 from controller.store.protocol import DeviceQuery
 from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery
 from inventory.model import DeviceRecord, DeviceStatus, valid_id
 from inventory.people import Outcome, Role
 from inventory.rollouts import (
+    STRATEGIES,
     HostOutcome,
     HostResult,
     RolloutInputError,
@@ -82,6 +83,20 @@ def _spec(request: admin_pb2.StartRolloutRequest) -> RolloutSpec:
         )
     except RolloutInputError as exc:
         raise invalid(str(exc)) from None
+
+
+def _strategy(asked: str, default: str) -> str:
+    """The strategy a new rollout runs with: the one it asked for, else the
+    controller's."""
+    chosen = asked.strip() or default
+    if chosen not in STRATEGIES:
+        raise invalid(f"strategy {asked[:40]!r} is not one of {', '.join(STRATEGIES)}")
+    if chosen == "mitogen" and mitogen_strategy_dir() is None:
+        raise _conflict(
+            "strategy 'mitogen' needs Mitogen for Ansible, which this controller lacks "
+            "(pip install 'mitogen>=0.3.54'); --strategy linear runs without it"
+        )
+    return chosen
 
 
 def split_offline(
@@ -204,6 +219,7 @@ class RolloutHandlers:
             call.allow(Need.CHANGE, school)
         if self.runner_settings is None:
             raise invalid("rollouts are not set up on this controller")
+        spec = replace(spec, strategy=_strategy(request.strategy, self.runner_settings.strategy))
         if self.runner_settings.os_user:
             try:
                 find_os_user(self.runner_settings.os_user)

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.errors import SettingError
 from common.settings import LOG_LEVELS, load_settings
+from inventory.rollouts import STRATEGIES
 
 ENV_PREFIX = "SCHOOLFLEET_CONTROLLER_"
 DEFAULT_CONFIG = Path("/etc/schoolfleet/controller.toml")
@@ -116,9 +117,11 @@ class ControllerSettings:
     rollout_work_dir: Path = Path()
     # Hosts Ansible changes at once; 0: sized to this machine's cores.
     rollout_forks: int = 0
-    # Ansible's strategy: "linear" (Ansible's own) or "mitogen" (Mitogen for Ansible,
-    # the mitogen package; docs/benchmarks.md has what it gains and where it fails).
-    rollout_strategy: str = "linear"
+    # Ansible's strategy for rollouts that do not choose one (`rollout start
+    # --strategy`): "mitogen" (Mitogen for Ansible, the mitogen package: one Python per
+    # host for all its tasks; docs/benchmarks.md has what it gains) or "linear"
+    # (Ansible's own).
+    rollout_strategy: str = "mitogen"
     # A wave still running after this many seconds is stopped; its hosts fail.
     rollout_wave_timeout: float = 3600.0
     # How long a batch of `forks` hosts is expected to take before a wave has been
@@ -172,9 +175,9 @@ class ControllerSettings:
             )
         _check_zone(self.timezone)
         self._check_ranges()
-        if self.rollout_strategy not in ("linear", "mitogen"):
+        if self.rollout_strategy not in STRATEGIES:
             raise SettingError(
-                f"'rollout_strategy' must be linear or mitogen, got {self.rollout_strategy!r}",
+                f"'rollout_strategy' must be mitogen or linear, got {self.rollout_strategy!r}",
                 "rollout_strategy",
             )
         if (

@@ -185,6 +185,11 @@ def parse_percent(text: str, what: str) -> float:
     return value
 
 
+# Ansible's strategies a rollout may run with: Mitogen for Ansible's mitogen_linear (one
+# Python per host kept across its tasks) or Ansible's own linear.
+STRATEGIES = ("mitogen", "linear")
+
+
 @dataclass(frozen=True, slots=True)
 class RolloutSpec:
     """What was asked for: ``schoolctl rollout start`` and its options."""
@@ -202,6 +207,9 @@ class RolloutSpec:
     # reached) unless this is set; they get the change from a later rollout.
     include_offline: bool = False
     offline_skipped: tuple[str, ...] = ()
+    # Ansible's strategy for every wave ("mitogen" or "linear"), fixed at the start:
+    # the controller's rollout_strategy unless the rollout asked for another.
+    strategy: str = ""
 
 
 def wave_size(spec: RolloutSpec, total: int, waves_started: int) -> int:

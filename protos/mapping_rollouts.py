@@ -86,6 +86,7 @@ def rollout_to_pb(
         # The names with the hosts (a rollout's detail), the count everywhere.
         offline_skipped=spec.offline_skipped if hosts else (),
         offline_skipped_count=len(spec.offline_skipped),
+        strategy=spec.strategy,
         fail_budget=budget.allowed,
         fail_budget_used=budget.used,
     )

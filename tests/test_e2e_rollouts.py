@@ -59,6 +59,16 @@ MARK = """\
       when: (pause | default(0) | int) > 0
       changed_when: false
 """
+# Notes what ran its task on the host: with Mitogen, a Python that names itself
+# "python3(mitogen:...)", kept for the host's tasks.
+RUNNER = """\
+- name: Note the task's runner
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Note the process that ran this
+      ansible.builtin.shell: "tr '\\\\0' ' ' < /proc/$PPID/cmdline > /etc/schoolfleet-runner"
+"""
 # mark.yml's variables: what a rollout of it may set.
 MARK_VARS = """\
 marker: {type: str, pattern: "[a-z0-9-]{1,40}", school_it: true}
@@ -140,6 +150,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     shutil.copytree(PLAYBOOKS, source)
     (source / "mark.yml").write_text(MARK)
     (source / "mark.vars.yml").write_text(MARK_VARS)
+    (source / "runner.yml").write_text(RUNNER)
     (source / "broken.yml").write_text("- name: broken\n  hosts: all\n  tasks: [\n")
     ensure_ansible_user()
     with (
@@ -307,6 +318,26 @@ def test_hosts_not_reached_end_the_rollout_apart_and_retry_takes_them(lab: Lab) 
     lab.wait_state(int(both.json()["rollout_id"]), {"halted", "done"}, 120)
 
 
+def test_each_rollout_runs_with_its_strategy(lab: Lab) -> None:
+    """Mitogen by default (the controller's rollout_strategy), Ansible's linear when a
+    rollout asks for it; a retry keeps the rollout's strategy."""
+    host = lab.hosts[0]
+    for asked, expected in (((), "mitogen"), (("--strategy", "linear"), "linear")):
+        rollout_id = lab.start("runner.yml", "--select", "device=host-0", *asked)
+        info = lab.wait_state(rollout_id, {"done", "halted"}, 90)
+        assert (info["state"], info["strategy"]) == ("done", expected), info
+        assert f"Ansible strategy {expected}" in lab.ctl("rollout", "status", str(rollout_id)).out
+        runner = host.read_file("/etc/schoolfleet-runner") or ""
+        assert ("(mitogen:" in runner) == (expected == "mitogen"), runner
+    # host-3 fails mark.yml (its label): the retry of its failure keeps "linear".
+    failed = lab.start("mark.yml", "--select", "device=host-3", "--strategy", "linear")
+    assert lab.wait_state(failed, {"done", "halted"}, 90)["strategy"] == "linear"
+    retried = lab.ctl("rollout", "retry", str(failed), "--failed", "--json")
+    assert retried.code == 0, retried
+    assert retried.json()["strategy"] == "linear"
+    lab.wait_state(int(retried.json()["rollout_id"]), {"done", "halted"}, 90)
+
+
 def test_bad_requests_are_refused_before_anything_runs(lab: Lab) -> None:
     before = lab.ctl("rollout", "list", "--json").json()
     cases = [
@@ -322,6 +353,7 @@ def test_bad_requests_are_refused_before_anything_runs(lab: Lab) -> None:
         ),
         (("mark.yml", "--select", "school=s1", "--extra-vars", "pause: 999"), "'pause'"),
         (("mark.yml", "--select", "school=s1", "--max-fail", "120%"), "max"),
+        (("mark.yml", "--select", "school=s1", "--strategy", "free"), "--strategy 'free'"),
     ]
     for args, needle in cases:
         done = lab.ctl("rollout", "start", *args)

@@ -33,6 +33,6 @@ def test_an_unknown_strategy_is_refused_naming_the_setting(tmp_path: Path) -> No
     with pytest.raises(SettingError) as caught:
         ControllerSettings(data_dir=tmp_path, rollout_strategy="free")
     assert caught.value.key == "rollout_strategy"
-    assert str(caught.value) == "'rollout_strategy' must be linear or mitogen, got 'free'"
-    with pytest.raises(SettingError, match="'strategy' must be one of linear, mitogen"):
+    assert str(caught.value) == "'rollout_strategy' must be mitogen or linear, got 'free'"
+    with pytest.raises(SettingError, match="'strategy' must be one of mitogen, linear"):
         _settings(tmp_path, "free")

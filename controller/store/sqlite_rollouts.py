@@ -62,6 +62,7 @@ def _spec_json(spec: RolloutSpec) -> str:
                 "gate_lessons": spec.gate_lessons,
                 "include_offline": spec.include_offline,
                 "offline_skipped": list(spec.offline_skipped),
+                "strategy": spec.strategy,
             },
             sort_keys=True,
         )
@@ -82,6 +83,8 @@ def _spec(row: sqlite3.Row) -> RolloutSpec:
         # Absent from rollouts stored before offline devices were left out.
         include_offline=bool(data.get("include_offline", True)),
         offline_skipped=tuple(data.get("offline_skipped", ())),
+        # Absent from rollouts stored before a rollout could choose: linear then.
+        strategy=str(data.get("strategy", "linear")),
     )
 
 

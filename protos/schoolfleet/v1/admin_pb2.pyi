@@ -1256,6 +1256,7 @@ class StartRolloutRequest(_message.Message):
     GATE_LESSONS_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     INCLUDE_OFFLINE_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
     playbook: _builtins.str
     """A playbook's file name in the controller's playbook folder, e.g. "timesync.yml"."""
     selector: _builtins.str
@@ -1277,6 +1278,10 @@ class StartRolloutRequest(_message.Message):
     """Also the devices offline now (at their last address); by default they are left
     out and listed in RolloutInfo.offline_skipped.
     """
+    strategy: _builtins.str
+    """Ansible's strategy for this rollout's waves: "mitogen" or "linear"; empty: the
+    controller's rollout_strategy.
+    """
     def __init__(
         self,
         *,
@@ -1289,10 +1294,11 @@ class StartRolloutRequest(_message.Message):
         gate_lessons: _builtins.bool = ...,
         dry_run: _builtins.bool = ...,
         include_offline: _builtins.bool = ...,
+        strategy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "gate_lessons", b"gate_lessons", "include_offline", b"include_offline", "max_fail", b"max_fail", "playbook", b"playbook", "selector", b"selector", "wave_size", b"wave_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "gate_lessons", b"gate_lessons", "include_offline", b"include_offline", "max_fail", b"max_fail", "playbook", b"playbook", "selector", b"selector", "strategy", b"strategy", "wave_size", b"wave_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1511,6 +1517,7 @@ class RolloutInfo(_message.Message):
     OFFLINE_SKIPPED_COUNT_FIELD_NUMBER: _builtins.int
     FAIL_BUDGET_FIELD_NUMBER: _builtins.int
     FAIL_BUDGET_USED_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.int
     playbook: _builtins.str
     selector: _builtins.str
@@ -1539,6 +1546,8 @@ class RolloutInfo(_message.Message):
     percent of all the rollout's hosts, rounded down), and how many have.
     """
     fail_budget_used: _builtins.int
+    strategy: _builtins.str
+    """Ansible's strategy its waves run with: "mitogen" or "linear"."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1588,10 +1597,11 @@ class RolloutInfo(_message.Message):
         offline_skipped_count: _builtins.int = ...,
         fail_budget: _builtins.int = ...,
         fail_budget_used: _builtins.int = ...,
+        strategy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "counts", b"counts", "created_at", b"created_at", "created_by", b"created_by", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "fail_budget", b"fail_budget", "fail_budget_used", b"fail_budget_used", "finished_at", b"finished_at", "gate_lessons", b"gate_lessons", "hosts", b"hosts", "include_offline", b"include_offline", "max_fail", b"max_fail", "offline_skipped", b"offline_skipped", "offline_skipped_count", b"offline_skipped_count", "playbook", b"playbook", "reason", b"reason", "rollout_id", b"rollout_id", "selector", b"selector", "state", b"state", "updated_at", b"updated_at", "waiting", b"waiting", "wave_size", b"wave_size", "waves", b"waves"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "counts", b"counts", "created_at", b"created_at", "created_by", b"created_by", "dry_run", b"dry_run", "extra_vars_json", b"extra_vars_json", "fail_budget", b"fail_budget", "fail_budget_used", b"fail_budget_used", "finished_at", b"finished_at", "gate_lessons", b"gate_lessons", "hosts", b"hosts", "include_offline", b"include_offline", "max_fail", b"max_fail", "offline_skipped", b"offline_skipped", "offline_skipped_count", b"offline_skipped_count", "playbook", b"playbook", "reason", b"reason", "rollout_id", b"rollout_id", "selector", b"selector", "state", b"state", "strategy", b"strategy", "updated_at", b"updated_at", "waiting", b"waiting", "wave_size", b"wave_size", "waves", b"waves"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
