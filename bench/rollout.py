@@ -17,10 +17,10 @@ that rotates from run to run (to spread the machine's drift):
   --wave-size 100%``), timed from ``rollout start`` returning to the rollout ending
   (read from /metrics every 0.2 s);
 - the engine in waves (``--canary 1 --wave-size 10%``, the defaults);
-- the last three again with Mitogen for Ansible (strategy ``mitogen_linear``): plain
-  ``ansible-playbook`` with the engine's settings and ``RunnerSettings(strategy=
-  "mitogen")``, and the engine with ``rollout_strategy = "mitogen"`` (the controller is
-  restarted, untimed, when the strategy changes).
+- the last three with Ansible's strategy ``linear`` and again with Mitogen for Ansible
+  (strategy ``mitogen_linear``, the engine's default): plain ``ansible-playbook`` with
+  the engine's settings and ``RunnerSettings(strategy=...)``, and the engine with
+  ``rollout start --strategy ...``.
 
 The engine's variants pass ``--include-offline``: the agents stop once the hosts are
 registered. Every run starts cold: the ssh masters a run leaves are stopped before the next.

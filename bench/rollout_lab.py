@@ -82,12 +82,12 @@ class Variant:
 
 
 PLAIN_DEFAULTS = Variant("plain_defaults", "plain ansible-playbook, Ansible's defaults")
-PLAIN_ENGINE = Variant("plain_engine", "plain ansible-playbook, the engine's settings")
+PLAIN_ENGINE = Variant("plain_engine", "plain ansible-playbook, the engine's settings, linear")
 # The agents stop once the hosts are registered: the hosts are offline by then.
 _ONE = ("--canary", "100%", "--wave-size", "100%", "--max-fail", "100%", "--include-offline")
 _TEN = ("--canary", "1", "--wave-size", "10%", "--max-fail", "100%", "--include-offline")
-ONE_WAVE = Variant("engine_one_wave", "engine, one wave", _ONE)
-WAVES = Variant("engine_waves", "engine, in waves", _TEN)
+ONE_WAVE = Variant("engine_one_wave", "engine, one wave, linear", _ONE)
+WAVES = Variant("engine_waves", "engine, in waves, linear", _TEN)
 PLAIN_MITOGEN = Variant(
     "plain_mitogen", "plain ansible-playbook, the engine's settings, Mitogen", strategy="mitogen"
 )
@@ -102,7 +102,6 @@ VARIANTS = (
     ONE_WAVE_MITOGEN,
     WAVES_MITOGEN,
 )
-_STRATEGY_ENV = "SCHOOLFLEET_CONTROLLER_ROLLOUT_STRATEGY"
 
 
 @dataclass(slots=True)
@@ -165,16 +164,6 @@ class Lab:
             control_path_dir=control_dir,
             strategy=strategy,
         )
-
-    def use_strategy(self, strategy: str) -> None:
-        """Restarts the controller with ``rollout_strategy`` set so (not timed)."""
-        env = self.controller.env
-        if env.get(_STRATEGY_ENV, "linear") == strategy:
-            return
-        log.info("restarting the controller with rollout_strategy=%s", strategy)
-        self.controller.stop()
-        env[_STRATEGY_ENV] = strategy
-        self.controller.start()
 
 
 def run_variant(lab: Lab, variant: Variant, run: int) -> RunResult:
@@ -278,13 +267,13 @@ def _timed(
 
 
 def _run_engine(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
-    lab.use_strategy(variant.strategy)
     controller = lab.controller
     assert controller.proc is not None
     proc = psutil.Process(controller.proc.pid)
     cpu_start = _tree_cpu(proc)
     asked = time.monotonic()
     args = ["rollout", "start", PLAYBOOK_NAME, "--select", f"school={SCHOOL}", *variant.options]
+    args += ["--strategy", variant.strategy]
     args += ["--extra-vars", json.dumps({"marker": marker}), "--json"]
     started = schoolctl(controller.address, *args, timeout=120)
     begun = time.monotonic()
