@@ -27,7 +27,16 @@ import pytest
 from protos.schoolfleet.v1 import agent_pb2
 from tests.hostile_fleet import device_row
 from tests.lesson_site import FAKE_KIOSK, LessonSite
-from tests.procs import BIN, Agent, Controller, Result, schoolctl, tls_env, wait_until
+from tests.procs import (
+    BIN,
+    Agent,
+    Controller,
+    Result,
+    free_port,
+    schoolctl,
+    tls_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -200,3 +209,81 @@ def test_the_previous_agent_works_with_todays_controller(tmp_path: Path, previou
 
 def test_todays_agent_works_with_the_previous_controller(tmp_path: Path, previous: Path) -> None:
     _everything_the_older_side_has(tmp_path, Sides({"PYTHONPATH": str(previous)}, {}))
+
+
+def _heartbeats_grow(database: Path, by: int, what: str) -> None:
+    """The device's heartbeats go on being stored, none missing."""
+    start = device_row(database, DEVICE)
+    stored = start.heartbeats_stored if start is not None else 0
+
+    def grown() -> bool:
+        row = device_row(database, DEVICE)
+        return row is not None and row.heartbeats_stored >= stored + by
+
+    wait_until(grown, 40, what)
+
+
+def test_a_fleet_upgrades_controller_then_agents_and_the_controller_rolls_back(
+    tmp_path: Path, previous: Path
+) -> None:
+    old = {"PYTHONPATH": str(previous)}
+    data = tmp_path / "data"
+    _init_ca(data, old)
+    env = tls_env(data, f"127.0.0.1:{free_port()}")
+    c = Controller(tmp_path, free_port(), {**env, **old})
+    agent: Agent | None = None
+    try:
+        c.start()
+        token = _ctl(c, Sides(old, old), "enroll", "token", "create", "--school", SCHOOL)
+        extra = {
+            "enroll_token": token.out.strip(),
+            "ca_cert": str(data / "pki/ca.crt"),
+            "enroll_controller": f"127.0.0.1:{c.enroll_port}",
+        }
+        agent = Agent(tmp_path, DEVICE, "panel", SCHOOL, ROOM, c.address, extra, env=old)
+        agent.start()
+        _heartbeats_grow(c.database, 3, "the previous release's fleet reporting")
+        # Today's backup of the previous controller's store, before the upgrade.
+        archive = tmp_path / "before-upgrade.tar.gz"
+        argv = [str(BIN / "schoolfleet-controller"), "backup", "--to", str(archive)]
+        argv += ["--config", str(tmp_path / "controller.toml")]
+        argv += ["--database", f"sqlite:{c.database}"]
+        made = subprocess.run(
+            argv, env={**os.environ, **env}, capture_output=True, text=True, check=False
+        )
+        assert made.returncode == 0, made.stderr
+
+        # The controller first: its store migrates, the previous agent goes on.
+        c.stop()
+        c.env = env
+        c.start()
+        _heartbeats_grow(c.database, 3, "the previous agent reporting to today's controller")
+        # Then the agent, with the same certificate and spool.
+        agent.stop()
+        agent.env = {}
+        agent.start()
+        _heartbeats_grow(c.database, 3, "today's agent reporting")
+        row = device_row(c.database, DEVICE)
+        assert row is not None and row.seq_gaps == 0 and row.heartbeats_stored == row.last_seq
+        assert agent.log.read_text().count(f"enrolled device={DEVICE}") == 1
+
+        # Back to the previous controller: the migrated store is refused, so the backup
+        # taken before the upgrade is restored; today's agent is ahead of it and goes on.
+        c.stop()
+        c.env = {**env, **old}
+        with pytest.raises(AssertionError, match="newer than this controller knows"):
+            c.start()
+        restore = [str(BIN / "schoolfleet-controller"), "restore", "--from", str(archive)]
+        restore += [*argv[4:], "--force"]
+        done = subprocess.run(
+            restore, env={**os.environ, **env}, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        c.start()
+        _heartbeats_grow(c.database, 3, "today's agent reporting to the previous controller")
+        assert "Traceback" not in c.log_text()
+        assert "Traceback" not in agent.log.read_text()
+    finally:
+        if agent is not None:
+            agent.stop()
+        c.stop()
