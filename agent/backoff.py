@@ -15,6 +15,10 @@ from collections.abc import Callable
 
 from common.retry_hint import RESTART, RetryHint
 
+# Attempts after a restart notice made with the short cap, each waiting for the
+# controller to listen again; a controller not back by then is down, not restarting.
+RESTART_ATTEMPTS = 4
+
 
 def backoff_delay(
     attempt: int,
@@ -45,7 +49,8 @@ class Reconnects:
         self._reset_after = reset_after
         self._uniform = uniform
         self._attempt = 0
-        self._restarting = False
+        # Attempts still made the restart's way; 0: plain backoff.
+        self._restart_left = 0
 
     @property
     def attempt(self) -> int:
@@ -54,8 +59,8 @@ class Reconnects:
 
     @property
     def restarting(self) -> bool:
-        """Whether the controller said it is restarting and no stream has stayed up since."""
-        return self._restarting
+        """Whether the controller said it is restarting, and it is not back yet."""
+        return self._restart_left > 0
 
     def delay(self, stayed_up: float, hint: RetryHint | None, unread: bool = False) -> float:
         """Seconds to wait after a stream that was up ``stayed_up`` seconds after its
@@ -63,18 +68,23 @@ class Reconnects:
 
         ``unread``: the controller ended the stream but its word was lost on the
         device's side (common/retry_hint.py masked_end); likely a restart, so later
-        attempts are kept short and wait for the listener, without a hint's wait."""
+        attempts are kept short and wait for the listener, without a hint's wait.
+        A controller not back after RESTART_ATTEMPTS attempts is not restarting: plain
+        backoff again, so that a fleet does not knock every few seconds for days."""
         if stayed_up >= self._reset_after:
             self._attempt = 0
-            self._restarting = False
-        if unread and hint is None:
-            self._restarting = True
+            self._restart_left = 0
+        elif self._restart_left:
+            self._restart_left -= 1
+        if (hint is not None and hint.reason == RESTART) or (unread and hint is None):
+            self._attempt = 0
+            self._restart_left = RESTART_ATTEMPTS
         if hint is not None:
             # The controller drew this wait for this device; it already carries the jitter.
-            self._restarting = self._restarting or hint.reason == RESTART
-            self._attempt = 0 if hint.reason == RESTART else self._attempt + 1
+            if hint.reason != RESTART:
+                self._attempt += 1
             return hint.seconds
-        cap = self._restart_cap if self._restarting else self._cap
+        cap = self._restart_cap if self._restart_left else self._cap
         delay = backoff_delay(self._attempt, self._initial, cap, self._uniform)
         self._attempt += 1
         return delay

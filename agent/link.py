@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 _SEEN_COMMANDS = 1024
 # Seconds to connect and get Welcome; a controller that accepts and says nothing is left.
 _HANDSHAKE_TIMEOUT = 30.0
+# Seconds an attempt after a restart notice waits for the controller to listen again.
+_RESTART_WAIT = 15.0
 # Seconds a connected stream gets to close cleanly on stop.
 _CLOSE_GRACE = 3.0
 # Spooled messages read and written per round while replaying.
@@ -278,7 +280,7 @@ class Link:
             # After the controller said it is restarting, the stream waits (within the
             # handshake timeout) for it to listen again instead of failing at once.
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect(wait_for_ready=wait_for_ready)
-            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+            async with asyncio.timeout(_RESTART_WAIT if wait_for_ready else _HANDSHAKE_TIMEOUT):
                 await call.write(self._hello())
                 first = await call.read()
             if (

@@ -47,6 +47,8 @@ OPTIONS: list[tuple[str, int]] = [
 # The agent's defaults: backoff_initial, backoff_cap, the cap after a restart hint,
 # backoff_reset_after; and its handshake timeout.
 INITIAL, CAP, RESTART_CAP, RESET_AFTER, HANDSHAKE = 1.0, 60.0, 5.0, 30.0, 30.0
+# How long an attempt after a restart notice waits for the listener (agent/link.py).
+RESTART_WAIT = 15.0
 
 Call = grpc.aio.StreamStreamCall[bytes, bytes]
 
@@ -104,7 +106,7 @@ async def _stream(address: str, device: Device, wait_for_ready: bool) -> None:
     async with grpc.aio.secure_channel(address, device.credentials, options=OPTIONS) as channel:
         connect: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(CONNECT)
         call: Call = connect(wait_for_ready=wait_for_ready)
-        async with asyncio.timeout(HANDSHAKE):
+        async with asyncio.timeout(RESTART_WAIT if wait_for_ready else HANDSHAKE):
             await call.write(device.hello)
             first = await call.read()
         welcome = agent_pb2.ControllerMessage.FromString(first if isinstance(first, bytes) else b"")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.backoff import Reconnects
+from agent.backoff import RESTART_ATTEMPTS, Reconnects
 from common.retry_hint import (
     BUSY,
     REASON_KEY,
@@ -64,13 +64,29 @@ def test_after_a_restart_hint_the_device_waits_the_hint_then_keeps_attempts_shor
     # Then a stream that was up a long time ends with the controller's restart word.
     assert reconnects.delay(3600.0, RetryHint(RESTART, 4.2)) == 4.2
     assert reconnects.restarting
-    # The new process is not up yet: short attempts, never the 60 s cap.
-    delays = [reconnects.delay(0.0, None) for _ in range(10)]
-    assert delays[:3] == [1.0, 2.0, 4.0]
-    assert max(delays) == 5.0
-    # A stream that stays up ends the restart: plain backoff again.
+    # The new process is not up yet: RESTART_ATTEMPTS attempts that wait for it to
+    # listen, short waits between them.
+    delays = []
+    for _ in range(RESTART_ATTEMPTS):
+        assert reconnects.restarting
+        delays.append(reconnects.delay(0.0, None))
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+    # Not back by then: it is down, not restarting; plain backoff up to its cap.
+    assert not reconnects.restarting
+    assert max(reconnects.delay(0.0, None) for _ in range(5)) == 60.0
+
+
+def test_a_restart_hint_is_over_once_a_stream_stays_up() -> None:
+    reconnects = Reconnects(1.0, 60.0, 5.0, 30.0, uniform=_top)
+    reconnects.delay(100.0, RetryHint(RESTART, 2.0))
     reconnects.delay(45.0, None)
     assert not reconnects.restarting
+
+
+def test_an_end_the_device_could_not_read_is_taken_for_a_restart() -> None:
+    reconnects = Reconnects(1.0, 60.0, 5.0, 30.0, uniform=_top)
+    assert reconnects.delay(100.0, None, unread=True) == 1.0
+    assert reconnects.restarting
 
 
 def test_a_busy_hint_is_honoured_without_shortening_later_attempts() -> None:
