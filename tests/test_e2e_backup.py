@@ -5,7 +5,9 @@ backup is recognised by its certificate from the same CA."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import stat
 import subprocess
 import tarfile
@@ -145,5 +147,51 @@ def test_restore_of_an_older_backup_with_agents_running(
         assert refusals == []
         assert "certificate adopted after a restore device=panel-late" in log, log[-3000:]
         assert "Traceback" not in log, log[log.index("Traceback") - 500 :][:3000]
+    finally:
+        c.stop()
+
+
+def _serial(database: Path, device_id: str) -> str | None:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        row = db.execute(
+            "SELECT serial FROM enrollments WHERE device_id = ?", (device_id,)
+        ).fetchone()
+    return str(row[0]) if row else None
+
+
+@pytest.mark.e2e
+def test_a_certificate_renewed_after_the_backup_is_taken_back_after_the_restore(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    data = tmp_path / "data"
+    init_controller_ca(data)
+    env = tls_env(data, f"127.0.0.1:{free_port()}")
+    # Renewed two thirds in: 20 s after enrollment.
+    env["SCHOOLFLEET_CONTROLLER_DEVICE_CERT_LIFETIME"] = "30"
+    c = Controller(tmp_path, free_port(), env)
+    try:
+        c.start()
+        agents.append(_agent(c, "panel-renews", data))
+        _reporting(c, "panel-renews", 2)
+        enrolled_serial = _serial(c.database, "panel-renews")
+        archive = tmp_path / "backup.tar.gz"
+        assert _run(c, "backup", "--to", str(archive)).code == 0
+        renewed = wait_until(
+            lambda: (s := _serial(c.database, "panel-renews")) != enrolled_serial and s,
+            40,
+            "the device's renewed certificate in use",
+        )
+        c.stop()
+        done = _run(c, "restore", "--from", str(archive), "--force")
+        assert done.code == 0, done.err
+        assert _serial(c.database, "panel-renews") == enrolled_serial
+        c.start()
+        before = device_row(c.database, "panel-renews")
+        assert before is not None
+        _reporting(c, "panel-renews", before.heartbeats_stored + 3)
+        log = c.log_text()
+        adopted = f"certificate adopted after a restore device=panel-renews school={SCHOOL}"
+        assert f"{adopted} serial={renewed} replaced={enrolled_serial}" in log, log[-3000:]
+        assert "Traceback" not in log
     finally:
         c.stop()
