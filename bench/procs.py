@@ -103,6 +103,9 @@ async def start_target(
     log = workdir / f"{kind.name}.log"
     cwd, env = ROOT, _child_env(controller_settings)
     if kind is CONTROLLER:
+        # The run's own data folder, not /var/lib/schoolfleet: a controller holds its
+        # folder's lock, and runs side by side must not share one.
+        env.setdefault(_CONTROLLER_ENV + "DATA_DIR", str(workdir / "data"))
         config = workdir / "controller.toml"
         config.write_text("")  # not /etc/schoolfleet/controller.toml, whatever it holds
         program = [str(Path(sys.executable).parent / "schoolfleet-controller")]
