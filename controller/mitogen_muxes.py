@@ -24,6 +24,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+import psutil
+
 log = logging.getLogger(__name__)
 
 STRATEGY_PREFIX = "mitogen_"
@@ -52,6 +54,25 @@ def start() -> None:
         ansible_mitogen.process.get_classic_worker_model()
     except Exception:  # Mitogen failing costs speed, not the wave
         log.warning("Mitogen's multiplexers did not start in the zygote", exc_info=True)
+
+
+def stop_connections(zygote_pid: int) -> int:
+    """After a wave stopped midway (its ansible-playbook stopped before it could close
+    its connections): stops every process under the zygote's other children, the
+    multiplexers' ssh to the wave's hosts among them, as stopping a fresh
+    ansible-playbook's tree would. Returns how many were stopped."""
+    try:
+        under = [p for child in psutil.Process(zygote_pid).children() for p in child.children(True)]
+    except psutil.Error:
+        return 0
+    for proc in under:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(under, timeout=3)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return len(under)
 
 
 def close_connections() -> None:

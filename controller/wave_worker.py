@@ -44,6 +44,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from controller import mitogen_muxes
 from controller.ansible_zygote import Launcher, start_zygote
 from controller.rollout_runner import (
     WaveJob,
@@ -167,6 +168,9 @@ def _run(
     try:
         return run_wave(job, cancelled, launcher=launcher)
     finally:
+        if launcher is not None and cancelled():
+            # Mitogen's connections outlive a stopped ansible-playbook in the zygote.
+            mitogen_muxes.stop_connections(launcher.pid)
         shutil.rmtree(ssh_dir, ignore_errors=True)
 
 
