@@ -1,9 +1,9 @@
 """One controller per data folder: ``serve`` holds a lock on DATA_DIR/controller.lock.
 
-``restore`` must never write under a running controller, and two controllers on one
-store would each believe its sessions are the truth. An advisory ``flock`` is released
-by the kernel when the process ends, however it ends, so a ``kill -9`` leaves no stale
-lock for an operator to clean up.
+``restore`` takes the same lock: it never writes under a running controller, and no
+controller starts on a half-restored folder. Two controllers on one store would each
+believe its sessions are the truth. An advisory ``flock`` is released by the kernel when
+the process ends, however it ends, so a ``kill -9`` leaves no stale lock to clean up.
 """
 
 from __future__ import annotations
@@ -29,19 +29,3 @@ def hold(data_dir: Path) -> int:
             f"data_dir {data_dir}: another controller is running on it (lock {LOCK_NAME})"
         ) from None
     return fd
-
-
-def is_held(data_dir: Path) -> bool:
-    """Whether a running controller holds ``data_dir``'s lock now."""
-    try:
-        fd = os.open(data_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        # Closing drops the lock if this process took it.
-        os.close(fd)
-    return False

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from controller import data_lock
 from controller.backup import DATABASE, MANIFEST, Manifest, Member, check_store, parse_manifest
-from controller.errors import BackupError
+from controller.errors import BackupError, ConfigError
 from controller.private_files import private_dir
 from controller.restored import RESTORED_MARK
 from controller.store.migrations import LATEST
@@ -149,8 +149,21 @@ def restore_backup(
 ) -> Restored:
     """Restores ``archive`` into ``data_dir`` and the store at ``database``."""
     data_dir, database = data_dir.absolute(), database.absolute()
-    if data_lock.is_held(data_dir):
-        raise BackupError(f"the controller is running on {data_dir}; stop it before a restore")
+    private_dir(data_dir)
+    try:
+        # Held until the restore is done: a controller started meanwhile is refused.
+        lock = data_lock.hold(data_dir)
+    except ConfigError:
+        raise BackupError(
+            f"the controller is running on {data_dir}; stop it before a restore"
+        ) from None
+    try:
+        return _restore(archive, database, data_dir, force=force, now=now)
+    finally:
+        os.close(lock)
+
+
+def _restore(archive: Path, database: Path, data_dir: Path, *, force: bool, now: float) -> Restored:
     occupied = _occupied(database, data_dir)
     if occupied and not force:
         raise BackupError(
@@ -164,7 +177,6 @@ def restore_backup(
         raise BackupError(f"{archive}: no such file") from None
     except (OSError, tarfile.TarError) as exc:
         raise BackupError(f"{archive}: not a readable backup ({exc})") from None
-    private_dir(data_dir)
     if not database.parent.exists():
         private_dir(database.parent)
     # Staged on the file systems of their places, so that moving them in is a rename.
@@ -182,7 +194,7 @@ def restore_backup(
         os.rename(staging / DATABASE, store)
         _check_staged_store(store, manifest)
         mark = staging / RESTORED_MARK
-        mark.write_text(_mark(manifest, archive, now))
+        mark.write_text(_mark(manifest, archive.absolute(), now))
         os.chmod(mark, 0o600)
         return _move_in(staging, store, database, data_dir, occupied, now, manifest)
 
@@ -199,9 +211,7 @@ def _move_in(
     replaced_to: Path | None = None
     moves: list[tuple[Path, Path]] = []
     if occupied:
-        stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        replaced_to = data_dir / f"replaced-{stamp}"
-        replaced_to.mkdir(mode=0o700)
+        replaced_to = _new_folder(data_dir, now)
         kept = [database, *(database.with_name(database.name + s) for s in _SIDECARS)]
         kept += [p for p in data_dir.iterdir() if p.name in occupied and not _leftover(p.name)]
         # The old store's -wal must go with it: beside the restored file it would be
@@ -216,6 +226,8 @@ def _move_in(
     try:
         _swap(moves)
     except OSError as exc:
+        if replaced_to is not None:
+            replaced_to.rmdir()
         raise BackupError(f"restore undone, nothing changed: {exc}") from None
     for folder in {data_dir, database.parent}:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -224,6 +236,19 @@ def _move_in(
         finally:
             os.close(fd)
     return Restored(manifest, replaced_to)
+
+
+def _new_folder(data_dir: Path, now: float) -> Path:
+    """DATA_DIR/replaced-<UTC time>, with a number added if a restore made one already."""
+    stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 100):
+        folder = data_dir / (f"replaced-{stamp}" if n == 1 else f"replaced-{stamp}-{n}")
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return folder
+    raise BackupError(f"{data_dir}: too many replaced-{stamp} folders")
 
 
 def _mark(manifest: Manifest, archive: Path, now: float) -> str:

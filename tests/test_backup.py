@@ -166,8 +166,8 @@ def _refused(archive: Path, tmp: Path, match: str) -> None:
     target = tmp / "target"
     with pytest.raises(BackupError, match=match):
         restore_backup(archive, target / "controller.db", target, force=False, now=time.time())
-    # Never half-restored: the folder holds nothing (the lock file at most).
-    assert not target.exists() or [p.name for p in target.iterdir()] == []
+    # Never half-restored: the folder holds nothing but the lock the restore took.
+    assert [p.name for p in target.iterdir()] == ["controller.lock"]
 
 
 def test_a_damaged_member_is_refused_and_nothing_written(archive: Path, tmp_path: Path) -> None:
