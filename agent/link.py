@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 _SEEN_COMMANDS = 1024
 # Seconds to connect and get Welcome; a controller that accepts and says nothing is left.
 _HANDSHAKE_TIMEOUT = 30.0
-# Seconds an attempt after a restart notice waits for the controller to listen again.
+# Seconds an attempt after a restart notice waits for the controller to listen again
+# (then the handshake has its own timeout).
 _RESTART_WAIT = 15.0
 # Seconds a connected stream gets to close cleanly on stop.
 _CLOSE_GRACE = 3.0
@@ -277,10 +278,17 @@ class Link:
 
     async def _stream(self, stop: asyncio.Event, wait_for_ready: bool) -> None:
         async with self._channel() as channel:
-            # After the controller said it is restarting, the stream waits (within the
-            # handshake timeout) for it to listen again instead of failing at once.
-            call = agent_pb2_grpc.AgentServiceStub(channel).Connect(wait_for_ready=wait_for_ready)
-            async with asyncio.timeout(_RESTART_WAIT if wait_for_ready else _HANDSHAKE_TIMEOUT):
+            if wait_for_ready:
+                # After the controller said it is restarting: wait for it to listen
+                # again (gRPC retries the connection) rather than fail at once.
+                try:
+                    await asyncio.wait_for(channel.channel_ready(), _RESTART_WAIT)
+                except TimeoutError:
+                    raise StreamEnded(
+                        f"controller not listening again within {_RESTART_WAIT:g}s"
+                    ) from None
+            call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
                 await call.write(self._hello())
                 first = await call.read()
             if (

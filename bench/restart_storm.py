@@ -218,9 +218,17 @@ def _median(values: list[float]) -> str:
     return f"**{statistics.median(values):.1f}** ({' / '.join(f'{v:.1f}' for v in values)})"
 
 
-def report(args: argparse.Namespace, runs: list[Run], acked_ok: str, took: float) -> str:
+def load_average() -> str:
+    """The machine's 1-minute load average: how much else was running."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def report(
+    args: argparse.Namespace, runs: list[Run], acked_ok: str, took: float, load_before: str
+) -> str:
     lines = [
-        f"Machine: {machine().line()}",
+        f"Machine: {machine().line()} Load average (1 min) {load_before} before, "
+        f"{load_average()} after.",
         "",
         f"Command (took {took / 60:.1f} min): `.venv/bin/python -m bench.restart_storm "
         f"--devices {args.devices} --runs {args.runs}"
@@ -287,6 +295,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     started = time.time()
+    load_before = load_average()
     work = args.keep or Path(tempfile.mkdtemp(prefix="restart-storm-"))
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
@@ -321,7 +330,8 @@ def main() -> None:
             runs.append(one_run(controller, events, args.devices, baseline))
             print(f"run {n + 1}: {runs[-1]}", file=sys.stderr)
         time.sleep(5)
-        print(report(args, runs, _acked_stored(controller, workers, events), time.time() - started))
+        acked = _acked_stored(controller, workers, events)
+        print(report(args, runs, acked, time.time() - started, load_before))
     finally:
         for worker in workers:
             if worker.poll() is None:

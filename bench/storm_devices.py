@@ -53,6 +53,10 @@ RESTART_WAIT = 15.0
 Call = grpc.aio.StreamStreamCall[bytes, bytes]
 
 
+class NotListening(Exception):
+    """After a restart notice, the controller was not listening within RESTART_WAIT."""
+
+
 @dataclass(slots=True)
 class Device:
     """One simulated device: its credentials and how far it has been acked."""
@@ -105,8 +109,13 @@ async def _stream(address: str, device: Device, wait_for_ready: bool) -> None:
     """One stream until it ends; sets ``device.up`` at its Welcome."""
     async with grpc.aio.secure_channel(address, device.credentials, options=OPTIONS) as channel:
         connect: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(CONNECT)
-        call: Call = connect(wait_for_ready=wait_for_ready)
-        async with asyncio.timeout(RESTART_WAIT if wait_for_ready else HANDSHAKE):
+        if wait_for_ready:
+            try:
+                await asyncio.wait_for(channel.channel_ready(), RESTART_WAIT)
+            except TimeoutError:
+                raise NotListening from None
+        call: Call = connect()
+        async with asyncio.timeout(HANDSHAKE):
             await call.write(device.hello)
             first = await call.read()
         welcome = agent_pb2.ControllerMessage.FromString(first if isinstance(first, bytes) else b"")
@@ -137,6 +146,8 @@ async def _run(address: str, device: Device, stop: asyncio.Event) -> None:
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code().name, exc.details() or ""
             hint = read_hint(exc.trailing_metadata())
+        except NotListening:
+            code, details = "NOT_LISTENING", "no connection: controller not listening yet"
         except (TimeoutError, EOFError) as exc:
             code, details = "NO_WELCOME", str(exc) or "no Welcome in time"
         stayed = 0.0 if device.up is None else loop.time() - device.up

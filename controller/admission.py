@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.retry_hint import RESTART, RetryWindow
+from common.retry_hint import BUSY, RESTART, RetryWindow
 from inventory.model import Enrollment
 
 
@@ -85,3 +85,8 @@ def restart_window(streams: int) -> RetryWindow:
     spread so that the new process gets about RESTART_ADMIT_PER_SECOND at a time."""
     spread = max(_RESTART_SPREAD_MIN, streams / RESTART_ADMIT_PER_SECOND)
     return RetryWindow(RESTART, _RESTART_LOW, _RESTART_LOW + spread)
+
+
+# When a stream refused for want of time (its Hello came too late: the controller is
+# overloaded, or the device is) should try again: later, and spread.
+BUSY_WINDOW = RetryWindow(BUSY, 5.0, 20.0)

@@ -22,8 +22,9 @@ import grpc
 from cryptography import x509
 from google.protobuf.message import DecodeError
 
+from common.retry_hint import RetryWindow
 from controller.acks import AckCoalescer
-from controller.admission import stream_refusal
+from controller.admission import BUSY_WINDOW, stream_refusal
 from controller.device_certs import identity_from_uris
 from controller.enroll_service import Enroller
 from controller.errors import PkiError, ProtocolError, StoreError
@@ -345,15 +346,19 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             capabilities = frozenset(first.hello.capabilities[:_CAPABILITIES_MAX])
             return identity_from_hello(first.hello, peer), capabilities
         except TimeoutError:
+            # Late, not wrong: in a storm the controller itself may be why; the device
+            # is told to come back later, spread out.
+            retry: RetryWindow | None = BUSY_WINDOW
             code, message = (
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 (f"no Hello within {self._settings.hello_timeout:g}s"),
             )
         except ProtocolError as exc:
+            retry = None
             code, message = grpc.StatusCode[exc.status], str(exc)
         self._metrics.streams_closed.labels("protocol_error").inc()
         log.warning("stream refused peer=%s code=%s reason=%s", peer, code.name, message)
-        await context.abort(code, message)
+        await _abort(context, Closing("protocol_error", code, message, retry))
         raise AssertionError("abort returns only by raising")
 
     async def _read(
