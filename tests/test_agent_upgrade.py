@@ -131,3 +131,35 @@ def test_a_failed_upgrade_rolls_back_on_the_device_and_stops_the_waves(
             assert _version(host) == "schoolfleet-agent 0.1.2"
             # The release it replaced stays, for the next rollback.
             assert _releases(host) == {_in_use(host), good[host.name]}
+
+
+@pytest.mark.e2e
+@needs_root
+def test_an_agent_installed_before_releases_is_upgraded_and_kept_as_the_previous(
+    tmp_path: Path, releases: dict[str, Path]
+) -> None:
+    extravars = {
+        "sf_agent_pip_extra_args": "--no-deps",
+        "sf_controller": "127.0.0.1:7443",
+        "sf_agent_wheelhouse": str(releases["0.1.2"]),
+    }
+    with _fleet(1, tmp_path) as fleet:
+        [host] = fleet.hosts
+        # The layout the previous release's agent.yml made: the venv right at its place.
+        _on_host(host, "mkdir", "-p", "/opt/schoolfleet/bin")
+        _on_host(host, "/usr/bin/python3", "-m", "venv", "/opt/schoolfleet/venv")
+        [wheel] = releases["0.1.0"].iterdir()
+        pip = ["/opt/schoolfleet/venv/bin/pip", "install", "--quiet", "--no-deps", "--no-index"]
+        _on_host(host, *pip, "--disable-pip-version-check", str(wheel))
+        agent = "/opt/schoolfleet/venv/bin/schoolfleet-agent"
+        _on_host(host, "ln", "-s", agent, "/opt/schoolfleet/bin/schoolfleet-agent")
+        assert _version(host) == "schoolfleet-agent 0.1.0"
+
+        run = fleet.play("agent.yml", {host.name: {"sf_kind": "panel", "sf_school": 1}}, extravars)
+        assert run.status == "successful", run.stats
+        assert _version(host) == "schoolfleet-agent 0.1.2"
+        before = "/opt/schoolfleet/releases/before-releases"
+        assert _releases(host) == {_in_use(host), before}
+        # The earlier install is whole, ready for a rollback.
+        old = _on_host(host, f"{before}/bin/python", "-c", "import agent; print(agent.__file__)")
+        assert old.startswith(f"{before}/lib/")
