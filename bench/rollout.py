@@ -14,8 +14,9 @@ that rotates from run to run (to spread the machine's drift):
   builds by default (forks ``default_forks()``, pipelining, ControlPersist, gathering
   explicit);
 - the engine, one wave of every host (``schoolctl rollout start --canary 100%
-  --wave-size 100%``), timed from ``rollout start`` returning to the rollout ending
-  (read from /metrics every 0.2 s);
+  --wave-size 100%``), timed from ``rollout start`` returning to the rollout's end as
+  the controller stored it (its wave worker's end is watched, which costs the
+  controller nothing);
 - the engine in waves (``--canary 1 --wave-size 10%``, the defaults);
 - the last three with Ansible's strategy ``linear`` and again with Mitogen for Ansible
   (strategy ``mitogen_linear``, the engine's default): plain ``ansible-playbook`` with
