@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import json
 import math
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -175,6 +177,29 @@ def _pump(proc: subprocess.Popen[str], events: Events) -> None:
         events.take(line)
 
 
+def _listening(port: int, within: float) -> float:
+    """The time the port first takes a TCP connection."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return time.time()
+        time.sleep(0.02)
+    raise RuntimeError(f"port {port} not listening within {within:g}s")
+
+
+def start_again(controller: Controller) -> float:
+    """Starts the controller on its port again; when it listened. The storm may keep
+    the new process from writing its ports file for longer than Controller.start
+    waits: its port is known, so that wait is allowed to fail."""
+    probe = concurrent.futures.ThreadPoolExecutor(1).submit(_listening, controller.grpc_port, 300)
+    try:
+        controller.start()
+    except AssertionError:
+        wait_until((controller.workdir / "ports.json").exists, 300, "ports file", step=0.5)
+    return probe.result()
+
+
 def one_run(controller: Controller, events: Events, devices: int, baseline_kib: int) -> Run:
     """SIGTERM with every device connected, start again, wait for all to be back."""
     assert controller.proc is not None
@@ -185,8 +210,7 @@ def one_run(controller: Controller, events: Events, devices: int, baseline_kib: 
     shutdown = time.time() - signalled
     tail = controller.log_text()[log_from:]
     left_up = sum(1 for _, stream in store_rows(controller.database).values() if stream)
-    controller.start()
-    listening = (controller.workdir / "ports.json").stat().st_mtime
+    listening = start_again(controller)
     back = wait_until(
         lambda: events.back_since(listening, devices), 300, "every device back", step=0.5
     )
@@ -303,7 +327,6 @@ def main() -> None:
     env = {
         **tls_env(data),
         "SCHOOLFLEET_CONTROLLER_HEARTBEAT_INTERVAL": "30",
-        "SCHOOLFLEET_CONTROLLER_LOG_LEVEL": "WARNING",
     }
     if args.controller_code:
         env["PYTHONPATH"] = str(args.controller_code.resolve())
