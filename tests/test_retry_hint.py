@@ -16,10 +16,17 @@ from common.retry_hint import (
     read_hint,
 )
 from controller.admission import RESTART_ADMIT_PER_SECOND, restart_window
+from controller.server import grpc_options
+from controller.settings import ControllerSettings
 
 
 def _top(low: float, high: float) -> float:
     return high
+
+
+def _restarting(reconnects: Reconnects) -> bool:
+    # A call, so that mypy does not keep an earlier assert's narrowing of the property.
+    return reconnects.restarting
 
 
 def test_a_window_becomes_trailers_the_agent_reads() -> None:
@@ -72,7 +79,7 @@ def test_after_a_restart_hint_the_device_waits_the_hint_then_keeps_attempts_shor
         delays.append(reconnects.delay(0.0, None))
     assert delays == [1.0, 2.0, 4.0, 8.0]
     # Not back by then: it is down, not restarting; plain backoff up to its cap.
-    assert not reconnects.restarting
+    assert not _restarting(reconnects)
     assert max(reconnects.delay(0.0, None) for _ in range(5)) == 60.0
 
 
@@ -101,3 +108,12 @@ def test_without_a_hint_it_is_the_plain_backoff() -> None:
     reconnects = Reconnects(1.0, 60.0, 5.0, 30.0, uniform=_top)
     assert [reconnects.delay(0.0, None) for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
     assert reconnects.delay(31.0, None) == 1.0
+
+
+def test_the_server_holds_a_whole_fleet_of_calls_rather_than_dropping_some() -> None:
+    # Past max_pending_requests gRPC core drops calls the service never sees: the
+    # devices got CANCELLED/INTERNAL before Welcome in every restart storm.
+    settings = ControllerSettings(max_streams=20_000)
+    options = dict(grpc_options(settings))
+    assert options["grpc.server.max_pending_requests"] >= settings.max_streams
+    assert options["grpc.server.max_pending_requests_hard_limit"] >= settings.max_streams
