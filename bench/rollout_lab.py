@@ -28,7 +28,13 @@ import psutil
 
 from bench.observe import machine_busy_seconds
 from bench.procs import RunFailed
-from controller.rollout_runner import RunnerSettings, ansible_env, default_forks
+from controller.rollout_runner import (
+    RunnerSettings,
+    ansible_env,
+    default_forks,
+    inventory_vars,
+    with_vars,
+)
 from tests.procs import Controller, schoolctl, wait_until
 from tests.ssh_hosts import SshHost
 
@@ -196,15 +202,17 @@ def _run_plain(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
             # Host key checking and the run's key through inventory variables; Python
             # discovered as by default (not named, as SshHost.ansible_vars does).
             hostvars = {h.name: _default_vars(h) for h in lab.hosts}
+            group_vars: dict[str, Any] = {}
             forks = ANSIBLE_DEFAULT_FORKS
         else:
             control_dir.mkdir(mode=0o700)
             settings = lab.settings(control_dir, variant.strategy)
             env |= ansible_env(settings, home / "ansible-home")
             hostvars = {h.name: {"ansible_host": h.address} for h in lab.hosts}
+            group_vars = inventory_vars(settings)
             forks = settings.forks
         inventory = home / "inventory.json"
-        inventory.write_text(json.dumps({"all": {"hosts": hostvars}}))
+        inventory.write_text(json.dumps(with_vars({"all": {"hosts": hostvars}}, group_vars)))
         extra = home / "extra.json"
         extra.write_text(json.dumps({"marker": marker}))
         argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), "-e", f"@{extra}"]

@@ -68,7 +68,7 @@ def stop_connections(zygote_pid: int) -> int:
     for proc in under:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
-    _, alive = psutil.wait_procs(under, timeout=3)
+    _, alive = psutil.wait_procs(under, timeout=1)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
