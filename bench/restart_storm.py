@@ -318,6 +318,8 @@ def main() -> None:
         "--controller-code", type=Path, help="run the controller from this checkout (before/after)"
     )
     args = parser.parse_args()
+    # A SIGTERM still stops the controller and the workers it started (finally below).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     started = time.time()
     load_before = load_average()
     work = args.keep or Path(tempfile.mkdtemp(prefix="restart-storm-"))

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from common.retry_hint import RetryWindow
 from controller.acks import AckCoalescer
-from controller.admission import BUSY_WINDOW, stream_refusal
+from controller.admission import BUSY_WINDOW, busy_window, stream_refusal
 from controller.device_certs import identity_from_uris
 from controller.enroll_service import Enroller
 from controller.errors import PkiError, ProtocolError, StoreError
@@ -92,6 +92,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         # Connect handlers running, so that shutdown waits for them before it closes
         # the writer and the pools they use.
         self._running = 0
+        self._opening = 0
         self._all_ended = asyncio.Event()
         # Set at shutdown: new streams are refused with it, ends are recorded at once.
         self._stopping: Closing | None = None
@@ -146,10 +147,24 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
     ) -> AsyncIterator[agent_pb2.ControllerMessage]:
         self._running += 1
+        # Streams not yet welcomed: what a storm piles up. Past OPENING_MAX the
+        # controller sheds, saying when to come back, before it spends anything more.
+        self._opening += 1
+        opening = True
         try:
-            async for message in self._connect(request_iterator, context):
-                yield message
+            shed = busy_window(self._opening)
+            if shed is not None and self._stopping is None:
+                self._metrics.streams_closed.labels("busy").inc()
+                message = f"controller busy: {self._opening} streams opening; retry later"
+                await _abort(context, Closing("busy", grpc.StatusCode.UNAVAILABLE, message, shed))
+            async for answer in self._connect(request_iterator, context):
+                if opening:
+                    opening = False
+                    self._opening -= 1
+                yield answer
         finally:
+            if opening:
+                self._opening -= 1
             self._running -= 1
             if self._running == 0 and self._stopping is not None:
                 self._all_ended.set()

@@ -15,7 +15,12 @@ from common.retry_hint import (
     RetryWindow,
     read_hint,
 )
-from controller.admission import RESTART_ADMIT_PER_SECOND, restart_window
+from controller.admission import (
+    OPENING_MAX,
+    RESTART_ADMIT_PER_SECOND,
+    busy_window,
+    restart_window,
+)
 from controller.server import grpc_options
 from controller.settings import ControllerSettings
 
@@ -117,3 +122,10 @@ def test_the_server_holds_a_whole_fleet_of_calls_rather_than_dropping_some() -> 
     options = dict(grpc_options(settings))
     assert options["grpc.server.max_pending_requests"] >= settings.max_streams
     assert options["grpc.server.max_pending_requests_hard_limit"] >= settings.max_streams
+
+
+def test_a_storm_past_the_opening_limit_is_shed_with_a_busy_hint() -> None:
+    assert busy_window(1) is None
+    assert busy_window(OPENING_MAX) is None
+    shed = busy_window(OPENING_MAX + 1)
+    assert shed is not None and shed.reason == BUSY and shed.low > 0
