@@ -1,17 +1,18 @@
-"""The device's network as the kernel sees it, read over netlink.
+"""The device's network as the kernel sees it.
 
 Interfaces (state, MAC, addresses, MTU, speed, counters), the default route, and
 the Wi-Fi association where a wireless interface exists.
 
-Links, addresses and routes come from :mod:`agent.netlink` over one socket kept
-open; only a device with a wireless interface loads pyroute2, for nl80211 (IW).
-Every device pays for what it imports in memory, so this matters fleet-wide
-(measured in docs/benchmarks.md).
+Links and their indexes come from ``if_nameindex``; flags, MTU and speed, addresses
+and counters from psutil (already loaded for the system report); the operational
+state and whether a link is hardware or wireless from sysfs; default routes from the
+kernel's text views in ``/proc/net`` (:mod:`agent.routes`). Only a device with a
+wireless interface loads pyroute2, for nl80211 (IW). Every device pays for what it
+imports in memory, so this matters fleet-wide (measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import importlib.util
 import logging
 import os
@@ -21,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from agent.errors import CollectError
-from agent.netlink import Link, NetlinkFailed, Rtnetlink
+from agent.routes import Route, ipv4_default_routes, ipv6_default_routes
 
 log = logging.getLogger(__name__)
 
 SYS_NET = Path("/sys/class/net")
+PROC_NET = Path("/proc/net")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +77,6 @@ class NetworkReport:
     wifi_status: str = "no wireless"
 
 
-def _speed(name: str, sys_net: str) -> int | None:
-    try:
-        with open(os.path.join(sys_net, name, "speed"), encoding="ascii") as f:
-            speed = int(f.read().strip())
-    except (OSError, ValueError):
-        return None  # EINVAL for links without a speed
-    return speed if speed > 0 else None
-
-
 def _hardware(name: str, sys_net: str) -> tuple[bool, bool]:
     """(physical, wireless): a link with a device behind it in sysfs is hardware; the
     rest are made by software (bridges, veths, tunnels, dummies, VLANs)."""
@@ -90,6 +85,41 @@ def _hardware(name: str, sys_net: str) -> tuple[bool, bool]:
         os.path.join(where, "phy80211")
     )
     return os.path.exists(os.path.join(where, "device")), wireless
+
+
+def _operstate(name: str, sys_net: str) -> str | None:
+    """The link's RFC 2863 state as ``ip link`` names it; None if the link is gone."""
+    try:
+        with open(os.path.join(sys_net, name, "operstate"), encoding="ascii") as f:
+            return f.read().strip() or "unknown"
+    except (OSError, ValueError):
+        return None
+
+
+def _prefix(family: int, netmask: str | None) -> int:
+    if netmask is None:
+        return 32 if family == socket.AF_INET else 128
+    return int.from_bytes(socket.inet_pton(family, netmask.split("%", 1)[0])).bit_count()
+
+
+def _addresses(found: dict[str, list[Any]]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """("ADDRESS/PREFIX" and MAC by link name) from ``psutil.net_if_addrs()``.
+
+    An IPv4 address with a label ("eth0:1") belongs to the link before the colon (a
+    link's name cannot hold one); a link-local IPv6 address loses its "%zone".
+    """
+    addresses: dict[str, list[str]] = {}
+    macs: dict[str, str] = {}
+    for label, entries in found.items():
+        name = label.split(":", 1)[0]
+        for a in entries:
+            if a.family == psutil.AF_LINK:
+                if name == label:
+                    macs[name] = a.address
+            elif a.family in (socket.AF_INET, socket.AF_INET6):
+                address = a.address.split("%", 1)[0]
+                addresses.setdefault(name, []).append(f"{address}/{_prefix(a.family, a.netmask)}")
+    return addresses, macs
 
 
 def _iw() -> tuple[Any, type[Exception]]:
@@ -110,41 +140,73 @@ def _iw() -> tuple[Any, type[Exception]]:
 
 
 class NetworkReader:
-    """Reads the network over one netlink socket kept open between reads.
+    """Reads the network, heartbeat after heartbeat.
 
     What sysfs says of a link (hardware, wireless) is read once per link, not every
     heartbeat: on a host with dozens of links those file lookups were most of a read.
     """
 
-    def __init__(self, sys_net: Path = SYS_NET) -> None:
+    def __init__(self, sys_net: Path = SYS_NET, proc_net: Path = PROC_NET) -> None:
         self._sys_net = str(sys_net)
-        self._rtnl = Rtnetlink()
+        self._route = proc_net / "route"
         # (index, name) -> (physical, wireless); a renamed or new link is looked up anew.
         self._hardware: dict[tuple[int, str], tuple[bool, bool]] = {}
 
     def read(self) -> NetworkReport:
         """Interfaces, addresses, the default route and Wi-Fi, from the kernel."""
         try:
-            routes = self._rtnl.default_routes(socket.AF_INET)
-            addresses = self._rtnl.addresses()
-            links = self._rtnl.links()
-        except NetlinkFailed as exc:
-            raise CollectError(f"network not read over netlink: {exc}") from None
-        uplink = routes[0].oif if routes else None
+            routes = ipv4_default_routes(self._route.read_text(encoding="ascii", errors="replace"))
+            links = socket.if_nameindex()
+            stats = psutil.net_if_stats()
+            # nowrap=False: a link deleted and made again under its name starts from
+            # zero, as the kernel says, not from the old link's counters.
+            counters = psutil.net_io_counters(pernic=True, nowrap=False)
+            addresses, macs = _addresses(psutil.net_if_addrs())
+        except OSError as exc:
+            raise CollectError(f"network not read: {exc}") from None
+        uplink = routes[0].interface if routes else None
         known, self._hardware = self._hardware, {}
         interfaces = []
-        for link in links:
-            key = (link.index, link.name)
-            physical, wireless = known.get(key) or _hardware(link.name, self._sys_net)
+        # A link that came between these reads waits for the next heartbeat; one that
+        # went is left out, as a dump of the kernel's links would.
+        for index, name in links:
+            stat, counter = stats.get(name), counters.get(name)
+            state = _operstate(name, self._sys_net)
+            if stat is None or counter is None or state is None:
+                continue
+            key = (index, name)
+            physical, wireless = known.get(key) or _hardware(name, self._sys_net)
             self._hardware[key] = (physical, wireless)
+            flags = stat.flags.split(",")
+            # A software link's speed is made up (a veth says 10000, a tun 10) unless it
+            # is the uplink (a VLAN on a NIC gives the NIC's): kept only where it means
+            # something, and (as sysfs) only while the link is up.
+            speed = None
+            if (physical or name == uplink) and "up" in flags and stat.speed > 0:
+                speed = stat.speed
             interfaces.append(
-                _interface(link, addresses, physical, wireless, uplink, self._sys_net)
+                Interface(
+                    name=name,
+                    index=index,
+                    state=state,
+                    mac=macs.get(name, ""),
+                    mtu=stat.mtu,
+                    addresses=addresses.get(name, []),
+                    speed_mbit=speed,
+                    rx_bytes=counter.bytes_recv,
+                    tx_bytes=counter.bytes_sent,
+                    rx_errors=counter.errin,
+                    tx_errors=counter.errout,
+                    wireless=wireless,
+                    physical=physical,
+                    loopback="loopback" in flags,
+                )
             )
-        by_index = {i.index: i.name for i in interfaces}
+        names = {i.name for i in interfaces}
         gateway = interface = None
         if routes:
             gateway = routes[0].gateway
-            interface = by_index.get(uplink or -1)
+            interface = uplink if uplink in names else None
         wireless_links = [i for i in interfaces if i.wireless]
         if not wireless_links:
             return NetworkReport(interfaces, gateway, interface)
@@ -152,74 +214,34 @@ class NetworkReader:
         return NetworkReport(interfaces, gateway, interface, wifi, status)
 
     def close(self) -> None:
-        """Closes the netlink socket."""
-        self._rtnl.close()
+        """Nothing is held open between reads; kept for callers that close readers."""
 
 
-def _interface(
-    link: Link,
-    addresses: dict[int, list[str]],
-    physical: bool,
-    wireless: bool,
-    uplink: int | None,
-    sys_net: str,
-) -> Interface:
-    rx, tx, rx_errors, tx_errors = link.counters
-    # A software link's speed is made up (a veth says 10000, a tun 10) unless it is
-    # the uplink (a VLAN on a NIC gives the NIC's): read only where it means something.
-    speed = _speed(link.name, sys_net) if physical or link.index == uplink else None
-    return Interface(
-        name=link.name,
-        index=link.index,
-        state=link.operstate,
-        mac=link.mac,
-        mtu=link.mtu,
-        addresses=addresses.get(link.index, []),
-        speed_mbit=speed,
-        rx_bytes=rx,
-        tx_bytes=tx,
-        rx_errors=rx_errors,
-        tx_errors=tx_errors,
-        wireless=wireless,
-        physical=physical,
-        loopback=link.loopback,
-    )
+def read_network(sys_net: Path = SYS_NET, proc_net: Path = PROC_NET) -> NetworkReport:
+    """One read of the network (``--once``, tests)."""
+    return NetworkReader(sys_net, proc_net).read()
 
 
-def read_network(sys_net: Path = SYS_NET) -> NetworkReport:
-    """One read of the network, on a socket of its own (``--once``, tests)."""
-    reader = NetworkReader(sys_net)
-    try:
-        return reader.read()
-    finally:
-        reader.close()
+def default_routes(proc_net: Path = PROC_NET) -> list[Route]:
+    """The default routes, IPv4 (main table) then IPv6 (any table); OSError if the
+    kernel's route files cannot be read."""
+    v4 = (proc_net / "route").read_text(encoding="ascii", errors="replace")
+    v6 = (proc_net / "ipv6_route").read_text(encoding="ascii", errors="replace")
+    return ipv4_default_routes(v4) + ipv6_default_routes(v6)
 
 
-def has_default_route() -> bool:
+def has_default_route(proc_net: Path = PROC_NET) -> bool:
     """Whether the device has a default route (IPv4 or IPv6): without one, lesson
-    content off the school's network cannot be reached. If the kernel cannot be
-    asked, says True: a lesson is not refused on a guess.
+    content off the school's network cannot be reached. If the kernel's route files
+    cannot be read, says True: a lesson is not refused on a guess.
 
-    Asked from a thread, so that a kernel slow to answer never holds the agent's
-    event loop; it takes well under a millisecond, once a lesson.
+    Two small files from procfs: well under a millisecond, once a lesson.
     """
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        try:
-            return pool.submit(_default_route).result(timeout=10)
-        except concurrent.futures.TimeoutError:
-            log.warning("default route not read over netlink in 10 s")
-            return True
-
-
-def _default_route() -> bool:
-    rtnl = Rtnetlink()
     try:
-        return bool(rtnl.default_routes(socket.AF_INET) or rtnl.default_routes(socket.AF_INET6))
-    except NetlinkFailed as exc:
-        log.warning("default route not read over netlink: %s", exc)
+        return bool(default_routes(proc_net))
+    except OSError as exc:
+        log.warning("default route not read: %s", exc)
         return True
-    finally:
-        rtnl.close()
 
 
 def _read_wifi(wireless: list[Interface]) -> tuple[list[Wifi], str]:
