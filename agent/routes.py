@@ -75,10 +75,8 @@ def _ipv6_default(fields: list[str]) -> Route | None:
     if not well_formed:
         return None
     bits = int(flags, 16)
-    # Source-specific routes (src_len) apply to some traffic only; not a default.
-    if dest != _NO_ADDRESS_V6 or int(dest_len, 16) or int(src_len, 16):
-        return None
-    if not bits & RTF_UP or bits & RTF_REJECT:
+    # A source-specific default ("default from PREFIX") counts, as in a netlink dump.
+    if dest != _NO_ADDRESS_V6 or int(dest_len, 16) or not bits & RTF_UP or bits & RTF_REJECT:
         return None
     via = None
     if hop != _NO_ADDRESS_V6:
