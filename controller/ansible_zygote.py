@@ -193,7 +193,11 @@ class _Zygote:
             os.environ.clear()
             os.environ.update(env)
             _import_ansible()
-            if mitogen_muxes.wanted(env):
+            mitogen = mitogen_muxes.wanted(env)
+            if mitogen:
+                mitogen_muxes.add_plugin_paths()
+            _load_plugins()
+            if mitogen:
                 mitogen_muxes.start()
             return ""
         theirs = {k: v for k, v in env.items() if k not in _PER_RUN}
@@ -228,7 +232,6 @@ def _import_ansible() -> None:
         warnings.simplefilter("ignore")
         for name in _PRELOAD:
             importlib.import_module(name)
-    _load_plugins()
 
 
 def _load_plugins() -> None:
@@ -248,15 +251,15 @@ def _load_plugins() -> None:
     loader.init_plugin_loader([])
     for name in constants.INVENTORY_ENABLED:
         loader.inventory_loader.get(name, class_only=True)
-    for each in (loader.connection_loader, loader.shell_loader):
+    # As ansible-playbook loads them: every one (each under its file's name).
+    for each in (loader.connection_loader, loader.shell_loader, loader.become_loader):
         for _ in each.all(class_only=True):
             pass
-    # ansible-core's own callbacks only: ansible-runner's reads where a run's events go
-    # from the environment when it is imported.
+    # ansible-core's own callbacks only (by the short name, as all() loads them):
+    # ansible-runner's reads where a run's events go from the environment when it is
+    # imported.
     for found in pkgutil.iter_modules(callback_plugins.__path__):
-        loader.callback_loader.get(f"ansible.builtin.{found.name}", class_only=True)
-    loader.become_loader.get(constants.DEFAULT_BECOME_METHOD, class_only=True)
-    loader.cache_loader.get(constants.CACHE_PLUGIN, class_only=True)
+        loader.callback_loader.get(found.name, class_only=True)
     loader.strategy_loader.get(constants.DEFAULT_STRATEGY, class_only=True)
 
 

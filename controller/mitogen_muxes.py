@@ -37,20 +37,25 @@ def wanted(env: Mapping[str, str]) -> bool:
     return env.get("ANSIBLE_STRATEGY", "").startswith(STRATEGY_PREFIX)
 
 
+def add_plugin_paths() -> None:
+    """Adds Mitogen's connection and action plugins to Ansible's plugin paths, as its
+    strategy does when a run starts, so that the zygote loads them beforehand (with
+    their settings, ssh's long documentation for mitogen_ssh: each Ansible worker would
+    parse it again), and imports its strategy's modules."""
+    try:
+        import ansible_mitogen.strategy
+
+        ansible_mitogen.strategy.AnsibleWrappers()._add_plugin_paths()
+    except Exception:  # Mitogen failing costs speed, not the wave
+        log.warning("Mitogen's plugins did not load in the zygote", exc_info=True)
+
+
 def start() -> None:
     """Starts the multiplexers in this process (single-threaded: they are forked).
     Failing, each wave starts its own, as a fresh ansible-playbook would."""
     try:
-        # The strategy's modules too (the connection plugin's, the action mixins), so
-        # that no wave imports them again.
         import ansible_mitogen.process
-        import ansible_mitogen.strategy
-        from ansible.plugins import loader
 
-        # Its connection plugin, whose settings are ssh's (long documentation to
-        # parse): each Ansible worker would load it again.
-        ansible_mitogen.strategy.AnsibleWrappers()._add_plugin_paths()
-        loader.connection_loader.get("mitogen_ssh", class_only=True)
         ansible_mitogen.process.get_classic_worker_model()
     except Exception:  # Mitogen failing costs speed, not the wave
         log.warning("Mitogen's multiplexers did not start in the zygote", exc_info=True)
