@@ -89,12 +89,12 @@ def restart_window(streams: int) -> RetryWindow:
 
 # When a stream refused for want of time (its Hello came too late: the controller is
 # overloaded, or the device is) should try again: later, and spread.
-BUSY_WINDOW = RetryWindow(BUSY, 5.0, 20.0)
+BUSY_WINDOW = RetryWindow(BUSY, 2.0, 12.0)
 
 # Streams between their start and their Welcome beyond which new ones are shed: the
 # controller's event loop is then seconds behind, and what it would spend on one more
 # (a Hello, two store calls) only makes every device wait longer and give up.
-OPENING_MAX = 500
+OPENING_MAX = 1000
 
 
 def busy_window(opening: int) -> RetryWindow | None:

@@ -147,16 +147,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         context: grpc.aio.ServicerContext[agent_pb2.AgentMessage, agent_pb2.ControllerMessage],
     ) -> AsyncIterator[agent_pb2.ControllerMessage]:
         self._running += 1
-        # Streams not yet welcomed: what a storm piles up. Past OPENING_MAX the
-        # controller sheds, saying when to come back, before it spends anything more.
+        # Streams not yet welcomed: what a storm piles up (shed in _connect).
         self._opening += 1
         opening = True
         try:
-            shed = busy_window(self._opening)
-            if shed is not None and self._stopping is None:
-                self._metrics.streams_closed.labels("busy").inc()
-                message = f"controller busy: {self._opening} streams opening; retry later"
-                await _abort(context, Closing("busy", grpc.StatusCode.UNAVAILABLE, message, shed))
             async for answer in self._connect(request_iterator, context):
                 if opening:
                     opening = False
@@ -180,6 +174,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         hello = await self._hello(request_iterator, context, peer)
         if hello is None:
             return
+        # Past OPENING_MAX the controller sheds, saying when to come back, before it
+        # spends anything more. After the Hello: refused while the device is still
+        # writing it, grpc's client would report INTERNAL and lose the hint.
+        shed = busy_window(self._opening)
+        if shed is not None:
+            self._metrics.streams_closed.labels("busy").inc()
+            message = f"controller busy: {self._opening} streams opening; retry later"
+            await _abort(context, Closing("busy", grpc.StatusCode.UNAVAILABLE, message, shed))
         identity, capabilities = hello
         serial = None
         if self._settings.agent_tls:
