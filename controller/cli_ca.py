@@ -10,7 +10,6 @@ The running controller takes every change within ``ca_watch_interval`` seconds.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from common.errors import SchoolFleetError
 from controller import settings as controller_settings
+from controller.cli_options import Config, Database, DataDir, JsonOut, one_line_errors
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -35,16 +34,6 @@ ca_app = typer.Typer(
 _SHOWN = 10
 # Who the audit log names for changes made on the controller's machine.
 LOCAL_ACTOR = "controller-host"
-
-Config = Annotated[
-    Path,
-    typer.Option(help="The controller's TOML settings (its data_dir and database)."),
-]
-DataDir = Annotated[
-    Path | None, typer.Option(metavar="DIR", help="Data folder; overrides the config.")
-]
-Database = Annotated[str | None, typer.Option(help="Store URL; overrides the config.")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +51,8 @@ def _run(
     work: Callable[[], dict[str, Any]], text: Callable[[dict[str, Any]], str], js: bool
 ) -> None:
     """Runs ``work``; a user's mistake or a refusal is one line on stderr and exit 2."""
-    try:
+    with one_line_errors():
         result = work()
-    except SchoolFleetError as exc:
-        print(f"schoolfleet-controller: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        print(f"schoolfleet-controller: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
-        raise typer.Exit(2) from None
     print(json.dumps(result, indent=2) if js else text(result))
 
 

@@ -15,6 +15,7 @@ from common.errors import SchoolFleetError
 from common.logs import setup_logging
 from controller import settings as controller_settings
 from controller.cli_ca import ca_app
+from controller.cli_options import Config, Database, DataDir, one_line_errors
 from inventory.people import Role
 
 if TYPE_CHECKING:
@@ -212,13 +213,9 @@ def backup(
             "--to", metavar="FILE", help="The archive to write (0600; never overwritten)."
         ),
     ],
-    config: Annotated[
-        Path, typer.Option(help="The controller's TOML settings (its database and data_dir).")
-    ] = controller_settings.DEFAULT_CONFIG,
-    database: Annotated[str | None, typer.Option(help="Store URL; overrides the config.")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(metavar="DIR", help="Data folder; overrides the config.")
-    ] = None,
+    config: Config = controller_settings.DEFAULT_CONFIG,
+    database: Database = None,
+    data_dir: DataDir = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the manifest as JSON.")
     ] = False,
@@ -230,15 +227,9 @@ def backup(
     from controller.backup import take_backup
     from controller.store import sqlite_path
 
-    try:
+    with one_line_errors(to):
         settings = controller_settings.load(config, {"database": database, "data_dir": data_dir})
         manifest = take_backup(sqlite_path(settings.database), settings.data_dir, to, time.time())
-    except SchoolFleetError as exc:
-        print(f"schoolfleet-controller: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        print(f"schoolfleet-controller: {exc.filename or to}: {exc.strerror}", file=sys.stderr)
-        raise typer.Exit(2) from None
     if json_output:
         print(manifest.to_json().decode())
     else:
@@ -254,13 +245,9 @@ def restore(
     from_: Annotated[
         Path, typer.Option("--from", metavar="FILE", help="An archive made by `backup`.")
     ],
-    config: Annotated[
-        Path, typer.Option(help="The controller's TOML settings (its database and data_dir).")
-    ] = controller_settings.DEFAULT_CONFIG,
-    database: Annotated[str | None, typer.Option(help="Store URL; overrides the config.")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(metavar="DIR", help="Data folder; overrides the config.")
-    ] = None,
+    config: Config = controller_settings.DEFAULT_CONFIG,
+    database: Database = None,
+    data_dir: DataDir = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Replace what the data folder holds (kept aside in it)."),
@@ -272,17 +259,11 @@ def restore(
     from controller.restore import restore_backup
     from controller.store import sqlite_path
 
-    try:
+    with one_line_errors(from_):
         settings = controller_settings.load(config, {"database": database, "data_dir": data_dir})
         done = restore_backup(
             from_, sqlite_path(settings.database), settings.data_dir, force=force, now=time.time()
         )
-    except SchoolFleetError as exc:
-        print(f"schoolfleet-controller: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        print(f"schoolfleet-controller: {exc.filename or from_}: {exc.strerror}", file=sys.stderr)
-        raise typer.Exit(2) from None
     import datetime as dt
 
     taken = dt.datetime.fromtimestamp(done.manifest.taken_at, dt.UTC)
