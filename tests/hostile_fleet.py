@@ -86,6 +86,24 @@ def token_uses(database: Path, secret: str) -> tuple[int, int]:
     return int(rows[0][0]), int(rows[0][1])  # type: ignore[call-overload]
 
 
+def enrolled_agent(c: Controller, device_id: str, school_id: str, pki_dir: Path) -> Agent:
+    """A real agent (a panel in room r1) that enrolls with a fresh token of its school
+    over the enrollment port and then reports over mutual TLS."""
+    return Agent(
+        c.workdir,
+        device_id,
+        "panel",
+        school_id,
+        "r1",
+        c.address,
+        extra={
+            "enroll_token": seed_token(c.database, school_id),
+            "ca_cert": str(pki_dir / "ca.crt"),
+            "enroll_controller": f"127.0.0.1:{c.enroll_port}",
+        },
+    ).start()
+
+
 def seed_token(
     database: Path,
     school_id: str,

@@ -157,22 +157,18 @@ class Controller:
 
     def create_user(self, name: str, role: str, *schools: str) -> CreatedUser:
         """Runs ``schoolfleet-controller users create`` on this controller's database."""
-        argv = [str(BIN / "schoolfleet-controller"), "users", "create", name, "--role", role]
-        argv += ["--config", str(self.workdir / "controller.toml")]
-        argv += ["--database", f"sqlite:{self.database}", "--json"]
+        args = ["users", "create", name, "--role", role, "--json"]
         for school in schools:
-            argv += ["--school", school]
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env={**os.environ, **self.env},
-        )
-        if done.returncode != 0:
-            raise AssertionError(f"users create {name} failed: {done.stderr}")
-        return CreatedUser(name, json.loads(done.stdout)["token"])
+            args += ["--school", school]
+        done = self.cli(*args)
+        if done.code != 0:
+            raise AssertionError(f"users create {name} failed: {done.err}")
+        return CreatedUser(name, done.json()["token"])
+
+    def cli(self, *args: str) -> Result:
+        """``schoolfleet-controller ARGS`` with this controller's settings and store."""
+        args += ("--config", str(self.workdir / "controller.toml"))
+        return controller_cli(*args, "--database", f"sqlite:{self.database}", env=self.env)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Signals the process by pid and waits; returns its exit code."""
@@ -279,6 +275,20 @@ class Result:
 
     def json(self) -> Any:
         return json.loads(self.out)
+
+
+def controller_cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """``schoolfleet-controller ARGS``, as an operator on the controller's machine runs
+    it (``env`` added to this process's environment)."""
+    done = subprocess.run(
+        [str(BIN / "schoolfleet-controller"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
 
 
 def schoolctl(

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from controller.store import open_store
-from tests.procs import BIN, Result, init_controller_ca
+from tests.procs import Result, controller_cli, init_controller_ca
 
 
 def ca(data: Path, database: Path, *args: str) -> Result:
-    where = ["--data-dir", str(data), "--database", f"sqlite://{database}"]
-    done = subprocess.run(
-        [str(BIN / "schoolfleet-controller"), "ca", *args, *where],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    return controller_cli(
+        "ca", *args, "--data-dir", str(data), "--database", f"sqlite://{database}"
     )
-    return Result(done.returncode, done.stdout, done.stderr)
 
 
 @pytest.fixture

@@ -6,18 +6,15 @@ backup is recognised by its certificate from the same CA."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import stat
-import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.hostile_fleet import DeviceRow, device_row, enrolled, seed_token
+from tests.hostile_fleet import DeviceRow, device_row, enrolled, enrolled_agent
 from tests.procs import (
-    BIN,
     Agent,
     Controller,
     Result,
@@ -31,34 +28,11 @@ SCHOOL = "4321"
 
 
 def _run(c: Controller, *args: str) -> Result:
-    """``schoolfleet-controller ARGS`` with the controller's own settings."""
-    argv = [str(BIN / "schoolfleet-controller"), *args]
-    argv += ["--config", str(c.workdir / "controller.toml"), "--database", f"sqlite:{c.database}"]
-    done = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, **c.env},
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
+    return c.cli(*args)
 
 
 def _agent(c: Controller, device_id: str, data: Path) -> Agent:
-    return Agent(
-        c.workdir,
-        device_id,
-        "panel",
-        SCHOOL,
-        "r1",
-        c.address,
-        extra={
-            "enroll_token": seed_token(c.database, SCHOOL),
-            "ca_cert": str(data / "pki/ca.crt"),
-            "enroll_controller": f"127.0.0.1:{c.enroll_port}",
-        },
-    ).start()
+    return enrolled_agent(c, device_id, SCHOOL, data / "pki")
 
 
 def _reporting(c: Controller, device_id: str, at_least: int) -> DeviceRow:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -23,7 +22,7 @@ import pytest
 
 from tests.hostile_fleet import device_row, enroll_as, seed_token
 from tests.hostile_wire import tls_channel
-from tests.procs import BIN, Agent, Controller, Result, wait_until
+from tests.procs import Agent, Controller, Result, controller_cli, wait_until
 from tests.test_e2e_cert_renewal import SCHOOL, controller, creds, enrolled_agent, read
 from tests.wire import RawStream, hello
 
@@ -33,14 +32,7 @@ pytestmark = pytest.mark.e2e
 def ca(c: Controller, *args: str) -> Result:
     """`schoolfleet-controller ca ...` on the controller's own data, as an operator runs it."""
     where = ["--data-dir", str(c.workdir / "data"), "--database", f"sqlite://{c.database}"]
-    done = subprocess.run(
-        [str(BIN / "schoolfleet-controller"), "ca", *args, *where],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
+    return controller_cli("ca", *args, *where)
 
 
 def reporting(c: Controller, device_id: str, at_least: int = 2) -> bool:

@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from controller.device_certs import device_urn
 from protos.schoolfleet.v1 import agent_pb2
 from tests.hostile_fleet import device_row, enroll_as, seed_token
+from tests.hostile_fleet import enrolled_agent as fleet_agent
 from tests.hostile_pki import KeyCert, key_pem
 from tests.hostile_wire import tls_channel
 from tests.procs import Agent, Controller, init_controller_ca, tls_env, wait_until
@@ -55,20 +56,7 @@ def controller(tmp: Path, lifetime: float, spread: float = 2.0) -> Iterator[Cont
 
 
 def enrolled_agent(c: Controller, device_id: str) -> Agent:
-    pki = c.workdir / "data/pki"
-    return Agent(
-        c.workdir,
-        device_id,
-        "panel",
-        SCHOOL,
-        "r1",
-        c.address,
-        extra={
-            "enroll_token": seed_token(c.database, SCHOOL),
-            "ca_cert": str(pki / "ca.crt"),
-            "enroll_controller": f"127.0.0.1:{c.enroll_port}",
-        },
-    ).start()
+    return fleet_agent(c, device_id, SCHOOL, c.workdir / "data/pki")
 
 
 def read(database: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
