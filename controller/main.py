@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -88,6 +89,20 @@ def serve(
     except SchoolFleetError as exc:
         print(f"schoolfleet-controller: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
+    _exit_stopped()
+
+
+def _exit_stopped() -> None:
+    """Exits at once after a clean stop: everything is stored and the store closed.
+
+    The interpreter's own teardown frees every object gRPC held for thousands of
+    streams, one by one: 2.5 s of a 10,000-stream shutdown (docs/benchmarks.md) that
+    only delays the restart.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command()
