@@ -5,18 +5,15 @@ that upgrades everyone."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.netns import needs_root
 from tests.ssh_hosts import SshHost
-from tests.test_playbooks import ROOT, _fleet, _on_host
+from tests.test_playbooks import _fleet, _on_host
+from tests.wheels import build_wheel, copy_tree
 
-PACKAGES = ("agent", "controller", "inventory", "protos", "cli", "common")
 # Checked by Python before anything runs: a release that cannot start on the device.
 BROKEN = 'raise SystemExit("this release cannot start")\n'
 
@@ -24,31 +21,13 @@ BROKEN = 'raise SystemExit("this release cannot start")\n'
 def _build(version: str, out: Path, work: Path, *, broken: bool = False) -> Path:
     """A wheelhouse with the agent's wheel at ``version`` (built offline from a copy of
     the tree); ``broken``: its agent exits at once, as a bad release would."""
-    source = work / f"source-{version}"
-    source.mkdir()
-    shutil.copy2(ROOT / "README.md", source / "README.md")
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'version = "0.1.0"' in pyproject
-    (source / "pyproject.toml").write_text(pyproject.replace('"0.1.0"', f'"{version}"', 1))
-    for package in PACKAGES:
-        shutil.copytree(
-            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
+    source = copy_tree(work / f"source-{version}", version)
     if broken:
         main = source / "agent" / "main.py"
         main.write_text(BROKEN + main.read_text())
     house = out / version
     house.mkdir()
-    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-    done = subprocess.run(
-        [*pip, "--no-index", "--quiet", "-w", str(house), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return house
+    return build_wheel(source, house)
 
 
 @pytest.fixture(scope="module")

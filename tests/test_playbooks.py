@@ -30,6 +30,7 @@ from agent.settings import ENV_PREFIX, AgentSettings
 from common.settings import load_settings
 from tests.netns import needs_root
 from tests.ssh_hosts import SshHost, is_alive, ssh_hosts, stop_control_masters
+from tests.wheels import build_wheel, copy_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOKS = ROOT / "playbooks"
@@ -241,23 +242,8 @@ def _settings(config: str, env: Mapping[str, str], tmp: Path) -> AgentSettings:
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's wheel, built offline from a copy of the tree (a build writes
     build/ and *.egg-info next to its sources)."""
-    source = tmp_path_factory.mktemp("source")
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, source / name)
-    for package in ("agent", "controller", "inventory", "protos", "cli", "common"):
-        shutil.copytree(
-            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    out = tmp_path_factory.mktemp("wheelhouse")
-    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-    done = subprocess.run(
-        [*pip, "--no-index", "--quiet", "-w", str(out), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    source = copy_tree(tmp_path_factory.mktemp("source"))
+    out = build_wheel(source, tmp_path_factory.mktemp("wheelhouse"))
     assert [p.name for p in out.iterdir()] == ["schoolfleet-0.1.0-py3-none-any.whl"]
     return out
 
