@@ -53,8 +53,21 @@ def _worker(controller: Controller, devices: Path, events: Events) -> subprocess
         for line in proc.stdout:
             events.take(line)
 
-    threading.Thread(target=pump, daemon=True).start()
+    threading.Thread(target=pump, name=f"pump-{proc.pid}", daemon=True).start()
     return proc
+
+
+def _stop_worker(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    # Its pipes too, once the pump has read to their end.
+    for thread in threading.enumerate():
+        if thread.name == f"pump-{proc.pid}":
+            thread.join(10)
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None and not pipe.closed:
+            pipe.close()
 
 
 @pytest.fixture
@@ -102,9 +115,8 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Controller, Agent, Events, subproces
         )
         yield controller, agent, events, worker
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.kill()
-            worker.wait(10)
+        if worker is not None:
+            _stop_worker(worker)
         if agent is not None:
             agent.stop()
         controller.stop()
