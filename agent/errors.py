@@ -2,7 +2,7 @@
 
 SchoolFleetError (common.errors)
 ├── ConfigError     bad settings (common.errors)
-└── CollectError    a collector could not read what it reports (netlink refused,
+└── CollectError    a collector could not read what it reports (the kernel refused,
                     a file vanished); the message names what and why
 ├── EnrollUnreachable the controller could not be reached to enroll; worth
 │                   trying again (a refusal is not: it is logged and left)

@@ -160,8 +160,9 @@ class Link:
 
     async def _spool_heartbeat(self) -> None:
         try:
-            # In a thread: netlink (pyroute2 runs its own event loop) and the process
-            # scan for the kiosk block; the spool stays on this loop's thread.
+            # In a thread: the network's and the system's reads (Wi-Fi's netlink, a
+            # process scan while the kiosk is down) block; the spool stays on this
+            # loop's thread.
             report = await asyncio.to_thread(self._reporter.collect)
         except OSError as exc:
             log.error("health not collected, heartbeat skipped: %s", exc)

@@ -35,7 +35,7 @@ class Report:
 
     health: Health
     facts: SystemFacts
-    # None when netlink could not be read this time; ``network_error`` says why.
+    # None when the network could not be read this time; ``network_error`` says why.
     network: NetworkReport | None
     network_error: str | None
     condition: Condition

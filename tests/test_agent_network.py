@@ -47,7 +47,7 @@ def _once_in(ns: str, config: Path) -> dict[str, Any]:
     return report
 
 
-def test_the_agent_loads_only_the_netlink_modules_it_uses() -> None:
+def test_the_agent_loads_pyroute2_only_for_wifi() -> None:
     lean = subprocess.run(
         [str(BIN / "python"), "-c", _LEAN], capture_output=True, text=True, timeout=60, check=True
     )
