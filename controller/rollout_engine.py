@@ -104,6 +104,9 @@ class RolloutEngine:
         self._aborts: dict[int, str] = {}
         # Each driven rollout's warm wave worker, kept from wave to wave.
         self._workers: dict[int, RolloutWorker] = {}
+        # Whether a wave ran with ssh masters (Ansible's linear strategy; Mitogen keeps
+        # its own connections): only then has closing any to stop.
+        self._masters = False
         self._closing = False
 
     async def _off(self, fn: Callable[..., T], *args: object) -> T:
@@ -194,10 +197,11 @@ class RolloutEngine:
             await asyncio.get_running_loop().run_in_executor(None, worker.close, 0.0)
         self._workers.clear()
         self._waves.shutdown(wait=False, cancel_futures=True)
-        control_dir = self._runner.control_path_dir
-        await asyncio.get_running_loop().run_in_executor(
-            None, stop_masters_as, self._runner.os_user, control_dir
-        )
+        if self._masters:
+            control_dir = self._runner.control_path_dir
+            await asyncio.get_running_loop().run_in_executor(
+                None, stop_masters_as, self._runner.os_user, control_dir
+            )
 
     def _kick(self, rollout_id: int) -> None:
         if rollout_id in self._cancel:
@@ -337,6 +341,8 @@ class RolloutEngine:
             spec.strategy or self._runner.strategy,
         )
         if reachable:
+            strategy = spec.strategy or self._runner.strategy
+            self._masters = self._masters or strategy == "linear"
             cancel = self._cancel[rid] = threading.Event()
             name = _fresh(self._settings.work_dir / str(rid), f"wave-{wave}")
             job = WaveJob(
@@ -345,7 +351,7 @@ class RolloutEngine:
                 hosts=tuple(d.identity.device_id for d in reachable),
                 extra_vars=dict(spec.extra_vars),
                 work_dir=self._settings.ansible_dir / str(rid) / name,
-                settings=replace(self._runner, strategy=spec.strategy or self._runner.strategy),
+                settings=replace(self._runner, strategy=strategy),
                 wave=wave,
                 schools={h.device_id: h.school_id for h in chosen},
             )

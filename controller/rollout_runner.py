@@ -145,7 +145,8 @@ def ansible_env(settings: RunnerSettings, home: Path) -> dict[str, str]:
         "-o StrictHostKeyChecking=yes",
         "-o BatchMode=yes",
     ]
-    if settings.control_persist:
+    # Mitogen keeps one connection per host itself (and gives ssh no ControlPath).
+    if settings.control_persist and settings.strategy != "mitogen":
         ssh_args += ["-o ControlMaster=auto", f"-o ControlPersist={settings.control_persist}s"]
     if settings.private_key_file is not None:
         ssh_args.append("-o IdentitiesOnly=yes")

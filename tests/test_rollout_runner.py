@@ -274,7 +274,9 @@ def test_the_ansible_environment_reads_nothing_from_this_machine(
     tmp_path: Path, control_dir: Path
 ) -> None:
     key = tmp_path / "id key"
-    settings = _settings(control_dir, tmp_path / "known hosts", private_key_file=key)
+    settings = _settings(
+        control_dir, tmp_path / "known hosts", private_key_file=key, strategy="linear"
+    )
     env = ansible_env(settings, tmp_path / "home")
     assert env["PATH"].split(":")[0] == str(settings.ansible_bin_dir)
     assert (settings.ansible_bin_dir / "ansible-playbook").exists()
@@ -292,6 +294,10 @@ def test_the_ansible_environment_reads_nothing_from_this_machine(
     no_persist = ansible_env(_settings(control_dir, key, control_persist=0), tmp_path / "h2")
     assert "ControlMaster" not in no_persist["ANSIBLE_SSH_ARGS"]
     assert "ANSIBLE_PRIVATE_KEY_FILE" not in no_persist
+    # Mitogen keeps its own connection per host: no ssh masters.
+    mitogen = ansible_env(_settings(control_dir, key, strategy="mitogen"), tmp_path / "h3")
+    assert "ControlMaster" not in mitogen["ANSIBLE_SSH_ARGS"]
+    assert "StrictHostKeyChecking=yes" in mitogen["ANSIBLE_SSH_ARGS"]
 
 
 GOOD_PLAYBOOK = """\
@@ -384,6 +390,9 @@ def _wave_settings(hosts: list[SshHost], control_dir: Path, timeout: float = 120
         control_path_dir=control_dir,
         ssh_timeout=5,
         timeout=timeout,
+        # Ansible's own strategy, whose ssh masters these tests follow; Mitogen's waves
+        # (the default) are in test_wave_worker.py and the end-to-end tests.
+        strategy="linear",
     )
 
 
