@@ -32,6 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import grpc
 
@@ -149,26 +150,34 @@ def _start_workers(
     for n in range(count):
         part = work / f"devices-{n}.json"
         part.write_text(json.dumps(rows[n * size : (n + 1) * size]))
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.storm_devices",
-                f"--address={controller.address}",
-                f"--ca={controller.workdir / 'data/pki/ca.crt'}",
-                f"--devices={part}",
-                f"--school={SCHOOL}",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=(work / f"worker-{n}.log").open("w"),
-            text=True,
-            cwd=ROOT,
-        )
-        assert proc.stdout is not None
-        threading.Thread(target=_pump, args=(proc, events), daemon=True).start()
-        procs.append(proc)
+        with (work / f"worker-{n}.log").open("w") as log:
+            procs.append(start_worker(controller, part, events, log))
     return procs
+
+
+def start_worker(
+    controller: Controller, devices: Path, events: Events, stderr: TextIO | None = None
+) -> subprocess.Popen[str]:
+    """A bench.storm_devices process for the devices in ``devices`` (JSON rows); its
+    lines go to ``events``."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.storm_devices",
+            f"--address={controller.address}",
+            f"--ca={controller.workdir / 'data/pki/ca.crt'}",
+            f"--devices={devices}",
+            f"--school={SCHOOL}",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        cwd=ROOT,
+    )
+    threading.Thread(target=_pump, args=(proc, events), daemon=True).start()
+    return proc
 
 
 def _pump(proc: subprocess.Popen[str], events: Events) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 
 from agent.backoff import Reconnects
+from bench import wire
 from common.retry_hint import masked_end, read_hint
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 
@@ -72,19 +73,6 @@ class Device:
 
 def _emit(record: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
-
-
-def _hello(device_id: str, school_id: str) -> bytes:
-    return agent_pb2.AgentMessage(
-        seq=0,
-        hello=agent_pb2.Hello(
-            device_id=device_id,
-            kind=fleet_pb2.DEVICE_KIND_PANEL,
-            school_id=school_id,
-            room_id="r1",
-            agent_version="storm",
-        ),
-    ).SerializeToString()
 
 
 def _heartbeat(seq: int) -> bytes:
@@ -172,7 +160,8 @@ def _load(path: Path, ca: bytes, school_id: str) -> list[Device]:
     devices = []
     for row in json.loads(path.read_text()):
         credentials = grpc.ssl_channel_credentials(ca, row["key"].encode(), row["cert"].encode())
-        devices.append(Device(row["index"], row["id"], credentials, _hello(row["id"], school_id)))
+        hello = wire.hello(row["id"], school_id, "r1")
+        devices.append(Device(row["index"], row["id"], credentials, hello))
     return devices
 
 

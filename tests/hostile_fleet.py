@@ -86,11 +86,19 @@ def token_uses(database: Path, secret: str) -> tuple[int, int]:
     return int(rows[0][0]), int(rows[0][1])  # type: ignore[call-overload]
 
 
-def enrolled_agent(c: Controller, device_id: str, school_id: str, pki_dir: Path) -> Agent:
+def enrolled_agent(
+    c: Controller,
+    device_id: str,
+    school_id: str,
+    pki_dir: Path,
+    workdir: Path | None = None,
+    **settings: object,
+) -> Agent:
     """A real agent (a panel in room r1) that enrolls with a fresh token of its school
-    over the enrollment port and then reports over mutual TLS."""
+    over the enrollment port and then reports over mutual TLS; ``settings`` are more of
+    its settings."""
     return Agent(
-        c.workdir,
+        workdir or c.workdir,
         device_id,
         "panel",
         school_id,
@@ -100,6 +108,7 @@ def enrolled_agent(c: Controller, device_id: str, school_id: str, pki_dir: Path)
             "enroll_token": seed_token(c.database, school_id),
             "ca_cert": str(pki_dir / "ca.crt"),
             "enroll_controller": f"127.0.0.1:{c.enroll_port}",
+            **settings,
         },
     ).start()
 
@@ -168,19 +177,7 @@ def start_fleet(tmp: Path) -> Iterator[Fleet]:
     try:
         controller.start()
         ca_pem = (data / "pki/ca.crt").read_bytes()
-        agent = Agent(
-            tmp,
-            GOOD,
-            "panel",
-            SCHOOL,
-            "r1",
-            controller.address,
-            extra={
-                "enroll_token": seed_token(controller.database, SCHOOL),
-                "ca_cert": str(data / "pki/ca.crt"),
-                "enroll_controller": f"127.0.0.1:{controller.enroll_port}",
-            },
-        ).start()
+        agent = enrolled_agent(controller, GOOD, SCHOOL, data / "pki")
         ca = load_ca(data / "pki")
         enroll = tls_channel(controller.enroll_port, ca_pem)
         channels.append(enroll)

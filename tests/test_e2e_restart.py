@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.restart_storm import SCHOOL, Events, enroll_all, store_rows
+from bench.restart_storm import SCHOOL, Events, enroll_all, start_worker, store_rows
 from common.retry_hint import masked_end
-from tests.hostile_fleet import seed_token
+from tests.hostile_fleet import enrolled_agent, seed_token
 from tests.procs import Agent, Controller, free_port, init_controller_ca, tls_env, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -32,29 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _worker(controller: Controller, devices: Path, events: Events) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.storm_devices",
-            f"--address={controller.address}",
-            f"--ca={controller.workdir / 'data/pki/ca.crt'}",
-            f"--devices={devices}",
-            f"--school={SCHOOL}",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            events.take(line)
-
-    threading.Thread(target=pump, name=f"pump-{proc.pid}", daemon=True).start()
-    return proc
+    return start_worker(controller, devices, events)
 
 
 def _stop_worker(proc: subprocess.Popen[str]) -> None:
@@ -91,22 +68,16 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Controller, Agent, Events, subproces
         devices.write_text(json.dumps(rows))
         events = Events()
         worker = _worker(controller, devices, events)
-        agent = Agent(
-            tmp_path,
+        # The agent's own backoff defaults, not the tests' short ones.
+        agent = enrolled_agent(
+            controller,
             "panel-real",
-            "panel",
             SCHOOL,
-            "r1",
-            controller.address,
-            extra={
-                "enroll_token": seed_token(controller.database, SCHOOL),
-                "ca_cert": str(data / "pki/ca.crt"),
-                "enroll_controller": f"127.0.0.1:{controller.enroll_port}",
-                # The agent's own defaults, not the tests' short ones.
-                "backoff_initial": 1.0,
-                "backoff_cap": 60.0,
-            },
-        ).start()
+            data / "pki",
+            tmp_path,
+            backoff_initial=1.0,
+            backoff_cap=60.0,
+        )
         wait_until(lambda: events.back_since(0, DEVICES), 60, "every device connected")
         wait_until(
             lambda: store_rows(controller.database).get("panel-real", (0, 0))[0] >= 2,
