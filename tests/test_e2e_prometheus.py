@@ -22,7 +22,7 @@ from bench import wire
 from bench.loadgen import open_stream
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 from tests.lesson_site import FAKE_KIOSK, LessonSite
-from tests.procs import Agent, Controller, free_port, schoolctl, wait_until
+from tests.procs import Agent, Controller, free_port, init_controller_ca, schoolctl, wait_until
 from tests.prom import (
     RULES,
     Prometheus,
@@ -61,6 +61,9 @@ def _iso(at: float) -> str:
 
 
 def _controller(tmp: Path) -> Controller:
+    # A CA in its data folder, as every controller in production has (the certificate
+    # figures and their alerts read it); the lab's devices stream in plaintext.
+    init_controller_ca(tmp / "data")
     return Controller(
         tmp,
         env={
