@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from bench import wire
-from bench.loadgen import open_stream
+from bench.loadgen import Call, open_stream
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 from tests.lesson_site import FAKE_KIOSK, LessonSite
 from tests.procs import Agent, Controller, free_port, init_controller_ca, schoolctl, wait_until
@@ -188,14 +188,24 @@ class SilentServer:
         channels: list[grpc.aio.Channel] = []
         call, seq = await open_stream(self._address, channels, self._hello.SerializeToString())
         body = wire.heartbeat_body(full=True)
+        # It reads what the controller sends (acks, the check it never answers), as a
+        # device does; an end of the stream is said, not left to look like an outage.
+        reader = asyncio.create_task(self._drain(call))
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not reader.done():
                 seq += 1
                 await call.write(wire.heartbeat(seq, body))
                 await asyncio.sleep(0.3)
         finally:
             call.cancel()
+            reader.cancel()
             await asyncio.gather(*(channel.close() for channel in channels))
+
+    async def _drain(self, call: Call) -> None:
+        while isinstance(await call.read(), bytes):
+            pass
+        if not self._stop.is_set():
+            print(f"SilentServer: the controller ended the stream: {await call.code()}")
 
 
 @dataclass(frozen=True)
