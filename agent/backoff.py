@@ -66,9 +66,11 @@ class Reconnects:
         """Seconds to wait after a stream that was up ``stayed_up`` seconds after its
         Welcome (0 without one) ended, with what the controller said, if anything.
 
-        ``unread``: the controller ended the stream but its word was lost on the
-        device's side (common/retry_hint.py masked_end); likely a restart, so later
-        attempts are kept short and wait for the listener, without a hint's wait.
+        ``unread``: the stream ended without the controller's word (common/
+        retry_hint.py ended_unsaid); likely a restart, so later attempts are kept short
+        and wait for the listener. The caller passes the wait it drew from its
+        Welcome's spread as ``hint``; without one (an older controller), plain backoff
+        with the short cap.
         A controller not back after RESTART_ATTEMPTS attempts is not restarting: plain
         backoff again, so that a fleet does not knock every few seconds for days."""
         if stayed_up >= self._reset_after:

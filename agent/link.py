@@ -32,7 +32,7 @@ from agent.renewal import Renewal
 from agent.report import FullReports, Reporter, heartbeat, thresholds_from_pb
 from agent.settings import AgentSettings
 from agent.spool import Spool
-from common.retry_hint import RetryHint, masked_end, read_hint
+from common.retry_hint import RetryHint, ended_unsaid, read_hint, unsaid_restart
 from protos.mapping import KIND_TO_PB, os_to_pb, seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
 
@@ -119,6 +119,9 @@ class Link:
         self._full = FullReports(_FULL_REPORT_INTERVAL)
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._up_since: float | None = None
+        # Seconds the last Welcome named for coming back after an end without the
+        # controller's word (0: a controller older than that; plain backoff).
+        self._reconnect_spread = 0.0
         # Set when the spool got a message; the sender waits on it.
         self._spooled = asyncio.Event()
         # Renews the certificate over the stream (mutual TLS only); wakes the sender.
@@ -192,10 +195,12 @@ class Link:
                 break
             if self._renewal is not None and self._renewal.take_switch():
                 continue  # the renewed certificate's first stream, now
-            # Welcomed, then ended with grpc's stand-in status: the controller's word lost.
+            # Welcomed, then ended without the controller's word (its process ended, or
+            # its word was lost): likely a restart, with the spread the Welcome named.
             stayed_up = self._stayed_up(loop.time())
-            unread = stayed_up > 0 and masked_end(*reason.partition(": ")[::2])
-            delay = reconnects.delay(stayed_up, hint, unread)
+            unread = stayed_up > 0 and hint is None and ended_unsaid(*reason.partition(": ")[::2])
+            own = unsaid_restart(self._reconnect_spread) if unread else None
+            delay = reconnects.delay(stayed_up, hint or own, unread)
             log.warning(
                 "controller link down controller=%s reason=%s retry_in=%.1fs attempt=%d "
                 "spooled=%d%s",
@@ -204,7 +209,11 @@ class Link:
                 delay,
                 reconnects.attempt,
                 self._spool_pending(),
-                f" controller_said={hint.reason}" if hint else "",
+                f" controller_said={hint.reason}"
+                if hint
+                else f" controller_gone spread={self._reconnect_spread:g}s"
+                if own
+                else "",
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -311,6 +320,7 @@ class Link:
             self._reporter.limits = thresholds_from_pb(welcome.thresholds)
         self._full.interval = float(welcome.full_report_interval_seconds)
         self.content_hosts = tuple(welcome.content_hosts)
+        self._reconnect_spread = welcome.reconnect_spread_ms / 1000
         self._full.reset()
         self._spool.welcome(welcome.last_stored_seq)
         self._up_since = asyncio.get_running_loop().time()

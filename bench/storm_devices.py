@@ -29,7 +29,7 @@ import grpc
 
 from agent.backoff import Reconnects
 from bench import wire
-from common.retry_hint import masked_end, read_hint
+from common.retry_hint import ended_unsaid, read_hint, unsaid_restart
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 
 CONNECT = "/schoolfleet.v1.AgentService/Connect"
@@ -69,6 +69,8 @@ class Device:
     acked: int = 0
     # Loop time of the current stream's Welcome; None before it.
     up: float | None = None
+    # Seconds the last Welcome named for coming back after an end without a hint.
+    spread: float = 0.0
 
 
 def _emit(record: dict[str, object]) -> None:
@@ -110,6 +112,7 @@ async def _stream(address: str, device: Device, wait_for_ready: bool) -> None:
         if welcome.WhichOneof("body") != "welcome":
             raise EOFError("stream ended without a Welcome")
         device.up = asyncio.get_running_loop().time()
+        device.spread = welcome.welcome.reconnect_spread_ms / 1000
         _emit({"e": "w", "d": device.index, "t": time.time()})
         interval = float(welcome.welcome.heartbeat_interval_seconds or 30)
         beats = asyncio.create_task(_beat(call, welcome.welcome.last_stored_seq + 1, interval))
@@ -139,7 +142,7 @@ async def _run(address: str, device: Device, stop: asyncio.Event) -> None:
         except (TimeoutError, EOFError) as exc:
             code, details = "NO_WELCOME", str(exc) or "no Welcome in time"
         stayed = 0.0 if device.up is None else loop.time() - device.up
-        unread = stayed > 0 and masked_end(code, details)
+        unread = stayed > 0 and hint is None and ended_unsaid(code, details)
         _emit(
             {
                 "e": "f",
@@ -151,7 +154,8 @@ async def _run(address: str, device: Device, stop: asyncio.Event) -> None:
                 "h": hint.reason if hint else None,
             }
         )
-        delay = reconnects.delay(stayed, hint, unread)
+        own = unsaid_restart(device.spread) if unread else None
+        delay = reconnects.delay(stayed, hint or own, unread)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
 

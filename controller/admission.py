@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.retry_hint import BUSY, RESTART, RetryWindow
+from common.retry_hint import BUSY, RESTART, RESTART_LOW, RetryWindow
 from inventory.model import Enrollment
 
 
@@ -74,17 +74,19 @@ def stream_refusal(
 # Streams a controller opens per second after a restart with mutual TLS, on two cores
 # (docs/benchmarks.md, restart storm): how widely a fleet is told to spread its return.
 RESTART_ADMIT_PER_SECOND = 400.0
-# The shortest spread, and the earliest return: a device that comes back before the
-# new process listens waits for it on its connection.
+# The shortest spread.
 _RESTART_SPREAD_MIN = 3.0
-_RESTART_LOW = 1.0
+
+
+def restart_spread(streams: int) -> float:
+    """Seconds over which the devices of ``streams`` streams should come back after a
+    restart, so that the new process gets about RESTART_ADMIT_PER_SECOND at a time."""
+    return max(_RESTART_SPREAD_MIN, streams / RESTART_ADMIT_PER_SECOND)
 
 
 def restart_window(streams: int) -> RetryWindow:
-    """When the devices of ``streams`` open streams should come back after a restart:
-    spread so that the new process gets about RESTART_ADMIT_PER_SECOND at a time."""
-    spread = max(_RESTART_SPREAD_MIN, streams / RESTART_ADMIT_PER_SECOND)
-    return RetryWindow(RESTART, _RESTART_LOW, _RESTART_LOW + spread)
+    """When the devices of ``streams`` open streams should come back after a restart."""
+    return RetryWindow(RESTART, RESTART_LOW, RESTART_LOW + restart_spread(streams))
 
 
 # When a stream refused for want of time (its Hello came too late: the controller is

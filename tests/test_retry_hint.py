@@ -13,12 +13,15 @@ from common.retry_hint import (
     RETRY_AFTER_KEY,
     RetryHint,
     RetryWindow,
+    ended_unsaid,
     read_hint,
+    unsaid_restart,
 )
 from controller.admission import (
     OPENING_MAX,
     RESTART_ADMIT_PER_SECOND,
     busy_window,
+    restart_spread,
     restart_window,
 )
 from controller.server import grpc_options
@@ -129,3 +132,23 @@ def test_a_storm_past_the_opening_limit_is_shed_with_a_busy_hint() -> None:
     assert busy_window(OPENING_MAX) is None
     shed = busy_window(OPENING_MAX + 1)
     assert shed is not None and shed.reason == BUSY and shed.low > 0
+
+
+def test_an_end_without_the_controllers_word_is_taken_for_a_restart_over_the_welcomes_spread() -> (
+    None
+):
+    # The exit after a shutdown's grace, a crash, a lost connection; and grpc's masked end.
+    assert ended_unsaid("UNAVAILABLE", "Stream removed (Socket closed)")
+    assert ended_unsaid("INTERNAL", "Internal error from Core")
+    assert not ended_unsaid("PERMISSION_DENIED", "certificate of another school")
+    assert not ended_unsaid("INTERNAL", "stream read failed")
+    # The Welcome names the spread for the fleet the controller knows; drawn from 1 s on.
+    spread = restart_spread(10_000)
+    assert spread == 10_000 / RESTART_ADMIT_PER_SECOND
+    assert unsaid_restart(spread, uniform=_top) == RetryHint(RESTART, 1.0 + spread)
+    assert unsaid_restart(spread, uniform=lambda low, high: low) == RetryHint(RESTART, 1.0)
+    # A controller older than the field says 0: the agent's own backoff.
+    assert unsaid_restart(0.0) is None
+    # Never more than ten minutes, whatever a Welcome says.
+    hint = unsaid_restart(4_000_000.0, uniform=_top)
+    assert hint is not None and hint.seconds == 600.0

@@ -464,6 +464,7 @@ class Welcome(_message.Message):
     THRESHOLDS_FIELD_NUMBER: _builtins.int
     FULL_REPORT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     CONTENT_HOSTS_FIELD_NUMBER: _builtins.int
+    RECONNECT_SPREAD_MS_FIELD_NUMBER: _builtins.int
     heartbeat_interval_seconds: _builtins.int
     """How often the agent sends a heartbeat."""
     offline_after_seconds: _builtins.int
@@ -473,6 +474,12 @@ class Welcome(_message.Message):
     full_report_interval_seconds: _builtins.int
     """Longest time between two heartbeats carrying the full system and network
     reports; 0: every heartbeat carries them.
+    """
+    reconnect_spread_ms: _builtins.int
+    """If the stream ends without the controller's word (no retry hint in its trailers:
+    the controller's process ended, or the connection was lost), the agent comes back
+    at a random moment between 1 s and 1 s plus this many milliseconds, so that a
+    fleet returns spread over what one controller can take. 0: its own backoff.
     """
     @_builtins.property
     def server_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -496,10 +503,11 @@ class Welcome(_message.Message):
         thresholds: _fleet_pb2.Thresholds | None = ...,
         full_report_interval_seconds: _builtins.int = ...,
         content_hosts: _abc.Iterable[_builtins.str] | None = ...,
+        reconnect_spread_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time", "thresholds", b"thresholds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hosts", b"content_hosts", "full_report_interval_seconds", b"full_report_interval_seconds", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "last_stored_seq", b"last_stored_seq", "offline_after_seconds", b"offline_after_seconds", "server_time", b"server_time", "thresholds", b"thresholds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hosts", b"content_hosts", "full_report_interval_seconds", b"full_report_interval_seconds", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "last_stored_seq", b"last_stored_seq", "offline_after_seconds", b"offline_after_seconds", "reconnect_spread_ms", b"reconnect_spread_ms", "server_time", b"server_time", "thresholds", b"thresholds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
