@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import json
 import math
 import re
 import signal
@@ -28,6 +30,7 @@ import grpc
 
 from bench.report import machine
 from bench.restart_storm import load_average, store_rows
+from common.retry_hint import read_hint
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 from tests.procs import Controller, wait_until
 
@@ -63,14 +66,19 @@ async def _client(address: str, prefix: str, count: int) -> None:
     await asyncio.gather(*(one(i) for i in range(count)))
     print("open", flush=True)
 
+    ends: collections.Counter[str] = collections.Counter()
+
     async def held(call: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
         try:
             while isinstance(await call.read(), bytes):
                 pass
-        except grpc.aio.AioRpcError:
-            pass
+            ends["ended"] += 1
+        except grpc.aio.AioRpcError as exc:
+            hint = read_hint(exc.trailing_metadata())
+            ends[f"told {hint.reason}" if hint else f"cut {exc.code().name}"] += 1
 
     await asyncio.gather(*(held(call) for _, call in calls))
+    print(json.dumps(ends), flush=True)
 
 
 def one_run(work: Path, streams: int) -> dict[str, object]:
@@ -108,13 +116,19 @@ def one_run(work: Path, streams: int) -> dict[str, object]:
         code = controller.stop(signal.SIGTERM, timeout=120)
         took = time.monotonic() - signalled
         tail = controller.log_text()[log_from:]
-        own = re.search(r"streams_s=([\d.]+) total_s=([\d.]+)", tail)
+        own = re.search(r"streams_cut=(\d+) streams_s=([\d.]+) total_s=([\d.]+)", tail)
         left_up = sum(1 for _, stream in store_rows(controller.database).values() if stream)
+        ends: collections.Counter[str] = collections.Counter()
+        for client in clients:
+            assert client.stdout is not None
+            ends.update(json.loads(client.stdout.readline() or "{}"))
         return {
             "exit_s": took,
             "code": code,
-            "streams_s": float(own.group(1)) if own else -1.0,
-            "total_s": float(own.group(2)) if own else -1.0,
+            "streams_s": float(own.group(2)) if own else -1.0,
+            "total_s": float(own.group(3)) if own else -1.0,
+            "cut": int(own.group(1)) if own else -1,
+            "devices_saw": dict(ends),
             "tracebacks": tail.count("Traceback"),
             "left_up": left_up,
             "load": load,

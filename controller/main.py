@@ -89,15 +89,16 @@ def serve(
     except SchoolFleetError as exc:
         print(f"schoolfleet-controller: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
-    _exit_stopped()
 
 
 def _exit_stopped() -> None:
-    """Exits at once after a clean stop: everything is stored and the store closed.
+    """Exits at once after a clean stop: everything acked is stored, every stream's end
+    recorded and the store closed.
 
-    The interpreter's own teardown frees every object gRPC held for thousands of
-    streams, one by one: 2.5 s of a 10,000-stream shutdown (docs/benchmarks.md) that
-    only delays the restart.
+    Called from inside the event loop, before it runs again: stream handlers the
+    shutdown's grace did not see end never run on the closed pools and store, and
+    neither asyncio nor the interpreter unwinds what gRPC holds for thousands of
+    streams one by one (seconds of a 10,000-stream shutdown, docs/benchmarks.md).
     """
     logging.shutdown()
     sys.stdout.flush()
@@ -367,6 +368,7 @@ async def controller_serve(settings: controller_settings.ControllerSettings) -> 
     from controller.server import serve as run_server
 
     await run_server(settings)
+    _exit_stopped()
 
 
 def run() -> None:

@@ -1,10 +1,13 @@
 """Assembles and runs the controller: store, writer, gRPC services, /metrics.
 
-Shutdown order matters for "nothing queued is lost" and "no handler outlives what it
-uses": tell every device stream the controller is restarting (with when to come
-back) and stop accepting, wait until every stream handler has returned (within
-``shutdown_grace``), then let the writer store everything still queued, record
-every stream's end in one statement, and only then close the pools and the store.
+Shutdown order matters for "nothing acked is lost" and "no handler runs on what is
+closed": tell every device stream the controller is restarting (with when to come
+back) and stop accepting, wait until every stream handler has returned or
+``shutdown_grace`` is over, let the writer store everything queued, and then, without
+yielding to the event loop again, close the pools, record every stream's end in one
+statement and close the store. The process exits right after (controller/main.py):
+handlers the grace did not see end never run again, and their streams are cut by the
+exit (gRPC would take ~0.3 ms of the event loop a call to unwind them).
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ log = logging.getLogger(__name__)
 
 # Calls beyond device streams that may run at once (schoolctl, scrapes of admin data).
 _ADMIN_HEADROOM = 256
+# gRPC's own stop is given the grace and this much more: longer than the process lives
+# after the grace, so that gRPC never cancels (and unwinds) the calls itself.
+_EXIT_AFTER = 60.0
 
 
 def admin_request_max(settings: ControllerSettings) -> int:
@@ -339,9 +345,11 @@ async def _stop_serving(
     grace: float,
     streams: int,
     writer: MessageWriter,
-) -> None:
+) -> asyncio.Task[None]:
     """Ends every device stream with word of the restart and stops accepting calls;
-    returns once every stream handler has, so nothing runs on what closes next."""
+    returns once every stream handler has, or after ``grace``: the streams still open
+    then are cut when the process exits. Returns gRPC's own stop, left running (the
+    caller holds it until the exit)."""
     window = restart_window(streams)
     log.info(
         "controller stopping streams=%d queued=%d retry_within=%.0f-%.0fs",
@@ -350,16 +358,20 @@ async def _stop_serving(
         window.low,
         window.high,
     )
-    agent_service.stop_streams(
-        Closing("shutdown", grpc.StatusCode.UNAVAILABLE, "controller is restarting", window)
-    )
-    stopping = asyncio.create_task(server.stop(grace))
-    # server.stop returns when its grace is over even if handlers it cancelled are
-    # still unwinding; the service counts its own.
-    running = await agent_service.streams_ended(grace + 1.0)
-    await stopping
-    if running and (running := await agent_service.streams_ended(1.0)):
-        log.warning("stream handlers still running at shutdown count=%d", running)
+    # Refuses new calls and sends every connection GOAWAY. Its own grace outlasts the
+    # process: gRPC never cancels the calls itself, which would take seconds of the
+    # event loop to unwind with thousands of streams. Not awaited for the same reason.
+    stopping = asyncio.create_task(server.stop(grace + _EXIT_AFTER))
+    closing = Closing("shutdown", grpc.StatusCode.UNAVAILABLE, "controller is restarting", window)
+    untold = await agent_service.stop_streams(closing, grace)
+    if untold:
+        log.info(
+            "streams not told within the grace count=%d grace_s=%g (the exit cuts them; "
+            "their devices come back over the spread their Welcome named)",
+            untold,
+            grace,
+        )
+    return stopping
 
 
 def _store_gauges(store: Store, registry: CollectorRegistry, sessions: Sessions) -> None:
@@ -410,7 +422,14 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         spread=settings.ca_rotation_spread,
     )
     agent_service = AgentService(
-        settings, store, write_executor, sessions, metrics, enroller, renewals=renewals
+        settings,
+        store,
+        write_executor,
+        sessions,
+        metrics,
+        enroller,
+        renewals=renewals,
+        fleet_size=sum(c.online + c.offline for c in store.fleet_counts(time.time())),
     )
     uplink = _uplink(settings, store, read_executor, sessions, agent_service, registry)
     rollouts, runner = _rollouts(settings, store, read_executor, registry)
@@ -491,7 +510,9 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         rollouts.close(),
         asyncio.to_thread(_stop_http, http_server, http_thread),
     )
-    await _stop_serving(server, agent_service, settings.shutdown_grace, len(sessions), writer)
+    server_stopping = await _stop_serving(
+        server, agent_service, settings.shutdown_grace, len(sessions), writer
+    )
     streams_ended = time.monotonic() - stopping
     await others
     await writer.close()
@@ -501,14 +522,20 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await refusals.close()
+    # From here nothing yields to the event loop until the process exits: a handler the
+    # grace did not see end never reaches the pools or the store closed below, and its
+    # stream is cut by the exit (the device comes back over its Welcome's spread).
+    cut = agent_service.running
     write_executor.shutdown(wait=True)
     read_executor.shutdown(wait=True)
     # After the writer's last batch: every stream's end, in one statement.
     ended = store.reset_streams()
     store.close()
     log.info(
-        "controller stopped stream_ends_recorded=%d streams_s=%.2f total_s=%.2f",
+        "controller stopped stream_ends_recorded=%d streams_cut=%d streams_s=%.2f total_s=%.2f",
         ended,
+        cut,
         streams_ended,
         time.monotonic() - stopping,
     )
+    del server_stopping  # left to the exit, with the streams it did not see end

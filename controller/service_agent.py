@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from common.retry_hint import RetryWindow
 from controller.acks import AckCoalescer
-from controller.admission import BUSY_WINDOW, busy_window, stream_refusal
+from controller.admission import BUSY_WINDOW, busy_window, restart_spread, stream_refusal
 from controller.device_certs import identity_from_uris
 from controller.enroll_service import Enroller
 from controller.errors import PkiError, ProtocolError, StoreError
@@ -51,6 +51,11 @@ ControllerMessage = agent_pb2.ControllerMessage
 _CAPABILITIES_MAX = 32
 # Seconds between sweeps for held-back acks, at the least.
 _ACK_TICK_MIN = 0.1
+# At shutdown: streams told at a time, and at most how many may be ending at once
+# (each ends in a few round trips through gRPC's completion queue: a window keeps
+# them coming while the event loop stays responsive).
+_TELL_BATCH = 256
+_TELL_WINDOW = 1024
 Sessions = SessionRegistry[agent_pb2.ControllerMessage]
 _RESULT_STATUS = {
     agent_pb2.CommandResult.STATUS_OK: "ok",
@@ -73,6 +78,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         now: Callable[[], float] = time.time,
         *,
         renewals: Renewals,
+        fleet_size: int = 0,
     ) -> None:
         self._settings = settings
         self._enroller = enroller
@@ -83,6 +89,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._sessions = sessions
         self._metrics = metrics
         self._now = now
+        # Devices the store knew at start: what a restart's return is spread over, as
+        # each Welcome says (the streams open so far are fewer while a storm lasts).
+        self._fleet_size = min(fleet_size, settings.max_streams)
         self.writer: MessageWriter | None = None
         # Where answers to MeasureUplink go (the uplink checks), beside the store.
         self.on_uplink_answer: Callable[[UplinkAnswer], None] = lambda answer: None
@@ -93,7 +102,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         # the writer and the pools they use.
         self._running = 0
         self._opening = 0
-        self._all_ended = asyncio.Event()
+        # Set during shutdown when a handler returns and no more than _wake_at run.
+        self._handler_ended = asyncio.Event()
+        self._wake_at = -1
         # Set at shutdown: new streams are refused with it, ends are recorded at once.
         self._stopping: Closing | None = None
 
@@ -122,23 +133,41 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.EnrollResponse:
         return await self._enroller.enroll(request, context)
 
-    def stop_streams(self, closing: Closing) -> int:
-        """Ends every stream with ``closing`` and refuses new ones alike (at shutdown).
+    async def stop_streams(self, closing: Closing, within: float) -> int:
+        """Refuses new streams and ends the open ones with ``closing`` (at shutdown), for
+        at most ``within`` seconds; returns how many were not told by then: the exit
+        cuts those, and their devices come back over the spread their Welcome named.
 
-        Their ends are not written one by one: the store marks every stream down in one
-        statement once the handlers are done (controller/server.py). Returns how many
-        handlers are running."""
+        A batch at a time, with at most _TELL_WINDOW ending at once: thousands of
+        handlers ending together would hold the event loop (~0.4 ms a stream in gRPC)
+        well past the deadline. Their ends are not written one by one: the store marks
+        every stream down in one statement at the end (controller/server.py)."""
         self._stopping = closing
-        self._sessions.close_all(closing)
-        if self._running == 0:
-            self._all_ended.set()
-        return self._running
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        untold = self._sessions.current()
+        while untold and loop.time() < deadline:
+            batch, untold = untold[:_TELL_BATCH], untold[_TELL_BATCH:]
+            for session in batch:
+                session.close(closing)
+            await self._running_at_most(len(untold) + _TELL_WINDOW - _TELL_BATCH, deadline)
+        if not untold:
+            await self._running_at_most(0, deadline)
+        return len(untold)
 
-    async def streams_ended(self, within: float) -> int:
-        """Waits until every Connect handler has returned; how many still run after
-        ``within`` seconds."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._all_ended.wait(), within)
+    async def _running_at_most(self, handlers: int, deadline: float) -> None:
+        """Waits until no more than ``handlers`` Connect handlers run, or the loop time
+        ``deadline`` passes."""
+        loop = asyncio.get_running_loop()
+        self._wake_at = handlers
+        while self._running > handlers and (left := deadline - loop.time()) > 0:
+            self._handler_ended.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._handler_ended.wait(), left)
+
+    @property
+    def running(self) -> int:
+        """Connect handlers running now."""
         return self._running
 
     async def Connect(
@@ -160,8 +189,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             if opening:
                 self._opening -= 1
             self._running -= 1
-            if self._running == 0 and self._stopping is not None:
-                self._all_ended.set()
+            if self._running <= self._wake_at:
+                self._handler_ended.set()
 
     async def _connect(
         self,
@@ -228,6 +257,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     thresholds=_thresholds(self._settings),
                     full_report_interval_seconds=self._settings.full_report_interval,
                     content_hosts=self._settings.content_hosts,
+                    reconnect_spread_ms=round(
+                        restart_spread(max(len(self._sessions), self._fleet_size)) * 1000
+                    ),
                 )
             )
             # Commands that waited for the device, e.g. a lesson that started while it

@@ -109,10 +109,9 @@ class SessionRegistry(Generic[M]):
         """The device's current session, if it has one here."""
         return self._sessions.get(device_id)
 
-    def close_all(self, closing: Closing) -> None:
-        """Ends every stream (at shutdown)."""
-        for session in list(self._sessions.values()):
-            session.close(closing)
+    def current(self) -> list[Session[M]]:
+        """Every device's current session, in the order they opened."""
+        return list(self._sessions.values())
 
     def __len__(self) -> int:
         return len(self._sessions)

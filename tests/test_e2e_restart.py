@@ -10,6 +10,7 @@ status the devices got.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bench.restart_storm import SCHOOL, Events, enroll_all, start_worker, store_rows
-from common.retry_hint import masked_end
+from common.retry_hint import ended_unsaid, masked_end
 from tests.hostile_fleet import enrolled_agent, seed_token
 from tests.procs import Agent, Controller, free_port, init_controller_ca, tls_env, wait_until
 
@@ -93,6 +94,12 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Controller, Agent, Events, subproces
         controller.stop()
 
 
+def _cut(log: str) -> int:
+    """Streams the controller's log says it cut by exiting after its shutdown grace."""
+    found = re.findall(r"controller stopped .*streams_cut=(\d+)", log)
+    return int(found[-1]) if found else 0
+
+
 def test_sigterm_ends_every_stream_cleanly_and_the_fleet_comes_back_as_told(
     fleet: tuple[Controller, Agent, Events, subprocess.Popen[str]],
 ) -> None:
@@ -121,15 +128,47 @@ def test_sigterm_ends_every_stream_cleanly_and_the_fleet_comes_back_as_told(
         ended = [f for f in events.failures if f[0] >= signalled]
     # A heartbeat written just as the controller ends the stream makes grpc's client
     # report INTERNAL "Internal error from Core" instead of the controller's status:
-    # the end was the controller's, its word lost on the device's side.
+    # the end was the controller's, its word lost on the device's side. A stream the
+    # grace did not reach (a loaded machine) is cut by the exit: UNAVAILABLE, no word.
     unchosen = [
-        f for f in ended if f[4] is None and not (f[1] == "after" and masked_end(f[2], f[3]))
+        f for f in ended if f[4] is None and not (f[1] == "after" and ended_unsaid(f[2], f[3]))
     ]
     assert not unchosen, unchosen[:5]
+    cut = [f for f in ended if f[4] is None and not masked_end(f[2], f[3])]
+    assert len(cut) <= _cut(log), cut[:5]
     assert len(ended) - len(unchosen) >= DEVICES
     # The real agent read the controller's word and came back.
     wait_until(lambda: agent.log.read_text().count("controller link up") >= 2, 20, "the agent back")
     assert "controller_said=restart" in agent.log.read_text()
+
+    # No grace at all: no stream is told, the exit cuts them all. Still quick and clean,
+    # every end recorded, and every device comes back over the spread its Welcome named
+    # (301 devices: the shortest, 3 s), the real agent too.
+    time.sleep(2)
+    controller.stop(signal.SIGTERM, timeout=30)
+    controller.env["SCHOOLFLEET_CONTROLLER_SHUTDOWN_GRACE"] = "0"
+    controller.start()
+    wait_until(lambda: agent.log.read_text().count("controller link up") >= 3, 30, "the agent back")
+    time.sleep(2)
+    signalled = time.time()
+    assert controller.stop(signal.SIGTERM, timeout=30) == 0
+    took = time.time() - signalled
+    log = controller.log_text()
+    print(f"shutdown without grace took {took:.2f}s")
+    assert took < 2.0, f"shutdown took {took:.1f}s"
+    assert "Traceback" not in log, log[-3000:]
+    assert f"streams not told within the grace count={DEVICES + 1} " in log
+    assert log.count(f"stream_ends_recorded={DEVICES + 1} ") == 3
+    assert not [d for d, (_, stream) in store_rows(controller.database).items() if stream]
+    controller.start()
+    listening = (controller.workdir / "ports.json").stat().st_mtime
+    wait_until(lambda: events.back_since(listening, DEVICES), 30, "every device back")
+    with events.lock:
+        ended = [f for f in events.failures if signalled <= f[0] < listening]
+    assert len(ended) == DEVICES, ended[:5]
+    assert all(f[1] == "after" and f[4] is None and ended_unsaid(f[2], f[3]) for f in ended)
+    wait_until(lambda: agent.log.read_text().count("controller link up") >= 4, 30, "the agent back")
+    assert "controller_gone spread=3s" in agent.log.read_text()
 
     # Everything acked is stored: stop the controller, then the devices.
     time.sleep(2)

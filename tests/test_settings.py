@@ -134,9 +134,9 @@ def test_lenient_controller_validation_names_the_key(tmp_path: Path) -> None:
     assert problems == [
         f"config {f}: 'listen' must be HOST:PORT, got '127.0.0.1'; "
         "using the default '127.0.0.1:7443'",
-        f"config {f}: 'shutdown_grace' must be >= 0; using the default 5.0",
+        f"config {f}: 'shutdown_grace' must be >= 0; using the default 0.5",
     ]
-    assert (s.listen, s.shutdown_grace, s.batch_max) == ("127.0.0.1:7443", 5.0, 7)
+    assert (s.listen, s.shutdown_grace, s.batch_max) == ("127.0.0.1:7443", 0.5, 7)
 
 
 def test_lenient_unknown_key_is_ignored(tmp_path: Path) -> None:
