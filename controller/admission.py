@@ -13,6 +13,7 @@ them all, so that it is not handed the whole fleet in one second.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 from common.retry_hint import BUSY, RESTART, RESTART_LOW, RetryWindow
@@ -89,17 +90,61 @@ def restart_window(streams: int) -> RetryWindow:
     return RetryWindow(RESTART, RESTART_LOW, RESTART_LOW + restart_spread(streams))
 
 
-# When a stream refused for want of time (its Hello came too late: the controller is
-# overloaded, or the device is) should try again: later, and spread.
-BUSY_WINDOW = RetryWindow(BUSY, 2.0, 12.0)
-
 # Streams between their start and their Welcome beyond which new ones are shed: the
 # controller's event loop is then seconds behind, and what it would spend on one more
 # (a Hello, two store calls) only makes every device wait longer and give up.
 OPENING_MAX = 1000
+# Seconds over which the rate of Welcomes is measured, and the rate assumed when
+# fewer came (a controller that has just started, or a stalled one).
+_RATE_WINDOW = 5.0
+_RATE_FLOOR = 50.0
+# The shortest time a rate is measured over.
+_RATE_SPAN_MIN = 0.5
+# A shed device waits at least this, and never longer than _BUSY_MAX.
+_BUSY_LOW = 1.0
+_BUSY_MAX = 60.0
 
 
-def busy_window(opening: int) -> RetryWindow | None:
+class WelcomeRate:
+    """Streams welcomed per second over the last few seconds: how fast the controller
+    takes new streams right now (its capacity, while a storm lasts)."""
+
+    def __init__(self) -> None:
+        # Monotonic times of the Welcomes of the last _RATE_WINDOW seconds.
+        self._times: collections.deque[float] = collections.deque()
+        self._first: float | None = None
+
+    def welcomed(self, now: float) -> None:
+        """Counts one Welcome at monotonic time ``now``."""
+        if self._first is None:
+            self._first = now
+        self._times.append(now)
+        while self._times[0] < now - _RATE_WINDOW:
+            self._times.popleft()
+
+    def per_second(self, now: float) -> float:
+        """Welcomes per second over the last _RATE_WINDOW seconds, or over the time
+        since the first if that is shorter (a controller that has just started)."""
+        if self._first is None:
+            return 0.0
+        while self._times and self._times[0] < now - _RATE_WINDOW:
+            self._times.popleft()
+        span = min(_RATE_WINDOW, max(now - self._first, _RATE_SPAN_MIN))
+        return len(self._times) / span
+
+
+def busy_window(opening: int, rate: float) -> RetryWindow | None:
     """None while ``opening`` streams (this one counted) are few enough to take one
-    more; otherwise when the device should try again."""
-    return None if opening <= OPENING_MAX else BUSY_WINDOW
+    more; otherwise when the device should try again: about when the streams ahead of
+    it will have been taken at ``rate`` a second, so that it neither comes back into
+    the same crowd nor leaves the controller idle at the end of a storm."""
+    if opening <= OPENING_MAX:
+        return None
+    return drain_window(opening, rate)
+
+
+def drain_window(waiting: int, rate: float) -> RetryWindow:
+    """Come back once ``waiting`` streams are taken at ``rate`` a second, spread by a
+    quarter of that (at least 2 s)."""
+    low = min(max(waiting / max(rate, _RATE_FLOOR), _BUSY_LOW), _BUSY_MAX)
+    return RetryWindow(BUSY, low, low + max(2.0, low / 4))

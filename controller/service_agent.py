@@ -24,7 +24,13 @@ from google.protobuf.message import DecodeError
 
 from common.retry_hint import RetryWindow
 from controller.acks import AckCoalescer
-from controller.admission import BUSY_WINDOW, busy_window, restart_spread, stream_refusal
+from controller.admission import (
+    WelcomeRate,
+    busy_window,
+    drain_window,
+    restart_spread,
+    stream_refusal,
+)
 from controller.device_certs import identity_from_uris
 from controller.enroll_service import Enroller
 from controller.errors import PkiError, ProtocolError, StoreError
@@ -102,6 +108,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         # the writer and the pools they use.
         self._running = 0
         self._opening = 0
+        # How fast streams get their Welcome now: when a shed device should come back.
+        self._welcomes = WelcomeRate()
         # Set during shutdown when a handler returns and no more than _wake_at run.
         self._handler_ended = asyncio.Event()
         self._wake_at = -1
@@ -184,6 +192,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 if opening:
                     opening = False
                     self._opening -= 1
+                    self._welcomes.welcomed(time.monotonic())
                 yield answer
         finally:
             if opening:
@@ -206,7 +215,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         # Past OPENING_MAX the controller sheds, saying when to come back, before it
         # spends anything more. After the Hello: refused while the device is still
         # writing it, grpc's client would report INTERNAL and lose the hint.
-        shed = busy_window(self._opening)
+        shed = busy_window(self._opening, self._welcomes.per_second(time.monotonic()))
         if shed is not None:
             self._metrics.streams_closed.labels("busy").inc()
             message = f"controller busy: {self._opening} streams opening; retry later"
@@ -397,7 +406,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         except TimeoutError:
             # Late, not wrong: in a storm the controller itself may be why; the device
             # is told to come back later, spread out.
-            retry: RetryWindow | None = BUSY_WINDOW
+            rate = self._welcomes.per_second(time.monotonic())
+            retry: RetryWindow | None = drain_window(self._opening, rate)
             code, message = (
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 (f"no Hello within {self._settings.hello_timeout:g}s"),

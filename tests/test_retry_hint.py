@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,7 +21,9 @@ from common.retry_hint import (
 from controller.admission import (
     OPENING_MAX,
     RESTART_ADMIT_PER_SECOND,
+    WelcomeRate,
     busy_window,
+    drain_window,
     restart_spread,
     restart_window,
 )
@@ -127,11 +130,33 @@ def test_the_server_holds_a_whole_fleet_of_calls_rather_than_dropping_some() -> 
     assert options["grpc.server.max_pending_requests_hard_limit"] >= settings.max_streams
 
 
-def test_a_storm_past_the_opening_limit_is_shed_with_a_busy_hint() -> None:
-    assert busy_window(1) is None
-    assert busy_window(OPENING_MAX) is None
-    shed = busy_window(OPENING_MAX + 1)
-    assert shed is not None and shed.reason == BUSY and shed.low > 0
+def test_a_storm_past_the_opening_limit_is_shed_until_the_crowd_ahead_is_taken() -> None:
+    assert busy_window(1, 200.0) is None
+    assert busy_window(OPENING_MAX, 200.0) is None
+    # 1,500 ahead at 250 Welcomes a second: back in 6 s, spread over 2 s more.
+    assert busy_window(1500, 250.0) == RetryWindow(BUSY, 6.0, 8.0)
+    # A quarter of a long wait; never less than 1 s, never more than a minute.
+    assert drain_window(4000, 100.0) == RetryWindow(BUSY, 40.0, 50.0)
+    assert drain_window(10, 500.0) == RetryWindow(BUSY, 1.0, 3.0)
+    assert drain_window(10**6, 100.0).low == 60.0
+    # No Welcomes measured yet (just started, or stalled): assumed 50 a second.
+    assert drain_window(1001, 0.0).low == 1001 / 50
+
+
+def test_the_welcome_rate_is_what_the_last_five_seconds_took() -> None:
+    rate = WelcomeRate()
+    assert rate.per_second(100.0) == 0.0
+    for n in range(1000):
+        rate.welcomed(100.0 + n / 200)  # 200 a second for 5 s
+    assert rate.per_second(104.999) == pytest.approx(200.0, rel=0.01)
+    # A controller that has just started: over the time since its first Welcome.
+    early = WelcomeRate()
+    for n in range(100):
+        early.welcomed(50.0 + n / 200)
+    assert early.per_second(50.5) == pytest.approx(200.0, rel=0.01)
+    # Those older than five seconds no longer count.
+    assert rate.per_second(107.5) == pytest.approx(100.0, rel=0.01)  # 102.5-105: 500
+    assert rate.per_second(200.0) == 0.0
 
 
 def test_an_end_without_the_controllers_word_is_taken_for_a_restart_over_the_welcomes_spread() -> (
