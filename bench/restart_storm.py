@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import json
 import math
+import re
 import signal
 import socket
 import sqlite3
@@ -132,6 +133,10 @@ class Run:
 
     kib_per_stream: float
     shutdown_s: float
+    # The controller's own account: SIGTERM to its last line, and the streams it did not
+    # tell within its grace (the exit cut them).
+    stopped_s: float
+    untold: int
     tracebacks: int
     left_up: int
     back_all_s: float
@@ -234,9 +239,13 @@ def one_run(controller: Controller, events: Events, devices: int, baseline_kib: 
             if t >= signalled
         )
         events.failures.clear()
+    own = re.search(r"total_s=([\d.]+)", tail)
+    untold = re.search(r"streams not told within the grace count=(\d+)", tail)
     return Run(
         kib_per_stream=kib,
         shutdown_s=shutdown,
+        stopped_s=float(own.group(1)) if own else -1.0,
+        untold=int(untold.group(1)) if untold else 0,
         tracebacks=tail.count("Traceback"),
         left_up=left_up,
         back_all_s=max(since),
@@ -282,6 +291,10 @@ def report(
         f"{_median([r.down_s for r in runs])} |",
         f"| seconds from SIGTERM to exit (shutdown, {args.devices:,} streams) | "
         f"{_median([r.shutdown_s for r in runs])} |",
+        f"| of which the controller's own stop (its log: SIGTERM to its last line) | "
+        f"{_median([r.stopped_s for r in runs])} |",
+        f"| streams not told within the grace (cut by the exit) | "
+        f"{' / '.join(f'{r.untold:,}' for r in runs)} |",
         f"| tracebacks in the log at shutdown | {' / '.join(str(r.tracebacks) for r in runs)} |",
         f"| streams left marked up in the store after exit | "
         f"{' / '.join(str(r.left_up) for r in runs)} |",
