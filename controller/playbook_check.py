@@ -21,6 +21,14 @@ _SYNTAX_CHECK_TIMEOUT = 120
 def check_playbook(playbooks_dir: Path, name: str, settings: RunnerSettings) -> Path:
     """The absolute path of playbook ``name`` in ``playbooks_dir``, once it reads as a
     list of plays and passes ``ansible-playbook --syntax-check``; else RolloutRefused."""
+    path = playbook_path(playbooks_dir, name)
+    check_syntax(path, name, settings)
+    return path
+
+
+def playbook_path(playbooks_dir: Path, name: str) -> Path:
+    """The absolute path of playbook ``name`` in ``playbooks_dir``, once it reads as a
+    list of plays; else RolloutRefused. Cheap: the syntax check is apart."""
     if (
         not name.endswith(PLAYBOOK_SUFFIXES)
         or any(sep in name for sep in ("/", "\\", os.sep))
@@ -53,9 +61,14 @@ def check_playbook(playbooks_dir: Path, name: str, settings: RunnerSettings) -> 
         or not all(isinstance(play, yaml.MappingNode) for play in root.value)
     ):
         raise RolloutRefused(f"playbook {name!r} is not a list of plays (- name: ..., hosts: ...)")
+    return path
+
+
+def check_syntax(path: Path, name: str, settings: RunnerSettings) -> None:
+    """RolloutRefused unless ``ansible-playbook --syntax-check`` passes (a process of its
+    own, ~1 s: run after the cheap checks of a request)."""
     if error := _syntax_error(path, settings):
         raise RolloutRefused(f"playbook {name!r}: {error}")
-    return path
 
 
 def playbook_names(folder: Path) -> list[str]:

@@ -14,7 +14,7 @@ from controller.admin_guard import Call, Guard, Refused, guarded, invalid
 from controller.ansible_access import ansible_access
 from controller.ansible_user import find_os_user
 from controller.errors import RolloutRefused
-from controller.playbook_check import check_playbook, playbook_names
+from controller.playbook_check import check_syntax, playbook_names, playbook_path
 from controller.playbook_vars import check_extra_vars, read_schema
 from controller.rollout_engine import RolloutEngine
 from controller.rollout_runner import RunnerSettings, mitogen_strategy_dir
@@ -226,9 +226,7 @@ class RolloutHandlers:
             except RolloutRefused as exc:
                 raise _conflict(str(exc)) from None
         try:
-            await self.guard.off_loop(
-                check_playbook, self.playbooks_dir, request.playbook, self.runner_settings
-            )
+            path = await self.guard.off_loop(playbook_path, self.playbooks_dir, request.playbook)
             # Before anything is stored or run: names, types, who may set them.
             extra = await self.guard.off_loop(
                 _extra_vars,
@@ -237,6 +235,8 @@ class RolloutHandlers:
                 request.extra_vars_json,
                 call.who.role is Role.CENTRAL_OPS,
             )
+            # Last: it runs ansible-playbook, and a refused request should cost little.
+            await self.guard.off_loop(check_syntax, path, request.playbook, self.runner_settings)
         except RolloutRefused as exc:
             raise invalid(str(exc)) from None
         matched = await self._hosts(selector, call.who.scope)

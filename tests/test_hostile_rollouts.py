@@ -112,7 +112,12 @@ class Lab:
     trap: Trap
 
     def start(
-        self, playbook: str, extra: str, token: str = "", dry_run: bool = False
+        self,
+        playbook: str,
+        extra: str,
+        token: str = "",
+        dry_run: bool = False,
+        strategy: str = "",
     ) -> tuple[grpc.StatusCode, str, admin_pb2.RolloutInfo | None]:
         stub = admin_pb2_grpc.AdminServiceStub(self.channel)
         request = admin_pb2.StartRolloutRequest(
@@ -120,6 +125,7 @@ class Lab:
             selector=f"school={SCHOOL}",
             extra_vars_json=extra,
             dry_run=dry_run,
+            strategy=strategy,
         )
         bearer = (("authorization", f"Bearer {token or self.school_it}"),)
         try:
@@ -274,6 +280,32 @@ def test_connection_and_magic_variables_are_refused(lab: Lab) -> None:
     for name in MAGIC_VARS:
         _refused(lab, "note.yml", json.dumps({name: {"a": "b"}}), name)
     _refused(lab, "note.yml", json.dumps({"sf_anything": 1}), "sf_anything")
+    assert list(lab.marks.iterdir()) == []
+
+
+def test_a_strategy_is_one_of_two_names_never_a_plugin_or_path(lab: Lab) -> None:
+    """The strategy is chosen by name from two; nothing else reaches Ansible's loader."""
+    before = lab.rollouts_stored()
+    for asked in [
+        "free",
+        "host_pinned",
+        "mitogen_free",
+        "ansible.builtin.free",
+        "../../../tmp/evil",
+        f"{lab.marks}/evil",
+        "linear\n- hosts: all",
+        f"{{{{ lookup('pipe', 'touch {lab.marks}/strategy') }}}}",
+        "LINEAR",
+        "x" * 10_000,
+    ]:
+        for dry_run in (True, False):
+            code, details, _ = lab.start(
+                "note.yml", '{"note": "x"}', strategy=asked, dry_run=dry_run
+            )
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (asked[:40], code, details)
+            assert "strategy" in details and "mitogen, linear" in details, details
+            assert "\n" not in details and len(details) < 400, details
+    assert lab.rollouts_stored() == before
     assert list(lab.marks.iterdir()) == []
 
 
