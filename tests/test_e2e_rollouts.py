@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -101,12 +102,27 @@ class Lab:
         return int(done.json()["rollout_id"])
 
     def wait_state(self, rollout_id: int, states: set[str], timeout: float) -> dict[str, Any]:
-        return wait_until(
-            lambda: ((s := self.status(rollout_id))["state"] in states and s) or None,
+        """What schoolctl shows once the rollout's stored state is one of ``states``
+        (read from the store while waiting: a schoolctl per poll would take a core
+        from the rollout; "done-unreached" is stored as "done")."""
+        stored = {state.partition("-")[0] for state in states}
+        wait_until(
+            lambda: self._stored_state(rollout_id) in stored or None,
             timeout,
             f"rollout {rollout_id} in {states}",
-            step=0.5,
         )
+        info = self.status(rollout_id)
+        assert info["state"] in states, info
+        return info
+
+    def _stored_state(self, rollout_id: int) -> str:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{self.controller.database}?mode=ro", uri=True)
+        ) as db:
+            row = db.execute(
+                "SELECT state FROM rollouts WHERE rollout_id = ?", (rollout_id,)
+            ).fetchone()
+        return str(row[0]) if row else ""
 
     def outcomes(self, info: dict[str, Any]) -> dict[str, str]:
         return {h["device_id"]: h["outcome"] for h in info["hosts"]}
