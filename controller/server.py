@@ -244,12 +244,6 @@ def _rollouts(
     return engine, runner
 
 
-def _stop_http(server: WSGIServer | UplinkServer, thread: threading.Thread) -> None:
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
 @dataclass
 class _Uplink:
     """The uplink endpoint on its thread, and the checks' schedule running."""
@@ -260,13 +254,13 @@ class _Uplink:
     schedule: asyncio.Task[None]
 
     async def close(self) -> None:
-        """Stops the schedule; checks running are recorded as failed; closes the endpoint."""
+        """Stops the schedule; checks running are recorded as failed. The endpoint
+        answers until the process exits (its thread is a daemon): stopping it first
+        would only wait for its 0.5 s poll."""
         self.schedule.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.schedule
         await self.checks.close()
-        # Off the loop: shutdown() waits up to the server's 0.5 s poll.
-        await asyncio.to_thread(_stop_http, self.http, self.thread)
 
 
 def _uplink(
@@ -472,7 +466,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     )
     ports = _add_ports(server, settings, keeper)
     grpc_port = ports["grpc"]
-    http_server, http_thread = _serve_metrics(settings.metrics_listen, registry)
+    http_server, _ = _serve_metrics(settings.metrics_listen, registry)
     metrics_port = http_server.server_port
     await server.start()
     _tune_gc()
@@ -502,14 +496,11 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
 
     stopping = time.monotonic()
     # Beside the streams: checks running now are recorded as failed, probes done and
-    # where rollouts were are stored, while the store is still open; the HTTP servers
-    # take up to 0.5 s, the rollouts' SSH masters a process of their own.
-    others = asyncio.gather(
-        uplink.close(),
-        probes.close(),
-        rollouts.close(),
-        asyncio.to_thread(_stop_http, http_server, http_thread),
-    )
+    # where rollouts were are stored, while the store is still open; the rollouts' SSH
+    # masters take a process of their own. The HTTP endpoints (/metrics, uplink) answer
+    # until the exit ends their daemon threads: stopping them would only wait for their
+    # 0.5 s poll.
+    others = asyncio.gather(uplink.close(), probes.close(), rollouts.close())
     server_stopping = await _stop_serving(
         server, agent_service, settings.shutdown_grace, len(sessions), writer
     )

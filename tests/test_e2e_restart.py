@@ -148,6 +148,8 @@ def test_sigterm_ends_every_stream_cleanly_and_the_fleet_comes_back_as_told(
     controller.stop(signal.SIGTERM, timeout=30)
     controller.env["SCHOOLFLEET_CONTROLLER_SHUTDOWN_GRACE"] = "0"
     controller.start()
+    listening = (controller.workdir / "ports.json").stat().st_mtime
+    wait_until(lambda: events.back_since(listening, DEVICES), 30, "every device back")
     wait_until(lambda: agent.log.read_text().count("controller link up") >= 3, 30, "the agent back")
     time.sleep(2)
     signalled = time.time()
