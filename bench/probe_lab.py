@@ -18,7 +18,7 @@ from dataclasses import replace
 from ipaddress import IPv4Network
 from typing import Any
 
-from controller.probes import offset
+from controller.infra.probes import offset
 from inventory.infra import HostKey, ProbeTarget, TargetKind
 from tests.netns import ip_json
 from tests.ssh_hosts import SshHost, stop_pids

@@ -50,8 +50,8 @@ from bench.observe import machine_busy_seconds
 from bench.probe_lab import GROUPS, VARIANTS, listeners, targets
 from bench.report import machine
 from bench.run import median
-from controller.probe_check import ProbeSettings
-from controller.probes import Prober
+from controller.infra.probe_check import ProbeSettings
+from controller.infra.probes import Prober
 from inventory.infra import ProbeResult, ProbeTarget
 from tests.ssh_hosts import ssh_hosts
 

@@ -10,7 +10,7 @@ that rotates from run to run (to spread the machine's drift):
   against the hosts' known_hosts and the run's key used, through inventory variables;
   an empty ANSIBLE_CONFIG and a fresh ANSIBLE_HOME;
 - plain ``ansible-playbook`` with the engine's settings: the environment
-  ``controller.rollout_runner.ansible_env`` gives for the RunnerSettings the controller
+  ``controller.rollouts.runner.ansible_env`` gives for the RunnerSettings the controller
   builds by default (forks ``default_forks()``, pipelining, ControlPersist, gathering
   explicit);
 - the engine, one wave of every host (``schoolctl rollout start --canary 100%
@@ -79,7 +79,7 @@ from bench.rollout_lab import (
     run_variant,
 )
 from bench.run import median
-from controller.rollout_runner import default_forks
+from controller.rollouts.runner import default_forks
 from tests.ansible_user import ansible_work_dir, ensure_ansible_user
 from tests.procs import Agent, Controller, schoolctl, wait_until
 from tests.ssh_hosts import SshHost, ssh_hosts
@@ -227,7 +227,7 @@ def record(argv: list[str], results: Sequence[RunResult], minutes: float) -> str
         "Ansible's defaults: forks 5, no pipelining, ssh arguments `-C -o ControlMaster=auto "
         "-o ControlPersist=60s`, facts gathered (gathering=implicit), Python discovered; host "
         "keys checked and the run's key used through inventory variables. The engine's "
-        "settings: `controller.rollout_runner.ansible_env` for the controller's default "
+        "settings: `controller.rollouts.runner.ansible_env` for the controller's default "
         f"RunnerSettings (forks {default_forks()}, pipelining, ControlPersist 60 s, "
         "gathering=explicit); Mitogen variants: the same with strategy mitogen_linear. "
         "Engine options: one wave `"

@@ -28,7 +28,7 @@ import psutil
 
 from bench.observe import machine_busy_seconds
 from bench.procs import RunFailed
-from controller.rollout_runner import (
+from controller.rollouts.runner import (
     RunnerSettings,
     ansible_env,
     default_forks,
@@ -371,7 +371,7 @@ def _workers(proc: psutil.Process) -> list[psutil.Process]:
     found = []
     for child in proc.children():
         try:
-            if "controller.wave_worker" in child.cmdline():
+            if "controller.rollouts.wave_worker" in child.cmdline():
                 found.append(child)
         except psutil.ZombieProcess:
             found.append(child)

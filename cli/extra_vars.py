@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cli.errors import RequestRefused
 
-# The controller's limit (TEXT_MAX in controller/playbook_vars.py); checked
+# The controller's limit (TEXT_MAX in controller/rollouts/playbook_vars.py); checked
 # while encoding, it also stops a YAML file of nested aliases from growing without end.
 _EXTRA_VARS_MAX = 64 * 1024
 

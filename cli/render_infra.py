@@ -12,7 +12,7 @@ from cli.render import age, iso
 from protos.mapping import seconds
 from protos.schoolfleet.v1 import admin_pb2
 
-# An access point no device reported for this long is flagged (controller/infra_metrics.py).
+# An access point no device reported for this long is flagged (controller/infra/metrics.py).
 UNSEEN_AFTER = 86_400.0
 _STATE_STYLE = {"up": "green", "down": "red", "unknown": "yellow"}
 

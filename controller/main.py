@@ -15,12 +15,12 @@ import typer
 from common.errors import SchoolFleetError
 from common.logs import setup_logging
 from controller import settings as controller_settings
-from controller.cli_ca import ca_app
-from controller.cli_options import Config, Database, DataDir, one_line_errors
+from controller.commands.ca import ca_app
+from controller.commands.options import Config, Database, DataDir, one_line_errors
 from inventory.people import Role
 
 if TYPE_CHECKING:
-    from controller.pki import CaFiles
+    from controller.enroll.pki import CaFiles
 
 log = logging.getLogger("controller")
 
@@ -142,8 +142,8 @@ def init(
     ] = False,
 ) -> None:
     """Create the controller's certificate authority and its TLS server certificate."""
-    from controller import pki
-    from controller.private_files import private_dir
+    from controller.datadir.private_files import private_dir
+    from controller.enroll import pki
 
     try:
         private_dir(data_dir.absolute())
@@ -161,7 +161,7 @@ def init(
 def _created(files: CaFiles) -> dict[str, Any]:
     from cryptography import x509
 
-    from controller.pki import fingerprint
+    from controller.enroll.pki import fingerprint
 
     alt_names = files.server.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     return {
@@ -210,9 +210,9 @@ def _created_text(created: dict[str, Any]) -> str:
 
 def _hold_data_dir(settings: controller_settings.ControllerSettings) -> None:
     """One controller per data folder, held until this process ends (restore checks it)."""
-    from controller import data_lock
+    from controller.datadir import lock as data_lock
+    from controller.datadir.private_files import private_dir
     from controller.errors import ConfigError
-    from controller.private_files import private_dir
 
     try:
         private_dir(settings.data_dir)
@@ -240,7 +240,7 @@ def backup(
     FILE, while the controller runs."""
     import time
 
-    from controller.backup import take_backup
+    from controller.backup.archive import take_backup
     from controller.store import sqlite_path
 
     with one_line_errors(to):
@@ -272,7 +272,7 @@ def restore(
     """Bring a backup back into a stopped controller's data folder (all of it or nothing)."""
     import time
 
-    from controller.restore import restore_backup
+    from controller.backup.restore import restore_backup
     from controller.store import sqlite_path
 
     with one_line_errors(from_):
@@ -320,7 +320,7 @@ def users_create(
     import time
 
     from common.durations import parse_duration
-    from controller import access
+    from controller.people import access
     from controller.store import open_store
     from inventory.people import AuditEntry, Outcome
 

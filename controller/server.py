@@ -30,42 +30,42 @@ from zoneinfo import ZoneInfo
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
-from controller import audit_log
-from controller.admin_guard import Guard
-from controller.admission import restart_window
-from controller.ansible_user import rollout_dirs
-from controller.attempt_limits import FailureBudget
-from controller.ca_keeper import CaKeeper
-from controller.cert_metrics import CertCollector
-from controller.dispatcher import Dispatcher
-from controller.enroll_service import Enroller
+from controller.api.admin_service import AdminService
+from controller.api.agent_service import AgentService, Sessions
+from controller.api.agent_service import add_to_server as add_agent_service
+from controller.api.enroll import Enroller
+from controller.api.grpc_logs import hide_metadata_values
+from controller.api.guard import Guard
+from controller.api.internal_errors import CatchAll
+from controller.api.renewal import Renewals
+from controller.api.request_checks import UnaryRequestChecks
+from controller.api.uplink_orders import SessionCourier
+from controller.datadir.private_files import private_dir
+from controller.enroll.ca_keeper import CaKeeper
+from controller.enroll.metrics import CertCollector
 from controller.errors import ConfigError, PkiError
-from controller.grpc_logs import hide_metadata_values
-from controller.infra_metrics import InfraCollector
-from controller.ingest import MessageWriter
-from controller.internal_errors import CatchAll
-from controller.lesson_metrics import LessonCollector, LessonMetrics
-from controller.metrics import ControllerMetrics, FleetCollector
-from controller.private_files import private_dir
-from controller.probe_check import ProbeSettings
-from controller.probes import ProbeMetrics, Prober
-from controller.refusals import Refusals
-from controller.request_checks import UnaryRequestChecks
-from controller.rollout_engine import EngineSettings, RolloutEngine
-from controller.rollout_metrics import RolloutCollector, RolloutMetrics
-from controller.rollout_runner import RunnerSettings, default_forks
-from controller.service_admin import AdminService
-from controller.service_agent import AgentService, Sessions
-from controller.service_agent import add_to_server as add_agent_service
-from controller.service_renewal import Renewals
-from controller.service_uplink import SessionCourier
-from controller.sessions import Closing
+from controller.fleet.admission import restart_window
+from controller.fleet.metrics import ControllerMetrics, FleetCollector
+from controller.fleet.sessions import Closing
+from controller.fleet.writer import MessageWriter
+from controller.infra.metrics import InfraCollector
+from controller.infra.probe_check import ProbeSettings
+from controller.infra.probes import ProbeMetrics, Prober
+from controller.lessons.dispatcher import Dispatcher
+from controller.lessons.metrics import LessonCollector, LessonMetrics
+from controller.people import audit as audit_log
+from controller.people.attempt_limits import FailureBudget
+from controller.people.refusals import Refusals
+from controller.rollouts.engine import EngineSettings, RolloutEngine
+from controller.rollouts.metrics import RolloutCollector, RolloutMetrics
+from controller.rollouts.os_user import rollout_dirs
+from controller.rollouts.runner import RunnerSettings, default_forks
 from controller.settings import ControllerSettings
 from controller.store import Store, open_store
-from controller.uplink import UplinkChecks, UplinkSettings
-from controller.uplink_http import Tokens, UplinkServer
-from controller.uplink_http import serve as serve_uplink
-from controller.uplink_metrics import UplinkCollector, UplinkMetrics
+from controller.uplink.checks import UplinkChecks, UplinkSettings
+from controller.uplink.endpoint import Tokens, UplinkServer
+from controller.uplink.endpoint import serve as serve_uplink
+from controller.uplink.metrics import UplinkCollector, UplinkMetrics
 from protos.schoolfleet.v1 import admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,8 @@ def _add_ports(
     server: grpc.aio.Server, settings: ControllerSettings, keeper: CaKeeper
 ) -> dict[str, int]:
     """Plaintext on `listen`; or mutual TLS there and server-only TLS on `enroll_listen`,
-    with credentials that follow `schoolfleet-controller ca ...` (controller/ca_keeper.py)."""
+    with credentials that follow `schoolfleet-controller ca ...`
+    (controller/enroll/ca_keeper.py)."""
     ports: dict[str, int] = {}
     try:
         if not settings.agent_tls:
@@ -379,8 +380,9 @@ def _store_gauges(store: Store, registry: CollectorRegistry, sessions: Sessions)
 async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     """Runs the controller until SIGTERM or SIGINT, then shuts down gracefully."""
     hide_metadata_values()
-    # Whatever the umask it was started with: what it writes is its own (controller/
-    # private_files.py); files others may read (ca.crt) are given their mode explicitly.
+    # Whatever the umask it was started with: what it writes is its own
+    # (controller/datadir/private_files.py); files others may read (ca.crt) are given
+    # their mode explicitly.
     os.umask(0o077)
     try:
         private_dir(settings.data_dir)

@@ -112,7 +112,7 @@ class ControllerSettings:
     rollout_python: str = "/usr/bin/python3"
     rollout_ssh_key: Path = Path()
     rollout_known_hosts: Path = Path()
-    # The OS user Ansible runs as (controller/ansible_user.py): it cannot read data_dir.
+    # The OS user Ansible runs as (controller/rollouts/os_user.py): it cannot read data_dir.
     # "": the controller's own user, UNSAFE, for a lab only.
     rollout_os_user: str = "schoolfleet-ansible"
     # Where Ansible writes each wave's files; default: `rollouts` in rollout_os_user's

@@ -1,7 +1,7 @@
 """Mappings between schoolfleet.v1 wire values and our own, used on both ends.
 
 Only translation lives here; checking what a device sends is the controller's job
-(controller/service_convert.py).
+(controller/api/convert.py).
 """
 
 from __future__ import annotations

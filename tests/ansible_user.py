@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from controller.ansible_user import drop_argv, find_os_user, worker_env
+from controller.rollouts.os_user import drop_argv, find_os_user, worker_env
 
 ANSIBLE_USER = "schoolfleet-ansible"
 HOME = Path("/var/lib") / ANSIBLE_USER
@@ -114,7 +114,7 @@ def _allow_search(folder: Path, uid: int) -> None:
 
 def _check_worker_starts() -> None:
     user = find_os_user(ANSIBLE_USER)
-    argv = drop_argv(user, [sys.executable, "-c", "import controller.wave_worker"])
+    argv = drop_argv(user, [sys.executable, "-c", "import controller.rollouts.wave_worker"])
     done = subprocess.run(
         argv, env=worker_env(user), cwd="/", capture_output=True, text=True, check=False
     )

@@ -33,12 +33,12 @@ from google.protobuf.message import DecodeError
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 
 with instrument_imports(include=["controller", "inventory", "protos.mapping"]):
-    from controller.device_certs import device_urn, identity_from_uris, sign_device_csr
-    from controller.enrollment import hash_secret
+    from controller.api.convert import health_from_pb, identity_from_hello, report_from_pb
+    from controller.api.request_checks import decode
+    from controller.enroll.device_certs import device_urn, identity_from_uris, sign_device_csr
+    from controller.enroll.pki import init_ca, load_ca
+    from controller.enroll.tokens import hash_secret
     from controller.errors import PkiError, ProtocolError
-    from controller.pki import init_ca, load_ca
-    from controller.request_checks import decode
-    from controller.service_convert import health_from_pb, identity_from_hello, report_from_pb
     from inventory.model import valid_id
 
 MAX_BYTES = 64 * 1024

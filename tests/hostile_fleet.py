@@ -21,8 +21,8 @@ from pathlib import Path
 import grpc
 from google.protobuf.message import Message
 
-from controller import enrollment
-from controller.pki import CertificateAuthority, load_ca
+from controller.enroll import tokens as enrollment
+from controller.enroll.pki import CertificateAuthority, load_ca
 from controller.settings import ControllerSettings
 from controller.store import open_store
 from protos.schoolfleet.v1 import agent_pb2

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from controller.device_certs import sign_device_csr
-from controller.pki import CertificateAuthority
+from controller.enroll.device_certs import sign_device_csr
+from controller.enroll.pki import CertificateAuthority
 
 
 @dataclass(frozen=True)

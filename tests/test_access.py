@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from controller import access
-from controller.access import Caller, Need
 from controller.errors import ProtocolError
+from controller.people import access
+from controller.people.access import Caller, Need
 from controller.store.sqlite import SqliteStore
 from inventory.people import AuditEntry, AuditQuery, Outcome, Role
 

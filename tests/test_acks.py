@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.acks import AckCoalescer
+from controller.fleet.acks import AckCoalescer
 
 
 def test_first_ack_goes_at_once_later_ones_are_held_then_sent() -> None:

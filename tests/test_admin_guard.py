@@ -13,9 +13,9 @@ from typing import Any
 import grpc
 import pytest
 
-from controller import access
-from controller.access import Need
-from controller.admin_guard import Call, Guard, guarded
+from controller.api.guard import Call, Guard, guarded
+from controller.people import access
+from controller.people.access import Need
 from controller.store import open_store
 from inventory.people import AuditQuery, Role, User
 from protos.schoolfleet.v1 import admin_pb2
@@ -73,7 +73,7 @@ async def _call(tmp: Path, token: str) -> tuple[grpc.StatusCode, str]:
 def test_a_change_that_fails_unexpectedly_is_audited(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, "controller.admin_guard"):
+    with caplog.at_level(logging.ERROR, "controller.api.guard"):
         code, details = asyncio.run(_call(tmp_path, access.mint_token()))
     assert code == grpc.StatusCode.INTERNAL
     assert details.startswith("internal error (ref ") and INSIDES not in details

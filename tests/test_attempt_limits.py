@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.attempt_limits import FailureBudget, Folded, Folds, source_of
+from controller.people.attempt_limits import FailureBudget, Folded, Folds, source_of
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from controller import data_lock
-from controller.backup import DATABASE, MANIFEST, parse_manifest, take_backup
+from controller.backup.archive import DATABASE, MANIFEST, parse_manifest, take_backup
+from controller.backup.restore import _swap, restore_backup
+from controller.datadir import lock as data_lock
+from controller.enroll.restored import Presented, RestoreMark, adoptable
 from controller.errors import BackupError, ConfigError
-from controller.restore import _swap, restore_backup
-from controller.restored import Presented, RestoreMark, adoptable
 from controller.store import open_store
 from controller.store.certs_protocol import CertState
 from controller.store.migrations import LATEST

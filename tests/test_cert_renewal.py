@@ -13,12 +13,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent import cert_tool
-from controller import ca_rotation
-from controller.ca_keeper import CaKeeper
-from controller.cert_renewal import renew_in, renewal_key, spki
-from controller.device_certs import sign_device_csr
+from controller.enroll import ca_rotation
+from controller.enroll.ca_keeper import CaKeeper
+from controller.enroll.device_certs import sign_device_csr
+from controller.enroll.pki import init_ca, load_ca
+from controller.enroll.renewal import renew_in, renewal_key, spki
 from controller.errors import PkiError
-from controller.pki import init_ca, load_ca
 
 DAY = 86_400.0
 
@@ -161,7 +161,7 @@ def test_files_root_writes_for_the_controller_belong_to_the_controller_s_user(pk
 def test_the_store_switches_to_a_renewal_once_and_never_after_a_new_enrollment(
     tmp_path: Path,
 ) -> None:
-    from controller import enrollment
+    from controller.enroll import tokens as enrollment
     from controller.store import open_store
     from controller.store.certs_protocol import Renewed
     from inventory.model import Enrollment

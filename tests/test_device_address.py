@@ -10,8 +10,8 @@ import pytest
 from agent.settings import AgentSettings
 from common.errors import ConfigError
 from common.settings import load_settings, load_settings_lenient
+from controller.api.convert import device_to_pb, identity_from_hello, peer_address
 from controller.errors import ProtocolError
-from controller.service_convert import device_to_pb, identity_from_hello, peer_address
 from controller.store.protocol import DeviceQuery
 from controller.store.sqlite import SqliteStore
 from inventory.model import DeviceIdentity, DeviceKind

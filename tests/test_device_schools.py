@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from controller.admission import stream_refusal
-from controller.enrollment import device_refusal, hash_secret, mint, taken
+from controller.enroll.tokens import device_refusal, hash_secret, mint, taken
 from controller.errors import EnrollRefused
+from controller.fleet.admission import stream_refusal
 from controller.store import CommandResultRow
 from controller.store.rollouts_protocol import HostsClaimed, NewHost
 from controller.store.sqlite import SqliteStore

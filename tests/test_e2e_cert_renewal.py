@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from controller.device_certs import device_urn
+from controller.enroll.device_certs import device_urn
 from protos.schoolfleet.v1 import agent_pb2
 from tests.hostile_fleet import device_row, enroll_as, seed_token
 from tests.hostile_fleet import enrolled_agent as fleet_agent

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from controller.pki import fingerprint
+from controller.enroll.pki import fingerprint
 from tests.procs import BIN, Result
 
 pytestmark = pytest.mark.e2e

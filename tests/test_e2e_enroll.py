@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from controller.device_certs import device_identity
+from controller.enroll.device_certs import device_identity
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
 from tests.procs import Agent, Controller, init_controller_ca, schoolctl, wait_until
 

@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from controller.device_certs import sign_device_csr
-from controller.pki import init_ca, load_ca
+from controller.enroll.device_certs import sign_device_csr
+from controller.enroll.pki import init_ca, load_ca
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
 from tests.procs import (
     Agent,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from controller.grpc_logs import MetadataValues
+from controller.api.grpc_logs import MetadataValues
 
 
 def _record(value: object) -> logging.LogRecord:

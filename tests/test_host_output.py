@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.runner_events import WaveTally
+from controller.rollouts.events import WaveTally
 from inventory.host_output import (
     DETAIL_BYTES,
     TAIL_BYTES,

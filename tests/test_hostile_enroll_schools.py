@@ -18,8 +18,8 @@ import grpc
 import pytest
 from cryptography import x509
 
-from controller.device_certs import device_urn
-from controller.pki import CertificateAuthority, load_ca
+from controller.enroll.device_certs import device_urn
+from controller.enroll.pki import CertificateAuthority, load_ca
 from protos.schoolfleet.v1 import agent_pb2
 from tests.hostile_fleet import device_row, enroll_as, enrolled, serialized, token_uses
 from tests.hostile_pki import KeyCert, certificate, csr_pem, device_cert

@@ -21,7 +21,7 @@ import grpc
 import pytest
 from cryptography import x509
 
-from controller.device_certs import device_identity, device_urn
+from controller.enroll.device_certs import device_identity, device_urn
 from protos.schoolfleet.v1 import agent_pb2
 from tests.hostile_fleet import (
     FUZZ,

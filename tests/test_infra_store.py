@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from controller.errors import StoreError
-from controller.infra_metrics import InfraCollector
+from controller.infra.metrics import InfraCollector
 from controller.store.infra_protocol import InfraCensus, InventoryCounts
 from controller.store.sqlite import SqliteStore
 from inventory.infra import (

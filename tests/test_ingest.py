@@ -6,7 +6,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from controller.ingest import MessageWriter, highest_seq
+from controller.fleet.writer import MessageWriter, highest_seq
 from controller.store.sqlite import SqliteStore
 from tests.test_store_sqlite import T0, beat, ident
 

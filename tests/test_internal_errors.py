@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from controller.internal_errors import CatchAll
+from controller.api.internal_errors import CatchAll
 
 INSIDES = "the-ca-key-lives-at-/srv/ca.key"
 
@@ -74,7 +74,7 @@ async def _calls() -> list[tuple[grpc.StatusCode, str]]:
 def test_unexpected_exceptions_answer_internal_without_internals(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.ERROR, "controller.internal_errors"):
+    with caplog.at_level(logging.ERROR, "controller.api.internal_errors"):
         got = asyncio.run(_calls())
     unary, aborted, stream = got
     assert aborted == (grpc.StatusCode.NOT_FOUND, "no such thing")
@@ -82,7 +82,7 @@ def test_unexpected_exceptions_answer_internal_without_internals(
         assert code == grpc.StatusCode.INTERNAL
         assert details.startswith("internal error (ref ") and INSIDES not in details, details
     # Logged once each, with the traceback, under the reference the caller was given.
-    records = [r for r in caplog.records if r.name == "controller.internal_errors"]
+    records = [r for r in caplog.records if r.name == "controller.api.internal_errors"]
     assert len(records) == 2 and all(r.exc_info for r in records)
     for record, (_, details) in zip(records, (unary, stream), strict=True):
         assert details.split("ref ")[1].split(")")[0] in record.getMessage()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from controller.api.lesson_convert import lesson_event_from_pb
 from controller.errors import ProtocolError
-from controller.lesson_convert import lesson_event_from_pb
 from inventory.lessons import EventKind, FailReason
 from protos.schoolfleet.v1 import agent_pb2
 

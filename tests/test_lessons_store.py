@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.lesson_outcome import outcome
+from controller.lessons.outcome import outcome
 from controller.store import LessonEventRow
 from controller.store.lessons_protocol import (
     ImportCounts,

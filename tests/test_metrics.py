@@ -8,13 +8,13 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.infra_metrics import InfraCollector
-from controller.lesson_metrics import LessonCollector
-from controller.metrics import ControllerMetrics, FleetCollector
-from controller.rollout_metrics import PER_ROLLOUT_MAX, RolloutCollector, waiting_hosts
+from controller.fleet.metrics import ControllerMetrics, FleetCollector
+from controller.infra.metrics import InfraCollector
+from controller.lessons.metrics import LessonCollector
+from controller.rollouts.metrics import PER_ROLLOUT_MAX, RolloutCollector, waiting_hosts
 from controller.store import HeartbeatRow, NewHost
 from controller.store.sqlite import SqliteStore
-from controller.uplink_metrics import UplinkCollector
+from controller.uplink.metrics import UplinkCollector
 from inventory.infra import School
 from inventory.lessons import LessonState
 from inventory.model import Condition, DeviceReport

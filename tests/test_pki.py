@@ -15,15 +15,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from controller.device_certs import device_identity, sign_device_csr
-from controller.errors import PkiError
-from controller.pki import (
+from controller.enroll.device_certs import device_identity, sign_device_csr
+from controller.enroll.pki import (
     CaFiles,
     CertificateAuthority,
     fingerprint,
     init_ca,
     load_ca,
 )
+from controller.errors import PkiError
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 NAME = "controller.school.test"

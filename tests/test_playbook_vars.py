@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.errors import RolloutRefused
-from controller.playbook_vars import (
+from controller.rollouts.playbook_vars import (
     check_extra_vars,
     parse_schema,
     read_schema,

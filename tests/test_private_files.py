@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.private_files import private_file, private_sqlite
+from controller.datadir.private_files import private_file, private_sqlite
 from tests.procs import Controller, wait_until
 
 

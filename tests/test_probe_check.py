@@ -22,9 +22,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from controller.probe_check import Checked, Checker, ProbeSettings
-from controller.probe_facts import parse_facts
-from controller.probes import Prober, cycle_start, offset, plan
+from controller.infra.probe_check import Checked, Checker, ProbeSettings
+from controller.infra.probe_facts import parse_facts
+from controller.infra.probes import Prober, cycle_start, offset, plan
 from inventory.infra import HostKey, ProbeResult, ProbeTarget, TargetKind
 from tests.netns import needs_root
 from tests.ssh_hosts import SshHost, ssh_hosts

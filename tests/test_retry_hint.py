@@ -18,7 +18,7 @@ from common.retry_hint import (
     read_hint,
     unsaid_restart,
 )
-from controller.admission import (
+from controller.fleet.admission import (
     OPENING_MAX,
     RESTART_ADMIT_PER_SECOND,
     WelcomeRate,

@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from common.errors import SettingError
-from controller.ansible_user import default_work_dir, drop_argv, find_os_user, worker_env
 from controller.errors import RolloutRefused
+from controller.rollouts.os_user import default_work_dir, drop_argv, find_os_user, worker_env
 from controller.settings import ControllerSettings
 from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc
 from tests.ansible_user import ANSIBLE_USER, ensure_ansible_user

@@ -19,8 +19,9 @@ import pytest
 
 from common.errors import SettingError
 from controller.errors import RolloutRefused
-from controller.playbook_check import check_playbook
-from controller.rollout_runner import (
+from controller.rollouts.events import MESSAGE_MAX, NO_RESULT, WaveTally, describe
+from controller.rollouts.playbook_check import check_playbook
+from controller.rollouts.runner import (
     CONTROL_PATH_DIR_MAX,
     RunnerSettings,
     WaveJob,
@@ -29,7 +30,6 @@ from controller.rollout_runner import (
     run_wave,
     stop_control_masters,
 )
-from controller.runner_events import MESSAGE_MAX, NO_RESULT, WaveTally, describe
 from inventory.rollouts import HostOutcome, HostResult
 from tests.netns import needs_root
 from tests.ssh_hosts import SshHost, is_alive, ssh_hosts

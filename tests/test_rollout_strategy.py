@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import SettingError
-from controller.rollout_runner import RunnerSettings, ansible_env, mitogen_strategy_dir
+from controller.rollouts.runner import RunnerSettings, ansible_env, mitogen_strategy_dir
 from controller.settings import ControllerSettings
 
 

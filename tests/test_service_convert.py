@@ -10,8 +10,8 @@ from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller.api.convert import health_from_pb, identity_from_hello
 from controller.errors import ProtocolError
-from controller.service_convert import health_from_pb, identity_from_hello
 from inventory.model import DeviceKind
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 

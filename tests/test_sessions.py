@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 
-from controller.sessions import Closing, SessionRegistry
+from controller.fleet.sessions import Closing, SessionRegistry
 
 
 def test_newer_stream_replaces_older() -> None:

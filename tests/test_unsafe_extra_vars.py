@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.rollout_runner import RunnerSettings, WaveJob, run_wave, stop_control_masters
+from controller.rollouts.runner import RunnerSettings, WaveJob, run_wave, stop_control_masters
 from inventory.rollouts import HostOutcome
 from tests.netns import needs_root
 from tests.ssh_hosts import ssh_hosts

@@ -19,9 +19,9 @@ from agent.uplink import fetch
 from controller.errors import UplinkUnavailable
 from controller.store import HeartbeatRow
 from controller.store.sqlite import SqliteStore
-from controller.uplink import MeasureOrder, UplinkAnswer, UplinkChecks, UplinkSettings
-from controller.uplink_http import Tokens, serve
-from controller.uplink_metrics import UplinkCollector, UplinkMetrics
+from controller.uplink.checks import MeasureOrder, UplinkAnswer, UplinkChecks, UplinkSettings
+from controller.uplink.endpoint import Tokens, serve
+from controller.uplink.metrics import UplinkCollector, UplinkMetrics
 from inventory.model import DeviceIdentity, DeviceKind, Health
 from inventory.uplink import UplinkCheck, UplinkState
 

@@ -12,8 +12,8 @@ import pytest
 
 from agent.uplink import MAX_BYTES, fetch, refusal, url_for
 from controller.errors import ConfigError
-from controller.uplink_http import MAX_BYTES as SERVER_MAX
-from controller.uplink_http import PATH_PREFIX, Tokens, UplinkServer, serve
+from controller.uplink.endpoint import MAX_BYTES as SERVER_MAX
+from controller.uplink.endpoint import PATH_PREFIX, Tokens, UplinkServer, serve
 
 
 class Clock:

@@ -8,7 +8,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.uplink_plan import (
+from controller.uplink.plan import (
     due_schools,
     judge,
     last_slot,

@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from controller.rollout_runner import RunnerSettings, WaveJob, WaveRun
-from controller.rollout_worker import RolloutWorker, stop_masters_as
+from controller.rollouts.runner import RunnerSettings, WaveJob, WaveRun
+from controller.rollouts.worker import RolloutWorker, stop_masters_as
 from inventory.rollouts import HostOutcome
 from tests.ansible_user import (
     ANSIBLE_USER,

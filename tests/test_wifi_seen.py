@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.service_convert import report_from_pb
+from controller.api.convert import report_from_pb
 from controller.store import HeartbeatRow
 from controller.store.sqlite import SqliteStore
 from inventory.model import Condition, DeviceReport, Health

@@ -77,7 +77,7 @@ class CertStore(Protocol):
     def adopt_certificate(
         self, device_id: str, school_id: str, serial: str, not_after: float, issued_at: float
     ) -> bool:
-        """After a restore (controller/restored.py): makes a certificate the store never
+        """After a restore (controller/enroll/restored.py): makes a certificate the store never
         saw the device's current one, enrolled in ``school_id`` (decommission and
         re-enrollment marks cleared, its CA unknown: ""), unless the store has one issued
         at ``issued_at`` or later. Whether it did."""

@@ -169,7 +169,7 @@ class EnrollTokenStore(Protocol):
 
         Raises EnrollRefused if the token is no longer usable at ``now``, or if the
         device is enrolled and not marked for re-enrollment, or belongs to a school
-        other than the enrollment's (controller.enrollment.device_refusal); then
+        other than the enrollment's (controller.enroll.tokens.device_refusal); then
         nothing changes.
         """
 

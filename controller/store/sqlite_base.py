@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from controller.datadir.private_files import private_sqlite
 from controller.errors import StoreError
-from controller.private_files import private_sqlite
 from controller.store.migrations import LATEST, MIGRATIONS
 
 log = logging.getLogger(__name__)

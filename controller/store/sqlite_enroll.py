@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from controller import enrollment as refusals
+from controller.enroll import tokens as refusals
 from controller.errors import EnrollRefused, StoreError
 from controller.store.certs_protocol import CertCounts, CertState, Renewed
 from controller.store.protocol import DeviceMove

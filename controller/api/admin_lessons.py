@@ -1,0 +1,193 @@
+"""AdminService's lessons: import a schedule, list the day's lessons, launch by hand."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from controller.api.field_ranges import time_problem
+from controller.api.guard import Call, Guard, guarded, invalid
+from controller.api.imports import import_done
+from controller.lessons.dispatcher import Dispatcher
+from controller.lessons.metrics import day_bounds
+from controller.people import access
+from controller.people.access import Need
+from controller.store import Store
+from controller.store.lessons_protocol import ImportCounts, LessonQuery
+from inventory.lessons import Lesson
+from inventory.model import valid_id
+from inventory.row_fields import RowError
+from inventory.schedule import ScheduleRow, check_rows
+from inventory.schedule_rows import parse_row
+from protos.mapping import seconds, timestamp
+from protos.mapping_lessons import record_to_pb
+from protos.schoolfleet.v1 import admin_pb2
+
+# Rows in one import: a city's week is ~700,000; send it in parts.
+IMPORT_MAX = 200_000
+MANUAL_MINUTES_DEFAULT, MANUAL_MINUTES_MAX = 45, 12 * 60
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat()
+
+
+def _fields(s: admin_pb2.ScheduledLesson) -> dict[str, object]:
+    """A row as a schedule file would give it: the controller checks every row itself."""
+    return {
+        "school": s.school_id,
+        "room": s.room_id,
+        "start": _iso(seconds(s.starts_at)),
+        "end": _iso(seconds(s.ends_at)),
+        "class": s.class_name,
+        "subject": s.subject,
+        "teacher": s.teacher,
+        "content_url": s.content_url,
+        "remote": s.remote,
+    }
+
+
+def _bad_time(s: admin_pb2.ScheduledLesson) -> str | None:
+    """Why a row's start or end is no time at all, or None."""
+    for ts, name in ((s.starts_at, "start"), (s.ends_at, "end")):
+        why = time_problem(ts.seconds, ts.nanos, name)
+        if why is not None:
+            return why
+    return None
+
+
+class LessonHandlers:
+    """Mixed into AdminService, which provides these."""
+
+    _store: Store
+    guard: Guard
+    dispatcher: Dispatcher | None
+    content_hosts: frozenset[str]
+    zone: ZoneInfo
+
+    async def _check(
+        self, rows: list[ScheduleRow | RowError]
+    ) -> tuple[list[ScheduleRow], list[RowError]]:
+        good = [r for r in rows if isinstance(r, ScheduleRow)]
+        rooms = {(r.lesson.school_id, r.lesson.room_id) for r in good}
+        if not good:
+            return [], [r for r in rows if isinstance(r, RowError)]
+        known = await self.guard.off_loop(self._store.known_rooms, rooms)
+        since = min(r.lesson.starts_at for r in good)
+        until = max(r.lesson.ends_at for r in good)
+        stored = await self.guard.off_loop(self._store.lessons_in_rooms, rooms, since, until)
+        return check_rows(
+            rows, known, self.content_hosts, [x for room in stored.values() for x in room]
+        )
+
+    @guarded("lessons.import", Need.CHANGE, audited=True)
+    async def ImportLessons(
+        self, request: admin_pb2.ImportLessonsRequest, call: Call
+    ) -> admin_pb2.ImportLessonsResponse:
+        call.target = request.source[:200]
+        if len(request.lessons) > IMPORT_MAX:
+            raise invalid(f"at most {IMPORT_MAX} rows per import, got {len(request.lessons)}")
+        rows: list[ScheduleRow | RowError] = []
+        denied: dict[str, str] = {}
+        for s in request.lessons:
+            bad_time = _bad_time(s)
+            row = RowError(s.line, bad_time) if bad_time else parse_row(s.line, _fields(s))
+            if isinstance(row, ScheduleRow):
+                why = access.refusal(call.who, Need.CHANGE, call.action, row.lesson.school_id)
+                if why is not None:
+                    denied.setdefault(row.lesson.school_id, why)
+                    row = RowError(s.line, why)
+            rows.append(row)
+        good, errors = await self._check(rows)
+        counts = ImportCounts(0, 0, 0, 0)
+        if good and not request.dry_run:
+            lessons = [r.lesson for r in good]
+            counts = await self.guard.off_loop(self._store.save_lessons, lessons, self.guard.now())
+            if (counts.added or counts.updated) and self.dispatcher is not None:
+                self.dispatcher.wake()
+        found = await import_done(
+            self.guard,
+            call,
+            dry_run=request.dry_run,
+            rows=len(request.lessons),
+            counts=asdict(counts),
+            schools={r.lesson.school_id for r in good},
+            denied=denied,
+            errors=errors,
+        )
+        return admin_pb2.ImportLessonsResponse(**asdict(counts), errors=found)
+
+    @guarded("lessons.list", Need.READ)
+    async def ListLessons(
+        self, request: admin_pb2.ListLessonsRequest, call: Call
+    ) -> admin_pb2.ListLessonsResponse:
+        for value, what in ((request.school_id, "school id"), (request.room_id, "room id")):
+            if value and not valid_id(value):
+                raise invalid(f"{what} {value[:80]!r} is not valid")
+        call.target = request.school_id
+        call.allow(Need.READ, request.school_id or None)
+        since, until = day_bounds(self.guard.now(), self.zone)
+        if request.HasField("since"):
+            since = seconds(request.since)
+        if request.HasField("until"):
+            until = seconds(request.until)
+        query = LessonQuery(
+            since=since,
+            until=until,
+            school_id=request.school_id or None,
+            room_id=request.room_id or None,
+            schools=call.who.scope,
+        )
+        records = await self.guard.off_loop(self._store.list_lessons, query)
+        return admin_pb2.ListLessonsResponse(
+            lessons=[record_to_pb(r) for r in records],
+            since=timestamp(since),
+            until=timestamp(until),
+        )
+
+    @guarded("lessons.launch", Need.CHANGE, audited=True)
+    async def LaunchLesson(
+        self, request: admin_pb2.LaunchLessonRequest, call: Call
+    ) -> admin_pb2.LessonInfo:
+        for value, what in ((request.school_id, "school id"), (request.room_id, "room id")):
+            if not valid_id(value):
+                raise invalid(f"{what} {value[:80]!r} is not valid")
+        call.target = request.room_id
+        call.allow(Need.CHANGE, request.school_id)
+        minutes = request.minutes or MANUAL_MINUTES_DEFAULT
+        if not 1 <= minutes <= MANUAL_MINUTES_MAX:
+            raise invalid(f"minutes must be 1 to {MANUAL_MINUTES_MAX}, got {minutes}")
+        now = self.guard.now()
+        row = parse_row(
+            0,
+            {
+                "school": request.school_id,
+                "room": request.room_id,
+                "start": _iso(now),
+                "end": _iso(now + minutes * 60),
+                "class": "-",
+                "subject": request.title or "launched by hand",
+                "content_url": request.url,
+            },
+        )
+        if isinstance(row, RowError):
+            raise invalid(row.message)
+        # Not checked against the schedule: a lesson by hand takes the room over.
+        known = await self.guard.off_loop(
+            self._store.known_rooms, [(request.school_id, request.room_id)]
+        )
+        _, errors = check_rows([row], known, self.content_hosts, [])
+        if errors:
+            raise invalid(errors[0].message)
+        lesson: Lesson = replace(row.lesson, starts_at=now, manual=True)
+        await self.guard.off_loop(self._store.save_lessons, [lesson], now)
+        if self.dispatcher is not None:
+            await self.dispatcher.tick()
+        records = await self.guard.off_loop(
+            self._store.list_lessons,
+            LessonQuery(now - 1, now + 1, request.school_id, request.room_id),
+        )
+        record = next(r for r in records if r.lesson.lesson_id == lesson.lesson_id)
+        call.done = f"{lesson.lesson_id}: {record.state.value}, {record.panels} panel(s)"
+        return record_to_pb(record)

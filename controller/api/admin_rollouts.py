@@ -1,0 +1,470 @@
+"""AdminService's rollouts: start (every check before anything runs), follow, pause,
+resume, abort, retry; and schools' maintenance windows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+
+from controller.api.guard import Call, Guard, Refused, guarded, invalid
+from controller.errors import RolloutRefused
+from controller.people.access import Need
+from controller.rollouts.ansible_access import ansible_access
+from controller.rollouts.engine import RolloutEngine
+from controller.rollouts.os_user import find_os_user
+from controller.rollouts.playbook_check import check_syntax, playbook_names, playbook_path
+from controller.rollouts.playbook_vars import check_extra_vars, read_schema
+from controller.rollouts.runner import RunnerSettings, mitogen_strategy_dir
+from controller.store import Store
+from controller.store.protocol import DeviceQuery
+from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery
+from inventory.model import DeviceRecord, DeviceStatus, valid_id
+from inventory.people import Outcome, Role
+from inventory.rollouts import (
+    STRATEGIES,
+    HostOutcome,
+    HostResult,
+    RolloutInputError,
+    RolloutRecord,
+    RolloutSpec,
+    RolloutState,
+    Selector,
+    parse_amount,
+    parse_percent,
+    parse_selector,
+    wave_size,
+)
+from inventory.school_day import WindowError, parse_window
+from protos.mapping_rollouts import rollout_to_pb
+from protos.schoolfleet.v1 import admin_pb2
+
+LIST_MAX = 500
+WINDOWS_MAX = 14
+# RetryRollout: which hosts of a finished rollout each word takes.
+RETRY_HOSTS = {
+    # Tried and not changed as asked, or stopped half way by an abort.
+    "failed": frozenset({HostOutcome.FAILED, HostOutcome.UNREACHABLE, HostOutcome.INTERRUPTED}),
+    # Never tried: the rollout ended first (devices offline at the start are added).
+    "not-reached": frozenset({HostOutcome.CANCELLED}),
+}
+
+
+def _each_school(schools: Iterable[str]) -> list[str | None]:
+    """The schools to check the caller against; None alone: a request across schools."""
+    return [*sorted(schools)] or [None]
+
+
+def _conflict(message: str) -> Refused:
+    return Refused(grpc.StatusCode.FAILED_PRECONDITION, message, Outcome.FAILED)
+
+
+def _extra_vars(playbooks_dir: Path, playbook: str, text: str, central: bool) -> dict[str, object]:
+    """The request's extra vars, checked against the playbook's variables (its
+    NAME.vars.yml) and what the caller may set: blocking (it reads the schema)."""
+    if not text:
+        return {}
+    return check_extra_vars(text, read_schema(playbooks_dir, playbook), central=central)
+
+
+def _spec(request: admin_pb2.StartRolloutRequest) -> RolloutSpec:
+    try:
+        parse_selector(request.selector)
+        return RolloutSpec(
+            playbook=request.playbook,
+            selector=request.selector,
+            canary=parse_amount(request.canary or "1", "canary"),
+            wave_size=parse_amount(request.wave_size or "10%", "wave size"),
+            max_fail=parse_percent(request.max_fail or "5", "max fail"),
+            gate_lessons=request.gate_lessons,
+            include_offline=request.include_offline,
+        )
+    except RolloutInputError as exc:
+        raise invalid(str(exc)) from None
+
+
+def _strategy(asked: str, default: str) -> str:
+    """The strategy a new rollout runs with: the one it asked for, else the
+    controller's."""
+    chosen = asked.strip() or default
+    if chosen not in STRATEGIES:
+        raise invalid(f"strategy {asked[:40]!r} is not one of {', '.join(STRATEGIES)}")
+    if chosen == "mitogen" and mitogen_strategy_dir() is None:
+        raise _conflict(
+            "strategy 'mitogen' needs Mitogen for Ansible, which this controller lacks "
+            "(pip install 'mitogen>=0.3.54'); --strategy linear runs without it"
+        )
+    return chosen
+
+
+def split_offline(
+    matched: Iterable[tuple[NewHost, DeviceStatus]], include_offline: bool
+) -> tuple[list[NewHost], tuple[str, ...]]:
+    """The hosts a rollout takes, and the offline device ids it leaves out (none when
+    ``include_offline``)."""
+    hosts: list[NewHost] = []
+    offline: list[str] = []
+    for host, status in matched:
+        if include_offline or status is DeviceStatus.ONLINE:
+            hosts.append(host)
+        else:
+            offline.append(host.device_id)
+    return hosts, tuple(offline)
+
+
+def _current(store: Store, device_ids: Iterable[str], now: float) -> dict[str, DeviceRecord]:
+    """The registry's records of these devices (those it still has): blocking."""
+    found = {}
+    for device_id in device_ids:
+        record = store.get_device(device_id, now)
+        if record is not None:
+            found[device_id] = record
+    return found
+
+
+def _preview(spec: RolloutSpec, hosts: list[NewHost], now: float) -> RolloutRecord:
+    """What a dry run answers: the rollout as it would start, nothing stored."""
+    counts = {o: 0 for o in HostOutcome}
+    counts[HostOutcome.PENDING] = len(hosts)
+    return RolloutRecord(
+        rollout_id=0,
+        spec=spec,
+        state=RolloutState.RUNNING,
+        reason=f"dry run: the first wave would take {wave_size(spec, len(hosts), 0)} host(s)",
+        created_by="",
+        created_at=now,
+        updated_at=now,
+        finished_at=None,
+        counts=counts,
+    )
+
+
+class RolloutHandlers:
+    """Mixed into AdminService, which provides these."""
+
+    _store: Store
+    guard: Guard
+    rollouts: RolloutEngine | None
+    playbooks_dir: Path
+    runner_settings: RunnerSettings | None
+
+    def _engine(self) -> RolloutEngine:
+        if self.rollouts is None:
+            raise Refused(
+                grpc.StatusCode.UNAVAILABLE, "rollouts are not running here", Outcome.FAILED
+            )
+        return self.rollouts
+
+    async def _hosts(
+        self, selector: Selector, scope: frozenset[str] | None
+    ) -> list[tuple[NewHost, DeviceStatus]]:
+        """The registry's devices the selector matches, within the caller's schools,
+        with whether each is online now."""
+        schools = selector.schools or None
+        if scope is not None:
+            schools = (schools or scope) & scope
+        kinds = selector.kinds
+        hosts: list[tuple[NewHost, DeviceStatus]] = []
+        after = ""
+        while True:
+            query = DeviceQuery(
+                schools=schools,
+                kind=next(iter(kinds)) if len(kinds) == 1 else None,
+                after_id=after,
+                limit=1000,
+            )
+            page = await self.guard.off_loop(self._store.list_devices, query, self.guard.now())
+            for d in page:
+                i = d.identity
+                if selector.matches(
+                    device_id=i.device_id,
+                    school_id=i.school_id,
+                    room_id=i.room_id,
+                    kind=i.kind,
+                    os_version=i.os.version if i.os is not None else None,
+                    labels=dict(i.labels),
+                ):
+                    hosts.append((NewHost(i.device_id, i.school_id), d.status))
+            if len(page) < query.limit:
+                return hosts
+            after = page[-1].identity.device_id
+
+    async def _rollout(self, call: Call, rollout_id: int, need: Need) -> RolloutRecord:
+        """The rollout, if the caller may see (or change) every school it touches."""
+        call.target = str(rollout_id)
+        record = await self.guard.off_loop(self._store.get_rollout, rollout_id)
+        schools = None
+        if record is not None:
+            schools = await self.guard.off_loop(self._store.rollout_schools, rollout_id)
+        call.allow_target(need, schools, f"rollout {rollout_id}")
+        assert record is not None
+        return record
+
+    async def _info(self, record: RolloutRecord) -> admin_pb2.RolloutInfo:
+        hosts: list[HostResult] = await self.guard.off_loop(
+            self._store.rollout_hosts, record.rollout_id
+        )
+        return rollout_to_pb(record, hosts)
+
+    @guarded("rollouts.start", Need.CHANGE, audited=True)
+    async def StartRollout(
+        self, request: admin_pb2.StartRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        call.target = request.playbook[:200]
+        spec = _spec(request)
+        selector = parse_selector(spec.selector)
+        for school in _each_school(selector.schools):
+            call.allow(Need.CHANGE, school)
+        if self.runner_settings is None:
+            raise invalid("rollouts are not set up on this controller")
+        spec = replace(spec, strategy=_strategy(request.strategy, self.runner_settings.strategy))
+        if self.runner_settings.os_user:
+            try:
+                find_os_user(self.runner_settings.os_user)
+            except RolloutRefused as exc:
+                raise _conflict(str(exc)) from None
+        try:
+            path = await self.guard.off_loop(playbook_path, self.playbooks_dir, request.playbook)
+            # Before anything is stored or run: names, types, who may set them.
+            extra = await self.guard.off_loop(
+                _extra_vars,
+                self.playbooks_dir,
+                request.playbook,
+                request.extra_vars_json,
+                call.who.role is Role.CENTRAL_OPS,
+            )
+            # Last: it runs ansible-playbook, and a refused request should cost little.
+            await self.guard.off_loop(check_syntax, path, request.playbook, self.runner_settings)
+        except RolloutRefused as exc:
+            raise invalid(str(exc)) from None
+        matched = await self._hosts(selector, call.who.scope)
+        if not matched:
+            raise invalid(f"selector {spec.selector!r} matches no devices")
+        hosts, offline = split_offline(matched, spec.include_offline)
+        if not hosts:
+            raise invalid(
+                f"selector {spec.selector!r} matches {len(offline)} device(s), all offline: "
+                "add --include-offline to try them at their last address"
+            )
+        spec = replace(spec, extra_vars=extra, offline_skipped=offline)
+        if request.dry_run:
+            call.done = f"dry run of {request.playbook} on {len(hosts)} hosts"
+            preview = _preview(spec, hosts, self.guard.now())
+            pending = [
+                HostResult(h.device_id, h.school_id, None, HostOutcome.PENDING) for h in hosts
+            ]
+            return rollout_to_pb(preview, pending, dry_run=True)
+        try:
+            rollout_id = await self._engine().start(spec, hosts, call.who.name)
+        except HostsClaimed as exc:
+            raise _conflict(
+                f"{exc}: one rollout at a time may change a host; wait for it or abort it"
+            ) from None
+        call.target = f"{rollout_id} {request.playbook}"[:200]
+        call.done = f"rollout {rollout_id}: {request.playbook} on {len(hosts)} hosts"
+        record = await self.guard.off_loop(self._store.get_rollout, rollout_id)
+        assert record is not None
+        return await self._info(record)
+
+    @guarded("rollouts.get", Need.READ)
+    async def GetRollout(
+        self, request: admin_pb2.GetRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        record = await self._rollout(call, request.rollout_id, Need.READ)
+        if not request.device_id:
+            return await self._info(record)
+        device_id = request.device_id
+        if not valid_id(device_id):
+            raise invalid(f"device id {device_id[:80]!r} is not valid")
+        host = await self.guard.off_loop(self._store.rollout_host, record.rollout_id, device_id)
+        # Another school's device answers as one the rollout does not have.
+        call.allow_target(
+            Need.READ,
+            {host.school_id} if host is not None else None,
+            f"host {device_id!r} in rollout {record.rollout_id}",
+        )
+        assert host is not None
+        return rollout_to_pb(record, [host])
+
+    @guarded("rollouts.list", Need.READ)
+    async def ListRollouts(
+        self, request: admin_pb2.ListRolloutsRequest, call: Call
+    ) -> admin_pb2.ListRolloutsResponse:
+        try:
+            states = frozenset(RolloutState(s) for s in request.states) or None
+        except ValueError:
+            known = ", ".join(s.value for s in RolloutState)
+            raise invalid(f"rollout states are {known}") from None
+        limit = min(request.limit or 50, LIST_MAX)
+        query = RolloutQuery(states=states, schools=call.who.scope, limit=limit)
+        records = await self.guard.off_loop(self._store.list_rollouts, query)
+        return admin_pb2.ListRolloutsResponse(rollouts=[rollout_to_pb(r) for r in records])
+
+    @guarded("rollouts.playbooks", Need.READ)
+    async def ListPlaybooks(
+        self, request: admin_pb2.ListPlaybooksRequest, call: Call
+    ) -> admin_pb2.ListPlaybooksResponse:
+        # The names only: the same list StartRollout gives with an unknown playbook.
+        names = await self.guard.off_loop(playbook_names, self.playbooks_dir)
+        return admin_pb2.ListPlaybooksResponse(names=names)
+
+    @guarded("rollouts.access", Need.READ)
+    async def GetAnsibleAccess(
+        self, request: admin_pb2.GetAnsibleAccessRequest, call: Call
+    ) -> admin_pb2.AnsibleAccess:
+        settings = self.runner_settings
+        if settings is None:
+            raise invalid("rollouts are not set up on this controller")
+        try:
+            access = await self.guard.off_loop(
+                ansible_access,
+                self._store,
+                settings.known_hosts,
+                settings.remote_user,
+                settings.python_interpreter,
+                call.who.scope,
+                self.guard.now(),
+            )
+        except RolloutRefused as exc:
+            raise _conflict(str(exc)) from None
+        return admin_pb2.AnsibleAccess(
+            ssh_user=access.ssh_user,
+            python_interpreter=access.python_interpreter,
+            known_hosts=access.known_hosts,
+        )
+
+    async def _switch(self, call: Call, rollout_id: int, pause: bool) -> admin_pb2.RolloutInfo:
+        """Pause (the running wave finishes, no other starts) or resume."""
+        record = await self._rollout(call, rollout_id, Need.CHANGE)
+        want = RolloutState.RUNNING if pause else RolloutState.PAUSED
+        if record.state is not want:
+            raise _conflict(f"rollout {rollout_id} is {record.state.value}, not {want.value}")
+        engine = self._engine()
+        changed = await (engine.pause if pause else engine.resume)(rollout_id)
+        assert changed is not None
+        call.done = f"rollout {rollout_id} {changed.state.value}"
+        return await self._info(changed)
+
+    @guarded("rollouts.pause", Need.CHANGE, audited=True)
+    async def PauseRollout(
+        self, request: admin_pb2.GetRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        return await self._switch(call, request.rollout_id, pause=True)
+
+    @guarded("rollouts.resume", Need.CHANGE, audited=True)
+    async def ResumeRollout(
+        self, request: admin_pb2.GetRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        return await self._switch(call, request.rollout_id, pause=False)
+
+    @guarded("rollouts.abort", Need.CHANGE, audited=True)
+    async def AbortRollout(
+        self, request: admin_pb2.GetRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        record = await self._rollout(call, request.rollout_id, Need.CHANGE)
+        if record.state.final:
+            raise _conflict(f"rollout {record.rollout_id} is already {record.state.value}")
+        aborted = await self._engine().abort(record.rollout_id, call.who.name)
+        assert aborted is not None
+        call.done = f"rollout {record.rollout_id} {aborted.state.value}"
+        return await self._info(aborted)
+
+    @guarded("rollouts.retry", Need.CHANGE, audited=True)
+    async def RetryRollout(
+        self, request: admin_pb2.GetRolloutRequest, call: Call
+    ) -> admin_pb2.RolloutInfo:
+        record = await self._rollout(call, request.rollout_id, Need.CHANGE)
+        if not record.state.final:
+            raise _conflict(
+                f"rollout {record.rollout_id} is {record.state.value}: "
+                "retry a finished one (abort it, or wait)"
+            )
+        which = sorted(set(request.retry) or {"failed"})
+        unknown = [w for w in which if w not in RETRY_HOSTS]
+        if unknown:
+            raise invalid(f"retry {unknown[0][:40]!r}: say failed or not-reached")
+        hosts, offline = await self._retry_hosts(call, record, which)
+        spec = replace(
+            record.spec,
+            selector=f"{' and '.join(which)} hosts of rollout {record.rollout_id}",
+            offline_skipped=offline,
+        )
+        try:
+            new_id = await self._engine().start(spec, hosts, call.who.name)
+        except HostsClaimed as exc:
+            raise _conflict(f"{exc}: wait for it or abort it") from None
+        call.done = f"rollout {new_id}: retry of {record.rollout_id} on {len(hosts)} hosts"
+        new = await self.guard.off_loop(self._store.get_rollout, new_id)
+        assert new is not None
+        return await self._info(new)
+
+    async def _retry_hosts(
+        self, call: Call, record: RolloutRecord, which: list[str]
+    ) -> tuple[list[NewHost], tuple[str, ...]]:
+        """The hosts a retry takes, each in its school now, and those it leaves out as
+        offline (as the rollout's start did, unless it took offline devices too)."""
+        rid = record.rollout_id
+        outcomes = frozenset().union(*(RETRY_HOSTS[w] for w in which))
+        found = await self.guard.off_loop(self._store.rollout_hosts, rid, outcomes)
+        ids = [h.device_id for h in found]
+        if "not-reached" in which:
+            ids += record.spec.offline_skipped
+        words = " or ".join(which)
+        if not ids:
+            raise invalid(f"rollout {rid} has no {words} hosts")
+        devices = await self.guard.off_loop(_current, self._store, ids, self.guard.now())
+        if not devices:
+            raise invalid(f"rollout {rid}: none of its {words} hosts is registered any more")
+        # A device may have moved since: the caller must be allowed its school now.
+        for school in sorted({d.identity.school_id for d in devices.values()}):
+            call.allow(Need.CHANGE, school)
+        matched = [
+            (NewHost(d.identity.device_id, d.identity.school_id), d.status)
+            for d in devices.values()
+        ]
+        hosts, offline = split_offline(matched, record.spec.include_offline)
+        if not hosts:
+            raise invalid(
+                f"rollout {rid}: its {len(offline)} {' and '.join(which)} host(s) are all "
+                "offline now; retry when they are back"
+            )
+        return hosts, offline
+
+    @guarded("maintenance.set", Need.CHANGE, audited=True)
+    async def SetMaintenanceWindows(
+        self, request: admin_pb2.SetMaintenanceWindowsRequest, call: Call
+    ) -> admin_pb2.MaintenanceWindows:
+        if not valid_id(request.school_id):
+            raise invalid(f"school id {request.school_id[:80]!r} is not valid")
+        call.target = request.school_id
+        call.allow(Need.CHANGE, request.school_id)
+        if len(request.windows) > WINDOWS_MAX:
+            raise invalid(f"at most {WINDOWS_MAX} windows per school")
+        try:
+            windows = sorted({parse_window(w).text for w in request.windows})
+        except WindowError as exc:
+            raise invalid(str(exc)) from None
+        await self.guard.off_loop(self._store.set_windows, request.school_id, windows)
+        if self.rollouts is not None:
+            self.rollouts.wake_all()
+        call.done = f"windows: {'; '.join(windows) or 'none'}"
+        return admin_pb2.MaintenanceWindows(school_id=request.school_id, windows=windows)
+
+    @guarded("maintenance.list", Need.READ)
+    async def ListMaintenanceWindows(
+        self, request: admin_pb2.ListMaintenanceWindowsRequest, call: Call
+    ) -> admin_pb2.ListMaintenanceWindowsResponse:
+        if request.school_id and not valid_id(request.school_id):
+            raise invalid(f"school id {request.school_id[:80]!r} is not valid")
+        call.allow(Need.READ, request.school_id or None)
+        scope = call.who.scope
+        wanted = [request.school_id] if request.school_id else (sorted(scope) if scope else None)
+        stored: Mapping[str, list[str]] = await self.guard.off_loop(self._store.windows, wanted)
+        return admin_pb2.ListMaintenanceWindowsResponse(
+            schools=[
+                admin_pb2.MaintenanceWindows(school_id=s, windows=w)
+                for s, w in sorted(stored.items())
+            ]
+        )

@@ -1,0 +1,87 @@
+"""AdminService's uplink checks: check a school by hand, list the latest checks, and
+the schools under the target for `schoolctl status`."""
+
+from __future__ import annotations
+
+import grpc
+
+from controller.api.guard import Call, Guard, Refused, guarded, invalid
+from controller.errors import StoreError, UplinkUnavailable
+from controller.people.access import Need
+from controller.store import Store
+from controller.uplink.checks import UplinkChecks
+from inventory.model import valid_id
+from inventory.people import Outcome
+from inventory.uplink import UplinkCheck, UplinkState
+from protos.mapping_uplink import check_to_pb
+from protos.schoolfleet.v1 import admin_pb2
+
+
+class UplinkHandlers:
+    """Mixed into AdminService, which provides these."""
+
+    _store: Store
+    guard: Guard
+    uplink: UplinkChecks | None
+    uplink_target_mbps: float
+
+    @guarded("uplink.check", Need.CHANGE, audited=True)
+    async def CheckUplink(
+        self, request: admin_pb2.CheckUplinkRequest, call: Call
+    ) -> admin_pb2.UplinkCheck:
+        if not valid_id(request.school_id):
+            raise invalid(f"school id {request.school_id[:80]!r} is not valid")
+        call.target = request.school_id
+        call.allow(Need.CHANGE, request.school_id)
+        if self.uplink is None:
+            raise Refused(
+                grpc.StatusCode.UNAVAILABLE, "this controller runs no uplink checks", Outcome.FAILED
+            )
+        try:
+            check = await self.uplink.check(request.school_id)
+        except UplinkUnavailable as exc:
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(exc), Outcome.FAILED) from None
+        except StoreError as exc:
+            raise Refused(
+                grpc.StatusCode.UNAVAILABLE, f"controller store unavailable: {exc}", Outcome.FAILED
+            ) from None
+        if check.state is UplinkState.OK:
+            call.done = f"{check.mbps or 0:.1f} Mbit/s measured by {check.device_id}"
+        else:
+            call.done = f"failed on {check.device_id}: {check.error}"
+        return check_to_pb(check)
+
+    @guarded("uplink.list", Need.READ)
+    async def ListUplinks(
+        self, request: admin_pb2.ListUplinksRequest, call: Call
+    ) -> admin_pb2.ListUplinksResponse:
+        if request.school_id and not valid_id(request.school_id):
+            raise invalid(f"school id {request.school_id[:80]!r} is not valid")
+        call.target = request.school_id
+        call.allow(Need.READ, request.school_id or None)
+        school, scope = request.school_id or None, call.who.scope
+        latest = await self.guard.off_loop(self._store.latest_uplink_checks, school, scope)
+        measured: dict[str, UplinkCheck] = {
+            c.school_id: c
+            for c in await self.guard.off_loop(
+                lambda: self._store.latest_uplink_checks(school, scope, measured=True)
+            )
+        }
+        schools = []
+        for check in latest:
+            entry = admin_pb2.SchoolUplink(school_id=check.school_id, latest=check_to_pb(check))
+            if check.school_id in measured:
+                entry.measured.CopyFrom(check_to_pb(measured[check.school_id]))
+            schools.append(entry)
+        return admin_pb2.ListUplinksResponse(schools=schools)
+
+    async def _slow_uplinks(self, school_id: str | None, call: Call) -> list[admin_pb2.UplinkCheck]:
+        """The latest measurement of each school under the target, within the caller's scope."""
+        measured = await self.guard.off_loop(
+            lambda: self._store.latest_uplink_checks(school_id, call.who.scope, measured=True)
+        )
+        return [
+            check_to_pb(c)
+            for c in measured
+            if c.mbps is not None and c.mbps < self.uplink_target_mbps
+        ]

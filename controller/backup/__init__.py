@@ -1,0 +1,1 @@
+"""A backup of the controller's data folder and its restore."""

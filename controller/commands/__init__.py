@@ -1,0 +1,1 @@
+"""``schoolfleet-controller``'s subcommands beyond ``serve``."""

@@ -1,0 +1,1 @@
+"""Who a device is: the CA, enrollment tokens, device certificates and their renewal."""

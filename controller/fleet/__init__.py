@@ -1,0 +1,1 @@
+"""The devices' streams and what they send: sessions, admission, the writer, acks, figures."""

@@ -1,0 +1,1 @@
+"""Schools' access points and servers: the probe schedule, one probe, their figures."""

@@ -1,0 +1,1 @@
+"""Schools' uplink checks: the plan, one check, the HTTP endpoint, their figures."""
