@@ -37,6 +37,7 @@ from controller.api.enroll import Enroller
 from controller.api.grpc_logs import hide_metadata_values
 from controller.api.guard import Guard
 from controller.api.internal_errors import CatchAll
+from controller.api.lesson_orders import SessionPanels
 from controller.api.renewal import Renewals
 from controller.api.request_checks import UnaryRequestChecks
 from controller.api.uplink_orders import SessionCourier
@@ -53,6 +54,7 @@ from controller.infra.probe_check import ProbeSettings
 from controller.infra.probes import ProbeMetrics, Prober
 from controller.lessons.dispatcher import Dispatcher
 from controller.lessons.metrics import LessonCollector, LessonMetrics
+from controller.loops import LoopFailures
 from controller.people import audit as audit_log
 from controller.people.attempt_limits import FailureBudget
 from controller.people.refusals import Refusals
@@ -183,6 +185,7 @@ def _lessons(
     executor: ThreadPoolExecutor,
     sessions: Sessions,
     registry: CollectorRegistry,
+    failures: LoopFailures,
 ) -> tuple[LessonMetrics, Dispatcher]:
     """The lesson figures and the dispatcher that runs the schedule."""
     if not settings.content_hosts:
@@ -194,7 +197,8 @@ def _lessons(
     dispatcher = Dispatcher(
         store,
         executor,
-        sessions,
+        SessionPanels(sessions),
+        failures,
         lead=settings.lesson_lead,
         settle=settings.lesson_settle,
         on_time=settings.lesson_on_time,
@@ -207,6 +211,7 @@ def _rollouts(
     store: Store,
     executor: ThreadPoolExecutor,
     registry: CollectorRegistry,
+    failures: LoopFailures,
 ) -> tuple[RolloutEngine, RunnerSettings]:
     """The rollout engine and how it runs Ansible."""
     registry.register(RolloutCollector(store))
@@ -241,6 +246,7 @@ def _rollouts(
             lesson_on_time=settings.lesson_on_time,
         ),
         RolloutMetrics(registry),
+        failures,
     )
     return engine, runner
 
@@ -271,6 +277,7 @@ def _uplink(
     sessions: Sessions,
     agent_service: AgentService,
     registry: CollectorRegistry,
+    failures: LoopFailures,
 ) -> _Uplink:
     """Starts the uplink endpoint and the checks' schedule (no stream is up yet: the
     first look finds no school to check)."""
@@ -290,6 +297,7 @@ def _uplink(
             timeout=settings.uplink_timeout,
             port=http.port,
         ),
+        failures,
     )
     agent_service.on_uplink_answer = checks.answered
     schedule = asyncio.create_task(checks.run(), name="uplink-checks")
@@ -315,6 +323,7 @@ def _probes(
     store: Store,
     executor: ThreadPoolExecutor,
     registry: CollectorRegistry,
+    failures: LoopFailures,
 ) -> _Probes:
     """Starts probing the access points and servers of the inventory."""
     if not settings.probe_interval:
@@ -330,7 +339,9 @@ def _probes(
         concurrency=settings.probe_concurrency,
         interval=settings.probe_interval,
     )
-    prober = Prober(store.probe_targets, store.record_probes, probe, executor, registry)
+    prober = Prober(
+        store.probe_targets, store.record_probes, probe, executor, registry, failures=failures
+    )
     return _Probes(prober, asyncio.create_task(prober.run(), name="probes"))
 
 
@@ -397,10 +408,13 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
 
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
+    failures = LoopFailures(registry)
     sessions: Sessions = Sessions()
     _store_gauges(store, registry, sessions)
     zone = ZoneInfo(settings.timezone)
-    lesson_metrics, dispatcher = _lessons(settings, store, read_executor, sessions, registry)
+    lesson_metrics, dispatcher = _lessons(
+        settings, store, read_executor, sessions, registry, failures
+    )
     audit = audit_log.appender(store, read_executor)
     # Refused sign-ins and enrollments: limited and folded per source address.
     refusals = Refusals(audit, FailureBudget(settings.refused_per_minute, settings.refused_burst))
@@ -427,8 +441,10 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         renewals=renewals,
         fleet_size=sum(c.online + c.offline for c in store.fleet_counts(time.time())),
     )
-    uplink = _uplink(settings, store, read_executor, sessions, agent_service, registry)
-    rollouts, runner = _rollouts(settings, store, read_executor, registry)
+    uplink = _uplink(
+        settings, store, read_executor, sessions, agent_service, registry, failures
+    )
+    rollouts, runner = _rollouts(settings, store, read_executor, registry, failures)
     writer = MessageWriter(
         store,
         write_executor,
@@ -477,7 +493,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     dispatcher_task = asyncio.create_task(dispatcher.run(), name="lesson-dispatcher")
     refusals_task = asyncio.create_task(refusals.run(), name="refusals")
     pki_task = asyncio.create_task(renewals.watch(settings.ca_watch_interval), name="pki-watch")
-    probes = _probes(settings, store, read_executor, registry)
+    probes = _probes(settings, store, read_executor, registry, failures)
     await rollouts.resume_all()
     if settings.ports_file != Path():
         _write_ports(

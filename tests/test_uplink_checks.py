@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.uplink import fetch
 from controller.errors import UplinkUnavailable
+from controller.loops import LoopFailures
 from controller.store import HeartbeatRow
 from controller.store.sqlite import SqliteStore
 from controller.uplink.checks import MeasureOrder, UplinkAnswer, UplinkChecks, UplinkSettings
@@ -91,6 +92,7 @@ def run(
     interval: float = 0.0,
     concurrency: int = 20,
     timeout: float = 10.0,
+    failures: LoopFailures | None = None,
 ) -> tuple[T, CollectorRegistry]:
     tokens = Tokens()
     server, thread = serve("127.0.0.1:0", tokens)
@@ -105,6 +107,7 @@ def run(
                 tokens,
                 UplinkMetrics(registry),
                 UplinkSettings(interval, concurrency, 2_000_000, timeout, server.port, 0.5),
+                failures,
             )
             courier.checks = checks
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -25,6 +27,10 @@ from protos.mapping_lessons import record_to_pb
 from protos.schoolfleet.v1 import admin_pb2
 
 # Rows in one import: a city's week is ~700,000; send it in parts.
+log = logging.getLogger(__name__)
+
+# How long a launch by hand waits for the dispatcher's pass that sends it.
+_DISPATCH_WAIT = 5.0
 IMPORT_MAX = 200_000
 MANUAL_MINUTES_DEFAULT, MANUAL_MINUTES_MAX = 45, 12 * 60
 
@@ -183,7 +189,11 @@ class LessonHandlers:
         lesson: Lesson = replace(row.lesson, starts_at=now, manual=True)
         await self.guard.off_loop(self._store.save_lessons, [lesson], now)
         if self.dispatcher is not None:
-            await self.dispatcher.tick()
+            try:
+                async with asyncio.timeout(_DISPATCH_WAIT):
+                    await self.dispatcher.pass_now()
+            except TimeoutError:
+                log.warning("lesson by hand not dispatched yet lesson=%s", lesson.lesson_id)
         records = await self.guard.off_loop(
             self._store.list_lessons,
             LessonQuery(now - 1, now + 1, request.school_id, request.room_id),

@@ -10,7 +10,9 @@ At most ``concurrency`` probes run at once, each in a thread of the prober's own
 (probes block; the store's threads stay free). A probe that outlives its deadline is
 recorded as down and the schedule goes on without it; its thread keeps its slot until
 its own timeouts end it, and the target is not probed again until then. Results are
-stored in batches. A probe's steps are timed into
+stored in batches. A failed read of the targets is retried with backoff within the
+cycle, and results the store refused are kept (up to ``_KEPT_MAX``) and stored by a
+later flush (controller/loops.py). A probe's steps are timed into
 ``schoolfleet_probe_duration_seconds{kind, check}`` (check: ``tcp`` for resolution and
 connect, ``ssh`` for everything after).
 """
@@ -30,6 +32,7 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Histogram
 
 from controller.infra.probe_check import Checked, Checker, ProbeSettings, ProbeStopped
+from controller.loops import LoopFailures, Retry
 from inventory.infra import ProbeResult, ProbeTarget
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,9 @@ ResultWriter = Callable[[Sequence[ProbeResult]], None]
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_MAX = 500
 _FLUSH_INTERVAL = 1.0
+# Results kept while the store refuses them; past it the oldest go (a later cycle
+# probes their targets again).
+_KEPT_MAX = 100_000
 _TOGETHER = 0.005
 
 
@@ -101,6 +107,7 @@ class Prober:
         now: Callable[[], float] = time.time,
         batch_max: int = _BATCH_MAX,
         flush_interval: float = _FLUSH_INTERVAL,
+        failures: LoopFailures | None = None,
     ) -> None:
         if settings.concurrency < 1 or settings.interval <= 0:
             raise ValueError("probe concurrency must be >= 1 and the interval positive")
@@ -116,6 +123,9 @@ class Prober:
         self._now = now
         self._batch_max = batch_max
         self._flush_interval = flush_interval
+        self._failures = failures
+        # One flush at a time: a batch leaves the list only once stored.
+        self._flushing = asyncio.Lock()
         self._slots = asyncio.Semaphore(settings.concurrency)
         # Targets whose probe thread has not returned yet (deadline or not).
         self._busy: set[str] = set()
@@ -134,12 +144,9 @@ class Prober:
         try:
             not_before = self._now()
             start = cycle_start(not_before, interval)
+            retry = Retry("probes", self._failures)
             while not self._closing.is_set():
-                try:
-                    targets = await self._off(self._targets)
-                except Exception:
-                    log.exception("probe targets could not be read; trying next cycle")
-                    targets = []
+                targets = await self._read_targets(retry, start + interval)
                 await self._launch(plan(targets, start, interval, not_before))
                 start += interval
                 not_before = start
@@ -173,9 +180,28 @@ class Prober:
         self._closing.set()
         self._checker.stop()
         await self._settle()
-        await self._flush()
+        try:
+            await self._flush()
+        except Exception:
+            log.exception("probe results not stored at shutdown count=%d", len(self._pending))
         # The threads end by their own timeouts; waiting for them closes every transport.
         await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
+
+    async def _read_targets(self, retry: Retry, cycle_end: float) -> list[ProbeTarget]:
+        """The targets, tried again after a backoff while the store refuses, until the
+        cycle ends (nothing is probed in it then) or ``close()``."""
+        while True:
+            try:
+                targets = list(await self._off(self._targets))
+            except Exception as exc:
+                wait = retry.failed(exc)
+                if await self._until(min(cycle_end, self._now() + wait)) or (
+                    self._now() >= cycle_end
+                ):
+                    return []
+                continue
+            retry.succeeded()
+            return targets
 
     async def _until(self, when: float) -> bool:
         """Waits until ``when`` (wall clock) or ``close()``; True if closing."""
@@ -241,18 +267,33 @@ class Prober:
         )
 
     async def _flush_loop(self) -> None:
+        retry = Retry("probes", self._failures)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), self._flush_interval)
             self._flush_now.clear()
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception as exc:
+                await asyncio.sleep(retry.failed(exc))
+            else:
+                retry.succeeded()
 
     async def _flush(self) -> None:
+        """Stores the results gathered; raises if the store refuses a batch, which is
+        kept with the rest for the next flush."""
+        async with self._flushing:
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
         while self._pending:
             batch = self._pending[: self._batch_max]
-            del self._pending[: self._batch_max]
             try:
                 await self._off(self._record, batch)
             except Exception:
-                # The next cycle probes them again; nothing else waits for these.
-                log.exception("probe results not stored count=%d", len(batch))
+                if len(self._pending) > _KEPT_MAX:
+                    dropped = len(self._pending) - _KEPT_MAX
+                    del self._pending[:dropped]
+                    log.warning("probe results dropped: the store refuses them count=%d", dropped)
+                raise
+            del self._pending[: len(batch)]

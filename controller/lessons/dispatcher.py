@@ -10,6 +10,10 @@ the lesson's outcome is recorded.
 
 The dispatcher sleeps until the next thing is due (or ``wake()``: a new schedule),
 never more than ``_IDLE_MAX`` seconds, so a lesson is not late by a polling interval.
+It is the only one that dispatches: a lesson launched by hand is saved and the
+dispatcher woken (``pass_now``). A failed pass is retried with backoff
+(controller/loops.py). Panels are reached through a ``PanelCourier``
+(controller/api/lesson_orders.py: the devices' streams); nothing here knows the wire.
 """
 
 from __future__ import annotations
@@ -20,15 +24,14 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from controller.fleet.sessions import SessionRegistry
 from controller.lessons.outcome import outcome
+from controller.loops import LoopFailures, Retry
 from controller.store import Store
 from controller.store.lessons_protocol import OutboxCommand
 from inventory.lessons import Lesson, LessonState
-from protos.mapping import timestamp
-from protos.schoolfleet.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,20 +41,44 @@ _IDLE_MAX = 5.0
 _BATCH = 500
 
 
-def launch_command(lesson: Lesson, lesson_id: str, device_id: str, now: float) -> agent_pb2.Command:
-    """The LaunchLesson command for one panel; its id is the same on every retry."""
-    return agent_pb2.Command(
-        command_id=f"launch:{lesson_id}:{device_id}",
-        issued_at=timestamp(now),
-        launch_lesson=agent_pb2.LaunchLesson(
-            lesson_id=lesson_id,
-            url=lesson.content_url,
-            starts_at=timestamp(lesson.starts_at),
-            ends_at=timestamp(lesson.ends_at),
-            title=f"{lesson.class_name} {lesson.subject}".strip(),
-            remote=lesson.remote,
-        ),
+@dataclass(frozen=True, slots=True)
+class LaunchOrder:
+    """What one panel is told to open; the same order (and id) on every retry."""
+
+    command_id: str
+    lesson_id: str
+    url: str
+    starts_at: float
+    ends_at: float
+    title: str
+    remote: bool
+    issued_at: float
+
+
+def launch_order(lesson: Lesson, device_id: str, now: float) -> LaunchOrder:
+    return LaunchOrder(
+        command_id=f"launch:{lesson.lesson_id}:{device_id}",
+        lesson_id=lesson.lesson_id,
+        url=lesson.content_url,
+        starts_at=lesson.starts_at,
+        ends_at=lesson.ends_at,
+        title=f"{lesson.class_name} {lesson.subject}".strip(),
+        remote=lesson.remote,
+        issued_at=now,
     )
+
+
+class PanelCourier(Protocol):
+    """Gets lesson commands to panels (controller/api/lesson_orders.py: their streams)."""
+
+    def encode(self, order: LaunchOrder) -> bytes:
+        """The order as the outbox keeps it: sent as is when the panel's stream opens."""
+
+    def launch(self, device_id: str, order: LaunchOrder) -> None:
+        """Sends the order now if the panel's stream is on this controller."""
+
+    def end(self, device_id: str, lesson_id: str, now: float) -> None:
+        """Tells the panel the lesson ended, if its stream is on this controller."""
 
 
 class Dispatcher:
@@ -61,7 +88,8 @@ class Dispatcher:
         self,
         store: Store,
         executor: ThreadPoolExecutor,
-        sessions: SessionRegistry[agent_pb2.ControllerMessage],
+        courier: PanelCourier,
+        failures: LoopFailures | None,
         *,
         lead: float,
         settle: float,
@@ -70,31 +98,55 @@ class Dispatcher:
     ) -> None:
         self._store = store
         self._executor = executor
-        self._sessions = sessions
+        self._courier = courier
+        self._failures = failures
         self._lead = lead
         self._settle = settle
         self._on_time = on_time
         self._now = now
         self._wake = asyncio.Event()
+        # Passes started and ended, and an event set at the end of each: pass_now waits
+        # for a pass that started after it was called.
+        self._started = 0
+        self._ended = 0
+        self._pass_ended = asyncio.Event()
 
     def wake(self) -> None:
         """Look at the schedule now: it changed."""
         self._wake.set()
 
+    async def pass_now(self) -> None:
+        """Wakes the dispatcher and returns once a pass that started after this call
+        has ended (bound it with ``asyncio.timeout``: the store may be down)."""
+        wanted = self._started + 1
+        self.wake()
+        while self._ended < wanted:
+            await self._pass_ended.wait()
+
     async def _off_loop(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def run(self) -> None:
-        """Until cancelled; a store failure is logged and tried again."""
+        """Until cancelled; a failed pass is retried after a backoff, woken or not."""
+        retry = Retry("lesson_dispatcher", self._failures)
         while True:
+            # Cleared before the pass: a wake during it is not lost.
+            self._wake.clear()
+            self._started += 1
             try:
                 await self.tick()
                 due = await self._off_loop(self._store.next_wake, self._lead, self._settle)
-            except Exception:
-                log.exception("lesson dispatcher tick failed; trying again")
-                due = None
+                retry.succeeded()
+                backoff = None
+            except Exception as exc:
+                backoff = retry.failed(exc)
+            self._ended += 1
+            self._pass_ended.set()
+            self._pass_ended = asyncio.Event()
+            if backoff is not None:
+                await asyncio.sleep(backoff)
+                continue
             delay = _IDLE_MAX if due is None else min(_IDLE_MAX, max(0.0, due - self._now()))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
@@ -126,33 +178,28 @@ class Dispatcher:
             self._store.panels_in_rooms, [(x.school_id, x.room_id) for x in lessons]
         )
         planned: list[tuple[str, list[OutboxCommand]]] = []
-        messages: dict[str, tuple[Lesson, list[tuple[str, agent_pb2.Command]]]] = {}
+        orders: dict[str, list[tuple[str, LaunchOrder]]] = {}
+        encode = self._courier.encode
         for lesson in lessons:
             lesson_id = lesson.lesson_id
-            sent: list[tuple[str, agent_pb2.Command]] = []
+            sent: list[tuple[str, LaunchOrder]] = []
             commands = []
             for device_id in rooms.get((lesson.school_id, lesson.room_id), []):
-                command = launch_command(lesson, lesson_id, device_id, now)
+                order = launch_order(lesson, device_id, now)
                 commands.append(
                     OutboxCommand(
-                        command.command_id,
-                        device_id,
-                        lesson_id,
-                        command.SerializeToString(),
-                        lesson.ends_at,
+                        order.command_id, device_id, lesson_id, encode(order), lesson.ends_at
                     )
                 )
-                sent.append((device_id, command))
+                sent.append((device_id, order))
             planned.append((lesson_id, commands))
-            messages[lesson_id] = (lesson, sent)
+            orders[lesson_id] = sent
         dispatched = await self._off_loop(self._store.dispatch, planned, now)
         panels = empty = 0
         for lesson_id in dispatched:
-            lesson, sent = messages[lesson_id]
-            for device_id, command in sent:
-                session = self._sessions.get(device_id)
-                if session is not None:
-                    session.send(agent_pb2.ControllerMessage(command=command))
+            sent = orders[lesson_id]
+            for device_id, order in sent:
+                self._courier.launch(device_id, order)
             if sent:
                 panels += len(sent)
                 log.debug("lesson dispatched lesson=%s panels=%d", lesson_id, len(sent))
@@ -170,16 +217,5 @@ class Dispatcher:
 
     def _end(self, lesson: Lesson, panels: list[str], now: float) -> None:
         for device_id in panels:
-            session = self._sessions.get(device_id)
-            if session is None:
-                continue
-            session.send(
-                agent_pb2.ControllerMessage(
-                    command=agent_pb2.Command(
-                        command_id=f"end:{lesson.lesson_id}:{device_id}",
-                        issued_at=timestamp(now),
-                        end_lesson=agent_pb2.EndLesson(lesson_id=lesson.lesson_id),
-                    )
-                )
-            )
+            self._courier.end(device_id, lesson.lesson_id, now)
         log.info("lesson ended lesson=%s panels=%d", lesson.lesson_id, len(panels))

@@ -14,6 +14,10 @@ Pause lets the running wave finish; abort cancels it (ansible-runner's cancel
 callback stops the ansible process) and its unfinished hosts are cancelled. On
 shutdown a running wave is cancelled and left unfinished in the store: the next start
 puts its hosts back in the queue, and the idempotent playbook runs on them again.
+
+A turn that fails (the store, the worker) does not end the rollout's task: it is
+logged, counted and tried again after a backoff (controller/loops.py), and the retry
+starts from the store as a restart would, an unfinished wave's hosts back in the queue.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
+from controller.loops import LoopFailures, Retry
 from controller.rollouts.metrics import RolloutMetrics
 from controller.rollouts.runner import RunnerSettings, WaveJob, WaveRun
 from controller.rollouts.worker import RolloutWorker, stop_masters_as
@@ -79,6 +84,16 @@ class EngineSettings:
     lesson_on_time: float
 
 
+class WaveWorker(Protocol):
+    """Runs a rollout's waves, one after another (controller/rollouts/worker.py)."""
+
+    def run(self, job: WaveJob, cancel: threading.Event, log_path: Path) -> WaveRun:
+        """Runs the wave (blocking) until it ends or ``cancel`` is set."""
+
+    def close(self, grace: float = ...) -> None:
+        """Stops the worker, its wave too if one runs."""
+
+
 class RolloutEngine:
     """Starts, pauses, resumes and aborts rollouts, and drives the running ones."""
 
@@ -89,21 +104,25 @@ class RolloutEngine:
         runner: RunnerSettings,
         settings: EngineSettings,
         metrics: RolloutMetrics,
+        failures: LoopFailures | None,
         now: Callable[[], float] = time.time,
+        new_worker: Callable[[str], WaveWorker] = RolloutWorker,
     ) -> None:
         self._store = store
         self._executor = executor
         self._runner = runner
         self._settings = settings
         self._metrics = metrics
+        self._failures = failures
         self._now = now
+        self._new_worker = new_worker
         self._waves = ThreadPoolExecutor(_WAVES_AT_ONCE, thread_name_prefix="rollout-wave")
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._wake: dict[int, asyncio.Event] = {}
         self._cancel: dict[int, threading.Event] = {}
         self._aborts: dict[int, str] = {}
         # Each driven rollout's warm wave worker, kept from wave to wave.
-        self._workers: dict[int, RolloutWorker] = {}
+        self._workers: dict[int, WaveWorker] = {}
         # Whether a wave ran with ssh masters (Ansible's linear strategy; Mitogen keeps
         # its own connections): only then has closing any to stop.
         self._masters = False
@@ -257,15 +276,25 @@ class RolloutEngine:
         return self._closing or rollout_id in self._aborts
 
     async def _drive(self, rollout_id: int) -> None:
+        retry = Retry("rollout_engine", self._failures, what=f"rollout={rollout_id}")
         try:
             while not self._stopping(rollout_id):
-                record = await self._off(self._store.get_rollout, rollout_id)
-                if record is None or record.state.final:
-                    return
-                if record.state is RolloutState.PAUSED:
-                    return  # resume spawns the task again
-                if not await self._turn(record):
-                    return
+                try:
+                    if retry.in_a_row:
+                        # As after a restart: a wave left unfinished goes back to the queue.
+                        await self._off(self._store.requeue_interrupted, rollout_id)
+                    record = await self._off(self._store.get_rollout, rollout_id)
+                    if record is None or record.state.final:
+                        return
+                    if record.state is RolloutState.PAUSED:
+                        return  # resume spawns the task again
+                    going = await self._turn(record)
+                    retry.succeeded()
+                    if not going:
+                        return
+                except Exception as exc:
+                    # Abort and shutdown cut the wait short (they set the wake event).
+                    await self._sleep(rollout_id, retry.failed(exc))
         finally:
             if (worker := self._workers.pop(rollout_id, None)) is not None:
                 await asyncio.get_running_loop().run_in_executor(self._waves, worker.close)
@@ -358,7 +387,9 @@ class RolloutEngine:
             loop = asyncio.get_running_loop()
             try:
                 log_path = self._settings.work_dir / str(rid) / f"{name}.log"
-                worker = self._workers.setdefault(rid, RolloutWorker(self._runner.os_user))
+                worker = self._workers.get(rid) or self._workers.setdefault(
+                    rid, self._new_worker(self._runner.os_user)
+                )
                 run: WaveRun = await loop.run_in_executor(
                     self._waves, worker.run, job, cancel, log_path
                 )

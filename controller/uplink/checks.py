@@ -10,7 +10,8 @@ is judged (controller/uplink/plan.py) and stored; no answer is a failure.
 The schedule is a reconcile loop over the store: when a school's slot in the interval
 comes round and it has an online device, a check starts, at most ``concurrency`` at
 a time city-wide. Checks left running by a controller that stopped are failed by a
-periodic sweep, and old ones pruned.
+periodic sweep, and old ones pruned. A failed look at the store is retried with
+backoff (controller/loops.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from controller.errors import UplinkUnavailable
+from controller.loops import LoopFailures, Retry
 from controller.store import Store
 from controller.store.protocol import DeviceQuery
 from controller.uplink.endpoint import PATH_PREFIX, Tokens
@@ -113,8 +115,10 @@ class UplinkChecks:
         tokens: Tokens,
         metrics: UplinkMetrics,
         settings: UplinkSettings,
+        failures: LoopFailures | None,
         now: Callable[[], float] = time.time,
     ) -> None:
+        self._failures = failures
         self._store = store
         self._executor = executor
         self._courier = courier
@@ -269,16 +273,17 @@ class UplinkChecks:
         return ended
 
     async def run(self) -> None:
-        """The schedule, until cancelled; a store failure is logged and tried again."""
+        """The schedule, until cancelled; a failed look is retried after a backoff."""
         if self._s.interval <= 0:
             return
+        retry = Retry("uplink_checks", self._failures)
         since = self._now()
         while True:
             try:
                 delay = await self.tick(since)
-            except Exception:
-                log.exception("uplink schedule tick failed; trying again")
-                delay = _IDLE_MAX
+                retry.succeeded()
+            except Exception as exc:
+                delay = retry.failed(exc)
             await asyncio.sleep(delay)
 
     async def tick(self, since: float) -> float:
