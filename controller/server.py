@@ -441,9 +441,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         renewals=renewals,
         fleet_size=sum(c.online + c.offline for c in store.fleet_counts(time.time())),
     )
-    uplink = _uplink(
-        settings, store, read_executor, sessions, agent_service, registry, failures
-    )
+    uplink = _uplink(settings, store, read_executor, sessions, agent_service, registry, failures)
     rollouts, runner = _rollouts(settings, store, read_executor, registry, failures)
     writer = MessageWriter(
         store,

@@ -10,7 +10,7 @@ the limits, the row types) is ``inventory.schedule``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
@@ -42,6 +42,25 @@ def parse_row(line: int, fields: Mapping[str, object]) -> ScheduleRow | RowError
     spaces. ``None`` is treated as absent. Keys not in ``COLUMNS`` are refused, so
     a misspelt column is never silently dropped.
     """
+    return _row(line, fields, lambda p: (_time(fields, "start", p), _time(fields, "end", p)))
+
+
+def check_row(
+    line: int, fields: Mapping[str, object], starts_at: float, ends_at: float
+) -> ScheduleRow | RowError:
+    """``parse_row`` for a row whose times are instants already (the admin API's
+    Timestamps, range-checked there): its other fields under the same rules."""
+    start = (starts_at, datetime.fromtimestamp(starts_at, UTC).isoformat())
+    end = (ends_at, datetime.fromtimestamp(ends_at, UTC).isoformat())
+    return _row(line, {**fields, "start": start[1], "end": end[1]}, lambda _: (start, end))
+
+
+_Time = tuple[float, str] | None
+
+
+def _row(
+    line: int, fields: Mapping[str, object], times: Callable[[list[str]], tuple[_Time, _Time]]
+) -> ScheduleRow | RowError:
     problems: list[str] = []
     unknown = sorted(k for k in fields if k not in COLUMNS)
     if unknown:
@@ -49,8 +68,7 @@ def parse_row(line: int, fields: Mapping[str, object]) -> ScheduleRow | RowError
         problems.append(f"unknown field {names} (known: {', '.join(COLUMNS)})")
     school = id_field(fields, "school", problems)
     room = id_field(fields, "room", problems)
-    start = _time(fields, "start", problems)
-    end = _time(fields, "end", problems)
+    start, end = times(problems)
     if start is not None and end is not None:
         _span(start, end, problems)
     class_name = _label(fields, "class", problems)
@@ -62,6 +80,23 @@ def parse_row(line: int, fields: Mapping[str, object]) -> ScheduleRow | RowError
         return RowError(line, "; ".join(problems))
     lesson = Lesson(school, room, start[0], end[0], class_name, subject, teacher, url, remote)
     return ScheduleRow(line, lesson)
+
+
+def lesson_by_hand(
+    school: str, room: str, starts_at: float, ends_at: float, subject: str, url: str
+) -> Lesson | RowError:
+    """A lesson launched by hand (`schoolctl lessons launch`): the row's rules for what a
+    person typed; its times are the controller's clock, never text to parse."""
+    problems: list[str] = []
+    fields = {"school": school, "room": room, "class": "-", "subject": subject}
+    fields["content_url"] = url
+    school = id_field(fields, "school", problems)
+    room = id_field(fields, "room", problems)
+    subject = _label(fields, "subject", problems)
+    url = _url(fields, problems)
+    if problems:
+        return RowError(0, "; ".join(problems))
+    return Lesson(school, room, starts_at, ends_at, "-", subject, "", url, False, manual=True)
 
 
 # Helpers of parse_row (and inventory.row_fields'): each notes its problems and

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict, replace
-from datetime import UTC, datetime
+from dataclasses import asdict
 from zoneinfo import ZoneInfo
 
 from controller.api.field_ranges import time_problem
@@ -17,11 +16,10 @@ from controller.people import access
 from controller.people.access import Need
 from controller.store import Store
 from controller.store.lessons_protocol import ImportCounts, LessonQuery
-from inventory.lessons import Lesson
 from inventory.model import valid_id
 from inventory.row_fields import RowError
 from inventory.schedule import ScheduleRow, check_rows
-from inventory.schedule_rows import parse_row
+from inventory.schedule_rows import check_row, lesson_by_hand
 from protos.mapping import seconds, timestamp
 from protos.mapping_lessons import record_to_pb
 from protos.schoolfleet.v1 import admin_pb2
@@ -35,23 +33,18 @@ IMPORT_MAX = 200_000
 MANUAL_MINUTES_DEFAULT, MANUAL_MINUTES_MAX = 45, 12 * 60
 
 
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat()
-
-
-def _fields(s: admin_pb2.ScheduledLesson) -> dict[str, object]:
-    """A row as a schedule file would give it: the controller checks every row itself."""
-    return {
+def _checked(s: admin_pb2.ScheduledLesson) -> ScheduleRow | RowError:
+    """The controller checks every row itself, by the schedule file's rules."""
+    fields: dict[str, object] = {
         "school": s.school_id,
         "room": s.room_id,
-        "start": _iso(seconds(s.starts_at)),
-        "end": _iso(seconds(s.ends_at)),
         "class": s.class_name,
         "subject": s.subject,
         "teacher": s.teacher,
         "content_url": s.content_url,
         "remote": s.remote,
     }
+    return check_row(s.line, fields, seconds(s.starts_at), seconds(s.ends_at))
 
 
 def _bad_time(s: admin_pb2.ScheduledLesson) -> str | None:
@@ -98,7 +91,7 @@ class LessonHandlers:
         denied: dict[str, str] = {}
         for s in request.lessons:
             bad_time = _bad_time(s)
-            row = RowError(s.line, bad_time) if bad_time else parse_row(s.line, _fields(s))
+            row = RowError(s.line, bad_time) if bad_time else _checked(s)
             if isinstance(row, ScheduleRow):
                 why = access.refusal(call.who, Need.CHANGE, call.action, row.lesson.school_id)
                 if why is not None:
@@ -165,28 +158,23 @@ class LessonHandlers:
         if not 1 <= minutes <= MANUAL_MINUTES_MAX:
             raise invalid(f"minutes must be 1 to {MANUAL_MINUTES_MAX}, got {minutes}")
         now = self.guard.now()
-        row = parse_row(
-            0,
-            {
-                "school": request.school_id,
-                "room": request.room_id,
-                "start": _iso(now),
-                "end": _iso(now + minutes * 60),
-                "class": "-",
-                "subject": request.title or "launched by hand",
-                "content_url": request.url,
-            },
+        lesson = lesson_by_hand(
+            request.school_id,
+            request.room_id,
+            now,
+            now + minutes * 60,
+            request.title or "launched by hand",
+            request.url,
         )
-        if isinstance(row, RowError):
-            raise invalid(row.message)
+        if isinstance(lesson, RowError):
+            raise invalid(lesson.message)
         # Not checked against the schedule: a lesson by hand takes the room over.
         known = await self.guard.off_loop(
             self._store.known_rooms, [(request.school_id, request.room_id)]
         )
-        _, errors = check_rows([row], known, self.content_hosts, [])
+        _, errors = check_rows([ScheduleRow(0, lesson)], known, self.content_hosts, [])
         if errors:
             raise invalid(errors[0].message)
-        lesson: Lesson = replace(row.lesson, starts_at=now, manual=True)
         await self.guard.off_loop(self._store.save_lessons, [lesson], now)
         if self.dispatcher is not None:
             try:

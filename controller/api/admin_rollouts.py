@@ -19,7 +19,6 @@ from controller.rollouts.playbook_check import check_syntax, playbook_names, pla
 from controller.rollouts.playbook_vars import check_extra_vars, read_schema
 from controller.rollouts.runner import RunnerSettings, mitogen_strategy_dir
 from controller.store import Store
-from controller.store.protocol import DeviceQuery
 from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery
 from inventory.model import DeviceRecord, DeviceStatus, valid_id
 from inventory.people import Outcome, Role
@@ -162,34 +161,10 @@ class RolloutHandlers:
     ) -> list[tuple[NewHost, DeviceStatus]]:
         """The registry's devices the selector matches, within the caller's schools,
         with whether each is online now."""
-        schools = selector.schools or None
-        if scope is not None:
-            schools = (schools or scope) & scope
-        kinds = selector.kinds
-        hosts: list[tuple[NewHost, DeviceStatus]] = []
-        after = ""
-        while True:
-            query = DeviceQuery(
-                schools=schools,
-                kind=next(iter(kinds)) if len(kinds) == 1 else None,
-                after_id=after,
-                limit=1000,
-            )
-            page = await self.guard.off_loop(self._store.list_devices, query, self.guard.now())
-            for d in page:
-                i = d.identity
-                if selector.matches(
-                    device_id=i.device_id,
-                    school_id=i.school_id,
-                    room_id=i.room_id,
-                    kind=i.kind,
-                    os_version=i.os.version if i.os is not None else None,
-                    labels=dict(i.labels),
-                ):
-                    hosts.append((NewHost(i.device_id, i.school_id), d.status))
-            if len(page) < query.limit:
-                return hosts
-            after = page[-1].identity.device_id
+        found = await self.guard.off_loop(
+            self._store.select_devices, selector, scope, self.guard.now()
+        )
+        return [(NewHost(d.device_id, d.school_id), d.status) for d in found]
 
     async def _rollout(self, call: Call, rollout_id: int, need: Need) -> RolloutRecord:
         """The rollout, if the caller may see (or change) every school it touches."""

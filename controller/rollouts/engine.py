@@ -40,7 +40,6 @@ from controller.rollouts.metrics import RolloutMetrics
 from controller.rollouts.runner import RunnerSettings, WaveJob, WaveRun
 from controller.rollouts.worker import RolloutWorker, stop_masters_as
 from controller.store import Store
-from controller.store.protocol import DeviceQuery
 from controller.store.rollouts_protocol import NewHost, RolloutQuery
 from inventory.ansible_inventory import runner_inventory
 from inventory.model import DeviceRecord
@@ -454,18 +453,10 @@ class RolloutEngine:
         return max(60.0, per_batch * math.ceil(size / forks))
 
     async def _devices(self, hosts: Iterable[HostResult]) -> dict[str, DeviceRecord]:
-        """The registry's records of these hosts, read a page of a school at a time."""
-        wanted = {h.device_id for h in hosts}
-        schools = frozenset(h.school_id for h in hosts)
-        found: dict[str, DeviceRecord] = {}
-        after = ""
-        while True:
-            query = DeviceQuery(schools=schools, after_id=after, limit=1000)
-            page = await self._off(self._store.list_devices, query, self._now())
-            found.update((d.identity.device_id, d) for d in page if d.identity.device_id in wanted)
-            if len(page) < query.limit:
-                return found
-            after = page[-1].identity.device_id
+        """The registry's records of these hosts."""
+        ids = [h.device_id for h in hosts]
+        found = await self._off(self._store.devices_by_id, ids, self._now())
+        return {d.identity.device_id: d for d in found}
 
     async def _windows(self, schools: set[str]) -> dict[str, list[Window]]:
         stored = await self._off(self._store.windows, schools)

@@ -7,7 +7,7 @@ device's deadline) is evaluated at a ``now`` the caller chooses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +32,7 @@ from inventory.model import (
     SchoolReports,
 )
 from inventory.people import AuditEntry, AuditQuery, User
+from inventory.rollouts import Selector
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,15 @@ class DeviceQuery:
     limit: int = 1000
 
 
+@dataclass(frozen=True, slots=True)
+class SelectedDevice:
+    """A device a rollout's selector matched, and whether it is online now."""
+
+    device_id: str
+    school_id: str
+    status: DeviceStatus
+
+
 class DeviceStore(Protocol):
     """Devices: who they are, whether their stream is up, their latest health."""
 
@@ -135,6 +145,15 @@ class DeviceStore(Protocol):
 
     def get_device(self, device_id: str, now: float) -> DeviceRecord | None:
         """One device with its latest command results, or None."""
+
+    def select_devices(
+        self, selector: Selector, schools: frozenset[str] | None, now: float
+    ) -> list[SelectedDevice]:
+        """The devices ``selector`` matches within ``schools`` (None: every school), by id,
+        in one query."""
+
+    def devices_by_id(self, device_ids: Collection[str], now: float) -> list[DeviceRecord]:
+        """The registry's records of these devices (unknown ids are left out), by id."""
 
     def fleet_counts(self, now: float, school_id: str | None = None) -> list[KindCount]:
         """Online and offline counts per school and kind."""

@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from controller.errors import StoreError
 from controller.store.protocol import (
@@ -22,6 +22,7 @@ from controller.store.protocol import (
     DeviceQuery,
     HeartbeatRow,
     LessonEventRow,
+    SelectedDevice,
     StoredLessonEvent,
 )
 from controller.store.sqlite_access import AccessTables
@@ -44,6 +45,7 @@ from inventory.model import (
     OsInfo,
     SchoolReports,
 )
+from inventory.rollouts import Selector
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ _DEVICE_COLUMNS = (
     f"spool_dropped, heartbeats_stored, seq_gaps, address, labels, {ONLINE_SQL} AS online"
 )
 _DEVICES_FROM = "devices LEFT JOIN device_reports USING (device_id)"
+_OS_VERSION_SQL = "(CASE WHEN COALESCE(kernel, '') != '' THEN COALESCE(os_version, '') ELSE '' END)"
 
 # Command results shown with a device.
 _RECENT_COMMANDS = 10
@@ -369,6 +372,53 @@ class SqliteStore(
             "ORDER BY device_id LIMIT :limit"
         )
         return [_record(row) for row in self._read(sql, params)]
+
+    def select_devices(
+        self, selector: Selector, schools: frozenset[str] | None, now: float
+    ) -> list[SelectedDevice]:
+        # Every value is a bound parameter, never SQL text: selectors come from people.
+        where: list[str] = []
+        params: dict[str, object] = {"now": now}
+        wanted: list[tuple[str, str, frozenset[str] | None]] = [
+            ("school_id", "schools", schools),
+            ("school_id", "selected_schools", selector.schools or None),
+            ("room_id", "rooms", selector.rooms or None),
+            ("kind", "kinds", frozenset(k.value for k in selector.kinds) or None),
+            # As a DeviceRecord reads it: no OS without a kernel.
+            (_OS_VERSION_SQL, "os_versions", selector.os_versions or None),
+            ("device_id", "devices", selector.devices or None),
+        ]
+        for column, name, values in wanted:
+            if values is not None:
+                where.append(f"{column} IN (SELECT value FROM json_each(:{name}))")
+                params[name] = json.dumps(sorted(values))
+        for n, (label, values) in enumerate(selector.labels):
+            where.append(
+                f"EXISTS (SELECT 1 FROM json_each(devices.labels) AS l WHERE l.key = :label{n} "
+                f"AND l.value IN (SELECT value FROM json_each(:label_values{n})))"
+            )
+            params[f"label{n}"] = label
+            params[f"label_values{n}"] = json.dumps(sorted(values))
+        sql = (
+            f"SELECT device_id, school_id, {ONLINE_SQL} AS online FROM devices "
+            f"WHERE {' AND '.join(where) or '1'} ORDER BY device_id"
+        )
+        return [
+            SelectedDevice(
+                row["device_id"],
+                row["school_id"],
+                DeviceStatus.ONLINE if row["online"] else DeviceStatus.OFFLINE,
+            )
+            for row in self._read(sql, params)
+        ]
+
+    def devices_by_id(self, device_ids: Collection[str], now: float) -> list[DeviceRecord]:
+        rows = self._read(
+            f"SELECT {_DEVICE_COLUMNS} FROM {_DEVICES_FROM} "
+            "WHERE device_id IN (SELECT value FROM json_each(:ids)) ORDER BY device_id",
+            {"ids": json.dumps(sorted(set(device_ids))), "now": now},
+        )
+        return [_record(row) for row in rows]
 
     def get_device(self, device_id: str, now: float) -> DeviceRecord | None:
         rows = self._read(
