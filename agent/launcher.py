@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from common.content_hosts import url_allowed
-from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2
+from wire.mapping import seconds, timestamp
 
 log = logging.getLogger(__name__)
 

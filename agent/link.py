@@ -33,8 +33,8 @@ from agent.report import FullReports, Reporter, heartbeat, thresholds_from_pb
 from agent.settings import AgentSettings
 from agent.spool import Spool
 from common.retry_hint import RetryHint, ended_unsaid, read_hint, unsaid_restart
-from protos.mapping import KIND_TO_PB, os_to_pb, seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
+from wire.mapping import KIND_TO_PB, os_to_pb, seconds, timestamp
 
 log = logging.getLogger(__name__)
 

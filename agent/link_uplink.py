@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 
 from agent.uplink import fetch, refusal, url_for
-from protos.mapping import timestamp
 from protos.schoolfleet.v1 import agent_pb2
+from wire.mapping import timestamp
 
 log = logging.getLogger(__name__)
 Status = agent_pb2.CommandResult.Status

@@ -23,8 +23,8 @@ from agent.settings import AgentSettings
 from agent.status import Thresholds, assess
 from agent.system import SystemCollector, SystemFacts
 from inventory.model import Condition, Health, OsInfo
-from protos.mapping import CONDITION_TO_PB, health_to_pb
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
+from wire.mapping import CONDITION_TO_PB, health_to_pb
 
 log = logging.getLogger(__name__)
 

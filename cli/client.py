@@ -37,7 +37,8 @@ from inventory.model import (
 )
 from inventory.people import AuditEntry, Role, User
 from inventory.uplink import UplinkCheck
-from protos.mapping import (
+from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
+from wire.mapping import (
     CONDITION_FROM_PB,
     CONDITION_TO_PB,
     KIND_FROM_PB,
@@ -48,9 +49,8 @@ from protos.mapping import (
     os_from_pb,
     seconds,
 )
-from protos.mapping_people import ROLE_TO_PB, audit_from_pb, user_from_pb
-from protos.mapping_uplink import check_from_pb
-from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2
+from wire.people import ROLE_TO_PB, audit_from_pb, user_from_pb
+from wire.uplink import check_from_pb
 
 _MAX_MESSAGE = 16 * 1024 * 1024
 # Requests are a few ids and filters, or a part of a schedule or inventory (cli/imports.py

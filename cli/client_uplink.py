@@ -10,8 +10,8 @@ import grpc
 
 from cli.errors import DeviceUnavailable
 from inventory.uplink import UplinkCheck
-from protos.mapping_uplink import check_from_pb
 from protos.schoolfleet.v1 import admin_pb2
+from wire.uplink import check_from_pb
 
 if TYPE_CHECKING:
     from cli.client import Req, Resp

@@ -21,8 +21,8 @@ from cli.options import JsonFlag, client, err, out, print_json
 from inventory.infra import Room, School
 from inventory.infra_file import InventoryFileError, open_inventory
 from inventory.infra_rows import InventoryRow, check_inventory
-from protos.mapping_infra import item_to_pb
 from protos.schoolfleet.v1 import admin_pb2
+from wire.infra import item_to_pb
 
 inventory_app = command_group(
     "The schools' infrastructure: import schools, rooms, Wi-Fi access points and "

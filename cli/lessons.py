@@ -20,9 +20,9 @@ from cli.schools import require_school
 from inventory.row_fields import RowError
 from inventory.schedule import ScheduleError, ScheduleRow
 from inventory.schedule_file import open_schedule
-from protos.mapping import seconds
-from protos.mapping_lessons import scheduled_to_pb
 from protos.schoolfleet.v1 import admin_pb2
+from wire.lessons import scheduled_to_pb
+from wire.mapping import seconds
 
 lessons_app = command_group(
     "Lessons: import the schedule, see today's lessons, launch one by hand."

@@ -160,8 +160,8 @@ def audit(
     message the caller got. Central ops see every entry; others their schools' and
     their own."""
     from common.durations import parse_duration
-    from protos.mapping import timestamp
     from protos.schoolfleet.v1 import admin_pb2
+    from wire.mapping import timestamp
 
     request = admin_pb2.ListAuditRequest(
         actor=actor or "",

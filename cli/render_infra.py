@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.render import age, iso
-from protos.mapping import seconds
 from protos.schoolfleet.v1 import admin_pb2
+from wire.mapping import seconds
 
 # An access point no device reported for this long is flagged (controller/infra/metrics.py).
 UNSEEN_AFTER = 86_400.0

@@ -22,8 +22,8 @@ from inventory.rollouts import (
     parse_amount,
     wave_size,
 )
-from protos.mapping import seconds
 from protos.schoolfleet.v1 import admin_pb2
+from wire.mapping import seconds
 
 _STATE_STYLE = {
     RolloutState.RUNNING: "cyan",

@@ -31,6 +31,7 @@ import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from controller.api.admin_service import AdminService
+from controller.api.admin_service import add_to_server as add_admin_service
 from controller.api.agent_service import AgentService, Sessions
 from controller.api.agent_service import add_to_server as add_agent_service
 from controller.api.enroll import Enroller
@@ -68,7 +69,6 @@ from controller.uplink.checks import UplinkChecks, UplinkSettings
 from controller.uplink.endpoint import Tokens, UplinkServer
 from controller.uplink.endpoint import serve as serve_uplink
 from controller.uplink.metrics import UplinkCollector, UplinkMetrics
-from protos.schoolfleet.v1 import admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +464,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         ],
     )
     add_agent_service(agent_service, server, settings.max_message_bytes)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+    add_admin_service(
         AdminService(
             store,
             Guard(store, read_executor, metrics.count_denied, refusals=refusals),

@@ -32,12 +32,12 @@ from google.protobuf.message import DecodeError
 
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 
-with instrument_imports(include=["controller", "inventory", "protos.mapping"]):
+with instrument_imports(include=["controller", "inventory", "wire.mapping"]):
+    from common.secret_hash import hash_secret
     from controller.api.convert import health_from_pb, identity_from_hello, report_from_pb
     from controller.api.request_checks import decode
     from controller.enroll.device_certs import device_urn, identity_from_uris, sign_device_csr
     from controller.enroll.pki import init_ca, load_ca
-    from controller.enroll.tokens import hash_secret
     from controller.errors import PkiError, ProtocolError
     from inventory.model import valid_id
 

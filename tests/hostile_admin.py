@@ -28,11 +28,11 @@ from controller.store import open_store
 from controller.store.rollouts_protocol import NewHost
 from inventory.rollouts import LessonRates, RolloutSpec, RolloutState
 from inventory.uplink import UplinkCheck
-from protos.mapping import timestamp
 from protos.schoolfleet.v1 import admin_pb2
 from tests.hostile_wire import CLIENT_OPTIONS, status_of
 from tests.procs import Controller, wait_until
 from tests.wire import RawStream, hello
+from wire.mapping import timestamp
 
 OURS, THEIRS = "sch-a", "sch-zeta"
 MARK = "zeta"

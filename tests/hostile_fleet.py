@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.message import Message
 
+from common.secret_hash import hash_secret
 from controller.enroll import tokens as enrollment
 from controller.enroll.pki import CertificateAuthority, load_ca
 from controller.settings import ControllerSettings
@@ -81,7 +82,7 @@ def token_uses(database: Path, secret: str) -> tuple[int, int]:
     rows = _read(
         database,
         "SELECT uses, uses_left FROM enroll_tokens WHERE token_hash = ?",
-        (enrollment.hash_secret(secret),),
+        (hash_secret(secret),),
     )
     return int(rows[0][0]), int(rows[0][1])  # type: ignore[call-overload]
 
@@ -129,7 +130,7 @@ def seed_token(
         token = replace(token, revoked_at=minted_at)
     store = open_store(f"sqlite:{database}")
     try:
-        store.add_enroll_token(token, enrollment.hash_secret(secret))
+        store.add_enroll_token(token, hash_secret(secret))
     finally:
         store.close()
     return secret

@@ -27,9 +27,9 @@ import pytest
 
 from agent.launcher import Launcher, exit_text, expand_argv
 from common.content_hosts import url_allowed
-from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2
 from tests.debian_tools import need
+from wire.mapping import seconds, timestamp
 
 Event = agent_pb2.LessonEvent
 LAUNCHED, RELAUNCHED = Event.KIND_LAUNCHED, Event.KIND_RELAUNCHED

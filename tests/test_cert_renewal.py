@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent import cert_tool
+from common.secret_hash import hash_secret
 from controller.enroll import ca_rotation
 from controller.enroll.ca_keeper import CaKeeper
 from controller.enroll.device_certs import sign_device_csr
@@ -170,11 +171,11 @@ def test_the_store_switches_to_a_renewal_once_and_never_after_a_new_enrollment(
     try:
         for serial in ("a1", "c3"):
             token, secret = enrollment.mint("1234", 1, 3600, 1000.0)
-            store.add_enroll_token(token, enrollment.hash_secret(secret))
+            store.add_enroll_token(token, hash_secret(secret))
             if serial == "c3":
                 store.allow_reenroll("panel-1")
             store.enroll(
-                enrollment.hash_secret(secret),
+                hash_secret(secret),
                 Enrollment("panel-1", "1234", serial, 5000.0, 1000.0, token.token_id),
                 1000.0,
             )

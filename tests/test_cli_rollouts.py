@@ -25,8 +25,8 @@ from cli.errors import RequestRefused
 from cli.extra_vars import parse_extra_vars
 from cli.main import app, run
 from cli.rollouts import exit_code
-from protos.mapping import timestamp
 from protos.schoolfleet.v1 import admin_pb2
+from wire.mapping import timestamp
 
 # Nothing listens on port 1: a refusal that reached the network would exit 3, not 2.
 NO_CONTROLLER = "127.0.0.1:1"

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from controller.enroll.tokens import device_refusal, hash_secret, mint, taken
+from common.secret_hash import hash_secret
+from controller.enroll.tokens import device_refusal, mint, taken
 from controller.errors import EnrollRefused
 from controller.fleet.admission import stream_refusal
 from controller.store import CommandResultRow

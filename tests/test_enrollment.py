@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.enroll.tokens import PREFIX, hash_secret, mint, token_id
+from common.secret_hash import hash_secret
+from controller.enroll.tokens import PREFIX, mint, token_id
 from controller.errors import ProtocolError
 from controller.store.sqlite import SqliteStore
 from inventory.model import valid_id

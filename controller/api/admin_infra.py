@@ -37,8 +37,8 @@ from inventory.infra_rows import (
 from inventory.model import valid_id
 from inventory.people import Outcome
 from inventory.row_fields import RowError
-from protos.mapping_infra import item_fields, target_to_pb, unknown_bssid_to_pb
 from protos.schoolfleet.v1 import admin_pb2
+from wire.infra import item_fields, target_to_pb, unknown_bssid_to_pb
 
 # Rows in one import: a city is ~80,000 (schools, rooms, access points, servers); sent
 # in parts of at most 512 KiB by schoolctl.

@@ -20,9 +20,9 @@ from inventory.model import valid_id
 from inventory.row_fields import RowError
 from inventory.schedule import ScheduleRow, check_rows
 from inventory.schedule_rows import check_row, lesson_by_hand
-from protos.mapping import seconds, timestamp
-from protos.mapping_lessons import record_to_pb
 from protos.schoolfleet.v1 import admin_pb2
+from wire.lessons import record_to_pb
+from wire.mapping import seconds, timestamp
 
 # Rows in one import: a city's week is ~700,000; send it in parts.
 log = logging.getLogger(__name__)

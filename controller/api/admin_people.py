@@ -12,9 +12,9 @@ from controller.people.access import Need
 from controller.store import Store
 from inventory.model import valid_id
 from inventory.people import AuditQuery, Outcome
-from protos.mapping import seconds
-from protos.mapping_people import ROLE_FROM_PB, audit_to_pb, user_to_pb
 from protos.schoolfleet.v1 import admin_pb2
+from wire.mapping import seconds
+from wire.people import ROLE_FROM_PB, audit_to_pb, user_to_pb
 
 AUDIT_DEFAULT = 100
 AUDIT_MAX = 10_000

@@ -37,8 +37,8 @@ from inventory.rollouts import (
     wave_size,
 )
 from inventory.school_day import WindowError, parse_window
-from protos.mapping_rollouts import rollout_to_pb
 from protos.schoolfleet.v1 import admin_pb2
+from wire.rollouts import rollout_to_pb
 
 LIST_MAX = 500
 WINDOWS_MAX = 14

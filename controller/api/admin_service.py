@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import grpc
 
+from common.secret_hash import hash_secret
 from controller.api.admin_infra import InfraHandlers
 from controller.api.admin_lessons import LessonHandlers
 from controller.api.admin_people import PeopleHandlers
@@ -34,8 +35,8 @@ from controller.store.rollouts_protocol import HostsClaimed
 from controller.uplink.checks import UplinkChecks
 from inventory.model import valid_id
 from inventory.people import Outcome
-from protos.mapping import CONDITION_FROM_PB, KIND_FROM_PB, STATUS_FROM_PB, timestamp
 from protos.schoolfleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, fleet_pb2
+from wire.mapping import CONDITION_FROM_PB, KIND_FROM_PB, STATUS_FROM_PB, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +188,7 @@ class AdminService(
         token, secret = enrollment.mint(
             request.school_id, request.uses, request.valid_seconds, self.guard.now()
         )
-        await self.guard.off_loop(
-            self._store.add_enroll_token, token, enrollment.hash_secret(secret)
-        )
+        await self.guard.off_loop(self._store.add_enroll_token, token, hash_secret(secret))
         call.target = token.token_id
         expires = datetime.fromtimestamp(token.expires_at, UTC).isoformat(timespec="seconds")
         call.done = f"{token.uses_left} use(s), expires {expires}"
@@ -321,3 +320,8 @@ class AdminService(
             uplink_target_mbps=self.uplink_target_mbps,
             slow_uplinks=await self._slow_uplinks(request.school_id or None, call),
         )
+
+
+def add_to_server(service: AdminService, server: grpc.aio.Server) -> None:
+    """Registers the admin API on ``server``."""
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(service, server)

@@ -13,8 +13,8 @@ from controller.uplink.checks import UplinkChecks
 from inventory.model import valid_id
 from inventory.people import Outcome
 from inventory.uplink import UplinkCheck, UplinkState
-from protos.mapping_uplink import check_to_pb
 from protos.schoolfleet.v1 import admin_pb2
+from wire.uplink import check_to_pb
 
 
 class UplinkHandlers:

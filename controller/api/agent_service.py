@@ -47,8 +47,8 @@ from controller.settings import ControllerSettings
 from controller.store import CommandResultRow, HeartbeatRow, LessonEventRow, Store
 from controller.uplink.checks import UplinkAnswer
 from inventory.model import DeviceIdentity
-from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
+from wire.mapping import seconds, timestamp
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from inventory.model import (
     valid_id,
 )
 from protos import mapping
-from protos.mapping import (
+from protos.schoolfleet.v1 import admin_pb2, agent_pb2, fleet_pb2
+from wire.mapping import (
     CONDITION_FROM_PB,
     CONDITION_TO_PB,
     KIND_FROM_PB,
@@ -36,7 +37,6 @@ from protos.mapping import (
     os_to_pb,
     timestamp,
 )
-from protos.schoolfleet.v1 import admin_pb2, agent_pb2, fleet_pb2
 
 _TEXT_MAX = 255
 # A device reports a handful of reasons; more is a broken or hostile agent.

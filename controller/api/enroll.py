@@ -20,6 +20,7 @@ from typing import Protocol
 
 import grpc
 
+from common.secret_hash import hash_secret
 from controller.enroll import tokens as enrollment
 from controller.enroll.ca_keeper import CaKeeper
 from controller.enroll.ca_rotation import CaSet
@@ -166,7 +167,7 @@ class Enroller:
             raise ProtocolError(
                 f"device id {request.device_id[:_CLIENT_TEXT_MAX]!r} is not a valid id"
             )
-        token_hash = enrollment.hash_secret(request.token)
+        token_hash = hash_secret(request.token)
         token = self._store.find_enroll_token(token_hash)
         now = self._now()
         # Checked here so that nothing is signed for nothing; the store checks all of

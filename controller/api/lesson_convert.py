@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from controller.errors import ProtocolError
 from inventory.lessons import EventKind, FailReason, LessonEvent
-from protos.mapping import seconds
 from protos.schoolfleet.v1 import agent_pb2
+from wire.mapping import seconds
 
 _ID_MAX = 255
 _MESSAGE_MAX = 500

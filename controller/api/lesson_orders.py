@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from controller.fleet.sessions import SessionRegistry
 from controller.lessons.dispatcher import LaunchOrder
-from protos.mapping import timestamp
 from protos.schoolfleet.v1 import agent_pb2
+from wire.mapping import timestamp
 
 
 def launch_command(order: LaunchOrder) -> agent_pb2.Command:

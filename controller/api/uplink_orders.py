@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from controller.fleet.sessions import SessionRegistry
 from controller.uplink.checks import MeasureOrder, UplinkAnswer
-from protos.mapping import timestamp
 from protos.schoolfleet.v1 import agent_pb2
+from wire.mapping import timestamp
 
 # What an agent that handles MeasureUplink says in Hello.capabilities.
 CAPABILITY = "uplink"

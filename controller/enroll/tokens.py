@@ -6,28 +6,18 @@ of the store does not let anyone enroll a device. Its first characters name it.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-import string
-
+from common.secret_hash import new_secret
 from controller.errors import EnrollRefused, ProtocolError
 from inventory.model import EnrollToken, valid_id
 
 PREFIX = "sfe_"
 # Letters and digits only, so that the id (its first characters) is a valid id and
 # the secret survives any copy and paste; 43 of them are ~256 bits.
-_ALPHABET = string.ascii_letters + string.digits
-_SECRET_CHARS = 43
 # Characters of the secret (after the prefix) that name the token.
 _ID_CHARS = 8
 USES_DEFAULT, USES_MAX = 1, 10_000
 VALID_DEFAULT = 7 * 86_400
 VALID_MIN, VALID_MAX = 60, 365 * 86_400
-
-
-def hash_secret(secret: str) -> bytes:
-    """What the store keeps of a secret."""
-    return hashlib.sha256(secret.encode()).digest()
 
 
 def token_id(secret: str) -> str:
@@ -48,7 +38,7 @@ def mint(school_id: str, uses: int, valid_seconds: int, now: float) -> tuple[Enr
         raise ProtocolError(f"uses must be 1 to {USES_MAX}, got {uses}")
     if not VALID_MIN <= valid_seconds <= VALID_MAX:
         raise ProtocolError(f"a token is valid 1 minute to 365 days, got {valid_seconds} seconds")
-    secret = PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_CHARS))
+    secret = new_secret(PREFIX)
     token = EnrollToken(
         token_id=token_id(secret),
         school_id=school_id,

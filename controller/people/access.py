@@ -7,19 +7,15 @@ changes anything, and a refusal names the user, the action and what they lack.
 from __future__ import annotations
 
 import enum
-import secrets
-import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from controller.enroll.tokens import hash_secret
+from common.secret_hash import hash_secret, new_secret
 from controller.errors import ProtocolError
 from inventory.model import valid_id
 from inventory.people import Role, User
 
 PREFIX = "sfu_"
-_ALPHABET = string.ascii_letters + string.digits
-_SECRET_CHARS = 43
 # More schools than one person looks after; keeps a token's row and checks small.
 SCHOOLS_MAX = 500
 VALID_MIN, VALID_MAX = 3600, 3 * 365 * 86_400
@@ -59,7 +55,7 @@ class Caller:
 
 def mint_token() -> str:
     """A new bearer token (~256 bits); the store keeps only ``hash_token`` of it."""
-    return PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_CHARS))
+    return new_secret(PREFIX)
 
 
 def hash_token(token: str) -> bytes:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from inventory.lessons import Lesson, LessonRecord
-from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import admin_pb2
+from wire.mapping import timestamp
 
 
 def scheduled_to_pb(lesson: Lesson, line: int = 0) -> admin_pb2.ScheduledLesson:
@@ -19,21 +19,6 @@ def scheduled_to_pb(lesson: Lesson, line: int = 0) -> admin_pb2.ScheduledLesson:
         teacher=lesson.teacher,
         content_url=lesson.content_url,
         remote=lesson.remote,
-    )
-
-
-def scheduled_from_pb(s: admin_pb2.ScheduledLesson) -> Lesson:
-    """The lesson a row describes, unchecked (see inventory.schedule for the checks)."""
-    return Lesson(
-        school_id=s.school_id,
-        room_id=s.room_id,
-        starts_at=seconds(s.starts_at),
-        ends_at=seconds(s.ends_at),
-        class_name=s.class_name,
-        subject=s.subject,
-        teacher=s.teacher,
-        content_url=s.content_url,
-        remote=s.remote,
     )
 
 

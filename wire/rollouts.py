@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from inventory.rollout_verdict import fail_budget
 from inventory.rollouts import HostResult, RolloutRecord, WaveRecord
-from protos.mapping import timestamp
 from protos.schoolfleet.v1 import admin_pb2
+from wire.mapping import timestamp
 
 
 def wave_to_pb(w: WaveRecord) -> admin_pb2.RolloutWave:

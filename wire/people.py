@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from inventory.people import AuditEntry, Outcome, Role, User
-from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import admin_pb2
+from wire.mapping import seconds, timestamp
 
 ROLE_TO_PB = {
     Role.CENTRAL_OPS: admin_pb2.ROLE_CENTRAL_OPS,

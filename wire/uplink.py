@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from inventory.uplink import UplinkCheck, UplinkState
-from protos.mapping import seconds, timestamp
 from protos.schoolfleet.v1 import admin_pb2
+from wire.mapping import seconds, timestamp
 
 
 def check_to_pb(c: UplinkCheck) -> admin_pb2.UplinkCheck:

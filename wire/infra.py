@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from inventory.infra import AccessPoint, HostKey, Room, School, TargetStatus, UnknownBssid
 from inventory.infra_rows import InventoryRow, ItemKind
-from protos.mapping import timestamp
 from protos.schoolfleet.v1 import admin_pb2
+from wire.mapping import timestamp
 
 
 def _ap_to_pb(ap: AccessPoint) -> admin_pb2.InventoryAccessPoint:
