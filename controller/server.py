@@ -41,6 +41,7 @@ from controller.api.internal_errors import CatchAll
 from controller.api.lesson_orders import SessionPanels
 from controller.api.renewal import Renewals
 from controller.api.request_checks import UnaryRequestChecks
+from controller.api.stream_acks import StreamAcks
 from controller.api.uplink_orders import SessionCourier
 from controller.datadir.private_files import private_dir
 from controller.enroll.ca_keeper import CaKeeper
@@ -275,7 +276,6 @@ def _uplink(
     store: Store,
     executor: ThreadPoolExecutor,
     sessions: Sessions,
-    agent_service: AgentService,
     registry: CollectorRegistry,
     failures: LoopFailures,
 ) -> _Uplink:
@@ -299,7 +299,6 @@ def _uplink(
         ),
         failures,
     )
-    agent_service.on_uplink_answer = checks.answered
     schedule = asyncio.create_task(checks.run(), name="uplink-checks")
     return _Uplink(checks, http, thread, schedule)
 
@@ -400,8 +399,9 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     except OSError as exc:
         raise ConfigError(f"data_dir {settings.data_dir}: {exc.strerror}") from None
     store = open_store(settings.database)
-    write_executor = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
-    read_executor = ThreadPoolExecutor(4, thread_name_prefix="store-reader")
+    # The pools of controller/offload.py's model.
+    write_executor = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
+    read_executor = ThreadPoolExecutor(4, thread_name_prefix="store")
     stale = store.reset_streams()
     if stale:
         log.info("streams from before the restart marked down count=%d", stale)
@@ -431,6 +431,19 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         lifetime=settings.device_cert_lifetime,
         spread=settings.ca_rotation_spread,
     )
+    uplink = _uplink(settings, store, read_executor, sessions, registry, failures)
+    rollouts, runner = _rollouts(settings, store, read_executor, registry, failures)
+    acks = StreamAcks(sessions, settings.ack_interval)
+    writer = MessageWriter(
+        store,
+        write_executor,
+        flush_interval=settings.flush_interval,
+        batch_max=settings.batch_max,
+        queue_max=settings.queue_max,
+        on_stored=acks.stored,
+        on_flush=metrics.observe_flush,
+        on_lesson_events=lesson_metrics.observe_all,
+    )
     agent_service = AgentService(
         settings,
         store,
@@ -439,21 +452,11 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         metrics,
         enroller,
         renewals=renewals,
+        writer=writer,
+        acks=acks,
+        on_uplink_answer=uplink.checks.answered,
         fleet_size=sum(c.online + c.offline for c in store.fleet_counts(time.time())),
     )
-    uplink = _uplink(settings, store, read_executor, sessions, agent_service, registry, failures)
-    rollouts, runner = _rollouts(settings, store, read_executor, registry, failures)
-    writer = MessageWriter(
-        store,
-        write_executor,
-        flush_interval=settings.flush_interval,
-        batch_max=settings.batch_max,
-        queue_max=settings.queue_max,
-        on_stored=agent_service.ack,
-        on_flush=metrics.observe_flush,
-        on_lesson_events=lesson_metrics.observe_all,
-    )
-    agent_service.writer = writer
 
     server = grpc.aio.server(
         options=grpc_options(settings),
@@ -487,7 +490,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     await server.start()
     _tune_gc()
     writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")
-    acks_task = asyncio.create_task(agent_service.run_acks(), name="acks")
+    acks_task = asyncio.create_task(acks.run(), name="acks")
     dispatcher_task = asyncio.create_task(dispatcher.run(), name="lesson-dispatcher")
     refusals_task = asyncio.create_task(refusals.run(), name="refusals")
     pki_task = asyncio.create_task(renewals.watch(settings.ca_watch_interval), name="pki-watch")

@@ -28,11 +28,11 @@ from controller.api.enroll import Enroller
 from controller.api.lesson_convert import lesson_event_from_pb
 from controller.api.renewal import Renewals
 from controller.api.request_checks import decode
+from controller.api.stream_acks import StreamAcks
 from controller.api.uplink_orders import uplink_answer
 from controller.enroll.device_certs import identity_from_uris
 from controller.enroll.restored import adopt, presented, read_mark
 from controller.errors import PkiError, ProtocolError, StoreError
-from controller.fleet.acks import AckCoalescer
 from controller.fleet.admission import (
     WelcomeRate,
     busy_window,
@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 ControllerMessage = agent_pb2.ControllerMessage
 # Capabilities kept of a Hello; an agent names a handful.
 _CAPABILITIES_MAX = 32
-# Seconds between sweeps for held-back acks, at the least.
-_ACK_TICK_MIN = 0.1
 # At shutdown: streams told at a time, and at most how many may be ending at once
 # (each ends in a few round trips through gRPC's completion queue: a window keeps
 # them coming while the event loop stays responsive).
@@ -84,6 +82,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         now: Callable[[], float] = time.time,
         *,
         renewals: Renewals,
+        writer: MessageWriter,
+        acks: StreamAcks,
+        on_uplink_answer: Callable[[UplinkAnswer], None],
         fleet_size: int = 0,
     ) -> None:
         self._settings = settings
@@ -98,10 +99,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         # Devices the store knew at start: what a restart's return is spread over, as
         # each Welcome says (the streams open so far are fewer while a storm lasts).
         self._fleet_size = min(fleet_size, settings.max_streams)
-        self.writer: MessageWriter | None = None
+        self._writer = writer
+        self._acks = acks
         # Where answers to MeasureUplink go (the uplink checks), beside the store.
-        self.on_uplink_answer: Callable[[UplinkAnswer], None] = lambda answer: None
-        self._acks = AckCoalescer(settings.ack_interval)
+        self._on_uplink_answer = on_uplink_answer
         # Set in a data folder a backup was restored into (controller/enroll/restored.py).
         self._restore_mark = read_mark(settings.data_dir)
         # Connect handlers running, so that shutdown waits for them before it closes
@@ -115,24 +116,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._wake_at = -1
         # Set at shutdown: new streams are refused with it, ends are recorded at once.
         self._stopping: Closing | None = None
-
-    def ack(self, highest: dict[str, int]) -> None:
-        """Tells devices how far their heartbeats are stored (called after each batch)."""
-        self._send_acks(self._acks.stored(highest, time.monotonic()))
-
-    async def run_acks(self) -> None:
-        """Sends the acks held back by coalescing, until cancelled."""
-        # With ack_interval 0 nothing is ever held back; the floor keeps the loop idle.
-        tick = max(self._settings.ack_interval / 2, _ACK_TICK_MIN)
-        while True:
-            await asyncio.sleep(tick)
-            self._send_acks(self._acks.due(time.monotonic()))
-
-    def _send_acks(self, acks: dict[str, int]) -> None:
-        for device_id, seq in acks.items():
-            session = self._sessions.get(device_id)
-            if session is not None:
-                session.send(ControllerMessage(ack=agent_pb2.Ack(seq=seq)))
 
     async def Enroll(
         self,
@@ -426,8 +409,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
     ) -> None:
         """Hands the device's messages on until its stream ends or breaks the rules."""
-        writer = self.writer
-        assert writer is not None, "the writer is set before the server starts"
+        writer = self._writer
         device_id = session.device_id
         try:
             while (message := await _next(request_iterator)) is not None:
@@ -445,7 +427,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     await writer.submit(_result_row(device_id, message, self._now()))
                     answer = uplink_answer(device_id, message.command_result)
                     if answer is not None:
-                        self.on_uplink_answer(answer)
+                        self._on_uplink_answer(answer)
                 elif body == "lesson_event":
                     event = lesson_event_from_pb(device_id, message.lesson_event)
                     # Thousands arrive at a lesson's start: failures are the news.

@@ -10,7 +10,6 @@ audit log in one place.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -24,6 +23,7 @@ import grpc
 from controller.api import internal_errors
 from controller.api.field_ranges import out_of_range
 from controller.errors import ProtocolError, StoreError
+from controller.offload import Offload
 from controller.people import access
 from controller.people.access import Caller, Need
 from controller.people.refusals import Refusals
@@ -134,15 +134,15 @@ class Guard:
         refusals: Refusals | None = None,
     ) -> None:
         self._store = store
-        self._executor = executor
+        self._off = Offload(executor)
         self._on_denied = on_denied
         self.now = now
         self._refusals = refusals
 
     async def off_loop(self, fn: Callable[..., T], *args: object) -> T:
-        """Runs a store call on the read pool; a store failure becomes UNAVAILABLE."""
+        """Runs a store call on the store pool; a store failure becomes UNAVAILABLE."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await self._off(fn, *args)
         except StoreError as exc:
             raise Refused(
                 grpc.StatusCode.UNAVAILABLE,

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from controller.infra.probe_check import Checked, Checker, ProbeSettings, ProbeStopped
 from controller.loops import LoopFailures, Retry
+from controller.offload import Offload
 from inventory.infra import ProbeResult, ProbeTarget
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class Prober:
         self._record = record
         self._settings = settings
         # For the store's calls; probes have their own pool.
-        self._executor = executor
+        self._off = Offload(executor)
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="probe")
         self._metrics = ProbeMetrics(registry)
         self._checker = Checker(settings, now=now)
@@ -133,9 +134,6 @@ class Prober:
         self._pending: list[ProbeResult] = []
         self._flush_now = asyncio.Event()
         self._closing = asyncio.Event()
-
-    async def _off(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def run(self) -> None:
         """Cycle after cycle until ``close()``; a store failure is logged, not fatal."""

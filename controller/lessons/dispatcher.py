@@ -29,6 +29,7 @@ from typing import Protocol, TypeVar
 
 from controller.lessons.outcome import outcome
 from controller.loops import LoopFailures, Retry
+from controller.offload import Offload
 from controller.store import Store
 from controller.store.lessons_protocol import OutboxCommand
 from inventory.lessons import Lesson, LessonState
@@ -97,7 +98,7 @@ class Dispatcher:
         now: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._executor = executor
+        self._off_loop = Offload(executor)
         self._courier = courier
         self._failures = failures
         self._lead = lead
@@ -122,9 +123,6 @@ class Dispatcher:
         self.wake()
         while self._ended < wanted:
             await self._pass_ended.wait()
-
-    async def _off_loop(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def run(self) -> None:
         """Until cancelled; a failed pass is retried after a backoff, woken or not."""

@@ -7,12 +7,12 @@ wraps this callable, and the service does not change.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from controller.errors import StoreError
+from controller.offload import Offload
 from controller.store import AccessStore
 from inventory.people import AuditEntry
 
@@ -25,9 +25,11 @@ def appender(store: AccessStore, executor: ThreadPoolExecutor) -> AuditSink:
     """Appends an entry to the store's audit log off the event loop; a store failure
     is logged with what the entry held and does not change the call's answer."""
 
+    off = Offload(executor)
+
     async def append(entry: AuditEntry) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, store.append_audit, entry)
+            await off(store.append_audit, entry)
         except StoreError as exc:
             log.error("audit entry not stored %s error=%s", entry, exc)
 

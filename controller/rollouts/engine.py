@@ -36,6 +36,7 @@ from typing import Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from controller.loops import LoopFailures, Retry
+from controller.offload import Offload
 from controller.rollouts.metrics import RolloutMetrics
 from controller.rollouts.runner import RunnerSettings, WaveJob, WaveRun
 from controller.rollouts.worker import RolloutWorker, stop_masters_as
@@ -108,7 +109,7 @@ class RolloutEngine:
         new_worker: Callable[[str], WaveWorker] = RolloutWorker,
     ) -> None:
         self._store = store
-        self._executor = executor
+        self._off = Offload(executor)
         self._runner = runner
         self._settings = settings
         self._metrics = metrics
@@ -126,9 +127,6 @@ class RolloutEngine:
         # its own connections): only then has closing any to stop.
         self._masters = False
         self._closing = False
-
-    async def _off(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def resume_all(self) -> None:
         """At start-up: unfinished waves go back to the queue; running rollouts go on."""

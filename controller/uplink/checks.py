@@ -28,6 +28,7 @@ from typing import Protocol, TypeVar
 
 from controller.errors import UplinkUnavailable
 from controller.loops import LoopFailures, Retry
+from controller.offload import Offload
 from controller.store import Store
 from controller.store.protocol import DeviceQuery
 from controller.uplink.endpoint import PATH_PREFIX, Tokens
@@ -120,7 +121,7 @@ class UplinkChecks:
     ) -> None:
         self._failures = failures
         self._store = store
-        self._executor = executor
+        self._off_loop = Offload(executor)
         self._courier = courier
         self._tokens = tokens
         self._metrics = metrics
@@ -140,9 +141,6 @@ class UplinkChecks:
     def deadline(self) -> float:
         """Seconds from a check's start until it is failed for want of an answer."""
         return self._s.timeout + self._s.answer_grace
-
-    async def _off_loop(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def check(self, school_id: str) -> UplinkCheck:
         """Checks the school's uplink now, or joins its check running here; the ended check.
