@@ -23,6 +23,8 @@ SchoolFleetError (common.errors)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from common.errors import ConfigError, SchoolFleetError
 
 __all__ = [
@@ -62,6 +64,17 @@ class RolloutRefused(SchoolFleetError):
 
 class BackupError(SchoolFleetError):
     """A backup or restore was refused or failed; nothing was left half-done."""
+
+
+class HostsClaimed(SchoolFleetError):
+    """Some hosts are already in an unfinished rollout; nothing was stored."""
+
+    def __init__(self, claims: Mapping[str, int]) -> None:
+        # device id -> the rollout that holds it
+        self.claims = dict(claims)
+        first, rollout = sorted(self.claims.items())[0]
+        more = f" and {len(self.claims) - 1} more" if len(self.claims) > 1 else ""
+        super().__init__(f"{first}{more} already in rollout {rollout}")
 
 
 class UplinkUnavailable(SchoolFleetError):

@@ -321,7 +321,7 @@ def users_create(
 
     from common.durations import parse_duration
     from controller.people import access
-    from controller.store import open_store
+    from controller.stores import open_stores
     from inventory.people import AuditEntry, Outcome
 
     try:
@@ -330,12 +330,12 @@ def users_create(
         now = time.time()
         user = access.new_user(name, role, school or [], valid, LOCAL_ACTOR, now)
         token = access.mint_token()
-        store = open_store(settings.database)
+        store = open_stores(settings.database)
         try:
-            added = store.add_user(user, access.hash_token(token))
+            added = store.people.add_user(user, access.hash_token(token))
             outcome = Outcome.OK if added else Outcome.FAILED
             message = f"role {role.value}, schools {','.join(user.schools) or 'all'}"
-            store.append_audit(
+            store.people.append_audit(
                 AuditEntry(0, now, LOCAL_ACTOR, "users.create", name, "", outcome, message, "local")
             )
         finally:

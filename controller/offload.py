@@ -11,7 +11,7 @@
   worker process. Stream openings and certificate signing use asyncio's default pool
   (``asyncio.to_thread``), so that an 08:00 storm of streams does not queue behind
   admin calls either.
-- The store has one write connection behind a lock (controller/store/sqlite_base.py):
+- The store has one write connection behind a lock (controller/store/database.py):
   a write from any of these threads waits for the lock. It is a lock, not a single
   writer thread; the ingest writer's thread is what keeps heartbeats in large batches.
 - Every component gets what it needs when it is made (controller/server.py assembles

@@ -65,7 +65,7 @@ from controller.rollouts.metrics import RolloutCollector, RolloutMetrics
 from controller.rollouts.os_user import rollout_dirs
 from controller.rollouts.runner import RunnerSettings, default_forks
 from controller.settings import ControllerSettings
-from controller.store import Store, open_store
+from controller.stores import Stores, open_stores
 from controller.uplink.checks import UplinkChecks, UplinkSettings
 from controller.uplink.endpoint import Tokens, UplinkServer
 from controller.uplink.endpoint import serve as serve_uplink
@@ -182,7 +182,7 @@ def _tune_gc() -> None:
 
 def _lessons(
     settings: ControllerSettings,
-    store: Store,
+    stores: Stores,
     executor: ThreadPoolExecutor,
     sessions: Sessions,
     registry: CollectorRegistry,
@@ -192,11 +192,16 @@ def _lessons(
     if not settings.content_hosts:
         log.warning("content_hosts is empty: panels refuse every lesson's URL; set it")
     registry.register(
-        LessonCollector(store, ZoneInfo(settings.timezone), on_time=settings.lesson_on_time)
+        LessonCollector(
+            stores.lesson_counts,
+            stores.infra.school_ids,
+            ZoneInfo(settings.timezone),
+            on_time=settings.lesson_on_time,
+        )
     )
     metrics = LessonMetrics(registry)
     dispatcher = Dispatcher(
-        store,
+        stores.lessons,
         executor,
         SessionPanels(sessions),
         failures,
@@ -209,13 +214,13 @@ def _lessons(
 
 def _rollouts(
     settings: ControllerSettings,
-    store: Store,
+    stores: Stores,
     executor: ThreadPoolExecutor,
     registry: CollectorRegistry,
     failures: LoopFailures,
 ) -> tuple[RolloutEngine, RunnerSettings]:
     """The rollout engine and how it runs Ansible."""
-    registry.register(RolloutCollector(store))
+    registry.register(RolloutCollector(stores.rollouts))
     # Ansible writes as its own OS user, outside data_dir; the engine removes the
     # control sockets' folder when it closes.
     ansible_dir, control_dir = rollout_dirs(
@@ -233,7 +238,8 @@ def _rollouts(
         strategy=settings.rollout_strategy,
     )
     engine = RolloutEngine(
-        store,
+        stores.rollouts,
+        stores.devices.devices_by_id,
         executor,
         runner,
         EngineSettings(
@@ -273,7 +279,7 @@ class _Uplink:
 
 def _uplink(
     settings: ControllerSettings,
-    store: Store,
+    stores: Stores,
     executor: ThreadPoolExecutor,
     sessions: Sessions,
     registry: CollectorRegistry,
@@ -283,9 +289,10 @@ def _uplink(
     first look finds no school to check)."""
     tokens = Tokens()
     http, thread = serve_uplink(settings.uplink_listen, tokens)
-    registry.register(UplinkCollector(store))
+    registry.register(UplinkCollector(stores.uplink, stores.infra.school_ids))
     checks = UplinkChecks(
-        store,
+        stores.uplink,
+        stores.devices,
         executor,
         SessionCourier(sessions),
         tokens,
@@ -319,7 +326,7 @@ class _Probes:
 
 def _probes(
     settings: ControllerSettings,
-    store: Store,
+    stores: Stores,
     executor: ThreadPoolExecutor,
     registry: CollectorRegistry,
     failures: LoopFailures,
@@ -339,7 +346,12 @@ def _probes(
         interval=settings.probe_interval,
     )
     prober = Prober(
-        store.probe_targets, store.record_probes, probe, executor, registry, failures=failures
+        stores.infra.probe_targets,
+        stores.infra.record_probes,
+        probe,
+        executor,
+        registry,
+        failures=failures,
     )
     return _Probes(prober, asyncio.create_task(prober.run(), name="probes"))
 
@@ -379,10 +391,11 @@ async def _stop_serving(
     return stopping
 
 
-def _store_gauges(store: Store, registry: CollectorRegistry, sessions: Sessions) -> None:
+def _store_gauges(stores: Stores, registry: CollectorRegistry, sessions: Sessions) -> None:
     """The gauges read from the store at scrape: devices, access points and servers."""
-    registry.register(FleetCollector(store, lambda: len(sessions)))
-    registry.register(InfraCollector(store))
+    school_ids = stores.infra.school_ids
+    registry.register(FleetCollector(stores.devices, school_ids, lambda: len(sessions)))
+    registry.register(InfraCollector(stores.infra, school_ids))
 
 
 # The assembly reads in order (its order is the shutdown's contract); its parts are
@@ -398,11 +411,11 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         private_dir(settings.data_dir)
     except OSError as exc:
         raise ConfigError(f"data_dir {settings.data_dir}: {exc.strerror}") from None
-    store = open_store(settings.database)
+    stores = open_stores(settings.database)
     # The pools of controller/offload.py's model.
     write_executor = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
     read_executor = ThreadPoolExecutor(4, thread_name_prefix="store")
-    stale = store.reset_streams()
+    stale = stores.devices.reset_streams()
     if stale:
         log.info("streams from before the restart marked down count=%d", stale)
 
@@ -410,32 +423,37 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     metrics = ControllerMetrics(registry)
     failures = LoopFailures(registry)
     sessions: Sessions = Sessions()
-    _store_gauges(store, registry, sessions)
+    _store_gauges(stores, registry, sessions)
     zone = ZoneInfo(settings.timezone)
     lesson_metrics, dispatcher = _lessons(
-        settings, store, read_executor, sessions, registry, failures
+        settings, stores, read_executor, sessions, registry, failures
     )
-    audit = audit_log.appender(store, read_executor)
+    audit = audit_log.appender(stores.people, read_executor)
     # Refused sign-ins and enrollments: limited and folded per source address.
     refusals = Refusals(audit, FailureBudget(settings.refused_per_minute, settings.refused_burst))
     keeper = CaKeeper(settings.data_dir / "pki")
-    registry.register(CertCollector(keeper, store, settings.device_cert_lifetime))
+    registry.register(CertCollector(keeper, stores.enrollments, settings.device_cert_lifetime))
     enroller = Enroller(
-        keeper, store, refusals.sink(audit), refusals, lifetime=settings.device_cert_lifetime
+        keeper,
+        stores.enrollments,
+        stores.devices.get_device,
+        refusals.sink(audit),
+        refusals,
+        lifetime=settings.device_cert_lifetime,
     )
     renewals = Renewals(
         keeper,
-        store,
+        stores.enrollments,
         audit,
         sessions,
         lifetime=settings.device_cert_lifetime,
         spread=settings.ca_rotation_spread,
     )
-    uplink = _uplink(settings, store, read_executor, sessions, registry, failures)
-    rollouts, runner = _rollouts(settings, store, read_executor, registry, failures)
+    uplink = _uplink(settings, stores, read_executor, sessions, registry, failures)
+    rollouts, runner = _rollouts(settings, stores, read_executor, registry, failures)
     acks = StreamAcks(sessions, settings.ack_interval)
     writer = MessageWriter(
-        store,
+        stores.devices,
         write_executor,
         flush_interval=settings.flush_interval,
         batch_max=settings.batch_max,
@@ -446,7 +464,9 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     )
     agent_service = AgentService(
         settings,
-        store,
+        stores.devices,
+        stores.enrollments,
+        stores.lessons.pending_commands,
         write_executor,
         sessions,
         metrics,
@@ -455,7 +475,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         writer=writer,
         acks=acks,
         on_uplink_answer=uplink.checks.answered,
-        fleet_size=sum(c.online + c.offline for c in store.fleet_counts(time.time())),
+        fleet_size=sum(c.online + c.offline for c in stores.devices.fleet_counts(time.time())),
     )
 
     server = grpc.aio.server(
@@ -469,8 +489,8 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     add_agent_service(agent_service, server, settings.max_message_bytes)
     add_admin_service(
         AdminService(
-            store,
-            Guard(store, read_executor, metrics.count_denied, refusals=refusals),
+            stores,
+            Guard(stores.people, read_executor, metrics.count_denied, refusals=refusals),
             sessions,
             dispatcher=dispatcher,
             content_hosts=settings.content_hosts,
@@ -494,7 +514,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     dispatcher_task = asyncio.create_task(dispatcher.run(), name="lesson-dispatcher")
     refusals_task = asyncio.create_task(refusals.run(), name="refusals")
     pki_task = asyncio.create_task(renewals.watch(settings.ca_watch_interval), name="pki-watch")
-    probes = _probes(settings, store, read_executor, registry, failures)
+    probes = _probes(settings, stores, read_executor, registry, failures)
     await rollouts.resume_all()
     if settings.ports_file != Path():
         _write_ports(
@@ -539,8 +559,8 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     write_executor.shutdown(wait=True)
     read_executor.shutdown(wait=True)
     # After the writer's last batch: every stream's end, in one statement.
-    ended = store.reset_streams()
-    store.close()
+    ended = stores.devices.reset_streams()
+    stores.close()
     log.info(
         "controller stopped stream_ends_recorded=%d streams_cut=%d streams_s=%.2f total_s=%.2f",
         ended,

@@ -24,8 +24,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
-from controller.store import open_store
-from controller.store.rollouts_protocol import NewHost
+from controller.rollouts.store import NewHost
+from controller.stores import open_stores
 from inventory.rollouts import LessonRates, RolloutSpec, RolloutState
 from inventory.uplink import UplinkCheck
 from protos.schoolfleet.v1 import admin_pb2
@@ -140,7 +140,7 @@ def _inventory(school: str, tag: str) -> list[admin_pb2.InventoryItem]:
 def _seed_store(database: Path, now: float) -> tuple[int, int, int]:
     """Rollouts (ours alone, theirs alone, both schools) and each school's uplink check,
     put in the store as the engine and the checks would (finished, so nothing runs)."""
-    store = open_store(f"sqlite:{database}")
+    store = open_stores(f"sqlite:{database}")
     ids = []
     try:
         for hosts in (
@@ -154,13 +154,13 @@ def _seed_store(database: Path, now: float) -> tuple[int, int, int]:
                 extra_vars={"sf_secret_of": [h.device_id for h in hosts]},
                 gate_lessons=False,
             )
-            rollout_id = store.create_rollout(spec, hosts, "ops", now, LessonRates(0, 0))
-            store.set_rollout_state(rollout_id, RolloutState.ABORTED, "seeded", now)
+            rollout_id = store.rollouts.create_rollout(spec, hosts, "ops", now, LessonRates(0, 0))
+            store.rollouts.set_rollout_state(rollout_id, RolloutState.ABORTED, "seeded", now)
             ids.append(rollout_id)
         for school, device in ((OURS, "dev-a-1"), (THEIRS, "dev-zeta-1")):
             check = UplinkCheck(school_id=school, started_at=now - 5, device_id=device, bytes=10**6)
-            store.start_uplink_check(check, now - 60)
-            store.finish_uplink_check(school, now - 5, 10**6, 1.0, 8.0, "")
+            store.uplink.start_uplink_check(check, now - 60)
+            store.uplink.finish_uplink_check(school, now - 5, 10**6, 1.0, 8.0, "")
     finally:
         store.close()
     return ids[0], ids[1], ids[2]

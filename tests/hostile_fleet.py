@@ -25,7 +25,7 @@ from common.secret_hash import hash_secret
 from controller.enroll import tokens as enrollment
 from controller.enroll.pki import CertificateAuthority, load_ca
 from controller.settings import ControllerSettings
-from controller.store import open_store
+from controller.stores import open_stores
 from protos.schoolfleet.v1 import agent_pb2
 from tests.hostile_pki import KeyCert, csr_pem, key_pem, new_key
 from tests.hostile_wire import ENROLL, tls_channel, unary
@@ -128,9 +128,9 @@ def seed_token(
     token, secret = enrollment.mint(school_id, uses, valid_seconds, minted_at)
     if revoked:
         token = replace(token, revoked_at=minted_at)
-    store = open_store(f"sqlite:{database}")
+    store = open_stores(f"sqlite:{database}")
     try:
-        store.add_enroll_token(token, hash_secret(secret))
+        store.enrollments.add_enroll_token(token, hash_secret(secret))
     finally:
         store.close()
     return secret

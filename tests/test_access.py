@@ -10,7 +10,7 @@ import pytest
 from controller.errors import ProtocolError
 from controller.people import access
 from controller.people.access import Caller, Need
-from controller.store.sqlite import SqliteStore
+from controller.stores import Stores, sqlite_stores
 from inventory.people import AuditEntry, AuditQuery, Outcome, Role
 
 OPS = Caller("ops", Role.CENTRAL_OPS, frozenset())
@@ -95,28 +95,28 @@ def test_new_users_are_checked(args: tuple[str, Role, list[str]], message: str) 
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "c.db")
+def store(tmp_path: Path) -> Iterator[Stores]:
+    s = sqlite_stores(tmp_path / "c.db")
     yield s
     s.close()
 
 
-def test_users_by_token_hash_revoked_and_given_again(store: SqliteStore) -> None:
+def test_users_by_token_hash_revoked_and_given_again(store: Stores) -> None:
     user = access.new_user("it1", Role.SCHOOL_IT, ["s2", "s1", "s1"], 0, "ops", 100.0)
     assert user.schools == ("s1", "s2")
-    assert store.add_user(user, b"h1")
-    assert not store.add_user(user, b"h2"), "an active name is not given twice"
-    assert store.find_user(b"h1") == user and store.find_user(b"h2") is None
-    revoked = store.revoke_user("it1", 200.0)
+    assert store.people.add_user(user, b"h1")
+    assert not store.people.add_user(user, b"h2"), "an active name is not given twice"
+    assert store.people.find_user(b"h1") == user and store.people.find_user(b"h2") is None
+    revoked = store.people.revoke_user("it1", 200.0)
     assert revoked is not None and revoked.revoked_at == 200.0 and not revoked.active(300.0)
-    assert store.revoke_user("nobody", 200.0) is None
+    assert store.people.revoke_user("nobody", 200.0) is None
     again = access.new_user("it1", Role.VIEWER, [], 0, "ops", 300.0)
-    assert store.add_user(again, b"h3")
-    assert store.find_user(b"h1") is None, "the old token is gone with the old user"
-    assert [u.role for u in store.list_users()] == [Role.VIEWER]
+    assert store.people.add_user(again, b"h3")
+    assert store.people.find_user(b"h1") is None, "the old token is gone with the old user"
+    assert [u.role for u in store.people.list_users()] == [Role.VIEWER]
 
 
-def test_expired_users_are_not_active(store: SqliteStore) -> None:
+def test_expired_users_are_not_active(store: Stores) -> None:
     user = access.new_user("t", Role.VIEWER, [], 3600, "ops", 0.0)
     assert user.active(3599.0) and not user.active(3600.0)
 
@@ -125,16 +125,16 @@ def _entry(at: float, actor: str, school: str, outcome: Outcome) -> AuditEntry:
     return AuditEntry(0, at, actor, "devices.show", "panel-1", school, outcome, "m", "ipv4:x")
 
 
-def test_audit_is_appended_and_read_newest_first_within_scope(store: SqliteStore) -> None:
-    store.append_audit(_entry(1.0, "ops", "s1", Outcome.OK))
-    store.append_audit(_entry(2.0, "it1", "s2", Outcome.DENIED))
-    store.append_audit(_entry(3.0, "ops", "s2", Outcome.OK))
-    store.append_audit(_entry(4.0, "ops", "", Outcome.OK))
-    everything = store.list_audit(AuditQuery())
+def test_audit_is_appended_and_read_newest_first_within_scope(store: Stores) -> None:
+    store.people.append_audit(_entry(1.0, "ops", "s1", Outcome.OK))
+    store.people.append_audit(_entry(2.0, "it1", "s2", Outcome.DENIED))
+    store.people.append_audit(_entry(3.0, "ops", "s2", Outcome.OK))
+    store.people.append_audit(_entry(4.0, "ops", "", Outcome.OK))
+    everything = store.people.list_audit(AuditQuery())
     assert [e.at for e in everything] == [4.0, 3.0, 2.0, 1.0]
     assert [e.entry_id for e in everything] == [4, 3, 2, 1]
-    scoped = store.list_audit(AuditQuery(visible_schools=frozenset({"s1"}), reader="it1"))
+    scoped = store.people.list_audit(AuditQuery(visible_schools=frozenset({"s1"}), reader="it1"))
     assert [(e.actor, e.school_id) for e in scoped] == [("it1", "s2"), ("ops", "s1")]
-    assert [e.at for e in store.list_audit(AuditQuery(outcome=Outcome.DENIED))] == [2.0]
-    assert [e.at for e in store.list_audit(AuditQuery(since=2.5, actor="ops"))] == [4.0, 3.0]
-    assert [e.at for e in store.list_audit(AuditQuery(limit=1))] == [4.0]
+    assert [e.at for e in store.people.list_audit(AuditQuery(outcome=Outcome.DENIED))] == [2.0]
+    assert [e.at for e in store.people.list_audit(AuditQuery(since=2.5, actor="ops"))] == [4.0, 3.0]
+    assert [e.at for e in store.people.list_audit(AuditQuery(limit=1))] == [4.0]

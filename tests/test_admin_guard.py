@@ -16,7 +16,7 @@ import pytest
 from controller.api.guard import Call, Guard, guarded
 from controller.people import access
 from controller.people.access import Need
-from controller.store import open_store
+from controller.stores import open_stores
 from inventory.people import AuditQuery, Role, User
 from protos.schoolfleet.v1 import admin_pb2
 
@@ -36,11 +36,11 @@ class Breaking:
 
 
 async def _call(tmp: Path, token: str) -> tuple[grpc.StatusCode, str]:
-    store = open_store(f"sqlite:{tmp / 'c.db'}")
+    store = open_stores(f"sqlite:{tmp / 'c.db'}")
     user = User("ana", Role.CENTRAL_OPS, (), time.time(), "test")
-    store.add_user(user, access.hash_token(token))
+    store.people.add_user(user, access.hash_token(token))
     with ThreadPoolExecutor(2) as executor:
-        service = Breaking(Guard(store, executor))
+        service = Breaking(Guard(store.people, executor))
         handler = grpc.unary_unary_rpc_method_handler(
             service.Break,
             request_deserializer=admin_pb2.WhoAmIRequest.FromString,
@@ -61,7 +61,7 @@ async def _call(tmp: Path, token: str) -> tuple[grpc.StatusCode, str]:
                     return exc.code(), exc.details() or ""
         finally:
             await server.stop(None)
-            entries = store.list_audit(AuditQuery(limit=10))
+            entries = store.people.list_audit(AuditQuery(limit=10))
             store.close()
             assert [(e.actor, e.action, e.target, e.outcome.value) for e in entries] == [
                 ("ana", "things.break", "thing-1", "failed")

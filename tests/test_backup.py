@@ -23,11 +23,11 @@ import pytest
 from controller.backup.archive import DATABASE, MANIFEST, parse_manifest, take_backup
 from controller.backup.restore import _swap, restore_backup
 from controller.datadir import lock as data_lock
+from controller.enroll.cert_store import CertState
 from controller.enroll.restored import Presented, RestoreMark, adoptable
 from controller.errors import BackupError, ConfigError
-from controller.store import open_store
-from controller.store.certs_protocol import CertState
 from controller.store.migrations import LATEST
+from controller.stores import open_stores
 from inventory.people import AuditEntry, Outcome
 from tests.procs import BIN
 
@@ -46,10 +46,10 @@ def _controller_files(tmp: Path) -> tuple[Path, Path]:
     (data / "ssh").mkdir()
     (data / "ssh/known_hosts").write_text("host key\n")
     database = data / "controller.db"
-    store = open_store(f"sqlite:{database}")
+    store = open_stores(f"sqlite:{database}")
     try:
         for n in range(1, 11):
-            store.append_audit(_entry(n))
+            store.people.append_audit(_entry(n))
     finally:
         store.close()
     return data, database
@@ -64,13 +64,13 @@ def test_a_store_being_written_is_copied_at_one_moment_and_restored_whole(
     tmp_path: Path,
 ) -> None:
     data, database = _controller_files(tmp_path)
-    store = open_store(f"sqlite:{database}")
+    store = open_stores(f"sqlite:{database}")
     stop = threading.Event()
 
     def write() -> None:
         n = 100
         while not stop.is_set():
-            store.append_audit(_entry(n))
+            store.people.append_audit(_entry(n))
             n += 1
 
     writer = threading.Thread(target=write)

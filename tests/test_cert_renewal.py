@@ -163,38 +163,46 @@ def test_the_store_switches_to_a_renewal_once_and_never_after_a_new_enrollment(
     tmp_path: Path,
 ) -> None:
     from controller.enroll import tokens as enrollment
-    from controller.store import open_store
-    from controller.store.certs_protocol import Renewed
+    from controller.enroll.cert_store import Renewed
+    from controller.stores import open_stores
     from inventory.model import Enrollment
 
-    store = open_store(f"sqlite://{tmp_path / 'controller.db'}")
+    store = open_stores(f"sqlite://{tmp_path / 'controller.db'}")
     try:
         for serial in ("a1", "c3"):
             token, secret = enrollment.mint("1234", 1, 3600, 1000.0)
-            store.add_enroll_token(token, hash_secret(secret))
+            store.enrollments.add_enroll_token(token, hash_secret(secret))
             if serial == "c3":
-                store.allow_reenroll("panel-1")
-            store.enroll(
+                store.enrollments.allow_reenroll("panel-1")
+            store.enrollments.enroll(
                 hash_secret(secret),
                 Enrollment("panel-1", "1234", serial, 5000.0, 1000.0, token.token_id),
                 1000.0,
             )
             if serial == "a1":
                 # Only for the certificate in use; then the switch happens once.
-                assert not store.add_renewal("panel-1", "zz", Renewed("b2", 9000.0, 2000.0, "x"))
-                assert store.add_renewal("panel-1", "a1", Renewed("b2", 9000.0, 2000.0, "ca-2"))
-                assert store.cert_state("panel-1").next_serial == "b2"  # type: ignore[union-attr]
-                assert store.confirm_renewal("panel-1", "b2")
-                assert not store.confirm_renewal("panel-1", "b2")
-                state = store.cert_state("panel-1")
+                assert not store.enrollments.add_renewal(
+                    "panel-1", "zz", Renewed("b2", 9000.0, 2000.0, "x")
+                )
+                assert store.enrollments.add_renewal(
+                    "panel-1", "a1", Renewed("b2", 9000.0, 2000.0, "ca-2")
+                )
+                assert store.enrollments.cert_state("panel-1").next_serial == "b2"  # type: ignore[union-attr]
+                assert store.enrollments.confirm_renewal("panel-1", "b2")
+                assert not store.enrollments.confirm_renewal("panel-1", "b2")
+                state = store.enrollments.cert_state("panel-1")
                 assert state is not None
                 assert (state.serial, state.ca_id, state.issued_at) == ("b2", "ca-2", 2000.0)
                 # A renewal not yet used when the device enrolls again is void.
-                assert store.add_renewal("panel-1", "b2", Renewed("d4", 9000.0, 3000.0, "ca-2"))
-        assert not store.confirm_renewal("panel-1", "d4")
-        assert store.get_enrollment("panel-1").serial == "c3"  # type: ignore[union-attr]
-        store.decommission("panel-1", 4000.0)
-        assert not store.add_renewal("panel-1", "c3", Renewed("e5", 9000.0, 4000.0, "ca-2"))
+                assert store.enrollments.add_renewal(
+                    "panel-1", "b2", Renewed("d4", 9000.0, 3000.0, "ca-2")
+                )
+        assert not store.enrollments.confirm_renewal("panel-1", "d4")
+        assert store.enrollments.get_enrollment("panel-1").serial == "c3"  # type: ignore[union-attr]
+        store.enrollments.decommission("panel-1", 4000.0)
+        assert not store.enrollments.add_renewal(
+            "panel-1", "c3", Renewed("e5", 9000.0, 4000.0, "ca-2")
+        )
     finally:
         store.close()
 

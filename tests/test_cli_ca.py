@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.store import open_store
+from controller.stores import open_stores
 from tests.procs import Result, controller_cli, init_controller_ca
 
 
@@ -21,7 +21,7 @@ def ca(data: Path, database: Path, *args: str) -> Result:
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     init_controller_ca(tmp_path / "data")
-    open_store(f"sqlite://{tmp_path / 'controller.db'}").close()
+    open_stores(f"sqlite://{tmp_path / 'controller.db'}").close()
     return tmp_path / "data"
 
 

@@ -12,8 +12,8 @@ from common.errors import ConfigError
 from common.settings import load_settings, load_settings_lenient
 from controller.api.convert import device_to_pb, identity_from_hello, peer_address
 from controller.errors import ProtocolError
-from controller.store.protocol import DeviceQuery
-from controller.store.sqlite import SqliteStore
+from controller.fleet.store import DeviceQuery
+from controller.stores import sqlite_stores
 from inventory.model import DeviceIdentity, DeviceKind
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 
@@ -79,19 +79,19 @@ def test_a_hello_with_a_bad_address_or_labels_is_refused(
 
 
 def test_the_store_keeps_address_and_labels_until_the_next_hello(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+    store = sqlite_stores(tmp_path / "c.db")
     try:
         first = DeviceIdentity(
             "p1", DeviceKind.PANEL, "s1", "r1", address="198.18.0.5", labels=(("grade", "5"),)
         )
-        store.device_connected(first, 1, 90.0, 1000.0)
-        got = store.get_device("p1", 1000.0)
+        store.devices.device_connected(first, 1, 90.0, 1000.0)
+        got = store.devices.get_device("p1", 1000.0)
         assert got is not None and got.identity == first
         wire = device_to_pb(got)
         assert (wire.address, dict(wire.labels)) == ("198.18.0.5", {"grade": "5"})
         moved = DeviceIdentity("p1", DeviceKind.PANEL, "s1", "r1", address="198.18.0.6")
-        store.device_connected(moved, 2, 90.0, 1001.0)
-        [listed] = store.list_devices(DeviceQuery(), 1001.0)
+        store.devices.device_connected(moved, 2, 90.0, 1001.0)
+        [listed] = store.devices.list_devices(DeviceQuery(), 1001.0)
         assert (listed.identity.address, listed.identity.labels) == ("198.18.0.6", ())
     finally:
         store.close()

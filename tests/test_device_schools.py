@@ -9,11 +9,11 @@ import pytest
 
 from common.secret_hash import hash_secret
 from controller.enroll.tokens import device_refusal, mint, taken
-from controller.errors import EnrollRefused
+from controller.errors import EnrollRefused, HostsClaimed
 from controller.fleet.admission import stream_refusal
-from controller.store import CommandResultRow
-from controller.store.rollouts_protocol import HostsClaimed, NewHost
-from controller.store.sqlite import SqliteStore
+from controller.rollouts.store import NewHost
+from controller.store.rows import CommandResultRow
+from controller.stores import Stores
 from inventory.model import Enrollment
 from inventory.rollouts import LessonRates, RolloutSpec
 from tests.test_store_sqlite import T0, ident, store  # noqa: F401  (fixture)
@@ -83,69 +83,75 @@ def test_a_wrong_school_is_refused_without_naming_the_enrolled_one() -> None:
 # --- the store -----------------------------------------------------------------------------
 
 
-def _token(store: SqliteStore, school: str) -> bytes:  # noqa: F811
+def _token(store: Stores, school: str) -> bytes:  # noqa: F811
     token, secret = mint(school, 5, 3600, T0)
-    store.add_enroll_token(token, hash_secret(secret))
+    store.enrollments.add_enroll_token(token, hash_secret(secret))
     return hash_secret(secret)
 
 
 def test_the_store_refuses_another_schools_token_in_the_enrolling_transaction(
-    store: SqliteStore,  # noqa: F811
+    store: Stores,  # noqa: F811
 ) -> None:
-    store.enroll(_token(store, "s1"), ENROLLED, T0)
-    store.allow_reenroll("panel-1")
+    store.enrollments.enroll(_token(store, "s1"), ENROLLED, T0)
+    store.enrollments.allow_reenroll("panel-1")
     foreign = _token(store, "s2")
     with pytest.raises(EnrollRefused) as refused:
-        store.enroll(foreign, replace(ENROLLED, school_id="s2", serial="cd34"), T0 + 1)
+        store.enrollments.enroll(foreign, replace(ENROLLED, school_id="s2", serial="cd34"), T0 + 1)
     assert refused.value.status == "ALREADY_EXISTS"
-    assert store.get_enrollment("panel-1") == replace(ENROLLED, reenroll=True)
+    assert store.enrollments.get_enrollment("panel-1") == replace(ENROLLED, reenroll=True)
     # A device seen on plaintext streams in s1 only: no s2 token takes it either.
-    store.device_connected(ident("panel-2", "s1"), 1, 60.0, T0)
+    store.devices.device_connected(ident("panel-2", "s1"), 1, 60.0, T0)
     with pytest.raises(EnrollRefused):
-        store.enroll(foreign, replace(ENROLLED, device_id="panel-2", school_id="s2"), T0 + 1)
-    assert store.get_enrollment("panel-2") is None
+        store.enrollments.enroll(
+            foreign, replace(ENROLLED, device_id="panel-2", school_id="s2"), T0 + 1
+        )
+    assert store.enrollments.get_enrollment("panel-2") is None
     # Neither refusal took a use of the token.
-    (token,) = store.list_enroll_tokens("s2")
+    (token,) = store.enrollments.list_enroll_tokens("s2")
     assert token.uses == 0
 
 
 def test_a_move_puts_the_device_in_its_new_school_open_to_enroll_there(
-    store: SqliteStore,  # noqa: F811
+    store: Stores,  # noqa: F811
 ) -> None:
-    store.enroll(_token(store, "s1"), ENROLLED, T0)
-    store.device_connected(ident("panel-1", "s1"), 1, 60.0, T0)
-    store.record_messages([CommandResultRow("panel-1", 1, T0, "cmd-1", "ok", "done", T0)])
-    moved = store.move_device("panel-1", "s2", T0 + 10)
+    store.enrollments.enroll(_token(store, "s1"), ENROLLED, T0)
+    store.devices.device_connected(ident("panel-1", "s1"), 1, 60.0, T0)
+    store.devices.record_messages([CommandResultRow("panel-1", 1, T0, "cmd-1", "ok", "done", T0)])
+    moved = store.enrollments.move_device("panel-1", "s2", T0 + 10)
     assert moved is not None and (moved.from_school, moved.to_school) == ("s1", "s2")
-    assert store.get_enrollment("panel-1") == replace(ENROLLED, school_id="s2", reenroll=True)
-    device = store.get_device("panel-1", T0 + 10)
+    assert store.enrollments.get_enrollment("panel-1") == replace(
+        ENROLLED, school_id="s2", reenroll=True
+    )
+    device = store.devices.get_device("panel-1", T0 + 10)
     assert device is not None
     assert (device.identity.school_id, device.identity.room_id) == ("s2", "")
-    assert store.command_results("panel-1", 10) == []
+    assert store.devices.command_results("panel-1", 10) == []
     # The old school's token cannot take it back; the new school's enrolls it.
     with pytest.raises(EnrollRefused):
-        store.enroll(_token(store, "s1"), replace(ENROLLED, serial="cd34"), T0 + 11)
+        store.enrollments.enroll(_token(store, "s1"), replace(ENROLLED, serial="cd34"), T0 + 11)
     again = replace(ENROLLED, school_id="s2", serial="cd34", enrolled_at=T0 + 12)
-    store.enroll(_token(store, "s2"), again, T0 + 12)
-    assert store.get_enrollment("panel-1") == again
+    store.enrollments.enroll(_token(store, "s2"), again, T0 + 12)
+    assert store.enrollments.get_enrollment("panel-1") == again
 
 
 def test_a_move_of_no_device_or_to_its_own_school_changes_nothing(
-    store: SqliteStore,  # noqa: F811
+    store: Stores,  # noqa: F811
 ) -> None:
-    assert store.move_device("panel-none", "s2", T0) is None
-    store.enroll(_token(store, "s1"), ENROLLED, T0)
-    same = store.move_device("panel-1", "s1", T0)
+    assert store.enrollments.move_device("panel-none", "s2", T0) is None
+    store.enrollments.enroll(_token(store, "s1"), ENROLLED, T0)
+    same = store.enrollments.move_device("panel-1", "s1", T0)
     assert same is not None and same.from_school == same.to_school == "s1"
-    assert store.get_enrollment("panel-1") == ENROLLED
+    assert store.enrollments.get_enrollment("panel-1") == ENROLLED
 
 
 def test_a_device_in_an_unfinished_rollout_is_not_moved(
-    store: SqliteStore,  # noqa: F811
+    store: Stores,  # noqa: F811
 ) -> None:
-    store.enroll(_token(store, "s1"), ENROLLED, T0)
+    store.enrollments.enroll(_token(store, "s1"), ENROLLED, T0)
     spec = RolloutSpec("timesync.yml", "school=s1")
-    rollout = store.create_rollout(spec, [NewHost("panel-1", "s1")], "ana", T0, LessonRates(0, 0))
+    rollout = store.rollouts.create_rollout(
+        spec, [NewHost("panel-1", "s1")], "ana", T0, LessonRates(0, 0)
+    )
     with pytest.raises(HostsClaimed, match=f"rollout {rollout}"):
-        store.move_device("panel-1", "s2", T0)
-    assert store.get_enrollment("panel-1") == ENROLLED
+        store.enrollments.move_device("panel-1", "s2", T0)
+    assert store.enrollments.get_enrollment("panel-1") == ENROLLED

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from controller.store.sqlite import SqliteStore
+from controller.stores import sqlite_stores
 from inventory.infra import HostKey, ProbeResult, TargetKind
 from protos.schoolfleet.v1 import fleet_pb2
 from tests import wire
@@ -119,10 +119,10 @@ def test_import_list_and_count_the_infrastructure(controller: Controller, tmp_pa
     assert refused.code == 2 and "unknown columns 'kind'" in refused.err, refused
 
     # What the probes and the devices' reports would write, in the store itself.
-    store = SqliteStore(c.database)
+    store = sqlite_stores(c.database)
     try:
         now = time.time()
-        store.record_probes(
+        store.infra.record_probes(
             [ProbeResult(TargetKind.AP, "ap-2", False, "connection refused", 1.0, now),
              ProbeResult(TargetKind.AP, "ap-1", True, "", 0.1, now),
              ProbeResult(TargetKind.SERVER, "srv-1", True, "host key not trusted", 0.2, now,

@@ -7,7 +7,7 @@ import pytest
 from common.secret_hash import hash_secret
 from controller.enroll.tokens import PREFIX, mint, token_id
 from controller.errors import ProtocolError
-from controller.store.sqlite import SqliteStore
+from controller.stores import Stores
 from inventory.model import valid_id
 from tests.test_store_sqlite import T0, store  # noqa: F401  (fixture)
 
@@ -42,15 +42,15 @@ def test_limits_are_named(school: str, uses: int, valid: int, message: str) -> N
         mint(school, uses, valid, T0)
 
 
-def test_tokens_are_stored_listed_and_revoked(store: SqliteStore) -> None:  # noqa: F811
+def test_tokens_are_stored_listed_and_revoked(store: Stores) -> None:  # noqa: F811
     a, secret_a = mint("s1", 3, 3600, T0)
     b, secret_b = mint("s2", 1, 3600, T0 + 1)
-    store.add_enroll_token(a, hash_secret(secret_a))
-    store.add_enroll_token(b, hash_secret(secret_b))
-    assert store.list_enroll_tokens(None) == [b, a]
-    assert store.list_enroll_tokens("s1") == [a]
-    revoked = store.revoke_enroll_token(a.token_id, T0 + 5)
+    store.enrollments.add_enroll_token(a, hash_secret(secret_a))
+    store.enrollments.add_enroll_token(b, hash_secret(secret_b))
+    assert store.enrollments.list_enroll_tokens(None) == [b, a]
+    assert store.enrollments.list_enroll_tokens("s1") == [a]
+    revoked = store.enrollments.revoke_enroll_token(a.token_id, T0 + 5)
     assert revoked is not None and revoked.revoked_at == T0 + 5 and not revoked.usable(T0 + 6)
-    again = store.revoke_enroll_token(a.token_id, T0 + 9)
+    again = store.enrollments.revoke_enroll_token(a.token_id, T0 + 9)
     assert again is not None and again.revoked_at == T0 + 5
-    assert store.revoke_enroll_token("nosuch", T0) is None
+    assert store.enrollments.revoke_enroll_token("nosuch", T0) is None

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from controller.errors import StoreError
 from controller.infra.metrics import InfraCollector
-from controller.store.infra_protocol import InfraCensus, InventoryCounts
-from controller.store.sqlite import SqliteStore
+from controller.infra.store import InfraCensus, InventoryCounts
+from controller.stores import Stores, sqlite_stores
 from inventory.infra import (
     AccessPoint,
     HostKey,
@@ -45,9 +45,9 @@ KEY_B = HostKey(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "c.db")
-    s.save_inventory(
+def store(tmp_path: Path) -> Iterator[Stores]:
+    s = sqlite_stores(tmp_path / "c.db")
+    s.infra.save_inventory(
         [School("s1", "School 1"), School("s2")],
         [Room("s1", "r101")],
         [AP1, AP2, AP3],
@@ -63,54 +63,55 @@ def probe(kind: TargetKind, target_id: str, up: bool, at: float = T0, **kw: obje
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-def seen_by_devices(
-    store: SqliteStore, rows: list[tuple[str, str, float | None]], at: float
-) -> None:
+def seen_by_devices(store: Stores, rows: list[tuple[str, str, float | None]], at: float) -> None:
     """What the ingest of the agents' Wi-Fi reports writes (device, BSSID, signal)."""
     for device_id, bssid, signal in rows:
-        store._write(
+        store.database.write(
             "INSERT OR REPLACE INTO device_wifi VALUES (?, ?, ?, ?)", (device_id, bssid, signal, at)
         )
-        store._write("INSERT OR REPLACE INTO bssid_seen VALUES (?, ?)", (bssid, at))
+        store.database.write("INSERT OR REPLACE INTO bssid_seen VALUES (?, ?)", (bssid, at))
 
 
 def test_an_import_adds_then_changes_nothing_then_updates(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "c.db")
+    s = sqlite_stores(tmp_path / "c.db")
     schools, rooms = [School("s1", "One")], [Room("s1", "r1"), Room("s1", "r2")]
-    assert s.save_inventory(schools, rooms, [AP1], [SRV1], T0) == InventoryCounts(5, 0, 0)
-    assert s.save_inventory(schools, rooms, [AP1], [SRV1], T0 + 1) == InventoryCounts(0, 0, 5)
+    assert s.infra.save_inventory(schools, rooms, [AP1], [SRV1], T0) == InventoryCounts(5, 0, 0)
+    assert s.infra.save_inventory(schools, rooms, [AP1], [SRV1], T0 + 1) == InventoryCounts(0, 0, 5)
     moved = replace(AP1, address="10.1.0.99", bssids=("aa:bb:cc:00:01:01", "aa:bb:cc:00:01:03"))
     renamed = [School("s1", "School One")]
-    assert s.save_inventory(renamed, [], [moved], [replace(SRV1, ssh_port=22)], T0 + 2) == (
+    assert s.infra.save_inventory(renamed, [], [moved], [replace(SRV1, ssh_port=22)], T0 + 2) == (
         InventoryCounts(0, 3, 0)
     )
-    assert s.known_rooms([("s1", "r1"), ("s1", "r2"), ("s1", "r3")]) == {("s1", "r1"), ("s1", "r2")}
-    assert s.known_schools(["s1", "s9"]) == {"s1"}
-    assert s.bssid_owners(["aa:bb:cc:00:01:02", "aa:bb:cc:00:01:03"]) == {
+    assert s.lessons.known_rooms([("s1", "r1"), ("s1", "r2"), ("s1", "r3")]) == {
+        ("s1", "r1"),
+        ("s1", "r2"),
+    }
+    assert s.infra.known_schools(["s1", "s9"]) == {"s1"}
+    assert s.infra.bssid_owners(["aa:bb:cc:00:01:02", "aa:bb:cc:00:01:03"]) == {
         "aa:bb:cc:00:01:03": "ap-1"
     }
-    [status] = s.list_access_points(None, None)
+    [status] = s.infra.list_access_points(None, None)
     assert status.access_point == moved
     s.close()
 
 
-def test_a_bssid_of_another_access_point_stores_nothing(store: SqliteStore) -> None:
+def test_a_bssid_of_another_access_point_stores_nothing(store: Stores) -> None:
     thief = replace(AP3, bssids=("aa:bb:cc:00:02:01",))
     with pytest.raises(StoreError, match="UNIQUE"):
-        store.save_inventory([School("s3")], [], [thief], [], T0 + 1)
-    assert store.known_schools(["s3"]) == set()
-    assert store.bssid_owners(["aa:bb:cc:00:02:01"]) == {"aa:bb:cc:00:02:01": "ap-2"}
+        store.infra.save_inventory([School("s3")], [], [thief], [], T0 + 1)
+    assert store.infra.known_schools(["s3"]) == set()
+    assert store.infra.bssid_owners(["aa:bb:cc:00:02:01"]) == {"aa:bb:cc:00:02:01": "ap-2"}
 
 
-def test_target_schools(store: SqliteStore) -> None:
-    assert store.target_schools(TargetKind.AP, ["ap-1", "ap-3", "nope"]) == {
+def test_target_schools(store: Stores) -> None:
+    assert store.infra.target_schools(TargetKind.AP, ["ap-1", "ap-3", "nope"]) == {
         "ap-1": "s1",
         "ap-3": "s2",
     }
-    assert store.target_schools(TargetKind.SERVER, ["srv-2"]) == {"srv-2": "s2"}
+    assert store.infra.target_schools(TargetKind.SERVER, ["srv-2"]) == {"srv-2": "s2"}
 
 
-def test_access_points_show_their_probe_and_the_view_from_below(store: SqliteStore) -> None:
+def test_access_points_show_their_probe_and_the_view_from_below(store: Stores) -> None:
     seen_by_devices(
         store,
         [("p1", "aa:bb:cc:00:01:01", -50), ("p2", "aa:bb:cc:00:01:02", -70),
@@ -118,9 +119,13 @@ def test_access_points_show_their_probe_and_the_view_from_below(store: SqliteSto
          ("p5", "ff:ff:ff:00:00:01", -40)],
         T0 - 10,
     )  # fmt: skip
-    store._write("UPDATE bssid_seen SET seen_at = ? WHERE bssid = ?", (T0 - 5, "aa:bb:cc:00:01:02"))
-    store.record_probes([probe(TargetKind.AP, "ap-1", True), probe(TargetKind.AP, "ap-2", False)])
-    aps = {a.target.target_id: a for a in store.list_access_points(None, None)}
+    store.database.write(
+        "UPDATE bssid_seen SET seen_at = ? WHERE bssid = ?", (T0 - 5, "aa:bb:cc:00:01:02")
+    )
+    store.infra.record_probes(
+        [probe(TargetKind.AP, "ap-1", True), probe(TargetKind.AP, "ap-2", False)]
+    )
+    aps = {a.target.target_id: a for a in store.infra.list_access_points(None, None)}
     assert list(aps) == ["ap-1", "ap-2", "ap-3"]
     one = aps["ap-1"]
     assert (one.devices, one.median_signal_dbm, one.last_seen_by_device) == (4, -62, T0 - 5)
@@ -132,77 +137,77 @@ def test_access_points_show_their_probe_and_the_view_from_below(store: SqliteSto
     assert two.latest is not None and two.latest.reason == "connection refused"
     assert aps["ap-3"].latest is None
 
-    assert [a.target.target_id for a in store.list_access_points("s2", None)] == ["ap-3"]
-    assert [a.target.target_id for a in store.list_access_points(None, frozenset({"s2"}))] == [
-        "ap-3"
-    ]
-    assert [a.target.target_id for a in store.list_access_points(None, None, down_only=True)] == [
-        "ap-2"
-    ]
-    page = store.list_access_points(None, None, after_id="ap-1", limit=1)
+    assert [a.target.target_id for a in store.infra.list_access_points("s2", None)] == ["ap-3"]
+    assert [
+        a.target.target_id for a in store.infra.list_access_points(None, frozenset({"s2"}))
+    ] == ["ap-3"]
+    assert [
+        a.target.target_id for a in store.infra.list_access_points(None, None, down_only=True)
+    ] == ["ap-2"]
+    page = store.infra.list_access_points(None, None, after_id="ap-1", limit=1)
     assert [a.target.target_id for a in page] == ["ap-2"]
 
 
-def test_an_older_probe_does_not_replace_a_newer_one(store: SqliteStore) -> None:
-    store.record_probes([probe(TargetKind.SERVER, "srv-1", True, T0, facts={"load1": 0.5})])
-    store.record_probes([probe(TargetKind.SERVER, "srv-1", False, T0 - 60)])
-    server = store.get_server("srv-1")
+def test_an_older_probe_does_not_replace_a_newer_one(store: Stores) -> None:
+    store.infra.record_probes([probe(TargetKind.SERVER, "srv-1", True, T0, facts={"load1": 0.5})])
+    store.infra.record_probes([probe(TargetKind.SERVER, "srv-1", False, T0 - 60)])
+    server = store.infra.get_server("srv-1")
     assert server is not None and server.latest is not None
     assert (server.latest.up, server.latest.facts) == (True, {"load1": 0.5})
-    assert store.get_server("nope") is None
-    assert [s.target.target_id for s in store.list_servers("s2", None)] == ["srv-2"]
+    assert store.infra.get_server("nope") is None
+    assert [s.target.target_id for s in store.infra.list_servers("s2", None)] == ["srv-2"]
 
 
-def test_a_seen_key_is_pinned_only_by_trust(store: SqliteStore) -> None:
-    assert store.trust_host_key(TargetKind.SERVER, "srv-1", T0) is None, "nothing seen yet"
-    store.record_probes(
+def test_a_seen_key_is_pinned_only_by_trust(store: Stores) -> None:
+    assert store.infra.trust_host_key(TargetKind.SERVER, "srv-1", T0) is None, "nothing seen yet"
+    store.infra.record_probes(
         [probe(TargetKind.SERVER, "srv-1", True, reason="host key not trusted", seen_key=KEY_A)]
     )
-    targets = {t.target_id: t for t in store.probe_targets()}
+    targets = {t.target_id: t for t in store.infra.probe_targets()}
     assert set(targets) == {"ap-1", "ap-2", "ap-3", "srv-1", "srv-2"}
     assert targets["srv-1"].pinned_key is None
-    server = store.get_server("srv-1")
+    server = store.infra.get_server("srv-1")
     assert server is not None and server.latest is not None
     assert server.latest.seen_key == KEY_A and server.target.pinned_key is None
 
-    assert store.trust_host_key(TargetKind.SERVER, "srv-1", T0 + 1, expected=KEY_B) is None
-    assert store.trust_host_key(TargetKind.SERVER, "srv-1", T0 + 1, expected=KEY_A) == KEY_A
-    pinned = {t.target_id: t.pinned_key for t in store.probe_targets()}
+    assert store.infra.trust_host_key(TargetKind.SERVER, "srv-1", T0 + 1, expected=KEY_B) is None
+    assert store.infra.trust_host_key(TargetKind.SERVER, "srv-1", T0 + 1, expected=KEY_A) == KEY_A
+    pinned = {t.target_id: t.pinned_key for t in store.infra.probe_targets()}
     assert pinned["srv-1"] == KEY_A and pinned["srv-2"] is None
-    server = store.get_server("srv-1")
+    server = store.infra.get_server("srv-1")
     assert server is not None and server.latest is not None and server.latest.seen_key is None
 
     # The key changes: seen, not trusted, until trust pins the new one.
-    store.record_probes(
+    store.infra.record_probes(
         [
             probe(
                 TargetKind.SERVER, "srv-1", False, T0 + 2, reason="host key changed", seen_key=KEY_B
             )
         ]
     )
-    server = store.get_server("srv-1")
+    server = store.infra.get_server("srv-1")
     assert server is not None and server.latest is not None
     assert (server.target.pinned_key, server.latest.seen_key) == (KEY_A, KEY_B)
     # It changes back: nothing is left to trust.
-    store.record_probes([probe(TargetKind.SERVER, "srv-1", True, T0 + 3, seen_key=KEY_A)])
-    assert store.trust_host_key(TargetKind.SERVER, "srv-1", T0 + 4) is None
-    assert {t.target_id: t.pinned_key for t in store.probe_targets()}["srv-1"] == KEY_A
+    store.infra.record_probes([probe(TargetKind.SERVER, "srv-1", True, T0 + 3, seen_key=KEY_A)])
+    assert store.infra.trust_host_key(TargetKind.SERVER, "srv-1", T0 + 4) is None
+    assert {t.target_id: t.pinned_key for t in store.infra.probe_targets()}["srv-1"] == KEY_A
 
 
-def test_counts_by_school_kind_and_state(store: SqliteStore) -> None:
+def test_counts_by_school_kind_and_state(store: Stores) -> None:
     seen_by_devices(store, [("p1", "aa:bb:cc:00:01:01", -50)], T0 - 3600)
     seen_by_devices(store, [("p2", "aa:bb:cc:00:02:01", -50)], T0 - 3 * 86400)
-    store.record_probes(
+    store.infra.record_probes(
         [probe(TargetKind.AP, "ap-1", True), probe(TargetKind.AP, "ap-2", False),
          probe(TargetKind.SERVER, "srv-2", False)]
     )  # fmt: skip
-    assert store.infra_census(T0 - 86400) == [
+    assert store.infra.infra_census(T0 - 86400) == [
         InfraCensus("s1", TargetKind.AP, 1, 1, 0, 1),
         InfraCensus("s2", TargetKind.AP, 0, 0, 1, 1),
         InfraCensus("s1", TargetKind.SERVER, 0, 0, 1, 0),
         InfraCensus("s2", TargetKind.SERVER, 0, 1, 0, 0),
     ]
-    assert store.infra_counts() == [
+    assert store.infra.infra_counts() == [
         ("s1", TargetKind.AP, 1, 1),
         ("s2", TargetKind.AP, 0, 0),
         ("s1", TargetKind.SERVER, 0, 0),
@@ -210,10 +215,10 @@ def test_counts_by_school_kind_and_state(store: SqliteStore) -> None:
     ]
 
 
-def test_the_gauges_grow_with_schools_never_with_access_points(store: SqliteStore) -> None:
+def test_the_gauges_grow_with_schools_never_with_access_points(store: Stores) -> None:
     registry = CollectorRegistry()
-    registry.register(InfraCollector(store, now=lambda: T0))
-    store.record_probes(
+    registry.register(InfraCollector(store.infra, store.infra.school_ids, now=lambda: T0))
+    store.infra.record_probes(
         [probe(TargetKind.AP, "ap-2", False), probe(TargetKind.SERVER, "srv-1", True)]
     )
 
@@ -236,18 +241,18 @@ def test_the_gauges_grow_with_schools_never_with_access_points(store: SqliteStor
     assert value("servers", "s1", "up") == 1
     assert value("access_points_unseen", "s2") == 1
     many = [AccessPoint(f"ap-x{n}", "s1", f"10.9.{n // 250}.{n % 250 + 1}") for n in range(500)]
-    store.save_inventory([], [], many, [], T0)
+    store.infra.save_inventory([], [], many, [], T0)
     assert series() == before
     assert value("access_points", "s1", "unknown") == 501
 
 
 def test_bssids_no_access_point_has_are_listed_by_the_devices_school(
-    store: SqliteStore,
+    store: Stores,
 ) -> None:
     for n, (device, school) in enumerate(
         [("p1", "s1"), ("p5", "s1"), ("p6", "s1"), ("p7", "s2"), ("p8", "s2")]
     ):
-        store.device_connected(ident(device, school), n + 1, 90, T0 - 20)
+        store.devices.device_connected(ident(device, school), n + 1, 90, T0 - 20)
     seen_by_devices(
         store,
         [("p1", "aa:bb:cc:00:01:01", -50), ("p5", "ff:ff:ff:00:00:01", -40),
@@ -261,15 +266,15 @@ def test_bssids_no_access_point_has_are_listed_by_the_devices_school(
         UnknownBssid("s2", "ff:ff:ff:00:00:01", 1, None, T0 - 10),
         UnknownBssid("s2", "ff:ff:ff:00:00:02", 1, -70, T0 - 10),
     ]
-    assert store.unknown_bssids(None) == [
+    assert store.infra.unknown_bssids(None) == [
         UnknownBssid("s1", "ff:ff:ff:00:00:01", 2, -45, T0 - 5),
         *s2,
     ]
-    assert store.unknown_bssids(frozenset({"s2", "s9"})) == s2
-    assert store.unknown_bssids(frozenset()) == []
+    assert store.infra.unknown_bssids(frozenset({"s2", "s9"})) == s2
+    assert store.infra.unknown_bssids(frozenset()) == []
 
     registry = CollectorRegistry()
-    registry.register(InfraCollector(store, now=lambda: T0))
+    registry.register(InfraCollector(store.infra, store.infra.school_ids, now=lambda: T0))
 
     def gauge(school: str) -> float | None:
         return registry.get_sample_value(
@@ -279,8 +284,8 @@ def test_bssids_no_access_point_has_are_listed_by_the_devices_school(
     assert (gauge("s1"), gauge("s2")) == (2, 2)
 
     # The inventory gains the access point: its BSSID is no longer unknown.
-    store.save_inventory([], [], [replace(AP3, bssids=("ff:ff:ff:00:00:01",))], [], T0)
-    assert store.unknown_bssids(None) == [s2[1]]
+    store.infra.save_inventory([], [], [replace(AP3, bssids=("ff:ff:ff:00:00:01",))], [], T0)
+    assert store.infra.unknown_bssids(None) == [s2[1]]
     assert (gauge("s1"), gauge("s2")) == (0, 1), "0 for a school with access points"
 
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from controller.fleet.writer import MessageWriter, highest_seq
-from controller.store.sqlite import SqliteStore
+from controller.stores import sqlite_stores
 from tests.test_store_sqlite import T0, beat, ident
 
 
@@ -17,16 +17,16 @@ def test_highest_seq_per_device() -> None:
 
 
 def test_writes_in_batches_and_flushes_everything_on_close(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+    store = sqlite_stores(tmp_path / "c.db")
     for d in ("a", "b"):
-        store.device_connected(ident(d), 1, 90, T0)
+        store.devices.device_connected(ident(d), 1, 90, T0)
     acks: list[dict[str, int]] = []
     batches: list[int] = []
 
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as pool:
             writer = MessageWriter(
-                store,
+                store.devices,
                 pool,
                 flush_interval=0.05,
                 batch_max=50,
@@ -48,6 +48,6 @@ def test_writes_in_batches_and_flushes_everything_on_close(tmp_path: Path) -> No
     for ack in acks:
         final.update(ack)
     assert final == {"a": 119, "b": 120}
-    a = store.get_device("a", T0 + 120)
+    a = store.devices.get_device("a", T0 + 120)
     assert a is not None and a.last_seq == 119
     store.close()

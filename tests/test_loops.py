@@ -20,15 +20,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from controller.errors import StoreError
+from controller.fleet.store import DeviceStore
 from controller.infra.probe_check import Checked, ProbeSettings
 from controller.infra.probes import Prober
 from controller.lessons.dispatcher import Dispatcher, LaunchOrder
+from controller.lessons.store import LessonStore
 from controller.loops import LOOPS, Backoff, LoopFailures, Retry
 from controller.rollouts.engine import EngineSettings, RolloutEngine
 from controller.rollouts.metrics import RolloutMetrics
 from controller.rollouts.runner import RunnerSettings, WaveJob, WaveRun
-from controller.store import NewHost, Store
-from controller.store.sqlite import SqliteStore
+from controller.rollouts.store import NewHost, RolloutStore
+from controller.stores import Stores, sqlite_stores
 from controller.uplink.checks import UplinkChecks
 from inventory.infra import AccessPoint, ProbeResult, ProbeTarget, Room, School, Server
 from inventory.lessons import Lesson
@@ -41,7 +43,7 @@ from tests.test_uplink_checks import run as run_uplink
 class FailingFirst:
     """The real store, but ``method``'s first ``times`` calls raise StoreError."""
 
-    def __init__(self, store: SqliteStore, failing: dict[str, int]) -> None:
+    def __init__(self, store: object, failing: dict[str, int]) -> None:
         self._store = store
         self._left = dict(failing)
         self._lock = threading.Lock()
@@ -65,8 +67,8 @@ class FailingFirst:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "c.db")
+def store(tmp_path: Path) -> Iterator[Stores]:
+    s = sqlite_stores(tmp_path / "c.db")
     try:
         yield s
     finally:
@@ -130,21 +132,23 @@ class Panels:
 
 
 def test_the_dispatcher_launches_a_lesson_once_the_store_answers_again(
-    store: SqliteStore,
+    store: Stores,
 ) -> None:
     now = time.time()
     for panel in ("p1", "p2"):
-        store.device_connected(DeviceIdentity(panel, DeviceKind.PANEL, "s1", "r1"), 1, 90, now)
+        store.devices.device_connected(
+            DeviceIdentity(panel, DeviceKind.PANEL, "s1", "r1"), 1, 90, now
+        )
     lesson = Lesson("s1", "r1", now + 30, now + 2700, "7B", "maths", "T", "https://x/l", False)
-    store.save_lessons([lesson], now)
-    failing = FailingFirst(store, {"due_lessons": 2})
+    store.lessons.save_lessons([lesson], now)
+    failing = FailingFirst(store.lessons, {"due_lessons": 2})
     registry = CollectorRegistry()
     panels = Panels()
 
     async def scenario() -> None:
         with ThreadPoolExecutor(2) as executor:
             dispatcher = Dispatcher(
-                cast(Store, failing),
+                cast(LessonStore, failing),
                 executor,
                 panels,
                 LoopFailures(registry),
@@ -171,7 +175,7 @@ def test_the_dispatcher_launches_a_lesson_once_the_store_answers_again(
     order = dict(panels.launched)["p1"]
     assert order.command_id == f"launch:{lesson.lesson_id}:p1" and order.url == "https://x/l"
     # What the outbox keeps for a panel not connected is the courier's encoding.
-    assert store.pending_commands("p1", time.time()) == [panels.encode(order)]
+    assert store.lessons.pending_commands("p1", time.time()) == [panels.encode(order)]
 
 
 class RecordingWorker:
@@ -190,21 +194,22 @@ class RecordingWorker:
 
 
 def test_a_rollout_goes_on_after_the_store_refuses_its_wave_s_results(
-    store: SqliteStore, tmp_path: Path
+    store: Stores, tmp_path: Path
 ) -> None:
     now = time.time()
     hosts = ["d1", "d2", "d3"]
     for n, device in enumerate(hosts, 1):
         identity = DeviceIdentity(device, DeviceKind.LAPTOP, "s1", "r1", address=f"198.18.0.{n}")
-        store.device_connected(identity, n, 90, now)
-    failing = FailingFirst(store, {"finish_wave": 2})
+        store.devices.device_connected(identity, n, 90, now)
+    failing = FailingFirst(store.rollouts, {"finish_wave": 2})
     registry = CollectorRegistry()
     asked: list[tuple[str, ...]] = []
 
     async def scenario() -> int:
         with ThreadPoolExecutor(2) as executor:
             engine = RolloutEngine(
-                cast(Store, failing),
+                cast(RolloutStore, failing),
+                store.devices.devices_by_id,
                 executor,
                 RunnerSettings(
                     remote_user="it",
@@ -232,36 +237,38 @@ def test_a_rollout_goes_on_after_the_store_refuses_its_wave_s_results(
             )
             try:
                 await until(
-                    lambda: cast(Any, store.get_rollout(rid)).state.final, 20, "rollout not done"
+                    lambda: cast(Any, store.rollouts.get_rollout(rid)).state.final,
+                    20,
+                    "rollout not done",
                 )
             finally:
                 await engine.close()
             return rid
 
     rid = asyncio.run(scenario())
-    record = store.get_rollout(rid)
+    record = store.rollouts.get_rollout(rid)
     assert record is not None
     assert record.state is RolloutState.DONE, record.reason
     assert failures(registry, "rollout_engine") == 2
     # The canary's results were refused twice: its wave ran again from the store, as after
     # a restart; then the other two hosts in one wave.
     assert asked == [("d1",), ("d1",), ("d1",), ("d2", "d3")]
-    outcomes = {h.device_id: h.outcome for h in store.rollout_hosts(rid, None)}
+    outcomes = {h.device_id: h.outcome for h in store.rollouts.rollout_hosts(rid, None)}
     assert outcomes == dict.fromkeys(hosts, HostOutcome.OK)
     assert [w.wave for w in record.waves] == [1, 2]
 
 
 def test_the_probe_schedule_reads_its_targets_and_stores_results_after_failures(
-    store: SqliteStore,
+    store: Stores,
 ) -> None:
-    store.save_inventory(
+    store.infra.save_inventory(
         [School("s1")],
         [Room("s1", "r1")],
         [AccessPoint("ap-1", "s1", "198.18.0.11"), AccessPoint("ap-2", "s1", "198.18.0.12")],
         [Server("srv-1", "s1", "198.18.0.2")],
         time.time(),
     )
-    failing = FailingFirst(store, {"probe_targets": 2, "record_probes": 1})
+    failing = FailingFirst(store.infra, {"probe_targets": 2, "record_probes": 1})
     registry = CollectorRegistry()
 
     def check(target: ProbeTarget) -> Checked:
@@ -284,8 +291,10 @@ def test_the_probe_schedule_reads_its_targets_and_stores_results_after_failures(
             try:
                 await until(
                     lambda: (
-                        all(t.latest is not None for t in store.list_access_points(None, None))
-                        and cast(Any, store.get_server("srv-1")).latest is not None
+                        all(
+                            t.latest is not None for t in store.infra.list_access_points(None, None)
+                        )
+                        and cast(Any, store.infra.get_server("srv-1")).latest is not None
                     ),
                     15,
                     "probe results not stored",
@@ -299,25 +308,28 @@ def test_the_probe_schedule_reads_its_targets_and_stores_results_after_failures(
     assert failing.calls["record_probes"] >= 2
 
 
-def test_the_uplink_schedule_checks_a_school_after_the_store_failed(store: SqliteStore) -> None:
+def test_the_uplink_schedule_checks_a_school_after_the_store_failed(store: Stores) -> None:
     online(store, "p1", "s1", DeviceKind.PANEL)
-    failing = FailingFirst(store, {"fleet_counts": 2})
+    failing = FailingFirst(store.devices, {"fleet_counts": 2})
     courier = Courier({"p1"})
     counted = CollectorRegistry()
 
     async def scenario(checks: UplinkChecks) -> None:
         task = asyncio.create_task(checks.run())
         try:
-            await until(lambda: bool(store.latest_uplink_checks(measured=True)), 20, "no check")
+            await until(
+                lambda: bool(store.uplink.latest_uplink_checks(measured=True)), 20, "no check"
+            )
         finally:
             task.cancel()
 
     run_uplink(
-        cast(SqliteStore, failing),
+        store,
         courier,
         scenario,
         interval=1.0,
         failures=LoopFailures(counted),
+        devices=cast(DeviceStore, failing),
     )
     assert failures(counted, "uplink_checks") == 2
     assert [o.command_id.split("-")[1] for _, o in courier.sent] == ["s1"]

@@ -12,8 +12,9 @@ from controller.fleet.metrics import ControllerMetrics, FleetCollector
 from controller.infra.metrics import InfraCollector
 from controller.lessons.metrics import LessonCollector
 from controller.rollouts.metrics import PER_ROLLOUT_MAX, RolloutCollector, waiting_hosts
-from controller.store import HeartbeatRow, NewHost
-from controller.store.sqlite import SqliteStore
+from controller.rollouts.store import NewHost
+from controller.store.rows import HeartbeatRow
+from controller.stores import Stores, sqlite_stores
 from controller.uplink.metrics import UplinkCollector
 from inventory.infra import School
 from inventory.lessons import LessonState
@@ -36,14 +37,16 @@ def _series(registry: CollectorRegistry, prefix: str) -> dict[str, float]:
 
 
 def test_series_grow_with_schools_not_devices(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+    store = sqlite_stores(tmp_path / "c.db")
     registry = CollectorRegistry()
     ControllerMetrics(registry)
-    registry.register(FleetCollector(store, lambda: 4, now=lambda: T0))
+    registry.register(
+        FleetCollector(store.devices, store.infra.school_ids, lambda: 4, now=lambda: T0)
+    )
     for n in (10, 500):
         for i in range(n):
-            store.device_connected(ident(f"d{i:04}", f"s{i % 2}"), i + 1, 90, T0)
-        store.record_messages([beat(f"d{i:04}", 1, T0) for i in range(0, n, 2)])
+            store.devices.device_connected(ident(f"d{i:04}", f"s{i % 2}"), i + 1, 90, T0)
+        store.devices.record_messages([beat(f"d{i:04}", 1, T0) for i in range(0, n, 2)])
         series = _series(registry, "schoolfleet_devices{")
         assert len(series) == 16  # 2 schools x 4 kinds x 2 statuses, whatever n is
         assert series['schoolfleet_devices{kind="panel",school="s0",status="online"}'] == n // 2
@@ -56,14 +59,18 @@ def test_series_grow_with_schools_not_devices(tmp_path: Path) -> None:
 
 
 def test_verdicts_and_losses_are_summed_per_school(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+    store = sqlite_stores(tmp_path / "c.db")
     registry = CollectorRegistry()
-    registry.register(FleetCollector(store, lambda: 0, now=lambda: T0))
+    registry.register(
+        FleetCollector(store.devices, store.infra.school_ids, lambda: 0, now=lambda: T0)
+    )
     for i, condition in enumerate([Condition.OK, Condition.CRITICAL, Condition.CRITICAL]):
-        store.device_connected(ident(f"d{i}"), i + 1, 90, T0)
+        store.devices.device_connected(ident(f"d{i}"), i + 1, 90, T0)
         report = DeviceReport(condition, (), spool_dropped=i)
-        store.record_messages([HeartbeatRow(f"d{i}", 1, T0, beat(f"d{i}", 1, T0).health, report)])
-    store.record_messages([beat("d0", 4, T0)])  # seqs 2 and 3 never arrived
+        store.devices.record_messages(
+            [HeartbeatRow(f"d{i}", 1, T0, beat(f"d{i}", 1, T0).health, report)]
+        )
+    store.devices.record_messages([beat("d0", 4, T0)])  # seqs 2 and 3 never arrived
     series = _series(registry, "schoolfleet_device_")
     assert series == {
         'schoolfleet_device_conditions{condition="ok",school="s1"}': 1,
@@ -75,20 +82,26 @@ def test_verdicts_and_losses_are_summed_per_school(tmp_path: Path) -> None:
     store.close()
 
 
-def _registry(store: SqliteStore) -> CollectorRegistry:
+def _registry(store: Stores) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(FleetCollector(store, lambda: 0, now=lambda: T0))
-    registry.register(InfraCollector(store, now=lambda: T0))
-    registry.register(UplinkCollector(store))
-    registry.register(LessonCollector(store, ZoneInfo("UTC"), 60.0, now=lambda: T0))
+    registry.register(
+        FleetCollector(store.devices, store.infra.school_ids, lambda: 0, now=lambda: T0)
+    )
+    registry.register(InfraCollector(store.infra, store.infra.school_ids, now=lambda: T0))
+    registry.register(UplinkCollector(store.uplink, store.infra.school_ids))
+    registry.register(
+        LessonCollector(
+            store.lesson_counts, store.infra.school_ids, ZoneInfo("UTC"), 60.0, now=lambda: T0
+        )
+    )
     return registry
 
 
 def test_a_school_known_only_from_the_inventory_has_every_series_at_zero(
     tmp_path: Path,
 ) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    store.save_inventory([School("s9")], [], [], [], T0)
+    store = sqlite_stores(tmp_path / "c.db")
+    store.infra.save_inventory([School("s9")], [], [], [], T0)
     series = _series(_registry(store), "schoolfleet_")
     of_s9 = {k: v for k, v in series.items() if 'school="s9"' in k}
     assert set(of_s9.values()) == {0}
@@ -115,12 +128,12 @@ def test_a_school_known_only_from_the_inventory_has_every_series_at_zero(
 
 
 def test_todays_lessons_are_exact_from_the_first_scrape(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    store.save_inventory([School("s1"), School("s2")], [], [], [], T0 - 7200)
-    store.add_room("s1", "r1")
+    store = sqlite_stores(tmp_path / "c.db")
+    store.infra.save_inventory([School("s1"), School("s2")], [], [], [], T0 - 7200)
+    store.lessons.add_room("s1", "r1")
     a, b = lesson(start=T0 - 3000, minutes=45), lesson(start=T0 + 600)
-    store.save_lessons([a, b], T0 - 7200)
-    store.dispatch([(a.lesson_id, [])], T0 - 3000)  # no panel in the room
+    store.lessons.save_lessons([a, b], T0 - 7200)
+    store.lessons.dispatch([(a.lesson_id, [])], T0 - 3000)  # no panel in the room
     series = _series(_registry(store), "schoolfleet_lessons_today")
     assert series['schoolfleet_lessons_today{school="s1",state="no-device"}'] == 1
     assert series['schoolfleet_lessons_today{school="s1",state="scheduled"}'] == 1
@@ -135,13 +148,13 @@ def test_todays_lessons_are_exact_from_the_first_scrape(tmp_path: Path) -> None:
 
 
 def test_a_school_whose_uplink_checks_fail_is_counted(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    store.save_inventory([School("s1"), School("s2"), School("s3")], [], [], [], T0)
-    store.start_uplink_check(UplinkCheck("s1", T0, "d", 100), 0)
-    store.finish_uplink_check("s1", T0, 100, 1.0, 80.0, "")
+    store = sqlite_stores(tmp_path / "c.db")
+    store.infra.save_inventory([School("s1"), School("s2"), School("s3")], [], [], [], T0)
+    store.uplink.start_uplink_check(UplinkCheck("s1", T0, "d", 100), 0)
+    store.uplink.finish_uplink_check("s1", T0, 100, 1.0, 80.0, "")
     for n in range(3):
-        store.start_uplink_check(UplinkCheck("s2", T0 + n, "d", 100), 0)
-        store.finish_uplink_check("s2", T0 + n, 100, None, None, "no answer")
+        store.uplink.start_uplink_check(UplinkCheck("s2", T0 + n, "d", 100), 0)
+        store.uplink.finish_uplink_check("s2", T0 + n, 100, None, None, "no answer")
     series = _series(_registry(store), "schoolfleet_school_uplink_")
     assert series == {
         'schoolfleet_school_uplink_mbps{school="s1"}': 80.0,
@@ -169,15 +182,15 @@ def test_waiting_hosts_read_what_the_wave_picker_writes() -> None:
 
 
 def test_per_rollout_progress_for_the_newest_unfinished_rollouts(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+    store = sqlite_stores(tmp_path / "c.db")
     spec = RolloutSpec("update.yml", "school=s1")
     for n in range(PER_ROLLOUT_MAX + 2):
         hosts = [NewHost(f"d{n}-{i}", "s1") for i in range(3)]
-        store.create_rollout(spec, hosts, "ops", T0 + n, LessonRates(0, 0))
-    store.set_rollout_state(1, RolloutState.DONE, "", T0 + 100)
-    store.set_waiting(PER_ROLLOUT_MAX + 2, "hosts wait: 2 in rooms with lessons (x)", T0)
+        store.rollouts.create_rollout(spec, hosts, "ops", T0 + n, LessonRates(0, 0))
+    store.rollouts.set_rollout_state(1, RolloutState.DONE, "", T0 + 100)
+    store.rollouts.set_waiting(PER_ROLLOUT_MAX + 2, "hosts wait: 2 in rooms with lessons (x)", T0)
     registry = CollectorRegistry()
-    registry.register(RolloutCollector(store))
+    registry.register(RolloutCollector(store.rollouts))
     info = _series(registry, "schoolfleet_rollout_info")
     assert len(info) == PER_ROLLOUT_MAX
     assert 'schoolfleet_rollout_info{playbook="update.yml",rollout="2",state="running"}' not in info

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.store import HeartbeatRow
-from controller.store.protocol import DeviceQuery, SelectedDevice
-from controller.store.sqlite import SqliteStore
+from controller.fleet.store import DeviceQuery, SelectedDevice
+from controller.store.rows import HeartbeatRow
+from controller.stores import Stores, sqlite_stores
 from inventory.model import DeviceIdentity, DeviceKind, DeviceStatus, Health, OsInfo
 from inventory.rollouts import parse_selector
 
@@ -37,8 +37,8 @@ SELECTORS = (
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "c.db")
+def store(tmp_path: Path) -> Iterator[Stores]:
+    s = sqlite_stores(tmp_path / "c.db")
     for n in range(24):
         labels = (("grade", str(5 + n % 3)),) + (
             (("wing", "north"),) if n % 2 else (("wing", "south"),)
@@ -54,20 +54,18 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
             os=None if n % 5 == 0 else OsInfo("M OS", ("12.1", "12.0", "13.0")[n % 3], "6.1", T0),
             labels=labels if n % 4 else (),
         )
-        s.device_connected(identity, n + 1, 90, T0)
+        s.devices.device_connected(identity, n + 1, 90, T0)
         if n % 2:
-            s.record_messages(
+            s.devices.record_messages(
                 [HeartbeatRow(identity.device_id, 1, T0, Health(T0, 1, 1, 1, 1, 0, 0, 0))]
             )
     yield s
     s.close()
 
 
-def by_the_rule(
-    store: SqliteStore, text: str, scope: frozenset[str] | None
-) -> list[SelectedDevice]:
+def by_the_rule(store: Stores, text: str, scope: frozenset[str] | None) -> list[SelectedDevice]:
     selector = parse_selector(text)
-    every = store.list_devices(DeviceQuery(limit=1000), T0 + 1)
+    every = store.devices.list_devices(DeviceQuery(limit=1000), T0 + 1)
     return [
         SelectedDevice(d.identity.device_id, d.identity.school_id, d.status)
         for d in every
@@ -84,24 +82,24 @@ def by_the_rule(
 
 
 @pytest.mark.parametrize("text", SELECTORS)
-def test_the_store_selects_what_the_selector_s_rule_selects(store: SqliteStore, text: str) -> None:
+def test_the_store_selects_what_the_selector_s_rule_selects(store: Stores, text: str) -> None:
     for scope in (None, frozenset({"s1"}), frozenset({"s2", "s3"}), frozenset()):
-        selected = store.select_devices(parse_selector(text), scope, T0 + 1)
+        selected = store.devices.select_devices(parse_selector(text), scope, T0 + 1)
         assert selected == by_the_rule(store, text, scope), (text, scope)
 
 
-def test_the_selection_is_exact_and_says_who_is_online(store: SqliteStore) -> None:
-    selected = store.select_devices(parse_selector("school=s2,kind=laptop"), None, T0 + 1)
+def test_the_selection_is_exact_and_says_who_is_online(store: Stores) -> None:
+    selected = store.devices.select_devices(parse_selector("school=s2,kind=laptop"), None, T0 + 1)
     # d01, d04, ...: school s2 is n % 3 == 1, and so is kind laptop.
     assert [d.device_id for d in selected] == [f"d{n:02d}" for n in range(1, 24, 3)]
     online = [d.device_id for d in selected if d.status is DeviceStatus.ONLINE]
     assert online == [f"d{n:02d}" for n in range(1, 24, 3) if n % 2]
-    hostile = store.select_devices(parse_selector("label.grade=5') OR ('1'='1"), None, T0)
+    hostile = store.devices.select_devices(parse_selector("label.grade=5') OR ('1'='1"), None, T0)
     assert hostile == []
 
 
-def test_records_by_id_leave_unknown_ids_out(store: SqliteStore) -> None:
-    found = store.devices_by_id(["d05", "d01", "nope", "d05"], T0 + 1)
+def test_records_by_id_leave_unknown_ids_out(store: Stores) -> None:
+    found = store.devices.devices_by_id(["d05", "d01", "nope", "d05"], T0 + 1)
     assert [d.identity.device_id for d in found] == ["d01", "d05"]
-    assert found[0] == store.list_devices(DeviceQuery(limit=2), T0 + 1)[1]
-    assert store.devices_by_id([], T0) == []
+    assert found[0] == store.devices.list_devices(DeviceQuery(limit=2), T0 + 1)[1]
+    assert store.devices.devices_by_id([], T0) == []

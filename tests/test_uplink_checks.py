@@ -17,9 +17,10 @@ from prometheus_client import CollectorRegistry
 
 from agent.uplink import fetch
 from controller.errors import UplinkUnavailable
+from controller.fleet.store import DeviceStore
 from controller.loops import LoopFailures
-from controller.store import HeartbeatRow
-from controller.store.sqlite import SqliteStore
+from controller.store.rows import HeartbeatRow
+from controller.stores import Stores, sqlite_stores
 from controller.uplink.checks import MeasureOrder, UplinkAnswer, UplinkChecks, UplinkSettings
 from controller.uplink.endpoint import Tokens, serve
 from controller.uplink.metrics import UplinkCollector, UplinkMetrics
@@ -70,22 +71,24 @@ class Courier:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "c.db")
+def store(tmp_path: Path) -> Iterator[Stores]:
+    s = sqlite_stores(tmp_path / "c.db")
     try:
         yield s
     finally:
         s.close()
 
 
-def online(store: SqliteStore, device_id: str, school: str, kind: DeviceKind) -> None:
+def online(store: Stores, device_id: str, school: str, kind: DeviceKind) -> None:
     now = time.time()
-    store.device_connected(DeviceIdentity(device_id, kind, school, "r1"), 1, 60.0, now)
-    store.record_messages([HeartbeatRow(device_id, 1, now, Health(now, 1, 1, 1, 1, 0, 0, 0))])
+    store.devices.device_connected(DeviceIdentity(device_id, kind, school, "r1"), 1, 60.0, now)
+    store.devices.record_messages(
+        [HeartbeatRow(device_id, 1, now, Health(now, 1, 1, 1, 1, 0, 0, 0))]
+    )
 
 
 def run(
-    store: SqliteStore,
+    store: Stores,
     courier: Courier,
     scenario: Callable[[UplinkChecks], Awaitable[T]],
     *,
@@ -93,15 +96,17 @@ def run(
     concurrency: int = 20,
     timeout: float = 10.0,
     failures: LoopFailures | None = None,
+    devices: DeviceStore | None = None,
 ) -> tuple[T, CollectorRegistry]:
     tokens = Tokens()
     server, thread = serve("127.0.0.1:0", tokens)
     registry = CollectorRegistry()
-    registry.register(UplinkCollector(store))
+    registry.register(UplinkCollector(store.uplink, store.infra.school_ids))
     try:
         with ThreadPoolExecutor(2) as executor:
             checks = UplinkChecks(
-                store,
+                store.uplink,
+                devices or store.devices,
                 executor,
                 courier,
                 tokens,
@@ -124,7 +129,7 @@ def run(
         thread.join(5)
 
 
-def test_a_check_measures_from_the_server_and_is_stored_and_exported(store: SqliteStore) -> None:
+def test_a_check_measures_from_the_server_and_is_stored_and_exported(store: Stores) -> None:
     online(store, "p1", "s1", DeviceKind.PANEL)
     online(store, "srv1", "s1", DeviceKind.SERVER)
     courier = Courier({"p1", "srv1"})
@@ -136,7 +141,7 @@ def test_a_check_measures_from_the_server_and_is_stored_and_exported(store: Sqli
     assert [d for d, _ in courier.sent] == ["srv1"]
     assert check.state is UplinkState.OK and check.device_id == "srv1"
     assert check.bytes == 2_000_000 and check.mbps is not None and check.mbps > 1
-    assert store.latest_uplink_checks("s1") == [check]
+    assert store.uplink.latest_uplink_checks("s1") == [check]
     assert (
         registry.get_sample_value("schoolfleet_school_uplink_mbps", {"school": "s1"}) == check.mbps
     )
@@ -144,7 +149,7 @@ def test_a_check_measures_from_the_server_and_is_stored_and_exported(store: Sqli
     assert registry.get_sample_value("schoolfleet_uplink_checks_total", {"result": "failed"}) == 0
 
 
-def test_two_hand_checks_of_one_school_share_one_check(store: SqliteStore) -> None:
+def test_two_hand_checks_of_one_school_share_one_check(store: Stores) -> None:
     online(store, "p1", "s1", DeviceKind.PANEL)
     courier = Courier({"p1"})
 
@@ -155,7 +160,7 @@ def test_two_hand_checks_of_one_school_share_one_check(store: SqliteStore) -> No
     assert first == second and len(courier.sent) == 1
 
 
-def test_a_school_without_a_device_able_to_measure_is_told_why(store: SqliteStore) -> None:
+def test_a_school_without_a_device_able_to_measure_is_told_why(store: Stores) -> None:
     online(store, "old1", "s2", DeviceKind.PANEL)
     courier = Courier(set())
 
@@ -173,11 +178,11 @@ def test_a_school_without_a_device_able_to_measure_is_told_why(store: SqliteStor
         "none of school s2's 1 online device(s) can measure here: their agents are too old, "
         "or connected to another controller",
     ]
-    assert store.latest_uplink_checks() == []
+    assert store.uplink.latest_uplink_checks() == []
 
 
 def test_a_device_that_never_answers_fails_the_check_after_its_deadline(
-    store: SqliteStore,
+    store: Stores,
 ) -> None:
     online(store, "p1", "s1", DeviceKind.PANEL)
     courier = Courier({"p1"}, answer=False)
@@ -193,7 +198,7 @@ def test_a_device_that_never_answers_fails_the_check_after_its_deadline(
     assert registry.get_sample_value("schoolfleet_uplink_checks_total", {"result": "failed"}) == 1
 
 
-def test_the_schedule_checks_every_school_within_the_city_wide_limit(store: SqliteStore) -> None:
+def test_the_schedule_checks_every_school_within_the_city_wide_limit(store: Stores) -> None:
     schools = [f"s{n}" for n in range(6)]
     for school in schools:
         online(store, f"p-{school}", school, DeviceKind.PANEL)
@@ -203,8 +208,8 @@ def test_the_schedule_checks_every_school_within_the_city_wide_limit(store: Sqli
         # Started an interval ago: every school's slot has passed once.
         await checks.tick(time.time() - 1.0)
         deadline = time.monotonic() + 20
-        while len(store.latest_uplink_checks(measured=True)) < len(schools):
-            assert time.monotonic() < deadline, store.latest_uplink_checks()
+        while len(store.uplink.latest_uplink_checks(measured=True)) < len(schools):
+            assert time.monotonic() < deadline, store.uplink.latest_uplink_checks()
             await asyncio.sleep(0.05)
 
     run(store, courier, scenario, interval=1.0, concurrency=2)

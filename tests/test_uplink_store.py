@@ -8,92 +8,92 @@ from pathlib import Path
 
 import pytest
 
-from controller.store.sqlite import SqliteStore
+from controller.stores import Stores, sqlite_stores
 from inventory.uplink import UplinkCheck, UplinkState
 
 T0 = 1_800_000_000.0
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "c.db")
+def store(tmp_path: Path) -> Iterator[Stores]:
+    s = sqlite_stores(tmp_path / "c.db")
     try:
         yield s
     finally:
         s.close()
 
 
-def test_a_school_has_at_most_one_check_running(store: SqliteStore) -> None:
-    assert store.start_uplink_check(UplinkCheck("s1", T0, "d1", 100), T0 - 75)
+def test_a_school_has_at_most_one_check_running(store: Stores) -> None:
+    assert store.uplink.start_uplink_check(UplinkCheck("s1", T0, "d1", 100), T0 - 75)
     # Another device, a moment later: refused while the first runs.
-    assert not store.start_uplink_check(UplinkCheck("s1", T0 + 1, "d2", 100), T0 - 74)
+    assert not store.uplink.start_uplink_check(UplinkCheck("s1", T0 + 1, "d2", 100), T0 - 74)
     # Another school is independent.
-    assert store.start_uplink_check(UplinkCheck("s2", T0 + 1, "d3", 100), T0 - 74)
-    ended = store.finish_uplink_check("s1", T0, 80, 0.5, 1.28e-3, "")
+    assert store.uplink.start_uplink_check(UplinkCheck("s2", T0 + 1, "d3", 100), T0 - 74)
+    ended = store.uplink.finish_uplink_check("s1", T0, 80, 0.5, 1.28e-3, "")
     assert ended == UplinkCheck("s1", T0, "d1", 80, 0.5, 1.28e-3)
-    assert store.start_uplink_check(UplinkCheck("s1", T0 + 2, "d2", 100), T0 - 73)
+    assert store.uplink.start_uplink_check(UplinkCheck("s1", T0 + 2, "d2", 100), T0 - 73)
 
 
 def test_a_check_left_running_past_its_deadline_does_not_block_the_school(
-    store: SqliteStore,
+    store: Stores,
 ) -> None:
-    assert store.start_uplink_check(UplinkCheck("s1", T0, "d1", 100), T0 - 75)
+    assert store.uplink.start_uplink_check(UplinkCheck("s1", T0, "d1", 100), T0 - 75)
     # Its controller died: 100 s later a check whose cutoff is past it may start.
-    assert store.start_uplink_check(UplinkCheck("s1", T0 + 100, "d1", 100), T0 + 25)
+    assert store.uplink.start_uplink_check(UplinkCheck("s1", T0 + 100, "d1", 100), T0 + 25)
 
 
-def test_a_check_ends_once(store: SqliteStore) -> None:
-    store.start_uplink_check(UplinkCheck("s1", T0, "d1", 100), 0)
-    failed = store.finish_uplink_check("s1", T0, 100, None, None, "no answer")
+def test_a_check_ends_once(store: Stores) -> None:
+    store.uplink.start_uplink_check(UplinkCheck("s1", T0, "d1", 100), 0)
+    failed = store.uplink.finish_uplink_check("s1", T0, 100, None, None, "no answer")
     assert failed is not None and failed.state is UplinkState.FAILED
-    assert store.finish_uplink_check("s1", T0, 100, 1.0, 8e-4, "") is None
-    assert store.finish_uplink_check("s9", T0, 100, 1.0, 8e-4, "") is None
+    assert store.uplink.finish_uplink_check("s1", T0, 100, 1.0, 8e-4, "") is None
+    assert store.uplink.finish_uplink_check("s9", T0, 100, 1.0, 8e-4, "") is None
 
 
-def test_the_latest_check_and_the_latest_measurement_of_each_school(store: SqliteStore) -> None:
+def test_the_latest_check_and_the_latest_measurement_of_each_school(store: Stores) -> None:
     for n, (school, mbps) in enumerate(
         [("s1", 50.0), ("s1", 70.0), ("s2", 900.0), ("s1", None), ("s3", None)]
     ):
         at = T0 + n
-        store.start_uplink_check(UplinkCheck(school, at, "d", 100), 0)
+        store.uplink.start_uplink_check(UplinkCheck(school, at, "d", 100), 0)
         if mbps is not None:
-            store.finish_uplink_check(school, at, 100, 1.0, mbps, "")
+            store.uplink.finish_uplink_check(school, at, 100, 1.0, mbps, "")
         elif school == "s1":
-            store.finish_uplink_check(school, at, 100, None, None, "refused")
-    latest = {c.school_id: c for c in store.latest_uplink_checks()}
+            store.uplink.finish_uplink_check(school, at, 100, None, None, "refused")
+    latest = {c.school_id: c for c in store.uplink.latest_uplink_checks()}
     assert set(latest) == {"s1", "s2", "s3"}
     assert latest["s1"].state is UplinkState.FAILED and latest["s1"].started_at == T0 + 3
     assert latest["s3"].state is UplinkState.RUNNING
-    measured = store.latest_uplink_checks(measured=True)
+    measured = store.uplink.latest_uplink_checks(measured=True)
     assert [(c.school_id, c.mbps) for c in measured] == [("s1", 70.0), ("s2", 900.0)]
-    assert [c.school_id for c in store.latest_uplink_checks("s2")] == ["s2"]
-    scoped = store.latest_uplink_checks(schools=frozenset({"s2", "s3", "s9"}))
+    assert [c.school_id for c in store.uplink.latest_uplink_checks("s2")] == ["s2"]
+    scoped = store.uplink.latest_uplink_checks(schools=frozenset({"s2", "s3", "s9"}))
     assert [c.school_id for c in scoped] == ["s2", "s3"]
-    assert store.latest_uplink_checks("nowhere") == []
-    assert store.uplink_last_started() == {"s1": T0 + 3, "s2": T0 + 2, "s3": T0 + 4}
+    assert store.uplink.latest_uplink_checks("nowhere") == []
+    assert store.uplink.uplink_last_started() == {"s1": T0 + 3, "s2": T0 + 2, "s3": T0 + 4}
 
 
-def test_sweeps_fail_checks_left_running_and_prune_old_ones(store: SqliteStore) -> None:
-    store.start_uplink_check(UplinkCheck("s1", T0, "d1", 100), 0)
-    store.start_uplink_check(UplinkCheck("s2", T0 + 500, "d2", 100), 0)
-    assert store.expire_uplink_checks(T0 + 100, "no answer") == 1
-    s1, s2 = store.latest_uplink_checks()
+def test_sweeps_fail_checks_left_running_and_prune_old_ones(store: Stores) -> None:
+    store.uplink.start_uplink_check(UplinkCheck("s1", T0, "d1", 100), 0)
+    store.uplink.start_uplink_check(UplinkCheck("s2", T0 + 500, "d2", 100), 0)
+    assert store.uplink.expire_uplink_checks(T0 + 100, "no answer") == 1
+    s1, s2 = store.uplink.latest_uplink_checks()
     assert s1.error == "no answer" and s2.state is UplinkState.RUNNING
-    assert store.prune_uplink_checks(T0 + 100) == 1
-    assert [c.school_id for c in store.latest_uplink_checks()] == ["s2"]
+    assert store.uplink.prune_uplink_checks(T0 + 100) == 1
+    assert [c.school_id for c in store.uplink.latest_uplink_checks()] == ["s2"]
 
 
-def test_failed_checks_since_the_latest_measurement(store: SqliteStore) -> None:
+def test_failed_checks_since_the_latest_measurement(store: Stores) -> None:
     # s1: measured, then two failures; s2: failed, then measured; s3: never measured.
     for n, (school, mbps) in enumerate(
         [("s1", 50.0), ("s1", None), ("s1", None), ("s2", None), ("s2", 300.0), ("s3", None)]
     ):
         at = T0 + n
-        store.start_uplink_check(UplinkCheck(school, at, "d", 100), 0)
+        store.uplink.start_uplink_check(UplinkCheck(school, at, "d", 100), 0)
         if mbps is None:
-            store.finish_uplink_check(school, at, 100, None, None, "no answer")
+            store.uplink.finish_uplink_check(school, at, 100, None, None, "no answer")
         else:
-            store.finish_uplink_check(school, at, 100, 1.0, mbps, "")
+            store.uplink.finish_uplink_check(school, at, 100, 1.0, mbps, "")
     # One still running counts for nothing yet.
-    store.start_uplink_check(UplinkCheck("s4", T0 + 9, "d", 100), 0)
-    assert store.uplink_failures() == {"s1": 2, "s2": 0, "s3": 1, "s4": 0}
+    store.uplink.start_uplink_check(UplinkCheck("s4", T0 + 9, "d", 100), 0)
+    assert store.uplink.uplink_failures() == {"s1": 2, "s2": 0, "s3": 1, "s4": 0}

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 
 from controller.api.convert import report_from_pb
-from controller.store import HeartbeatRow
-from controller.store.sqlite import SqliteStore
+from controller.store.rows import HeartbeatRow
+from controller.stores import Stores, sqlite_stores
 from inventory.model import Condition, DeviceReport, Health
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 from tests.test_store_sqlite import ident
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "c.db")
+def store(tmp_path: Path) -> Iterator[Stores]:
+    s = sqlite_stores(tmp_path / "c.db")
     yield s
     s.close()
 
@@ -30,8 +30,8 @@ def _beat(
     return HeartbeatRow(device_id, seq, at, Health(at, 1, 1, 1, 1, 0, 0, 0), report)
 
 
-def _rows(store: SqliteStore, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(store.path) as db:
+def _rows(store: Stores, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(store.database.path) as db:
         return list(db.execute(sql))
 
 
@@ -49,11 +49,11 @@ def test_a_report_names_only_well_formed_bssids() -> None:
 
 
 def test_associations_follow_full_reports_and_bssids_keep_their_last_sighting(
-    store: SqliteStore,
+    store: Stores,
 ) -> None:
     for device in ("p1", "p2"):
-        store.device_connected(ident(device), 1, 90, 100.0)
-    store.record_messages(
+        store.devices.device_connected(ident(device), 1, 90, 100.0)
+    store.devices.record_messages(
         [
             _beat("p1", 1, 100.0, b"\x01", (("aa:bb:cc:00:11:22", -60.0),)),
             _beat("p2", 1, 101.0, b"\x01", (("aa:bb:cc:00:11:22", -70.0),)),
@@ -65,7 +65,7 @@ def test_associations_follow_full_reports_and_bssids_keep_their_last_sighting(
     ]
     # p1 roams; p2 sends a heartbeat without a full report (its association stands),
     # then a full report without Wi-Fi (it is no longer associated).
-    store.record_messages(
+    store.devices.record_messages(
         [
             _beat("p1", 2, 200.0, b"\x01", (("aa:bb:cc:00:11:99", None),)),
             _beat("p2", 2, 201.0, b"", ()),
@@ -75,7 +75,7 @@ def test_associations_follow_full_reports_and_bssids_keep_their_last_sighting(
         ("p1", "aa:bb:cc:00:11:99"),
         ("p2", "aa:bb:cc:00:11:22"),
     ]
-    store.record_messages([_beat("p2", 3, 300.0, b"\x01", ())])
+    store.devices.record_messages([_beat("p2", 3, 300.0, b"\x01", ())])
     assert _rows(store, "SELECT device_id FROM device_wifi") == [("p1",)]
     assert _rows(store, "SELECT bssid, seen_at FROM bssid_seen ORDER BY 1") == [
         ("aa:bb:cc:00:11:22", 101.0),

@@ -12,10 +12,10 @@ import grpc
 
 from controller.api.guard import Call, Guard, Refused, guarded, invalid
 from controller.api.imports import import_done
+from controller.infra.store import InventoryCounts
 from controller.people import access
 from controller.people.access import Need
-from controller.store import Store
-from controller.store.infra_protocol import InventoryCounts
+from controller.stores import Stores
 from inventory.infra import (
     AccessPoint,
     Room,
@@ -67,7 +67,7 @@ def _precondition(message: str) -> Refused:
 class InfraHandlers:
     """Mixed into AdminService, which provides these."""
 
-    _store: Store
+    _stores: Stores
     guard: Guard
 
     async def _stored(
@@ -77,17 +77,18 @@ class InfraHandlers:
         ``scope``, another school's access point is not named."""
         aps = [r.item for r in rows if isinstance(r.item, AccessPoint)]
         schools = await self.guard.off_loop(
-            self._store.known_schools, {r.item.school_id for r in rows}
+            self._stores.infra.known_schools, {r.item.school_id for r in rows}
         )
         rooms = await self.guard.off_loop(
-            self._store.known_rooms, {(ap.school_id, ap.room_id) for ap in aps if ap.room_id}
+            self._stores.lessons.known_rooms,
+            {(ap.school_id, ap.room_id) for ap in aps if ap.room_id},
         )
         owners = await self.guard.off_loop(
-            self._store.bssid_owners, {b for ap in aps for b in ap.bssids}
+            self._stores.infra.bssid_owners, {b for ap in aps for b in ap.bssids}
         )
         if scope is not None and owners:
             homes = await self.guard.off_loop(
-                self._store.target_schools, TargetKind.AP, sorted(set(owners.values()))
+                self._stores.infra.target_schools, TargetKind.AP, sorted(set(owners.values()))
             )
             owners = {b: ap if homes.get(ap) in scope else _ANOTHER for b, ap in owners.items()}
         return StoredInventory(schools, rooms, owners)
@@ -104,7 +105,9 @@ class InfraHandlers:
                 for r in rows
                 if isinstance(r, InventoryRow) and isinstance(r.item, item_type)
             ]
-            stored[item_type] = await self.guard.off_loop(self._store.target_schools, kind, ids)
+            stored[item_type] = await self.guard.off_loop(
+                self._stores.infra.target_schools, kind, ids
+            )
         denied: dict[str, str] = {}
         checked: list[InventoryRow | RowError] = []
         for row in rows:
@@ -141,7 +144,7 @@ class InfraHandlers:
         if good and not request.dry_run:
             items = [r.item for r in good]
             counts = await self.guard.off_loop(
-                self._store.save_inventory,
+                self._stores.infra.save_inventory,
                 [i for i in items if isinstance(i, School)],
                 [i for i in items if isinstance(i, Room)],
                 [i for i in items if isinstance(i, AccessPoint)],
@@ -167,7 +170,7 @@ class InfraHandlers:
         school_id = _school_filter(request.school_id, call)
         limit = min(request.page_size or PAGE_DEFAULT, PAGE_MAX)
         query = functools.partial(
-            self._store.list_access_points,
+            self._stores.infra.list_access_points,
             school_id,
             call.who.scope,
             down_only=request.down_only,
@@ -186,7 +189,7 @@ class InfraHandlers:
     ) -> admin_pb2.ListServersResponse:
         school_id = _school_filter(request.school_id, call)
         query = functools.partial(
-            self._store.list_servers,
+            self._stores.infra.list_servers,
             school_id,
             call.who.scope,
             down_only=request.down_only,
@@ -200,7 +203,9 @@ class InfraHandlers:
     ) -> admin_pb2.ListUnknownBssidsResponse:
         school_id = _school_filter(request.school_id, call)
         schools = frozenset({school_id}) if school_id else call.who.scope
-        found: list[UnknownBssid] = await self.guard.off_loop(self._store.unknown_bssids, schools)
+        found: list[UnknownBssid] = await self.guard.off_loop(
+            self._stores.infra.unknown_bssids, schools
+        )
         return admin_pb2.ListUnknownBssidsResponse(
             bssids=[unknown_bssid_to_pb(u) for u in found[:UNKNOWN_MAX]],
             more=max(0, len(found) - UNKNOWN_MAX),
@@ -210,7 +215,7 @@ class InfraHandlers:
         if not valid_id(server_id):
             raise invalid(f"server id {server_id[:80]!r} is not valid")
         call.target = server_id
-        server = await self.guard.off_loop(self._store.get_server, server_id)
+        server = await self.guard.off_loop(self._stores.infra.get_server, server_id)
         schools = None if server is None else [server.target.school_id]
         call.allow_target(need, schools, f"server {server_id!r}")
         assert server is not None
@@ -245,12 +250,16 @@ class InfraHandlers:
                 f"not {request.fingerprint}: look again (schoolctl servers show)"
             )
         key = await self.guard.off_loop(
-            self._store.trust_host_key, TargetKind.SERVER, request.server_id, self.guard.now(), seen
+            self._stores.infra.trust_host_key,
+            TargetKind.SERVER,
+            request.server_id,
+            self.guard.now(),
+            seen,
         )
         if key is None:
             raise _precondition(
                 f"server {request.server_id} showed another key meanwhile: look again"
             )
         call.done = f"pinned {key.key_type} {key.fingerprint()}"
-        trusted = await self.guard.off_loop(self._store.get_server, request.server_id)
+        trusted = await self.guard.off_loop(self._stores.infra.get_server, request.server_id)
         return target_to_pb(trusted or server)

@@ -12,10 +12,10 @@ from controller.api.guard import Call, Guard, guarded, invalid
 from controller.api.imports import import_done
 from controller.lessons.dispatcher import Dispatcher
 from controller.lessons.metrics import day_bounds
+from controller.lessons.store import ImportCounts, LessonQuery
 from controller.people import access
 from controller.people.access import Need
-from controller.store import Store
-from controller.store.lessons_protocol import ImportCounts, LessonQuery
+from controller.stores import Stores
 from inventory.model import valid_id
 from inventory.row_fields import RowError
 from inventory.schedule import ScheduleRow, check_rows
@@ -59,7 +59,7 @@ def _bad_time(s: admin_pb2.ScheduledLesson) -> str | None:
 class LessonHandlers:
     """Mixed into AdminService, which provides these."""
 
-    _store: Store
+    _stores: Stores
     guard: Guard
     dispatcher: Dispatcher | None
     content_hosts: frozenset[str]
@@ -72,10 +72,12 @@ class LessonHandlers:
         rooms = {(r.lesson.school_id, r.lesson.room_id) for r in good}
         if not good:
             return [], [r for r in rows if isinstance(r, RowError)]
-        known = await self.guard.off_loop(self._store.known_rooms, rooms)
+        known = await self.guard.off_loop(self._stores.lessons.known_rooms, rooms)
         since = min(r.lesson.starts_at for r in good)
         until = max(r.lesson.ends_at for r in good)
-        stored = await self.guard.off_loop(self._store.lessons_in_rooms, rooms, since, until)
+        stored = await self.guard.off_loop(
+            self._stores.lessons.lessons_in_rooms, rooms, since, until
+        )
         return check_rows(
             rows, known, self.content_hosts, [x for room in stored.values() for x in room]
         )
@@ -102,7 +104,9 @@ class LessonHandlers:
         counts = ImportCounts(0, 0, 0, 0)
         if good and not request.dry_run:
             lessons = [r.lesson for r in good]
-            counts = await self.guard.off_loop(self._store.save_lessons, lessons, self.guard.now())
+            counts = await self.guard.off_loop(
+                self._stores.lessons.save_lessons, lessons, self.guard.now()
+            )
             if (counts.added or counts.updated) and self.dispatcher is not None:
                 self.dispatcher.wake()
         found = await import_done(
@@ -138,7 +142,7 @@ class LessonHandlers:
             room_id=request.room_id or None,
             schools=call.who.scope,
         )
-        records = await self.guard.off_loop(self._store.list_lessons, query)
+        records = await self.guard.off_loop(self._stores.lessons.list_lessons, query)
         return admin_pb2.ListLessonsResponse(
             lessons=[record_to_pb(r) for r in records],
             since=timestamp(since),
@@ -170,12 +174,12 @@ class LessonHandlers:
             raise invalid(lesson.message)
         # Not checked against the schedule: a lesson by hand takes the room over.
         known = await self.guard.off_loop(
-            self._store.known_rooms, [(request.school_id, request.room_id)]
+            self._stores.lessons.known_rooms, [(request.school_id, request.room_id)]
         )
         _, errors = check_rows([ScheduleRow(0, lesson)], known, self.content_hosts, [])
         if errors:
             raise invalid(errors[0].message)
-        await self.guard.off_loop(self._store.save_lessons, [lesson], now)
+        await self.guard.off_loop(self._stores.lessons.save_lessons, [lesson], now)
         if self.dispatcher is not None:
             try:
                 async with asyncio.timeout(_DISPATCH_WAIT):
@@ -183,7 +187,7 @@ class LessonHandlers:
             except TimeoutError:
                 log.warning("lesson by hand not dispatched yet lesson=%s", lesson.lesson_id)
         records = await self.guard.off_loop(
-            self._store.list_lessons,
+            self._stores.lessons.list_lessons,
             LessonQuery(now - 1, now + 1, request.school_id, request.room_id),
         )
         record = next(r for r in records if r.lesson.lesson_id == lesson.lesson_id)

@@ -9,7 +9,7 @@ import grpc
 from controller.api.guard import Call, Guard, Refused, guarded, invalid, not_found
 from controller.people import access
 from controller.people.access import Need
-from controller.store import Store
+from controller.stores import Stores
 from inventory.model import valid_id
 from inventory.people import AuditQuery, Outcome
 from protos.schoolfleet.v1 import admin_pb2
@@ -23,7 +23,7 @@ AUDIT_MAX = 10_000
 class PeopleHandlers:
     """Mixed into AdminService, which provides the store and the guard."""
 
-    _store: Store
+    _stores: Stores
     guard: Guard
 
     @guarded("whoami", Need.READ)
@@ -48,7 +48,9 @@ class PeopleHandlers:
             self.guard.now(),
         )
         token = access.mint_token()
-        added = await self.guard.off_loop(self._store.add_user, user, access.hash_token(token))
+        added = await self.guard.off_loop(
+            self._stores.people.add_user, user, access.hash_token(token)
+        )
         if not added:
             raise Refused(
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -62,7 +64,7 @@ class PeopleHandlers:
     async def ListUsers(
         self, request: admin_pb2.ListUsersRequest, call: Call
     ) -> admin_pb2.ListUsersResponse:
-        users = await self.guard.off_loop(self._store.list_users)
+        users = await self.guard.off_loop(self._stores.people.list_users)
         return admin_pb2.ListUsersResponse(users=[user_to_pb(u) for u in users])
 
     @guarded("users.revoke", Need.ADMIN, audited=True)
@@ -70,7 +72,9 @@ class PeopleHandlers:
         if not valid_id(request.name):
             raise invalid(f"user name {request.name[:80]!r} is not valid")
         call.target = request.name
-        user = await self.guard.off_loop(self._store.revoke_user, request.name, self.guard.now())
+        user = await self.guard.off_loop(
+            self._stores.people.revoke_user, request.name, self.guard.now()
+        )
         if user is None:
             raise not_found(f"no user {request.name!r}")
         call.done = "token revoked"
@@ -96,7 +100,7 @@ class PeopleHandlers:
             reader=call.who.name,
             limit=min(request.limit or AUDIT_DEFAULT, AUDIT_MAX),
         )
-        entries = await self.guard.off_loop(self._store.list_audit, query)
+        entries = await self.guard.off_loop(self._stores.people.list_audit, query)
         scope = call.who.scope
         if scope is not None:
             # A scoped reader also sees their own attempts elsewhere, but not which

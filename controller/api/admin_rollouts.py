@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from controller.api.guard import Call, Guard, Refused, guarded, invalid
-from controller.errors import RolloutRefused
+from controller.errors import HostsClaimed, RolloutRefused
 from controller.people.access import Need
 from controller.rollouts.ansible_access import ansible_access
 from controller.rollouts.engine import RolloutEngine
@@ -18,9 +18,9 @@ from controller.rollouts.os_user import find_os_user
 from controller.rollouts.playbook_check import check_syntax, playbook_names, playbook_path
 from controller.rollouts.playbook_vars import check_extra_vars, read_schema
 from controller.rollouts.runner import RunnerSettings, mitogen_strategy_dir
-from controller.store import Store
-from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery
-from inventory.model import DeviceRecord, DeviceStatus, valid_id
+from controller.rollouts.store import NewHost, RolloutQuery
+from controller.stores import Stores
+from inventory.model import DeviceStatus, valid_id
 from inventory.people import Outcome, Role
 from inventory.rollouts import (
     STRATEGIES,
@@ -113,16 +113,6 @@ def split_offline(
     return hosts, tuple(offline)
 
 
-def _current(store: Store, device_ids: Iterable[str], now: float) -> dict[str, DeviceRecord]:
-    """The registry's records of these devices (those it still has): blocking."""
-    found = {}
-    for device_id in device_ids:
-        record = store.get_device(device_id, now)
-        if record is not None:
-            found[device_id] = record
-    return found
-
-
 def _preview(spec: RolloutSpec, hosts: list[NewHost], now: float) -> RolloutRecord:
     """What a dry run answers: the rollout as it would start, nothing stored."""
     counts = {o: 0 for o in HostOutcome}
@@ -143,7 +133,7 @@ def _preview(spec: RolloutSpec, hosts: list[NewHost], now: float) -> RolloutReco
 class RolloutHandlers:
     """Mixed into AdminService, which provides these."""
 
-    _store: Store
+    _stores: Stores
     guard: Guard
     rollouts: RolloutEngine | None
     playbooks_dir: Path
@@ -162,24 +152,24 @@ class RolloutHandlers:
         """The registry's devices the selector matches, within the caller's schools,
         with whether each is online now."""
         found = await self.guard.off_loop(
-            self._store.select_devices, selector, scope, self.guard.now()
+            self._stores.devices.select_devices, selector, scope, self.guard.now()
         )
         return [(NewHost(d.device_id, d.school_id), d.status) for d in found]
 
     async def _rollout(self, call: Call, rollout_id: int, need: Need) -> RolloutRecord:
         """The rollout, if the caller may see (or change) every school it touches."""
         call.target = str(rollout_id)
-        record = await self.guard.off_loop(self._store.get_rollout, rollout_id)
+        record = await self.guard.off_loop(self._stores.rollouts.get_rollout, rollout_id)
         schools = None
         if record is not None:
-            schools = await self.guard.off_loop(self._store.rollout_schools, rollout_id)
+            schools = await self.guard.off_loop(self._stores.rollouts.rollout_schools, rollout_id)
         call.allow_target(need, schools, f"rollout {rollout_id}")
         assert record is not None
         return record
 
     async def _info(self, record: RolloutRecord) -> admin_pb2.RolloutInfo:
         hosts: list[HostResult] = await self.guard.off_loop(
-            self._store.rollout_hosts, record.rollout_id
+            self._stores.rollouts.rollout_hosts, record.rollout_id
         )
         return rollout_to_pb(record, hosts)
 
@@ -239,7 +229,7 @@ class RolloutHandlers:
             ) from None
         call.target = f"{rollout_id} {request.playbook}"[:200]
         call.done = f"rollout {rollout_id}: {request.playbook} on {len(hosts)} hosts"
-        record = await self.guard.off_loop(self._store.get_rollout, rollout_id)
+        record = await self.guard.off_loop(self._stores.rollouts.get_rollout, rollout_id)
         assert record is not None
         return await self._info(record)
 
@@ -253,7 +243,9 @@ class RolloutHandlers:
         device_id = request.device_id
         if not valid_id(device_id):
             raise invalid(f"device id {device_id[:80]!r} is not valid")
-        host = await self.guard.off_loop(self._store.rollout_host, record.rollout_id, device_id)
+        host = await self.guard.off_loop(
+            self._stores.rollouts.rollout_host, record.rollout_id, device_id
+        )
         # Another school's device answers as one the rollout does not have.
         call.allow_target(
             Need.READ,
@@ -274,7 +266,7 @@ class RolloutHandlers:
             raise invalid(f"rollout states are {known}") from None
         limit = min(request.limit or 50, LIST_MAX)
         query = RolloutQuery(states=states, schools=call.who.scope, limit=limit)
-        records = await self.guard.off_loop(self._store.list_rollouts, query)
+        records = await self.guard.off_loop(self._stores.rollouts.list_rollouts, query)
         return admin_pb2.ListRolloutsResponse(rollouts=[rollout_to_pb(r) for r in records])
 
     @guarded("rollouts.playbooks", Need.READ)
@@ -295,7 +287,7 @@ class RolloutHandlers:
         try:
             access = await self.guard.off_loop(
                 ansible_access,
-                self._store,
+                self._stores.devices,
                 settings.known_hosts,
                 settings.remote_user,
                 settings.python_interpreter,
@@ -371,7 +363,7 @@ class RolloutHandlers:
         except HostsClaimed as exc:
             raise _conflict(f"{exc}: wait for it or abort it") from None
         call.done = f"rollout {new_id}: retry of {record.rollout_id} on {len(hosts)} hosts"
-        new = await self.guard.off_loop(self._store.get_rollout, new_id)
+        new = await self.guard.off_loop(self._stores.rollouts.get_rollout, new_id)
         assert new is not None
         return await self._info(new)
 
@@ -382,14 +374,17 @@ class RolloutHandlers:
         offline (as the rollout's start did, unless it took offline devices too)."""
         rid = record.rollout_id
         outcomes = frozenset().union(*(RETRY_HOSTS[w] for w in which))
-        found = await self.guard.off_loop(self._store.rollout_hosts, rid, outcomes)
+        found = await self.guard.off_loop(self._stores.rollouts.rollout_hosts, rid, outcomes)
         ids = [h.device_id for h in found]
         if "not-reached" in which:
             ids += record.spec.offline_skipped
         words = " or ".join(which)
         if not ids:
             raise invalid(f"rollout {rid} has no {words} hosts")
-        devices = await self.guard.off_loop(_current, self._store, ids, self.guard.now())
+        found_devices = await self.guard.off_loop(
+            self._stores.devices.devices_by_id, ids, self.guard.now()
+        )
+        devices = {d.identity.device_id: d for d in found_devices}
         if not devices:
             raise invalid(f"rollout {rid}: none of its {words} hosts is registered any more")
         # A device may have moved since: the caller must be allowed its school now.
@@ -421,7 +416,7 @@ class RolloutHandlers:
             windows = sorted({parse_window(w).text for w in request.windows})
         except WindowError as exc:
             raise invalid(str(exc)) from None
-        await self.guard.off_loop(self._store.set_windows, request.school_id, windows)
+        await self.guard.off_loop(self._stores.rollouts.set_windows, request.school_id, windows)
         if self.rollouts is not None:
             self.rollouts.wake_all()
         call.done = f"windows: {'; '.join(windows) or 'none'}"
@@ -436,7 +431,9 @@ class RolloutHandlers:
         call.allow(Need.READ, request.school_id or None)
         scope = call.who.scope
         wanted = [request.school_id] if request.school_id else (sorted(scope) if scope else None)
-        stored: Mapping[str, list[str]] = await self.guard.off_loop(self._store.windows, wanted)
+        stored: Mapping[str, list[str]] = await self.guard.off_loop(
+            self._stores.rollouts.windows, wanted
+        )
         return admin_pb2.ListMaintenanceWindowsResponse(
             schools=[
                 admin_pb2.MaintenanceWindows(school_id=s, windows=w)

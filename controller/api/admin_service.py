@@ -24,14 +24,14 @@ from controller.api.admin_uplink import UplinkHandlers
 from controller.api.convert import count_to_pb, device_to_pb, enrollment_to_pb, token_to_pb
 from controller.api.guard import Call, Guard, Refused, guarded, invalid, not_found
 from controller.enroll import tokens as enrollment
+from controller.errors import HostsClaimed
 from controller.fleet.sessions import Closing, SessionRegistry
+from controller.fleet.store import DeviceQuery
 from controller.lessons.dispatcher import Dispatcher
 from controller.people.access import Need
 from controller.rollouts.engine import RolloutEngine
 from controller.rollouts.runner import RunnerSettings
-from controller.store import Store
-from controller.store.protocol import DeviceQuery
-from controller.store.rollouts_protocol import HostsClaimed
+from controller.stores import Stores
 from controller.uplink.checks import UplinkChecks
 from inventory.model import valid_id
 from inventory.people import Outcome
@@ -67,7 +67,7 @@ class AdminService(
 
     def __init__(
         self,
-        store: Store,
+        stores: Stores,
         guard: Guard,
         sessions: SessionRegistry[agent_pb2.ControllerMessage],
         *,
@@ -80,7 +80,7 @@ class AdminService(
         uplink: UplinkChecks | None = None,
         uplink_target_mbps: float = 100.0,
     ) -> None:
-        self._store = store
+        self._stores = stores
         self.guard = guard
         self._sessions = sessions
         self.dispatcher = dispatcher
@@ -95,10 +95,12 @@ class AdminService(
     async def _device_school(self, device_id: str) -> str | None:
         """The school of a device the store knows (enrolled or seen), or None."""
         _check_id(device_id, "device id")
-        enrolled = await self.guard.off_loop(self._store.get_enrollment, device_id)
+        enrolled = await self.guard.off_loop(self._stores.enrollments.get_enrollment, device_id)
         if enrolled is not None:
             return enrolled.school_id
-        device = await self.guard.off_loop(self._store.get_device, device_id, self.guard.now())
+        device = await self.guard.off_loop(
+            self._stores.devices.get_device, device_id, self.guard.now()
+        )
         return device.identity.school_id if device is not None else None
 
     async def _allow_device(self, call: Call, need: Need, device_id: str) -> None:
@@ -137,7 +139,9 @@ class AdminService(
             after_id=request.page_token,
             limit=limit,
         )
-        devices = await self.guard.off_loop(self._store.list_devices, query, self.guard.now())
+        devices = await self.guard.off_loop(
+            self._stores.devices.list_devices, query, self.guard.now()
+        )
         return admin_pb2.ListDevicesResponse(
             devices=[device_to_pb(d) for d in devices],
             next_page_token=devices[-1].identity.device_id if len(devices) == limit else "",
@@ -148,7 +152,7 @@ class AdminService(
         _check_id(request.device_id, "device id")
         call.target = request.device_id
         device = await self.guard.off_loop(
-            self._store.get_device, request.device_id, self.guard.now()
+            self._stores.devices.get_device, request.device_id, self.guard.now()
         )
         schools = None if device is None else [device.identity.school_id]
         call.allow_target(Need.READ, schools, f"device {request.device_id!r}")
@@ -188,7 +192,9 @@ class AdminService(
         token, secret = enrollment.mint(
             request.school_id, request.uses, request.valid_seconds, self.guard.now()
         )
-        await self.guard.off_loop(self._store.add_enroll_token, token, hash_secret(secret))
+        await self.guard.off_loop(
+            self._stores.enrollments.add_enroll_token, token, hash_secret(secret)
+        )
         call.target = token.token_id
         expires = datetime.fromtimestamp(token.expires_at, UTC).isoformat(timespec="seconds")
         call.done = f"{token.uses_left} use(s), expires {expires}"
@@ -202,7 +208,7 @@ class AdminService(
         call.target = request.school_id
         call.allow(Need.READ, request.school_id or None)
         tokens = await self.guard.off_loop(
-            self._store.list_enroll_tokens, request.school_id or None
+            self._stores.enrollments.list_enroll_tokens, request.school_id or None
         )
         scope = call.who.scope
         return admin_pb2.ListEnrollTokensResponse(
@@ -215,11 +221,13 @@ class AdminService(
     ) -> admin_pb2.EnrollToken:
         _check_id(request.token_id, "token id")
         call.target = request.token_id
-        token = await self.guard.off_loop(self._store.get_enroll_token, request.token_id)
+        token = await self.guard.off_loop(
+            self._stores.enrollments.get_enroll_token, request.token_id
+        )
         schools = None if token is None else [token.school_id]
         call.allow_target(Need.CHANGE, schools, f"enroll token {request.token_id!r}")
         revoked = await self.guard.off_loop(
-            self._store.revoke_enroll_token, request.token_id, self.guard.now()
+            self._stores.enrollments.revoke_enroll_token, request.token_id, self.guard.now()
         )
         if revoked is None:
             raise not_found(f"no enroll token {request.token_id!r}")
@@ -231,7 +239,9 @@ class AdminService(
         self, request: admin_pb2.GetDeviceRequest, call: Call
     ) -> admin_pb2.DeviceEnrollment:
         await self._allow_device(call, Need.CHANGE, request.device_id)
-        enrolled = await self.guard.off_loop(self._store.allow_reenroll, request.device_id)
+        enrolled = await self.guard.off_loop(
+            self._stores.enrollments.allow_reenroll, request.device_id
+        )
         if enrolled is None:
             raise not_found(
                 f"device {request.device_id!r} has never enrolled: it needs only a token"
@@ -245,7 +255,7 @@ class AdminService(
     ) -> admin_pb2.DeviceEnrollment:
         await self._allow_device(call, Need.CHANGE, request.device_id)
         revoked = await self.guard.off_loop(
-            self._store.decommission, request.device_id, self.guard.now()
+            self._stores.enrollments.decommission, request.device_id, self.guard.now()
         )
         if revoked is None:
             raise not_found(f"no device {request.device_id!r}")
@@ -272,7 +282,10 @@ class AdminService(
         _check_id(request.school_id, "school id")
         try:
             moved = await self.guard.off_loop(
-                self._store.move_device, request.device_id, request.school_id, self.guard.now()
+                self._stores.enrollments.move_device,
+                request.device_id,
+                request.school_id,
+                self.guard.now(),
             )
         except HostsClaimed as exc:
             raise Refused(
@@ -312,7 +325,9 @@ class AdminService(
         call.target = request.school_id
         call.allow(Need.READ, request.school_id or None)
         now = self.guard.now()
-        counts = await self.guard.off_loop(self._store.fleet_counts, now, request.school_id or None)
+        counts = await self.guard.off_loop(
+            self._stores.devices.fleet_counts, now, request.school_id or None
+        )
         scope = call.who.scope
         return admin_pb2.FleetStatusResponse(
             counts=[count_to_pb(c) for c in counts if scope is None or c.school_id in scope],

@@ -8,7 +8,7 @@ import grpc
 from controller.api.guard import Call, Guard, Refused, guarded, invalid
 from controller.errors import StoreError, UplinkUnavailable
 from controller.people.access import Need
-from controller.store import Store
+from controller.stores import Stores
 from controller.uplink.checks import UplinkChecks
 from inventory.model import valid_id
 from inventory.people import Outcome
@@ -20,7 +20,7 @@ from wire.uplink import check_to_pb
 class UplinkHandlers:
     """Mixed into AdminService, which provides these."""
 
-    _store: Store
+    _stores: Stores
     guard: Guard
     uplink: UplinkChecks | None
     uplink_target_mbps: float
@@ -60,11 +60,11 @@ class UplinkHandlers:
         call.target = request.school_id
         call.allow(Need.READ, request.school_id or None)
         school, scope = request.school_id or None, call.who.scope
-        latest = await self.guard.off_loop(self._store.latest_uplink_checks, school, scope)
+        latest = await self.guard.off_loop(self._stores.uplink.latest_uplink_checks, school, scope)
         measured: dict[str, UplinkCheck] = {
             c.school_id: c
             for c in await self.guard.off_loop(
-                lambda: self._store.latest_uplink_checks(school, scope, measured=True)
+                lambda: self._stores.uplink.latest_uplink_checks(school, scope, measured=True)
             )
         }
         schools = []
@@ -78,7 +78,9 @@ class UplinkHandlers:
     async def _slow_uplinks(self, school_id: str | None, call: Call) -> list[admin_pb2.UplinkCheck]:
         """The latest measurement of each school under the target, within the caller's scope."""
         measured = await self.guard.off_loop(
-            lambda: self._store.latest_uplink_checks(school_id, call.who.scope, measured=True)
+            lambda: self._stores.uplink.latest_uplink_checks(
+                school_id, call.who.scope, measured=True
+            )
         )
         return [
             check_to_pb(c)

@@ -32,6 +32,7 @@ from controller.api.stream_acks import StreamAcks
 from controller.api.uplink_orders import uplink_answer
 from controller.enroll.device_certs import identity_from_uris
 from controller.enroll.restored import adopt, presented, read_mark
+from controller.enroll.sqlite_store import SqliteEnrollments
 from controller.errors import PkiError, ProtocolError, StoreError
 from controller.fleet.admission import (
     WelcomeRate,
@@ -42,9 +43,10 @@ from controller.fleet.admission import (
 )
 from controller.fleet.metrics import ControllerMetrics
 from controller.fleet.sessions import Closing, Session, SessionRegistry
+from controller.fleet.store import DeviceStore
 from controller.fleet.writer import MessageWriter
 from controller.settings import ControllerSettings
-from controller.store import CommandResultRow, HeartbeatRow, LessonEventRow, Store
+from controller.store.rows import CommandResultRow, HeartbeatRow, LessonEventRow
 from controller.uplink.checks import UplinkAnswer
 from inventory.model import DeviceIdentity
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
@@ -74,7 +76,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(
         self,
         settings: ControllerSettings,
-        store: Store,
+        devices: DeviceStore,
+        enrollments: SqliteEnrollments,
+        pending_commands: Callable[[str, float], list[bytes]],
         write_executor: ThreadPoolExecutor,
         sessions: Sessions,
         metrics: ControllerMetrics,
@@ -91,7 +95,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._enroller = enroller
         # Certificate renewal on the stream and CA changes (controller/api/renewal.py).
         self._renewals = renewals
-        self._store = store
+        self._devices = devices
+        # Each stream's certificate is checked against the device's enrollment.
+        self._enrollments = enrollments
+        # The outbox (the lessons' store): commands that waited for the device.
+        self._outbox = pending_commands
         self._write_executor = write_executor
         self._sessions = sessions
         self._metrics = metrics
@@ -217,7 +225,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             last_seq = await asyncio.get_running_loop().run_in_executor(
                 self._write_executor,
-                self._store.device_connected,
+                self._devices.device_connected,
                 identity,
                 session.stream_id,
                 float(self._settings.offline_after),
@@ -275,7 +283,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     async def _pending_commands(self, device_id: str) -> list[agent_pb2.Command]:
         try:
-            pending = await asyncio.to_thread(self._store.pending_commands, device_id, self._now())
+            pending = await asyncio.to_thread(self._outbox, device_id, self._now())
         except StoreError as exc:
             # The commands stay in the outbox for the next stream.
             log.error("pending commands not read device=%s error=%s", device_id, exc)
@@ -324,7 +332,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         device_id = identity.device_id
         try:
             # A read, so not queued behind the writer's batches: 08:00 opens many streams.
-            enrolled = await asyncio.to_thread(self._store.get_enrollment, device_id)
+            enrolled = await asyncio.to_thread(self._enrollments.get_enrollment, device_id)
         except StoreError as exc:
             log.error("stream refused device=%s peer=%s error=%s", device_id, peer, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "controller store unavailable")
@@ -365,7 +373,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         pem = next(iter(context.auth_context().get("x509_pem_cert", ())), b"")
         cert = presented(pem, identity.device_id, identity.school_id)
         try:
-            return await asyncio.to_thread(adopt, self._store, self._restore_mark, cert)
+            return await asyncio.to_thread(adopt, self._enrollments, self._restore_mark, cert)
         except StoreError as exc:
             log.error("certificate not adopted device=%s error=%s", identity.device_id, exc)
             return False
@@ -466,7 +474,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             # Queued behind any batch already handed to the store, so order is kept;
             # not awaited, so a cancelled handler still records it.
             future = self._write_executor.submit(
-                self._store.device_disconnected, session.device_id, session.stream_id
+                self._devices.device_disconnected, session.device_id, session.stream_id
             )
             future.add_done_callback(_log_failure)
         if closing is self._stopping:

@@ -25,8 +25,8 @@ from inventory.model import (
     ip_address,
     valid_id,
 )
-from protos import mapping
 from protos.schoolfleet.v1 import admin_pb2, agent_pb2, fleet_pb2
+from wire import mapping
 from wire.mapping import (
     CONDITION_FROM_PB,
     CONDITION_TO_PB,

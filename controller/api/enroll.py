@@ -46,8 +46,6 @@ class EnrollStore(Protocol):
 
     def get_enrollment(self, device_id: str) -> Enrollment | None: ...
 
-    def get_device(self, device_id: str, now: float) -> DeviceRecord | None: ...
-
     def enroll(self, token_hash: bytes, enrollment: Enrollment, now: float) -> None: ...
 
     def record_issued(self, device_id: str, ca_id: str, issued_at: float) -> None: ...
@@ -73,6 +71,7 @@ class Enroller:
         self,
         keeper: CaKeeper,
         store: EnrollStore,
+        device_of: Callable[[str, float], DeviceRecord | None],
         audit: AuditSink,
         refusals: Refusals | None = None,
         now: Callable[[], float] = time.time,
@@ -82,6 +81,8 @@ class Enroller:
         self._keeper = keeper
         self._lifetime = dt.timedelta(seconds=lifetime)
         self._store = store
+        # The registry's record of a device (the fleet's store).
+        self._device_of = device_of
         # Where every enrollment, granted or refused, is recorded (the audit log).
         self._audit = audit
         # Sources that keep failing to enroll are refused before any work.
@@ -178,7 +179,7 @@ class Enroller:
         existing = self._store.get_enrollment(request.device_id)
         seen = None
         if existing is None:
-            device = self._store.get_device(request.device_id, now)
+            device = self._device_of(request.device_id, now)
             seen = device.identity.school_id if device is not None else None
         refused = enrollment.device_refusal(
             request.device_id,

@@ -27,7 +27,7 @@ from controller.offload import Offload
 from controller.people import access
 from controller.people.access import Caller, Need
 from controller.people.refusals import Refusals
-from controller.store import AccessStore
+from controller.people.store import AccessStore
 from inventory.people import AuditEntry, Outcome, User
 
 log = logging.getLogger(__name__)

@@ -30,13 +30,13 @@ from cryptography import x509
 
 from controller.enroll.ca_keeper import CaKeeper
 from controller.enroll.ca_rotation import CaSet, ca_id, renew_server_cert_if_due
+from controller.enroll.cert_store import CertStore, Renewed
 from controller.enroll.device_certs import sign_device_key
 from controller.enroll.pki import BACKDATE
 from controller.enroll.renewal import renew_in, renewal_key, spki
 from controller.errors import PkiError, StoreError
 from controller.fleet.sessions import Closing, Session, SessionRegistry
 from controller.people.audit import AuditSink
-from controller.store.certs_protocol import CertStore, Renewed
 from inventory.people import AuditEntry, Outcome
 from protos.schoolfleet.v1 import agent_pb2
 

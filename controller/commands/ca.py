@@ -23,7 +23,7 @@ from controller.commands.options import Config, Database, DataDir, JsonOut, one_
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from controller.store.certs_protocol import CertState
+    from controller.enroll.cert_store import CertState
 
 ca_app = typer.Typer(
     help="The controller's CA over the years: a next CA, the move to it, server names.",
@@ -61,14 +61,15 @@ def _audited(database: str, action: str, target: str, message: str) -> None:
     store that does not exist yet (the controller never ran) has no log to keep it."""
     import time
 
-    from controller.store import open_store, sqlite_path
+    from controller.store import sqlite_path
+    from controller.stores import open_stores
     from inventory.people import AuditEntry, Outcome
 
     if not sqlite_path(database).is_file():
         return
-    store = open_store(database)
+    store = open_stores(database)
     try:
-        store.append_audit(
+        store.people.append_audit(
             AuditEntry(
                 0, time.time(), LOCAL_ACTOR, action, target, "", Outcome.OK, message, "local"
             )
@@ -79,16 +80,17 @@ def _audited(database: str, action: str, target: str, message: str) -> None:
 
 def _cert_states(database: str) -> list[CertState]:
     from controller.errors import StoreError
-    from controller.store import open_store, sqlite_path
+    from controller.store import sqlite_path
+    from controller.stores import open_stores
 
     # Never a new, empty store: an empty fleet would let retire-old strand every device.
     if not sqlite_path(database).is_file():
         raise StoreError(
             f"database {database} does not exist: give the controller's --database or --config"
         )
-    store = open_store(database)
+    store = open_stores(database)
     try:
-        return store.cert_states()
+        return store.enrollments.cert_states()
     finally:
         store.close()
 

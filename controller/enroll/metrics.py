@@ -18,8 +18,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.enroll.ca_keeper import CaKeeper
+from controller.enroll.cert_store import CertCounts
 from controller.errors import PkiError, StoreError
-from controller.store.certs_protocol import CertCounts
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Protocol
 
 from cryptography import x509
 
+from controller.enroll.cert_store import CertState
 from controller.enroll.pki import BACKDATE
-from controller.store.certs_protocol import CertState
 
 log = logging.getLogger(__name__)
 

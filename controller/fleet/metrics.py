@@ -47,8 +47,6 @@ STREAM_CLOSE_REASONS = (
 class FleetFigures(Protocol):
     """The store's queries the fleet collector reads."""
 
-    def school_ids(self) -> list[str]: ...
-
     def fleet_counts(self, now: float, school_id: str | None = None) -> list[KindCount]: ...
 
     def school_reports(self, now: float) -> list[SchoolReports]: ...
@@ -60,10 +58,13 @@ class FleetCollector(Collector):
     def __init__(
         self,
         store: FleetFigures,
+        school_ids: Callable[[], list[str]],
         streams: Callable[[], int],
         now: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        # Every school known (inventory, devices, lessons): each has its series.
+        self._school_ids = school_ids
         self._streams = streams
         self._now = now
 
@@ -101,7 +102,7 @@ class FleetCollector(Collector):
         devices, streams, conditions, missing, dropped = self._families()
         now = self._now()
         try:
-            known = self._store.school_ids()
+            known = self._school_ids()
             counts = self._store.fleet_counts(now)
             reports = {r.school_id: r for r in self._store.school_reports(now)}
         except StoreError as exc:

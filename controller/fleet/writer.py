@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from controller.errors import StoreError
-from controller.store import AgentRow, DeviceStore, StoredLessonEvent
+from controller.fleet.store import DeviceStore
+from controller.store.rows import AgentRow, StoredLessonEvent
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.errors import StoreError
-from controller.store.infra_protocol import InfraCensus
+from controller.infra.store import InfraCensus
 from inventory.infra import TargetKind, UnknownBssid
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,6 @@ _STATES = ("up", "down", "unknown")
 class InfraFigures(Protocol):
     """The store's queries the infrastructure collector reads."""
 
-    def school_ids(self) -> list[str]: ...
-
     def infra_census(self, seen_since: float) -> list[InfraCensus]: ...
 
     def unknown_bssids(self, schools: frozenset[str] | None) -> list[UnknownBssid]: ...
@@ -46,8 +44,15 @@ class InfraCollector(Collector):
     ``schoolfleet_access_points_unseen`` and ``schoolfleet_devices_on_unknown_bssids``,
     by school."""
 
-    def __init__(self, store: InfraFigures, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: InfraFigures,
+        school_ids: Callable[[], list[str]],
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
+        # Every school known (inventory, devices, lessons): each has its series.
+        self._school_ids = school_ids
         self._now = now
 
     def describe(self) -> Iterator[Metric]:
@@ -85,7 +90,7 @@ class InfraCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         aps, servers, unseen, on_unknown = self._families()
         try:
-            known = self._store.school_ids()
+            known = self._school_ids()
             census = self._store.infra_census(self._now() - UNSEEN_AFTER)
             unknown = self._store.unknown_bssids(None)
         except StoreError as exc:

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from controller.lessons.outcome import outcome
+from controller.lessons.store import LessonStore, OutboxCommand
 from controller.loops import LoopFailures, Retry
 from controller.offload import Offload
-from controller.store import Store
-from controller.store.lessons_protocol import OutboxCommand
 from inventory.lessons import Lesson, LessonState
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: Store,
+        store: LessonStore,
         executor: ThreadPoolExecutor,
         courier: PanelCourier,
         failures: LoopFailures | None,

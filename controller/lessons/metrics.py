@@ -15,7 +15,6 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -23,7 +22,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.errors import StoreError
-from controller.store import StoredLessonEvent
+from controller.lessons.store import LessonCounts
+from controller.store.rows import StoredLessonEvent
 from inventory.lessons import EventKind, FailReason, LessonState
 
 log = logging.getLogger(__name__)
@@ -68,24 +68,6 @@ class LessonMetrics:
             self._latency.observe(max(0.0, e.at - stored.starts_at))
 
 
-class LessonFigures(Protocol):
-    """The store's queries the lesson collector reads."""
-
-    def school_ids(self) -> list[str]: ...
-
-    def lesson_counts(self, since: float, until: float) -> list[tuple[str, LessonState, int]]: ...
-
-    def lessons_under_way(
-        self, since: float, until: float, due_before: float
-    ) -> list[tuple[str, str, int]]: ...
-
-    def lesson_panel_counts(
-        self, since: float, until: float, due_before: float
-    ) -> list[tuple[str, str, int]]: ...
-
-    def lesson_day_spans(self, since: float, until: float) -> list[tuple[str, float, float]]: ...
-
-
 def fill(
     schools: Iterable[str], values: Iterable[str], counts: Iterable[tuple[str, str, int]]
 ) -> dict[tuple[str, str], int]:
@@ -102,12 +84,15 @@ class LessonCollector(Collector):
 
     def __init__(
         self,
-        store: LessonFigures,
+        store: LessonCounts,
+        school_ids: Callable[[], list[str]],
         zone: ZoneInfo,
         on_time: float,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        # Every school known (inventory, devices, lessons): each has its series.
+        self._school_ids = school_ids
         self._zone = zone
         self._on_time = on_time
         self._now = now
@@ -150,7 +135,7 @@ class LessonCollector(Collector):
         since, until = day_bounds(now, self._zone)
         due = now - self._on_time
         try:
-            schools = self._store.school_ids()
+            schools = self._school_ids()
             counts = self._store.lesson_counts(since, until)
             started = self._store.lessons_under_way(since, until, due)
             results = self._store.lesson_panel_counts(since, until, due)

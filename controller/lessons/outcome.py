@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from controller.store.lessons_protocol import PanelResult
+from controller.lessons.store import PanelResult
 from inventory.lessons import FailReason, LessonState
 
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from controller.errors import StoreError
 from controller.offload import Offload
-from controller.store import AccessStore
+from controller.people.store import AccessStore
 from inventory.people import AuditEntry
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.errors import RolloutRefused
-from controller.store.protocol import DeviceQuery, DeviceStore
+from controller.fleet.store import DeviceQuery, DeviceStore
 from inventory.known_hosts import lines_for
 
 _PAGE = 1000

@@ -28,7 +28,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,9 +39,8 @@ from controller.loops import LoopFailures, Retry
 from controller.offload import Offload
 from controller.rollouts.metrics import RolloutMetrics
 from controller.rollouts.runner import RunnerSettings, WaveJob, WaveRun
+from controller.rollouts.store import NewHost, RolloutQuery, RolloutStore
 from controller.rollouts.worker import RolloutWorker, stop_masters_as
-from controller.store import Store
-from controller.store.rollouts_protocol import NewHost, RolloutQuery
 from inventory.ansible_inventory import runner_inventory
 from inventory.model import DeviceRecord
 from inventory.rollout_verdict import end_state, fail_budget, halt_after_wave, halt_before_wave
@@ -99,7 +98,8 @@ class RolloutEngine:
 
     def __init__(
         self,
-        store: Store,
+        store: RolloutStore,
+        devices_by_id: Callable[[Collection[str], float], list[DeviceRecord]],
         executor: ThreadPoolExecutor,
         runner: RunnerSettings,
         settings: EngineSettings,
@@ -109,6 +109,8 @@ class RolloutEngine:
         new_worker: Callable[[str], WaveWorker] = RolloutWorker,
     ) -> None:
         self._store = store
+        # The registry's records of a wave's hosts (the fleet's store).
+        self._devices_by_id = devices_by_id
         self._off = Offload(executor)
         self._runner = runner
         self._settings = settings
@@ -453,7 +455,7 @@ class RolloutEngine:
     async def _devices(self, hosts: Iterable[HostResult]) -> dict[str, DeviceRecord]:
         """The registry's records of these hosts."""
         ids = [h.device_id for h in hosts]
-        found = await self._off(self._store.devices_by_id, ids, self._now())
+        found = await self._off(self._devices_by_id, ids, self._now())
         return {d.identity.device_id: d for d in found}
 
     async def _windows(self, schools: set[str]) -> dict[str, list[Window]]:

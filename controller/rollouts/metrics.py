@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.errors import StoreError
-from controller.store.rollouts_protocol import RolloutQuery, RolloutStore
+from controller.rollouts.store import RolloutQuery, RolloutStore
 from inventory.rollouts import HostOutcome, RolloutState
 
 log = logging.getLogger(__name__)

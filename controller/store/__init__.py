@@ -1,6 +1,8 @@
-"""The controller's store: protocols per aggregate and their implementations.
-
-``open_store(url)`` picks the implementation from the URL's scheme.
+"""What every feature's store shares: the database (one SQLite file, its connections,
+its write lock), the numbered migrations of its one schema, and the rows a device's
+stream brings. The stores themselves live with their features (``controller/*/store.py``
+says what a feature needs, ``controller/*/sqlite_store.py`` keeps it in SQLite), and
+controller/stores.py composes them over one database.
 """
 
 from __future__ import annotations
@@ -9,36 +11,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from controller.errors import StoreError
-from controller.store.protocol import (
-    AccessStore,
-    AgentRow,
-    CommandResultRow,
-    DeviceStore,
-    EnrollTokenStore,
-    HeartbeatRow,
-    LessonEventRow,
-    Store,
-    StoredLessonEvent,
-)
-from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery, RolloutStore
 
-__all__ = [
-    "AccessStore",
-    "AgentRow",
-    "CommandResultRow",
-    "DeviceStore",
-    "EnrollTokenStore",
-    "HeartbeatRow",
-    "HostsClaimed",
-    "LessonEventRow",
-    "NewHost",
-    "RolloutQuery",
-    "RolloutStore",
-    "Store",
-    "StoredLessonEvent",
-    "open_store",
-    "sqlite_path",
-]
+__all__ = ["sqlite_path"]
 
 
 def sqlite_path(url: str) -> Path:
@@ -51,10 +25,3 @@ def sqlite_path(url: str) -> Path:
     if url.startswith("sqlite:") and len(url) > len("sqlite:"):
         return Path(url.removeprefix("sqlite:"))
     raise StoreError(f"database {url!r}: unsupported URL (expected sqlite:///PATH)")
-
-
-def open_store(url: str) -> Store:
-    """Opens (creating and migrating as needed) the store at ``url``."""
-    from controller.store.sqlite import SqliteStore
-
-    return SqliteStore(sqlite_path(url))

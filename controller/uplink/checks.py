@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from controller.errors import UplinkUnavailable
+from controller.fleet.store import DeviceQuery, DeviceStore
 from controller.loops import LoopFailures, Retry
 from controller.offload import Offload
-from controller.store import Store
-from controller.store.protocol import DeviceQuery
 from controller.uplink.endpoint import PATH_PREFIX, Tokens
 from controller.uplink.metrics import UplinkMetrics
 from controller.uplink.plan import Measurement, due_schools, judge, next_due, pick_device
+from controller.uplink.store import UplinkStore
 from inventory.model import DeviceStatus
 from inventory.uplink import UplinkCheck
 
@@ -110,7 +110,8 @@ class UplinkChecks:
 
     def __init__(
         self,
-        store: Store,
+        store: UplinkStore,
+        devices: DeviceStore,
         executor: ThreadPoolExecutor,
         courier: Courier,
         tokens: Tokens,
@@ -121,6 +122,8 @@ class UplinkChecks:
     ) -> None:
         self._failures = failures
         self._store = store
+        # Which schools have devices online, and which devices (the fleet's store).
+        self._devices = devices
         self._off_loop = Offload(executor)
         self._courier = courier
         self._tokens = tokens
@@ -181,7 +184,7 @@ class UplinkChecks:
 
     async def _pick(self, school_id: str, now: float) -> str:
         query = DeviceQuery(school_id=school_id, status=DeviceStatus.ONLINE, limit=_CANDIDATES_MAX)
-        online = await self._off_loop(self._store.list_devices, query, now)
+        online = await self._off_loop(self._devices.list_devices, query, now)
         if not online:
             raise UplinkUnavailable(
                 f"school {school_id} has no online device: a check needs one to measure from"
@@ -297,7 +300,7 @@ class UplinkChecks:
             await self._off_loop(self._store.prune_uplink_checks, now - _KEEP)
             if expired:
                 log.warning("uplink checks left running failed count=%d", expired)
-        counts = await self._off_loop(self._store.fleet_counts, now)
+        counts = await self._off_loop(self._devices.fleet_counts, now)
         schools = {c.school_id for c in counts if c.online} - self._running.keys()
         last = await self._off_loop(self._store.uplink_last_started)
         for school, at in self._skipped.items():

@@ -8,7 +8,7 @@ was never checked, is on every list and alert, not missing from them."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 class UplinkFigures(Protocol):
     """The store's queries the uplink collector reads."""
 
-    def school_ids(self) -> list[str]: ...
-
     def latest_uplink_checks(
         self,
         school_id: str | None = None,
@@ -40,8 +38,10 @@ class UplinkFigures(Protocol):
 class UplinkCollector(Collector):
     """``schoolfleet_school_uplink_mbps``, ``_measured`` and ``_failures`` by school."""
 
-    def __init__(self, store: UplinkFigures) -> None:
+    def __init__(self, store: UplinkFigures, school_ids: Callable[[], list[str]]) -> None:
         self._store = store
+        # Every school known (inventory, devices, lessons): each has its series.
+        self._school_ids = school_ids
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families()
@@ -71,7 +71,7 @@ class UplinkCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         mbps, measured, failures = self._families()
         try:
-            known = self._store.school_ids()
+            known = self._school_ids()
             latest = self._store.latest_uplink_checks(measured=True)
             failed = self._store.uplink_failures()
         except StoreError as exc:

@@ -6,7 +6,7 @@ import json
 import sqlite3
 
 from controller.errors import StoreError
-from controller.store.sqlite_base import SqliteBase
+from controller.store.database import Database
 from inventory.uplink import UplinkCheck
 
 # Running: neither a measurement nor an error yet.
@@ -35,14 +35,17 @@ def _check(row: sqlite3.Row) -> UplinkCheck:
     )
 
 
-class UplinkTables(SqliteBase):
+class SqliteUplink:
     """UplinkStore on the shared SQLite file."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     def start_uplink_check(self, check: UplinkCheck, stale_before: float) -> bool:
         # One statement: two controllers (or a hand check and the schedule) starting the
         # same school at once cannot both find it idle.
         return (
-            self._write(
+            self._db.write(
                 f"""
                 INSERT INTO uplink_checks (school_id, started_at, device_id, bytes)
                 SELECT :school, :started, :device, :bytes
@@ -72,9 +75,9 @@ class UplinkTables(SqliteBase):
         mbps: float | None,
         error: str,
     ) -> UplinkCheck | None:
-        with self._write_lock:
+        with self._db.write_lock:
             try:
-                row = self._writer.execute(
+                row = self._db.writer.execute(
                     f"""
                     UPDATE uplink_checks SET bytes = :bytes, seconds = :seconds, mbps = :mbps,
                         error = :error
@@ -91,20 +94,20 @@ class UplinkTables(SqliteBase):
                     },
                 ).fetchone()
             except sqlite3.Error as exc:
-                raise StoreError(f"database {self.path}: {exc}") from None
+                raise StoreError(f"database {self._db.path}: {exc}") from None
         return None if row is None else _check(row)
 
     def expire_uplink_checks(self, started_before: float, error: str) -> int:
-        return self._write(
+        return self._db.write(
             f"UPDATE uplink_checks SET error = ? WHERE started_at < ? AND {_RUNNING}",
             (error, started_before),
         )
 
     def prune_uplink_checks(self, started_before: float) -> int:
-        return self._write("DELETE FROM uplink_checks WHERE started_at < ?", (started_before,))
+        return self._db.write("DELETE FROM uplink_checks WHERE started_at < ?", (started_before,))
 
     def uplink_last_started(self) -> dict[str, float]:
-        rows = self._read(
+        rows = self._db.read(
             f"""
             WITH RECURSIVE {_EVERY_SCHOOL}
             SELECT id, (SELECT MAX(started_at) FROM uplink_checks WHERE school_id = id) AS last
@@ -131,7 +134,7 @@ class UplinkTables(SqliteBase):
         else:
             which = _EVERY_SCHOOL
         only = "AND mbps IS NOT NULL" if measured else ""
-        rows = self._read(
+        rows = self._db.read(
             f"""
             WITH RECURSIVE {which}
             SELECT c.* FROM schools JOIN uplink_checks c ON c.rowid = (
@@ -145,7 +148,7 @@ class UplinkTables(SqliteBase):
         return [_check(r) for r in rows]
 
     def uplink_failures(self) -> dict[str, int]:
-        rows = self._read(
+        rows = self._db.read(
             f"""
             WITH RECURSIVE {_EVERY_SCHOOL}
             SELECT id, (

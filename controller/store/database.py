@@ -1,4 +1,4 @@
-"""The SQLite file every table module shares: connections, migrations, errors.
+"""The SQLite file every feature's store shares: connections, migrations, errors.
 
 Writes go through one connection behind a lock; reads use a connection per
 thread, so scrapes and admin calls never wait for a write batch.
@@ -20,18 +20,18 @@ from controller.store.migrations import LATEST, MIGRATIONS
 log = logging.getLogger(__name__)
 
 
-class SqliteBase:
-    """One SQLite file in WAL mode; the table classes build on it."""
+class Database:
+    """One SQLite file in WAL mode; each feature's SQLite store is made with it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
-        self._write_lock = threading.Lock()
+        self.write_lock = threading.Lock()
         try:
             private_sqlite(path)
-            self._writer = self._connect()
-            self._writer.execute("PRAGMA journal_mode=WAL")
+            self.writer = self._connect()
+            self.writer.execute("PRAGMA journal_mode=WAL")
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"database {path}: {exc}") from None
@@ -44,7 +44,7 @@ class SqliteBase:
         return conn
 
     def _migrate(self) -> None:
-        version: int = self._writer.execute("PRAGMA user_version").fetchone()[0]
+        version: int = self.writer.execute("PRAGMA user_version").fetchone()[0]
         if version > LATEST:
             raise StoreError(
                 f"database {self.path}: schema version {version} is newer than this "
@@ -52,65 +52,65 @@ class SqliteBase:
             )
         for number in range(version + 1, LATEST + 1):
             # executescript commits first; BEGIN inside it makes each migration atomic.
-            self._writer.executescript(
+            self.writer.executescript(
                 f"BEGIN IMMEDIATE; {MIGRATIONS[number - 1]} PRAGMA user_version={number}; COMMIT;"
             )
             log.info("store migrated path=%s version=%d", self.path, number)
 
-    def _reader(self) -> sqlite3.Connection:
+    def reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
-            with self._write_lock:
+            with self.write_lock:
                 self._readers.append(conn)
         return conn
 
-    def _write(self, sql: str, params: dict[str, object] | Sequence[object]) -> int:
-        with self._write_lock:
+    def write(self, sql: str, params: dict[str, object] | Sequence[object]) -> int:
+        with self.write_lock:
             try:
-                return self._writer.execute(sql, params).rowcount
+                return self.writer.execute(sql, params).rowcount
             except sqlite3.Error as exc:
                 raise StoreError(f"database {self.path}: {exc}") from None
 
-    def _write_many(self, sql: str, params: Sequence[Sequence[object]]) -> None:
-        with self._write_lock:
+    def write_many(self, sql: str, params: Sequence[Sequence[object]]) -> None:
+        with self.write_lock:
             try:
-                self._writer.execute("BEGIN IMMEDIATE")
-                self._writer.executemany(sql, params)
-                self._writer.execute("COMMIT")
+                self.writer.execute("BEGIN IMMEDIATE")
+                self.writer.executemany(sql, params)
+                self.writer.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
+                if self.writer.in_transaction:
+                    self.writer.execute("ROLLBACK")
                 raise StoreError(f"database {self.path}: {exc}") from None
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """The writer inside BEGIN IMMEDIATE; any exception rolls everything back."""
-        with self._write_lock:
+        with self.write_lock:
             try:
-                self._writer.execute("BEGIN IMMEDIATE")
-                yield self._writer
-                self._writer.execute("COMMIT")
+                self.writer.execute("BEGIN IMMEDIATE")
+                yield self.writer
+                self.writer.execute("COMMIT")
             except BaseException as exc:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
+                if self.writer.in_transaction:
+                    self.writer.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(f"database {self.path}: {exc}") from None
                 raise
 
     def schema_version(self) -> int:
         """The schema version the file is at."""
-        return int(self._reader().execute("PRAGMA user_version").fetchone()[0])
+        return int(self.reader().execute("PRAGMA user_version").fetchone()[0])
 
-    def _read(self, sql: str, params: dict[str, object]) -> list[sqlite3.Row]:
+    def read(self, sql: str, params: dict[str, object]) -> list[sqlite3.Row]:
         try:
-            return self._reader().execute(sql, params).fetchall()
+            return self.reader().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"database {self.path}: {exc}") from None
 
     def close(self) -> None:
-        with self._write_lock:
-            for conn in (self._writer, *self._readers):
+        with self.write_lock:
+            for conn in (self.writer, *self._readers):
                 conn.close()
             self._readers.clear()

@@ -4,11 +4,10 @@ windows, and what the lesson schedule says about rooms and launches."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller.errors import SchoolFleetError
 from inventory.rollouts import (
     HostOutcome,
     HostResult,
@@ -19,17 +18,6 @@ from inventory.rollouts import (
 )
 
 Room = tuple[str, str]
-
-
-class HostsClaimed(SchoolFleetError):
-    """Some hosts are already in an unfinished rollout; nothing was stored."""
-
-    def __init__(self, claims: Mapping[str, int]) -> None:
-        # device id -> the rollout that holds it
-        self.claims = dict(claims)
-        first, rollout = sorted(self.claims.items())[0]
-        more = f" and {len(self.claims) - 1} more" if len(self.claims) > 1 else ""
-        super().__init__(f"{first}{more} already in rollout {rollout}")
 
 
 @dataclass(frozen=True, slots=True)

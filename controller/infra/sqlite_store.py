@@ -9,9 +9,7 @@ import sqlite3
 import statistics
 from collections.abc import Iterable, Sequence
 
-from controller.store.infra_protocol import InfraCensus, InventoryCounts
-from controller.store.sqlite_base import SqliteBase
-from controller.store.sqlite_infra_rows import (
+from controller.infra.sqlite_rows import (
     access_point_of,
     facts_json,
     host_key_of,
@@ -21,6 +19,8 @@ from controller.store.sqlite_infra_rows import (
     save_server,
     target_of,
 )
+from controller.infra.store import InfraCensus, InventoryCounts
+from controller.store.database import Database
 from inventory.infra import (
     AccessPoint,
     HostKey,
@@ -88,18 +88,21 @@ def _ids(values: Iterable[str]) -> str:
     return json.dumps(sorted(set(values)))
 
 
-class InfraTables(SqliteBase):
+class SqliteInfra:
     """An InfraStore on the shared SQLite file."""
 
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
     def known_schools(self, school_ids: Iterable[str]) -> set[str]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT school_id FROM schools WHERE school_id IN (SELECT value FROM json_each(:ids))",
             {"ids": _ids(school_ids)},
         )
         return {r["school_id"] for r in rows}
 
     def school_ids(self) -> list[str]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT school_id FROM schools UNION SELECT school_id FROM devices "
             "UNION SELECT school_id FROM lessons ORDER BY 1",
             {},
@@ -108,7 +111,7 @@ class InfraTables(SqliteBase):
 
     def target_schools(self, kind: TargetKind, target_ids: Iterable[str]) -> dict[str, str]:
         table, id_column = _TABLES[kind]
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT {id_column} AS id, school_id FROM {table} "
             f"WHERE {id_column} IN (SELECT value FROM json_each(:ids))",
             {"ids": _ids(target_ids)},
@@ -116,7 +119,7 @@ class InfraTables(SqliteBase):
         return {r["id"]: r["school_id"] for r in rows}
 
     def bssid_owners(self, bssids: Iterable[str]) -> dict[str, str]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT bssid, ap_id FROM ap_bssids WHERE bssid IN (SELECT value FROM json_each(:ids))",
             {"ids": _ids(bssids)},
         )
@@ -131,7 +134,7 @@ class InfraTables(SqliteBase):
         now: float,
     ) -> InventoryCounts:
         tally = {"added": 0, "updated": 0, "unchanged": 0}
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             for school in schools:
                 tally[save_school(db, school, now)] += 1
             for room in rooms:
@@ -157,7 +160,7 @@ class InfraTables(SqliteBase):
         where, params = _filters(school_id, schools, down_only)
         where.append("t.ap_id > :after")
         params.update(kind=_AP, after=after_id, limit=limit)
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT t.*, {_PROBE_COLUMNS} FROM access_points t {_PROBE_JOINS.format(id='ap_id')} "
             f"WHERE {' AND '.join(where)} ORDER BY t.ap_id LIMIT :limit",
             params,
@@ -167,10 +170,10 @@ class InfraTables(SqliteBase):
         ids: dict[str, object] = {"ids": _ids(r["ap_id"] for r in rows)}
         in_ids = "b.ap_id IN (SELECT value FROM json_each(:ids))"
         bssids: dict[str, list[str]] = {}
-        for r in self._read(f"SELECT b.ap_id, b.bssid FROM ap_bssids b WHERE {in_ids}", ids):
+        for r in self._db.read(f"SELECT b.ap_id, b.bssid FROM ap_bssids b WHERE {in_ids}", ids):
             bssids.setdefault(r["ap_id"], []).append(r["bssid"])
         signals: dict[str, list[float | None]] = {}
-        for r in self._read(
+        for r in self._db.read(
             "SELECT b.ap_id, w.signal_dbm FROM ap_bssids b "
             f"JOIN device_wifi w ON w.bssid = b.bssid WHERE {in_ids}",
             ids,
@@ -178,7 +181,7 @@ class InfraTables(SqliteBase):
             signals.setdefault(r["ap_id"], []).append(r["signal_dbm"])
         seen = {
             r["ap_id"]: r["seen_at"]
-            for r in self._read(
+            for r in self._db.read(
                 "SELECT b.ap_id, MAX(s.seen_at) AS seen_at FROM ap_bssids b "
                 f"JOIN bssid_seen s ON s.bssid = b.bssid WHERE {in_ids} GROUP BY b.ap_id",
                 ids,
@@ -211,7 +214,7 @@ class InfraTables(SqliteBase):
         return found[0] if found else None
 
     def _servers(self, where: list[str], params: dict[str, object]) -> list[TargetStatus]:
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT t.*, {_PROBE_COLUMNS} FROM servers t {_PROBE_JOINS.format(id='server_id')} "
             f"WHERE {' AND '.join(where) or 'TRUE'} ORDER BY t.server_id",
             {**params, "kind": _SERVER},
@@ -227,7 +230,7 @@ class InfraTables(SqliteBase):
     def probe_targets(self) -> list[ProbeTarget]:
         found: list[ProbeTarget] = []
         for kind, (table, id_column) in _TABLES.items():
-            rows = self._read(
+            rows = self._db.read(
                 f"SELECT t.*, pk.key_type AS pinned_type, pk.key_data AS pinned_data "
                 f"FROM {table} t LEFT JOIN host_keys pk ON pk.target_kind = :kind "
                 f"AND pk.target_id = t.{id_column} AND pk.pinned = 1 ORDER BY t.{id_column}",
@@ -237,7 +240,7 @@ class InfraTables(SqliteBase):
         return found
 
     def record_probes(self, results: Sequence[ProbeResult]) -> None:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             db.executemany(
                 _PROBE_UPSERT,
                 [
@@ -267,7 +270,7 @@ class InfraTables(SqliteBase):
         self, kind: TargetKind, target_id: str, now: float, expected: HostKey | None = None
     ) -> HostKey | None:
         target = (kind.value, target_id)
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             row = db.execute(
                 "SELECT key_type, key_data FROM host_keys "
                 "WHERE target_kind = ? AND target_id = ? AND pinned = 0",
@@ -291,7 +294,7 @@ class InfraTables(SqliteBase):
         for kind, (table, id_column) in _TABLES.items():
             unseen = _UNSEEN if kind is TargetKind.AP else "0"
             sql = _CENSUS.format(table=table, id=id_column, unseen=unseen)
-            for r in self._read(sql, {"kind": kind.value, "since": seen_since}):
+            for r in self._db.read(sql, {"kind": kind.value, "since": seen_since}):
                 found.append(
                     InfraCensus(r["school_id"], kind, r["up"], r["down"], r["unknown"], r["unseen"])
                 )
@@ -300,7 +303,7 @@ class InfraTables(SqliteBase):
     def unknown_bssids(self, schools: frozenset[str] | None) -> list[UnknownBssid]:
         where, params = _filters(None, schools, down_only=False)
         found = []
-        for r in self._read(_UNKNOWN_BSSIDS.format(scope=" AND ".join(where) or "TRUE"), params):
+        for r in self._db.read(_UNKNOWN_BSSIDS.format(scope=" AND ".join(where) or "TRUE"), params):
             heard = [s for s in json.loads(r["signals"]) if s is not None]
             median = statistics.median(heard) if heard else None
             found.append(

@@ -1,8 +1,8 @@
-"""The embedded store: one SQLite file in WAL mode.
+"""Devices in the SQLite store: who they are, their streams, heartbeats and reports.
 
-Writes go through one connection behind a lock (the controller calls them from a
-single writer thread); reads use a connection per thread, so scrapes and admin
-calls never wait for a write batch. Acks promise durability, hence
+Heartbeats, command results and lesson events are written in one transaction per
+batch (the ingest writer's thread); reads use a connection per thread, so scrapes and
+admin calls never wait for a write batch. Acks promise durability, hence
 ``synchronous=FULL``: batching keeps its fsync cost to one per batch.
 """
 
@@ -13,25 +13,18 @@ import itertools
 import json
 import logging
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from controller.errors import StoreError
-from controller.store.protocol import (
+from controller.fleet.store import DeviceQuery, SelectedDevice
+from controller.store.database import Database
+from controller.store.rows import (
     AgentRow,
     CommandResultRow,
-    DeviceQuery,
     HeartbeatRow,
     LessonEventRow,
-    SelectedDevice,
     StoredLessonEvent,
 )
-from controller.store.sqlite_access import AccessTables
-from controller.store.sqlite_enroll import EnrollTables
-from controller.store.sqlite_infra import InfraTables
-from controller.store.sqlite_lesson_counts import LessonCountTables
-from controller.store.sqlite_lessons import LessonTables
-from controller.store.sqlite_rollouts import RolloutTables
-from controller.store.sqlite_uplink import UplinkTables
 from inventory.model import (
     CommandOutcome,
     Condition,
@@ -40,6 +33,7 @@ from inventory.model import (
     DeviceRecord,
     DeviceReport,
     DeviceStatus,
+    Enrollment,
     Health,
     KindCount,
     OsInfo,
@@ -185,23 +179,28 @@ def _labels(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(json.loads(text).items()))
 
 
-class SqliteStore(
-    EnrollTables,
-    AccessTables,
-    LessonTables,
-    LessonCountTables,
-    RolloutTables,
-    UplinkTables,
-    InfraTables,
-):
-    """The Store on one SQLite file: devices here, the rest in the table classes."""
+class SqliteDevices:
+    """The fleet's DeviceStore on the shared SQLite database."""
+
+    def __init__(
+        self,
+        db: Database,
+        enrollment_of: Callable[[str], Enrollment | None],
+        lesson_event: Callable[[LessonEventRow], StoredLessonEvent | None],
+    ) -> None:
+        self._db = db
+        # The enrollment shown with a device (the enroll feature's store).
+        self._enrollment_of = enrollment_of
+        # Stores a panel's lesson event inside record_messages' transaction (the
+        # lessons feature's store): a batch is stored whole or not at all.
+        self._lesson_event = lesson_event
 
     def device_connected(
         self, identity: DeviceIdentity, stream_id: int, offline_after: float, now: float
     ) -> int:
-        with self._write_lock:
+        with self._db.write_lock:
             try:
-                row = self._writer.execute(
+                row = self._db.writer.execute(
                     """
                     INSERT INTO devices (device_id, kind, school_id, room_id, hostname,
                                          agent_version, first_seen, stream_id, offline_after,
@@ -239,28 +238,28 @@ class SqliteStore(
                     },
                 ).fetchone()
                 if identity.room_id:
-                    self._writer.execute(
+                    self._db.writer.execute(
                         "INSERT OR IGNORE INTO rooms VALUES (?, ?)",
                         (identity.school_id, identity.room_id),
                     )
             except sqlite3.Error as exc:
-                raise StoreError(f"database {self.path}: {exc}") from None
+                raise StoreError(f"database {self._db.path}: {exc}") from None
         return int(row[0])
 
     def device_disconnected(self, device_id: str, stream_id: int) -> None:
-        self._write(
+        self._db.write(
             "UPDATE devices SET stream_id = 0 WHERE device_id = ? AND stream_id = ?",
             (device_id, stream_id),
         )
 
     def reset_streams(self) -> int:
-        return self._write("UPDATE devices SET stream_id = 0 WHERE stream_id != 0", ())
+        return self._db.write("UPDATE devices SET stream_id = 0 WHERE stream_id != 0", ())
 
     def record_messages(self, rows: Sequence[AgentRow]) -> list[StoredLessonEvent]:
         events: list[StoredLessonEvent] = []
-        with self._write_lock:
+        with self._db.write_lock:
             try:
-                self._writer.execute("BEGIN IMMEDIATE")
+                self._db.writer.execute("BEGIN IMMEDIATE")
                 # Every message shares the device's sequence: runs keep the order.
                 for is_beat, run in itertools.groupby(rows, _is_heartbeat):
                     if not is_beat:
@@ -268,12 +267,12 @@ class SqliteStore(
                             if isinstance(r, CommandResultRow):
                                 self._record_result(r)
                             elif isinstance(r, LessonEventRow):
-                                stored = self._record_lesson_event(r)
+                                stored = self._lesson_event(r)
                                 if stored is not None:
                                     events.append(stored)
                         continue
                     beats = [r for r in run if isinstance(r, HeartbeatRow)]
-                    self._writer.executemany(_HEARTBEAT_SQL, map(_heartbeat_params, beats))
+                    self._db.writer.executemany(_HEARTBEAT_SQL, map(_heartbeat_params, beats))
                     reports = [
                         (
                             r.device_id,
@@ -286,15 +285,15 @@ class SqliteStore(
                         if r.report is not None and (r.report.system or r.report.network)
                     ]
                     if reports:
-                        self._writer.executemany(_REPORTS_SQL, reports)
+                        self._db.writer.executemany(_REPORTS_SQL, reports)
                     self._record_wifi(beats)
-                self._writer.execute("COMMIT")
+                self._db.writer.execute("COMMIT")
             # OverflowError: a number SQLite cannot hold. The ingest checks refuse those
             # first; should one slip through, the batch is refused, not the writer killed.
             except (sqlite3.Error, OverflowError) as exc:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise StoreError(f"database {self.path}: {exc}") from None
+                if self._db.writer.in_transaction:
+                    self._db.writer.execute("ROLLBACK")
+                raise StoreError(f"database {self._db.path}: {exc}") from None
         return events
 
     def _record_wifi(self, beats: Sequence[HeartbeatRow]) -> None:
@@ -303,24 +302,24 @@ class SqliteStore(
         full = [b for b in beats if b.report is not None and b.report.network]
         if not full:
             return
-        self._writer.executemany(
+        self._db.writer.executemany(
             "DELETE FROM device_wifi WHERE device_id = ?", [(b.device_id,) for b in full]
         )
         associated = [(b, b.report.wifi[0]) for b in full if b.report and b.report.wifi]
-        self._writer.executemany(
+        self._db.writer.executemany(
             "INSERT OR REPLACE INTO device_wifi VALUES (?, ?, ?, ?)",
             [(b.device_id, bssid, signal, b.received_at) for b, (bssid, signal) in associated],
         )
-        self._writer.executemany(
+        self._db.writer.executemany(
             "INSERT INTO bssid_seen VALUES (?, ?) ON CONFLICT (bssid) DO UPDATE"
             " SET seen_at = max(seen_at, excluded.seen_at)",
             [(bssid, b.received_at) for b in full if b.report for bssid, _ in b.report.wifi],
         )
 
     def _record_result(self, r: CommandResultRow) -> None:
-        moved = self._writer.execute(_RESULT_SEQ_SQL, (r.device_id, r.seq)).rowcount
+        moved = self._db.writer.execute(_RESULT_SEQ_SQL, (r.device_id, r.seq)).rowcount
         if moved:
-            self._writer.execute(
+            self._db.writer.execute(
                 "INSERT INTO command_results VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     r.device_id,
@@ -334,7 +333,7 @@ class SqliteStore(
             )
 
     def command_results(self, device_id: str, limit: int) -> list[CommandOutcome]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT * FROM command_results WHERE device_id = :id ORDER BY seq DESC LIMIT :limit",
             {"id": device_id, "limit": limit},
         )
@@ -371,7 +370,7 @@ class SqliteStore(
             f"SELECT {_DEVICE_COLUMNS} FROM {_DEVICES_FROM} WHERE {' AND '.join(where)} "
             "ORDER BY device_id LIMIT :limit"
         )
-        return [_record(row) for row in self._read(sql, params)]
+        return [_record(row) for row in self._db.read(sql, params)]
 
     def select_devices(
         self, selector: Selector, schools: frozenset[str] | None, now: float
@@ -409,11 +408,11 @@ class SqliteStore(
                 row["school_id"],
                 DeviceStatus.ONLINE if row["online"] else DeviceStatus.OFFLINE,
             )
-            for row in self._read(sql, params)
+            for row in self._db.read(sql, params)
         ]
 
     def devices_by_id(self, device_ids: Collection[str], now: float) -> list[DeviceRecord]:
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT {_DEVICE_COLUMNS} FROM {_DEVICES_FROM} "
             "WHERE device_id IN (SELECT value FROM json_each(:ids)) ORDER BY device_id",
             {"ids": json.dumps(sorted(set(device_ids))), "now": now},
@@ -421,7 +420,7 @@ class SqliteStore(
         return [_record(row) for row in rows]
 
     def get_device(self, device_id: str, now: float) -> DeviceRecord | None:
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT {_DEVICE_COLUMNS} FROM {_DEVICES_FROM} WHERE device_id = :id",
             {"id": device_id, "now": now},
         )
@@ -431,12 +430,12 @@ class SqliteStore(
         return dataclasses.replace(
             _record(rows[0]),
             recent_commands=commands,
-            enrollment=self.get_enrollment(device_id),
+            enrollment=self._enrollment_of(device_id),
         )
 
     def fleet_counts(self, now: float, school_id: str | None = None) -> list[KindCount]:
         where = "WHERE school_id = :school" if school_id is not None else ""
-        rows = self._read(
+        rows = self._db.read(
             f"""
             SELECT school_id, kind, SUM({ONLINE_SQL}) AS online, COUNT(*) AS total
             FROM devices {where} GROUP BY school_id, kind ORDER BY school_id, kind
@@ -454,7 +453,7 @@ class SqliteStore(
         ]
 
     def school_reports(self, now: float) -> list[SchoolReports]:
-        rows = self._read(
+        rows = self._db.read(
             f"""
             SELECT school_id,
                    SUM({ONLINE_SQL} AND condition = 'ok') AS ok,

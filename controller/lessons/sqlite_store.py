@@ -7,15 +7,9 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from controller.errors import StoreError
-from controller.store.lessons_protocol import (
-    ImportCounts,
-    LessonQuery,
-    OutboxCommand,
-    PanelResult,
-    Room,
-)
-from controller.store.protocol import LessonEventRow, StoredLessonEvent
-from controller.store.sqlite_base import SqliteBase
+from controller.lessons.store import ImportCounts, LessonQuery, OutboxCommand, PanelResult, Room
+from controller.store.database import Database
+from controller.store.rows import LessonEventRow, StoredLessonEvent
 from inventory.lessons import EventKind, Lesson, LessonRecord, LessonState
 
 _LESSON_COLUMNS = (
@@ -66,11 +60,14 @@ def _rooms_json(rooms: Iterable[Room]) -> str:
     return json.dumps(sorted({f"{s}\x1f{r}" for s, r in rooms}))
 
 
-class LessonTables(SqliteBase):
+class SqliteLessons:
     """A LessonStore on the shared SQLite file."""
 
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
     def known_rooms(self, rooms: Iterable[Room]) -> set[Room]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT school_id, room_id FROM rooms WHERE school_id || char(31) || room_id "
             "IN (SELECT value FROM json_each(:rooms))",
             {"rooms": _rooms_json(rooms)},
@@ -78,12 +75,12 @@ class LessonTables(SqliteBase):
         return {(r["school_id"], r["room_id"]) for r in rows}
 
     def add_room(self, school_id: str, room_id: str) -> None:
-        self._write("INSERT OR IGNORE INTO rooms VALUES (?, ?)", (school_id, room_id))
+        self._db.write("INSERT OR IGNORE INTO rooms VALUES (?, ?)", (school_id, room_id))
 
     def lessons_in_rooms(
         self, rooms: Iterable[Room], since: float, until: float
     ) -> dict[Room, list[Lesson]]:
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT {_LESSON_COLUMNS} FROM lessons WHERE school_id || char(31) || room_id "
             "IN (SELECT value FROM json_each(:rooms)) AND starts_at < :until AND ends_at > :since "
             "ORDER BY starts_at",
@@ -96,16 +93,16 @@ class LessonTables(SqliteBase):
 
     def save_lessons(self, lessons: Sequence[Lesson], now: float) -> ImportCounts:
         added = updated = unchanged = locked = 0
-        with self._write_lock:
+        with self._db.write_lock:
             try:
-                self._writer.execute("BEGIN IMMEDIATE")
+                self._db.writer.execute("BEGIN IMMEDIATE")
                 for lesson in lessons:
-                    row = self._writer.execute(
+                    row = self._db.writer.execute(
                         f"SELECT {_LESSON_COLUMNS}, state FROM lessons WHERE lesson_id = ?",
                         (lesson.lesson_id,),
                     ).fetchone()
                     if row is None:
-                        self._writer.execute(
+                        self._db.writer.execute(
                             f"INSERT INTO lessons (lesson_id, {_LESSON_COLUMNS}, updated_at) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (lesson.lesson_id, *_values(lesson), now),
@@ -116,7 +113,7 @@ class LessonTables(SqliteBase):
                     elif row["state"] != LessonState.SCHEDULED:
                         locked += 1
                     else:
-                        self._writer.execute(
+                        self._db.writer.execute(
                             "UPDATE lessons SET school_id = ?, room_id = ?, starts_at = ?, "
                             "ends_at = ?, class_name = ?, subject = ?, teacher = ?, "
                             "content_url = ?, remote = ?, manual = ?, updated_at = ? "
@@ -124,15 +121,15 @@ class LessonTables(SqliteBase):
                             (*_values(lesson), now, lesson.lesson_id),
                         )
                         updated += 1
-                self._writer.execute("COMMIT")
+                self._db.writer.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise StoreError(f"database {self.path}: {exc}") from None
+                if self._db.writer.in_transaction:
+                    self._db.writer.execute("ROLLBACK")
+                raise StoreError(f"database {self._db.path}: {exc}") from None
         return ImportCounts(added, updated, unchanged, locked)
 
     def due_lessons(self, until: float, now: float) -> list[Lesson]:
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT {_LESSON_COLUMNS} FROM lessons WHERE state = 'scheduled' "
             "AND starts_at <= :until AND ends_at > :now ORDER BY starts_at",
             {"until": until, "now": now},
@@ -140,7 +137,7 @@ class LessonTables(SqliteBase):
         return [_lesson(r) for r in rows]
 
     def missed_lessons(self, now: float) -> list[Lesson]:
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT {_LESSON_COLUMNS} FROM lessons WHERE state = 'scheduled' "
             "AND ends_at <= :now ORDER BY starts_at",
             {"now": now},
@@ -148,7 +145,7 @@ class LessonTables(SqliteBase):
         return [_lesson(r) for r in rows]
 
     def panels_in_rooms(self, rooms: Iterable[Room]) -> dict[Room, list[str]]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT device_id, devices.school_id, room_id FROM devices "
             "LEFT JOIN enrollments USING (device_id) "
             "WHERE devices.school_id || char(31) || room_id "
@@ -165,41 +162,41 @@ class LessonTables(SqliteBase):
         self, lessons: Sequence[tuple[str, Sequence[OutboxCommand]]], now: float
     ) -> list[str]:
         done: list[str] = []
-        with self._write_lock:
+        with self._db.write_lock:
             try:
-                self._writer.execute("BEGIN IMMEDIATE")
+                self._db.writer.execute("BEGIN IMMEDIATE")
                 for lesson_id, commands in lessons:
                     state = LessonState.DISPATCHED if commands else LessonState.NO_DEVICE
                     reason = "" if commands else "no panel in the room"
-                    moved = self._writer.execute(
+                    moved = self._db.writer.execute(
                         "UPDATE lessons SET state = ?, dispatched_at = ?, reason = ?, "
                         "updated_at = ? WHERE lesson_id = ? AND state = 'scheduled'",
                         (state.value, now, reason, now, lesson_id),
                     ).rowcount
                     if not moved:
                         continue
-                    self._writer.executemany(
+                    self._db.writer.executemany(
                         "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?, ?, NULL)",
                         [
                             (c.command_id, c.device_id, c.lesson_id, c.command, now, c.expires_at)
                             for c in commands
                         ],
                     )
-                    self._writer.executemany(
+                    self._db.writer.executemany(
                         "INSERT OR IGNORE INTO lesson_panels (lesson_id, device_id, command_id) "
                         "VALUES (?, ?, ?)",
                         [(c.lesson_id, c.device_id, c.command_id) for c in commands],
                     )
                     done.append(lesson_id)
-                self._writer.execute("COMMIT")
+                self._db.writer.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise StoreError(f"database {self.path}: {exc}") from None
+                if self._db.writer.in_transaction:
+                    self._db.writer.execute("ROLLBACK")
+                raise StoreError(f"database {self._db.path}: {exc}") from None
         return done
 
     def next_wake(self, lead: float, settle: float) -> float | None:
-        row = self._read(
+        row = self._db.read(
             """
             SELECT min(t) AS due FROM (
                 SELECT min(starts_at) - :lead AS t FROM lessons WHERE state = 'scheduled'
@@ -216,7 +213,7 @@ class LessonTables(SqliteBase):
         return float(due) if due is not None else None
 
     def pending_commands(self, device_id: str, now: float) -> list[bytes]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT command FROM outbox WHERE device_id = :device AND done_at IS NULL "
             "AND expires_at > :now ORDER BY created_at, command_id",
             {"device": device_id, "now": now},
@@ -224,34 +221,34 @@ class LessonTables(SqliteBase):
         return [bytes(r["command"]) for r in rows]
 
     def lessons_ending(self, now: float) -> list[tuple[Lesson, list[str]]]:
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT lesson_id, {_LESSON_COLUMNS} FROM lessons WHERE state = 'dispatched' "
             "AND ends_at <= :now AND ended_at IS NULL ORDER BY ends_at",
             {"now": now},
         )
         ending = []
         for r in rows:
-            panels = self._read(
+            panels = self._db.read(
                 "SELECT device_id FROM lesson_panels WHERE lesson_id = :id ORDER BY device_id",
                 {"id": r["lesson_id"]},
             )
             ending.append((_lesson(r), [p["device_id"] for p in panels]))
         if ending:
-            self._write_many(
+            self._db.write_many(
                 "UPDATE lessons SET ended_at = ? WHERE lesson_id = ?",
                 [(now, lesson.lesson_id) for lesson, _ in ending],
             )
         return ending
 
     def lessons_to_settle(self, before: float) -> list[tuple[Lesson, list[PanelResult]]]:
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT lesson_id, {_LESSON_COLUMNS} FROM lessons WHERE state = 'dispatched' "
             "AND ends_at <= :before ORDER BY ends_at",
             {"before": before},
         )
         settled = []
         for r in rows:
-            panels = self._read(
+            panels = self._db.read(
                 "SELECT device_id, launched_at, failed_reason FROM lesson_panels "
                 "WHERE lesson_id = :id ORDER BY device_id",
                 {"id": r["lesson_id"]},
@@ -263,7 +260,7 @@ class LessonTables(SqliteBase):
         return settled
 
     def settle(self, lesson_id: str, state: LessonState, reason: str, now: float) -> None:
-        self._write(
+        self._db.write(
             "UPDATE lessons SET state = ?, reason = ?, updated_at = ? WHERE lesson_id = ?",
             (state.value, reason, now, lesson_id),
         )
@@ -281,7 +278,7 @@ class LessonTables(SqliteBase):
         if q.schools is not None:
             where.append("l.school_id IN (SELECT value FROM json_each(:schools))")
             params["schools"] = json.dumps(sorted(q.schools))
-        rows = self._read(
+        rows = self._db.read(
             f"""
             SELECT l.*, count(p.device_id) AS panels, count(p.launched_at) AS launched,
                    count(p.failed_reason) AS failed
@@ -304,13 +301,14 @@ class LessonTables(SqliteBase):
             for r in rows
         ]
 
-    def _record_lesson_event(self, r: LessonEventRow) -> StoredLessonEvent | None:
-        """Inside record_messages' transaction: stores a new event and what it means for
-        the lesson's panel; None for a replayed one."""
+    def record_event_in_batch(self, r: LessonEventRow) -> StoredLessonEvent | None:
+        """Inside the devices' record_messages transaction (its caller holds the write
+        lock): stores a new event and what it means for the lesson's panel; None for a
+        replayed one."""
         e = r.event
-        if not self._writer.execute(_EVENT_SEQ_SQL, (r.device_id, r.seq)).rowcount:
+        if not self._db.writer.execute(_EVENT_SEQ_SQL, (r.device_id, r.seq)).rowcount:
             return None
-        self._writer.execute(
+        self._db.writer.execute(
             "INSERT INTO lesson_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 r.device_id,
@@ -326,26 +324,26 @@ class LessonTables(SqliteBase):
         )
         panel = (e.lesson_id, r.device_id)
         if e.kind is EventKind.LAUNCHED:
-            self._writer.execute(
+            self._db.writer.execute(
                 "UPDATE lesson_panels SET launched_at = coalesce(launched_at, ?) "
                 "WHERE lesson_id = ? AND device_id = ?",
                 (e.at, *panel),
             )
         elif e.kind is EventKind.FAILED:
-            self._writer.execute(
+            self._db.writer.execute(
                 "UPDATE lesson_panels SET failed_reason = ?, failed_at = ? "
                 "WHERE lesson_id = ? AND device_id = ?",
                 (e.reason.value if e.reason else "", e.at, *panel),
             )
         elif e.kind is EventKind.ENDED:
-            self._writer.execute(
+            self._db.writer.execute(
                 "UPDATE lesson_panels SET ended_at = ? WHERE lesson_id = ? AND device_id = ?",
                 (e.at, *panel),
             )
         # The outbox keeps offering the launch until the lesson ends, answered or not:
         # a panel that restarts mid-lesson shows it again, and one that did not
         # restart recognises the command id and does nothing.
-        lesson = self._writer.execute(
+        lesson = self._db.writer.execute(
             "SELECT school_id, starts_at FROM lessons WHERE lesson_id = ?", (e.lesson_id,)
         ).fetchone()
         if lesson is None:

@@ -106,6 +106,10 @@ class LessonStore(Protocol):
     def list_lessons(self, query: LessonQuery) -> list[LessonRecord]:
         """Lessons matching ``query``, by start, then room."""
 
+
+class LessonCounts(Protocol):
+    """Today's lessons counted per school, for /metrics (read at scrape)."""
+
     def lesson_counts(self, since: float, until: float) -> list[tuple[str, LessonState, int]]:
         """Lessons starting in [since, until) per school and state."""
 

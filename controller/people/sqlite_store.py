@@ -6,7 +6,7 @@ import json
 import sqlite3
 
 from controller.errors import StoreError
-from controller.store.sqlite_base import SqliteBase
+from controller.store.database import Database
 from inventory.people import AuditEntry, AuditQuery, Outcome, Role, User
 
 
@@ -36,20 +36,23 @@ def _entry(r: sqlite3.Row) -> AuditEntry:
     )
 
 
-class AccessTables(SqliteBase):
+class SqlitePeople:
     """An AccessStore: users kept with a hash of their token, and the audit log."""
 
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
     def add_user(self, user: User, token_hash: bytes) -> bool:
-        with self._write_lock:
+        with self._db.write_lock:
             try:
-                self._writer.execute("BEGIN IMMEDIATE")
+                self._db.writer.execute("BEGIN IMMEDIATE")
                 # A revoked user's name may be given again; an active one may not.
-                self._writer.execute(
+                self._db.writer.execute(
                     "DELETE FROM users WHERE name = ? AND (revoked_at IS NOT NULL "
                     "OR (expires_at IS NOT NULL AND expires_at <= ?))",
                     (user.name, user.created_at),
                 )
-                added = self._writer.execute(
+                added = self._db.writer.execute(
                     "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?, NULL) "
                     "ON CONFLICT (name) DO NOTHING",
                     (
@@ -62,30 +65,30 @@ class AccessTables(SqliteBase):
                         user.expires_at,
                     ),
                 ).rowcount
-                self._writer.execute("COMMIT")
+                self._db.writer.execute("COMMIT")
                 return bool(added)
             except sqlite3.Error as exc:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise StoreError(f"database {self.path}: {exc}") from None
+                if self._db.writer.in_transaction:
+                    self._db.writer.execute("ROLLBACK")
+                raise StoreError(f"database {self._db.path}: {exc}") from None
 
     def find_user(self, token_hash: bytes) -> User | None:
-        rows = self._read("SELECT * FROM users WHERE token_hash = :h", {"h": token_hash})
+        rows = self._db.read("SELECT * FROM users WHERE token_hash = :h", {"h": token_hash})
         return _user(rows[0]) if rows else None
 
     def list_users(self) -> list[User]:
-        return [_user(r) for r in self._read("SELECT * FROM users ORDER BY name", {})]
+        return [_user(r) for r in self._db.read("SELECT * FROM users ORDER BY name", {})]
 
     def revoke_user(self, name: str, now: float) -> User | None:
-        self._write(
+        self._db.write(
             "UPDATE users SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name)
         )
-        rows = self._read("SELECT * FROM users WHERE name = :name", {"name": name})
+        rows = self._db.read("SELECT * FROM users WHERE name = :name", {"name": name})
         return _user(rows[0]) if rows else None
 
     def append_audit(self, entry: AuditEntry) -> None:
         e = entry
-        self._write(
+        self._db.write(
             "INSERT INTO audit (at, actor, action, target, school_id, outcome, message, peer) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (e.at, e.actor, e.action, e.target, e.school_id, e.outcome.value, e.message, e.peer),
@@ -117,4 +120,4 @@ class AccessTables(SqliteBase):
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY entry_id DESC LIMIT :limit"
-        return [_entry(r) for r in self._read(sql, params)]
+        return [_entry(r) for r in self._db.read(sql, params)]

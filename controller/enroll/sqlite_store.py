@@ -5,11 +5,10 @@ from __future__ import annotations
 import sqlite3
 
 from controller.enroll import tokens as refusals
-from controller.errors import EnrollRefused, StoreError
-from controller.store.certs_protocol import CertCounts, CertState, Renewed
-from controller.store.protocol import DeviceMove
-from controller.store.rollouts_protocol import HostsClaimed
-from controller.store.sqlite_base import SqliteBase
+from controller.enroll.cert_store import CertCounts, CertState, Renewed
+from controller.enroll.store import DeviceMove
+from controller.errors import EnrollRefused, HostsClaimed, StoreError
+from controller.store.database import Database
 from inventory.model import Enrollment, EnrollToken
 
 
@@ -46,19 +45,22 @@ def _cert_state(r: sqlite3.Row) -> CertState:
     )
 
 
-class EnrollTables(SqliteBase):
+class SqliteEnrollments:
     """An EnrollTokenStore and a CertStore: tokens kept as hashes, and each device's
     certificate with its renewals."""
 
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
     def cert_state(self, device_id: str) -> CertState | None:
-        rows = self._read(f"{_CERT_STATE} WHERE e.device_id = :id", {"id": device_id})
+        rows = self._db.read(f"{_CERT_STATE} WHERE e.device_id = :id", {"id": device_id})
         return _cert_state(rows[0]) if rows else None
 
     def cert_states(self) -> list[CertState]:
-        return [_cert_state(r) for r in self._read(f"{_CERT_STATE} ORDER BY e.device_id", {})]
+        return [_cert_state(r) for r in self._db.read(f"{_CERT_STATE} ORDER BY e.device_id", {})]
 
     def cert_counts(self, issuing_ca_id: str, expiring_before: float) -> CertCounts:
-        rows = self._read(
+        rows = self._db.read(
             """
             SELECT COUNT(*), COALESCE(SUM(COALESCE(c.ca_id, '') != :ca), 0),
                    COALESCE(SUM(c.next_serial IS NOT NULL), 0),
@@ -71,7 +73,7 @@ class EnrollTables(SqliteBase):
         return CertCounts(*(int(v) for v in rows[0]))
 
     def record_issued(self, device_id: str, ca_id: str, issued_at: float) -> None:
-        self._write(
+        self._db.write(
             """
             INSERT INTO device_certs (device_id, ca_id, issued_at) VALUES (?, ?, ?)
             ON CONFLICT (device_id) DO UPDATE SET ca_id = excluded.ca_id,
@@ -83,7 +85,7 @@ class EnrollTables(SqliteBase):
 
     def add_renewal(self, device_id: str, current_serial: str, renewed: Renewed) -> bool:
         r = renewed
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             current = db.execute(
                 "SELECT enrolled_at FROM enrollments WHERE device_id = ? AND serial = ? "
                 "AND revoked_at IS NULL",
@@ -109,7 +111,7 @@ class EnrollTables(SqliteBase):
         return True
 
     def confirm_renewal(self, device_id: str, serial: str) -> bool:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             renewed = db.execute(
                 "SELECT next_not_after, next_ca_id, next_issued_at FROM device_certs "
                 "WHERE device_id = ? AND next_serial = ?",
@@ -134,7 +136,7 @@ class EnrollTables(SqliteBase):
     def adopt_certificate(
         self, device_id: str, school_id: str, serial: str, not_after: float, issued_at: float
     ) -> bool:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             # Checked again inside the transaction: two streams may race to adopt.
             newer = db.execute(
                 f"SELECT 1 FROM ({_CERT_STATE}) WHERE device_id = ? AND issued_at >= ?",
@@ -166,7 +168,7 @@ class EnrollTables(SqliteBase):
         return True
 
     def add_enroll_token(self, token: EnrollToken, token_hash: bytes) -> None:
-        self._write(
+        self._db.write(
             "INSERT INTO enroll_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 token.token_id,
@@ -182,33 +184,33 @@ class EnrollTables(SqliteBase):
 
     def list_enroll_tokens(self, school_id: str | None) -> list[EnrollToken]:
         where = "WHERE school_id = :school" if school_id is not None else ""
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT * FROM enroll_tokens {where} ORDER BY created_at DESC, token_id",
             {"school": school_id},
         )
         return [_token(r) for r in rows]
 
     def revoke_enroll_token(self, token_id: str, now: float) -> EnrollToken | None:
-        self._write(
+        self._db.write(
             "UPDATE enroll_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
             (now, token_id),
         )
         return self.get_enroll_token(token_id)
 
     def get_enroll_token(self, token_id: str) -> EnrollToken | None:
-        rows = self._read("SELECT * FROM enroll_tokens WHERE token_id = :id", {"id": token_id})
+        rows = self._db.read("SELECT * FROM enroll_tokens WHERE token_id = :id", {"id": token_id})
         return _token(rows[0]) if rows else None
 
     def find_enroll_token(self, token_hash: bytes) -> EnrollToken | None:
-        rows = self._read("SELECT * FROM enroll_tokens WHERE token_hash = :h", {"h": token_hash})
+        rows = self._db.read("SELECT * FROM enroll_tokens WHERE token_hash = :h", {"h": token_hash})
         return _token(rows[0]) if rows else None
 
     def enroll(self, token_hash: bytes, enrollment: Enrollment, now: float) -> None:
         e = enrollment
-        with self._write_lock:
+        with self._db.write_lock:
             try:
-                self._writer.execute("BEGIN IMMEDIATE")
-                taken = self._writer.execute(
+                self._db.writer.execute("BEGIN IMMEDIATE")
+                taken = self._db.writer.execute(
                     """
                     UPDATE enroll_tokens SET uses_left = uses_left - 1, uses = uses + 1
                     WHERE token_hash = ? AND revoked_at IS NULL AND uses_left > 0
@@ -218,11 +220,11 @@ class EnrollTables(SqliteBase):
                 ).rowcount
                 if not taken:
                     raise refusals.token_refused()
-                enrolled = self._writer.execute(
+                enrolled = self._db.writer.execute(
                     "SELECT school_id, reenroll FROM enrollments WHERE device_id = ?",
                     (e.device_id,),
                 ).fetchone()
-                seen = self._writer.execute(
+                seen = self._db.writer.execute(
                     "SELECT school_id FROM devices WHERE device_id = ?", (e.device_id,)
                 ).fetchone()
                 refused = refusals.device_refusal(
@@ -234,7 +236,7 @@ class EnrollTables(SqliteBase):
                 )
                 if refused is not None:
                     raise refused
-                stored = self._writer.execute(
+                stored = self._db.writer.execute(
                     """
                     INSERT INTO enrollments VALUES (?, ?, ?, ?, ?, ?, 0, NULL)
                     ON CONFLICT (device_id) DO UPDATE SET school_id = excluded.school_id,
@@ -248,22 +250,22 @@ class EnrollTables(SqliteBase):
                 if not stored:
                     raise refusals.taken(e.device_id)
                 # A renewal of the certificate this enrollment replaces is void with it.
-                self._writer.execute(
+                self._db.writer.execute(
                     "UPDATE device_certs SET next_serial = NULL, next_not_after = NULL, "
                     "next_ca_id = NULL, next_issued_at = NULL WHERE device_id = ?",
                     (e.device_id,),
                 )
-                self._writer.execute("COMMIT")
+                self._db.writer.execute("COMMIT")
             except EnrollRefused:
-                self._writer.execute("ROLLBACK")
+                self._db.writer.execute("ROLLBACK")
                 raise
             except sqlite3.Error as exc:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise StoreError(f"database {self.path}: {exc}") from None
+                if self._db.writer.in_transaction:
+                    self._db.writer.execute("ROLLBACK")
+                raise StoreError(f"database {self._db.path}: {exc}") from None
 
     def get_enrollment(self, device_id: str) -> Enrollment | None:
-        rows = self._read("SELECT * FROM enrollments WHERE device_id = :id", {"id": device_id})
+        rows = self._db.read("SELECT * FROM enrollments WHERE device_id = :id", {"id": device_id})
         if not rows:
             return None
         r = rows[0]
@@ -279,12 +281,12 @@ class EnrollTables(SqliteBase):
         )
 
     def allow_reenroll(self, device_id: str) -> Enrollment | None:
-        self._write("UPDATE enrollments SET reenroll = 1 WHERE device_id = ?", (device_id,))
+        self._db.write("UPDATE enrollments SET reenroll = 1 WHERE device_id = ?", (device_id,))
         return self.get_enrollment(device_id)
 
     def decommission(self, device_id: str, now: float) -> Enrollment | None:
         # A device seen only on streams gets a revoked enrollment with no certificate.
-        self._write(
+        self._db.write(
             """
             INSERT INTO enrollments (device_id, school_id, serial, not_after, enrolled_at,
                                      token_id, revoked_at)
@@ -295,31 +297,31 @@ class EnrollTables(SqliteBase):
             """,
             (now, device_id),
         )
-        self._write(
+        self._db.write(
             "UPDATE enrollments SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
             (now, device_id),
         )
         return self.get_enrollment(device_id)
 
     def move_device(self, device_id: str, to_school: str, now: float) -> DeviceMove | None:
-        with self._write_lock:
+        with self._db.write_lock:
             try:
-                self._writer.execute("BEGIN IMMEDIATE")
+                self._db.writer.execute("BEGIN IMMEDIATE")
                 try:
                     moved = self._move(device_id, to_school, now)
                 except HostsClaimed:
-                    self._writer.execute("ROLLBACK")
+                    self._db.writer.execute("ROLLBACK")
                     raise
-                self._writer.execute("COMMIT")
+                self._db.writer.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise StoreError(f"database {self.path}: {exc}") from None
+                if self._db.writer.in_transaction:
+                    self._db.writer.execute("ROLLBACK")
+                raise StoreError(f"database {self._db.path}: {exc}") from None
         return moved
 
     def _move(self, device_id: str, to_school: str, now: float) -> DeviceMove | None:
         """The move's statements, inside the caller's transaction."""
-        run = self._writer.execute
+        run = self._db.writer.execute
         enrolled = run("SELECT school_id FROM enrollments WHERE device_id = ?", (device_id,))
         enrolled_row = enrolled.fetchone()
         seen = run("SELECT school_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()

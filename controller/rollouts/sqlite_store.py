@@ -13,9 +13,9 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
-from controller.errors import StoreError
-from controller.store.rollouts_protocol import HostsClaimed, NewHost, RolloutQuery, Room
-from controller.store.sqlite_base import SqliteBase
+from controller.errors import HostsClaimed, StoreError
+from controller.rollouts.store import NewHost, RolloutQuery, Room
+from controller.store.database import Database
 from inventory.host_output import bounded_detail, printable, tail
 from inventory.rollouts import (
     Amount,
@@ -157,19 +157,22 @@ def _records(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[RolloutR
     ]
 
 
-class RolloutTables(SqliteBase):
+class SqliteRollouts:
     """A RolloutStore on the shared SQLite file."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         """This thread's reader in one read transaction, so a record's state, counts
         and waves are of the same moment."""
-        conn = self._reader()
+        conn = self._db.reader()
         try:
             conn.execute("BEGIN")
             yield conn
         except sqlite3.Error as exc:
-            raise StoreError(f"database {self.path}: {exc}") from None
+            raise StoreError(f"database {self._db.path}: {exc}") from None
         finally:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -183,7 +186,7 @@ class RolloutTables(SqliteBase):
         baseline: LessonRates,
     ) -> int:
         spec_json = _spec_json(spec)
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             held = db.execute(
                 "SELECT c.device_id, c.rollout_id FROM json_each(?) AS j "
                 "JOIN rollout_claims AS c ON c.device_id = j.value",
@@ -247,7 +250,7 @@ class RolloutTables(SqliteBase):
             return _records(db, rows)
 
     def rollout_schools(self, rollout_id: int) -> set[str]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT DISTINCT school_id FROM rollout_hosts WHERE rollout_id = :id",
             {"id": rollout_id},
         )
@@ -257,7 +260,7 @@ class RolloutTables(SqliteBase):
         self, rollout_id: int, outcomes: frozenset[HostOutcome] | None = None
     ) -> list[HostResult]:
         only = "" if outcomes is None else "AND outcome IN (SELECT value FROM json_each(:outs))"
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT {_HOST_COLUMNS} FROM rollout_hosts WHERE rollout_id = :id {only} "
             "ORDER BY wave IS NULL, wave, device_id",
             {"id": rollout_id, "outs": _ids(o.value for o in outcomes or ())},
@@ -265,7 +268,7 @@ class RolloutTables(SqliteBase):
         return [_host(r) for r in rows]
 
     def rollout_host(self, rollout_id: int, device_id: str) -> HostResult | None:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT * FROM rollout_hosts WHERE rollout_id = :id AND device_id = :device",
             {"id": rollout_id, "device": device_id},
         )
@@ -274,7 +277,7 @@ class RolloutTables(SqliteBase):
     def set_rollout_state(
         self, rollout_id: int, state: RolloutState, reason: str, now: float
     ) -> RolloutRecord | None:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             # A final rollout has given its claims back: it stays as it ended, and the
             # record returned says so.
             moved = db.execute(
@@ -308,13 +311,13 @@ class RolloutTables(SqliteBase):
 
     def set_waiting(self, rollout_id: int, waiting: str, now: float) -> None:
         # Called on every pass of the engine: only a change is written.
-        self._write(
+        self._db.write(
             "UPDATE rollouts SET waiting = ?, updated_at = ? WHERE rollout_id = ? AND waiting != ?",
             (waiting, now, rollout_id, waiting),
         )
 
     def start_wave(self, rollout_id: int, wave: int, device_ids: Sequence[str], now: float) -> None:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             moved = db.executemany(
                 "UPDATE rollout_hosts SET wave = ?, outcome = 'running', started_at = ? "
                 "WHERE rollout_id = ? AND device_id = ? AND outcome = 'pending'",
@@ -329,7 +332,7 @@ class RolloutTables(SqliteBase):
     def finish_wave(
         self, rollout_id: int, wave: int, results: Sequence[HostResult], now: float
     ) -> None:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             # Any host of the wave, even one an abort has cancelled since: what the
             # playbook did to it is what it did.
             db.executemany(
@@ -356,7 +359,7 @@ class RolloutTables(SqliteBase):
             )
 
     def requeue_interrupted(self, rollout_id: int) -> int:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             moved = db.execute(
                 "UPDATE rollout_hosts SET wave = NULL, outcome = 'pending', started_at = NULL, "
                 "finished_at = NULL, task = '', message = '', rc = NULL, stdout = '', "
@@ -372,7 +375,7 @@ class RolloutTables(SqliteBase):
         return moved
 
     def set_windows(self, school_id: str, windows: Sequence[str]) -> None:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             db.execute("DELETE FROM maintenance_windows WHERE school_id = ?", (school_id,))
             db.executemany(
                 "INSERT OR IGNORE INTO maintenance_windows VALUES (?, ?)",
@@ -382,7 +385,7 @@ class RolloutTables(SqliteBase):
     def windows(self, school_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
         only = "" if school_ids is None else "WHERE school_id IN (SELECT value FROM json_each(:s))"
         # By rowid: in the order they were given, which is how a person wrote them.
-        rows = self._read(
+        rows = self._db.read(
             f"SELECT school_id, window FROM maintenance_windows {only} ORDER BY school_id, rowid",
             {"s": _ids(school_ids or ())},
         )
@@ -396,7 +399,7 @@ class RolloutTables(SqliteBase):
         # and a lesson launched by hand is a parsed row too): only lessons starting
         # that long before ``since`` can overlap, so the index on (school, room,
         # start) reads a day of each room, not its year.
-        rows = self._read(
+        rows = self._db.read(
             "SELECT l.school_id, l.room_id, max(l.ends_at) AS free_at "
             "FROM json_each(:rooms) AS j JOIN lessons AS l "
             "ON l.school_id = json_extract(j.value, '$[0]') "
@@ -413,7 +416,7 @@ class RolloutTables(SqliteBase):
         return {(r["school_id"], r["room_id"]): r["free_at"] for r in rows}
 
     def lesson_rates(self, device_ids: Iterable[str], since: float, until: float) -> LessonRates:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT count(*) AS tried, "
             "coalesce(sum(p.failed_reason IS NOT NULL OR p.launched_at IS NULL), 0) AS failed "
             "FROM lessons AS l JOIN lesson_panels AS p ON p.lesson_id = l.lesson_id "

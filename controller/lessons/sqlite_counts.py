@@ -4,7 +4,7 @@ day from its first lesson to its last."""
 
 from __future__ import annotations
 
-from controller.store.sqlite_base import SqliteBase
+from controller.store.database import Database
 from inventory.lessons import LessonState
 
 # A lesson under way is "showing" once a panel launched it; "not-showing" once its
@@ -37,11 +37,14 @@ _PANELS = """
 """
 
 
-class LessonCountTables(SqliteBase):
+class SqliteLessonCounts:
     """The counting part of a LessonStore on the shared SQLite file."""
 
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
     def lesson_counts(self, since: float, until: float) -> list[tuple[str, LessonState, int]]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT school_id, state, count(*) AS n FROM lessons "
             "WHERE starts_at >= :since AND starts_at < :until GROUP BY school_id, state",
             {"since": since, "until": until},
@@ -51,17 +54,17 @@ class LessonCountTables(SqliteBase):
     def lessons_under_way(
         self, since: float, until: float, due_before: float
     ) -> list[tuple[str, str, int]]:
-        rows = self._read(_UNDER_WAY, {"since": since, "until": until, "due_before": due_before})
+        rows = self._db.read(_UNDER_WAY, {"since": since, "until": until, "due_before": due_before})
         return [(r["school_id"], r["state"], r["n"]) for r in rows]
 
     def lesson_panel_counts(
         self, since: float, until: float, due_before: float
     ) -> list[tuple[str, str, int]]:
-        rows = self._read(_PANELS, {"since": since, "until": until, "due_before": due_before})
+        rows = self._db.read(_PANELS, {"since": since, "until": until, "due_before": due_before})
         return [(r["school_id"], r["result"], r["n"]) for r in rows]
 
     def lesson_day_spans(self, since: float, until: float) -> list[tuple[str, float, float]]:
-        rows = self._read(
+        rows = self._db.read(
             "SELECT school_id, MIN(starts_at) AS first, MAX(ends_at) AS last FROM lessons "
             "WHERE starts_at >= :since AND starts_at < :until GROUP BY school_id",
             {"since": since, "until": until},
