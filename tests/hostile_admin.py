@@ -31,7 +31,7 @@ from inventory.uplink import UplinkCheck
 from protos.schoolfleet.v1 import admin_pb2
 from tests.hostile_wire import CLIENT_OPTIONS, status_of
 from tests.procs import Controller, wait_until
-from tests.wire import RawStream, hello
+from tests.raw_stream import RawStream, hello
 from wire.mapping import timestamp
 
 OURS, THEIRS = "sch-a", "sch-zeta"

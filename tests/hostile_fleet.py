@@ -30,7 +30,7 @@ from protos.schoolfleet.v1 import agent_pb2
 from tests.hostile_pki import KeyCert, csr_pem, key_pem, new_key
 from tests.hostile_wire import ENROLL, tls_channel, unary
 from tests.procs import Agent, Controller, init_controller_ca, tls_env, wait_until
-from tests.wire import hello
+from tests.raw_stream import hello
 
 GOOD, SCHOOL = "panel-good", "4321"
 # A secret no token has.

@@ -10,7 +10,7 @@ import pytest
 
 from protos.schoolfleet.v1 import agent_pb2
 from tests.procs import Agent, Controller, schoolctl, wait_until
-from tests.wire import RawStream, heartbeat, hello
+from tests.raw_stream import RawStream, heartbeat, hello
 
 pytestmark = pytest.mark.e2e
 

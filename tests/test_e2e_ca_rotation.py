@@ -23,8 +23,8 @@ import pytest
 from tests.hostile_fleet import device_row, enroll_as, seed_token
 from tests.hostile_wire import tls_channel
 from tests.procs import Agent, Controller, Result, controller_cli, wait_until
+from tests.raw_stream import RawStream, hello
 from tests.test_e2e_cert_renewal import SCHOOL, controller, creds, enrolled_agent, read
-from tests.wire import RawStream, hello
 
 pytestmark = pytest.mark.e2e
 

@@ -28,7 +28,7 @@ from tests.hostile_fleet import enrolled_agent as fleet_agent
 from tests.hostile_pki import KeyCert, key_pem
 from tests.hostile_wire import tls_channel
 from tests.procs import Agent, Controller, init_controller_ca, tls_env, wait_until
-from tests.wire import RawStream, heartbeat, hello
+from tests.raw_stream import RawStream, heartbeat, hello
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import pytest
 from controller.stores import sqlite_stores
 from inventory.infra import HostKey, ProbeResult, TargetKind
 from protos.schoolfleet.v1 import fleet_pb2
-from tests import wire
+from tests import raw_stream as wire
 from tests.procs import Controller, schoolctl, wait_until
 
 pytestmark = pytest.mark.e2e

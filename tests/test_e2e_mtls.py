@@ -24,7 +24,7 @@ from tests.procs import (
     tls_env,
     wait_until,
 )
-from tests.wire import RawStream, hello
+from tests.raw_stream import RawStream, hello
 
 pytestmark = pytest.mark.e2e
 

@@ -25,7 +25,7 @@ from tests.hostile_fleet import device_row, enroll_as, enrolled, serialized, tok
 from tests.hostile_pki import KeyCert, certificate, csr_pem, device_cert
 from tests.hostile_wire import DENIED, ENROLL, stream, tls_channel, unary
 from tests.procs import Controller, Result, init_controller_ca, schoolctl, tls_env
-from tests.wire import hello
+from tests.raw_stream import hello
 
 pytestmark = pytest.mark.e2e
 

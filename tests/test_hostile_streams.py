@@ -62,7 +62,7 @@ from tests.hostile_wire import (
     unary,
     unary_methods,
 )
-from tests.wire import heartbeat
+from tests.raw_stream import heartbeat
 
 pytestmark = pytest.mark.e2e
 

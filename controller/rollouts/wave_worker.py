@@ -52,7 +52,7 @@ from controller.rollouts.runner import (
     stop_control_masters,
     stop_orphaned_wave,
 )
-from controller.rollouts.worker_protocol import answer_line, job_from
+from controller.rollouts.worker_protocol import answer_line, job_from, log_end_line
 from controller.rollouts.zygote import Launcher, start_zygote
 from inventory.rollouts import HostOutcome, HostResult
 
@@ -220,6 +220,9 @@ def _serve(inbox: _Inbox, idle: float, launcher: Launcher | None) -> None:
             # Our own bug: ending says so to the controller, which fails the wave.
             log.error("%s", exc)
             return
+        sys.stderr.flush()
+        sys.stderr.buffer.write(log_end_line(job_id))
+        sys.stderr.buffer.flush()
         sys.stdout.buffer.write(answer_line(job_id, run))
         sys.stdout.buffer.flush()
 

@@ -34,13 +34,15 @@ from controller.rollouts.runner import (
     stop_orphaned_wave,
 )
 from controller.rollouts.wave_worker import DEFAULT_IDLE, failed_run
-from controller.rollouts.worker_protocol import cancel_line, job_line, run_from
+from controller.rollouts.worker_protocol import cancel_line, job_line, logged_through, run_from
 
 log = logging.getLogger(__name__)
 
 # How long a worker gets to stop its wave after a cancel before it is killed.
 _STOP_GRACE = 30.0
 _POLL = 0.2
+# Longest wait, after a job's answer, for the last of its log lines.
+_LOG_WAIT = 5.0
 # A worker idle for more than this share of its idle time is replaced before a job
 # (it might end while the job is on its way).
 _FRESH_SHARE = 0.5
@@ -78,6 +80,9 @@ class RolloutWorker:
         self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._log_lock = threading.Lock()
         self._log: IO[bytes] | None = None
+        # The last job whose log lines have all been copied (worker_protocol's log end).
+        self._logged = threading.Condition(self._log_lock)
+        self._logged_through = 0
         self._last_used = 0.0
         self._next_id = 0
         self._readers: list[threading.Thread] = []
@@ -125,6 +130,8 @@ class RolloutWorker:
                 return self._lost(proc, job, cancel, started, log_path)
             if answer.get("id") == job_id:
                 self._last_used = time.monotonic()
+                with self._logged:
+                    self._logged.wait_for(lambda: self._logged_through >= job_id, _LOG_WAIT)
                 return run_from(answer["run"])
 
     def close(self, grace: float = _STOP_GRACE) -> None:
@@ -231,7 +238,11 @@ class RolloutWorker:
         """The worker's log lines, into the log of the wave it is running."""
         for line in stream:
             with self._log_lock:
-                if self._log is not None:
+                done = logged_through(line)
+                if done is not None:
+                    self._logged_through = done
+                    self._logged.notify_all()
+                elif self._log is not None:
                     self._log.write(line)
                     self._log.flush()
 

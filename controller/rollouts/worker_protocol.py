@@ -103,3 +103,23 @@ def run_from(raw: dict[str, Any]) -> WaveRun:
 
 def _line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+# Written to the worker's stderr after a job's last log line and before its answer
+# (stdout): the two pipes are read by two threads, so the controller waits for this
+# line to know the job's log is all in that wave's log file.
+_LOG_END = b"\x1ejob-end "
+
+
+def log_end_line(job_id: int) -> bytes:
+    return _LOG_END + str(job_id).encode() + b"\n"
+
+
+def logged_through(line: bytes) -> int | None:
+    """The job id a log-end line names, or None for an ordinary log line."""
+    if not line.startswith(_LOG_END):
+        return None
+    try:
+        return int(line[len(_LOG_END) :])
+    except ValueError:
+        return None
