@@ -164,19 +164,24 @@ class Link:
     async def _spool_heartbeat(self) -> None:
         try:
             # In a thread: the network's and the system's reads (Wi-Fi's netlink, a
-            # process scan while the kiosk is down) block; the spool stays on this
-            # loop's thread.
+            # process scan while the kiosk is down) block.
             report = await asyncio.to_thread(self._reporter.collect)
         except OSError as exc:
             log.error("health not collected, heartbeat skipped: %s", exc)
             return
         full = self._full.due(report, time.monotonic())
-        try:
+
+        def spool() -> None:
             stats = self._spool.stats()
             message = agent_pb2.AgentMessage(
                 heartbeat=heartbeat(report, stats.pending, stats.dropped, full=full)
             )
             self._spool.append(message, precious=False)
+
+        try:
+            # In a thread too: the spool's write ends in an fsync (tens of ms on a
+            # panel's eMMC), which would stall the stream's reads and writes.
+            await asyncio.to_thread(spool)
         except SpoolError as exc:
             log.error("heartbeat not spooled, lost: %s", exc)
             return
@@ -375,7 +380,8 @@ class Link:
                 return  # grpc.aio.EOF: the controller ended the stream
             body = message.WhichOneof("body")
             if body == "ack":
-                self._spool.acknowledge(message.ack.seq)
+                # Off the loop, as heartbeats are: forgetting them is a write too.
+                await asyncio.to_thread(self._spool.acknowledge, message.ack.seq)
             elif body == "command":
                 self._run_command(message.command)
             elif body == "certificate_status" and self._renewal is not None:

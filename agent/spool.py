@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class Spool:
         self._max_bytes = max_bytes
         # Goes up each time a bad file is replaced, so a sender knows to line up again.
         self.generation = 0
+        # Every operation holds it: heartbeats and acks are written from a worker
+        # thread, so that their fsyncs never stall the link's event loop.
+        self._lock = threading.RLock()
         self._db = self._open()
 
     # -- opening, and moving a bad file aside ------------------------------------
@@ -81,7 +85,8 @@ class Spool:
 
     def _open_checked(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None)
+        # Used from the link's worker threads one at a time (self._lock).
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -248,15 +253,20 @@ class Spool:
 
     def close(self) -> None:
         """Folds the write-ahead log into the file and closes it."""
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.DatabaseError as exc:
-            log.error("spool not checkpointed path=%s reason=%s", self.path, exc)
-        self._db.close()
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError as exc:
+                log.error("spool not checkpointed path=%s reason=%s", self.path, exc)
+            self._db.close()
 
     def _run(self, operation: Callable[[], T]) -> T:
         """Runs ``operation`` in one transaction; a corrupt file is moved aside and the
         operation retried once on a new one. Other failures are a SpoolError."""
+        with self._lock:
+            return self._run_locked(operation)
+
+    def _run_locked(self, operation: Callable[[], T]) -> T:
         try:
             with _Transaction(self._db):
                 return operation()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,25 @@ def test_messages_replay_in_order_and_acks_forget_them(tmp_path: Path) -> None:
     spool.acknowledge(3)
     assert [marker(m) for m in spool.pending(0, 100)] == ["h3", "h4"]
     assert spool.stats().pending == 2
+    spool.close()
+
+
+def test_writers_on_several_threads_each_get_their_own_seq(tmp_path: Path) -> None:
+    # The link writes heartbeats and acks from worker threads, lesson events and
+    # command results from its event loop: one spool, used from several threads.
+    spool = Spool(tmp_path / "spool.db", "p1", 1 << 20)
+
+    def write(n: int) -> list[int | None]:
+        seqs = [spool.append(heartbeat(n * 100 + i), precious=i % 2 == 0) for i in range(50)]
+        spool.acknowledge(0)
+        return seqs
+
+    with ThreadPoolExecutor(4) as pool:
+        written = [seq for seqs in pool.map(write, range(4)) for seq in seqs]
+    assert None not in written
+    assert sorted(s for s in written if s is not None) == list(range(1, 201))
+    assert spool.stats().pending == 200
+    assert len({marker(m) for m in spool.pending(0, 1000)}) == 200
     spool.close()
 
 
