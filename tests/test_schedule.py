@@ -26,7 +26,7 @@ from inventory.schedule import (
     check_rows,
 )
 from inventory.schedule_file import open_schedule, parse_schedule
-from inventory.schedule_rows import parse_row
+from inventory.schedule_rows import lesson_by_hand, parse_row
 
 START = "2026-11-24T08:30+03:00"
 END = "2026-11-24T09:15+03:00"
@@ -683,3 +683,24 @@ def test_csv_lines_wherever_the_records_are(layout: list[tuple[int, int]]) -> No
     rows = read("\n".join(lines), "csv")
     assert [r.line for r in rows] == expected
     assert [isinstance(r, RowError) for r in rows] == [b > 0 for _, b in layout]
+
+
+def test_a_lesson_by_hand_keeps_the_controller_s_times_and_the_rows_rules() -> None:
+    lesson = lesson_by_hand("s1", "r1", 1_800_000_000.25, 1_800_002_700.25, "maths", "https://x/l")
+    assert not isinstance(lesson, RowError)
+    assert (lesson.starts_at, lesson.ends_at, lesson.manual) == (
+        1_800_000_000.25,
+        1_800_002_700.25,
+        True,
+    )
+    assert (lesson.subject, lesson.content_url, lesson.class_name) == ("maths", "https://x/l", "-")
+    # What a person typed is held to a schedule row's rules, one line naming the field.
+    for school, subject, url, word in (
+        ("s 1/../x", "maths", "https://x/l", "school"),
+        ("s1", "maths\n$(reboot)", "https://x/l", "subject"),
+        ("s1", "maths", "javascript:alert(1)", "content_url"),
+        ("s1", "maths", "file:///etc/shadow", "content_url"),
+    ):
+        refused = lesson_by_hand(school, "r1", 0.0, 60.0, subject, url)
+        assert isinstance(refused, RowError), (school, subject, url)
+        assert word in refused.message and "\n" not in refused.message, refused.message
