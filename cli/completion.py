@@ -23,7 +23,7 @@ import typer
 from cli.config import config_path, read_config
 
 if TYPE_CHECKING:
-    from cli.client import AdminClient
+    from cli.client.admin import AdminClient
 
 TTL = 60.0
 TIMEOUT = 1.0
@@ -78,7 +78,7 @@ def _write(path: Path, data: dict[str, object]) -> None:
 
 def _client(ctx: typer.Context) -> tuple[AdminClient, Path] | None:
     """A client as the command being completed would make it, with a short timeout."""
-    from cli.client import AdminClient
+    from cli.client.admin import AdminClient
     from cli.errors import CliError
 
     root = ctx.find_root().params
@@ -127,22 +127,24 @@ def _starting(candidates: list[str], incomplete: str) -> list[str]:
 
 def devices(ctx: typer.Context, incomplete: str) -> list[str]:
     """Device ids the user may see."""
-    found = names(ctx, "devices", lambda c: [d.identity.device_id for d in c.devices()])
+    found = names(ctx, "devices", lambda c: [d.identity.device_id for d in c.fleet.devices()])
     return _starting(found, incomplete)
 
 
 def schools(ctx: typer.Context, incomplete: str) -> list[str]:
     """School ids with devices, within the user's schools."""
-    found = names(ctx, "schools", lambda c: [n.school_id for n in c.fleet_status().counts])
+    found = names(ctx, "schools", lambda c: [n.school_id for n in c.fleet.status().counts])
     return _starting(found, incomplete)
 
 
 def rollouts(ctx: typer.Context, incomplete: str) -> list[str]:
     """The latest rollouts' numbers the user may see."""
-    found = names(ctx, "rollouts", lambda c: [str(r.rollout_id) for r in c.rollouts((), limit=100)])
+    found = names(
+        ctx, "rollouts", lambda c: [str(r.rollout_id) for r in c.rollouts.latest((), limit=100)]
+    )
     return sorted(_starting(found, incomplete), key=int, reverse=True)
 
 
 def playbooks(ctx: typer.Context, incomplete: str) -> list[str]:
     """The playbooks in the controller's folder."""
-    return _starting(names(ctx, "playbooks", lambda c: c.playbooks()), incomplete)
+    return _starting(names(ctx, "playbooks", lambda c: c.rollouts.playbooks()), incomplete)

@@ -98,7 +98,7 @@ def inventory_import(
     if good:
         with client() as c:
             for part in in_parts(_by_school(good)):
-                report.add(c.import_inventory(path.name, part, dry_run))
+                report.add(c.infra.import_rows(path.name, part, dry_run))
     report.show(as_json)
     if report.errors:
         raise typer.Exit(1)
@@ -134,8 +134,8 @@ def aps_list(
     when they were last probed, the devices associated with them and their median
     signal, and when a device last saw one of their BSSIDs (flagged after a day)."""
     with client() as c:
-        aps = list(c.access_points(school, down))
-        unknown = None if as_json else c.unknown_bssids(school)
+        aps = list(c.infra.access_points(school, down))
+        unknown = None if as_json else c.infra.unknown_bssids(school)
     _show(aps, "access points", bool(school or down), as_json, render.ap_json, render.aps_table)
     if unknown is not None and (count := len(unknown.bssids) + unknown.more):
         out.print(render.unknown_hint(count), markup=False)
@@ -150,7 +150,7 @@ def aps_unknown(school: SchoolOption = None, as_json: JsonFlag = False) -> None:
     many devices' latest report names one, their median signal, and when the latest
     such report came. A missing row is added with schoolctl inventory import."""
     with client() as c:
-        answer = c.unknown_bssids(school)
+        answer = c.infra.unknown_bssids(school)
     found = list(answer.bssids)
     if as_json:
         print_json([render.unknown_json(u) for u in found])
@@ -171,7 +171,7 @@ def servers_list(
     """Servers with their state, the facts their SSH probe read (uptime, load, memory,
     disk) and their host key: pinned, seen-not-trusted, or none."""
     with client() as c:
-        servers = c.servers(school, down)
+        servers = c.infra.servers(school, down)
     filtered = bool(school or down)
     _show(servers, "servers", filtered, as_json, render.server_json, render.servers_table)
 
@@ -184,7 +184,7 @@ def servers_show(server_id: ServerId, as_json: JsonFlag = False) -> None:
     """One server: its latest probe, facts (uptime, load, memory, disk) and host keys:
     the pinned one, and one seen but not trusted, with their SHA256 fingerprints."""
     with client() as c:
-        server = c.server(server_id)
+        server = c.infra.server(server_id)
     if as_json:
         print_json(render.server_json(server, time.time()))
     else:
@@ -203,7 +203,7 @@ def servers_trust(
     Compare the fingerprint with the server's own before you say yes:
     ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on its console."""
     with client() as c:
-        server = c.server(server_id)
+        server = c.infra.server(server_id)
         if not server.HasField("seen_key"):
             if server.HasField("pinned_key"):
                 raise CliError(
@@ -223,7 +223,7 @@ def servers_trust(
             err.print(f"it replaces the pinned key {server.pinned_key.fingerprint}", markup=False)
         if not yes and not typer.confirm("Trust this key?"):
             raise typer.Exit(1)
-        trusted = c.trust_server_key(server_id, seen.fingerprint)
+        trusted = c.infra.trust_server_key(server_id, seen.fingerprint)
     if as_json:
         print_json(render.server_json(trusted, time.time()))
     else:

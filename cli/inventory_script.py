@@ -159,8 +159,8 @@ def _main(args: argparse.Namespace) -> None:
     warnings: list[str] = []
     with client(warn=warnings.append) as c:
         if args.host is None:
-            plan = plan_inventory(_selected(c.devices(), selector))
-            access = c.ansible_access()
+            plan = plan_inventory(_selected(c.fleet.devices(), selector))
+            access = c.fleet.ansible_access()
             known_hosts = args.known_hosts or default_known_hosts(c.address)
             _write_known_hosts(known_hosts, access.known_hosts)
             warnings += [f"{PROG}: {line}" for line in plan.warnings()]
@@ -171,7 +171,7 @@ def _main(args: argparse.Namespace) -> None:
             print_json(plan.script_inventory(fleet_vars))
             return
         try:
-            devices = [c.device(args.host)]
+            devices = [c.fleet.device(args.host)]
         except NotFound:
             devices = []
     # The protocol's answer for a host it does not know is no variables.

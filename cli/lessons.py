@@ -70,7 +70,7 @@ def lessons_import(
     if rows:
         with client() as c:
             for part in in_parts([row] for row in rows):
-                report.add(c.import_lessons(path.name, part, dry_run))
+                report.add(c.lessons.import_rows(path.name, part, dry_run))
     report.show(as_json, {"locked": "already started (kept)"})
     if report.errors:
         raise typer.Exit(2)
@@ -134,7 +134,7 @@ def lessons_today(
     """Today's lessons with their state: scheduled, dispatched, then held, partly-held,
     failed or no-device, and why; PANELS is launched/dispatched."""
     with client() as c:
-        answer = c.lessons(school, room)
+        answer = c.lessons.today(school, room)
         if not answer.lessons:
             require_school(c, school)
     lessons = list(answer.lessons)
@@ -163,7 +163,7 @@ def lessons_launch(
         school_id=school, room_id=room, url=url, minutes=minutes, title=title
     )
     with client() as c:
-        info = c.launch_lesson(request)
+        info = c.lessons.launch(request)
     if as_json:
         print_json(_lesson_json(info))
     elif info.state == "no-device":

@@ -96,7 +96,7 @@ def devices_list(
 ) -> None:
     """List devices with their status, their own verdict and latest health."""
     with client() as c:
-        devices = list(c.devices(school, kind, status, condition))
+        devices = list(c.fleet.devices(school, kind, status, condition))
         if not devices:
             require_school(c, school)
     if as_json:
@@ -115,7 +115,7 @@ def devices_show(
     """Show one device in full: what it runs, its verdict and why, its disks,
     sensors, network interfaces and Wi-Fi, and whether its messages all arrived."""
     with client() as c:
-        device = c.device(device_id)
+        device = c.fleet.device(device_id)
     if as_json:
         print_json(render.device_json(device))
     else:
@@ -136,10 +136,10 @@ def devices_ping(
     from cli.errors import DeviceUnavailable
 
     with client() as c:
-        command_id, issued_at = c.ping(device_id)
+        command_id, issued_at = c.fleet.ping(device_id)
         deadline = time.monotonic() + wait
         while True:
-            device = c.device(device_id)
+            device = c.fleet.device(device_id)
             outcome = next((c for c in device.recent_commands if c.command_id == command_id), None)
             if outcome is not None:
                 break
@@ -172,7 +172,7 @@ def devices_reenroll(
 
     Its next enrollment, with a valid token, replaces its certificate."""
     with client() as c:
-        enrolled = c.reenroll(device_id)
+        enrolled = c.fleet.reenroll(device_id)
     if as_json:
         print_json({"device_id": enrolled.device_id, "reenroll_allowed": True})
     else:
@@ -191,7 +191,7 @@ def devices_decommission(
     if not yes and not typer.confirm(f"Decommission {device_id}? It is cut off at once"):
         raise typer.Exit(1)
     with client() as c:
-        revoked = c.decommission(device_id)
+        revoked = c.fleet.decommission(device_id)
     if as_json:
         print_json({"device_id": revoked.device_id, "decommissioned": True})
     else:
@@ -215,7 +215,7 @@ def devices_move(
     if not yes and not typer.confirm(f"Move {device_id} to school {school}? It is cut off"):
         raise typer.Exit(1)
     with client() as c:
-        moved = c.move(device_id, school)
+        moved = c.fleet.move(device_id, school)
     if as_json:
         print_json(
             {
@@ -254,7 +254,7 @@ def token_create(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--expires") from None
     with client() as c:
-        token, secret = c.create_enroll_token(school, uses, valid)
+        token, secret = c.fleet.create_enroll_token(school, uses, valid)
     if as_json:
         print_json({**render.token_json(token), "secret": secret})
         return
@@ -275,7 +275,7 @@ def token_list(
 ) -> None:
     """List tokens (never their secrets), newest first."""
     with client() as c:
-        tokens = c.enroll_tokens(school)
+        tokens = c.fleet.enroll_tokens(school)
         if not tokens:
             require_school(c, school)
     if as_json:
@@ -293,7 +293,7 @@ def token_revoke(
 ) -> None:
     """Revoke a token: no device can enroll with it any more."""
     with client() as c:
-        token = c.revoke_enroll_token(token_id)
+        token = c.fleet.revoke_enroll_token(token_id)
     if as_json:
         print_json(render.token_json(token))
     else:
@@ -312,7 +312,7 @@ def status(
     from cli import render_uplink
 
     with client() as c:
-        got = c.fleet_status(school)
+        got = c.fleet.status(school)
         if not got.counts:
             require_school(c, school)
     if as_json:

@@ -52,7 +52,7 @@ def maintenance_set(
     except WindowError as exc:
         raise RequestRefused(str(exc)) from None
     with client() as c:
-        answer = c.set_maintenance_windows(school, windows or [])
+        answer = c.rollouts.set_maintenance_windows(school, windows or [])
     if as_json:
         print_json(render.windows_json(answer))
     elif answer.windows:
@@ -74,7 +74,7 @@ def maintenance_list(
 ) -> None:
     """List schools' maintenance windows (schools without any are not listed)."""
     with client() as c:
-        schools = c.maintenance_windows(school)
+        schools = c.rollouts.maintenance_windows(school)
     if as_json:
         print_json([render.windows_json(w) for w in schools])
     elif not schools:

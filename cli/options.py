@@ -18,7 +18,7 @@ from cli.config import CliConfig, config_path, read_config
 from cli.errors import CliError
 
 if TYPE_CHECKING:
-    from cli.client import AdminClient
+    from cli.client.admin import AdminClient
 
 DEFAULT_CONTROLLER = "127.0.0.1:7443"
 ENV_TOKEN = "SCHOOLCTL_TOKEN"  # noqa: S105 (a variable's name, not a secret)
@@ -98,7 +98,7 @@ def client(token: str | None = None, warn: Callable[[str], None] = _say) -> Admi
     ``token`` overrides the user's own (for ``login``, which checks a new one); a
     warning goes to ``warn`` (stderr by default)."""
     # Late import: `schoolctl --help` should not pay for the gRPC stack.
-    from cli.client import AdminClient
+    from cli.client.admin import AdminClient
 
     saved = config()
     address = Options.controller or saved.controller or DEFAULT_CONTROLLER

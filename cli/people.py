@@ -39,7 +39,7 @@ def login(as_json: JsonFlag = False) -> None:
 
     token = _read_token()
     with client(token) as c:
-        user = c.whoami()
+        user = c.people.whoami()
         address = c.address
     saved = config()
     ca = Options.ca_cert or saved.ca_cert
@@ -68,7 +68,7 @@ def logout() -> None:
 def whoami(as_json: JsonFlag = False) -> None:
     """Who the controller takes you for: your name, role and schools."""
     with client() as c:
-        user = c.whoami()
+        user = c.people.whoami()
         address = c.address
     if as_json:
         print_json({**render_people.user_json(user), "controller": address})
@@ -105,7 +105,7 @@ def users_create(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--expires") from None
     with client() as c:
-        user, token = c.create_user(name, role, school or [], valid)
+        user, token = c.people.create_user(name, role, school or [], valid)
     if as_json:
         print_json({**render_people.user_json(user), "token": token})
         return
@@ -117,7 +117,7 @@ def users_create(
 def users_list(as_json: JsonFlag = False) -> None:
     """List users (never their tokens)."""
     with client() as c:
-        users = c.users()
+        users = c.people.users()
     if as_json:
         print_json([render_people.user_json(u) for u in users])
     elif not users:
@@ -133,7 +133,7 @@ def users_revoke(
 ) -> None:
     """Revoke a user's token: their next call is refused."""
     with client() as c:
-        user = c.revoke_user(name)
+        user = c.people.revoke_user(name)
     if as_json:
         print_json(render_people.user_json(user))
     else:
@@ -177,7 +177,7 @@ def audit(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--since") from None
     with client() as c:
-        entries = c.audit(request)
+        entries = c.people.audit(request)
     if as_json:
         print_json([render_people.audit_json(e) for e in entries])
     elif not entries:

@@ -7,7 +7,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from cli.client_uplink import SchoolUplink
+from cli.client.values import SchoolUplink
 from cli.render import age, iso
 from inventory.uplink import UplinkCheck, UplinkState
 

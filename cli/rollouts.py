@@ -29,7 +29,7 @@ from inventory.rollouts import (
 )
 
 if TYPE_CHECKING:
-    from cli.client import AdminClient
+    from cli.client.admin import AdminClient
     from protos.schoolfleet.v1 import admin_pb2
 
 _RULES = (
@@ -209,7 +209,7 @@ def rollout_start(
         strategy=(strategy or "").strip(),
     )
     with client() as c:
-        info = c.start_rollout(request)
+        info = c.rollouts.start(request)
     _show_started(info, as_json)
 
 
@@ -221,7 +221,7 @@ def _watch(
     # rich is already required: cli/options.py prints through it, and typer brings it.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    info = c.rollout(rollout_id)
+    info = c.rollouts.get(rollout_id)
     misses = 0
     columns = (
         TextColumn("rollout {task.fields[id]}"),
@@ -239,7 +239,7 @@ def _watch(
                 return info
             time.sleep(interval)
             try:
-                info = c.rollout(rollout_id)
+                info = c.rollouts.get(rollout_id)
                 misses = 0
             except ControllerUnreachable:
                 misses += 1
@@ -283,7 +283,7 @@ def rollout_status(
         raise RequestRefused("--host shows one host's stored result; it does not --watch")
     with client() as c:
         if host is not None:
-            info = c.rollout(rollout_id, host)
+            info = c.rollouts.get(rollout_id, host)
         elif watch:
             try:
                 info = _watch(c, rollout_id, interval, as_json)
@@ -291,7 +291,7 @@ def rollout_status(
                 err.print(f"stopped watching; rollout {rollout_id} goes on", markup=False)
                 raise typer.Exit(130) from None
         else:
-            info = c.rollout(rollout_id)
+            info = c.rollouts.get(rollout_id)
     if host is not None and as_json:
         print_json(render.host_json(info))
     elif host is not None:
@@ -314,7 +314,7 @@ def rollout_list(
 ) -> None:
     """List rollouts, newest first: state, hosts settled of all, failed, waves so far."""
     with client() as c:
-        infos = c.rollouts([s.value for s in state or ()], limit)
+        infos = c.rollouts.latest([s.value for s in state or ()], limit)
     if as_json:
         print_json([render.rollout_json(i) for i in infos])
     elif not infos:
@@ -334,7 +334,7 @@ def _changed(info: admin_pb2.RolloutInfo, as_json: bool, words: str) -> None:
 def rollout_pause(rollout_id: RolloutId, as_json: JsonFlag = False) -> None:
     """Pause: the running wave finishes, no other starts until `rollout resume`."""
     with client() as c:
-        info = c.pause_rollout(rollout_id)
+        info = c.rollouts.pause(rollout_id)
     _changed(info, as_json, "the running wave finishes, no other starts until resumed")
 
 
@@ -342,7 +342,7 @@ def rollout_pause(rollout_id: RolloutId, as_json: JsonFlag = False) -> None:
 def rollout_resume(rollout_id: RolloutId, as_json: JsonFlag = False) -> None:
     """Resume a paused rollout."""
     with client() as c:
-        info = c.resume_rollout(rollout_id)
+        info = c.rollouts.resume(rollout_id)
     _changed(info, as_json, "the next wave starts when the school day allows")
 
 
@@ -363,7 +363,7 @@ def rollout_abort(
         if not typer.confirm(f"Abort rollout {rollout_id}? Its running wave is stopped at once"):
             raise typer.Exit(1)
     with client() as c:
-        info = c.abort_rollout(rollout_id)
+        info = c.rollouts.abort(rollout_id)
     _changed(info, as_json, "the running wave was stopped, its hosts interrupted")
 
 
@@ -397,5 +397,5 @@ def rollout_retry(
             "--not-reached (hosts never reached), or both"
         )
     with client() as c:
-        info = c.retry_rollout(rollout_id, which)
+        info = c.rollouts.retry(rollout_id, which)
     _show_started(info, as_json)

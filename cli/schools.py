@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from cli.errors import NotFound
 
 if TYPE_CHECKING:
-    from cli.client import AdminClient
+    from cli.client.admin import AdminClient
 
 
 def unknown_school(school: str, known: list[str]) -> str | None:
@@ -27,7 +27,7 @@ def require_school(c: AdminClient, school: str | None) -> None:
     (called when a filtered list came back empty)."""
     if school is None:
         return
-    known = sorted({count.school_id for count in c.fleet_status().counts})
+    known = sorted({count.school_id for count in c.fleet.status().counts})
     problem = unknown_school(school, known)
     if problem is not None:
         raise NotFound(problem)

@@ -35,7 +35,7 @@ def uplink_check(
 
     Exits 5 if no device of the school can measure, or the check fails."""
     with client() as c:
-        check = c.check_uplink(school, wait)
+        check = c.uplink.check(school, wait)
     if as_json:
         print_json(render.check_json(check))
     if check.state is not UplinkState.OK:
@@ -54,7 +54,7 @@ def uplink_list(
 ) -> None:
     """Each school's latest measurement, and its latest check if that one failed."""
     with client() as c:
-        schools = c.uplinks(school)
+        schools = c.uplink.schools(school)
     if as_json:
         print_json(render.uplinks_json(schools))
     elif not schools:

@@ -1,75 +1,64 @@
-"""AdminService's rollout and maintenance-window calls, for AdminClient (cli/client.py).
-
-A mixin so that ``with client() as c: c.rollout(12)`` reads like every other call; the
-stub and the gRPC-to-CliError mapping are AdminClient's."""
+"""Rollouts and maintenance windows: the AdminService calls behind `schoolctl rollout`
+and `schoolctl maintenance`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from cli.client.connection import Connection
 from protos.schoolfleet.v1 import admin_pb2
 
-if TYPE_CHECKING:
-    import grpc
 
-    from cli.client import Req, Resp
-    from protos.schoolfleet.v1 import admin_pb2_grpc
-
-
-class RolloutCalls:
+class RolloutsClient:
     """Rollouts and schools' maintenance windows; answers are the controller's messages."""
 
-    _stub: admin_pb2_grpc.AdminServiceStub
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
 
-    if TYPE_CHECKING:
-
-        def _call(self, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp: ...
-
-    def start_rollout(self, request: admin_pb2.StartRolloutRequest) -> admin_pb2.RolloutInfo:
+    def start(self, request: admin_pb2.StartRolloutRequest) -> admin_pb2.RolloutInfo:
         """Starts a rollout (or, with ``dry_run``, only checks it); its hosts and first wave."""
-        return self._call(self._stub.StartRollout, request)
+        return self._conn.call(self._conn.stub.StartRollout, request)
 
-    def rollout(self, rollout_id: int, device_id: str = "") -> admin_pb2.RolloutInfo:
+    def get(self, rollout_id: int, device_id: str = "") -> admin_pb2.RolloutInfo:
         """One rollout with its waves and hosts; NotFound if there is none. With
         ``device_id``: that host alone, with its whole stored result (NotFound if the
         rollout has no such host in the caller's schools)."""
         request = admin_pb2.GetRolloutRequest(rollout_id=rollout_id, device_id=device_id)
-        return self._call(self._stub.GetRollout, request)
+        return self._conn.call(self._conn.stub.GetRollout, request)
 
-    def rollouts(self, states: Sequence[str], limit: int) -> list[admin_pb2.RolloutInfo]:
+    def latest(self, states: Sequence[str], limit: int) -> list[admin_pb2.RolloutInfo]:
         """Rollouts in these states (all if none), newest first, without their hosts."""
         request = admin_pb2.ListRolloutsRequest(states=states, limit=limit)
-        return list(self._call(self._stub.ListRollouts, request).rollouts)
+        return list(self._conn.call(self._conn.stub.ListRollouts, request).rollouts)
 
     def playbooks(self) -> list[str]:
         """The playbooks in the controller's folder, by file name."""
         request = admin_pb2.ListPlaybooksRequest()
-        return list(self._call(self._stub.ListPlaybooks, request).names)
+        return list(self._conn.call(self._conn.stub.ListPlaybooks, request).names)
 
-    def pause_rollout(self, rollout_id: int) -> admin_pb2.RolloutInfo:
+    def pause(self, rollout_id: int) -> admin_pb2.RolloutInfo:
         """The running wave finishes; no other starts until resumed."""
-        return self._call(
-            self._stub.PauseRollout, admin_pb2.GetRolloutRequest(rollout_id=rollout_id)
+        return self._conn.call(
+            self._conn.stub.PauseRollout, admin_pb2.GetRolloutRequest(rollout_id=rollout_id)
         )
 
-    def resume_rollout(self, rollout_id: int) -> admin_pb2.RolloutInfo:
+    def resume(self, rollout_id: int) -> admin_pb2.RolloutInfo:
         """A paused rollout goes on."""
-        return self._call(
-            self._stub.ResumeRollout, admin_pb2.GetRolloutRequest(rollout_id=rollout_id)
+        return self._conn.call(
+            self._conn.stub.ResumeRollout, admin_pb2.GetRolloutRequest(rollout_id=rollout_id)
         )
 
-    def abort_rollout(self, rollout_id: int) -> admin_pb2.RolloutInfo:
+    def abort(self, rollout_id: int) -> admin_pb2.RolloutInfo:
         """Stops the rollout; the running wave's hosts are cancelled."""
-        return self._call(
-            self._stub.AbortRollout, admin_pb2.GetRolloutRequest(rollout_id=rollout_id)
+        return self._conn.call(
+            self._conn.stub.AbortRollout, admin_pb2.GetRolloutRequest(rollout_id=rollout_id)
         )
 
-    def retry_rollout(self, rollout_id: int, which: Sequence[str]) -> admin_pb2.RolloutInfo:
+    def retry(self, rollout_id: int, which: Sequence[str]) -> admin_pb2.RolloutInfo:
         """A new rollout to hosts of a finished one: ``which`` is "failed" (failed,
         unreachable, interrupted) and/or "not-reached" (never reached)."""
         request = admin_pb2.GetRolloutRequest(rollout_id=rollout_id, retry=which)
-        return self._call(self._stub.RetryRollout, request)
+        return self._conn.call(self._conn.stub.RetryRollout, request)
 
     def set_maintenance_windows(
         self, school_id: str, windows: Sequence[str]
@@ -77,9 +66,9 @@ class RolloutCalls:
         """Replaces the school's windows; none: rollouts may change it any time free of
         lessons."""
         request = admin_pb2.SetMaintenanceWindowsRequest(school_id=school_id, windows=windows)
-        return self._call(self._stub.SetMaintenanceWindows, request)
+        return self._conn.call(self._conn.stub.SetMaintenanceWindows, request)
 
     def maintenance_windows(self, school_id: str | None) -> list[admin_pb2.MaintenanceWindows]:
         """Windows of one school, or of every school that has some."""
         request = admin_pb2.ListMaintenanceWindowsRequest(school_id=school_id or "")
-        return list(self._call(self._stub.ListMaintenanceWindows, request).schools)
+        return list(self._conn.call(self._conn.stub.ListMaintenanceWindows, request).schools)

@@ -1,38 +1,26 @@
-"""AdminService's infrastructure calls, for AdminClient (cli/client.py): the inventory
-import, access points, unknown BSSIDs and servers, and trusting a server's host key.
-
-A mixin so that ``with client() as c: c.servers(None)`` reads like every other call;
-the stub and the gRPC-to-CliError mapping are AdminClient's."""
+"""Infrastructure: the AdminService calls behind `schoolctl inventory/aps/servers` (the
+inventory import, access points, unknown BSSIDs and servers, trusting a server's host key)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
+from cli.client.connection import Connection
 from protos.schoolfleet.v1 import admin_pb2
 
-if TYPE_CHECKING:
-    import grpc
 
-    from cli.client import Req, Resp
-    from protos.schoolfleet.v1 import admin_pb2_grpc
-
-
-class InfraCalls:
+class InfraClient:
     """Access points, servers and the inventory; answers are the controller's messages."""
 
-    _stub: admin_pb2_grpc.AdminServiceStub
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
 
-    if TYPE_CHECKING:
-
-        def _call(self, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp: ...
-
-    def import_inventory(
+    def import_rows(
         self, source: str, items: Sequence[admin_pb2.InventoryItem], dry_run: bool
     ) -> admin_pb2.ImportInventoryResponse:
         """Sends inventory rows; the answer counts what changed and lists refused rows."""
         request = admin_pb2.ImportInventoryRequest(source=source, items=items, dry_run=dry_run)
-        return self._call(self._stub.ImportInventory, request)
+        return self._conn.call(self._conn.stub.ImportInventory, request)
 
     def access_points(
         self, school_id: str | None, down_only: bool, page_size: int = 1000
@@ -42,7 +30,7 @@ class InfraCalls:
             school_id=school_id or "", down_only=down_only, page_size=page_size
         )
         while True:
-            response = self._call(self._stub.ListAccessPoints, request)
+            response = self._conn.call(self._conn.stub.ListAccessPoints, request)
             yield from response.access_points
             if not response.next_page_token:
                 return
@@ -52,18 +40,20 @@ class InfraCalls:
         """BSSIDs devices name that no access point has, of one school or every school
         the caller may see (``more``: those left out of a long answer)."""
         request = admin_pb2.ListUnknownBssidsRequest(school_id=school_id or "")
-        return self._call(self._stub.ListUnknownBssids, request)
+        return self._conn.call(self._conn.stub.ListUnknownBssids, request)
 
     def servers(self, school_id: str | None, down_only: bool) -> list[admin_pb2.InfraTarget]:
         """Servers of one school, or of every school the caller may see."""
         request = admin_pb2.ListServersRequest(school_id=school_id or "", down_only=down_only)
-        return list(self._call(self._stub.ListServers, request).servers)
+        return list(self._conn.call(self._conn.stub.ListServers, request).servers)
 
     def server(self, server_id: str) -> admin_pb2.InfraTarget:
         """One server; NotFound if the inventory has none by that id."""
-        return self._call(self._stub.GetServer, admin_pb2.GetServerRequest(server_id=server_id))
+        return self._conn.call(
+            self._conn.stub.GetServer, admin_pb2.GetServerRequest(server_id=server_id)
+        )
 
     def trust_server_key(self, server_id: str, fingerprint: str) -> admin_pb2.InfraTarget:
         """Pins the key the server presents, if it is still the one with ``fingerprint``."""
         request = admin_pb2.TrustServerKeyRequest(server_id=server_id, fingerprint=fingerprint)
-        return self._call(self._stub.TrustServerKey, request)
+        return self._conn.call(self._conn.stub.TrustServerKey, request)
