@@ -1,6 +1,6 @@
 """AgentService in-process: assembled as controller/server.py assembles it (real stores
 on SQLite, the session registry, the ingest writer and StreamAcks) on a gRPC server on
-loopback, and device streams opened from the same process.
+loopback, and device streams opened from the same process (tests/agent_service_rig.py).
 
 What a device would see (its Welcome, acks, commands, the status that ends its stream)
 and what the store and the session registry hold are asserted; the agent itself is
@@ -10,221 +10,41 @@ left to the end-to-end tests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 from cryptography import x509
-from prometheus_client import CollectorRegistry
 
-from controller.api.agent_service import AgentService, Sessions, add_to_server
-from controller.api.enroll import Enroller
 from controller.api.lesson_orders import SessionPanels, launch_command
-from controller.api.renewal import Renewals
-from controller.api.stream_acks import StreamAcks
-from controller.enroll.ca_keeper import CaKeeper
-from controller.enroll.pki import CA_CERT, init_ca, load_ca
-from controller.fleet.metrics import ControllerMetrics
-from controller.fleet.writer import MessageWriter
+from controller.enroll.pki import load_ca
 from controller.lessons.dispatcher import launch_order
 from controller.lessons.store import OutboxCommand
-from controller.people.audit import appender
-from controller.settings import ControllerSettings
-from controller.stores import Stores, open_stores
-from controller.uplink.checks import UplinkAnswer
 from inventory.lessons import Lesson
-from inventory.model import DeviceRecord, DeviceStatus, Enrollment, EnrollToken
+from inventory.model import DeviceStatus, Enrollment, EnrollToken
 from protos.schoolfleet.v1 import agent_pb2
+from tests.agent_service_rig import (
+    SCHOOL,
+    DeviceStream,
+    Running,
+    ack,
+    open_channel,
+    serving,
+    until,
+    welcomed,
+)
 from tests.hostile_pki import KeyCert, device_cert
-from tests.raw_stream import CONNECT, heartbeat, hello
+from tests.raw_stream import heartbeat, hello
 
-SCHOOL = "school-9"
 DENIED = grpc.StatusCode.PERMISSION_DENIED
-# The longest a test waits for one message or a stream's end.
-READ_LIMIT = 5.0
-
-
-def ack(seq: int) -> agent_pb2.ControllerMessage:
-    return agent_pb2.ControllerMessage(ack=agent_pb2.Ack(seq=seq))
-
-
-async def until(check: Callable[[], object], what: str, limit: float = 5.0) -> None:
-    """Polls ``check`` until it is true, for at most ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {limit} s: {what}")
-        await asyncio.sleep(0.02)
-
-
-@dataclass
-class Running:
-    """The service being served: its port, stores, sessions and metrics."""
-
-    port: int
-    stores: Stores
-    sessions: Sessions
-    registry: CollectorRegistry
-    # The CA's certificate, with agent_tls; what a device trusts.
-    ca: bytes = b""
-
-    def device(self, device_id: str) -> DeviceRecord | None:
-        return self.stores.devices.get_device(device_id, time.time())
-
-    def closed(self, reason: str) -> float | None:
-        """Streams closed for ``reason``, as /metrics says."""
-        return self.registry.get_sample_value(
-            "schoolfleet_streams_closed_total", {"reason": reason}
-        )
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp: Path, *, agent_tls: bool = False) -> AsyncIterator[Running]:
-    """AgentService with the parts controller/server.py gives it, on 127.0.0.1 port 0;
-    with ``agent_tls``, a CA made in ``tmp`` and mutual TLS as in production."""
-    settings = ControllerSettings(
-        listen="127.0.0.1:0",
-        database=f"sqlite:{tmp / 'c.db'}",
-        data_dir=tmp,
-        agent_tls=agent_tls,
-        # Every stored batch acked at once: a test waits for each ack in turn.
-        ack_interval=0.0,
-        flush_interval=0.01,
-        hello_timeout=5.0,
-    )
-    keeper = CaKeeper(tmp / "pki")
-    if agent_tls:
-        init_ca(tmp / "pki", ["controller.test"], ["127.0.0.1"])
-    stores = open_stores(settings.database)
-    write_executor = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
-    read_executor = ThreadPoolExecutor(2, thread_name_prefix="store")
-    registry = CollectorRegistry()
-    metrics = ControllerMetrics(registry)
-    sessions = Sessions()
-    audit = appender(stores.people, read_executor)
-    acks = StreamAcks(sessions, settings.ack_interval)
-    writer = MessageWriter(
-        stores.devices,
-        write_executor,
-        flush_interval=settings.flush_interval,
-        batch_max=settings.batch_max,
-        queue_max=settings.queue_max,
-        on_stored=acks.stored,
-        on_flush=metrics.observe_flush,
-    )
-    answers: list[UplinkAnswer] = []
-    service = AgentService(
-        settings,
-        stores.devices,
-        stores.enrollments,
-        stores.lessons.pending_commands,
-        write_executor,
-        sessions,
-        metrics,
-        Enroller(keeper, stores.enrollments, stores.devices.get_device, audit),
-        renewals=Renewals(
-            keeper,
-            stores.enrollments,
-            audit,
-            sessions,
-            lifetime=settings.device_cert_lifetime,
-            spread=settings.ca_rotation_spread,
-        ),
-        writer=writer,
-        acks=acks,
-        on_uplink_answer=answers.append,
-    )
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    add_to_server(service, server, settings.max_message_bytes)
-    if agent_tls:
-        port = server.add_secure_port(settings.listen, keeper.credentials(mutual=True))
-    else:
-        port = server.add_insecure_port(settings.listen)
-    await server.start()
-    writer_task = asyncio.create_task(writer.run())
-    acks_task = asyncio.create_task(acks.run())
-    try:
-        ca = (tmp / "pki" / CA_CERT).read_bytes() if agent_tls else b""
-        yield Running(port, stores, sessions, registry, ca)
-    finally:
-        await server.stop(1.0)
-        await writer.close()
-        await asyncio.wait_for(writer_task, 5)
-        acks_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await acks_task
-        write_executor.shutdown(wait=True)
-        read_executor.shutdown(wait=True)
-        stores.close()
-
-
-class DeviceStream:
-    """One device's Connect stream, driven by hand from the test's event loop."""
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._outgoing: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
-        connect: Any = channel.stream_stream(
-            CONNECT,
-            request_serializer=agent_pb2.AgentMessage.SerializeToString,
-            response_deserializer=agent_pb2.ControllerMessage.FromString,
-        )
-        self._call = connect(self._requests(), timeout=20)
-
-    async def _requests(self) -> AsyncIterator[agent_pb2.AgentMessage]:
-        while (message := await self._outgoing.get()) is not None:
-            yield message
-
-    def send(self, message: agent_pb2.AgentMessage) -> None:
-        self._outgoing.put_nowait(message)
-
-    def close_sending(self) -> None:
-        self._outgoing.put_nowait(None)
-
-    async def next(self) -> agent_pb2.ControllerMessage:
-        """The next message down; raises the stream's error if it ended with one."""
-        message = await asyncio.wait_for(self._call.read(), READ_LIMIT)
-        if message is grpc.aio.EOF:
-            raise EOFError("the stream ended")
-        assert isinstance(message, agent_pb2.ControllerMessage)
-        return message
-
-    async def status(self) -> tuple[grpc.StatusCode, str]:
-        """Reads to the stream's end: its status code and details."""
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            while await asyncio.wait_for(self._call.read(), READ_LIMIT) is not grpc.aio.EOF:
-                pass
-        code = await self._call.code()
-        return code, await self._call.details() or ""
-
-
-def _channel(run: Running, client: KeyCert | None = None) -> grpc.aio.Channel:
-    target = f"127.0.0.1:{run.port}"
-    if not run.ca:
-        return grpc.aio.insecure_channel(target)
-    assert client is not None
-    credentials = grpc.ssl_channel_credentials(run.ca, client.key, client.cert)
-    return grpc.aio.secure_channel(target, credentials)
-
-
-async def _welcomed(stream: DeviceStream, device_id: str, school_id: str = SCHOOL) -> int:
-    """Says Hello and reads the Welcome; returns its last_stored_seq."""
-    stream.send(hello(device_id, school_id))
-    first = await stream.next()
-    assert first.WhichOneof("body") == "welcome", first
-    return first.welcome.last_stored_seq
 
 
 def test_a_heartbeat_is_stored_and_acked(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as run, _channel(run) as channel:
+        async with serving(tmp_path) as run, open_channel(run) as channel:
             stream = DeviceStream(channel)
             before = time.time()
-            assert await _welcomed(stream, "panel-1") == 0
+            assert await welcomed(stream, "panel-1") == 0
             stream.send(heartbeat(1, cpu=12.5))
             assert await stream.next() == ack(1)
             record = run.device("panel-1")
@@ -248,9 +68,9 @@ def test_a_heartbeat_is_stored_and_acked(tmp_path: Path) -> None:
 
 def test_a_replayed_heartbeat_is_acked_and_not_stored_again(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as run, _channel(run) as channel:
+        async with serving(tmp_path) as run, open_channel(run) as channel:
             first = DeviceStream(channel)
-            await _welcomed(first, "panel-1")
+            await welcomed(first, "panel-1")
             for seq in (1, 2):
                 first.send(heartbeat(seq, cpu=10.0 + seq))
                 assert await first.next() == ack(seq)
@@ -259,7 +79,7 @@ def test_a_replayed_heartbeat_is_acked_and_not_stored_again(tmp_path: Path) -> N
             # The device's spool replays what it holds: the stream's Welcome says what
             # is stored, and a replay is acked again but stored once.
             second = DeviceStream(channel)
-            assert await _welcomed(second, "panel-1") == 2
+            assert await welcomed(second, "panel-1") == 2
             second.send(heartbeat(2, cpu=99.0))
             assert await second.next() == ack(2)
             replayed = run.device("panel-1")
@@ -282,9 +102,9 @@ def test_a_replayed_heartbeat_is_acked_and_not_stored_again(tmp_path: Path) -> N
 
 def test_a_decommissioned_device_is_refused_its_stream(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as run, _channel(run) as channel:
+        async with serving(tmp_path) as run, open_channel(run) as channel:
             stream = DeviceStream(channel)
-            await _welcomed(stream, "panel-1")
+            await welcomed(stream, "panel-1")
             stream.close_sending()
             assert await stream.status() == (grpc.StatusCode.OK, "")
             assert run.stores.enrollments.decommission("panel-1", time.time()) is not None
@@ -330,7 +150,7 @@ def _enroll(run: Running, device_id: str, client: KeyCert) -> None:
 
 def test_with_mutual_tls_a_device_is_who_its_enrolled_certificate_says(tmp_path: Path) -> None:
     async def refused(run: Running, client: KeyCert, claims: str) -> tuple[grpc.StatusCode, str]:
-        async with _channel(run, client) as channel:
+        async with open_channel(run, client) as channel:
             stream = DeviceStream(channel)
             stream.send(hello(claims))
             return await stream.status()
@@ -357,9 +177,9 @@ def test_with_mutual_tls_a_device_is_who_its_enrolled_certificate_says(tmp_path:
             assert len(run.sessions) == 0
             assert run.device("panel-2") is None and run.device("panel-3") is None
             # The enrolled device is taken, in its certificate's school whatever it claims.
-            async with _channel(run, enrolled) as channel:
+            async with open_channel(run, enrolled) as channel:
                 stream = DeviceStream(channel)
-                assert await _welcomed(stream, "panel-1", school_id="school-other") == 0
+                assert await welcomed(stream, "panel-1", school_id="school-other") == 0
                 record = run.device("panel-1")
                 assert record is not None and record.identity.school_id == SCHOOL
                 stream.close_sending()
@@ -372,7 +192,7 @@ def test_a_command_waiting_in_the_outbox_is_delivered_when_the_device_connects(
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as run, _channel(run) as channel:
+        async with serving(tmp_path) as run, open_channel(run) as channel:
             now = time.time()
             lesson = Lesson(
                 SCHOOL, "r1", now + 60, now + 2700, "7B", "maths", "T", "https://x/l", False
@@ -396,7 +216,7 @@ def test_a_command_waiting_in_the_outbox_is_delivered_when_the_device_connects(
             ]
             assert len(run.stores.lessons.dispatch(plan, now - 7200)) == 2
             stream = DeviceStream(channel)
-            await _welcomed(stream, "panel-1")
+            await welcomed(stream, "panel-1")
             # The lesson still to come, after the Welcome; the one that ended is not sent.
             assert await stream.next() == agent_pb2.ControllerMessage(
                 command=launch_command(orders[0])
@@ -411,17 +231,17 @@ def test_a_command_waiting_in_the_outbox_is_delivered_when_the_device_connects(
 
 def test_the_session_registry_holds_a_device_while_its_stream_is_up(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as run, _channel(run) as channel:
+        async with serving(tmp_path) as run, open_channel(run) as channel:
             assert run.sessions.get("panel-1") is None
             first = DeviceStream(channel)
-            await _welcomed(first, "panel-1")
+            await welcomed(first, "panel-1")
             session = run.sessions.get("panel-1")
             assert session is not None and len(run.sessions) == 1
             record = run.device("panel-1")
             assert record is not None and record.stream_up
             # The newest stream wins; the older one is told why it ends.
             second = DeviceStream(channel)
-            await _welcomed(second, "panel-1")
+            await welcomed(second, "panel-1")
             assert await first.status() == (
                 grpc.StatusCode.ABORTED,
                 "replaced by a newer stream from device panel-1",
