@@ -30,10 +30,17 @@ from zoneinfo import ZoneInfo
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
-from controller.api.admin_service import AdminService
+from controller.api.admin_enroll import EnrollAdmin
+from controller.api.admin_fleet import FleetAdmin
+from controller.api.admin_infra import InfraAdmin
+from controller.api.admin_lessons import LessonAdmin
+from controller.api.admin_people import PeopleAdmin
+from controller.api.admin_rollouts import RolloutAdmin
 from controller.api.admin_service import add_to_server as add_admin_service
+from controller.api.admin_uplink import UplinkAdmin
 from controller.api.agent_service import AgentService, Sessions
 from controller.api.agent_service import add_to_server as add_agent_service
+from controller.api.device_access import DeviceAccess
 from controller.api.enroll import Enroller
 from controller.api.grpc_logs import hide_metadata_values
 from controller.api.guard import Guard
@@ -400,6 +407,41 @@ def _store_gauges(stores: Stores, registry: CollectorRegistry, sessions: Session
 
 # The assembly reads in order (its order is the shutdown's contract); its parts are
 # helpers already.
+def _admin_handlers(
+    stores: Stores,
+    guard: Guard,
+    sessions: Sessions,
+    settings: ControllerSettings,
+    *,
+    dispatcher: Dispatcher,
+    zone: ZoneInfo,
+    rollouts: RolloutEngine,
+    runner: RunnerSettings,
+    uplink: UplinkChecks,
+) -> list[object]:
+    """AdminService's handler objects, one per feature, each given what it uses."""
+    devices = DeviceAccess(guard, stores.enrollments, stores.devices)
+    uplinks = UplinkAdmin(guard, stores.uplink, uplink, settings.uplink_target_mbps)
+    return [
+        FleetAdmin(
+            guard,
+            stores.devices,
+            devices,
+            sessions,
+            uplinks.slow_uplinks,
+            settings.uplink_target_mbps,
+        ),
+        EnrollAdmin(guard, stores.enrollments, devices, sessions),
+        PeopleAdmin(guard, stores.people),
+        LessonAdmin(guard, stores.lessons, dispatcher, settings.content_hosts, zone),
+        RolloutAdmin(
+            guard, stores.rollouts, stores.devices, rollouts, settings.playbooks_dir, runner
+        ),
+        uplinks,
+        InfraAdmin(guard, stores.infra, stores.lessons),
+    ]
+
+
 async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     """Runs the controller until SIGTERM or SIGINT, then shuts down gracefully."""
     hide_metadata_values()
@@ -488,18 +530,16 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     )
     add_agent_service(agent_service, server, settings.max_message_bytes)
     add_admin_service(
-        AdminService(
+        _admin_handlers(
             stores,
             Guard(stores.people, read_executor, metrics.count_denied, refusals=refusals),
             sessions,
+            settings,
             dispatcher=dispatcher,
-            content_hosts=settings.content_hosts,
             zone=zone,
             rollouts=rollouts,
-            playbooks_dir=settings.playbooks_dir,
-            runner_settings=runner,
+            runner=runner,
             uplink=uplink.checks,
-            uplink_target_mbps=settings.uplink_target_mbps,
         ),
         server,
     )

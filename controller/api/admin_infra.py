@@ -12,10 +12,10 @@ import grpc
 
 from controller.api.guard import Call, Guard, Refused, guarded, invalid
 from controller.api.imports import import_done
-from controller.infra.store import InventoryCounts
+from controller.infra.store import InfraStore, InventoryCounts
+from controller.lessons.store import LessonStore
 from controller.people import access
 from controller.people.access import Need
-from controller.stores import Stores
 from inventory.infra import (
     AccessPoint,
     Room,
@@ -64,11 +64,14 @@ def _precondition(message: str) -> Refused:
     return Refused(grpc.StatusCode.FAILED_PRECONDITION, message, Outcome.FAILED)
 
 
-class InfraHandlers:
-    """Mixed into AdminService, which provides these."""
+class InfraAdmin:
+    """The inventory's import, access points, servers and their probes, unknown BSSIDs,
+    servers' host keys; rooms are the lessons' (an access point names one)."""
 
-    _stores: Stores
-    guard: Guard
+    def __init__(self, guard: Guard, infra: InfraStore, lessons: LessonStore) -> None:
+        self.guard = guard
+        self._infra = infra
+        self._lessons = lessons
 
     async def _stored(
         self, rows: Sequence[InventoryRow], scope: frozenset[str] | None
@@ -77,18 +80,18 @@ class InfraHandlers:
         ``scope``, another school's access point is not named."""
         aps = [r.item for r in rows if isinstance(r.item, AccessPoint)]
         schools = await self.guard.off_loop(
-            self._stores.infra.known_schools, {r.item.school_id for r in rows}
+            self._infra.known_schools, {r.item.school_id for r in rows}
         )
         rooms = await self.guard.off_loop(
-            self._stores.lessons.known_rooms,
+            self._lessons.known_rooms,
             {(ap.school_id, ap.room_id) for ap in aps if ap.room_id},
         )
         owners = await self.guard.off_loop(
-            self._stores.infra.bssid_owners, {b for ap in aps for b in ap.bssids}
+            self._infra.bssid_owners, {b for ap in aps for b in ap.bssids}
         )
         if scope is not None and owners:
             homes = await self.guard.off_loop(
-                self._stores.infra.target_schools, TargetKind.AP, sorted(set(owners.values()))
+                self._infra.target_schools, TargetKind.AP, sorted(set(owners.values()))
             )
             owners = {b: ap if homes.get(ap) in scope else _ANOTHER for b, ap in owners.items()}
         return StoredInventory(schools, rooms, owners)
@@ -105,9 +108,7 @@ class InfraHandlers:
                 for r in rows
                 if isinstance(r, InventoryRow) and isinstance(r.item, item_type)
             ]
-            stored[item_type] = await self.guard.off_loop(
-                self._stores.infra.target_schools, kind, ids
-            )
+            stored[item_type] = await self.guard.off_loop(self._infra.target_schools, kind, ids)
         denied: dict[str, str] = {}
         checked: list[InventoryRow | RowError] = []
         for row in rows:
@@ -144,7 +145,7 @@ class InfraHandlers:
         if good and not request.dry_run:
             items = [r.item for r in good]
             counts = await self.guard.off_loop(
-                self._stores.infra.save_inventory,
+                self._infra.save_inventory,
                 [i for i in items if isinstance(i, School)],
                 [i for i in items if isinstance(i, Room)],
                 [i for i in items if isinstance(i, AccessPoint)],
@@ -170,7 +171,7 @@ class InfraHandlers:
         school_id = _school_filter(request.school_id, call)
         limit = min(request.page_size or PAGE_DEFAULT, PAGE_MAX)
         query = functools.partial(
-            self._stores.infra.list_access_points,
+            self._infra.list_access_points,
             school_id,
             call.who.scope,
             down_only=request.down_only,
@@ -189,7 +190,7 @@ class InfraHandlers:
     ) -> admin_pb2.ListServersResponse:
         school_id = _school_filter(request.school_id, call)
         query = functools.partial(
-            self._stores.infra.list_servers,
+            self._infra.list_servers,
             school_id,
             call.who.scope,
             down_only=request.down_only,
@@ -203,9 +204,7 @@ class InfraHandlers:
     ) -> admin_pb2.ListUnknownBssidsResponse:
         school_id = _school_filter(request.school_id, call)
         schools = frozenset({school_id}) if school_id else call.who.scope
-        found: list[UnknownBssid] = await self.guard.off_loop(
-            self._stores.infra.unknown_bssids, schools
-        )
+        found: list[UnknownBssid] = await self.guard.off_loop(self._infra.unknown_bssids, schools)
         return admin_pb2.ListUnknownBssidsResponse(
             bssids=[unknown_bssid_to_pb(u) for u in found[:UNKNOWN_MAX]],
             more=max(0, len(found) - UNKNOWN_MAX),
@@ -215,7 +214,7 @@ class InfraHandlers:
         if not valid_id(server_id):
             raise invalid(f"server id {server_id[:80]!r} is not valid")
         call.target = server_id
-        server = await self.guard.off_loop(self._stores.infra.get_server, server_id)
+        server = await self.guard.off_loop(self._infra.get_server, server_id)
         schools = None if server is None else [server.target.school_id]
         call.allow_target(need, schools, f"server {server_id!r}")
         assert server is not None
@@ -250,7 +249,7 @@ class InfraHandlers:
                 f"not {request.fingerprint}: look again (schoolctl servers show)"
             )
         key = await self.guard.off_loop(
-            self._stores.infra.trust_host_key,
+            self._infra.trust_host_key,
             TargetKind.SERVER,
             request.server_id,
             self.guard.now(),
@@ -261,5 +260,5 @@ class InfraHandlers:
                 f"server {request.server_id} showed another key meanwhile: look again"
             )
         call.done = f"pinned {key.key_type} {key.fingerprint()}"
-        trusted = await self.guard.off_loop(self._stores.infra.get_server, request.server_id)
+        trusted = await self.guard.off_loop(self._infra.get_server, request.server_id)
         return target_to_pb(trusted or server)

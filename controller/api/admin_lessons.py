@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict
 from zoneinfo import ZoneInfo
 
@@ -12,10 +13,9 @@ from controller.api.guard import Call, Guard, guarded, invalid
 from controller.api.imports import import_done
 from controller.lessons.dispatcher import Dispatcher
 from controller.lessons.metrics import day_bounds
-from controller.lessons.store import ImportCounts, LessonQuery
+from controller.lessons.store import ImportCounts, LessonQuery, LessonStore
 from controller.people import access
 from controller.people.access import Need
-from controller.stores import Stores
 from inventory.model import valid_id
 from inventory.row_fields import RowError
 from inventory.schedule import ScheduleRow, check_rows
@@ -56,14 +56,22 @@ def _bad_time(s: admin_pb2.ScheduledLesson) -> str | None:
     return None
 
 
-class LessonHandlers:
-    """Mixed into AdminService, which provides these."""
+class LessonAdmin:
+    """A schedule's import, the day's lessons, a lesson launched by hand."""
 
-    _stores: Stores
-    guard: Guard
-    dispatcher: Dispatcher | None
-    content_hosts: frozenset[str]
-    zone: ZoneInfo
+    def __init__(
+        self,
+        guard: Guard,
+        lessons: LessonStore,
+        dispatcher: Dispatcher | None,
+        content_hosts: Iterable[str],
+        zone: ZoneInfo,
+    ) -> None:
+        self.guard = guard
+        self._lessons = lessons
+        self._dispatcher = dispatcher
+        self._content_hosts = frozenset(content_hosts)
+        self._zone = zone
 
     async def _check(
         self, rows: list[ScheduleRow | RowError]
@@ -72,14 +80,12 @@ class LessonHandlers:
         rooms = {(r.lesson.school_id, r.lesson.room_id) for r in good}
         if not good:
             return [], [r for r in rows if isinstance(r, RowError)]
-        known = await self.guard.off_loop(self._stores.lessons.known_rooms, rooms)
+        known = await self.guard.off_loop(self._lessons.known_rooms, rooms)
         since = min(r.lesson.starts_at for r in good)
         until = max(r.lesson.ends_at for r in good)
-        stored = await self.guard.off_loop(
-            self._stores.lessons.lessons_in_rooms, rooms, since, until
-        )
+        stored = await self.guard.off_loop(self._lessons.lessons_in_rooms, rooms, since, until)
         return check_rows(
-            rows, known, self.content_hosts, [x for room in stored.values() for x in room]
+            rows, known, self._content_hosts, [x for room in stored.values() for x in room]
         )
 
     @guarded("lessons.import", Need.CHANGE, audited=True)
@@ -105,10 +111,10 @@ class LessonHandlers:
         if good and not request.dry_run:
             lessons = [r.lesson for r in good]
             counts = await self.guard.off_loop(
-                self._stores.lessons.save_lessons, lessons, self.guard.now()
+                self._lessons.save_lessons, lessons, self.guard.now()
             )
-            if (counts.added or counts.updated) and self.dispatcher is not None:
-                self.dispatcher.wake()
+            if (counts.added or counts.updated) and self._dispatcher is not None:
+                self._dispatcher.wake()
         found = await import_done(
             self.guard,
             call,
@@ -130,7 +136,7 @@ class LessonHandlers:
                 raise invalid(f"{what} {value[:80]!r} is not valid")
         call.target = request.school_id
         call.allow(Need.READ, request.school_id or None)
-        since, until = day_bounds(self.guard.now(), self.zone)
+        since, until = day_bounds(self.guard.now(), self._zone)
         if request.HasField("since"):
             since = seconds(request.since)
         if request.HasField("until"):
@@ -142,7 +148,7 @@ class LessonHandlers:
             room_id=request.room_id or None,
             schools=call.who.scope,
         )
-        records = await self.guard.off_loop(self._stores.lessons.list_lessons, query)
+        records = await self.guard.off_loop(self._lessons.list_lessons, query)
         return admin_pb2.ListLessonsResponse(
             lessons=[record_to_pb(r) for r in records],
             since=timestamp(since),
@@ -174,20 +180,20 @@ class LessonHandlers:
             raise invalid(lesson.message)
         # Not checked against the schedule: a lesson by hand takes the room over.
         known = await self.guard.off_loop(
-            self._stores.lessons.known_rooms, [(request.school_id, request.room_id)]
+            self._lessons.known_rooms, [(request.school_id, request.room_id)]
         )
-        _, errors = check_rows([ScheduleRow(0, lesson)], known, self.content_hosts, [])
+        _, errors = check_rows([ScheduleRow(0, lesson)], known, self._content_hosts, [])
         if errors:
             raise invalid(errors[0].message)
-        await self.guard.off_loop(self._stores.lessons.save_lessons, [lesson], now)
-        if self.dispatcher is not None:
+        await self.guard.off_loop(self._lessons.save_lessons, [lesson], now)
+        if self._dispatcher is not None:
             try:
                 async with asyncio.timeout(_DISPATCH_WAIT):
-                    await self.dispatcher.pass_now()
+                    await self._dispatcher.pass_now()
             except TimeoutError:
                 log.warning("lesson by hand not dispatched yet lesson=%s", lesson.lesson_id)
         records = await self.guard.off_loop(
-            self._stores.lessons.list_lessons,
+            self._lessons.list_lessons,
             LessonQuery(now - 1, now + 1, request.school_id, request.room_id),
         )
         record = next(r for r in records if r.lesson.lesson_id == lesson.lesson_id)

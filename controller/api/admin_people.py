@@ -9,7 +9,7 @@ import grpc
 from controller.api.guard import Call, Guard, Refused, guarded, invalid, not_found
 from controller.people import access
 from controller.people.access import Need
-from controller.stores import Stores
+from controller.people.store import AccessStore
 from inventory.model import valid_id
 from inventory.people import AuditQuery, Outcome
 from protos.schoolfleet.v1 import admin_pb2
@@ -20,11 +20,12 @@ AUDIT_DEFAULT = 100
 AUDIT_MAX = 10_000
 
 
-class PeopleHandlers:
-    """Mixed into AdminService, which provides the store and the guard."""
+class PeopleAdmin:
+    """Who am I, users and the audit log, over the people's store."""
 
-    _stores: Stores
-    guard: Guard
+    def __init__(self, guard: Guard, people: AccessStore) -> None:
+        self.guard = guard
+        self._people = people
 
     @guarded("whoami", Need.READ)
     async def WhoAmI(self, request: admin_pb2.WhoAmIRequest, call: Call) -> admin_pb2.User:
@@ -48,9 +49,7 @@ class PeopleHandlers:
             self.guard.now(),
         )
         token = access.mint_token()
-        added = await self.guard.off_loop(
-            self._stores.people.add_user, user, access.hash_token(token)
-        )
+        added = await self.guard.off_loop(self._people.add_user, user, access.hash_token(token))
         if not added:
             raise Refused(
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -64,7 +63,7 @@ class PeopleHandlers:
     async def ListUsers(
         self, request: admin_pb2.ListUsersRequest, call: Call
     ) -> admin_pb2.ListUsersResponse:
-        users = await self.guard.off_loop(self._stores.people.list_users)
+        users = await self.guard.off_loop(self._people.list_users)
         return admin_pb2.ListUsersResponse(users=[user_to_pb(u) for u in users])
 
     @guarded("users.revoke", Need.ADMIN, audited=True)
@@ -72,9 +71,7 @@ class PeopleHandlers:
         if not valid_id(request.name):
             raise invalid(f"user name {request.name[:80]!r} is not valid")
         call.target = request.name
-        user = await self.guard.off_loop(
-            self._stores.people.revoke_user, request.name, self.guard.now()
-        )
+        user = await self.guard.off_loop(self._people.revoke_user, request.name, self.guard.now())
         if user is None:
             raise not_found(f"no user {request.name!r}")
         call.done = "token revoked"
@@ -100,7 +97,7 @@ class PeopleHandlers:
             reader=call.who.name,
             limit=min(request.limit or AUDIT_DEFAULT, AUDIT_MAX),
         )
-        entries = await self.guard.off_loop(self._stores.people.list_audit, query)
+        entries = await self.guard.off_loop(self._people.list_audit, query)
         scope = call.who.scope
         if scope is not None:
             # A scoped reader also sees their own attempts elsewhere, but not which

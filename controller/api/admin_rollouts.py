@@ -11,6 +11,7 @@ import grpc
 
 from controller.api.guard import Call, Guard, Refused, guarded, invalid
 from controller.errors import HostsClaimed, RolloutRefused
+from controller.fleet.store import DeviceStore
 from controller.people.access import Need
 from controller.rollouts.ansible_access import ansible_access
 from controller.rollouts.engine import RolloutEngine
@@ -18,8 +19,7 @@ from controller.rollouts.os_user import find_os_user
 from controller.rollouts.playbook_check import check_syntax, playbook_names, playbook_path
 from controller.rollouts.playbook_vars import check_extra_vars, read_schema
 from controller.rollouts.runner import RunnerSettings, mitogen_strategy_dir
-from controller.rollouts.store import NewHost, RolloutQuery
-from controller.stores import Stores
+from controller.rollouts.store import NewHost, RolloutQuery, RolloutStore
 from inventory.model import DeviceStatus, valid_id
 from inventory.people import Outcome, Role
 from inventory.rollouts import (
@@ -130,21 +130,32 @@ def _preview(spec: RolloutSpec, hosts: list[NewHost], now: float) -> RolloutReco
     )
 
 
-class RolloutHandlers:
-    """Mixed into AdminService, which provides these."""
+class RolloutAdmin:
+    """Rollouts (start, follow, pause, resume, abort, retry) and maintenance windows;
+    a selector is resolved in the fleet's store."""
 
-    _stores: Stores
-    guard: Guard
-    rollouts: RolloutEngine | None
-    playbooks_dir: Path
-    runner_settings: RunnerSettings | None
+    def __init__(
+        self,
+        guard: Guard,
+        rollouts: RolloutStore,
+        devices: DeviceStore,
+        engine: RolloutEngine | None,
+        playbooks_dir: Path,
+        runner_settings: RunnerSettings | None,
+    ) -> None:
+        self.guard = guard
+        self._rollouts = rollouts
+        self._devices = devices
+        self._running = engine
+        self._playbooks_dir = playbooks_dir
+        self._runner_settings = runner_settings
 
     def _engine(self) -> RolloutEngine:
-        if self.rollouts is None:
+        if self._running is None:
             raise Refused(
                 grpc.StatusCode.UNAVAILABLE, "rollouts are not running here", Outcome.FAILED
             )
-        return self.rollouts
+        return self._running
 
     async def _hosts(
         self, selector: Selector, scope: frozenset[str] | None
@@ -152,24 +163,24 @@ class RolloutHandlers:
         """The registry's devices the selector matches, within the caller's schools,
         with whether each is online now."""
         found = await self.guard.off_loop(
-            self._stores.devices.select_devices, selector, scope, self.guard.now()
+            self._devices.select_devices, selector, scope, self.guard.now()
         )
         return [(NewHost(d.device_id, d.school_id), d.status) for d in found]
 
     async def _rollout(self, call: Call, rollout_id: int, need: Need) -> RolloutRecord:
         """The rollout, if the caller may see (or change) every school it touches."""
         call.target = str(rollout_id)
-        record = await self.guard.off_loop(self._stores.rollouts.get_rollout, rollout_id)
+        record = await self.guard.off_loop(self._rollouts.get_rollout, rollout_id)
         schools = None
         if record is not None:
-            schools = await self.guard.off_loop(self._stores.rollouts.rollout_schools, rollout_id)
+            schools = await self.guard.off_loop(self._rollouts.rollout_schools, rollout_id)
         call.allow_target(need, schools, f"rollout {rollout_id}")
         assert record is not None
         return record
 
     async def _info(self, record: RolloutRecord) -> admin_pb2.RolloutInfo:
         hosts: list[HostResult] = await self.guard.off_loop(
-            self._stores.rollouts.rollout_hosts, record.rollout_id
+            self._rollouts.rollout_hosts, record.rollout_id
         )
         return rollout_to_pb(record, hosts)
 
@@ -182,26 +193,26 @@ class RolloutHandlers:
         selector = parse_selector(spec.selector)
         for school in _each_school(selector.schools):
             call.allow(Need.CHANGE, school)
-        if self.runner_settings is None:
+        if self._runner_settings is None:
             raise invalid("rollouts are not set up on this controller")
-        spec = replace(spec, strategy=_strategy(request.strategy, self.runner_settings.strategy))
-        if self.runner_settings.os_user:
+        spec = replace(spec, strategy=_strategy(request.strategy, self._runner_settings.strategy))
+        if self._runner_settings.os_user:
             try:
-                find_os_user(self.runner_settings.os_user)
+                find_os_user(self._runner_settings.os_user)
             except RolloutRefused as exc:
                 raise _conflict(str(exc)) from None
         try:
-            path = await self.guard.off_loop(playbook_path, self.playbooks_dir, request.playbook)
+            path = await self.guard.off_loop(playbook_path, self._playbooks_dir, request.playbook)
             # Before anything is stored or run: names, types, who may set them.
             extra = await self.guard.off_loop(
                 _extra_vars,
-                self.playbooks_dir,
+                self._playbooks_dir,
                 request.playbook,
                 request.extra_vars_json,
                 call.who.role is Role.CENTRAL_OPS,
             )
             # Last: it runs ansible-playbook, and a refused request should cost little.
-            await self.guard.off_loop(check_syntax, path, request.playbook, self.runner_settings)
+            await self.guard.off_loop(check_syntax, path, request.playbook, self._runner_settings)
         except RolloutRefused as exc:
             raise invalid(str(exc)) from None
         matched = await self._hosts(selector, call.who.scope)
@@ -229,7 +240,7 @@ class RolloutHandlers:
             ) from None
         call.target = f"{rollout_id} {request.playbook}"[:200]
         call.done = f"rollout {rollout_id}: {request.playbook} on {len(hosts)} hosts"
-        record = await self.guard.off_loop(self._stores.rollouts.get_rollout, rollout_id)
+        record = await self.guard.off_loop(self._rollouts.get_rollout, rollout_id)
         assert record is not None
         return await self._info(record)
 
@@ -243,9 +254,7 @@ class RolloutHandlers:
         device_id = request.device_id
         if not valid_id(device_id):
             raise invalid(f"device id {device_id[:80]!r} is not valid")
-        host = await self.guard.off_loop(
-            self._stores.rollouts.rollout_host, record.rollout_id, device_id
-        )
+        host = await self.guard.off_loop(self._rollouts.rollout_host, record.rollout_id, device_id)
         # Another school's device answers as one the rollout does not have.
         call.allow_target(
             Need.READ,
@@ -266,7 +275,7 @@ class RolloutHandlers:
             raise invalid(f"rollout states are {known}") from None
         limit = min(request.limit or 50, LIST_MAX)
         query = RolloutQuery(states=states, schools=call.who.scope, limit=limit)
-        records = await self.guard.off_loop(self._stores.rollouts.list_rollouts, query)
+        records = await self.guard.off_loop(self._rollouts.list_rollouts, query)
         return admin_pb2.ListRolloutsResponse(rollouts=[rollout_to_pb(r) for r in records])
 
     @guarded("rollouts.playbooks", Need.READ)
@@ -274,20 +283,20 @@ class RolloutHandlers:
         self, request: admin_pb2.ListPlaybooksRequest, call: Call
     ) -> admin_pb2.ListPlaybooksResponse:
         # The names only: the same list StartRollout gives with an unknown playbook.
-        names = await self.guard.off_loop(playbook_names, self.playbooks_dir)
+        names = await self.guard.off_loop(playbook_names, self._playbooks_dir)
         return admin_pb2.ListPlaybooksResponse(names=names)
 
     @guarded("rollouts.access", Need.READ)
     async def GetAnsibleAccess(
         self, request: admin_pb2.GetAnsibleAccessRequest, call: Call
     ) -> admin_pb2.AnsibleAccess:
-        settings = self.runner_settings
+        settings = self._runner_settings
         if settings is None:
             raise invalid("rollouts are not set up on this controller")
         try:
             access = await self.guard.off_loop(
                 ansible_access,
-                self._stores.devices,
+                self._devices,
                 settings.known_hosts,
                 settings.remote_user,
                 settings.python_interpreter,
@@ -363,7 +372,7 @@ class RolloutHandlers:
         except HostsClaimed as exc:
             raise _conflict(f"{exc}: wait for it or abort it") from None
         call.done = f"rollout {new_id}: retry of {record.rollout_id} on {len(hosts)} hosts"
-        new = await self.guard.off_loop(self._stores.rollouts.get_rollout, new_id)
+        new = await self.guard.off_loop(self._rollouts.get_rollout, new_id)
         assert new is not None
         return await self._info(new)
 
@@ -374,7 +383,7 @@ class RolloutHandlers:
         offline (as the rollout's start did, unless it took offline devices too)."""
         rid = record.rollout_id
         outcomes = frozenset().union(*(RETRY_HOSTS[w] for w in which))
-        found = await self.guard.off_loop(self._stores.rollouts.rollout_hosts, rid, outcomes)
+        found = await self.guard.off_loop(self._rollouts.rollout_hosts, rid, outcomes)
         ids = [h.device_id for h in found]
         if "not-reached" in which:
             ids += record.spec.offline_skipped
@@ -382,7 +391,7 @@ class RolloutHandlers:
         if not ids:
             raise invalid(f"rollout {rid} has no {words} hosts")
         found_devices = await self.guard.off_loop(
-            self._stores.devices.devices_by_id, ids, self.guard.now()
+            self._devices.devices_by_id, ids, self.guard.now()
         )
         devices = {d.identity.device_id: d for d in found_devices}
         if not devices:
@@ -416,9 +425,9 @@ class RolloutHandlers:
             windows = sorted({parse_window(w).text for w in request.windows})
         except WindowError as exc:
             raise invalid(str(exc)) from None
-        await self.guard.off_loop(self._stores.rollouts.set_windows, request.school_id, windows)
-        if self.rollouts is not None:
-            self.rollouts.wake_all()
+        await self.guard.off_loop(self._rollouts.set_windows, request.school_id, windows)
+        if self._running is not None:
+            self._running.wake_all()
         call.done = f"windows: {'; '.join(windows) or 'none'}"
         return admin_pb2.MaintenanceWindows(school_id=request.school_id, windows=windows)
 
@@ -431,9 +440,7 @@ class RolloutHandlers:
         call.allow(Need.READ, request.school_id or None)
         scope = call.who.scope
         wanted = [request.school_id] if request.school_id else (sorted(scope) if scope else None)
-        stored: Mapping[str, list[str]] = await self.guard.off_loop(
-            self._stores.rollouts.windows, wanted
-        )
+        stored: Mapping[str, list[str]] = await self.guard.off_loop(self._rollouts.windows, wanted)
         return admin_pb2.ListMaintenanceWindowsResponse(
             schools=[
                 admin_pb2.MaintenanceWindows(school_id=s, windows=w)

@@ -8,8 +8,8 @@ import grpc
 from controller.api.guard import Call, Guard, Refused, guarded, invalid
 from controller.errors import StoreError, UplinkUnavailable
 from controller.people.access import Need
-from controller.stores import Stores
 from controller.uplink.checks import UplinkChecks
+from controller.uplink.store import UplinkStore
 from inventory.model import valid_id
 from inventory.people import Outcome
 from inventory.uplink import UplinkCheck, UplinkState
@@ -17,13 +17,20 @@ from protos.schoolfleet.v1 import admin_pb2
 from wire.uplink import check_to_pb
 
 
-class UplinkHandlers:
-    """Mixed into AdminService, which provides these."""
+class UplinkAdmin:
+    """A school's uplink checked by hand, the latest checks, the schools under target."""
 
-    _stores: Stores
-    guard: Guard
-    uplink: UplinkChecks | None
-    uplink_target_mbps: float
+    def __init__(
+        self,
+        guard: Guard,
+        store: UplinkStore,
+        checks: UplinkChecks | None,
+        target_mbps: float,
+    ) -> None:
+        self.guard = guard
+        self._store = store
+        self._checks = checks
+        self._target_mbps = target_mbps
 
     @guarded("uplink.check", Need.CHANGE, audited=True)
     async def CheckUplink(
@@ -33,12 +40,12 @@ class UplinkHandlers:
             raise invalid(f"school id {request.school_id[:80]!r} is not valid")
         call.target = request.school_id
         call.allow(Need.CHANGE, request.school_id)
-        if self.uplink is None:
+        if self._checks is None:
             raise Refused(
                 grpc.StatusCode.UNAVAILABLE, "this controller runs no uplink checks", Outcome.FAILED
             )
         try:
-            check = await self.uplink.check(request.school_id)
+            check = await self._checks.check(request.school_id)
         except UplinkUnavailable as exc:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(exc), Outcome.FAILED) from None
         except StoreError as exc:
@@ -60,11 +67,11 @@ class UplinkHandlers:
         call.target = request.school_id
         call.allow(Need.READ, request.school_id or None)
         school, scope = request.school_id or None, call.who.scope
-        latest = await self.guard.off_loop(self._stores.uplink.latest_uplink_checks, school, scope)
+        latest = await self.guard.off_loop(self._store.latest_uplink_checks, school, scope)
         measured: dict[str, UplinkCheck] = {
             c.school_id: c
             for c in await self.guard.off_loop(
-                lambda: self._stores.uplink.latest_uplink_checks(school, scope, measured=True)
+                lambda: self._store.latest_uplink_checks(school, scope, measured=True)
             )
         }
         schools = []
@@ -75,15 +82,11 @@ class UplinkHandlers:
             schools.append(entry)
         return admin_pb2.ListUplinksResponse(schools=schools)
 
-    async def _slow_uplinks(self, school_id: str | None, call: Call) -> list[admin_pb2.UplinkCheck]:
+    async def slow_uplinks(self, school_id: str | None, call: Call) -> list[admin_pb2.UplinkCheck]:
         """The latest measurement of each school under the target, within the caller's scope."""
         measured = await self.guard.off_loop(
-            lambda: self._stores.uplink.latest_uplink_checks(
-                school_id, call.who.scope, measured=True
-            )
+            lambda: self._store.latest_uplink_checks(school_id, call.who.scope, measured=True)
         )
         return [
-            check_to_pb(c)
-            for c in measured
-            if c.mbps is not None and c.mbps < self.uplink_target_mbps
+            check_to_pb(c) for c in measured if c.mbps is not None and c.mbps < self._target_mbps
         ]
