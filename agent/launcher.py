@@ -5,9 +5,8 @@ never a shell) in its own process group, once the URL has passed the allow-list 
 content hosts; the program is watched, started once more if it dies during the
 lesson, and its whole process group is stopped at the lesson's end time, on
 EndLesson, when another lesson replaces it, or when the agent stops. Each outcome is
-a LessonEvent handed to ``emit`` (the link spools it): launched, relaunched, failed
-with a reason, ended. Like agent/report.py it works on the wire messages directly:
-the events go into the spool as they are.
+a LessonEvent value handed to ``emit`` (the link puts it in wire form and spools it):
+launched, relaunched, failed with a reason, ended.
 """
 
 from __future__ import annotations
@@ -21,20 +20,13 @@ import signal
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from agent.lessons import LessonEvent, LessonLaunch
 from common.content_hosts import url_allowed
-from protos.schoolfleet.v1 import agent_pb2
-from wire.mapping import seconds, timestamp
+from inventory.lessons import EventKind, FailReason
 
 log = logging.getLogger(__name__)
 
-Event = agent_pb2.LessonEvent
-if TYPE_CHECKING:
-    from typing import TypeAlias
-
-    Kind: TypeAlias = agent_pb2.LessonEvent.Kind.ValueType
-    Reason: TypeAlias = agent_pb2.LessonEvent.Reason.ValueType
 # Seconds between SIGTERM to the program's group and SIGKILL. Chromium exits within
 # ~0.1 s of SIGTERM; the rest of its group is gone once reaped (see _KILL_WAIT).
 STOP_GRACE = 5.0
@@ -100,7 +92,7 @@ class Launcher:
     def __init__(
         self,
         argv_template: Sequence[str],
-        emit: Callable[[agent_pb2.LessonEvent], None],
+        emit: Callable[[LessonEvent], None],
         allowed_hosts: Callable[[], Collection[str]],
         has_network: Callable[[], bool],
         now: Callable[[], float] = time.time,
@@ -130,7 +122,7 @@ class Launcher:
         """The running program's pid, which is also its process group id."""
         return None if self._current is None else self._current.process.pid
 
-    async def launch(self, command_id: str, cmd: agent_pb2.LaunchLesson) -> None:
+    async def launch(self, command_id: str, cmd: LessonLaunch) -> None:
         """Handles LaunchLesson: starts the lesson now, or reports why not.
 
         Shown at once, whatever ``starts_at`` says: the controller sends the command
@@ -159,7 +151,7 @@ class Launcher:
             if self._current is not None:
                 await self._stop(self._current, None)
 
-    async def _launch(self, command_id: str, cmd: agent_pb2.LaunchLesson) -> None:
+    async def _launch(self, command_id: str, cmd: LessonLaunch) -> None:
         lesson_id = cmd.lesson_id
         skip = self._skip(command_id, cmd)
         self._seen[command_id] = None
@@ -181,20 +173,20 @@ class Launcher:
             process = await self._start(argv)
         except OSError as exc:
             message = f"cannot start {argv[0]}: {exc.strerror or exc}"
-            self._failed(lesson_id, command_id, Event.REASON_NO_PROGRAM, message)
+            self._failed(lesson_id, command_id, FailReason.NO_PROGRAM, message)
             return
-        lesson = _Lesson(lesson_id, command_id, seconds(cmd.ends_at), argv, process)
+        lesson = _Lesson(lesson_id, command_id, cmd.ends_at, argv, process)
         self._current = lesson
-        self._send(lesson, Event.KIND_LAUNCHED, message=f"{argv[0]} started, pid {process.pid}")
+        self._send(lesson, EventKind.LAUNCHED, message=f"{argv[0]} started, pid {process.pid}")
         lesson.watcher = asyncio.create_task(self._watch(lesson), name=f"lesson {lesson_id}")
 
-    def _skip(self, command_id: str, cmd: agent_pb2.LaunchLesson) -> str | None:
+    def _skip(self, command_id: str, cmd: LessonLaunch) -> str | None:
         """Why the command is not acted on at all, without an event; None: it is."""
         if self._closed:
             return "the launcher is closed (the agent is stopping)"
         if command_id in self._seen:
             return "command already handled"
-        ends_at = seconds(cmd.ends_at)
+        ends_at = cmd.ends_at
         if ends_at <= self._now():
             return f"lesson already over (ends_at={ends_at:.0f})"
         current = self._current
@@ -202,15 +194,15 @@ class Launcher:
             return f"lesson already running (cmd={current.command_id})"
         return None
 
-    def _refusal(self, cmd: agent_pb2.LaunchLesson) -> tuple[Reason, str] | None:
+    def _refusal(self, cmd: LessonLaunch) -> tuple[FailReason, str] | None:
         """Why the lesson cannot be shown (a FAILED event); None: it can be tried."""
         refused = url_allowed(cmd.url, self._allowed_hosts())
         if refused is not None:
-            return Event.REASON_URL_REFUSED, refused
+            return FailReason.URL_REFUSED, refused
         if not self._template:
-            return Event.REASON_NO_PROGRAM, "no kiosk program is configured (kiosk_argv is empty)"
+            return FailReason.NO_PROGRAM, "no kiosk program is configured (kiosk_argv is empty)"
         if not self._has_network():
-            return Event.REASON_NO_NETWORK, "no network to reach the content"
+            return FailReason.NO_NETWORK, "no network to reach the content"
         return None
 
     async def _start(self, argv: list[str]) -> asyncio.subprocess.Process:
@@ -247,22 +239,22 @@ class Launcher:
                 await self._stop_group(lesson.process)
                 if relaunched:
                     message = f"the program died again during the lesson: {status}"
-                    self._send(lesson, Event.KIND_FAILED, Event.REASON_CRASHED, message)
+                    self._send(lesson, EventKind.FAILED, FailReason.CRASHED, message)
                     return
                 relaunched = True
                 try:
                     lesson.process = await self._start(lesson.argv)
                 except OSError as exc:
                     message = f"died ({status}), cannot start it again: {exc.strerror or exc}"
-                    self._send(lesson, Event.KIND_FAILED, Event.REASON_NO_PROGRAM, message)
+                    self._send(lesson, EventKind.FAILED, FailReason.NO_PROGRAM, message)
                     return
                 message = f"the program died ({status}); started again, pid {lesson.process.pid}"
-                self._send(lesson, Event.KIND_RELAUNCHED, message=message)
+                self._send(lesson, EventKind.RELAUNCHED, message=message)
             await self._stop_group(lesson.process)
             if why == "time":
-                self._send(lesson, Event.KIND_ENDED, message="end time reached")
+                self._send(lesson, EventKind.ENDED, message="end time reached")
             elif lesson.end_message is not None:
-                self._send(lesson, Event.KIND_ENDED, message=lesson.end_message)
+                self._send(lesson, EventKind.ENDED, message=lesson.end_message)
             else:
                 log.info("lesson program stopped with the agent lesson=%s", lesson.lesson_id)
         finally:
@@ -310,34 +302,34 @@ class Launcher:
         if not await _gone_within(process, _KILL_WAIT):
             log.error("kiosk program's process group outlived SIGKILL pgid=%d", pgid)
 
-    def _failed(self, lesson_id: str, command_id: str, reason: Reason, message: str) -> None:
-        self._send_event(lesson_id, command_id, Event.KIND_FAILED, reason, message)
+    def _failed(self, lesson_id: str, command_id: str, reason: FailReason, message: str) -> None:
+        self._send_event(lesson_id, command_id, EventKind.FAILED, reason, message)
 
     def _send(
         self,
         lesson: _Lesson,
-        kind: Kind,
-        reason: Reason = Event.REASON_UNSPECIFIED,
+        kind: EventKind,
+        reason: FailReason | None = None,
         message: str = "",
     ) -> None:
         self._send_event(lesson.lesson_id, lesson.command_id, kind, reason, message)
 
     def _send_event(
-        self, lesson_id: str, command_id: str, kind: Kind, reason: Reason, message: str
+        self,
+        lesson_id: str,
+        command_id: str,
+        kind: EventKind,
+        reason: FailReason | None,
+        message: str,
     ) -> None:
-        event = Event(
-            lesson_id=lesson_id,
-            command_id=command_id,
-            kind=kind,
-            reason=reason,
-            message=message,
-            at=timestamp(self._now()),
-        )
-        # A reason only where there is one: a launch that worked has none to give.
-        why = f" reason={Event.Reason.Name(event.reason)}" if event.reason else ""
+        event = LessonEvent(lesson_id, command_id, kind, reason, message, at=self._now())
+        # Named as the wire's enums spell them (KIND_LAUNCHED, REASON_NO_PROGRAM), as
+        # the journal has always read. A reason only where there is one: a launch that
+        # worked has none to give.
+        why = f" reason=REASON_{reason.name}" if reason is not None else ""
         log.info(
-            "lesson event kind=%s lesson=%s cmd=%s%s: %s",
-            Event.Kind.Name(event.kind),
+            "lesson event kind=KIND_%s lesson=%s cmd=%s%s: %s",
+            kind.name,
             lesson_id,
             command_id,
             why,

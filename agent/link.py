@@ -25,16 +25,25 @@ from agent.backoff import Reconnects
 from agent.enroll import Credentials
 from agent.errors import SpoolError
 from agent.launcher import Launcher
+from agent.lessons import LessonEvent, LessonLaunch
+from agent.link_messages import (
+    from_spool,
+    heartbeat,
+    launch_from_pb,
+    lesson_event_to_pb,
+    spool_body,
+    thresholds_from_pb,
+)
 from agent.link_uplink import UplinkMeasurer
 from agent.network import has_default_route
 from agent.renewal import CAPABILITY as RENEW_CAPABILITY
 from agent.renewal import Renewal
-from agent.report import FullReports, Reporter, heartbeat, thresholds_from_pb
+from agent.report import FullReports, Reporter
 from agent.settings import AgentSettings
 from agent.spool import Spool
 from common.retry_hint import RetryHint, ended_unsaid, read_hint, unsaid_restart
 from protos.schoolfleet.v1 import agent_pb2, agent_pb2_grpc
-from wire.mapping import KIND_TO_PB, os_to_pb, seconds, timestamp
+from wire.mapping import KIND_TO_PB, os_to_pb, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +185,7 @@ class Link:
             message = agent_pb2.AgentMessage(
                 heartbeat=heartbeat(report, stats.pending, stats.dropped, full=full)
             )
-            self._spool.append(message, precious=False)
+            self._spool.append(spool_body(message), precious=False)
 
         try:
             # In a thread too: the spool's write ends in an fsync (tens of ms on a
@@ -361,9 +370,9 @@ class Link:
             if renew is not None:
                 await call.write(renew)  # not spooled: asked again on a later stream
             batch = self._spool.pending(sent, _SEND_BATCH)
-            for message in batch:
-                await call.write(message)
-                sent = message.seq
+            for spooled in batch:
+                await call.write(from_spool(spooled))
+                sent = spooled.seq
             if batch:
                 continue
             waiting = [asyncio.create_task(e.wait()) for e in (self._spooled, stop)]
@@ -393,20 +402,21 @@ class Link:
             ):
                 raise CertificateRenewed("certificate renewed")
 
-    async def _launch_at_start(self, command_id: str, cmd: agent_pb2.LaunchLesson) -> None:
+    async def _launch_at_start(self, command_id: str, cmd: LessonLaunch) -> None:
         """Shows the lesson at its start by this device's clock. The controller sends it
         early (lesson_lead), so that thousands of panels have it by the start; with a
         clock far behind the controller's, it is not held longer than _HOLD_MAX."""
-        delay = seconds(cmd.starts_at) - time.time()
+        delay = cmd.starts_at - time.time()
         if delay > 0:
             log.info("lesson held until its start lesson=%s in=%.1fs", cmd.lesson_id, delay)
             await asyncio.sleep(min(delay, _HOLD_MAX))
         await self._launcher.launch(command_id, cmd)
 
-    def spool_lesson_event(self, event: agent_pb2.LessonEvent) -> None:
+    def spool_lesson_event(self, event: LessonEvent) -> None:
         """The launcher's report: spooled like a command result, never dropped."""
+        message = agent_pb2.AgentMessage(lesson_event=lesson_event_to_pb(event))
         try:
-            self._spool.append(agent_pb2.AgentMessage(lesson_event=event), precious=True)
+            self._spool.append(spool_body(message), precious=True)
         except SpoolError as exc:
             log.error("lesson event not spooled, lost lesson=%s: %s", event.lesson_id, exc)
             return
@@ -423,7 +433,8 @@ class Link:
         if action in ("launch_lesson", "end_lesson"):
             # Answered by the lesson's events, not by a CommandResult.
             if action == "launch_lesson":
-                work = self._launch_at_start(command.command_id, command.launch_lesson)
+                lesson = launch_from_pb(command.launch_lesson)
+                work = self._launch_at_start(command.command_id, lesson)
             else:
                 work = self._launcher.end(command.end_lesson.lesson_id)
             task = asyncio.create_task(work, name=f"lesson {command.command_id}")
@@ -452,8 +463,9 @@ class Link:
         self._spool_result(result)
 
     def _spool_result(self, result: agent_pb2.CommandResult) -> None:
+        message = agent_pb2.AgentMessage(command_result=result)
         try:
-            self._spool.append(agent_pb2.AgentMessage(command_result=result), precious=True)
+            self._spool.append(spool_body(message), precious=True)
         except SpoolError as exc:
             log.error("command result not spooled, lost cmd=%s: %s", result.command_id, exc)
             return

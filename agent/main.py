@@ -169,7 +169,8 @@ def _print_once(settings: agent_settings.AgentSettings, as_json: bool) -> None:
     import time
     from dataclasses import asdict
 
-    from agent.report import Reporter, heartbeat_size
+    from agent.link_messages import heartbeat_size
+    from agent.report import Reporter
     from agent.report_limits import reported_interfaces
 
     reporter = Reporter(settings)

@@ -1,5 +1,8 @@
 """The offline spool: every message the agent owes the controller, on disk until acked.
 
+It keeps bytes: the link serializes a message before it is appended and parses it
+when it is sent (agent/link_messages.py); the spool only numbers and bounds them.
+
 One SQLite file in WAL mode with ``synchronous=FULL``: an append or an ack is one
 transaction, so a power cut mid-write leaves the old state or the new one, never a
 torn file. Sequence numbers are handed out here and the counter lives in the same
@@ -24,7 +27,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from agent.errors import SpoolError
-from protos.schoolfleet.v1 import agent_pb2
 
 T = TypeVar("T")
 
@@ -35,6 +37,7 @@ CREATE TABLE IF NOT EXISTS messages (
     seq      INTEGER PRIMARY KEY,
     precious INTEGER NOT NULL,
     -- A serialized AgentMessage whose seq is left 0; the row's seq is the truth.
+    -- Every release has stored exactly this, so a spool outlives an upgrade.
     body     BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_droppable ON messages (precious, seq);
@@ -43,6 +46,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 _META_DEFAULTS = {"next_seq": 1, "dropped": 0, "anchored": 0}
 # Heartbeats dropped per query while making room.
 _DROP_CHUNK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """A message kept in the spool: its bytes (seq left 0) and the seq it goes out with."""
+
+    seq: int
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +146,9 @@ class Spool:
     def _set_meta(self, key: str, value: int) -> None:
         self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
 
-    def append(self, message: agent_pb2.AgentMessage, *, precious: bool) -> int | None:
-        """Stores ``message`` under the next seq and returns it; None if it was dropped."""
-        message.seq = 0
-        body = message.SerializeToString()
+    def append(self, body: bytes, *, precious: bool) -> int | None:
+        """Stores ``body`` (a serialized message, seq 0) under the next seq and returns
+        the seq; None if it was dropped."""
         return self._run(lambda: self._append(body, precious))
 
     def _append(self, body: bytes, precious: bool) -> int | None:
@@ -190,7 +200,7 @@ class Spool:
             self._set_meta("dropped", self._meta("dropped") + count)
             log.warning("spool full: oldest heartbeats dropped count=%d", count)
 
-    def pending(self, after: int, limit: int) -> list[agent_pb2.AgentMessage]:
+    def pending(self, after: int, limit: int) -> list[Spooled]:
         """Up to ``limit`` spooled messages with seq above ``after``, oldest first."""
         rows: list[tuple[int, bytes]] = self._run(
             lambda: self._db.execute(
@@ -198,12 +208,7 @@ class Spool:
                 (after, limit),
             ).fetchall()
         )
-        messages = []
-        for seq, body in rows:
-            message = agent_pb2.AgentMessage.FromString(body)
-            message.seq = seq
-            messages.append(message)
-        return messages
+        return [Spooled(seq, body) for seq, body in rows]
 
     def acknowledge(self, seq: int) -> None:
         """The controller stored everything up to ``seq``: forget it."""

@@ -35,7 +35,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from agent.report import Reporter, heartbeat_size
+from agent.link_messages import heartbeat_size
+from agent.report import Reporter
 from agent.settings import AgentSettings
 from bench.observe import cpu_seconds, pss_kib, rss_kib
 from bench.procs import CONTROLLER, ROOT, start_target, stop_process
@@ -78,7 +79,10 @@ def heartbeat_bytes() -> tuple[int, int]:
 def tree_heartbeat_bytes(tree: Path) -> str:
     """What heartbeat_bytes says when run from another source tree (its own code)."""
     code = (
-        "import time; from agent.report import Reporter, heartbeat_size;"
+        "import time; from agent.report import Reporter\n"
+        # heartbeat_size moved from agent/report.py to the link's side.
+        "try: from agent.link_messages import heartbeat_size\n"
+        "except ImportError: from agent.report import heartbeat_size\n"
         "from agent.settings import AgentSettings; from inventory.model import DeviceKind;"
         "r = Reporter(AgentSettings('footprint-2', DeviceKind.PANEL, 'bench'));"
         "time.sleep(0.2); print(heartbeat_size(r.collect()))"

@@ -26,14 +26,13 @@ from typing import Any
 import pytest
 
 from agent.launcher import Launcher, exit_text, expand_argv
+from agent.lessons import LessonEvent, LessonLaunch
 from common.content_hosts import url_allowed
-from protos.schoolfleet.v1 import agent_pb2
+from inventory.lessons import EventKind, FailReason
 from tests.debian_tools import need
-from wire.mapping import seconds, timestamp
 
-Event = agent_pb2.LessonEvent
-LAUNCHED, RELAUNCHED = Event.KIND_LAUNCHED, Event.KIND_RELAUNCHED
-FAILED, ENDED = Event.KIND_FAILED, Event.KIND_ENDED
+LAUNCHED, RELAUNCHED = EventKind.LAUNCHED, EventKind.RELAUNCHED
+FAILED, ENDED = EventKind.FAILED, EventKind.ENDED
 HOSTS = ("school.example",)
 URL = "https://lessons.school.example/play/{7B}?x=1"
 
@@ -94,22 +93,14 @@ def kiosk(tmp_path: Path) -> Iterator[Kiosk]:
                 os.killpg(pgid, signal.SIGKILL)
 
 
-def lesson(
-    lesson_id: str = "s1.101.L1", url: str = URL, minutes: float = 1
-) -> agent_pb2.LaunchLesson:
+def lesson(lesson_id: str = "s1.101.L1", url: str = URL, minutes: float = 1) -> LessonLaunch:
     now = time.time()
-    return agent_pb2.LaunchLesson(
-        lesson_id=lesson_id,
-        url=url,
-        starts_at=timestamp(now),
-        ends_at=timestamp(now + minutes * 60),
-        title="7B mathematics",
-    )
+    return LessonLaunch(lesson_id=lesson_id, url=url, starts_at=now, ends_at=now + minutes * 60)
 
 
 def launcher(
     argv: Sequence[str],
-    events: list[agent_pb2.LessonEvent],
+    events: list[LessonEvent],
     hosts: Sequence[str] = HOSTS,
     network: bool = True,
     grace: float = 5.0,
@@ -139,7 +130,7 @@ def showing(launch: Launcher) -> tuple[str | None, int | None]:
     return launch.lesson_id, launch.pid
 
 
-def kinds(events: list[agent_pb2.LessonEvent]) -> list[tuple[str, int, int]]:
+def kinds(events: list[LessonEvent]) -> list[tuple[str, EventKind, FailReason | None]]:
     return [(e.lesson_id, e.kind, e.reason) for e in events]
 
 
@@ -218,7 +209,7 @@ def test_exit_text() -> None:
 
 
 def test_launched_then_ended_at_the_end_time(kiosk: Kiosk) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
 
     async def scenario() -> None:
         cmd = lesson(minutes=1.5 / 60)
@@ -226,10 +217,10 @@ def test_launched_then_ended_at_the_end_time(kiosk: Kiosk) -> None:
         await launcher(kiosk.argv(), events).launch("c1", cmd)
         await until(kiosk.runs, "the kiosk to start")
         await until(lambda: len(events) == 2, "the end time", limit=15)
-        assert time.time() >= seconds(cmd.ends_at)
+        assert time.time() >= cmd.ends_at
         assert [e.kind for e in events] == [LAUNCHED, ENDED]
         assert all((e.lesson_id, e.command_id) == ("s1.101.L1", "c1") for e in events)
-        assert seconds(events[0].at) >= before
+        assert events[0].at >= before
         assert events[1].message == "end time reached"
 
     run(scenario)
@@ -240,7 +231,7 @@ def test_launched_then_ended_at_the_end_time(kiosk: Kiosk) -> None:
 
 
 def test_dies_twice_relaunched_once_then_crashed(kiosk: Kiosk) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
 
     async def scenario() -> None:
         await launcher(kiosk.argv("crash"), events).launch("c1", lesson())
@@ -249,9 +240,9 @@ def test_dies_twice_relaunched_once_then_crashed(kiosk: Kiosk) -> None:
 
     run(scenario)
     assert [(e.kind, e.reason) for e in events] == [
-        (LAUNCHED, 0),
-        (RELAUNCHED, 0),
-        (FAILED, Event.REASON_CRASHED),
+        (LAUNCHED, None),
+        (RELAUNCHED, None),
+        (FAILED, FailReason.CRASHED),
     ]
     assert "exit status 3" in events[1].message
     assert events[2].message == "the program died again during the lesson: exit status 3"
@@ -259,7 +250,7 @@ def test_dies_twice_relaunched_once_then_crashed(kiosk: Kiosk) -> None:
 
 
 def test_relaunched_program_runs_on_until_the_lesson_ends(kiosk: Kiosk) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
 
     async def scenario() -> None:
         launch = launcher(kiosk.argv("crash-once"), events)
@@ -277,7 +268,7 @@ def test_relaunched_program_runs_on_until_the_lesson_ends(kiosk: Kiosk) -> None:
 def test_log_names_a_reason_only_when_there_is_one(
     kiosk: Kiosk, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
 
     async def scenario() -> None:
         launch = launcher(kiosk.argv(), events)
@@ -296,7 +287,7 @@ def test_log_names_a_reason_only_when_there_is_one(
 
 
 def test_program_that_cannot_be_started_is_no_program(tmp_path: Path) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
     not_executable = tmp_path / "kiosk"
     not_executable.write_text("#!/bin/sh\n")
 
@@ -306,7 +297,7 @@ def test_program_that_cannot_be_started_is_no_program(tmp_path: Path) -> None:
         await launcher([], events).launch("c3", lesson())
 
     run(scenario)
-    assert [(e.kind, e.reason) for e in events] == [(FAILED, Event.REASON_NO_PROGRAM)] * 3
+    assert [(e.kind, e.reason) for e in events] == [(FAILED, FailReason.NO_PROGRAM)] * 3
     assert events[0].message == f"cannot start {tmp_path / 'missing'}: No such file or directory"
     assert events[1].message.endswith("Permission denied")
     assert "kiosk_argv is empty" in events[2].message
@@ -323,35 +314,35 @@ def test_program_that_cannot_be_started_is_no_program(tmp_path: Path) -> None:
 def test_refused_url_starts_nothing(
     kiosk: Kiosk, url: str, hosts: Sequence[str], message: str
 ) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
 
     async def scenario() -> None:
         await launcher(kiosk.argv(), events, hosts=hosts).launch("c1", lesson(url=url))
 
     run(scenario)
     assert [(e.kind, e.reason, e.message) for e in events] == [
-        (FAILED, Event.REASON_URL_REFUSED, message)
+        (FAILED, FailReason.URL_REFUSED, message)
     ]
     assert kiosk.runs() == []
 
 
 def test_no_network_starts_nothing(kiosk: Kiosk) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
 
     async def scenario() -> None:
         await launcher(kiosk.argv(), events, network=False).launch("c1", lesson())
 
     run(scenario)
-    assert kinds(events) == [("s1.101.L1", FAILED, Event.REASON_NO_NETWORK)]
+    assert kinds(events) == [("s1.101.L1", FAILED, FailReason.NO_NETWORK)]
     assert kiosk.runs() == []
 
 
 def test_lesson_already_over_is_ignored(kiosk: Kiosk) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
 
     async def scenario() -> None:
         await launcher(kiosk.argv(), events).launch("c1", lesson(minutes=-1))
-        await launcher(kiosk.argv(), events).launch("c2", agent_pb2.LaunchLesson(url=URL))
+        await launcher(kiosk.argv(), events).launch("c2", LessonLaunch("", URL, 0.0, 0.0))
 
     run(scenario)
     assert events == []
@@ -359,7 +350,7 @@ def test_lesson_already_over_is_ignored(kiosk: Kiosk) -> None:
 
 
 def test_same_command_or_same_lesson_runs_once(kiosk: Kiosk) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
 
     async def scenario() -> None:
         launch = launcher(kiosk.argv(), events)
@@ -378,7 +369,7 @@ def test_same_command_or_same_lesson_runs_once(kiosk: Kiosk) -> None:
 
 
 def test_new_lesson_replaces_the_running_one(kiosk: Kiosk) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
 
     async def scenario() -> None:
         launch = launcher(kiosk.argv(), events)
@@ -407,7 +398,7 @@ def test_new_lesson_replaces_the_running_one(kiosk: Kiosk) -> None:
 
 
 def test_end_and_close(kiosk: Kiosk) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
 
     async def scenario() -> None:
         launch = launcher(kiosk.argv(), events)
@@ -436,7 +427,7 @@ def test_end_and_close(kiosk: Kiosk) -> None:
 
 
 def test_whole_group_is_stopped_and_sigterm_ignored_is_killed(kiosk: Kiosk) -> None:
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
 
     async def scenario() -> None:
         launch = launcher(kiosk.argv("stubborn-child"), events, grace=0.5)
@@ -509,7 +500,7 @@ def lesson_server() -> Iterator[_LessonServer]:
 @pytest.mark.e2e
 def test_chromium_shows_the_lesson_page(tmp_path: Path, lesson_server: _LessonServer) -> None:
     chromium = need("chromium", "chromium")
-    events: list[agent_pb2.LessonEvent] = []
+    events: list[LessonEvent] = []
     url = f"http://127.0.0.1:{lesson_server.server_address[1]}/lesson?id=L1"
     argv = [
         chromium,

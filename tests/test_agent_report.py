@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from agent.link_messages import heartbeat
 from agent.network import Interface, NetworkReport, Wifi
-from agent.report import FullReports, Report, heartbeat
+from agent.report import FullReports, Report
 from inventory.model import Condition
 from tests.test_agent_status import FACTS, HEALTH
 

@@ -1,4 +1,7 @@
-"""The agent's offline spool: order, acks, bounds, restarts and bad files."""
+"""The agent's offline spool: order, acks, bounds, restarts and bad files.
+
+The spool keeps bytes; these are serialized AgentMessages, as the link gives it.
+"""
 
 from __future__ import annotations
 
@@ -12,27 +15,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import SpoolError
-from agent.spool import Spool
+from agent.spool import Spool, Spooled
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 
 
-def heartbeat(n: int) -> agent_pb2.AgentMessage:
+def heartbeat(n: int) -> bytes:
     # Uptime carries a marker so that each message can be told apart after a replay.
     return agent_pb2.AgentMessage(
         heartbeat=agent_pb2.Heartbeat(health=fleet_pb2.Health(uptime_seconds=float(n)))
-    )
+    ).SerializeToString()
 
 
-def result(n: int) -> agent_pb2.AgentMessage:
+def result(n: int) -> bytes:
     return agent_pb2.AgentMessage(
         command_result=agent_pb2.CommandResult(command_id=f"c{n}", message="x" * 40)
-    )
+    ).SerializeToString()
 
 
-def marker(m: agent_pb2.AgentMessage) -> str:
-    if m.WhichOneof("body") == "heartbeat":
-        return f"h{int(m.heartbeat.health.uptime_seconds)}"
-    return m.command_result.command_id
+def body(m: Spooled) -> str:
+    return agent_pb2.AgentMessage.FromString(m.body).WhichOneof("body") or ""
+
+
+def marker(m: Spooled) -> str:
+    message = agent_pb2.AgentMessage.FromString(m.body)
+    if message.WhichOneof("body") == "heartbeat":
+        return f"h{int(message.heartbeat.health.uptime_seconds)}"
+    return message.command_result.command_id
 
 
 def test_messages_replay_in_order_and_acks_forget_them(tmp_path: Path) -> None:
@@ -92,8 +100,8 @@ def test_a_new_spool_follows_the_controllers_count(tmp_path: Path) -> None:
 
 
 def test_when_full_the_oldest_heartbeats_go_never_results(tmp_path: Path) -> None:
-    size = len(heartbeat(10).SerializeToString())
-    bound = len(result(0).SerializeToString()) + size * 3
+    size = len(heartbeat(10))
+    bound = len(result(0)) + size * 3
     spool = Spool(tmp_path / "spool.db", "p1", max_bytes=bound)
     spool.append(result(0), precious=True)
     for n in range(10, 16):
@@ -136,11 +144,11 @@ def test_bound_and_losses_hold_for_any_sequence(
     seqs = [m.seq for m in pending]
     assert seqs == sorted(seqs)
     assert [s for s in precious_seqs if s > acked] == [
-        m.seq for m in pending if m.WhichOneof("body") == "command_result"
+        m.seq for m in pending if body(m) == "command_result"
     ]
     stats = spool.stats()
     if stats.pending_bytes > max_bytes:
-        assert all(m.WhichOneof("body") == "command_result" for m in pending[:-1])
+        assert all(body(m) == "command_result" for m in pending[:-1])
     assert stats.next_seq == appended + 1
     spool.close()
 

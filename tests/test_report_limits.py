@@ -8,8 +8,9 @@ import subprocess
 from dataclasses import replace
 from typing import Any
 
+from agent.link_messages import heartbeat_size
 from agent.network import Interface, NetworkReport, Wifi
-from agent.report import FullReports, Report, heartbeat_size
+from agent.report import FullReports, Report
 from agent.report_limits import (
     HARD_BOUND_BYTES,
     MAX_ADDRESSES,
@@ -127,7 +128,8 @@ def test_a_container_link_coming_and_going_sends_no_full_report() -> None:
 # Inside the namespace: the agent's own collection and encoding, decoded back.
 _ENCODED = """
 import json
-from agent.report import Reporter, heartbeat
+from agent.link_messages import heartbeat
+from agent.report import Reporter
 from agent.settings import AgentSettings
 from inventory.model import DeviceKind
 from protos.schoolfleet.v1 import agent_pb2
