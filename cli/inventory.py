@@ -16,13 +16,12 @@ from cli import completion
 from cli import render_infra as render
 from cli.errors import CliError, DeviceUnavailable, RequestRefused
 from cli.groups import command_group
-from cli.imports import ImportReport, in_parts
+from cli.imports import ImportReport
 from cli.options import JsonFlag, client, err, out, print_json
 from inventory.infra import Room, School
 from inventory.infra_file import InventoryFileError, open_inventory
 from inventory.infra_rows import InventoryRow, check_inventory
 from protos.schoolfleet.v1 import admin_pb2
-from wire.infra import item_to_pb
 
 inventory_app = command_group(
     "The schools' infrastructure: import schools, rooms, Wi-Fi access points and "
@@ -39,7 +38,7 @@ SchoolOption = Annotated[
 ]
 
 
-def _by_school(rows: Sequence[InventoryRow]) -> list[list[admin_pb2.InventoryItem]]:
+def _by_school(rows: Sequence[InventoryRow]) -> list[list[InventoryRow]]:
     """A school's rows together, its school row and rooms first, so that each part the
     controller checks holds what its rows refer to."""
     groups: dict[str, list[InventoryRow]] = {}
@@ -49,7 +48,7 @@ def _by_school(rows: Sequence[InventoryRow]) -> list[list[admin_pb2.InventoryIte
     def order(row: InventoryRow) -> int:
         return 0 if isinstance(row.item, School) else 1 if isinstance(row.item, Room) else 2
 
-    return [[item_to_pb(r) for r in sorted(g, key=order)] for g in groups.values()]
+    return [sorted(g, key=order) for g in groups.values()]
 
 
 @inventory_app.command(
@@ -97,8 +96,7 @@ def inventory_import(
     )
     if good:
         with client() as c:
-            for part in in_parts(_by_school(good)):
-                report.add(c.infra.import_rows(path.name, part, dry_run))
+            report.add(c.infra.import_rows(path.name, _by_school(good), dry_run))
     report.show(as_json)
     if report.errors:
         raise typer.Exit(1)

@@ -29,12 +29,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
+from cli.client.values import AnsibleAccess
 from cli.errors import CliError, NotFound
 from cli.options import DEFAULT_CONTROLLER, Options, client, print_json
 from inventory.ansible_inventory import plan_inventory
 from inventory.model import DeviceRecord
 from inventory.rollouts import RolloutInputError, Selector, parse_selector
-from protos.schoolfleet.v1 import admin_pb2
 
 PROG = "schoolfleet-inventory"
 # The variables behind schoolctl's --controller and --ca-cert (cli/main.py).
@@ -135,7 +135,7 @@ def _write_known_hosts(path: Path, lines: Iterable[str]) -> None:
         raise CliError(f"--known-hosts {path}: cannot write it ({exc.strerror})") from None
 
 
-def connection_vars(access: admin_pb2.AnsibleAccess, known_hosts: Path) -> dict[str, object]:
+def connection_vars(access: AnsibleAccess, known_hosts: Path) -> dict[str, object]:
     """The ``schoolfleet`` group's connection variables: the controller's settings, and ssh
     checking host keys against ``known_hosts`` only, as the controller's rollouts do."""
     q = shlex.quote

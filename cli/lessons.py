@@ -11,18 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli import completion
+from cli.client.values import LessonInfo
 from cli.errors import CliError, RequestRefused
 from cli.groups import command_group
-from cli.imports import ImportReport, in_parts
+from cli.imports import ImportReport
 from cli.options import JsonFlag, client, err, out, print_json
 from cli.render import iso
 from cli.schools import require_school
 from inventory.row_fields import RowError
 from inventory.schedule import ScheduleError, ScheduleRow
 from inventory.schedule_file import open_schedule
-from protos.schoolfleet.v1 import admin_pb2
-from wire.lessons import scheduled_to_pb
-from wire.mapping import seconds
 
 lessons_app = command_group(
     "Lessons: import the schedule, see today's lessons, launch one by hand."
@@ -59,7 +57,7 @@ def lessons_import(
         parsed = list(source.rows())
     except ScheduleError as exc:
         raise RequestRefused(str(exc)) from None
-    rows = [scheduled_to_pb(r.lesson, r.line) for r in parsed if isinstance(r, ScheduleRow)]
+    rows = [r for r in parsed if isinstance(r, ScheduleRow)]
     report = ImportReport(
         path,
         len(parsed),
@@ -69,21 +67,20 @@ def lessons_import(
     )
     if rows:
         with client() as c:
-            for part in in_parts([row] for row in rows):
-                report.add(c.lessons.import_rows(path.name, part, dry_run))
+            report.add(c.lessons.import_rows(path.name, rows, dry_run))
     report.show(as_json, {"locked": "already started (kept)"})
     if report.errors:
         raise typer.Exit(2)
 
 
-def _lesson_json(info: admin_pb2.LessonInfo) -> dict[str, Any]:
+def _lesson_json(info: LessonInfo) -> dict[str, Any]:
     s = info.lesson
     return {
         "lesson_id": info.lesson_id,
         "school_id": s.school_id,
         "room_id": s.room_id,
-        "starts_at": iso(seconds(s.starts_at)),
-        "ends_at": iso(seconds(s.ends_at)),
+        "starts_at": iso(s.starts_at),
+        "ends_at": iso(s.ends_at),
         "class": s.class_name,
         "subject": s.subject,
         "teacher": s.teacher,
@@ -91,16 +88,14 @@ def _lesson_json(info: admin_pb2.LessonInfo) -> dict[str, Any]:
         "remote": s.remote,
         "state": info.state,
         "reason": info.reason,
-        "dispatched_at": iso(seconds(info.dispatched_at))
-        if info.HasField("dispatched_at")
-        else None,
+        "dispatched_at": iso(info.dispatched_at),
         "panels": info.panels,
         "launched": info.launched,
         "failed": info.failed,
     }
 
 
-def _lessons_table(lessons: list[admin_pb2.LessonInfo]) -> Table:
+def _lessons_table(lessons: list[LessonInfo]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("START", "END", "SCHOOL", "ROOM", "CLASS", "SUBJECT", "STATE", "PANELS"):
         table.add_column(name, no_wrap=True)
@@ -110,8 +105,8 @@ def _lessons_table(lessons: list[admin_pb2.LessonInfo]) -> Table:
         style = _STATE_STYLE.get(info.state, "")
         state = f"[{style}]{info.state}[/]" if style else info.state
         table.add_row(
-            time.strftime("%H:%M", time.localtime(seconds(s.starts_at))),
-            time.strftime("%H:%M", time.localtime(seconds(s.ends_at))),
+            time.strftime("%H:%M", time.localtime(s.starts_at)),
+            time.strftime("%H:%M", time.localtime(s.ends_at)),
             s.school_id,
             s.room_id,
             escape(s.class_name),
@@ -134,10 +129,9 @@ def lessons_today(
     """Today's lessons with their state: scheduled, dispatched, then held, partly-held,
     failed or no-device, and why; PANELS is launched/dispatched."""
     with client() as c:
-        answer = c.lessons.today(school, room)
-        if not answer.lessons:
+        lessons = c.lessons.today(school, room)
+        if not lessons:
             require_school(c, school)
-    lessons = list(answer.lessons)
     if as_json:
         print_json([_lesson_json(x) for x in lessons])
     elif not lessons:
@@ -159,11 +153,8 @@ def lessons_launch(
 ) -> None:
     """Launch a lesson by hand, now, on a room's panels (it takes over from whatever
     they show)."""
-    request = admin_pb2.LaunchLessonRequest(
-        school_id=school, room_id=room, url=url, minutes=minutes, title=title
-    )
     with client() as c:
-        info = c.lessons.launch(request)
+        info = c.lessons.launch(school, room, url, minutes, title)
     if as_json:
         print_json(_lesson_json(info))
     elif info.state == "no-device":

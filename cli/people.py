@@ -13,7 +13,7 @@ from cli.config import CliConfig, config_path, write_config
 from cli.errors import CliError
 from cli.groups import command_group
 from cli.options import DEFAULT_CONTROLLER, JsonFlag, Options, client, config, err, out, print_json
-from inventory.people import Outcome, Role
+from inventory.people import AuditQuery, Outcome, Role
 
 users_app = command_group("People's access to the controller (central-ops only).")
 
@@ -160,24 +160,28 @@ def audit(
     message the caller got. Central ops see every entry; others their schools' and
     their own."""
     from common.durations import parse_duration
-    from protos.schoolfleet.v1 import admin_pb2
-    from wire.mapping import timestamp
 
-    request = admin_pb2.ListAuditRequest(
-        actor=actor or "",
-        action=action or "",
-        target=target or "",
-        school_id=school or "",
-        outcome=outcome.value if outcome else "",
-        limit=limit,
-    )
+    when = None
     if since is not None:
         try:
-            request.since.CopyFrom(timestamp(time.time() - parse_duration(since)))
+            when = time.time() - parse_duration(since)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--since") from None
+    query = AuditQuery(
+        actor=actor or None,
+        action=action or None,
+        target=target or None,
+        school_id=school or None,
+        outcome=outcome,
+        since=when,
+        limit=limit,
+    )
     with client() as c:
-        entries = c.people.audit(request)
+        try:
+            entries = c.people.audit(query)
+        except ValueError as exc:
+            # A --since before the year 1 is no protobuf Timestamp (the client says so).
+            raise typer.BadParameter(str(exc), param_hint="--since") from None
     if as_json:
         print_json([render_people.audit_json(e) for e in entries])
     elif not entries:

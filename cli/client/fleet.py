@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from cli.client.connection import Connection
-from cli.client.values import FleetStatus
+from cli.client.values import AnsibleAccess, FleetStatus
 from inventory.model import (
     CommandOutcome,
     Condition,
@@ -150,11 +150,12 @@ class FleetClient:
         )
         return device_from_pb(response)
 
-    def ansible_access(self) -> admin_pb2.AnsibleAccess:
+    def ansible_access(self) -> AnsibleAccess:
         """The controller's SSH user, devices' Python and host keys for your devices."""
-        return self._conn.call(
+        access = self._conn.call(
             self._conn.stub.GetAnsibleAccess, admin_pb2.GetAnsibleAccessRequest()
         )
+        return AnsibleAccess(access.ssh_user, access.python_interpreter, tuple(access.known_hosts))
 
     def ping(self, device_id: str) -> tuple[str, float]:
         """Sends a ping to the device; returns the command id and when it was issued."""

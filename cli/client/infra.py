@@ -6,7 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from cli.client.connection import Connection
+from cli.client.parts import send_in_parts
+from cli.client.values import ImportAnswer
+from inventory.infra_rows import InventoryRow
 from protos.schoolfleet.v1 import admin_pb2
+from wire.infra import item_to_pb
 
 
 class InfraClient:
@@ -16,11 +20,20 @@ class InfraClient:
         self._conn = connection
 
     def import_rows(
-        self, source: str, items: Sequence[admin_pb2.InventoryItem], dry_run: bool
-    ) -> admin_pb2.ImportInventoryResponse:
-        """Sends inventory rows; the answer counts what changed and lists refused rows."""
-        request = admin_pb2.ImportInventoryRequest(source=source, items=items, dry_run=dry_run)
-        return self._conn.call(self._conn.stub.ImportInventory, request)
+        self, source: str, groups: Sequence[Sequence[InventoryRow]], dry_run: bool
+    ) -> ImportAnswer:
+        """Sends inventory rows in parts, a group's rows in one part where they fit; what
+        changed (added, updated, unchanged) and the refused rows."""
+
+        def send(part: list[admin_pb2.InventoryItem]) -> admin_pb2.ImportInventoryResponse:
+            request = admin_pb2.ImportInventoryRequest(source=source, items=part, dry_run=dry_run)
+            return self._conn.call(self._conn.stub.ImportInventory, request)
+
+        return send_in_parts(
+            ([item_to_pb(r) for r in group] for group in groups),
+            send,
+            ("added", "updated", "unchanged"),
+        )
 
     def access_points(
         self, school_id: str | None, down_only: bool, page_size: int = 1000

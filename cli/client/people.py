@@ -4,8 +4,9 @@ whoami/login/users/audit`, answered as our own values."""
 from __future__ import annotations
 
 from cli.client.connection import Connection
-from inventory.people import AuditEntry, Role, User
+from inventory.people import AuditEntry, AuditQuery, Role, User
 from protos.schoolfleet.v1 import admin_pb2
+from wire.mapping import timestamp
 from wire.people import ROLE_TO_PB, audit_from_pb, user_from_pb
 
 
@@ -40,7 +41,19 @@ class PeopleClient:
             self._conn.call(self._conn.stub.RevokeUser, admin_pb2.RevokeUserRequest(name=name))
         )
 
-    def audit(self, request: admin_pb2.ListAuditRequest) -> list[AuditEntry]:
-        """Audit entries matching the request's filters, newest first."""
+    def audit(self, query: AuditQuery) -> list[AuditEntry]:
+        """Audit entries matching the query's filters, newest first (the caller's scope
+        is the controller's to apply). ValueError if ``since`` is out of a Timestamp's
+        range (years 1 to 9999)."""
+        request = admin_pb2.ListAuditRequest(
+            actor=query.actor or "",
+            action=query.action or "",
+            target=query.target or "",
+            school_id=query.school_id or "",
+            outcome=query.outcome.value if query.outcome else "",
+            limit=query.limit,
+        )
+        if query.since is not None:
+            request.since.CopyFrom(timestamp(query.since))
         response = self._conn.call(self._conn.stub.ListAudit, request)
         return [audit_from_pb(e) for e in response.entries]
