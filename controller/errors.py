@@ -62,6 +62,11 @@ class RolloutRefused(SchoolFleetError):
     """A rollout cannot start as asked; the message is one line naming the playbook."""
 
 
+class RolloutConflict(RolloutRefused):
+    """A rollout cannot start on this controller as it is (what it lacks, what runs),
+    whatever the request."""
+
+
 class BackupError(SchoolFleetError):
     """A backup or restore was refused or failed; nothing was left half-done."""
 

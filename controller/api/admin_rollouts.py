@@ -10,20 +10,18 @@ from pathlib import Path
 import grpc
 
 from controller.api.guard import Call, Guard, Refused, guarded, invalid
-from controller.errors import HostsClaimed, RolloutRefused
+from controller.errors import HostsClaimed, RolloutConflict, RolloutRefused
 from controller.fleet.store import DeviceStore
 from controller.people.access import Need
 from controller.rollouts.ansible_access import ansible_access
 from controller.rollouts.engine import RolloutEngine
-from controller.rollouts.os_user import find_os_user
-from controller.rollouts.playbook_check import check_syntax, playbook_names, playbook_path
-from controller.rollouts.playbook_vars import check_extra_vars, read_schema
-from controller.rollouts.runner import RunnerSettings, mitogen_strategy_dir
+from controller.rollouts.playbook_check import playbook_names
+from controller.rollouts.runner import RunnerSettings
+from controller.rollouts.starting import RolloutStarts, StartAsked, preview, split_offline
 from controller.rollouts.store import NewHost, RolloutQuery, RolloutStore
 from inventory.model import DeviceStatus, valid_id
 from inventory.people import Outcome, Role
 from inventory.rollouts import (
-    STRATEGIES,
     HostOutcome,
     HostResult,
     RolloutInputError,
@@ -34,7 +32,6 @@ from inventory.rollouts import (
     parse_amount,
     parse_percent,
     parse_selector,
-    wave_size,
 )
 from inventory.school_day import WindowError, parse_window
 from protos.schoolfleet.v1 import admin_pb2
@@ -60,14 +57,6 @@ def _conflict(message: str) -> Refused:
     return Refused(grpc.StatusCode.FAILED_PRECONDITION, message, Outcome.FAILED)
 
 
-def _extra_vars(playbooks_dir: Path, playbook: str, text: str, central: bool) -> dict[str, object]:
-    """The request's extra vars, checked against the playbook's variables (its
-    NAME.vars.yml) and what the caller may set: blocking (it reads the schema)."""
-    if not text:
-        return {}
-    return check_extra_vars(text, read_schema(playbooks_dir, playbook), central=central)
-
-
 def _spec(request: admin_pb2.StartRolloutRequest) -> RolloutSpec:
     try:
         parse_selector(request.selector)
@@ -82,52 +71,6 @@ def _spec(request: admin_pb2.StartRolloutRequest) -> RolloutSpec:
         )
     except RolloutInputError as exc:
         raise invalid(str(exc)) from None
-
-
-def _strategy(asked: str, default: str) -> str:
-    """The strategy a new rollout runs with: the one it asked for, else the
-    controller's."""
-    chosen = asked.strip() or default
-    if chosen not in STRATEGIES:
-        raise invalid(f"strategy {asked[:40]!r} is not one of {', '.join(STRATEGIES)}")
-    if chosen == "mitogen" and mitogen_strategy_dir() is None:
-        raise _conflict(
-            "strategy 'mitogen' needs Mitogen for Ansible, which this controller lacks "
-            "(pip install 'mitogen>=0.3.54'); --strategy linear runs without it"
-        )
-    return chosen
-
-
-def split_offline(
-    matched: Iterable[tuple[NewHost, DeviceStatus]], include_offline: bool
-) -> tuple[list[NewHost], tuple[str, ...]]:
-    """The hosts a rollout takes, and the offline device ids it leaves out (none when
-    ``include_offline``)."""
-    hosts: list[NewHost] = []
-    offline: list[str] = []
-    for host, status in matched:
-        if include_offline or status is DeviceStatus.ONLINE:
-            hosts.append(host)
-        else:
-            offline.append(host.device_id)
-    return hosts, tuple(offline)
-
-
-def _preview(spec: RolloutSpec, hosts: list[NewHost], now: float) -> RolloutRecord:
-    """What a dry run answers: the rollout as it would start, nothing stored."""
-    counts = {o: 0 for o in HostOutcome}
-    counts[HostOutcome.PENDING] = len(hosts)
-    return RolloutRecord(
-        rollout_id=0,
-        spec=spec,
-        state=RolloutState.RUNNING,
-        reason=f"dry run: the first wave would take {wave_size(spec, len(hosts), 0)} host(s)",
-        created_by="",
-        created_at=now,
-        updated_at=now,
-        finished_at=None,
-        counts=counts,
-    )
 
 
 class RolloutAdmin:
@@ -149,6 +92,7 @@ class RolloutAdmin:
         self._running = engine
         self._playbooks_dir = playbooks_dir
         self._runner_settings = runner_settings
+        self._starts = RolloutStarts(devices.select_devices, playbooks_dir, runner_settings)
 
     def _engine(self) -> RolloutEngine:
         if self._running is None:
@@ -193,45 +137,26 @@ class RolloutAdmin:
         selector = parse_selector(spec.selector)
         for school in _each_school(selector.schools):
             call.allow(Need.CHANGE, school)
-        if self._runner_settings is None:
-            raise invalid("rollouts are not set up on this controller")
-        spec = replace(spec, strategy=_strategy(request.strategy, self._runner_settings.strategy))
-        if self._runner_settings.os_user:
-            try:
-                find_os_user(self._runner_settings.os_user)
-            except RolloutRefused as exc:
-                raise _conflict(str(exc)) from None
+        asked = StartAsked(
+            spec=spec,
+            strategy=request.strategy,
+            extra_vars_json=request.extra_vars_json,
+            central=call.who.role is Role.CENTRAL_OPS,
+            scope=call.who.scope,
+        )
         try:
-            path = await self.guard.off_loop(playbook_path, self._playbooks_dir, request.playbook)
-            # Before anything is stored or run: names, types, who may set them.
-            extra = await self.guard.off_loop(
-                _extra_vars,
-                self._playbooks_dir,
-                request.playbook,
-                request.extra_vars_json,
-                call.who.role is Role.CENTRAL_OPS,
-            )
-            # Last: it runs ansible-playbook, and a refused request should cost little.
-            await self.guard.off_loop(check_syntax, path, request.playbook, self._runner_settings)
+            plan = await self.guard.off_loop(self._starts.plan, asked, self.guard.now())
+        except RolloutConflict as exc:
+            raise _conflict(str(exc)) from None
         except RolloutRefused as exc:
             raise invalid(str(exc)) from None
-        matched = await self._hosts(selector, call.who.scope)
-        if not matched:
-            raise invalid(f"selector {spec.selector!r} matches no devices")
-        hosts, offline = split_offline(matched, spec.include_offline)
-        if not hosts:
-            raise invalid(
-                f"selector {spec.selector!r} matches {len(offline)} device(s), all offline: "
-                "add --include-offline to try them at their last address"
-            )
-        spec = replace(spec, extra_vars=extra, offline_skipped=offline)
+        spec, hosts = plan.spec, plan.hosts
         if request.dry_run:
             call.done = f"dry run of {request.playbook} on {len(hosts)} hosts"
-            preview = _preview(spec, hosts, self.guard.now())
             pending = [
                 HostResult(h.device_id, h.school_id, None, HostOutcome.PENDING) for h in hosts
             ]
-            return rollout_to_pb(preview, pending, dry_run=True)
+            return rollout_to_pb(preview(plan, self.guard.now()), pending, dry_run=True)
         try:
             rollout_id = await self._engine().start(spec, hosts, call.who.name)
         except HostsClaimed as exc:
