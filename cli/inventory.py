@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cli import completion
 from cli import render_infra as render
+from cli.client.values import InfraTarget, KeyFingerprint
 from cli.errors import CliError, DeviceUnavailable, RequestRefused
 from cli.groups import command_group
 from cli.imports import ImportReport
@@ -21,7 +22,6 @@ from cli.options import JsonFlag, client, err, out, print_json
 from inventory.infra import Room, School
 from inventory.infra_file import InventoryFileError, open_inventory
 from inventory.infra_rows import InventoryRow, check_inventory
-from protos.schoolfleet.v1 import admin_pb2
 
 inventory_app = command_group(
     "The schools' infrastructure: import schools, rooms, Wi-Fi access points and "
@@ -103,16 +103,15 @@ def inventory_import(
 
 
 DownFlag = Annotated[bool, typer.Option("--down", help="Only those the latest probe found down.")]
-Target = admin_pb2.InfraTarget
 
 
 def _show(
-    targets: Iterable[Target],
+    targets: Iterable[InfraTarget],
     what: str,
     filtered: bool,
     as_json: bool,
-    to_json: Callable[[Target, float], dict[str, Any]],
-    table: Callable[[list[Target], float], Table],
+    to_json: Callable[[InfraTarget, float], dict[str, Any]],
+    table: Callable[[list[InfraTarget], float], Table],
 ) -> None:
     found = sorted(targets, key=lambda t: (t.school_id, t.target_id))
     now = time.time()
@@ -202,8 +201,9 @@ def servers_trust(
     ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on its console."""
     with client() as c:
         server = c.infra.server(server_id)
-        if not server.HasField("seen_key"):
-            if server.HasField("pinned_key"):
+        seen = server.seen_key
+        if seen is None:
+            if server.pinned_key is not None:
                 raise CliError(
                     f"{server_id}: key {server.pinned_key.fingerprint} is pinned and no "
                     "other key was seen: nothing to trust"
@@ -212,12 +212,11 @@ def servers_trust(
                 f"{server_id}: no host key seen yet; wait for its next probe "
                 f"(schoolctl servers show {server_id})"
             )
-        seen = server.seen_key
         err.print(
             f"{server_id} ({server.address}) presents {seen.key_type} {seen.fingerprint}",
             markup=False,
         )
-        if server.HasField("pinned_key"):
+        if server.pinned_key is not None:
             err.print(f"it replaces the pinned key {server.pinned_key.fingerprint}", markup=False)
         if not yes and not typer.confirm("Trust this key?"):
             raise typer.Exit(1)
@@ -225,5 +224,7 @@ def servers_trust(
     if as_json:
         print_json(render.server_json(trusted, time.time()))
     else:
-        key = trusted.pinned_key
+        # The controller answers a trust with the key it pinned (a message's default, empty
+        # key if it ever did not, as before).
+        key = trusted.pinned_key or KeyFingerprint("", "")
         out.print(f"{server_id}: pinned {key.key_type} {key.fingerprint}", markup=False)

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli import render_report
+from cli.client.reports import network_report, system_report
 from inventory.model import Condition, DeviceRecord, DeviceStatus, EnrollToken, KindCount
 
 
@@ -55,8 +56,8 @@ def device_json(d: DeviceRecord) -> dict[str, Any]:
         "health": health,
         "condition": r.condition.value if r else None,
         "reasons": list(r.reasons) if r else [],
-        "system": render_report.system_json(render_report.system_pb(r.system)) if r else None,
-        "network": render_report.network_json(render_report.network_pb(r.network)) if r else None,
+        "system": render_report.system_json(system_report(r.system)) if r else None,
+        "network": render_report.network_json(network_report(r.network)) if r else None,
         "report_at": iso(r.report_at) if r else None,
         "spool": {"pending": r.spool_pending, "dropped": r.spool_dropped} if r else None,
         "enrollment": _enrollment_json(d),
@@ -152,8 +153,8 @@ def device_detail(d: DeviceRecord, now: float) -> Table:
         ]
     if d.report is not None:
         rows.append(("full report", f"{age(d.report.report_at, now)} ago"))
-        rows += render_report.system_rows(render_report.system_pb(d.report.system))
-        rows += render_report.network_rows(render_report.network_pb(d.report.network))
+        rows += render_report.system_rows(system_report(d.report.system))
+        rows += render_report.network_rows(network_report(d.report.network))
         rows.append(
             ("spool", f"{d.report.spool_pending} waiting, {d.report.spool_dropped} dropped")
         )

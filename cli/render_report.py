@@ -1,34 +1,21 @@
 """How schoolctl shows a device's full report: system figures, network, Wi-Fi.
 
-The controller serves these as schoolfleet.v1 SystemReport and NetworkReport; here
-they become plain dicts (with numbers as numbers) and lines for people.
+The controller serves these in their wire form; the client reads them into values
+(cli/client/reports.py) and here they become plain dicts (with numbers as numbers)
+and lines for people.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from protos.schoolfleet.v1 import fleet_pb2
+from cli.client.values import NetworkReport, SystemReport
 
 
-def system_pb(raw: bytes) -> fleet_pb2.SystemReport:
-    """The stored SystemReport."""
-    return fleet_pb2.SystemReport.FromString(raw)
-
-
-def network_pb(raw: bytes) -> fleet_pb2.NetworkReport:
-    """The stored NetworkReport."""
-    return fleet_pb2.NetworkReport.FromString(raw)
-
-
-def _optional(message: Any, field: str) -> Any:
-    return getattr(message, field) if message.HasField(field) else None
-
-
-def system_json(s: fleet_pb2.SystemReport) -> dict[str, Any]:
+def system_json(s: SystemReport) -> dict[str, Any]:
     """Absent hardware stays None."""
     return {
-        "swap_percent": _optional(s, "swap_percent"),
+        "swap_percent": s.swap_percent,
         "filesystems": [
             {
                 "mountpoint": f.mountpoint,
@@ -38,16 +25,16 @@ def system_json(s: fleet_pb2.SystemReport) -> dict[str, Any]:
             }
             for f in s.filesystems
         ],
-        "temperatures_c": {t.chip: t.celsius for t in s.temperatures},
-        "battery_percent": _optional(s, "battery_percent"),
-        "on_ac_power": _optional(s, "on_ac_power"),
+        "temperatures_c": dict(s.temperatures),
+        "battery_percent": s.battery_percent,
+        "on_ac_power": s.on_ac_power,
         "agent_rss_bytes": s.agent_rss_bytes,
         "agent_cpu_percent": s.agent_cpu_percent,
-        "kiosk_running": _optional(s, "kiosk_running"),
+        "kiosk_running": s.kiosk_running,
     }
 
 
-def network_json(n: fleet_pb2.NetworkReport) -> dict[str, Any]:
+def network_json(n: NetworkReport) -> dict[str, Any]:
     """Interfaces with their counters, the default route and Wi-Fi."""
     return {
         "interfaces": [
@@ -57,7 +44,7 @@ def network_json(n: fleet_pb2.NetworkReport) -> dict[str, Any]:
                 "mac": i.mac,
                 "mtu": i.mtu,
                 "addresses": list(i.addresses),
-                "speed_mbit": _optional(i, "speed_mbit"),
+                "speed_mbit": i.speed_mbit,
                 "rx_bytes": i.rx_bytes,
                 "tx_bytes": i.tx_bytes,
                 "rx_errors": i.rx_errors,
@@ -90,23 +77,23 @@ def _size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def system_rows(s: fleet_pb2.SystemReport) -> list[tuple[str, str]]:
+def system_rows(s: SystemReport) -> list[tuple[str, str]]:
     """Lines for ``devices show``; absent hardware is said to be absent."""
     rows = [
-        ("swap", "none" if not s.HasField("swap_percent") else f"{s.swap_percent:.0f}%"),
+        ("swap", "none" if s.swap_percent is None else f"{s.swap_percent:.0f}%"),
     ]
     rows += [
         ("filesystem", f"{f.mountpoint} {f.fstype} {f.used_percent:.0f}% of {_size(f.total_bytes)}")
         for f in s.filesystems
     ]
-    temps = ", ".join(f"{t.chip} {t.celsius:.0f}°C" for t in s.temperatures)
+    temps = ", ".join(f"{chip} {celsius:.0f}°C" for chip, celsius in s.temperatures)
     rows.append(("temperatures", temps or "no sensors"))
-    if s.HasField("battery_percent"):
+    if s.battery_percent is not None:
         power = "on AC" if s.on_ac_power else "on battery"
         rows.append(("battery", f"{s.battery_percent:.0f}% {power}"))
     else:
         rows.append(("battery", "none"))
-    if s.HasField("kiosk_running"):
+    if s.kiosk_running is not None:
         rows.append(("kiosk", "running" if s.kiosk_running else "[red]not running[/]"))
     rows.append(
         ("agent process", f"{_size(s.agent_rss_bytes)} RSS, {s.agent_cpu_percent:.1f}% CPU")
@@ -114,11 +101,11 @@ def system_rows(s: fleet_pb2.SystemReport) -> list[tuple[str, str]]:
     return rows
 
 
-def network_rows(n: fleet_pb2.NetworkReport) -> list[tuple[str, str]]:
+def network_rows(n: NetworkReport) -> list[tuple[str, str]]:
     """Lines for ``devices show``: one per interface, the route, Wi-Fi."""
     rows = []
     for i in n.interfaces:
-        speed = f" {i.speed_mbit} Mbit/s" if i.HasField("speed_mbit") else ""
+        speed = f" {i.speed_mbit} Mbit/s" if i.speed_mbit is not None else ""
         errors = f" errors rx {i.rx_errors} tx {i.tx_errors}" if i.rx_errors or i.tx_errors else ""
         rows.append(
             (
