@@ -8,6 +8,12 @@ starts from what the controller says it has stored (Welcome.last_stored_seq), so
 cut link, an agent restart or a controller restart replays what is missing and
 nothing twice. When a stream breaks, the link waits a backoff delay with full
 jitter and opens a new one.
+
+Nothing that writes the spool runs on the event loop (each write ends in an fsync,
+tens of ms on a panel's eMMC, which would stall the stream): heartbeats, acks and
+Welcome's line-up go to asyncio's default pool; lesson events and command results,
+which are never dropped, go to the link's one spool-writer thread, so that they are
+stored in the order they happened. The sender is woken once a message is on disk.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -110,6 +118,8 @@ class Link:
         self._credentials = credentials
         self._reporter = reporter
         self._spool = spool
+        # Appends lesson events and command results one at a time, in order.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="spool-writer")
         self._version = version
         # Shows lessons on the kiosk program; its events go into the spool.
         self._launcher = Launcher(
@@ -157,6 +167,8 @@ class Link:
                 task.cancel()
             self._uplink.close()
             await self._launcher.close()
+            # What is queued is stored before the spool is closed after us.
+            await asyncio.to_thread(self._writer.shutdown)
 
     async def _produce(self, stop: asyncio.Event) -> None:
         """Spools a heartbeat every interval, connected or not."""
@@ -320,14 +332,14 @@ class Link:
                 or first.WhichOneof("body") != "welcome"
             ):
                 raise StreamEnded("controller did not answer Hello with Welcome")
-            self._welcomed(first.welcome)
+            await self._welcomed(first.welcome)
             receiver = asyncio.create_task(self._receive(call))
             try:
                 await self._send_spooled(call, first.welcome.last_stored_seq, receiver, stop)
             finally:
                 receiver.cancel()
 
-    def _welcomed(self, welcome: agent_pb2.Welcome) -> None:
+    async def _welcomed(self, welcome: agent_pb2.Welcome) -> None:
         if welcome.heartbeat_interval_seconds:
             self._interval = float(welcome.heartbeat_interval_seconds)
         if welcome.HasField("thresholds"):
@@ -336,7 +348,8 @@ class Link:
         self.content_hosts = tuple(welcome.content_hosts)
         self._reconnect_spread = welcome.reconnect_spread_ms / 1000
         self._full.reset()
-        self._spool.welcome(welcome.last_stored_seq)
+        # Off the loop, as every spool write: lining up may forget messages (an fsync).
+        await asyncio.to_thread(self._spool.welcome, welcome.last_stored_seq)
         self._up_since = asyncio.get_running_loop().time()
         # A fresh heartbeat now, so the device counts as online at once.
         self._wake.set()
@@ -415,12 +428,7 @@ class Link:
     def spool_lesson_event(self, event: LessonEvent) -> None:
         """The launcher's report: spooled like a command result, never dropped."""
         message = agent_pb2.AgentMessage(lesson_event=lesson_event_to_pb(event))
-        try:
-            self._spool.append(spool_body(message), precious=True)
-        except SpoolError as exc:
-            log.error("lesson event not spooled, lost lesson=%s: %s", event.lesson_id, exc)
-            return
-        self._spooled.set()
+        self._spool_precious(message, "lesson event not spooled, lost lesson=%s", event.lesson_id)
 
     def _run_command(self, command: agent_pb2.Command) -> None:
         if command.command_id in self._seen:
@@ -464,9 +472,26 @@ class Link:
 
     def _spool_result(self, result: agent_pb2.CommandResult) -> None:
         message = agent_pb2.AgentMessage(command_result=result)
+        self._spool_precious(message, "command result not spooled, lost cmd=%s", result.command_id)
+
+    def _spool_precious(self, message: agent_pb2.AgentMessage, lost: str, about: str) -> None:
+        """Appends a message that is never dropped, on the spool-writer thread after the
+        ones before it; the sender is woken once it is stored. ``lost`` (with ``about``)
+        is logged if it cannot be."""
+        append = functools.partial(self._spool.append, spool_body(message), precious=True)
         try:
-            self._spool.append(spool_body(message), precious=True)
-        except SpoolError as exc:
-            log.error("command result not spooled, lost cmd=%s: %s", result.command_id, exc)
+            stored = asyncio.get_running_loop().run_in_executor(self._writer, append)
+        except RuntimeError:
+            log.error(lost + ": the agent is stopping", about)
             return
-        self._spooled.set()
+
+        def done(future: asyncio.Future[int | None]) -> None:
+            exc = future.exception()
+            if isinstance(exc, SpoolError):
+                log.error(lost + ": %s", about, exc)
+            elif exc is not None:
+                log.error(lost, about, exc_info=exc)  # our bug: with its traceback
+            else:
+                self._spooled.set()
+
+        stored.add_done_callback(done)

@@ -75,8 +75,10 @@ class Spool:
         self._max_bytes = max_bytes
         # Goes up each time a bad file is replaced, so a sender knows to line up again.
         self.generation = 0
-        # Every operation holds it: heartbeats and acks are written from a worker
-        # thread, so that their fsyncs never stall the link's event loop.
+        # Every operation holds it: the link writes from worker threads (heartbeats,
+        # acks and Welcome's line-up from asyncio's pool, lesson events and command
+        # results from its one spool-writer thread), so that their fsyncs never stall
+        # its event loop.
         self._lock = threading.RLock()
         self._db = self._open()
 

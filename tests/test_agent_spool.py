@@ -56,8 +56,8 @@ def test_messages_replay_in_order_and_acks_forget_them(tmp_path: Path) -> None:
 
 
 def test_writers_on_several_threads_each_get_their_own_seq(tmp_path: Path) -> None:
-    # The link writes heartbeats and acks from worker threads, lesson events and
-    # command results from its event loop: one spool, used from several threads.
+    # The link writes heartbeats and acks from asyncio's pool, lesson events and
+    # command results from its spool-writer thread: one spool, used from several threads.
     spool = Spool(tmp_path / "spool.db", "p1", 1 << 20)
 
     def write(n: int) -> list[int | None]:
