@@ -38,7 +38,7 @@ from controller.api.admin_people import PeopleAdmin
 from controller.api.admin_rollouts import RolloutAdmin
 from controller.api.admin_service import add_to_server as add_admin_service
 from controller.api.admin_uplink import UplinkAdmin
-from controller.api.agent_service import AgentService, Sessions
+from controller.api.agent_service import AgentService, Sessions, ack_sender
 from controller.api.agent_service import add_to_server as add_agent_service
 from controller.api.device_access import DeviceAccess
 from controller.api.enroll import Enroller
@@ -48,12 +48,12 @@ from controller.api.internal_errors import CatchAll
 from controller.api.lesson_orders import SessionPanels
 from controller.api.renewal import Renewals
 from controller.api.request_checks import UnaryRequestChecks
-from controller.api.stream_acks import StreamAcks
 from controller.api.uplink_orders import SessionCourier
 from controller.datadir.private_files import private_dir
 from controller.enroll.ca_keeper import CaKeeper
 from controller.enroll.metrics import CertCollector
 from controller.errors import ConfigError, PkiError
+from controller.fleet.acks import Acks
 from controller.fleet.admission import restart_window
 from controller.fleet.metrics import ControllerMetrics, FleetCollector
 from controller.fleet.sessions import Closing
@@ -493,7 +493,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     )
     uplink = _uplink(settings, stores, read_executor, sessions, registry, failures)
     rollouts, runner = _rollouts(settings, stores, read_executor, registry, failures)
-    acks = StreamAcks(sessions, settings.ack_interval)
+    acks = Acks(settings.ack_interval, ack_sender(sessions))
     writer = MessageWriter(
         stores.devices,
         write_executor,

@@ -1,5 +1,5 @@
 """AgentService in-process for tests: assembled with the parts controller/server.py
-gives it (real stores on SQLite, the session registry, the ingest writer, StreamAcks),
+gives it (real stores on SQLite, the session registry, the ingest writer, the acks),
 served on 127.0.0.1 port 0, and device streams driven by hand from the same loop."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
-from controller.api.agent_service import AgentService, Sessions, add_to_server
+from controller.api.agent_service import AgentService, Sessions, ack_sender, add_to_server
 from controller.api.enroll import Enroller
 from controller.api.renewal import Renewals
-from controller.api.stream_acks import StreamAcks
 from controller.enroll.ca_keeper import CaKeeper
 from controller.enroll.pki import CA_CERT, init_ca
+from controller.fleet.acks import Acks
 from controller.fleet.metrics import ControllerMetrics
 from controller.fleet.writer import MessageWriter
 from controller.people.audit import appender
@@ -96,7 +96,7 @@ async def serving(tmp: Path, *, agent_tls: bool = False) -> AsyncIterator[Runnin
     metrics = ControllerMetrics(registry)
     sessions = Sessions()
     audit = appender(stores.people, read_executor)
-    acks = StreamAcks(sessions, settings.ack_interval)
+    acks = Acks(settings.ack_interval, ack_sender(sessions))
     writer = MessageWriter(
         stores.devices,
         write_executor,

@@ -1,5 +1,5 @@
 """AgentService in-process: assembled as controller/server.py assembles it (real stores
-on SQLite, the session registry, the ingest writer and StreamAcks) on a gRPC server on
+on SQLite, the session registry, the ingest writer and the acks) on a gRPC server on
 loopback, and device streams opened from the same process (tests/agent_service_rig.py).
 
 What a device would see (its Welcome, acks, commands, the status that ends its stream)

@@ -28,12 +28,12 @@ from controller.api.enroll import Enroller
 from controller.api.lesson_convert import lesson_event_from_pb
 from controller.api.renewal import Renewals
 from controller.api.request_checks import decode
-from controller.api.stream_acks import StreamAcks
 from controller.api.uplink_orders import uplink_answer
 from controller.enroll.device_certs import identity_from_uris
 from controller.enroll.restored import adopt, presented, read_mark
 from controller.enroll.sqlite_store import SqliteEnrollments
 from controller.errors import PkiError, ProtocolError, StoreError
+from controller.fleet.acks import Acks, SendAck
 from controller.fleet.admission import (
     WelcomeRate,
     busy_window,
@@ -87,7 +87,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         *,
         renewals: Renewals,
         writer: MessageWriter,
-        acks: StreamAcks,
+        acks: Acks,
         on_uplink_answer: Callable[[UplinkAnswer], None],
         fleet_size: int = 0,
     ) -> None:
@@ -541,6 +541,17 @@ async def _next(messages: AsyncIterator[agent_pb2.AgentMessage]) -> agent_pb2.Ag
         return await anext(messages, None)
     except DecodeError:
         raise ProtocolError("message is not a valid schoolfleet.v1.AgentMessage") from None
+
+
+def ack_sender(sessions: Sessions) -> SendAck:
+    """The fleet's acks put on device streams: an Ack to a device with a stream."""
+
+    def send(device_id: str, seq: int) -> None:
+        session = sessions.get(device_id)
+        if session is not None:
+            session.send(agent_pb2.ControllerMessage(ack=agent_pb2.Ack(seq=seq)))
+
+    return send
 
 
 def add_to_server(service: AgentService, server: grpc.aio.Server, max_bytes: int) -> None:

@@ -1,4 +1,4 @@
-"""When to ack: at most once per device per interval, and never an ack left behind.
+"""Acks: at most once per device per interval, and never an ack left behind.
 
 An Ack carries the highest sequence number stored, so one ack stands for all before
 it. A device that sends often (replaying its spool, say) would otherwise get an ack
@@ -8,7 +8,16 @@ acked less than ``interval`` ago has its ack held back and sent by :meth:`due`.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
+from collections.abc import Callable
+
+# Shortest pause of the loop that sends acks held back.
+_TICK_MIN = 0.1
+# Tells a device, on its stream if it has one, that its messages up to seq are stored
+# (made by the api edge: it knows the stream and the message).
+SendAck = Callable[[str, int], None]
 
 
 class AckCoalescer:
@@ -46,3 +55,32 @@ class AckCoalescer:
         """The device's stream ended: its next stream starts afresh (Welcome says the seq)."""
         self._sent_at.pop(device_id, None)
         self._pending.pop(device_id, None)
+
+
+class Acks:
+    """Sends each device the highest sequence number stored, at most once an interval."""
+
+    def __init__(self, interval: float, send: SendAck) -> None:
+        self._interval = interval
+        self._send = send
+        self._coalescer = AckCoalescer(interval)
+
+    def stored(self, highest: dict[str, int]) -> None:
+        """The writer stored a batch (its ``on_stored``): ack what may be acked now."""
+        self._send_all(self._coalescer.stored(highest, time.monotonic()))
+
+    def forget(self, device_id: str) -> None:
+        """The device's stream ended or was replaced."""
+        self._coalescer.forget(device_id)
+
+    async def run(self) -> None:
+        """Sends the acks held back by coalescing, until cancelled."""
+        # With ack_interval 0 nothing is ever held back; the floor keeps the loop idle.
+        tick = max(self._interval / 2, _TICK_MIN)
+        while True:
+            await asyncio.sleep(tick)
+            self._send_all(self._coalescer.due(time.monotonic()))
+
+    def _send_all(self, acks: dict[str, int]) -> None:
+        for device_id, seq in acks.items():
+            self._send(device_id, seq)
