@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from cli.client.rollout_values import RolloutHost, RolloutInfo, RolloutWave, SchoolWindows
 from cli.render import age, iso
 from inventory.host_output import printable
 from inventory.rollouts import (
@@ -22,8 +23,6 @@ from inventory.rollouts import (
     parse_amount,
     wave_size,
 )
-from protos.schoolfleet.v1 import admin_pb2
-from wire.mapping import seconds
 
 _STATE_STYLE = {
     RolloutState.RUNNING: "cyan",
@@ -95,24 +94,24 @@ def plan_text(sizes: list[int]) -> str:
     return ", ".join(parts) or "none"
 
 
-def progress(info: admin_pb2.RolloutInfo) -> tuple[int, int]:
+def progress(info: RolloutInfo) -> tuple[int, int]:
     """(settled hosts, all hosts): the hosts whose outcome is known, cancelled included."""
     total = sum(info.counts.values())
     return total - sum(n for k, n in info.counts.items() if k in _UNSETTLED), total
 
 
-def progress_note(info: admin_pb2.RolloutInfo) -> str:
+def progress_note(info: RolloutInfo) -> str:
     """Beside the progress bar: the state, and why it stopped or what it waits for."""
     why = info.reason if is_final(info.state) else info.waiting
     return f"{info.state}: {why}" if why else info.state
 
 
-def _ordered_counts(info: admin_pb2.RolloutInfo) -> list[tuple[str, int]]:
+def _ordered_counts(info: RolloutInfo) -> list[tuple[str, int]]:
     order = [o.value for o in HostOutcome] + sorted(set(info.counts) - _OUTCOMES)
     return [(k, info.counts[k]) for k in order if info.counts.get(k)]
 
 
-def counts_text(info: admin_pb2.RolloutInfo) -> str:
+def counts_text(info: RolloutInfo) -> str:
     """``240: 200 ok, 3 failed, 37 pending`` (markup)."""
     parts = []
     for outcome, n in _ordered_counts(info):
@@ -127,7 +126,7 @@ def _state(state: str) -> str:
     return f"[{style}]{escape(state)}[/]" if style else escape(state) or "-"
 
 
-def _extra_vars(info: admin_pb2.RolloutInfo) -> Any:
+def _extra_vars(info: RolloutInfo) -> Any:
     if not info.extra_vars_json:
         return {}
     try:
@@ -136,11 +135,7 @@ def _extra_vars(info: admin_pb2.RolloutInfo) -> Any:
         return info.extra_vars_json
 
 
-def _time(info: Any, name: str) -> float | None:
-    return seconds(getattr(info, name)) if info.HasField(name) else None
-
-
-def budget_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
+def budget_json(info: RolloutInfo) -> dict[str, Any]:
     """The --max-fail budget: hosts that may fail or be unreachable, how many have."""
     return {
         "max_fail": info.max_fail,
@@ -151,7 +146,7 @@ def budget_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
     }
 
 
-def budget_text(info: admin_pb2.RolloutInfo) -> str:
+def budget_text(info: RolloutInfo) -> str:
     """``1 of 2 hosts may still fail (40% of 5 hosts; 1 failed or unreachable)``."""
     budget = budget_json(info)
     total = sum(info.counts.values())
@@ -161,7 +156,7 @@ def budget_text(info: admin_pb2.RolloutInfo) -> str:
     return f"{budget['left']} of {budget['allowed']} hosts may still fail ({of})"
 
 
-def _host_json(h: admin_pb2.RolloutHost) -> dict[str, Any]:
+def _host_json(h: RolloutHost) -> dict[str, Any]:
     return {
         "device_id": h.device_id,
         "school_id": h.school_id,
@@ -169,15 +164,15 @@ def _host_json(h: admin_pb2.RolloutHost) -> dict[str, Any]:
         "outcome": h.outcome,
         "task": h.task,
         "message": h.message,
-        "rc": h.rc if h.HasField("rc") else None,
+        "rc": h.rc,
         "stdout_tail": printable(h.stdout_tail),
         "stderr_tail": printable(h.stderr_tail),
-        "started_at": iso(_time(h, "started_at")),
-        "finished_at": iso(_time(h, "finished_at")),
+        "started_at": iso(h.started_at),
+        "finished_at": iso(h.finished_at),
     }
 
 
-def rollout_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
+def rollout_json(info: RolloutInfo) -> dict[str, Any]:
     """A rollout as a plain dict with ISO times; ``hosts`` is empty in lists."""
     settled, total = progress(info)
     return {
@@ -200,9 +195,9 @@ def rollout_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
         "offline_skipped": list(info.offline_skipped),
         "offline_skipped_count": info.offline_skipped_count,
         "created_by": info.created_by,
-        "created_at": iso(_time(info, "created_at")),
-        "updated_at": iso(_time(info, "updated_at")),
-        "finished_at": iso(_time(info, "finished_at")),
+        "created_at": iso(info.created_at),
+        "updated_at": iso(info.updated_at),
+        "finished_at": iso(info.finished_at),
         "fail_budget": budget_json(info),
         "total": total,
         "settled": settled,
@@ -214,8 +209,8 @@ def rollout_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
                 "wave": w.wave,
                 "hosts": w.hosts,
                 "failed": w.failed,
-                "started_at": iso(_time(w, "started_at")),
-                "finished_at": iso(_time(w, "finished_at")),
+                "started_at": iso(w.started_at),
+                "finished_at": iso(w.finished_at),
             }
             for w in info.waves
         ],
@@ -223,7 +218,7 @@ def rollout_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
     }
 
 
-def _detail(h: admin_pb2.RolloutHost) -> Any:
+def _detail(h: RolloutHost) -> Any:
     if not h.detail_json:
         return {}
     try:
@@ -232,10 +227,10 @@ def _detail(h: admin_pb2.RolloutHost) -> Any:
         return {"unreadable": printable(h.detail_json[:200])}
 
 
-def host_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
+def host_json(info: RolloutInfo) -> dict[str, Any]:
     """``rollout status ID --host DEVICE --json``: the rollout's state and that host's
     whole stored result (its tasks, and the failing task's result)."""
-    host = info.hosts[0] if info.hosts else admin_pb2.RolloutHost()
+    host = info.hosts[0] if info.hosts else RolloutHost()
     return {
         "rollout_id": info.rollout_id,
         "playbook": info.playbook,
@@ -244,7 +239,7 @@ def host_json(info: admin_pb2.RolloutInfo) -> dict[str, Any]:
     }
 
 
-def _options(info: admin_pb2.RolloutInfo) -> str:
+def _options(info: RolloutInfo) -> str:
     text = (
         f"canary {info.canary or '-'}, then doubling up to {info.wave_size or '-'} a wave; "
         f"halts when more than {info.max_fail:g}% of all hosts failed or were unreachable"
@@ -253,12 +248,12 @@ def _options(info: admin_pb2.RolloutInfo) -> str:
     return text + (f"; Ansible strategy {escape(info.strategy)}" if info.strategy else "")
 
 
-def _schools(info: admin_pb2.RolloutInfo) -> str:
+def _schools(info: RolloutInfo) -> str:
     per_school = Counter(h.school_id for h in info.hosts)
     return ", ".join(f"{escape(s)}: {n}" for s, n in sorted(per_school.items()))
 
 
-def _offline_text(info: admin_pb2.RolloutInfo, named_max: int = 10) -> str:
+def _offline_text(info: RolloutInfo, named_max: int = 10) -> str:
     """``3 offline at the start: a, b, c`` (markup): hosts the rollout left out."""
     names = [escape(d) for d in info.offline_skipped[:named_max]]
     more = info.offline_skipped_count - len(names)
@@ -266,7 +261,7 @@ def _offline_text(info: admin_pb2.RolloutInfo, named_max: int = 10) -> str:
     return f"{info.offline_skipped_count} offline at the start" + (f": {listed}" if listed else "")
 
 
-def started_lines(info: admin_pb2.RolloutInfo) -> list[str]:
+def started_lines(info: RolloutInfo) -> list[str]:
     """What ``rollout start`` and ``retry`` say: the id, hosts and waves plan (markup)."""
     total = len(info.hosts) or sum(info.counts.values())
     hosts = f"{total} host(s) ({escape(info.selector)})"
@@ -290,16 +285,16 @@ def started_lines(info: admin_pb2.RolloutInfo) -> list[str]:
     return lines
 
 
-def _duration(wave: admin_pb2.RolloutWave, now: float) -> str:
-    if not wave.HasField("started_at"):
+def _duration(wave: RolloutWave, now: float) -> str:
+    started = wave.started_at
+    if started is None:
         return "-"
-    started = seconds(wave.started_at)
-    if not wave.HasField("finished_at"):
+    if wave.finished_at is None:
         return f"{age(started, now)} so far"
-    return age(started, seconds(wave.finished_at))
+    return age(started, wave.finished_at)
 
 
-def _waves_table(info: admin_pb2.RolloutInfo, now: float) -> Table:
+def _waves_table(info: RolloutInfo, now: float) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("WAVE", "HOSTS", "FAILED", "DURATION"):
         table.add_column(name, no_wrap=True, justify="left" if name == "DURATION" else "right")
@@ -309,11 +304,11 @@ def _waves_table(info: admin_pb2.RolloutInfo, now: float) -> Table:
     return table
 
 
-def _rc(h: admin_pb2.RolloutHost) -> str:
-    return str(h.rc) if h.HasField("rc") else "-"
+def _rc(h: RolloutHost) -> str:
+    return str(h.rc) if h.rc is not None else "-"
 
 
-def _failing_table(hosts: list[admin_pb2.RolloutHost]) -> Table:
+def _failing_table(hosts: list[RolloutHost]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("DEVICE", "SCHOOL", "WAVE", "OUTCOME", "TASK", "RC"):
         table.add_column(name, no_wrap=True)
@@ -331,7 +326,7 @@ def _failing_table(hosts: list[admin_pb2.RolloutHost]) -> Table:
     return table
 
 
-def _output(h: admin_pb2.RolloutHost) -> list[RenderableType]:
+def _output(h: RolloutHost) -> list[RenderableType]:
     """The ends of a host's stderr and stdout, as plain text (never markup)."""
     parts: list[RenderableType] = []
     for name, text in (("stderr", h.stderr_tail), ("stdout", h.stdout_tail)):
@@ -340,7 +335,7 @@ def _output(h: admin_pb2.RolloutHost) -> list[RenderableType]:
     return parts
 
 
-def _outputs(hosts: list[admin_pb2.RolloutHost], rollout_id: int) -> list[RenderableType]:
+def _outputs(hosts: list[RolloutHost], rollout_id: int) -> list[RenderableType]:
     """Each failing host's output ends, for the first OUTPUT_SHOWN that have some."""
     with_output = [h for h in hosts if h.stdout_tail or h.stderr_tail]
     parts: list[RenderableType] = []
@@ -352,7 +347,7 @@ def _outputs(hosts: list[admin_pb2.RolloutHost], rollout_id: int) -> list[Render
     return parts
 
 
-def rollout_detail(info: admin_pb2.RolloutInfo, now: float) -> Group:
+def rollout_detail(info: RolloutInfo, now: float) -> Group:
     """One rollout for people: its state and why, counts, waves and failing hosts."""
     fields = Table(box=None, show_header=False, pad_edge=False)
     fields.add_column(style="bold", no_wrap=True)
@@ -372,9 +367,9 @@ def rollout_detail(info: admin_pb2.RolloutInfo, now: float) -> Group:
         rows.append(("not reached", _offline_text(info)))
     if info.extra_vars_json and info.extra_vars_json != "{}":
         rows.append(("extra vars", escape(info.extra_vars_json)))
-    created = _time(info, "created_at")
+    created = info.created_at
     rows.append(("started", f"{iso(created) or '-'} by {escape(info.created_by) or '-'}"))
-    finished = _time(info, "finished_at")
+    finished = info.finished_at
     if finished is not None:
         rows.append(("finished", f"{iso(finished)} ({age(created, finished)} in all)"))
     for key, value in rows:
@@ -389,15 +384,15 @@ def rollout_detail(info: admin_pb2.RolloutInfo, now: float) -> Group:
     return Group(*parts)
 
 
-def host_detail(info: admin_pb2.RolloutInfo) -> Group:
+def host_detail(info: RolloutInfo) -> Group:
     """``rollout status ID --host DEVICE``: one host's whole stored result."""
-    h = info.hosts[0] if info.hosts else admin_pb2.RolloutHost()
+    h = info.hosts[0] if info.hosts else RolloutHost()
     fields = Table(box=None, show_header=False, pad_edge=False)
     fields.add_column(style="bold", no_wrap=True)
     fields.add_column()
     outcome = escape(h.outcome)
     style = _OUTCOME_STYLE.get(HostOutcome(h.outcome)) if h.outcome in _OUTCOMES else None
-    started, finished = _time(h, "started_at"), _time(h, "finished_at")
+    started, finished = h.started_at, h.finished_at
     rows = [
         ("host", f"{escape(printable(h.device_id))} (school {escape(printable(h.school_id))})"),
         ("rollout", f"{info.rollout_id} {escape(info.playbook)}, {_state(info.state)}"),
@@ -433,7 +428,7 @@ def host_detail(info: admin_pb2.RolloutInfo) -> Group:
     return Group(*parts)
 
 
-def rollouts_table(infos: list[admin_pb2.RolloutInfo], now: float) -> Table:
+def rollouts_table(infos: list[RolloutInfo], now: float) -> Table:
     """One row per rollout, newest first as the controller sends them."""
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("ID", "PLAYBOOK", "STATE", "HOSTS", "FAILED", "WAVES", "STARTED", "BY"):
@@ -443,7 +438,7 @@ def rollouts_table(infos: list[admin_pb2.RolloutInfo], now: float) -> Table:
     for info in infos:
         settled, total = progress(info)
         failed = sum(info.counts.get(k, 0) for k in _BAD)
-        created = _time(info, "created_at")
+        created = info.created_at
         table.add_row(
             str(info.rollout_id),
             escape(info.playbook),
@@ -459,12 +454,12 @@ def rollouts_table(infos: list[admin_pb2.RolloutInfo], now: float) -> Table:
     return table
 
 
-def windows_json(w: admin_pb2.MaintenanceWindows) -> dict[str, Any]:
+def windows_json(w: SchoolWindows) -> dict[str, Any]:
     """A school's maintenance windows."""
     return {"school_id": w.school_id, "windows": list(w.windows)}
 
 
-def windows_table(schools: list[admin_pb2.MaintenanceWindows]) -> Table:
+def windows_table(schools: list[SchoolWindows]) -> Table:
     """One row per school."""
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("SCHOOL", no_wrap=True)

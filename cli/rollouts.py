@@ -14,6 +14,7 @@ import typer
 
 from cli import completion
 from cli import render_rollouts as render
+from cli.client.rollout_values import RolloutInfo, RolloutRequest
 from cli.errors import ControllerUnreachable, RequestRefused
 from cli.extra_vars import parse_extra_vars
 from cli.groups import command_group
@@ -30,7 +31,6 @@ from inventory.rollouts import (
 
 if TYPE_CHECKING:
     from cli.client.admin import AdminClient
-    from protos.schoolfleet.v1 import admin_pb2
 
 _RULES = (
     "The selector is key=value parts joined by commas; every part must match, and '|' "
@@ -78,7 +78,7 @@ RolloutId = Annotated[
 EXIT_UNREACHED = 7
 
 
-def exit_code(info: admin_pb2.RolloutInfo) -> int:
+def exit_code(info: RolloutInfo) -> int:
     """What ``rollout status`` exits with: 1 if the rollout halted or was aborted, or
     has failed hosts; 7 if it ended with hosts not reached; else 0 (done, or still
     going without --watch)."""
@@ -89,7 +89,7 @@ def exit_code(info: admin_pb2.RolloutInfo) -> int:
     return EXIT_UNREACHED if info.state == RolloutState.DONE_UNREACHED else 0
 
 
-def _show_started(info: admin_pb2.RolloutInfo, as_json: bool) -> None:
+def _show_started(info: RolloutInfo, as_json: bool) -> None:
     if as_json:
         print_json(render.rollout_json(info))
     else:
@@ -194,9 +194,7 @@ def rollout_start(
         raise RequestRefused(str(exc)) from None
     if gate is not None and gate != "lessons":
         raise RequestRefused(f"--gate {gate!r}: the only gate is 'lessons'")
-    from protos.schoolfleet.v1 import admin_pb2
-
-    request = admin_pb2.StartRolloutRequest(
+    request = RolloutRequest(
         playbook=playbook,
         selector=select,
         canary=canary.strip(),
@@ -213,9 +211,7 @@ def rollout_start(
     _show_started(info, as_json)
 
 
-def _watch(
-    c: AdminClient, rollout_id: int, interval: float, as_json: bool
-) -> admin_pb2.RolloutInfo:
+def _watch(c: AdminClient, rollout_id: int, interval: float, as_json: bool) -> RolloutInfo:
     """Polls until the rollout is final, redrawing a bar of settled hosts; Ctrl-C stops
     watching (the rollout goes on)."""
     # rich is already required: cli/options.py prints through it, and typer brings it.
@@ -323,7 +319,7 @@ def rollout_list(
         out.print(render.rollouts_table(infos, time.time()))
 
 
-def _changed(info: admin_pb2.RolloutInfo, as_json: bool, words: str) -> None:
+def _changed(info: RolloutInfo, as_json: bool, words: str) -> None:
     if as_json:
         print_json(render.rollout_json(info))
     else:

@@ -21,6 +21,8 @@ from rich.console import Console, RenderableType
 from typer.testing import CliRunner
 
 from cli import render_rollouts as render
+from cli.client.rollout_values import RolloutInfo, SchoolWindows
+from cli.client.rollouts import rollout_from_pb
 from cli.errors import RequestRefused
 from cli.extra_vars import parse_extra_vars
 from cli.main import app, run
@@ -218,8 +220,8 @@ def test_wave_plan_text() -> None:
     assert render.plan_text([]) == "none"
 
 
-def _info(state: str = "halted") -> admin_pb2.RolloutInfo:
-    """A rollout of 240 panels halted in its fourth wave."""
+def _info_pb(state: str = "halted") -> admin_pb2.RolloutInfo:
+    """A rollout of 240 panels halted in its fourth wave, as the controller sends it."""
     info = admin_pb2.RolloutInfo(
         rollout_id=12,
         playbook="timesync.yml",
@@ -275,6 +277,11 @@ def _info(state: str = "halted") -> admin_pb2.RolloutInfo:
     )
     info.hosts.add(device_id="panel-11", school_id="1234", wave=0, outcome="pending")
     return info
+
+
+def _info(state: str = "halted") -> RolloutInfo:
+    """That rollout as schoolctl's client answers with it."""
+    return rollout_from_pb(_info_pb(state))
 
 
 def _text(thing: RenderableType) -> str:
@@ -364,13 +371,13 @@ def test_scripts_get_json_with_every_field() -> None:
 
 
 def test_start_says_id_hosts_and_plan_and_a_dry_run_says_nothing_started() -> None:
-    info = _info("running")
+    info = _info_pb("running")
     del info.hosts[:]
     for i in range(30):
         info.hosts.add(device_id=f"p{i}", school_id="s1" if i < 20 else "s2", wave=int(i == 0))
     info.counts.clear()
     info.counts["pending"] = 30
-    lines = render.started_lines(info)
+    lines = render.started_lines(rollout_from_pb(info))
     assert lines[0] == "rollout 12 started: timesync.yml to 30 host(s) (school=1234,kind=panel)"
     assert "hosts by school: s1: 20, s2: 10" in lines
     assert "first wave (canary): p0" in lines
@@ -378,26 +385,22 @@ def test_start_says_id_hosts_and_plan_and_a_dry_run_says_nothing_started() -> No
     assert lines[-1] == "follow it: schoolctl rollout status 12 --watch"
     info.dry_run = True
     info.rollout_id = 0
-    lines = render.started_lines(info)
+    lines = render.started_lines(rollout_from_pb(info))
     assert lines[0].startswith("dry run, nothing was started: timesync.yml would go to 30 host(s)")
     assert not any("follow it" in line for line in lines)
 
 
 def test_list_and_windows_tables() -> None:
-    done = _info("done")
+    done = _info_pb("done")
     done.rollout_id = 11
     done.reason = ""
-    text = _text(render.rollouts_table([_info(), done], now=1_790_003_600))
+    text = _text(render.rollouts_table([_info(), rollout_from_pb(done)], now=1_790_003_600))
     row = next(line for line in text.splitlines() if line.startswith("12 "))
     assert row.split()[:8] == ["12", "timesync.yml", "halted", "15/240", "2", "4", "1h", "ago"]
     assert "room 101 has a lesson" in next(
         line for line in text.splitlines() if line.startswith("11 ")
     )
-    windows = [
-        admin_pb2.MaintenanceWindows(
-            school_id="s1", windows=["mon-fri 18:00-06:00", "sat 00:00-24:00"]
-        )
-    ]
+    windows = [SchoolWindows("s1", ("mon-fri 18:00-06:00", "sat 00:00-24:00"))]
     assert "s1      mon-fri 18:00-06:00; sat 00:00-24:00" in _text(render.windows_table(windows))
     assert render.windows_json(windows[0]) == {
         "school_id": "s1",
@@ -405,8 +408,8 @@ def test_list_and_windows_tables() -> None:
     }
 
 
-def _ended(state: str, **counts: int) -> admin_pb2.RolloutInfo:
-    return admin_pb2.RolloutInfo(state=state, counts={"ok": 3, **counts})
+def _ended(state: str, **counts: int) -> RolloutInfo:
+    return rollout_from_pb(admin_pb2.RolloutInfo(state=state, counts={"ok": 3, **counts}))
 
 
 def test_exit_code_tells_scripts_how_it_ended() -> None:
@@ -448,8 +451,8 @@ def test_help_explains_selector_waves_school_day_and_exit_codes() -> None:
     assert "The budget of the whole rollout" in start_help
 
 
-def _host_info() -> admin_pb2.RolloutInfo:
-    info = _info()
+def _host_info() -> RolloutInfo:
+    info = _info_pb()
     del info.hosts[:]
     detail = {
         "tasks": [
@@ -472,7 +475,7 @@ def _host_info() -> admin_pb2.RolloutInfo:
     )
     host.started_at.CopyFrom(timestamp(1_790_000_400))
     host.finished_at.CopyFrom(timestamp(1_790_000_410))
-    return info
+    return rollout_from_pb(info)
 
 
 def test_one_hosts_whole_result_for_people_and_scripts() -> None:
