@@ -81,6 +81,7 @@ class Spool:
         # its event loop.
         self._lock = threading.RLock()
         self._db = self._open()
+        self._closed = False
 
     # -- opening, and moving a bad file aside ------------------------------------
 
@@ -261,6 +262,9 @@ class Spool:
     def close(self) -> None:
         """Folds the write-ahead log into the file and closes it."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.DatabaseError as exc:
@@ -271,6 +275,10 @@ class Spool:
         """Runs ``operation`` in one transaction; a corrupt file is moved aside and the
         operation retried once on a new one. Other failures are a SpoolError."""
         with self._lock:
+            # A write that lost the race with shutdown's close: the closed connection's
+            # error has no code and would read as a bad file, moved aside with what it holds.
+            if self._closed:
+                raise SpoolError(f"spool {self.path} is closed")
             return self._run_locked(operation)
 
     def _run_locked(self, operation: Callable[[], T]) -> T:

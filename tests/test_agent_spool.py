@@ -203,3 +203,22 @@ def test_committed_messages_survive_a_crash_without_close(tmp_path: Path) -> Non
     # No close(): the write-ahead log still holds the commits, as after a power cut.
     rows = sqlite3.connect(path).execute("SELECT COUNT(*) FROM messages").fetchone()[0]
     assert rows == 3
+
+
+def test_a_write_after_close_is_refused_and_the_spool_is_kept(tmp_path: Path) -> None:
+    """A heartbeat's write that loses the race with shutdown's close must not take the
+    closed connection's error for a bad file and move the spool, and its unacked
+    messages, aside."""
+    path = tmp_path / "spool.db"
+    spool = Spool(path, "p1", 1 << 20)
+    for n in range(3):
+        spool.append(heartbeat(n), precious=False)
+    spool.close()
+    with pytest.raises(SpoolError, match="is closed"):
+        spool.append(heartbeat(9), precious=False)
+    with pytest.raises(SpoolError, match="is closed"):
+        spool.stats()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spool.db"]
+    again = Spool(path, "p1", 1 << 20)
+    assert [marker(m) for m in again.pending(0, 100)] == ["h0", "h1", "h2"]
+    again.close()
