@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from cli.client.connection import Connection
-from cli.client.values import AnsibleAccess, FleetStatus
+from cli.client.values import AnsibleAccess, DeviceMove, FleetStatus
 from inventory.model import (
     CommandOutcome,
     Condition,
@@ -185,22 +185,21 @@ class FleetClient:
         request = admin_pb2.RevokeEnrollTokenRequest(token_id=token_id)
         return token_from_pb(self._conn.call(self._conn.stub.RevokeEnrollToken, request))
 
-    def reenroll(self, device_id: str) -> admin_pb2.DeviceEnrollment:
+    def reenroll(self, device_id: str) -> Enrollment:
         """Lets the device enroll again."""
-        return self._conn.call(
-            self._conn.stub.ReenrollDevice, admin_pb2.GetDeviceRequest(device_id=device_id)
-        )
+        request = admin_pb2.GetDeviceRequest(device_id=device_id)
+        return _enrollment_from_pb(self._conn.call(self._conn.stub.ReenrollDevice, request))
 
-    def move(self, device_id: str, school_id: str) -> admin_pb2.DeviceMove:
+    def move(self, device_id: str, school_id: str) -> DeviceMove:
         """Puts the device in another school (central ops only)."""
         request = admin_pb2.MoveDeviceRequest(device_id=device_id, school_id=school_id)
-        return self._conn.call(self._conn.stub.MoveDevice, request)
+        moved = self._conn.call(self._conn.stub.MoveDevice, request)
+        return DeviceMove(moved.device_id, moved.from_school_id, moved.to_school_id)
 
-    def decommission(self, device_id: str) -> admin_pb2.DeviceEnrollment:
+    def decommission(self, device_id: str) -> Enrollment:
         """Revokes the device's certificate and closes its stream."""
-        return self._conn.call(
-            self._conn.stub.DecommissionDevice, admin_pb2.GetDeviceRequest(device_id=device_id)
-        )
+        request = admin_pb2.GetDeviceRequest(device_id=device_id)
+        return _enrollment_from_pb(self._conn.call(self._conn.stub.DecommissionDevice, request))
 
     def status(self, school_id: str | None = None) -> FleetStatus:
         """Online/offline counts per school and kind, when they were computed, and the

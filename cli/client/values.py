@@ -180,3 +180,12 @@ class UnknownBssids:
 
     bssids: list[UnknownBssid]
     more: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMove:
+    """A device moved to another school (`schoolctl devices move`)."""
+
+    device_id: str
+    from_school_id: str
+    to_school_id: str
