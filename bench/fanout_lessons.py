@@ -22,9 +22,8 @@ from bench.procs import ROOT, RunFailed, Target, stop_process
 BIN = Path(sys.executable).parent
 HEADER = "school,room,start,end,class,subject,teacher,content_url,remote\n"
 LESSON_SECONDS = 45 * 60
-# schoolctl sends at most 64 KiB per request (cli/client.py) but packs up to 512 KiB
-# of rows into one (cli/lessons.py): a file over ~680 rows fails with
-# RESOURCE_EXHAUSTED. So the schedule goes in as several files, as schools would send.
+# schoolctl packs up to 512 KiB of rows into one request (cli/client/parts.py); the
+# schedule goes in as several files, as schools would send it.
 ROWS_PER_FILE = 500
 # The controller's settings: launches go out at the start itself (no lead), so the
 # figure is the fan-out itself; the production heartbeat interval.

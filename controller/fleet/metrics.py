@@ -24,7 +24,7 @@ from inventory.model import Condition, DeviceKind, KindCount, SchoolReports
 log = logging.getLogger(__name__)
 
 # Why a device stream ends (controller/fleet/sessions.py, admission.py, api/agent_service.py,
-# api/admin_service.py, api/renewal.py); docs/metrics.md lists the same.
+# api/admin_enroll.py, api/renewal.py); docs/metrics.md lists the same.
 STREAM_CLOSE_REASONS = (
     "agent_closed",
     "replaced",
