@@ -486,6 +486,8 @@ class Link:
             return
 
         def done(future: asyncio.Future[int | None]) -> None:
+            if future.cancelled():  # with the loop: no sender is left to wake
+                return
             exc = future.exception()
             if isinstance(exc, SpoolError):
                 log.error(lost + ": %s", about, exc)
