@@ -17,11 +17,18 @@ needs=(
   openssh-client:ssh          # Ansible's connection
   python3:python3             # what Ansible's modules run with on those hosts
   prometheus:promtool         # deploy/prometheus/'s rules, and the end-to-end scrape
+  postgresql:initdb           # the PostgreSQL store's throwaway cluster (tests/pg_cluster.py)
 )
 search="${SCHOOLFLEET_TOOLS_PATH:-$PATH:/usr/local/sbin:/usr/sbin:/sbin}"
 
 missing_packages() {
-  local need
+  local need bindir search="$search"
+  # Debian keeps each PostgreSQL version's server programs off PATH, in
+  # /usr/lib/postgresql/<version>/bin (tests/pg_cluster.py takes them from there too);
+  # looked for on every call: the check after an install must see the new folder.
+  for bindir in /usr/lib/postgresql/*/bin; do
+    if [ -x "$bindir/initdb" ]; then search="$search:$bindir"; fi
+  done
   for need in "${needs[@]}"; do
     PATH="$search" command -v "${need#*:}" >/dev/null 2>&1 || printf '%s\n' "${need%%:*}"
   done

@@ -52,7 +52,7 @@ from controller.api.uplink_orders import SessionCourier
 from controller.datadir.private_files import private_dir
 from controller.enroll.ca_keeper import CaKeeper
 from controller.enroll.metrics import CertCollector
-from controller.errors import ConfigError, PkiError
+from controller.errors import ConfigError, PkiError, StoreError
 from controller.fleet.acks import Acks
 from controller.fleet.admission import restart_window
 from controller.fleet.metrics import ControllerMetrics, FleetCollector
@@ -454,6 +454,11 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     except OSError as exc:
         raise ConfigError(f"data_dir {settings.data_dir}: {exc.strerror}") from None
     stores = open_stores(settings.database)
+    try:
+        stores.require_every()
+    except StoreError:
+        stores.close()
+        raise
     # The pools of controller/offload.py's model.
     write_executor = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
     read_executor = ThreadPoolExecutor(4, thread_name_prefix="store")
@@ -568,7 +573,8 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         metrics_port,
         _split(settings.uplink_listen)[0],
         uplink.http.port,
-        settings.database,
+        # Its name: a PostgreSQL URL may carry a password.
+        stores.name,
     )
 
     await _until_signalled()

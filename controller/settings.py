@@ -170,10 +170,11 @@ class ControllerSettings:
         _split_hostport(self.metrics_listen, "metrics_listen")
         _split_hostport(self.enroll_listen, "enroll_listen")
         _split_hostport(self.uplink_listen, "uplink_listen")
-        if not self.database.startswith("sqlite:"):
+        # The PostgreSQL schemes libpq's URLs take (controller/stores.py).
+        if not self.database.startswith(("sqlite:", "postgresql://", "postgres://")):
             raise SettingError(
-                "'database' must be sqlite:///ABSOLUTE/PATH or sqlite:RELATIVE/PATH, "
-                f"got {self.database!r}",
+                "'database' must be sqlite:///ABSOLUTE/PATH, sqlite:RELATIVE/PATH or "
+                f"postgresql://..., got {self.database!r}",
                 "database",
             )
         _check_zone(self.timezone)

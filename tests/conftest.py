@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
+# The PostgreSQL server (a throwaway cluster, started only by a test that asks for it)
+# and a fresh database per test: tests/pg_cluster.py.
+from tests.pg_cluster import pg_server, pg_url
 from tests.procs import Agent, Controller
+
+__all__ = ["agents", "controller", "pg_server", "pg_url"]
 
 
 @pytest.fixture

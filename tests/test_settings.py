@@ -42,7 +42,7 @@ def test_precedence(tmp_path: Path) -> None:
         ("colour = 'blue'", "unknown key 'colour'"),
         ("listen = '127.0.0.1'", "'listen' must be HOST:PORT"),
         ("heartbeat_interval = 0", "'heartbeat_interval' must be at least 1"),
-        ("database = 'postgres://x'", "'database' must be sqlite:"),
+        ("database = 'mysql://x'", "'database' must be sqlite:"),
         ("log_level = 'loud'", "'log_level' must be one of"),
         ("listen = ", "not valid TOML"),
     ],

@@ -6,6 +6,12 @@ import json
 import sqlite3
 
 from controller.errors import StoreError
+from controller.people.stored_values import (
+    checked_user,
+    storable_name,
+    stored_entry,
+    stored_query,
+)
 from controller.store.database import Database
 from inventory.people import AuditEntry, AuditQuery, Outcome, Role, User
 
@@ -43,6 +49,7 @@ class SqlitePeople:
         self._db = db
 
     def add_user(self, user: User, token_hash: bytes) -> bool:
+        checked_user(user)
         with self._db.write_lock:
             try:
                 self._db.writer.execute("BEGIN IMMEDIATE")
@@ -80,6 +87,8 @@ class SqlitePeople:
         return [_user(r) for r in self._db.read("SELECT * FROM users ORDER BY name", {})]
 
     def revoke_user(self, name: str, now: float) -> User | None:
+        if not storable_name(name):
+            return None
         self._db.write(
             "UPDATE users SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name)
         )
@@ -87,7 +96,7 @@ class SqlitePeople:
         return _user(rows[0]) if rows else None
 
     def append_audit(self, entry: AuditEntry) -> None:
-        e = entry
+        e = stored_entry(entry)
         self._db.write(
             "INSERT INTO audit (at, actor, action, target, school_id, outcome, message, peer) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -95,7 +104,7 @@ class SqlitePeople:
         )
 
     def list_audit(self, query: AuditQuery) -> list[AuditEntry]:
-        q = query
+        q = stored_query(query)
         where: list[str] = []
         params: dict[str, object] = {"limit": q.limit}
         for column in ("actor", "action", "target", "school_id"):

@@ -1,0 +1,166 @@
+"""The PostgreSQL database every feature's PostgreSQL store shares: a pool of
+connections, the numbered migrations, errors as ours.
+
+The URL goes to libpq as it is, so whatever libpq takes works, a multi-host URL with
+``target_session_attrs=read-write`` included: after a primary's failover the pool's
+check on every checkout drops connections to the old one and libpq finds the new.
+Unlike the SQLite file there is no write lock here: PostgreSQL orders concurrent
+writers itself, and several controllers may share it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from controller.errors import StoreError
+from controller.store.migrations import LATEST
+from controller.store.pg_migrations import postgres_sql
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg.Connection[DictRow]
+Params = Mapping[str, Any] | Sequence[Any]
+
+# Any number for pg_advisory_xact_lock, the same in every controller: one migrates at
+# a time, the others wait and then find nothing left to do.
+_MIGRATION_LOCK = 0x5CF1EE7
+# The table that plays PRAGMA user_version's part; it holds one row.
+_VERSION_TABLE = "schoolfleet_schema"
+
+
+def describe(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql (a URL libpq cannot read)"
+    user = f"{params['user']}@" if params.get("user") else ""
+    host = str(params.get("host") or "")
+    port = f" port {params['port']}" if params.get("port") else ""
+    return f"postgresql://{user}{host}/{params.get('dbname') or ''}{port}".rstrip()
+
+
+def _line(exc: BaseException) -> str:
+    # libpq's messages run to several lines (DETAIL, HINT, the connection attempts of
+    # each host); the first says what happened.
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class PgDatabase:
+    """One PostgreSQL database; each feature's PostgreSQL store is made with it."""
+
+    def __init__(self, url: str, *, max_connections: int = 8, timeout: float = 10.0) -> None:
+        self.name = describe(url)
+        self._url = url
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            url,
+            connection_class=Connection,
+            kwargs={"row_factory": dict_row},
+            min_size=1,
+            max_size=max_connections,
+            timeout=timeout,
+            # A connection that died with its server (a failover, a restart) is
+            # replaced when it is next taken, not handed out to fail.
+            check=ConnectionPool.check_connection,
+            open=False,
+            name="store",
+        )
+        try:
+            self._pool.open(wait=True, timeout=timeout)
+            self._migrate()
+        except PoolTimeout:
+            self._pool.close()
+            raise StoreError(
+                f"database {self.name}: no connection within {timeout:g} s{self._last_error()}"
+            ) from None
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise StoreError(f"database {self.name}: {_line(exc)}") from None
+        except StoreError:
+            self._pool.close()
+            raise
+
+    def _last_error(self) -> str:
+        # The pool keeps retrying in the background and does not say why; one direct
+        # attempt does.
+        try:
+            psycopg.connect(self._url, connect_timeout=5).close()
+        except psycopg.Error as exc:
+            return f" ({_line(exc)})"
+        return ""
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                sql.SQL("CREATE TABLE IF NOT EXISTS {} (version BIGINT NOT NULL)").format(
+                    sql.Identifier(_VERSION_TABLE)
+                )
+            )
+        version = self.schema_version()
+        if version > LATEST:
+            raise StoreError(
+                f"database {self.name}: schema version {version} is newer than this "
+                f"controller knows ({LATEST}); upgrade the controller"
+            )
+        for number in range(version + 1, LATEST + 1):
+            with self.transaction() as conn:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                # Another controller may have migrated while this one waited.
+                if self._version_in(conn) >= number:
+                    continue
+                conn.execute(postgres_sql(number))
+                self._set_version(conn, number)
+            log.info("store migrated database=%s version=%d", self.name, number)
+
+    @staticmethod
+    def _version_in(conn: Connection) -> int:
+        row = conn.execute(
+            sql.SQL("SELECT max(version) AS v FROM {}").format(sql.Identifier(_VERSION_TABLE))
+        ).fetchone()
+        return int(row["v"]) if row is not None and row["v"] is not None else 0
+
+    @staticmethod
+    def _set_version(conn: Connection, number: int) -> None:
+        table = sql.Identifier(_VERSION_TABLE)
+        conn.execute(sql.SQL("DELETE FROM {}").format(table))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s)").format(table), (number,))
+
+    def schema_version(self) -> int:
+        """The schema version the database is at."""
+        with self.transaction() as conn:
+            return self._version_in(conn)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection inside a transaction, committed when the block ends; any
+        exception rolls everything back, and PostgreSQL's errors come out as ours."""
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except PoolTimeout:
+            raise StoreError(f"database {self.name}: no connection free or reachable") from None
+        except psycopg.Error as exc:
+            raise StoreError(f"database {self.name}: {_line(exc)}") from None
+
+    def read(self, query: str, params: Params = ()) -> list[DictRow]:
+        """The rows of one query."""
+        with self.transaction() as conn:
+            return conn.execute(query, params).fetchall()
+
+    def write(self, query: str, params: Params = ()) -> int:
+        """Runs one statement in its own transaction; the rows it touched."""
+        with self.transaction() as conn:
+            return conn.execute(query, params).rowcount
+
+    def close(self) -> None:
+        """Closes the pool's connections."""
+        self._pool.close()

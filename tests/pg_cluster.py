@@ -1,0 +1,316 @@
+"""A throwaway PostgreSQL cluster for the tests, or the server SCHOOLFLEET_TEST_PG_URL names.
+
+The cluster is Debian's PostgreSQL: initdb into a temporary folder as an unprivileged
+user (the `postgres` account when the suite runs as root: the server refuses to run as
+root), listening only on a Unix socket in that folder, fsync off. It is migrated once
+into a template database; each test gets a fresh copy of it (CREATE DATABASE ...
+TEMPLATE, a file copy, tens of milliseconds) and the copy is dropped after the test.
+The server is stopped by its own pid and the folder removed, whatever the tests did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from controller.store.pg_database import PgDatabase
+
+URL_VARIABLE = "SCHOOLFLEET_TEST_PG_URL"
+# Debian keeps each major version's server programs here, off PATH; .ci/packages.sh
+# looks in the same folders, so what it finds installed is what the tests run.
+DEBIAN_BINDIRS = "/usr/lib/postgresql/*/bin"
+_ACCOUNT = "postgres"
+_STOP_SECONDS = 30.0
+
+
+def server_bindir() -> Path:
+    """The folder of the newest installed server's initdb, pg_ctl and postgres; fails the
+    test in one line naming the package when there is none."""
+    versions = sorted(
+        (int(m.group(1)), Path(p).parent)
+        for p in Path("/").glob(DEBIAN_BINDIRS.lstrip("/") + "/initdb")
+        if (m := re.search(r"/postgresql/(\d+)/bin/", str(p)))
+    )
+    if versions:
+        return versions[-1][1]
+    # Not Debian's layout (a source build, another distribution): the programs on PATH.
+    found = shutil.which("initdb")
+    if found is None:
+        pytest.fail(
+            "initdb is missing: Debian package postgresql "
+            "(make packages installs it as root, or names the command)",
+            pytrace=False,
+        )
+    return Path(found).parent
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    """Whom the server runs as: the `postgres` account under root, else ourselves."""
+
+    uid: int
+    gid: int
+
+    @classmethod
+    def pick(cls) -> _Account:
+        if os.geteuid() != 0:
+            return cls(os.geteuid(), os.getegid())
+        try:
+            entry = pwd.getpwnam(_ACCOUNT)
+        except KeyError:
+            pytest.fail(
+                f"the suite runs as root and there is no {_ACCOUNT!r} account to run "
+                "PostgreSQL as (Debian's postgresql package makes it)",
+                pytrace=False,
+            )
+        return cls(entry.pw_uid, entry.pw_gid)
+
+    def run(self, argv: list[str], what: str) -> None:
+        """Runs ``argv`` as this account; a failure fails the test with its output."""
+        as_root = os.geteuid() == 0
+        done = subprocess.run(
+            argv,
+            user=self.uid if as_root else None,
+            group=self.gid if as_root else None,
+            extra_groups=[] if as_root else None,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            # The server inherits this: a locale the machine lacks would stop initdb.
+            env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"},
+        )
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+            pytest.fail(f"{what} failed ({done.returncode}): {' | '.join(tail)}", pytrace=False)
+
+
+def socket_url(folder: Path, database: str) -> str:
+    """A libpq URL for ``database`` on the server listening in ``folder`` (no TCP)."""
+    return f"postgresql:///{quote(database)}?host={quote(str(folder), safe='')}&user={_ACCOUNT}"
+
+
+def _postmaster_pid(data: Path) -> int:
+    # The first line of postmaster.pid is the server's pid (PostgreSQL's own record).
+    return int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
+def _stat(pid: int) -> tuple[str, str] | None:
+    """The state and start time of ``pid`` (None once it is gone and reaped): the start
+    time tells the server from a later process given the same pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], fields[19]
+
+
+def stop_by_pid(pid: int) -> None:
+    """Fast shutdown (SIGINT: sessions ended, no checkpoint wait for clients), then
+    immediate (SIGQUIT), then SIGKILL; returns once the server has exited and, where
+    the machine's init does it promptly, been reaped."""
+    first = _stat(pid)
+    if first is None:
+        return
+    started = first[1]
+
+    def running() -> bool:
+        now = _stat(pid)
+        # pg_ctl's server is no child of ours: init reaps it, until then a zombie.
+        return now is not None and now[1] == started and now[0] not in {"Z", "X"}
+
+    def signal_it(sig: signal.Signals) -> None:
+        if running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for sig, patience in ((signal.SIGINT, _STOP_SECONDS), (signal.SIGQUIT, 5.0)):
+        signal_it(sig)
+        deadline = time.monotonic() + patience
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not running():
+            break
+    else:
+        signal_it(signal.SIGKILL)
+    # Left for init to reap: a second or so, so that `ps` after the run shows nothing.
+    deadline = time.monotonic() + 5.0
+    while (now := _stat(pid)) is not None and now[1] == started and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[Path]:
+    """Starts a cluster in a new folder and yields the folder its socket is in; the
+    server is stopped and the folder removed on the way out, whatever happened."""
+    bindir = server_bindir()
+    account = _Account.pick()
+    with contextlib.ExitStack() as cleanup:
+        # Short, under /tmp: a Unix socket's path must fit in 107 bytes, and pytest's
+        # own temporary folders (/tmp/pytest-of-root/pytest-N/...) can come close.
+        folder = Path(tempfile.mkdtemp(prefix="sf-pg-", dir="/tmp"))
+        cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
+        os.chown(folder, account.uid, account.gid)
+        data = folder / "data"
+        account.run(
+            [
+                str(bindir / "initdb"),
+                "--pgdata",
+                str(data),
+                "--username",
+                _ACCOUNT,
+                # Reached only through the socket in a folder of mode 0700.
+                "--auth",
+                "trust",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C.UTF-8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            "initdb",
+        )
+        with (data / "postgresql.conf").open("a") as conf:
+            conf.write(
+                "\n# tests/pg_cluster.py: a socket in its own folder, no TCP, no durability\n"
+                "listen_addresses = ''\n"
+                f"unix_socket_directories = '{folder}'\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "max_connections = 200\n"
+            )
+
+        def stop() -> None:
+            # Stopped by the pid the server wrote, never by a name: others' servers and
+            # other runs' clusters live on this machine too.
+            if (data / "postmaster.pid").exists():
+                stop_by_pid(_postmaster_pid(data))
+
+        cleanup.callback(stop)
+        account.run(
+            [
+                str(bindir / "pg_ctl"),
+                "start",
+                "--pgdata",
+                str(data),
+                "--wait",
+                "--timeout",
+                "60",
+                "--log",
+                str(folder / "server.log"),
+            ],
+            "pg_ctl start",
+        )
+        yield folder
+
+
+@dataclass
+class PgServer:
+    """A server the tests may create databases on, and the migrated template to copy."""
+
+    admin_url: str
+    url_of: Callable[[str], str]
+    template: str
+    _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def _admin(self, statement: sql.Composed) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(statement)
+
+    def fresh_database(self) -> str:
+        """A new database copied from the migrated template; its URL."""
+        name = f"{self.template}_{next(self._names)}"
+        self._admin(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(self.template)
+            )
+        )
+        return self.url_of(name)
+
+    def empty_database(self) -> str:
+        """A new database with no schema at all (template0); its URL."""
+        name = f"{self.template}_{next(self._names)}"
+        self._admin(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        return self.url_of(name)
+
+    def drop(self, url: str) -> None:
+        """Drops the database at ``url``, ending its sessions (a test's open pool)."""
+        name = str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])
+        self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def drop_all(self) -> None:
+        """Drops the template and every copy (a shared server outlives the run)."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            names = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname = %s OR datname LIKE %s",
+                    (self.template, self.template.replace("_", r"\_") + r"\_%"),
+                )
+            ]
+            for name in names:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+
+def _migrated_template(admin_url: str, url_of: Callable[[str], str]) -> PgServer:
+    # Named for this run: on a shared server another run may be copying its own.
+    server = PgServer(admin_url, url_of, f"sf_test_{os.getpid()}_{int(time.time())}")
+    server.drop_all()
+    server._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(server.template)))
+    # Migrated once; CREATE DATABASE ... TEMPLATE needs nobody connected to it, so the
+    # pool is closed before the first copy.
+    PgDatabase(url_of(server.template)).close()
+    return server
+
+
+def _given_server(url: str) -> Iterator[PgServer]:
+    def url_of(name: str) -> str:
+        return psycopg.conninfo.make_conninfo(url, dbname=name)
+
+    server = _migrated_template(url, url_of)
+    try:
+        yield server
+    finally:
+        server.drop_all()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The PostgreSQL server of this run: SCHOOLFLEET_TEST_PG_URL's (a role that may
+    create databases), else a throwaway cluster stopped at the end of the session."""
+    given = os.environ.get(URL_VARIABLE)
+    if given:
+        yield from _given_server(given)
+        return
+    with throwaway_cluster() as folder:
+        yield _migrated_template(
+            socket_url(folder, "postgres"), lambda name: socket_url(folder, name)
+        )
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The URL of a fresh, migrated database for one test, dropped after it."""
+    url = pg_server.fresh_database()
+    try:
+        yield url
+    finally:
+        pg_server.drop(url)
