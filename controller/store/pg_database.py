@@ -99,13 +99,16 @@ class PgDatabase:
         return ""
 
     def _migrate(self) -> None:
-        with self._pool.connection() as conn:
+        with self.transaction() as conn:
+            # Under the lock: CREATE TABLE IF NOT EXISTS is no guard against another
+            # session creating it at the same moment (a duplicate key in pg_type).
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute(
                 sql.SQL("CREATE TABLE IF NOT EXISTS {} (version BIGINT NOT NULL)").format(
                     sql.Identifier(_VERSION_TABLE)
                 )
             )
-        version = self.schema_version()
+            version = self._version_in(conn)
         if version > LATEST:
             raise StoreError(
                 f"database {self.name}: schema version {version} is newer than this "
