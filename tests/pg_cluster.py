@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import psycopg
 import pytest
@@ -270,26 +270,28 @@ class PgServer:
                 )
 
 
-def _migrated_template(admin_url: str, url_of: Callable[[str], str]) -> PgServer:
+@contextlib.contextmanager
+def _migrated_template(admin_url: str, url_of: Callable[[str], str]) -> Iterator[PgServer]:
+    """The server with a migrated template database, dropped with its copies after."""
     # Named for this run: on a shared server another run may be copying its own.
     server = PgServer(admin_url, url_of, f"sf_test_{os.getpid()}_{int(time.time())}")
-    server.drop_all()
-    server._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(server.template)))
-    # Migrated once; CREATE DATABASE ... TEMPLATE needs nobody connected to it, so the
-    # pool is closed before the first copy.
-    PgDatabase(url_of(server.template)).close()
-    return server
-
-
-def _given_server(url: str) -> Iterator[PgServer]:
-    def url_of(name: str) -> str:
-        return psycopg.conninfo.make_conninfo(url, dbname=name)
-
-    server = _migrated_template(url, url_of)
     try:
+        server._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(server.template)))
+        # Migrated once; CREATE DATABASE ... TEMPLATE needs nobody connected to it, so
+        # the pool is closed before the first copy.
+        PgDatabase(url_of(server.template)).close()
         yield server
     finally:
         server.drop_all()
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` (a postgresql:// URL) naming the database ``name`` instead."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "dbname"]
+    # Built by hand: urlunsplit drops the "//" of an empty host (a socket's URL).
+    tail = f"?{urlencode(query)}" if query else ""
+    return f"{parts.scheme}://{parts.netloc}/{quote(name, safe='')}{tail}"
 
 
 @pytest.fixture(scope="session")
@@ -298,12 +300,18 @@ def pg_server() -> Iterator[PgServer]:
     create databases), else a throwaway cluster stopped at the end of the session."""
     given = os.environ.get(URL_VARIABLE)
     if given:
-        yield from _given_server(given)
+        if not given.startswith(("postgresql://", "postgres://")):
+            pytest.fail(f"{URL_VARIABLE} must be a postgresql:// URL", pytrace=False)
+        with _migrated_template(given, lambda name: with_database(given, name)) as server:
+            yield server
         return
-    with throwaway_cluster() as folder:
-        yield _migrated_template(
+    with (
+        throwaway_cluster() as folder,
+        _migrated_template(
             socket_url(folder, "postgres"), lambda name: socket_url(folder, name)
-        )
+        ) as server,
+    ):
+        yield server
 
 
 @pytest.fixture
