@@ -155,11 +155,48 @@ def stop_by_pid(pid: int) -> None:
         time.sleep(0.02)
 
 
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """A cluster in ``folder`` (its socket there too), started and stopped by pid."""
+
+    folder: Path
+    bindir: Path
+    account: _Account
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    def url(self, database: str) -> str:
+        return socket_url(self.folder, database)
+
+    def start(self) -> None:
+        self.account.run(
+            [
+                str(self.bindir / "pg_ctl"),
+                "start",
+                "--pgdata",
+                str(self.data),
+                "--wait",
+                "--timeout",
+                "60",
+                "--log",
+                str(self.folder / "server.log"),
+            ],
+            "pg_ctl start",
+        )
+
+    def stop(self) -> None:
+        # Stopped by the pid the server wrote, never by a name: others' servers and
+        # other runs' clusters live on this machine too.
+        if (self.data / "postmaster.pid").exists():
+            stop_by_pid(_postmaster_pid(self.data))
+
+
 @contextlib.contextmanager
-def throwaway_cluster() -> Iterator[Path]:
-    """Starts a cluster in a new folder and yields the folder its socket is in; the
-    server is stopped and the folder removed on the way out, whatever happened."""
-    bindir = server_bindir()
+def throwaway_cluster() -> Iterator[Cluster]:
+    """Starts a cluster in a new folder; the server is stopped and the folder removed on
+    the way out, whatever happened."""
     account = _Account.pick()
     with contextlib.ExitStack() as cleanup:
         # Short, under /tmp: a Unix socket's path must fit in 107 bytes, and pytest's
@@ -167,12 +204,12 @@ def throwaway_cluster() -> Iterator[Path]:
         folder = Path(tempfile.mkdtemp(prefix="sf-pg-", dir="/tmp"))
         cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
         os.chown(folder, account.uid, account.gid)
-        data = folder / "data"
+        cluster = Cluster(folder, server_bindir(), account)
         account.run(
             [
-                str(bindir / "initdb"),
+                str(cluster.bindir / "initdb"),
                 "--pgdata",
-                str(data),
+                str(cluster.data),
                 "--username",
                 _ACCOUNT,
                 # Reached only through the socket in a folder of mode 0700.
@@ -187,7 +224,7 @@ def throwaway_cluster() -> Iterator[Path]:
             ],
             "initdb",
         )
-        with (data / "postgresql.conf").open("a") as conf:
+        with (cluster.data / "postgresql.conf").open("a") as conf:
             conf.write(
                 "\n# tests/pg_cluster.py: a socket in its own folder, no TCP, no durability\n"
                 "listen_addresses = ''\n"
@@ -195,29 +232,9 @@ def throwaway_cluster() -> Iterator[Path]:
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 "max_connections = 200\n"
             )
-
-        def stop() -> None:
-            # Stopped by the pid the server wrote, never by a name: others' servers and
-            # other runs' clusters live on this machine too.
-            if (data / "postmaster.pid").exists():
-                stop_by_pid(_postmaster_pid(data))
-
-        cleanup.callback(stop)
-        account.run(
-            [
-                str(bindir / "pg_ctl"),
-                "start",
-                "--pgdata",
-                str(data),
-                "--wait",
-                "--timeout",
-                "60",
-                "--log",
-                str(folder / "server.log"),
-            ],
-            "pg_ctl start",
-        )
-        yield folder
+        cleanup.callback(cluster.stop)
+        cluster.start()
+        yield cluster
 
 
 @dataclass
@@ -306,10 +323,8 @@ def pg_server() -> Iterator[PgServer]:
             yield server
         return
     with (
-        throwaway_cluster() as folder,
-        _migrated_template(
-            socket_url(folder, "postgres"), lambda name: socket_url(folder, name)
-        ) as server,
+        throwaway_cluster() as cluster,
+        _migrated_template(cluster.url("postgres"), cluster.url) as server,
     ):
         yield server
 

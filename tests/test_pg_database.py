@@ -5,8 +5,10 @@ one line."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -21,8 +23,8 @@ from controller.store.migrations import LATEST
 from controller.store.pg_database import PgDatabase, describe
 from controller.store.pg_migrations import translate
 from controller.stores import open_stores
-from inventory.people import AuditQuery, Role
-from tests.pg_cluster import PgServer
+from inventory.people import AuditEntry, AuditQuery, Outcome, Role
+from tests.pg_cluster import URL_VARIABLE, PgServer, throwaway_cluster
 from tests.procs import controller_cli
 
 # SQLite's declared type -> what PostgreSQL's information_schema calls the translation.
@@ -248,3 +250,29 @@ def test_the_first_user_is_made_on_postgresql_and_serving_is_refused_in_one_line
         "lesson, rollout, uplink and infrastructure store is not yet on PostgreSQL (only "
         "the people's is); use a sqlite: database for now\n"
     )
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get(URL_VARIABLE)), reason="restarts a cluster of its own, not the one given"
+)
+def test_a_restarted_database_fails_calls_in_one_line_then_serves_them_again() -> None:
+    def entry(at: float) -> AuditEntry:
+        return AuditEntry(0, at, "ops", "users.list", "", "", Outcome.OK, "m", "local")
+
+    with throwaway_cluster() as cluster:
+        db = PgDatabase(cluster.url("postgres"), timeout=2.0)
+        try:
+            people = PgPeople(db)
+            people.append_audit(entry(1.0))
+            cluster.stop()
+            started = time.monotonic()
+            with pytest.raises(StoreError) as caught:
+                people.append_audit(entry(2.0))
+            assert time.monotonic() - started < 5.0, "bounded by the pool's timeout"
+            assert str(caught.value).startswith(f"database {db.name}: ")
+            assert "\n" not in str(caught.value)
+            cluster.start()
+            people.append_audit(entry(3.0))
+            assert [e.at for e in people.list_audit(AuditQuery())] == [3.0, 1.0]
+        finally:
+            db.close()
