@@ -119,6 +119,8 @@ def test_audit_is_appended_and_read_newest_first_within_scope(store: Stores) -> 
     assert ids(AuditQuery(target="panel-2")) == [3]
     assert ids(AuditQuery(school_id="")) == [4]
     assert ids(AuditQuery(limit=1)) == [4]
+    assert ids(AuditQuery(limit=0)) == []
+    assert ids(AuditQuery(limit=-1)) == []
     assert ids(AuditQuery(actor="nobody")) == []
 
 

@@ -57,6 +57,8 @@ def stored_query(query: AuditQuery) -> AuditQuery:
             else frozenset(_indexed(s) for s in query.visible_schools)
         ),
         reader=_indexed(query.reader),
+        # SQLite reads LIMIT -1 as no limit, PostgreSQL refuses it: none on both.
+        limit=max(query.limit, 0),
     )
 
 
