@@ -8,6 +8,7 @@ replaced: a small script that records how it was called and "installs" by linkin
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -31,8 +32,16 @@ ALL = [
     ("openssh-client", "ssh"),
     ("python3", "python3"),
     ("prometheus", "promtool"),
+    ("postgresql", "initdb"),
 ]
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Where this machine's programs are: PATH's folders and, off PATH, Debian's folders of
+# PostgreSQL's server programs (as .ci/packages.sh looks for them).
+SYSTEM_PATH = ":".join(
+    [
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        *sorted(glob.glob("/usr/lib/postgresql/*/bin")),
+    ]
+)
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="switches to another user (root)")
 
 
