@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from psycopg.rows import DictRow
 
+from controller.people.audit_read import Dialect, audit_select
 from controller.people.stored_values import (
     checked_user,
     storable_name,
     stored_entry,
-    stored_query,
 )
 from controller.store.pg_database import PgDatabase
 from inventory.people import AuditEntry, AuditQuery, Outcome, Role, User
@@ -43,6 +41,14 @@ def _entry(r: DictRow) -> AuditEntry:
         message=r["message"],
         peer=r["peer"],
     )
+
+
+# A list bound as an array.
+_POSTGRES = Dialect(
+    mark=lambda name: f"%({name})s",
+    one_of=lambda column, mark: f"{column} = ANY({mark})",
+    listed=list,
+)
 
 
 class PgPeople:
@@ -111,27 +117,5 @@ class PgPeople:
         )
 
     def list_audit(self, query: AuditQuery) -> list[AuditEntry]:
-        q = stored_query(query)
-        where: list[str] = []
-        params: dict[str, Any] = {"limit": q.limit}
-        for column in ("actor", "action", "target", "school_id"):
-            value = getattr(q, column)
-            if value is not None:
-                where.append(f"{column} = %({column})s")
-                params[column] = value
-        if q.outcome is not None:
-            where.append("outcome = %(outcome)s")
-            params["outcome"] = q.outcome.value
-        if q.since is not None:
-            where.append("at >= %(since)s")
-            params["since"] = q.since
-        if q.visible_schools is not None:
-            # A scoped reader sees their schools' entries and their own attempts.
-            where.append("(school_id = ANY(%(visible)s) OR actor = %(reader)s)")
-            params["visible"] = sorted(q.visible_schools)
-            params["reader"] = q.reader
-        query_text = f"SELECT {_AUDIT_COLUMNS} FROM audit"
-        if where:
-            query_text += " WHERE " + " AND ".join(where)
-        query_text += " ORDER BY entry_id DESC LIMIT %(limit)s"
-        return [_entry(r) for r in self._db.read(query_text, params)]
+        sql, params = audit_select(query, _AUDIT_COLUMNS, _POSTGRES)
+        return [_entry(r) for r in self._db.read(sql, params)]

@@ -6,11 +6,11 @@ import json
 import sqlite3
 
 from controller.errors import StoreError
+from controller.people.audit_read import Dialect, audit_select
 from controller.people.stored_values import (
     checked_user,
     storable_name,
     stored_entry,
-    stored_query,
 )
 from controller.store.database import Database
 from inventory.people import AuditEntry, AuditQuery, Outcome, Role, User
@@ -40,6 +40,14 @@ def _entry(r: sqlite3.Row) -> AuditEntry:
         message=r["message"],
         peer=r["peer"],
     )
+
+
+# Membership in a list bound as one JSON text.
+_SQLITE = Dialect(
+    mark=lambda name: f":{name}",
+    one_of=lambda column, mark: f"{column} IN (SELECT value FROM json_each({mark}))",
+    listed=json.dumps,
+)
 
 
 class SqlitePeople:
@@ -104,29 +112,5 @@ class SqlitePeople:
         )
 
     def list_audit(self, query: AuditQuery) -> list[AuditEntry]:
-        q = stored_query(query)
-        where: list[str] = []
-        params: dict[str, object] = {"limit": q.limit}
-        for column in ("actor", "action", "target", "school_id"):
-            value = getattr(q, column)
-            if value is not None:
-                where.append(f"{column} = :{column}")
-                params[column] = value
-        if q.outcome is not None:
-            where.append("outcome = :outcome")
-            params["outcome"] = q.outcome.value
-        if q.since is not None:
-            where.append("at >= :since")
-            params["since"] = q.since
-        if q.visible_schools is not None:
-            # A scoped reader sees their schools' entries and their own attempts.
-            where.append(
-                "(school_id IN (SELECT value FROM json_each(:visible)) OR actor = :reader)"
-            )
-            params["visible"] = json.dumps(sorted(q.visible_schools))
-            params["reader"] = q.reader
-        sql = "SELECT * FROM audit"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY entry_id DESC LIMIT :limit"
+        sql, params = audit_select(query, "*", _SQLITE)
         return [_entry(r) for r in self._db.read(sql, params)]
