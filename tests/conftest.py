@@ -12,7 +12,10 @@ import pytest
 from tests.pg_cluster import pg_server, pg_url
 from tests.procs import Agent, Controller
 
-__all__ = ["agents", "controller", "pg_server", "pg_url"]
+# Every feature's stores on SQLite, then on PostgreSQL: tests/store_fixtures.py.
+from tests.store_fixtures import both_stores
+
+__all__ = ["agents", "both_stores", "controller", "pg_server", "pg_url"]
 
 
 @pytest.fixture

@@ -4,32 +4,20 @@ and hostile values kept as data."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from controller.errors import StoreError
 from controller.people import access
 from controller.people.stored_values import INDEXED_CHARS
-from controller.stores import Stores, open_stores
+from controller.stores import Stores
 from inventory.people import AuditEntry, AuditQuery, Outcome, Role, User
 
 T0 = 1_800_000_000.123456
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    """The stores on a new SQLite file, or on a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:{tmp_path / 'c.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    s = open_stores(url)
-    try:
-        yield s
-    finally:
-        s.close()
+@pytest.fixture
+def store(both_stores: Stores) -> Stores:
+    return both_stores
 
 
 def _user(name: str, role: Role = Role.VIEWER, schools: tuple[str, ...] = ()) -> User:

@@ -17,7 +17,7 @@ import pytest
 
 from controller.errors import StoreError
 from controller.people import access
-from controller.people.pg_store import PgPeople
+from controller.people.sql_store import SqlPeople
 from controller.store.database import Database
 from controller.store.migrations import LATEST
 from controller.store.pg_database import PgDatabase, describe
@@ -136,20 +136,14 @@ def test_a_newer_schema_is_refused_in_one_line(pg_url: str) -> None:
     )
 
 
-def test_the_url_chooses_the_database_and_the_rest_is_not_there_yet(pg_url: str) -> None:
+def test_the_url_chooses_the_database(pg_url: str) -> None:
     stores = open_stores(pg_url)
     try:
-        assert isinstance(stores.people, PgPeople)
+        assert isinstance(stores.people, SqlPeople)
+        assert stores.sql.dialect.name == "postgresql"
         assert stores.name == describe(pg_url) and stores.name.startswith("postgresql://")
-        with pytest.raises(StoreError, match=r"the fleet store is not yet on PostgreSQL"):
-            _ = stores.devices
         with pytest.raises(StoreError, match=r"is PostgreSQL: it has no SQLite file"):
             _ = stores.database
-        with pytest.raises(StoreError) as caught:
-            stores.require_every()
-        assert "fleet, enrollment, lesson, rollout, uplink and infrastructure store is not yet" in (
-            str(caught.value)
-        )
     finally:
         stores.close()
 
@@ -247,8 +241,8 @@ def test_the_first_user_is_made_on_postgresql_and_serving_is_refused_in_one_line
     assert served.code == 2
     assert served.err == (
         f"schoolfleet-controller: database {describe(pg_url)}: the fleet, enrollment, "
-        "lesson, rollout, uplink and infrastructure store is not yet on PostgreSQL (only "
-        "the people's is); use a sqlite: database for now\n"
+        "lesson, rollout, uplink, infrastructure stores are not yet on PostgreSQL; use a "
+        "sqlite: database for now\n"
     )
 
 
@@ -262,7 +256,7 @@ def test_a_restarted_database_fails_calls_in_one_line_then_serves_them_again() -
     with throwaway_cluster() as cluster:
         db = PgDatabase(cluster.url("postgres"), timeout=2.0)
         try:
-            people = PgPeople(db)
+            people = SqlPeople(db)
             people.append_audit(entry(1.0))
             cluster.stop()
             started = time.monotonic()

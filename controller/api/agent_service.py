@@ -31,7 +31,7 @@ from controller.api.request_checks import decode
 from controller.api.uplink_orders import uplink_answer
 from controller.enroll.device_certs import identity_from_uris
 from controller.enroll.restored import adopt, presented, read_mark
-from controller.enroll.sqlite_store import SqliteEnrollments
+from controller.enroll.sql_store import SqlEnrollments
 from controller.errors import PkiError, ProtocolError, StoreError
 from controller.fleet.acks import Acks, SendAck
 from controller.fleet.admission import (
@@ -77,7 +77,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self,
         settings: ControllerSettings,
         devices: DeviceStore,
-        enrollments: SqliteEnrollments,
+        enrollments: SqlEnrollments,
         pending_commands: Callable[[str, float], list[bytes]],
         write_executor: ThreadPoolExecutor,
         sessions: Sessions,

@@ -1,7 +1,7 @@
 """What every feature's store shares: the database (one SQLite file, its connections,
 its write lock), the numbered migrations of its one schema, and the rows a device's
 stream brings. The stores themselves live with their features (``controller/*/store.py``
-says what a feature needs, ``controller/*/sqlite_store.py`` keeps it in SQLite), and
+says what a feature needs, ``controller/*/sql_store.py`` keeps it in SQLite), and
 controller/stores.py composes them over one database.
 """
 

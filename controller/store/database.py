@@ -16,15 +16,20 @@ from pathlib import Path
 from controller.datadir.private_files import private_sqlite
 from controller.errors import StoreError
 from controller.store.migrations import LATEST, MIGRATIONS
+from controller.store.sql import SQLITE, Dialect, Params
 
 log = logging.getLogger(__name__)
 
 
 class Database:
-    """One SQLite file in WAL mode; each feature's SQLite store is made with it."""
+    """One SQLite file in WAL mode; each feature's store is made with it (an
+    SqlDatabase, controller/store/sql.py)."""
+
+    dialect: Dialect = SQLITE
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.name = str(path)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self.write_lock = threading.Lock()
@@ -66,14 +71,14 @@ class Database:
                 self._readers.append(conn)
         return conn
 
-    def write(self, sql: str, params: dict[str, object] | Sequence[object]) -> int:
+    def write(self, sql: str, params: Params = ()) -> int:
         with self.write_lock:
             try:
                 return self.writer.execute(sql, params).rowcount
             except sqlite3.Error as exc:
                 raise StoreError(f"database {self.path}: {exc}") from None
 
-    def write_many(self, sql: str, params: Sequence[Sequence[object]]) -> None:
+    def write_many(self, sql: str, params: Sequence[Params]) -> None:
         with self.write_lock:
             try:
                 self.writer.execute("BEGIN IMMEDIATE")
@@ -103,7 +108,7 @@ class Database:
         """The schema version the file is at."""
         return int(self.reader().execute("PRAGMA user_version").fetchone()[0])
 
-    def read(self, sql: str, params: dict[str, object]) -> list[sqlite3.Row]:
+    def read(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         try:
             return self.reader().execute(sql, params).fetchall()
         except sqlite3.Error as exc:

@@ -11,9 +11,8 @@ writers itself, and several controllers may share it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -23,11 +22,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from controller.errors import StoreError
 from controller.store.migrations import LATEST
 from controller.store.pg_migrations import postgres_sql
+from controller.store.sql import POSTGRESQL, Dialect, Params, pg_text
 
 log = logging.getLogger(__name__)
 
 Connection = psycopg.Connection[DictRow]
-Params = Mapping[str, Any] | Sequence[Any]
 
 # Any number for pg_advisory_xact_lock, the same in every controller: one migrates at
 # a time, the others wait and then find nothing left to do.
@@ -55,8 +54,26 @@ def _line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class PgTx:
+    """A connection inside a transaction, taking statements in SQLite's notation
+    (controller/store/sql.py)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def execute(self, query: str, params: Params = (), /) -> psycopg.Cursor[DictRow]:
+        return self.conn.execute(pg_text(query), params)
+
+    def executemany(self, query: str, params: Iterable[Params], /) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(pg_text(query), params)
+
+
 class PgDatabase:
-    """One PostgreSQL database; each feature's PostgreSQL store is made with it."""
+    """One PostgreSQL database; each feature's store is made with it (an
+    SqlDatabase, controller/store/sql.py)."""
+
+    dialect: Dialect = POSTGRESQL
 
     def __init__(self, url: str, *, max_connections: int = 8, timeout: float = 10.0) -> None:
         self.name = describe(url)
@@ -99,7 +116,7 @@ class PgDatabase:
         return ""
 
     def _migrate(self) -> None:
-        with self.transaction() as conn:
+        with self._connection() as conn:
             # Under the lock: CREATE TABLE IF NOT EXISTS is no guard against another
             # session creating it at the same moment (a duplicate key in pg_type).
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
@@ -115,7 +132,7 @@ class PgDatabase:
                 f"controller knows ({LATEST}); upgrade the controller"
             )
         for number in range(version + 1, LATEST + 1):
-            with self.transaction() as conn:
+            with self._connection() as conn:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
                 # Another controller may have migrated while this one waited.
                 if self._version_in(conn) >= number:
@@ -139,13 +156,12 @@ class PgDatabase:
 
     def schema_version(self) -> int:
         """The schema version the database is at."""
-        with self.transaction() as conn:
+        with self._connection() as conn:
             return self._version_in(conn)
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A connection inside a transaction, committed when the block ends; any
-        exception rolls everything back, and PostgreSQL's errors come out as ours."""
+    def _connection(self) -> Iterator[Connection]:
+        # psycopg's own notation; PostgreSQL's errors come out as ours.
         try:
             with self._pool.connection() as conn, conn.transaction():
                 yield conn
@@ -154,15 +170,27 @@ class PgDatabase:
         except psycopg.Error as exc:
             raise StoreError(f"database {self.name}: {_line(exc)}") from None
 
+    @contextmanager
+    def transaction(self) -> Iterator[PgTx]:
+        """A connection inside a transaction, committed when the block ends; any
+        exception rolls everything back, and PostgreSQL's errors come out as ours."""
+        with self._connection() as conn:
+            yield PgTx(conn)
+
     def read(self, query: str, params: Params = ()) -> list[DictRow]:
         """The rows of one query."""
-        with self.transaction() as conn:
-            return conn.execute(query, params).fetchall()
+        with self.transaction() as tx:
+            return tx.execute(query, params).fetchall()
 
     def write(self, query: str, params: Params = ()) -> int:
         """Runs one statement in its own transaction; the rows it touched."""
-        with self.transaction() as conn:
-            return conn.execute(query, params).rowcount
+        with self.transaction() as tx:
+            return tx.execute(query, params).rowcount
+
+    def write_many(self, query: str, params: Sequence[Params]) -> None:
+        """One statement per parameter set, all in one transaction."""
+        with self.transaction() as tx:
+            tx.executemany(query, params)
 
     def close(self) -> None:
         """Closes the pool's connections."""

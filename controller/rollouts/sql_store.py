@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from controller.errors import HostsClaimed, StoreError
 from controller.rollouts.store import NewHost, RolloutQuery, Room
-from controller.store.database import Database
+from controller.store.sql import SqlDatabase
 from inventory.host_output import bounded_detail, printable, tail
 from inventory.rollouts import (
     Amount,
@@ -157,10 +157,10 @@ def _records(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[RolloutR
     ]
 
 
-class SqliteRollouts:
+class SqlRollouts:
     """A RolloutStore on the shared SQLite file."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     @contextmanager

@@ -9,7 +9,7 @@ import sqlite3
 import statistics
 from collections.abc import Iterable, Sequence
 
-from controller.infra.sqlite_rows import (
+from controller.infra.sql_rows import (
     access_point_of,
     facts_json,
     host_key_of,
@@ -20,7 +20,7 @@ from controller.infra.sqlite_rows import (
     target_of,
 )
 from controller.infra.store import InfraCensus, InventoryCounts
-from controller.store.database import Database
+from controller.store.sql import SqlDatabase
 from inventory.infra import (
     AccessPoint,
     HostKey,
@@ -88,10 +88,10 @@ def _ids(values: Iterable[str]) -> str:
     return json.dumps(sorted(set(values)))
 
 
-class SqliteInfra:
+class SqlInfra:
     """An InfraStore on the shared SQLite file."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     def known_schools(self, school_ids: Iterable[str]) -> set[str]:

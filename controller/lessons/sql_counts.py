@@ -4,7 +4,7 @@ day from its first lesson to its last."""
 
 from __future__ import annotations
 
-from controller.store.database import Database
+from controller.store.sql import SqlDatabase
 from inventory.lessons import LessonState
 
 # A lesson under way is "showing" once a panel launched it; "not-showing" once its
@@ -37,10 +37,10 @@ _PANELS = """
 """
 
 
-class SqliteLessonCounts:
+class SqlLessonCounts:
     """The counting part of a LessonStore on the shared SQLite file."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     def lesson_counts(self, since: float, until: float) -> list[tuple[str, LessonState, int]]:

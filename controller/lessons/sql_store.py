@@ -8,8 +8,8 @@ from collections.abc import Iterable, Sequence
 
 from controller.errors import StoreError
 from controller.lessons.store import ImportCounts, LessonQuery, OutboxCommand, PanelResult, Room
-from controller.store.database import Database
 from controller.store.rows import LessonEventRow, StoredLessonEvent
+from controller.store.sql import SqlDatabase
 from inventory.lessons import EventKind, Lesson, LessonRecord, LessonState
 
 _LESSON_COLUMNS = (
@@ -60,10 +60,10 @@ def _rooms_json(rooms: Iterable[Room]) -> str:
     return json.dumps(sorted({f"{s}\x1f{r}" for s, r in rooms}))
 
 
-class SqliteLessons:
+class SqlLessons:
     """A LessonStore on the shared SQLite file."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     def known_rooms(self, rooms: Iterable[Room]) -> set[Room]:

@@ -8,7 +8,7 @@ from controller.enroll import tokens as refusals
 from controller.enroll.cert_store import CertCounts, CertState, Renewed
 from controller.enroll.store import DeviceMove
 from controller.errors import EnrollRefused, HostsClaimed, StoreError
-from controller.store.database import Database
+from controller.store.sql import SqlDatabase
 from inventory.model import Enrollment, EnrollToken
 
 
@@ -45,11 +45,11 @@ def _cert_state(r: sqlite3.Row) -> CertState:
     )
 
 
-class SqliteEnrollments:
+class SqlEnrollments:
     """An EnrollTokenStore and a CertStore: tokens kept as hashes, and each device's
     certificate with its renewals."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     def cert_state(self, device_id: str) -> CertState | None:

@@ -6,7 +6,7 @@ import json
 import sqlite3
 
 from controller.errors import StoreError
-from controller.store.database import Database
+from controller.store.sql import SqlDatabase
 from inventory.uplink import UplinkCheck
 
 # Running: neither a measurement nor an error yet.
@@ -35,10 +35,10 @@ def _check(row: sqlite3.Row) -> UplinkCheck:
     )
 
 
-class SqliteUplink:
+class SqlUplink:
     """UplinkStore on the shared SQLite file."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     def start_uplink_check(self, check: UplinkCheck, stale_before: float) -> bool:

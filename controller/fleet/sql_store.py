@@ -17,7 +17,6 @@ from collections.abc import Callable, Collection, Sequence
 
 from controller.errors import StoreError
 from controller.fleet.store import DeviceQuery, SelectedDevice
-from controller.store.database import Database
 from controller.store.rows import (
     AgentRow,
     CommandResultRow,
@@ -179,12 +178,12 @@ def _labels(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(json.loads(text).items()))
 
 
-class SqliteDevices:
+class SqlDevices:
     """The fleet's DeviceStore on the shared SQLite database."""
 
     def __init__(
         self,
-        db: Database,
+        db: SqlDatabase,
         enrollment_of: Callable[[str], Enrollment | None],
         lesson_event: Callable[[LessonEventRow], StoredLessonEvent | None],
     ) -> None:
