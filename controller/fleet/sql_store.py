@@ -24,6 +24,7 @@ from controller.store.rows import (
     LessonEventRow,
     StoredLessonEvent,
 )
+from controller.store.sql import SqlDatabase, Tx
 from inventory.model import (
     CommandOutcome,
     Condition,
@@ -185,7 +186,7 @@ class SqlDevices:
         self,
         db: SqlDatabase,
         enrollment_of: Callable[[str], Enrollment | None],
-        lesson_event: Callable[[LessonEventRow], StoredLessonEvent | None],
+        lesson_event: Callable[[Tx, LessonEventRow], StoredLessonEvent | None],
     ) -> None:
         self._db = db
         # The enrollment shown with a device (the enroll feature's store).
@@ -266,7 +267,7 @@ class SqlDevices:
                             if isinstance(r, CommandResultRow):
                                 self._record_result(r)
                             elif isinstance(r, LessonEventRow):
-                                stored = self._lesson_event(r)
+                                stored = self._lesson_event(self._db.writer, r)
                                 if stored is not None:
                                     events.append(stored)
                         continue

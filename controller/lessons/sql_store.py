@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from controller.errors import StoreError
 from controller.lessons.store import ImportCounts, LessonQuery, OutboxCommand, PanelResult, Room
 from controller.store.rows import LessonEventRow, StoredLessonEvent
-from controller.store.sql import SqlDatabase
+from controller.store.sql import SqlDatabase, Tx
 from inventory.lessons import EventKind, Lesson, LessonRecord, LessonState
 
 _LESSON_COLUMNS = (
@@ -301,14 +301,13 @@ class SqlLessons:
             for r in rows
         ]
 
-    def record_event_in_batch(self, r: LessonEventRow) -> StoredLessonEvent | None:
-        """Inside the devices' record_messages transaction (its caller holds the write
-        lock): stores a new event and what it means for the lesson's panel; None for a
-        replayed one."""
+    def record_event_in_batch(self, tx: Tx, r: LessonEventRow) -> StoredLessonEvent | None:
+        """Inside the devices' record_messages transaction ``tx``: stores a new
+        event and what it means for the lesson's panel; None for a replayed one."""
         e = r.event
-        if not self._db.writer.execute(_EVENT_SEQ_SQL, (r.device_id, r.seq)).rowcount:
+        if not tx.execute(_EVENT_SEQ_SQL, (r.device_id, r.seq)).rowcount:
             return None
-        self._db.writer.execute(
+        tx.execute(
             "INSERT INTO lesson_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 r.device_id,
@@ -324,26 +323,26 @@ class SqlLessons:
         )
         panel = (e.lesson_id, r.device_id)
         if e.kind is EventKind.LAUNCHED:
-            self._db.writer.execute(
+            tx.execute(
                 "UPDATE lesson_panels SET launched_at = coalesce(launched_at, ?) "
                 "WHERE lesson_id = ? AND device_id = ?",
                 (e.at, *panel),
             )
         elif e.kind is EventKind.FAILED:
-            self._db.writer.execute(
+            tx.execute(
                 "UPDATE lesson_panels SET failed_reason = ?, failed_at = ? "
                 "WHERE lesson_id = ? AND device_id = ?",
                 (e.reason.value if e.reason else "", e.at, *panel),
             )
         elif e.kind is EventKind.ENDED:
-            self._db.writer.execute(
+            tx.execute(
                 "UPDATE lesson_panels SET ended_at = ? WHERE lesson_id = ? AND device_id = ?",
                 (e.at, *panel),
             )
         # The outbox keeps offering the launch until the lesson ends, answered or not:
         # a panel that restarts mid-lesson shows it again, and one that did not
         # restart recognises the command id and does nothing.
-        lesson = self._db.writer.execute(
+        lesson = tx.execute(
             "SELECT school_id, starts_at FROM lessons WHERE lesson_id = ?", (e.lesson_id,)
         ).fetchone()
         if lesson is None:

@@ -66,6 +66,10 @@ class Dialect:
     # ``expression`` ordered by code point, as SQLite orders text, whatever the
     # PostgreSQL database's locale.
     by_code_point: Callable[[str], str]
+    # Appended to a SELECT inside a transaction to lock the rows it reads until the
+    # transaction ends. SQLite has no row locks and needs none: its one writer holds
+    # the database's write lock for the whole transaction.
+    for_update: str
 
 
 SQLITE = Dialect(
@@ -75,6 +79,7 @@ SQLITE = Dialect(
     listed=lambda values: json.dumps(list(values)),
     json_pairs=lambda expression: f"json_each({expression})",
     by_code_point=lambda expression: expression,
+    for_update="",
 )
 
 POSTGRESQL = Dialect(
@@ -83,6 +88,7 @@ POSTGRESQL = Dialect(
     listed=list,
     json_pairs=lambda expression: f"jsonb_each_text(({expression})::jsonb)",
     by_code_point=lambda expression: f'{expression} COLLATE "C"',
+    for_update=" FOR UPDATE",
 )
 
 
