@@ -17,6 +17,7 @@ from common.logs import setup_logging
 from controller import settings as controller_settings
 from controller.commands.ca import ca_app
 from controller.commands.options import Config, Database, DataDir, one_line_errors
+from controller.commands.store import store_app
 from inventory.people import Role
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ users_app = typer.Typer(
 )
 app.add_typer(users_app, name="users")
 app.add_typer(ca_app, name="ca")
+app.add_typer(store_app, name="store")
 # Who the audit log names for users made on the controller's machine.
 LOCAL_ACTOR = "controller-host"
 
@@ -84,7 +86,9 @@ def serve(
             },
         )
         setup_logging(settings.log_level)
-        _hold_data_dir(settings)
+        from controller.datadir import lock as data_lock
+
+        data_lock.hold_created(settings.data_dir)
         asyncio.run(controller_serve(settings))
     except SchoolFleetError as exc:
         print(f"schoolfleet-controller: {exc}", file=sys.stderr)
@@ -206,19 +210,6 @@ def _created_text(created: dict[str, Any]) -> str:
     if created["replaced"]:
         lines.append("Every device enrolled with the old CA must enroll again.")
     return "\n".join(lines)
-
-
-def _hold_data_dir(settings: controller_settings.ControllerSettings) -> None:
-    """One controller per data folder, held until this process ends (restore checks it)."""
-    from controller.datadir import lock as data_lock
-    from controller.datadir.private_files import private_dir
-    from controller.errors import ConfigError
-
-    try:
-        private_dir(settings.data_dir)
-    except OSError as exc:
-        raise ConfigError(f"data_dir {settings.data_dir}: {exc.strerror}") from None
-    data_lock.hold(settings.data_dir)
 
 
 @app.command()

@@ -12,6 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from controller.datadir.private_files import private_dir
 from controller.errors import ConfigError
 
 LOCK_NAME = "controller.lock"
@@ -29,3 +30,12 @@ def hold(data_dir: Path) -> int:
             f"data_dir {data_dir}: another controller is running on it (lock {LOCK_NAME})"
         ) from None
     return fd
+
+
+def hold_created(data_dir: Path) -> int:
+    """``hold``, making the data folder (private to this account) first if needed."""
+    try:
+        private_dir(data_dir)
+    except OSError as exc:
+        raise ConfigError(f"data_dir {data_dir}: {exc.strerror}") from None
+    return hold(data_dir)
