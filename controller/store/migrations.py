@@ -387,6 +387,19 @@ MIGRATIONS: tuple[str, ...] = (
         next_issued_at REAL
     );
     """,
+    # 13: leases on work that must happen once among the controllers sharing the
+    #     store (the lesson dispatcher, the probe and uplink schedules, the rollout
+    #     engine): who holds each, until when by the database's clock, and an epoch
+    #     that grows with every new holder, so that a holder that lost its lease is
+    #     fenced off by number, not by trusting its own clock.
+    """
+    CREATE TABLE leases (
+        name       TEXT PRIMARY KEY,
+        holder     TEXT NOT NULL,
+        epoch      INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -70,6 +70,9 @@ class Dialect:
     # transaction ends. SQLite has no row locks and needs none: its one writer holds
     # the database's write lock for the whole transaction.
     for_update: str
+    # The database's clock in seconds since the epoch: what replicas whose own clocks
+    # differ agree on.
+    now_seconds: str
 
 
 SQLITE = Dialect(
@@ -80,6 +83,7 @@ SQLITE = Dialect(
     json_pairs=lambda expression: f"json_each({expression})",
     by_code_point=lambda expression: expression,
     for_update="",
+    now_seconds="((julianday('now') - 2440587.5) * 86400.0)",
 )
 
 POSTGRESQL = Dialect(
@@ -89,6 +93,7 @@ POSTGRESQL = Dialect(
     json_pairs=lambda expression: f"jsonb_each_text(({expression})::jsonb)",
     by_code_point=lambda expression: f'{expression} COLLATE "C"',
     for_update=" FOR UPDATE",
+    now_seconds="extract(epoch FROM clock_timestamp())::float8",
 )
 
 
