@@ -192,6 +192,11 @@ class PgDatabase:
         with self.transaction() as tx:
             tx.executemany(query, params)
 
+    def connect_alone(self) -> psycopg.Connection[tuple[object, ...]]:
+        """A new connection of its own, not the pool's, in autocommit: for LISTEN,
+        which holds a connection for as long as it listens."""
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+
     def close(self) -> None:
         """Closes the pool's connections."""
         self._pool.close()
