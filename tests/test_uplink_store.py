@@ -1,26 +1,19 @@
-"""Uplink checks in the SQLite store: one running per school, ending once, the latest
-of each school, sweeps."""
+"""Uplink checks in the store, on SQLite and PostgreSQL alike: one running per school,
+ending once, the latest of each school, sweeps."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from controller.stores import Stores, sqlite_stores
+from controller.stores import Stores
 from inventory.uplink import UplinkCheck, UplinkState
 
 T0 = 1_800_000_000.0
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Stores]:
-    s = sqlite_stores(tmp_path / "c.db")
-    try:
-        yield s
-    finally:
-        s.close()
+def store(both_stores: Stores) -> Stores:
+    return both_stores
 
 
 def test_a_school_has_at_most_one_check_running(store: Stores) -> None:
