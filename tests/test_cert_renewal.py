@@ -14,12 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent import cert_tool
 from common.secret_hash import hash_secret
-from controller.enroll import ca_rotation
+from controller.enroll import ca_rotation, tokens
 from controller.enroll.ca_keeper import CaKeeper
+from controller.enroll.cert_store import Renewed
 from controller.enroll.device_certs import sign_device_csr
 from controller.enroll.pki import init_ca, load_ca
 from controller.enroll.renewal import renew_in, renewal_key, spki
 from controller.errors import PkiError
+from controller.stores import Stores
+from inventory.model import Enrollment
 
 DAY = 86_400.0
 
@@ -160,51 +163,41 @@ def test_files_root_writes_for_the_controller_belong_to_the_controller_s_user(pk
 
 
 def test_the_store_switches_to_a_renewal_once_and_never_after_a_new_enrollment(
-    tmp_path: Path,
+    both_stores: Stores,
 ) -> None:
-    from controller.enroll import tokens as enrollment
-    from controller.enroll.cert_store import Renewed
-    from controller.stores import open_stores
-    from inventory.model import Enrollment
-
-    store = open_stores(f"sqlite://{tmp_path / 'controller.db'}")
-    try:
-        for serial in ("a1", "c3"):
-            token, secret = enrollment.mint("1234", 1, 3600, 1000.0)
-            store.enrollments.add_enroll_token(token, hash_secret(secret))
-            if serial == "c3":
-                store.enrollments.allow_reenroll("panel-1")
-            store.enrollments.enroll(
-                hash_secret(secret),
-                Enrollment("panel-1", "1234", serial, 5000.0, 1000.0, token.token_id),
-                1000.0,
-            )
-            if serial == "a1":
-                # Only for the certificate in use; then the switch happens once.
-                assert not store.enrollments.add_renewal(
-                    "panel-1", "zz", Renewed("b2", 9000.0, 2000.0, "x")
-                )
-                assert store.enrollments.add_renewal(
-                    "panel-1", "a1", Renewed("b2", 9000.0, 2000.0, "ca-2")
-                )
-                assert store.enrollments.cert_state("panel-1").next_serial == "b2"  # type: ignore[union-attr]
-                assert store.enrollments.confirm_renewal("panel-1", "b2")
-                assert not store.enrollments.confirm_renewal("panel-1", "b2")
-                state = store.enrollments.cert_state("panel-1")
-                assert state is not None
-                assert (state.serial, state.ca_id, state.issued_at) == ("b2", "ca-2", 2000.0)
-                # A renewal not yet used when the device enrolls again is void.
-                assert store.enrollments.add_renewal(
-                    "panel-1", "b2", Renewed("d4", 9000.0, 3000.0, "ca-2")
-                )
-        assert not store.enrollments.confirm_renewal("panel-1", "d4")
-        assert store.enrollments.get_enrollment("panel-1").serial == "c3"  # type: ignore[union-attr]
-        store.enrollments.decommission("panel-1", 4000.0)
-        assert not store.enrollments.add_renewal(
-            "panel-1", "c3", Renewed("e5", 9000.0, 4000.0, "ca-2")
+    store = both_stores
+    for serial in ("a1", "c3"):
+        token, secret = tokens.mint("1234", 1, 3600, 1000.0)
+        store.enrollments.add_enroll_token(token, hash_secret(secret))
+        if serial == "c3":
+            store.enrollments.allow_reenroll("panel-1")
+        store.enrollments.enroll(
+            hash_secret(secret),
+            Enrollment("panel-1", "1234", serial, 5000.0, 1000.0, token.token_id),
+            1000.0,
         )
-    finally:
-        store.close()
+        if serial == "a1":
+            # Only for the certificate in use; then the switch happens once.
+            assert not store.enrollments.add_renewal(
+                "panel-1", "zz", Renewed("b2", 9000.0, 2000.0, "x")
+            )
+            assert store.enrollments.add_renewal(
+                "panel-1", "a1", Renewed("b2", 9000.0, 2000.0, "ca-2")
+            )
+            assert store.enrollments.cert_state("panel-1").next_serial == "b2"  # type: ignore[union-attr]
+            assert store.enrollments.confirm_renewal("panel-1", "b2")
+            assert not store.enrollments.confirm_renewal("panel-1", "b2")
+            state = store.enrollments.cert_state("panel-1")
+            assert state is not None
+            assert (state.serial, state.ca_id, state.issued_at) == ("b2", "ca-2", 2000.0)
+            # A renewal not yet used when the device enrolls again is void.
+            assert store.enrollments.add_renewal(
+                "panel-1", "b2", Renewed("d4", 9000.0, 3000.0, "ca-2")
+            )
+    assert not store.enrollments.confirm_renewal("panel-1", "d4")
+    assert store.enrollments.get_enrollment("panel-1").serial == "c3"  # type: ignore[union-attr]
+    store.enrollments.decommission("panel-1", 4000.0)
+    assert not store.enrollments.add_renewal("panel-1", "c3", Renewed("e5", 9000.0, 4000.0, "ca-2"))
 
 
 def test_the_server_certificate_renews_itself_two_thirds_in_for_the_same_names(pki: Path) -> None:

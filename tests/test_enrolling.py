@@ -1,10 +1,10 @@
 """A device's enrollment decided in-process (controller/enroll/enrolling.py): a token's
 use traded for a certificate of the token's school, recorded with it; every refusal
-leaves nothing signed and nothing stored. Real SQLite, the project's own CA."""
+leaves nothing signed and nothing stored. Real SQLite and PostgreSQL, the project's
+own CA."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +16,15 @@ from controller.enroll.ca_keeper import CaKeeper
 from controller.enroll.enrolling import Attempt, EnrollAsk, Enrollments, NoCa
 from controller.enroll.pki import init_ca
 from controller.errors import EnrollRefused, ProtocolError
-from controller.stores import Stores, sqlite_stores
+from controller.stores import Stores
 from tests.hostile_pki import csr_pem
 
 T0 = 1_800_000_000.0
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Stores]:
-    s = sqlite_stores(tmp_path / "c.db")
-    yield s
-    s.close()
+def store(both_stores: Stores) -> Stores:
+    return both_stores
 
 
 def _token(store: Stores, school: str, uses: int = 1) -> str:

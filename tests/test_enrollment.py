@@ -9,7 +9,13 @@ from controller.enroll.tokens import PREFIX, mint, token_id
 from controller.errors import ProtocolError
 from controller.stores import Stores
 from inventory.model import valid_id
-from tests.test_store_sqlite import T0, store  # noqa: F401  (fixture)
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def store(both_stores: Stores) -> Stores:
+    return both_stores
 
 
 def test_every_token_id_is_a_valid_id() -> None:
@@ -42,7 +48,7 @@ def test_limits_are_named(school: str, uses: int, valid: int, message: str) -> N
         mint(school, uses, valid, T0)
 
 
-def test_tokens_are_stored_listed_and_revoked(store: Stores) -> None:  # noqa: F811
+def test_tokens_are_stored_listed_and_revoked(store: Stores) -> None:
     a, secret_a = mint("s1", 3, 3600, T0)
     b, secret_b = mint("s2", 1, 3600, T0 + 1)
     store.enrollments.add_enroll_token(a, hash_secret(secret_a))
