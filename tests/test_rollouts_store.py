@@ -1,4 +1,6 @@
-"""Rollouts in the SQLite store: claims, waves, ends, windows and the lesson schedule."""
+"""Rollouts in the store, on SQLite and PostgreSQL alike: claims, waves, ends, windows
+and the lesson schedule (tests/test_rollouts_store_contract.py has the hostile values
+and the races)."""
 
 from __future__ import annotations
 
@@ -43,7 +45,14 @@ def hosts(*device_ids: str, school: str = "s1") -> list[NewHost]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Stores]:
+def store(both_stores: Stores) -> Stores:
+    return both_stores
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Stores]:
+    """For the tests that write the schedule through the lessons' and devices' stores,
+    each with its own contract suite."""
     s = sqlite_stores(tmp_path / "c.db")
     yield s
     s.close()
@@ -304,8 +313,9 @@ def test_maintenance_windows_are_replaced_whole(store: Stores) -> None:
     assert store.rollouts.windows() == {}
     store.rollouts.set_windows("s1", ["sat 00:00-24:00", "mon-fri 18:00-06:00"])
     store.rollouts.set_windows("s2", ["sun 08:00-20:00"])
+    # In code point order (the admin API stores them sorted).
     assert store.rollouts.windows() == {
-        "s1": ["sat 00:00-24:00", "mon-fri 18:00-06:00"],
+        "s1": ["mon-fri 18:00-06:00", "sat 00:00-24:00"],
         "s2": ["sun 08:00-20:00"],
     }
     assert store.rollouts.windows(["s2", "s9"]) == {"s2": ["sun 08:00-20:00"]}
@@ -320,7 +330,8 @@ def lesson(room: str, start: float, minutes: int = 45) -> Lesson:
     return Lesson("s1", room, start, start + minutes * 60, "7B", "maths", "T", "https://x/l", False)
 
 
-def test_busy_rooms_are_those_with_a_lesson_overlapping(store: Stores) -> None:
+def test_busy_rooms_are_those_with_a_lesson_overlapping(sqlite_store: Stores) -> None:
+    store = sqlite_store
     first, second = lesson("r1", T0), lesson("r1", T0 + 3600)
     store.lessons.save_lessons([first, second, lesson("r2", T0 + 600, 30)], T0 - 1000)
     rooms = [("s1", "r1"), ("s1", "r2"), ("s1", "r3")]
@@ -336,7 +347,8 @@ def test_busy_rooms_are_those_with_a_lesson_overlapping(store: Stores) -> None:
     assert store.rollouts.busy_rooms([], T0, T0 + 3601) == {}
 
 
-def test_lesson_rates_count_each_panel_of_each_lesson(store: Stores) -> None:
+def test_lesson_rates_count_each_panel_of_each_lesson(sqlite_store: Stores) -> None:
+    store = sqlite_store
     for device_id in ("p1", "p2"):
         store.devices.device_connected(
             DeviceIdentity(device_id, DeviceKind.PANEL, "s1", "r1", "h", "1"), 1, 90, T0 - 100

@@ -1,181 +1,65 @@
-"""Rollouts, their hosts, waves and claims, and schools' maintenance windows in the
-SQLite store.
+"""Rollouts, their hosts, waves and claims, and schools' maintenance windows, on either
+database (controller/store/sql.py).
 
-Lists of ids (20,000 hosts in a city-wide rollout) are bound as one JSON array and
-read with ``json_each``: one parameter, so SQLite's variable limit never applies and
-nothing needs chunking.
+Several controllers may share one PostgreSQL database, whose transactions run at once
+where SQLite's one writer ran them one after another. So each step that reads and
+then writes holds what it read: a host's claim is an insert a second rollout cannot
+also make, a wave is opened by inserting its row and closed with that row locked (its
+failed count taken after every other closing of it), a rollout ends by an update that
+only a rollout not yet ended matches, and a school's windows are replaced under a key
+only one transaction at a time can insert. Transactions take a rollout's rows in one
+order (the rollout, its waves, its hosts, their claims), so that no two of them each
+wait for the other.
+
+Lists of ids (20,000 hosts in a city-wide rollout) are bound as one parameter (the
+dialect's list), so no variable limit applies and nothing needs chunking.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 
 from controller.errors import HostsClaimed, StoreError
+from controller.rollouts.sql_rows import (
+    HOST_COLUMNS,
+    host,
+    records,
+    records_select,
+    spec_json,
+    stored_result,
+)
 from controller.rollouts.store import NewHost, RolloutQuery, Room
-from controller.store.sql import SqlDatabase
-from inventory.host_output import bounded_detail, printable, tail
+from controller.rollouts.stored_values import (
+    check_spec,
+    checked_id,
+    host_schools,
+    storable,
+    written_out,
+)
+from controller.store.sql import SqlDatabase, Tx
 from inventory.rollouts import (
-    Amount,
     HostOutcome,
     HostResult,
     LessonRates,
     RolloutRecord,
     RolloutSpec,
     RolloutState,
-    WaveRecord,
-    parse_amount,
 )
 from inventory.schedule import MAX_LESSON_SECONDS
 
-_FINAL = tuple(s.value for s in RolloutState if s.final)
-_IDS = "(SELECT value FROM json_each(?))"
-# A host's row without its detail, which only rollout_host reads.
-_HOST_COLUMNS = (
-    "rollout_id, device_id, school_id, wave, outcome, task, message, started_at, "
-    "finished_at, rc, stdout, stderr"
-)
-
-
-def _ids(values: Iterable[str]) -> str:
-    return json.dumps(sorted(set(values)))
-
-
-def _amount_text(amount: Amount) -> str:
-    text = str(amount)
-    # str() keeps six significant digits; a percentage with more is stored whole.
-    if amount.percent and float(text.removesuffix("%")) != amount.value:
-        return f"{amount.value!r}%"
-    return text
-
-
-def _spec_json(spec: RolloutSpec) -> str:
-    try:
-        return json.dumps(
-            {
-                "canary": _amount_text(spec.canary),
-                "wave_size": _amount_text(spec.wave_size),
-                "max_fail": spec.max_fail,
-                "extra_vars": dict(spec.extra_vars),
-                "gate_lessons": spec.gate_lessons,
-                "include_offline": spec.include_offline,
-                "offline_skipped": list(spec.offline_skipped),
-                "strategy": spec.strategy,
-            },
-            sort_keys=True,
-        )
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"rollout extra vars cannot be stored as JSON: {exc}") from None
-
-
-def _spec(row: sqlite3.Row) -> RolloutSpec:
-    data = json.loads(row["spec"])
-    return RolloutSpec(
-        playbook=row["playbook"],
-        selector=row["selector"],
-        canary=parse_amount(data["canary"], "canary"),
-        wave_size=parse_amount(data["wave_size"], "wave size"),
-        max_fail=float(data["max_fail"]),
-        extra_vars=data["extra_vars"],
-        gate_lessons=bool(data["gate_lessons"]),
-        # Absent from rollouts stored before offline devices were left out.
-        include_offline=bool(data.get("include_offline", True)),
-        offline_skipped=tuple(data.get("offline_skipped", ())),
-        # Absent from rollouts stored before a rollout could choose: linear then.
-        strategy=str(data.get("strategy", "linear")),
-    )
-
-
-def _host(r: sqlite3.Row) -> HostResult:
-    return HostResult(
-        device_id=r["device_id"],
-        school_id=r["school_id"],
-        wave=r["wave"],
-        outcome=HostOutcome(r["outcome"]),
-        task=r["task"],
-        message=r["message"],
-        started_at=r["started_at"],
-        finished_at=r["finished_at"],
-        rc=r["rc"],
-        stdout=r["stdout"],
-        stderr=r["stderr"],
-        # A sqlite3.Row's `in` looks at its values, not its column names.
-        detail=r["detail"] if "detail" in r.keys() else "",  # noqa: SIM118
-    )
-
-
-def _stored(r: HostResult) -> tuple[str, str, int | None, str, str, str]:
-    """A result as it is stored: task, message, return code, output ends and detail,
-    bounded and escaped again, since they come from the wave's worker, which runs as
-    Ansible's user with the devices' output."""
-    return (
-        printable(r.task[:500]),
-        printable(r.message[:1000]),
-        r.rc,
-        tail(r.stdout),
-        tail(r.stderr),
-        bounded_detail(r.detail),
-    )
-
-
-def _records(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[RolloutRecord]:
-    """Rollout rows with their counts and waves: three queries however many rows."""
-    ids = json.dumps([r["rollout_id"] for r in rows])
-    counts = {r["rollout_id"]: dict.fromkeys(HostOutcome, 0) for r in rows}
-    for c in conn.execute(
-        "SELECT rollout_id, outcome, count(*) AS n FROM rollout_hosts "
-        f"WHERE rollout_id IN {_IDS} GROUP BY rollout_id, outcome",
-        (ids,),
-    ):
-        counts[c["rollout_id"]][HostOutcome(c["outcome"])] = c["n"]
-    waves: dict[int, list[WaveRecord]] = {r["rollout_id"]: [] for r in rows}
-    for w in conn.execute(
-        f"SELECT * FROM rollout_waves WHERE rollout_id IN {_IDS} ORDER BY rollout_id, wave",
-        (ids,),
-    ):
-        waves[w["rollout_id"]].append(
-            WaveRecord(w["wave"], w["hosts"], w["started_at"], w["finished_at"], w["failed"])
-        )
-    return [
-        RolloutRecord(
-            rollout_id=r["rollout_id"],
-            spec=_spec(r),
-            state=RolloutState(r["state"]),
-            reason=r["reason"],
-            created_by=r["created_by"],
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
-            finished_at=r["finished_at"],
-            counts=counts[r["rollout_id"]],
-            waves=tuple(waves[r["rollout_id"]]),
-            baseline=LessonRates(r["baseline_tried"], r["baseline_failed"]),
-            waiting=r["waiting"],
-        )
-        for r in rows
-    ]
+_FINAL = [s.value for s in RolloutState if s.final]
+# WINDOW is a reserved word in PostgreSQL; SQLite takes the quoted name too.
+_WINDOW = '"window"'
 
 
 class SqlRollouts:
-    """A RolloutStore on the shared SQLite file."""
+    """A RolloutStore on the shared database; safe for several controllers on one."""
 
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
-
-    @contextmanager
-    def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        """This thread's reader in one read transaction, so a record's state, counts
-        and waves are of the same moment."""
-        conn = self._db.reader()
-        try:
-            conn.execute("BEGIN")
-            yield conn
-        except sqlite3.Error as exc:
-            raise StoreError(f"database {self._db.path}: {exc}") from None
-        finally:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        self._one_of = db.dialect.one_of
+        self._listed = db.dialect.listed
 
     def create_rollout(
         self,
@@ -185,24 +69,24 @@ class SqlRollouts:
         now: float,
         baseline: LessonRates,
     ) -> int:
-        spec_json = _spec_json(spec)
-        with self._db.transaction() as db:
-            held = db.execute(
-                "SELECT c.device_id, c.rollout_id FROM json_each(?) AS j "
-                "JOIN rollout_claims AS c ON c.device_id = j.value",
-                (_ids(h.device_id for h in hosts),),
-            ).fetchall()
-            if held:
-                raise HostsClaimed({r["device_id"]: r["rollout_id"] for r in held})
+        check_spec(spec, created_by)
+        spec_text = spec_json(spec)
+        schools = host_schools(hosts)
+        pairs = {"hosts": json.dumps(schools, sort_keys=True)}
+        ids = {"ids": self._listed(sorted(schools))}
+        with self._db.transaction() as tx:
+            # Refused before anything is written, as a rule; the claims below are
+            # what holds when another controller claims the same hosts meanwhile.
+            self._refuse_claimed(tx, ids)
             rollout_id = int(
-                db.execute(
+                tx.execute(
                     "INSERT INTO rollouts (playbook, selector, spec, state, created_by, "
                     "created_at, updated_at, baseline_tried, baseline_failed) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rollout_id",
                     (
                         spec.playbook,
                         spec.selector,
-                        spec_json,
+                        spec_text,
                         RolloutState.RUNNING.value,
                         created_by,
                         now,
@@ -210,44 +94,62 @@ class SqlRollouts:
                         baseline.tried,
                         baseline.failed,
                     ),
-                ).fetchone()[0]
+                ).fetchone()["rollout_id"]
             )
-            db.executemany(
-                "INSERT INTO rollout_hosts (rollout_id, device_id, school_id) VALUES (?, ?, ?)",
-                [(rollout_id, h.device_id, h.school_id) for h in hosts],
-            )
-            db.executemany(
-                "INSERT INTO rollout_claims VALUES (?, ?)",
-                [(h.device_id, rollout_id) for h in hosts],
+            # In device order, so that two rollouts claiming some of the same hosts
+            # wait for each other, never each for the other (a deadlock). A claim held
+            # by an unfinished transaction waits for it; DO NOTHING if it committed.
+            # (The ORDER BY also keeps SQLite from reading ON as a join's.)
+            claimed = tx.execute(
+                "INSERT INTO rollout_claims (device_id, rollout_id) "
+                f"SELECT key, :id FROM {self._db.dialect.json_pairs(':hosts')} AS j "
+                "ORDER BY key ON CONFLICT (device_id) DO NOTHING",
+                {**pairs, "id": rollout_id},
+            ).rowcount
+            if claimed != len(schools):
+                self._refuse_claimed(tx, ids, rollout_id)
+                raise StoreError("rollout hosts were claimed and given back meanwhile; retry")
+            tx.execute(
+                "INSERT INTO rollout_hosts (rollout_id, device_id, school_id) "
+                f"SELECT :id, key, value FROM {self._db.dialect.json_pairs(':hosts')} AS j",
+                {**pairs, "id": rollout_id},
             )
         return rollout_id
 
+    def _refuse_claimed(self, tx: Tx, ids: dict[str, object], rollout_id: int = 0) -> None:
+        """HostsClaimed if another rollout than ``rollout_id`` (0: none, the ids start
+        at 1) holds one of ``ids``."""
+        held = tx.execute(
+            "SELECT device_id, rollout_id FROM rollout_claims "
+            f"WHERE {self._one_of('device_id', ':ids')} AND rollout_id != :id",
+            {**ids, "id": rollout_id},
+        ).fetchall()
+        if held:
+            raise HostsClaimed({r["device_id"]: r["rollout_id"] for r in held})
+
+    def _records(self, where: str, params: dict[str, object], limit: int) -> list[RolloutRecord]:
+        # SQLite reads LIMIT -1 as no limit, PostgreSQL refuses it: none on both.
+        rows = self._db.read(records_select(where), {**params, "limit": max(limit, 0)})
+        return records(rows)
+
     def get_rollout(self, rollout_id: int) -> RolloutRecord | None:
-        with self._snapshot() as db:
-            rows = db.execute("SELECT * FROM rollouts WHERE rollout_id = ?", (rollout_id,))
-            found = _records(db, rows.fetchall())
+        found = self._records("r.rollout_id = :id", {"id": rollout_id}, 1)
         return found[0] if found else None
 
     def list_rollouts(self, query: RolloutQuery) -> list[RolloutRecord]:
-        where = ["1"]
-        params: list[object] = []
+        where = ["true"]
+        params: dict[str, object] = {}
         if query.states is not None:
-            where.append(f"state IN {_IDS}")
-            params.append(_ids(s.value for s in query.states))
+            where.append(self._one_of("r.state", ":states"))
+            params["states"] = self._listed(sorted(s.value for s in query.states))
         if query.schools is not None:
             # Like GetRollout: a rollout is seen only by who may see every school it touches.
             where.append(
                 "NOT EXISTS (SELECT 1 FROM rollout_hosts AS h WHERE h.rollout_id = r.rollout_id "
-                f"AND h.school_id NOT IN {_IDS})"
+                f"AND NOT ({self._one_of('h.school_id', ':schools')}))"
             )
-            params.append(_ids(query.schools))
-        with self._snapshot() as db:
-            rows = db.execute(
-                f"SELECT * FROM rollouts AS r WHERE {' AND '.join(where)} "
-                "ORDER BY created_at DESC, rollout_id DESC LIMIT ?",
-                (*params, query.limit),
-            ).fetchall()
-            return _records(db, rows)
+            params["schools"] = self._listed(sorted(s for s in query.schools if storable(s)))
+        return self._records(" AND ".join(where), params, query.limit)
 
     def rollout_schools(self, rollout_id: int) -> set[str]:
         rows = self._db.read(
@@ -259,135 +161,179 @@ class SqlRollouts:
     def rollout_hosts(
         self, rollout_id: int, outcomes: frozenset[HostOutcome] | None = None
     ) -> list[HostResult]:
-        only = "" if outcomes is None else "AND outcome IN (SELECT value FROM json_each(:outs))"
+        only = "" if outcomes is None else f"AND {self._one_of('outcome', ':outs')}"
+        by_device = self._db.dialect.by_code_point("device_id")
         rows = self._db.read(
-            f"SELECT {_HOST_COLUMNS} FROM rollout_hosts WHERE rollout_id = :id {only} "
-            "ORDER BY wave IS NULL, wave, device_id",
-            {"id": rollout_id, "outs": _ids(o.value for o in outcomes or ())},
+            f"SELECT {HOST_COLUMNS} FROM rollout_hosts WHERE rollout_id = :id {only} "
+            f"ORDER BY wave IS NULL, wave, {by_device}",
+            {"id": rollout_id, "outs": self._listed(sorted(o.value for o in outcomes or ()))},
         )
-        return [_host(r) for r in rows]
+        return [host(r) for r in rows]
 
     def rollout_host(self, rollout_id: int, device_id: str) -> HostResult | None:
+        if not storable(device_id):
+            return None
         rows = self._db.read(
             "SELECT * FROM rollout_hosts WHERE rollout_id = :id AND device_id = :device",
             {"id": rollout_id, "device": device_id},
         )
-        return _host(rows[0]) if rows else None
+        return host(rows[0]) if rows else None
 
     def set_rollout_state(
         self, rollout_id: int, state: RolloutState, reason: str, now: float
     ) -> RolloutRecord | None:
-        with self._db.transaction() as db:
+        with self._db.transaction() as tx:
             # A final rollout has given its claims back: it stays as it ended, and the
-            # record returned says so.
-            moved = db.execute(
-                "UPDATE rollouts SET state = ?, reason = ?, updated_at = ?, "
-                f"finished_at = ? WHERE rollout_id = ? AND state NOT IN {_IDS}",
-                (
-                    state.value,
-                    reason,
-                    now,
-                    now if state.final else None,
-                    rollout_id,
-                    json.dumps(_FINAL),
-                ),
+            # record returned says so. Of two controllers ending it at once, the one
+            # that updates second finds it ended and changes nothing.
+            moved = tx.execute(
+                "UPDATE rollouts SET state = :state, reason = :reason, updated_at = :now, "
+                "finished_at = :finished WHERE rollout_id = :id "
+                f"AND NOT ({self._one_of('state', ':final')})",
+                {
+                    "state": state.value,
+                    "reason": written_out(reason),
+                    "now": now,
+                    "finished": now if state.final else None,
+                    "id": rollout_id,
+                    "final": self._listed(_FINAL),
+                },
             ).rowcount
             if moved and state.final:
+                tx.execute(
+                    "UPDATE rollout_waves SET finished_at = ? "
+                    "WHERE rollout_id = ? AND finished_at IS NULL",
+                    (now, rollout_id),
+                )
                 # A running host's playbook was stopped (it may be half changed); a
                 # pending one was never touched. finish_wave may still say better.
-                db.execute(
+                tx.execute(
                     "UPDATE rollout_hosts SET finished_at = ?, outcome = CASE outcome "
                     "WHEN 'running' THEN 'interrupted' ELSE 'cancelled' END "
                     "WHERE rollout_id = ? AND outcome IN ('pending', 'running')",
                     (now, rollout_id),
                 )
-                db.execute(
-                    "UPDATE rollout_waves SET finished_at = ? "
-                    "WHERE rollout_id = ? AND finished_at IS NULL",
-                    (now, rollout_id),
-                )
-                db.execute("DELETE FROM rollout_claims WHERE rollout_id = ?", (rollout_id,))
+                tx.execute("DELETE FROM rollout_claims WHERE rollout_id = ?", (rollout_id,))
         return self.get_rollout(rollout_id)
 
     def set_waiting(self, rollout_id: int, waiting: str, now: float) -> None:
         # Called on every pass of the engine: only a change is written.
         self._db.write(
-            "UPDATE rollouts SET waiting = ?, updated_at = ? WHERE rollout_id = ? AND waiting != ?",
-            (waiting, now, rollout_id, waiting),
+            "UPDATE rollouts SET waiting = :waiting, updated_at = :now "
+            "WHERE rollout_id = :id AND waiting != :waiting",
+            {"waiting": written_out(waiting), "now": now, "id": rollout_id},
         )
 
     def start_wave(self, rollout_id: int, wave: int, device_ids: Sequence[str], now: float) -> None:
-        with self._db.transaction() as db:
-            moved = db.executemany(
-                "UPDATE rollout_hosts SET wave = ?, outcome = 'running', started_at = ? "
-                "WHERE rollout_id = ? AND device_id = ? AND outcome = 'pending'",
-                [(wave, now, rollout_id, d) for d in device_ids],
-            ).rowcount
-            db.execute(
+        key = {"id": rollout_id, "wave": wave}
+        with self._db.transaction() as tx:
+            # The wave's row first: a second start of the same wave (another
+            # controller's) is refused before it moves any host.
+            opened = tx.execute(
                 "INSERT INTO rollout_waves (rollout_id, wave, hosts, started_at) "
-                "VALUES (?, ?, ?, ?)",
-                (rollout_id, wave, moved, now),
+                "VALUES (:id, :wave, 0, :now) ON CONFLICT (rollout_id, wave) DO NOTHING",
+                {**key, "now": now},
+            ).rowcount
+            if not opened:
+                raise StoreError(f"rollout {rollout_id}: wave {wave} was started already")
+            moved = tx.execute(
+                "UPDATE rollout_hosts SET wave = :wave, outcome = 'running', started_at = :now "
+                f"WHERE rollout_id = :id AND outcome = 'pending' AND "
+                f"{self._one_of('device_id', ':ids')}",
+                {**key, "now": now, "ids": self._listed(d for d in device_ids if storable(d))},
+            ).rowcount
+            tx.execute(
+                "UPDATE rollout_waves SET hosts = :moved WHERE rollout_id = :id AND wave = :wave",
+                {**key, "moved": moved},
             )
 
     def finish_wave(
         self, rollout_id: int, wave: int, results: Sequence[HostResult], now: float
     ) -> None:
-        with self._db.transaction() as db:
+        key = {"id": rollout_id, "wave": wave}
+        with self._db.transaction() as tx:
+            # The wave's row is held until this commits: another closing of the wave
+            # waits, and then counts this one's hosts too.
+            tx.execute(
+                "SELECT wave FROM rollout_waves WHERE rollout_id = :id AND wave = :wave"
+                + self._db.dialect.for_update,
+                key,
+            )
             # Any host of the wave, even one an abort has cancelled since: what the
-            # playbook did to it is what it did.
-            db.executemany(
+            # playbook did to it is what it did. A device id no host can have is left
+            # out rather than failing the others' results.
+            tx.executemany(
                 "UPDATE rollout_hosts SET outcome = ?, task = ?, message = ?, rc = ?, "
                 "stdout = ?, stderr = ?, detail = ?, finished_at = ? "
                 "WHERE rollout_id = ? AND device_id = ? AND wave = ?",
                 [
                     (
                         r.outcome.value,
-                        *_stored(r),
+                        *stored_result(r),
                         now if r.finished_at is None else r.finished_at,
                         rollout_id,
                         r.device_id,
                         wave,
                     )
                     for r in results
+                    if storable(r.device_id)
                 ],
             )
-            db.execute(
-                "UPDATE rollout_waves SET finished_at = ?3, failed = (SELECT count(*) "
-                "FROM rollout_hosts WHERE rollout_id = ?1 AND wave = ?2 "
-                "AND outcome IN ('failed', 'unreachable')) WHERE rollout_id = ?1 AND wave = ?2",
-                (rollout_id, wave, now),
+            tx.execute(
+                "UPDATE rollout_waves SET finished_at = :now, failed = (SELECT count(*) "
+                "FROM rollout_hosts WHERE rollout_id = :id AND wave = :wave "
+                "AND outcome IN ('failed', 'unreachable')) WHERE rollout_id = :id AND wave = :wave",
+                {**key, "now": now},
             )
 
     def requeue_interrupted(self, rollout_id: int) -> int:
-        with self._db.transaction() as db:
-            moved = db.execute(
+        with self._db.transaction() as tx:
+            # The waves first: one a controller is closing right now is waited for,
+            # and then is finished and stays.
+            waves = tx.execute(
+                "DELETE FROM rollout_waves WHERE rollout_id = ? AND finished_at IS NULL "
+                "RETURNING wave",
+                (rollout_id,),
+            ).fetchall()
+            if not waves:
+                return 0
+            return tx.execute(
                 "UPDATE rollout_hosts SET wave = NULL, outcome = 'pending', started_at = NULL, "
                 "finished_at = NULL, task = '', message = '', rc = NULL, stdout = '', "
                 "stderr = '', detail = '' "
-                "WHERE rollout_id = ?1 AND outcome = 'running' AND wave IN (SELECT wave "
-                "FROM rollout_waves WHERE rollout_id = ?1 AND finished_at IS NULL)",
-                (rollout_id,),
+                f"WHERE rollout_id = :id AND outcome = 'running' AND "
+                f"{self._one_of('wave', ':waves')}",
+                {"id": rollout_id, "waves": self._listed(r["wave"] for r in waves)},
             ).rowcount
-            db.execute(
-                "DELETE FROM rollout_waves WHERE rollout_id = ? AND finished_at IS NULL",
-                (rollout_id,),
-            )
-        return moved
 
     def set_windows(self, school_id: str, windows: Sequence[str]) -> None:
-        with self._db.transaction() as db:
-            db.execute("DELETE FROM maintenance_windows WHERE school_id = ?", (school_id,))
-            db.executemany(
-                "INSERT OR IGNORE INTO maintenance_windows VALUES (?, ?)",
-                [(school_id, w) for w in windows],
+        checked_id("school id", school_id)
+        rows = [(school_id, checked_id("maintenance window", w)) for w in windows]
+        with self._db.transaction() as tx:
+            # A key only one transaction can hold: another replacing this school's
+            # windows waits at this insert until this one ends (the row is deleted
+            # below, so it is never seen), and then deletes what this one wrote.
+            # Without it, neither would see the other's new rows and both would stay.
+            tx.execute(
+                f"INSERT INTO maintenance_windows (school_id, {_WINDOW}) VALUES (?, '') "
+                f"ON CONFLICT (school_id, {_WINDOW}) DO NOTHING",
+                (school_id,),
+            )
+            tx.execute("DELETE FROM maintenance_windows WHERE school_id = ?", (school_id,))
+            tx.executemany(
+                f"INSERT INTO maintenance_windows (school_id, {_WINDOW}) VALUES (?, ?) "
+                f"ON CONFLICT (school_id, {_WINDOW}) DO NOTHING",
+                rows,
             )
 
     def windows(self, school_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
-        only = "" if school_ids is None else "WHERE school_id IN (SELECT value FROM json_each(:s))"
-        # By rowid: in the order they were given, which is how a person wrote them.
+        dialect = self._db.dialect
+        only = "" if school_ids is None else f"WHERE {self._one_of('school_id', ':s')}"
+        # In code point order, as the admin API sorts them before storing.
         rows = self._db.read(
-            f"SELECT school_id, window FROM maintenance_windows {only} ORDER BY school_id, rowid",
-            {"s": _ids(school_ids or ())},
+            f"SELECT school_id, {_WINDOW} FROM maintenance_windows {only} ORDER BY "
+            f"{dialect.by_code_point('school_id')}, {dialect.by_code_point(_WINDOW)}",
+            {"s": self._listed(sorted(s for s in school_ids or () if storable(s)))},
         )
         found: dict[str, list[str]] = {}
         for r in rows:
@@ -395,33 +341,40 @@ class SqlRollouts:
         return found
 
     def busy_rooms(self, rooms: Iterable[Room], since: float, until: float) -> dict[Room, float]:
+        wanted = {(s, r) for s, r in rooms if storable(s) and storable(r)}
         # A lesson is at most MAX_LESSON_SECONDS long (parse_row refuses longer ones,
         # and a lesson launched by hand is a parsed row too): only lessons starting
         # that long before ``since`` can overlap, so the index on (school, room,
-        # start) reads a day of each room, not its year.
+        # start) reads a day of each room, not its year. It is read for every room
+        # id in every school asked about; the pairs not asked about are dropped here.
         rows = self._db.read(
-            "SELECT l.school_id, l.room_id, max(l.ends_at) AS free_at "
-            "FROM json_each(:rooms) AS j JOIN lessons AS l "
-            "ON l.school_id = json_extract(j.value, '$[0]') "
-            "AND l.room_id = json_extract(j.value, '$[1]') "
+            "SELECT l.school_id, l.room_id, max(l.ends_at) AS free_at FROM lessons AS l "
+            f"WHERE {self._one_of('l.school_id', ':schools')} "
+            f"AND {self._one_of('l.room_id', ':rooms')} "
             "AND l.starts_at >= :since - :longest AND l.starts_at < :until "
-            "WHERE l.ends_at > :since GROUP BY l.school_id, l.room_id",
+            "AND l.ends_at > :since GROUP BY l.school_id, l.room_id",
             {
-                "rooms": json.dumps(sorted({(s, r) for s, r in rooms})),
+                "schools": self._listed(sorted({s for s, _ in wanted})),
+                "rooms": self._listed(sorted({r for _, r in wanted})),
                 "since": since,
                 "until": until,
                 "longest": MAX_LESSON_SECONDS,
             },
         )
-        return {(r["school_id"], r["room_id"]): r["free_at"] for r in rows}
+        found = {(r["school_id"], r["room_id"]): r["free_at"] for r in rows}
+        return {room: free_at for room, free_at in found.items() if room in wanted}
 
     def lesson_rates(self, device_ids: Iterable[str], since: float, until: float) -> LessonRates:
         rows = self._db.read(
-            "SELECT count(*) AS tried, "
-            "coalesce(sum(p.failed_reason IS NOT NULL OR p.launched_at IS NULL), 0) AS failed "
+            "SELECT count(*) AS tried, coalesce(sum(CASE WHEN p.failed_reason IS NOT NULL "
+            "OR p.launched_at IS NULL THEN 1 ELSE 0 END), 0) AS failed "
             "FROM lessons AS l JOIN lesson_panels AS p ON p.lesson_id = l.lesson_id "
             "WHERE l.starts_at >= :since AND l.starts_at < :until "
-            "AND p.device_id IN (SELECT value FROM json_each(:ids))",
-            {"ids": _ids(device_ids), "since": since, "until": until},
+            f"AND {self._one_of('p.device_id', ':ids')}",
+            {
+                "ids": self._listed(sorted({d for d in device_ids if storable(d)})),
+                "since": since,
+                "until": until,
+            },
         )
-        return LessonRates(rows[0]["tried"], rows[0]["failed"])
+        return LessonRates(int(rows[0]["tried"]), int(rows[0]["failed"]))

@@ -49,7 +49,9 @@ class RolloutStore(Protocol):
     ) -> int:
         """In one transaction: claims every host, stores the rollout (running) and its
         hosts (pending); returns its id. Raises HostsClaimed, storing nothing, if a host
-        is in another unfinished rollout."""
+        is in another unfinished rollout (even one another controller is storing at the
+        same moment), and StoreError for a host given twice, an id that cannot be
+        stored (controller/rollouts/stored_values.py) or a NUL in the spec or creator."""
 
     def get_rollout(self, rollout_id: int) -> RolloutRecord | None:
         """The rollout with its counts and waves, or None."""
@@ -81,24 +83,27 @@ class RolloutStore(Protocol):
         """Records why pending hosts wait (empty: they do not)."""
 
     def start_wave(self, rollout_id: int, wave: int, device_ids: Sequence[str], now: float) -> None:
-        """The hosts are running in ``wave``; the wave's row is stored."""
+        """The hosts are running in ``wave``; the wave's row is stored. StoreError if
+        the wave was started already (by another controller)."""
 
     def finish_wave(
         self, rollout_id: int, wave: int, results: Sequence[HostResult], now: float
     ) -> None:
         """Stores each host's outcome (with its task, message, return code, output ends
         and detail, bounded again) and closes the wave with its count of failed and
-        unreachable hosts."""
+        unreachable hosts (all of the wave's, whichever controller stored them)."""
 
     def requeue_interrupted(self, rollout_id: int) -> int:
         """After a restart: the hosts of a wave that did not finish go back to pending
         and the wave's row is removed; returns how many hosts."""
 
     def set_windows(self, school_id: str, windows: Sequence[str]) -> None:
-        """Replaces the school's maintenance windows (none: any time free of lessons)."""
+        """Replaces the school's maintenance windows (none: any time free of lessons).
+        Of two replacements at once, one is kept whole."""
 
     def windows(self, school_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
-        """Maintenance windows by school (of these schools); schools without are absent."""
+        """Maintenance windows by school (of these schools), each school's in code point
+        order; schools without are absent."""
 
     def busy_rooms(self, rooms: Iterable[Room], since: float, until: float) -> dict[Room, float]:
         """Rooms with a lesson overlapping [since, until), each with the end of its last
