@@ -1,11 +1,9 @@
-"""The infrastructure in the SQLite store: inventory imports, probes, host keys, and
-what devices see of the Wi-Fi."""
+"""The infrastructure in the store, on SQLite and PostgreSQL alike: inventory imports,
+probes, host keys, and what devices see of the Wi-Fi."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from controller.errors import StoreError
 from controller.infra.metrics import InfraCollector
 from controller.infra.store import InfraCensus, InventoryCounts
-from controller.stores import Stores, sqlite_stores
+from controller.stores import Stores
 from inventory.infra import (
     AccessPoint,
     HostKey,
@@ -45,17 +43,15 @@ KEY_B = HostKey(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Stores]:
-    s = sqlite_stores(tmp_path / "c.db")
-    s.infra.save_inventory(
+def store(both_stores: Stores) -> Stores:
+    both_stores.infra.save_inventory(
         [School("s1", "School 1"), School("s2")],
         [Room("s1", "r101")],
         [AP1, AP2, AP3],
         [SRV1, SRV2],
         T0,
     )
-    yield s
-    s.close()
+    return both_stores
 
 
 def probe(kind: TargetKind, target_id: str, up: bool, at: float = T0, **kw: object) -> ProbeResult:
@@ -66,14 +62,21 @@ def probe(kind: TargetKind, target_id: str, up: bool, at: float = T0, **kw: obje
 def seen_by_devices(store: Stores, rows: list[tuple[str, str, float | None]], at: float) -> None:
     """What the ingest of the agents' Wi-Fi reports writes (device, BSSID, signal)."""
     for device_id, bssid, signal in rows:
-        store.database.write(
-            "INSERT OR REPLACE INTO device_wifi VALUES (?, ?, ?, ?)", (device_id, bssid, signal, at)
+        store.sql.write(
+            "INSERT INTO device_wifi (device_id, bssid, signal_dbm, seen_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (device_id) DO UPDATE SET bssid = excluded.bssid, "
+            "signal_dbm = excluded.signal_dbm, seen_at = excluded.seen_at",
+            (device_id, bssid, signal, at),
         )
-        store.database.write("INSERT OR REPLACE INTO bssid_seen VALUES (?, ?)", (bssid, at))
+        store.sql.write(
+            "INSERT INTO bssid_seen (bssid, seen_at) VALUES (?, ?) "
+            "ON CONFLICT (bssid) DO UPDATE SET seen_at = excluded.seen_at",
+            (bssid, at),
+        )
 
 
-def test_an_import_adds_then_changes_nothing_then_updates(tmp_path: Path) -> None:
-    s = sqlite_stores(tmp_path / "c.db")
+def test_an_import_adds_then_changes_nothing_then_updates(both_stores: Stores) -> None:
+    s = both_stores
     schools, rooms = [School("s1", "One")], [Room("s1", "r1"), Room("s1", "r2")]
     assert s.infra.save_inventory(schools, rooms, [AP1], [SRV1], T0) == InventoryCounts(5, 0, 0)
     assert s.infra.save_inventory(schools, rooms, [AP1], [SRV1], T0 + 1) == InventoryCounts(0, 0, 5)
@@ -82,22 +85,20 @@ def test_an_import_adds_then_changes_nothing_then_updates(tmp_path: Path) -> Non
     assert s.infra.save_inventory(renamed, [], [moved], [replace(SRV1, ssh_port=22)], T0 + 2) == (
         InventoryCounts(0, 3, 0)
     )
-    assert s.lessons.known_rooms([("s1", "r1"), ("s1", "r2"), ("s1", "r3")]) == {
-        ("s1", "r1"),
-        ("s1", "r2"),
-    }
+    rooms_kept = s.sql.read("SELECT school_id, room_id FROM rooms ORDER BY room_id")
+    assert [(r["school_id"], r["room_id"]) for r in rooms_kept] == [("s1", "r1"), ("s1", "r2")]
     assert s.infra.known_schools(["s1", "s9"]) == {"s1"}
     assert s.infra.bssid_owners(["aa:bb:cc:00:01:02", "aa:bb:cc:00:01:03"]) == {
         "aa:bb:cc:00:01:03": "ap-1"
     }
     [status] = s.infra.list_access_points(None, None)
     assert status.access_point == moved
-    s.close()
 
 
 def test_a_bssid_of_another_access_point_stores_nothing(store: Stores) -> None:
     thief = replace(AP3, bssids=("aa:bb:cc:00:02:01",))
-    with pytest.raises(StoreError, match="UNIQUE"):
+    # SQLite: "UNIQUE constraint failed"; PostgreSQL: "violates unique constraint".
+    with pytest.raises(StoreError, match=r"(?i)unique"):
         store.infra.save_inventory([School("s3")], [], [thief], [], T0 + 1)
     assert store.infra.known_schools(["s3"]) == set()
     assert store.infra.bssid_owners(["aa:bb:cc:00:02:01"]) == {"aa:bb:cc:00:02:01": "ap-2"}
@@ -119,7 +120,7 @@ def test_access_points_show_their_probe_and_the_view_from_below(store: Stores) -
          ("p5", "ff:ff:ff:00:00:01", -40)],
         T0 - 10,
     )  # fmt: skip
-    store.database.write(
+    store.sql.write(
         "UPDATE bssid_seen SET seen_at = ? WHERE bssid = ?", (T0 - 5, "aa:bb:cc:00:01:02")
     )
     store.infra.record_probes(
