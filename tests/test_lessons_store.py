@@ -1,8 +1,9 @@
-"""Lessons in the store and their outcome: import, dispatch, answers, settle."""
+"""Lessons in the store and their outcome: import, dispatch, answers, settle, on SQLite
+and on PostgreSQL (the contract's finer points: tests/test_lessons_store_contract.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,12 +11,18 @@ import pytest
 
 from controller.lessons.outcome import outcome
 from controller.lessons.store import ImportCounts, LessonQuery, OutboxCommand, PanelResult
-from controller.store.rows import LessonEventRow
+from controller.store.rows import LessonEventRow, StoredLessonEvent
 from controller.stores import Stores, sqlite_stores
 from inventory.lessons import EventKind, FailReason, Lesson, LessonEvent, LessonState
 from inventory.model import DeviceIdentity, DeviceKind
 
 T0 = 1_800_000_000.0
+DEVICES = (
+    ("p1", DeviceKind.PANEL, "r1"),
+    ("p2", DeviceKind.PANEL, "r1"),
+    ("l1", DeviceKind.LAPTOP, "r1"),
+    ("p3", DeviceKind.PANEL, "r2"),
+)
 
 
 def lesson(room: str = "r1", start: float = T0, minutes: int = 45, **kw: object) -> Lesson:
@@ -23,19 +30,37 @@ def lesson(room: str = "r1", start: float = T0, minutes: int = 45, **kw: object)
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
+def add_device(stores: Stores, device_id: str, kind: DeviceKind, school: str, room: str) -> None:
+    """A device as its first stream leaves it: its row and its room. Written here, not
+    through the devices' store, so that these tests read only the lessons' store."""
+    stores.sql.write(
+        "INSERT INTO devices (device_id, kind, school_id, room_id, first_seen, offline_after) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (device_id, kind.value, school, room, T0 - 100, T0 - 10),
+    )
+    stores.sql.write(
+        "INSERT INTO rooms (school_id, room_id) VALUES (?, ?) "
+        "ON CONFLICT (school_id, room_id) DO NOTHING",
+        (school, room),
+    )
+
+
+def record_events(stores: Stores, rows: Sequence[LessonEventRow]) -> list[StoredLessonEvent]:
+    """The devices' batch as it stores lesson events: in one transaction, through it."""
+    stored = []
+    with stores.sql.transaction() as tx:
+        for r in rows:
+            found = stores.lessons.record_event_in_batch(tx, r)
+            if found is not None:
+                stored.append(found)
+    return stored
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Stores]:
-    s = sqlite_stores(tmp_path / "c.db")
-    for device_id, kind, room in (
-        ("p1", DeviceKind.PANEL, "r1"),
-        ("p2", DeviceKind.PANEL, "r1"),
-        ("l1", DeviceKind.LAPTOP, "r1"),
-        ("p3", DeviceKind.PANEL, "r2"),
-    ):
-        identity = DeviceIdentity(device_id, kind, "s1", room, "h", "1")
-        s.devices.device_connected(identity, 1, 90, T0 - 100)
-    yield s
-    s.close()
+def store(both_stores: Stores) -> Stores:
+    for device_id, kind, room in DEVICES:
+        add_device(both_stores, device_id, kind, "s1", room)
+    return both_stores
 
 
 def test_rooms_come_from_devices_and_can_be_added(store: Stores) -> None:
@@ -106,12 +131,12 @@ def test_panel_answers_are_stored_once(store: Stores) -> None:
     store.lessons.dispatch([(a.lesson_id, commands)], T0 - 60)
     launched = _event("p1", 1, EventKind.LAUNCHED, T0 - 58)
     failed = _event("p2", 1, EventKind.FAILED, T0 - 57, reason=FailReason.URL_REFUSED)
-    stored = store.devices.record_messages([launched, failed])
+    stored = record_events(store, [launched, failed])
     assert [(s.event.kind, s.school_id, s.starts_at) for s in stored] == [
         (EventKind.LAUNCHED, "s1", T0),
         (EventKind.FAILED, "s1", T0),
     ]
-    assert store.devices.record_messages([launched]) == [], "a replay is not stored again"
+    assert record_events(store, [launched]) == [], "a replay is not stored again"
     # Offered again on a reconnect until the lesson ends: a restarted panel needs it.
     assert store.lessons.pending_commands("p1", T0) == [b"p1"]
     [(_, results)] = store.lessons.lessons_to_settle(a.ends_at + 1)
@@ -171,7 +196,7 @@ def test_todays_figures_per_school(store: Stores) -> None:
     row = _event("p3", 1, EventKind.FAILED, T0 - 50, reason=FailReason.NO_PROGRAM)
     command = f"launch:{unshown.lesson_id}:p3"
     failed = replace(row, event=replace(row.event, lesson_id=unshown.lesson_id, command_id=command))
-    store.devices.record_messages([_event("p1", 1, EventKind.LAUNCHED, T0 - 55), failed])
+    record_events(store, [_event("p1", 1, EventKind.LAUNCHED, T0 - 55), failed])
     day = (T0 - 3600, T0 + 7200)
     # Before the on-time mark, the failed room is still starting; after it, not showing.
     assert sorted(store.lesson_counts.lessons_under_way(*day, due_before=T0 - 1)) == [
@@ -204,3 +229,27 @@ def test_todays_figures_per_school(store: Stores) -> None:
 def test_every_known_school_from_inventory_devices_and_lessons(store: Stores) -> None:
     store.lessons.save_lessons([lesson(school_id="s7")], T0)
     assert store.infra.school_ids() == ["s1", "s7"]
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Stores]:
+    s = sqlite_stores(tmp_path / "c.db")
+    for device_id, kind, room in DEVICES:
+        identity = DeviceIdentity(device_id, kind, "s1", room, "h", "1")
+        s.devices.device_connected(identity, 1, 90, T0 - 100)
+    yield s
+    s.close()
+
+
+def test_panel_answers_come_through_the_devices_batch(sqlite_store: Stores) -> None:
+    store = sqlite_store
+    a = lesson()
+    store.lessons.save_lessons([a], T0 - 1000)
+    command = OutboxCommand(f"launch:{a.lesson_id}:p1", "p1", a.lesson_id, b"p1", a.ends_at)
+    store.lessons.dispatch([(a.lesson_id, [command])], T0 - 60)
+    launched = _event("p1", 1, EventKind.LAUNCHED, T0 - 58)
+    [stored] = store.devices.record_messages([launched])
+    assert (stored.event, stored.school_id, stored.starts_at) == (launched.event, "s1", T0)
+    assert store.devices.record_messages([launched]) == [], "a replay is not stored again"
+    [(_, results)] = store.lessons.lessons_to_settle(a.ends_at + 1)
+    assert results == [PanelResult("p1", T0 - 58, None)]

@@ -1,6 +1,7 @@
-"""Today's lessons counted per school in the SQLite store, for /metrics: by state, by
-whether a panel shows the ones under way, their panels by result, and each school's
-day from its first lesson to its last."""
+"""Today's lessons counted per school, for /metrics: by state, by whether a panel shows
+the ones under way, their panels by result, and each school's day from its first lesson
+to its last. One statement each, on either database; the few rows are sorted here, so
+both databases give them in the same order (code points, whatever PostgreSQL's locale)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ _PANELS = """
 
 
 class SqlLessonCounts:
-    """The counting part of a LessonStore on the shared SQLite file."""
+    """The counting part of a LessonStore on the shared database."""
 
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
@@ -49,19 +50,19 @@ class SqlLessonCounts:
             "WHERE starts_at >= :since AND starts_at < :until GROUP BY school_id, state",
             {"since": since, "until": until},
         )
-        return [(r["school_id"], LessonState(r["state"]), r["n"]) for r in rows]
+        return sorted((r["school_id"], LessonState(r["state"]), r["n"]) for r in rows)
 
     def lessons_under_way(
         self, since: float, until: float, due_before: float
     ) -> list[tuple[str, str, int]]:
         rows = self._db.read(_UNDER_WAY, {"since": since, "until": until, "due_before": due_before})
-        return [(r["school_id"], r["state"], r["n"]) for r in rows]
+        return sorted((r["school_id"], r["state"], r["n"]) for r in rows)
 
     def lesson_panel_counts(
         self, since: float, until: float, due_before: float
     ) -> list[tuple[str, str, int]]:
         rows = self._db.read(_PANELS, {"since": since, "until": until, "due_before": due_before})
-        return [(r["school_id"], r["result"], r["n"]) for r in rows]
+        return sorted((r["school_id"], r["result"], r["n"]) for r in rows)
 
     def lesson_day_spans(self, since: float, until: float) -> list[tuple[str, float, float]]:
         rows = self._db.read(
@@ -69,4 +70,4 @@ class SqlLessonCounts:
             "WHERE starts_at >= :since AND starts_at < :until GROUP BY school_id",
             {"since": since, "until": until},
         )
-        return [(r["school_id"], r["first"], r["last"]) for r in rows]
+        return sorted((r["school_id"], r["first"], r["last"]) for r in rows)

@@ -1,199 +1,182 @@
-"""The lesson schedule, its outbox and the panels' answers in the SQLite store."""
+"""The lesson schedule, its outbox and the panels' answers, on either database.
+
+Several controllers may share one PostgreSQL database, each running the dispatcher.
+What one claims, the others must see claimed: a lesson is dispatched, ended and
+settled by one transaction that locks its row first and checks its state again, so
+each panel's launch goes into the outbox once. The lessons' rows are always locked in
+the order of their ids' code points (imports and dispatch alike), so two transactions
+over the same lessons wait for each other instead of deadlocking.
+"""
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from controller.errors import StoreError
+from controller.lessons.sql_events import record_event
+from controller.lessons.sql_import import save_schedule
+from controller.lessons.sql_rows import LESSON_COLUMNS, lesson_of
 from controller.lessons.store import ImportCounts, LessonQuery, OutboxCommand, PanelResult, Room
+from controller.lessons.stored_values import checked_room, storable_id
 from controller.store.rows import LessonEventRow, StoredLessonEvent
-from controller.store.sql import SqlDatabase, Tx
-from inventory.lessons import EventKind, Lesson, LessonRecord, LessonState
-
-_LESSON_COLUMNS = (
-    "school_id, room_id, starts_at, ends_at, class_name, subject, teacher, content_url, "
-    "remote, manual"
-)
-# A device's messages share one sequence: a lesson event moves it like a command result.
-_EVENT_SEQ_SQL = """
-    UPDATE devices SET
-        seq_gaps = seq_gaps + CASE WHEN last_seq > 0 THEN ?2 - last_seq - 1 ELSE 0 END,
-        last_seq = ?2
-    WHERE device_id = ?1 AND last_seq < ?2
-"""
+from controller.store.sql import Params, Row, SqlDatabase, Tx
+from inventory.lessons import Lesson, LessonRecord, LessonState
 
 
-def _lesson(r: sqlite3.Row) -> Lesson:
-    return Lesson(
-        school_id=r["school_id"],
-        room_id=r["room_id"],
-        starts_at=r["starts_at"],
-        ends_at=r["ends_at"],
-        class_name=r["class_name"],
-        subject=r["subject"],
-        teacher=r["teacher"],
-        content_url=r["content_url"],
-        remote=bool(r["remote"]),
-        manual=bool(r["manual"]),
-    )
-
-
-def _values(lesson: Lesson) -> tuple[object, ...]:
-    x = lesson
-    return (
-        x.school_id,
-        x.room_id,
-        x.starts_at,
-        x.ends_at,
-        x.class_name,
-        x.subject,
-        x.teacher,
-        x.content_url,
-        int(x.remote),
-        int(x.manual),
-    )
-
-
-def _rooms_json(rooms: Iterable[Room]) -> str:
-    return json.dumps(sorted({f"{s}\x1f{r}" for s, r in rooms}))
+def _storable_rooms(rooms: Iterable[Room]) -> set[Room]:
+    # A room no store could hold matches nothing; PostgreSQL would refuse a NUL in it.
+    return {(s, r) for s, r in rooms if storable_id(s) and storable_id(r)}
 
 
 class SqlLessons:
-    """A LessonStore on the shared SQLite file."""
+    """A LessonStore on the shared database, safe for several controllers on it."""
 
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
+        self._one_of = db.dialect.one_of
+        self._listed = db.dialect.listed
+        self._by_code_point = db.dialect.by_code_point
+
+    def _in_rooms(self, rooms: set[Room], prefix: str = "") -> tuple[str, dict[str, object]]:
+        """The condition that a row's school and room are among ``rooms``' schools and
+        rooms, and its values; the caller keeps only the pairs it asked for. (Two
+        lists, not one of joined pairs: the indexes by school and room serve them.)"""
+        condition = (
+            f"{self._one_of(f'{prefix}school_id', ':schools')} "
+            f"AND {self._one_of('room_id', ':rooms')}"
+        )
+        values = {
+            "schools": self._listed(sorted({s for s, _ in rooms})),
+            "rooms": self._listed(sorted({r for _, r in rooms})),
+        }
+        return condition, values
 
     def known_rooms(self, rooms: Iterable[Room]) -> set[Room]:
-        rows = self._db.read(
-            "SELECT school_id, room_id FROM rooms WHERE school_id || char(31) || room_id "
-            "IN (SELECT value FROM json_each(:rooms))",
-            {"rooms": _rooms_json(rooms)},
-        )
-        return {(r["school_id"], r["room_id"]) for r in rows}
+        wanted = _storable_rooms(rooms)
+        if not wanted:
+            return set()
+        condition, values = self._in_rooms(wanted)
+        rows = self._db.read(f"SELECT school_id, room_id FROM rooms WHERE {condition}", values)
+        return {(r["school_id"], r["room_id"]) for r in rows} & wanted
 
     def add_room(self, school_id: str, room_id: str) -> None:
-        self._db.write("INSERT OR IGNORE INTO rooms VALUES (?, ?)", (school_id, room_id))
+        checked_room(school_id, room_id)
+        self._db.write(
+            "INSERT INTO rooms (school_id, room_id) VALUES (?, ?) "
+            "ON CONFLICT (school_id, room_id) DO NOTHING",
+            (school_id, room_id),
+        )
 
     def lessons_in_rooms(
         self, rooms: Iterable[Room], since: float, until: float
     ) -> dict[Room, list[Lesson]]:
+        wanted = _storable_rooms(rooms)
+        if not wanted:
+            return {}
+        condition, values = self._in_rooms(wanted)
         rows = self._db.read(
-            f"SELECT {_LESSON_COLUMNS} FROM lessons WHERE school_id || char(31) || room_id "
-            "IN (SELECT value FROM json_each(:rooms)) AND starts_at < :until AND ends_at > :since "
-            "ORDER BY starts_at",
-            {"rooms": _rooms_json(rooms), "since": since, "until": until},
+            f"SELECT {LESSON_COLUMNS} FROM lessons WHERE {condition} "
+            "AND starts_at < :until AND ends_at > :since "
+            f"ORDER BY starts_at, {self._by_code_point('lesson_id')}",
+            {**values, "since": since, "until": until},
         )
         found: dict[Room, list[Lesson]] = {}
         for r in rows:
-            found.setdefault((r["school_id"], r["room_id"]), []).append(_lesson(r))
+            room = (r["school_id"], r["room_id"])
+            if room in wanted:
+                found.setdefault(room, []).append(lesson_of(r))
         return found
 
     def save_lessons(self, lessons: Sequence[Lesson], now: float) -> ImportCounts:
-        added = updated = unchanged = locked = 0
-        with self._db.write_lock:
-            try:
-                self._db.writer.execute("BEGIN IMMEDIATE")
-                for lesson in lessons:
-                    row = self._db.writer.execute(
-                        f"SELECT {_LESSON_COLUMNS}, state FROM lessons WHERE lesson_id = ?",
-                        (lesson.lesson_id,),
-                    ).fetchone()
-                    if row is None:
-                        self._db.writer.execute(
-                            f"INSERT INTO lessons (lesson_id, {_LESSON_COLUMNS}, updated_at) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (lesson.lesson_id, *_values(lesson), now),
-                        )
-                        added += 1
-                    elif _lesson(row) == lesson:
-                        unchanged += 1
-                    elif row["state"] != LessonState.SCHEDULED:
-                        locked += 1
-                    else:
-                        self._db.writer.execute(
-                            "UPDATE lessons SET school_id = ?, room_id = ?, starts_at = ?, "
-                            "ends_at = ?, class_name = ?, subject = ?, teacher = ?, "
-                            "content_url = ?, remote = ?, manual = ?, updated_at = ? "
-                            "WHERE lesson_id = ?",
-                            (*_values(lesson), now, lesson.lesson_id),
-                        )
-                        updated += 1
-                self._db.writer.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.writer.in_transaction:
-                    self._db.writer.execute("ROLLBACK")
-                raise StoreError(f"database {self._db.path}: {exc}") from None
-        return ImportCounts(added, updated, unchanged, locked)
+        return save_schedule(self._db, lessons, now)
 
     def due_lessons(self, until: float, now: float) -> list[Lesson]:
         rows = self._db.read(
-            f"SELECT {_LESSON_COLUMNS} FROM lessons WHERE state = 'scheduled' "
-            "AND starts_at <= :until AND ends_at > :now ORDER BY starts_at",
+            f"SELECT {LESSON_COLUMNS} FROM lessons WHERE state = 'scheduled' "
+            "AND starts_at <= :until AND ends_at > :now "
+            f"ORDER BY starts_at, {self._by_code_point('lesson_id')}",
             {"until": until, "now": now},
         )
-        return [_lesson(r) for r in rows]
+        return [lesson_of(r) for r in rows]
 
     def missed_lessons(self, now: float) -> list[Lesson]:
         rows = self._db.read(
-            f"SELECT {_LESSON_COLUMNS} FROM lessons WHERE state = 'scheduled' "
-            "AND ends_at <= :now ORDER BY starts_at",
+            f"SELECT {LESSON_COLUMNS} FROM lessons WHERE state = 'scheduled' "
+            f"AND ends_at <= :now ORDER BY starts_at, {self._by_code_point('lesson_id')}",
             {"now": now},
         )
-        return [_lesson(r) for r in rows]
+        return [lesson_of(r) for r in rows]
 
     def panels_in_rooms(self, rooms: Iterable[Room]) -> dict[Room, list[str]]:
+        wanted = _storable_rooms(rooms)
+        if not wanted:
+            return {}
+        condition, values = self._in_rooms(wanted, prefix="devices.")
         rows = self._db.read(
-            "SELECT device_id, devices.school_id, room_id FROM devices "
+            "SELECT device_id, devices.school_id AS school_id, room_id FROM devices "
             "LEFT JOIN enrollments USING (device_id) "
-            "WHERE devices.school_id || char(31) || room_id "
-            "IN (SELECT value FROM json_each(:rooms)) "
-            "AND kind = 'panel' AND revoked_at IS NULL ORDER BY device_id",
-            {"rooms": _rooms_json(rooms)},
+            f"WHERE {condition} AND kind = 'panel' AND revoked_at IS NULL "
+            f"ORDER BY {self._by_code_point('device_id')}",
+            values,
         )
         found: dict[Room, list[str]] = {}
         for r in rows:
-            found.setdefault((r["school_id"], r["room_id"]), []).append(r["device_id"])
+            room = (r["school_id"], r["room_id"])
+            if room in wanted:
+                found.setdefault(room, []).append(r["device_id"])
         return found
 
     def dispatch(
         self, lessons: Sequence[tuple[str, Sequence[OutboxCommand]]], now: float
     ) -> list[str]:
-        done: list[str] = []
-        with self._db.write_lock:
-            try:
-                self._db.writer.execute("BEGIN IMMEDIATE")
-                for lesson_id, commands in lessons:
-                    state = LessonState.DISPATCHED if commands else LessonState.NO_DEVICE
-                    reason = "" if commands else "no panel in the room"
-                    moved = self._db.writer.execute(
-                        "UPDATE lessons SET state = ?, dispatched_at = ?, reason = ?, "
-                        "updated_at = ? WHERE lesson_id = ? AND state = 'scheduled'",
-                        (state.value, now, reason, now, lesson_id),
-                    ).rowcount
-                    if not moved:
-                        continue
-                    self._db.writer.executemany(
-                        "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                        [
-                            (c.command_id, c.device_id, c.lesson_id, c.command, now, c.expires_at)
-                            for c in commands
-                        ],
-                    )
-                    self._db.writer.executemany(
-                        "INSERT OR IGNORE INTO lesson_panels (lesson_id, device_id, command_id) "
-                        "VALUES (?, ?, ?)",
-                        [(c.lesson_id, c.device_id, c.command_id) for c in commands],
-                    )
-                    done.append(lesson_id)
-                self._db.writer.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.writer.in_transaction:
-                    self._db.writer.execute("ROLLBACK")
-                raise StoreError(f"database {self._db.path}: {exc}") from None
-        return done
+        # A lesson given twice is dispatched with the commands given first.
+        plans: dict[str, Sequence[OutboxCommand]] = {}
+        for lesson_id, commands in lessons:
+            plans.setdefault(lesson_id, commands)
+        if not plans:
+            return []
+        with self._db.transaction() as tx:
+            # The claim: PostgreSQL waits for a row another controller holds and then
+            # returns it as that one left it, so a lesson it dispatched is not scheduled
+            # here. (The state is tested here, not in SQL: SQLite, without statistics,
+            # would look the rows up by the state's index, every scheduled lesson.)
+            rows = tx.execute(
+                f"SELECT lesson_id, state FROM lessons WHERE {self._one_of('lesson_id', ':ids')} "
+                f"ORDER BY {self._by_code_point('lesson_id')}{self._db.dialect.for_update}",
+                {"ids": self._listed(sorted(plans))},
+            ).fetchall()
+            claimed = {r["lesson_id"] for r in rows if r["state"] == LessonState.SCHEDULED}
+            with_panels = sorted(i for i in claimed if plans[i])
+            self._mark_dispatched(tx, with_panels, LessonState.DISPATCHED, "", now)
+            without = sorted(i for i in claimed if not plans[i])
+            self._mark_dispatched(tx, without, LessonState.NO_DEVICE, "no panel in the room", now)
+            commands = [c for i in with_panels for c in plans[i]]
+            if commands:
+                tx.executemany(
+                    "INSERT INTO outbox (command_id, device_id, lesson_id, command, "
+                    "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (command_id) DO NOTHING",
+                    [
+                        (c.command_id, c.device_id, c.lesson_id, c.command, now, c.expires_at)
+                        for c in commands
+                    ],
+                )
+                tx.executemany(
+                    "INSERT INTO lesson_panels (lesson_id, device_id, command_id) "
+                    "VALUES (?, ?, ?) ON CONFLICT (lesson_id, device_id) DO NOTHING",
+                    [(c.lesson_id, c.device_id, c.command_id) for c in commands],
+                )
+        return [i for i in plans if i in claimed]
+
+    def _mark_dispatched(
+        self, tx: Tx, ids: Sequence[str], state: LessonState, reason: str, now: float
+    ) -> None:
+        # Only lessons this transaction claimed: their rows are its until it ends.
+        if ids:
+            tx.execute(
+                "UPDATE lessons SET state = :state, dispatched_at = :now, reason = :reason, "
+                f"updated_at = :now WHERE {self._one_of('lesson_id', ':ids')}",
+                {"state": state.value, "now": now, "reason": reason, "ids": self._listed(ids)},
+            )
 
     def next_wake(self, lead: float, settle: float) -> float | None:
         row = self._db.read(
@@ -205,7 +188,7 @@ class SqlLessons:
                 UNION ALL
                 SELECT min(ends_at) + :settle FROM lessons
                 WHERE state = 'dispatched' AND ended_at IS NOT NULL
-            )
+            ) AS due_times
             """,
             {"lead": lead, "settle": settle},
         )
@@ -213,84 +196,119 @@ class SqlLessons:
         return float(due) if due is not None else None
 
     def pending_commands(self, device_id: str, now: float) -> list[bytes]:
+        if not storable_id(device_id):
+            return []
         rows = self._db.read(
             "SELECT command FROM outbox WHERE device_id = :device AND done_at IS NULL "
-            "AND expires_at > :now ORDER BY created_at, command_id",
+            f"AND expires_at > :now ORDER BY created_at, {self._by_code_point('command_id')}",
             {"device": device_id, "now": now},
         )
         return [bytes(r["command"]) for r in rows]
 
-    def lessons_ending(self, now: float) -> list[tuple[Lesson, list[str]]]:
-        rows = self._db.read(
-            f"SELECT lesson_id, {_LESSON_COLUMNS} FROM lessons WHERE state = 'dispatched' "
-            "AND ends_at <= :now AND ended_at IS NULL ORDER BY ends_at",
-            {"now": now},
+    def _panels_of(
+        self, read: Callable[[str, Params], Sequence[Row]], ids: Sequence[str], columns: str
+    ) -> dict[str, list[Row]]:
+        """Each lesson's panels, by device id, through ``read`` (a statement's rows)."""
+        rows = read(
+            f"SELECT lesson_id, {columns} FROM lesson_panels "
+            f"WHERE {self._one_of('lesson_id', ':ids')} "
+            f"ORDER BY {self._by_code_point('device_id')}",
+            {"ids": self._listed(ids)},
         )
-        ending = []
+        found: dict[str, list[Row]] = {i: [] for i in ids}
         for r in rows:
-            panels = self._db.read(
-                "SELECT device_id FROM lesson_panels WHERE lesson_id = :id ORDER BY device_id",
-                {"id": r["lesson_id"]},
+            found[r["lesson_id"]].append(r)
+        return found
+
+    def lessons_ending(self, now: float) -> list[tuple[Lesson, list[str]]]:
+        with self._db.transaction() as tx:
+            # Claimed as dispatch is: one controller ends each lesson.
+            rows = tx.execute(
+                f"SELECT lesson_id, {LESSON_COLUMNS} FROM lessons WHERE state = 'dispatched' "
+                "AND ends_at <= :now AND ended_at IS NULL "
+                f"ORDER BY {self._by_code_point('lesson_id')}{self._db.dialect.for_update}",
+                {"now": now},
+            ).fetchall()
+            if not rows:
+                return []
+            ids = [r["lesson_id"] for r in rows]
+            tx.execute(
+                f"UPDATE lessons SET ended_at = :now WHERE {self._one_of('lesson_id', ':ids')}",
+                {"now": now, "ids": self._listed(ids)},
             )
-            ending.append((_lesson(r), [p["device_id"] for p in panels]))
-        if ending:
-            self._db.write_many(
-                "UPDATE lessons SET ended_at = ? WHERE lesson_id = ?",
-                [(now, lesson.lesson_id) for lesson, _ in ending],
+            panels = self._panels_of(
+                lambda sql, params: tx.execute(sql, params).fetchall(), ids, "device_id"
             )
-        return ending
+        by_end = sorted(rows, key=lambda r: (r["ends_at"], r["lesson_id"]))
+        return [(lesson_of(r), [p["device_id"] for p in panels[r["lesson_id"]]]) for r in by_end]
 
     def lessons_to_settle(self, before: float) -> list[tuple[Lesson, list[PanelResult]]]:
         rows = self._db.read(
-            f"SELECT lesson_id, {_LESSON_COLUMNS} FROM lessons WHERE state = 'dispatched' "
-            "AND ends_at <= :before ORDER BY ends_at",
+            f"SELECT lesson_id, {LESSON_COLUMNS} FROM lessons WHERE state = 'dispatched' "
+            f"AND ends_at <= :before ORDER BY ends_at, {self._by_code_point('lesson_id')}",
             {"before": before},
         )
-        settled = []
-        for r in rows:
-            panels = self._db.read(
-                "SELECT device_id, launched_at, failed_reason FROM lesson_panels "
-                "WHERE lesson_id = :id ORDER BY device_id",
-                {"id": r["lesson_id"]},
+        if not rows:
+            return []
+        panels = self._panels_of(
+            self._db.read,
+            [r["lesson_id"] for r in rows],
+            "device_id, launched_at, failed_reason",
+        )
+        return [
+            (
+                lesson_of(r),
+                [
+                    PanelResult(p["device_id"], p["launched_at"], p["failed_reason"])
+                    for p in panels[r["lesson_id"]]
+                ],
             )
-            results = [
-                PanelResult(p["device_id"], p["launched_at"], p["failed_reason"]) for p in panels
-            ]
-            settled.append((_lesson(r), results))
-        return settled
+            for r in rows
+        ]
 
     def settle(self, lesson_id: str, state: LessonState, reason: str, now: float) -> None:
+        # An outcome is fixed once recorded: a second controller settling the same
+        # lesson from its own (older) reading changes nothing.
         self._db.write(
-            "UPDATE lessons SET state = ?, reason = ?, updated_at = ? WHERE lesson_id = ?",
+            "UPDATE lessons SET state = ?, reason = ?, updated_at = ? "
+            "WHERE lesson_id = ? AND state IN ('scheduled', 'dispatched')",
             (state.value, reason, now, lesson_id),
         )
 
     def list_lessons(self, query: LessonQuery) -> list[LessonRecord]:
         q = query
         where = ["starts_at >= :since", "starts_at < :until"]
-        params: dict[str, object] = {"since": q.since, "until": q.until, "limit": q.limit}
-        if q.school_id is not None:
-            where.append("l.school_id = :school")
-            params["school"] = q.school_id
-        if q.room_id is not None:
-            where.append("l.room_id = :room")
-            params["room"] = q.room_id
+        # SQLite reads LIMIT -1 as no limit, PostgreSQL refuses it: none on both.
+        params: dict[str, object] = {"since": q.since, "until": q.until, "limit": max(q.limit, 0)}
+        for column, value, mark in (
+            ("school_id", q.school_id, "school"),
+            ("room_id", q.room_id, "room"),
+        ):
+            if value is None:
+                continue
+            if not storable_id(value):
+                return []
+            where.append(f"l.{column} = :{mark}")
+            params[mark] = value
         if q.schools is not None:
-            where.append("l.school_id IN (SELECT value FROM json_each(:schools))")
-            params["schools"] = json.dumps(sorted(q.schools))
+            where.append(self._one_of("l.school_id", ":schools"))
+            params["schools"] = self._listed(sorted(s for s in q.schools if storable_id(s)))
+        order = ", ".join(
+            self._by_code_point(c) for c in ("l.school_id", "l.room_id", "l.lesson_id")
+        )
         rows = self._db.read(
             f"""
             SELECT l.*, count(p.device_id) AS panels, count(p.launched_at) AS launched,
                    count(p.failed_reason) AS failed
             FROM lessons l LEFT JOIN lesson_panels p USING (lesson_id)
             WHERE {" AND ".join(where)}
-            GROUP BY l.lesson_id ORDER BY l.starts_at, l.school_id, l.room_id LIMIT :limit
+            GROUP BY l.lesson_id ORDER BY l.starts_at, {order} LIMIT :limit
             """,
             params,
         )
         return [
             LessonRecord(
-                lesson=_lesson(r),
+                lesson=lesson_of(r),
                 state=LessonState(r["state"]),
                 reason=r["reason"],
                 dispatched_at=r["dispatched_at"],
@@ -304,47 +322,4 @@ class SqlLessons:
     def record_event_in_batch(self, tx: Tx, r: LessonEventRow) -> StoredLessonEvent | None:
         """Inside the devices' record_messages transaction ``tx``: stores a new
         event and what it means for the lesson's panel; None for a replayed one."""
-        e = r.event
-        if not tx.execute(_EVENT_SEQ_SQL, (r.device_id, r.seq)).rowcount:
-            return None
-        tx.execute(
-            "INSERT INTO lesson_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                r.device_id,
-                r.seq,
-                e.lesson_id,
-                e.command_id,
-                e.kind.value,
-                e.reason.value if e.reason else None,
-                e.message,
-                e.at,
-                r.received_at,
-            ),
-        )
-        panel = (e.lesson_id, r.device_id)
-        if e.kind is EventKind.LAUNCHED:
-            tx.execute(
-                "UPDATE lesson_panels SET launched_at = coalesce(launched_at, ?) "
-                "WHERE lesson_id = ? AND device_id = ?",
-                (e.at, *panel),
-            )
-        elif e.kind is EventKind.FAILED:
-            tx.execute(
-                "UPDATE lesson_panels SET failed_reason = ?, failed_at = ? "
-                "WHERE lesson_id = ? AND device_id = ?",
-                (e.reason.value if e.reason else "", e.at, *panel),
-            )
-        elif e.kind is EventKind.ENDED:
-            tx.execute(
-                "UPDATE lesson_panels SET ended_at = ? WHERE lesson_id = ? AND device_id = ?",
-                (e.at, *panel),
-            )
-        # The outbox keeps offering the launch until the lesson ends, answered or not:
-        # a panel that restarts mid-lesson shows it again, and one that did not
-        # restart recognises the command id and does nothing.
-        lesson = tx.execute(
-            "SELECT school_id, starts_at FROM lessons WHERE lesson_id = ?", (e.lesson_id,)
-        ).fetchone()
-        if lesson is None:
-            return None
-        return StoredLessonEvent(e, lesson["school_id"], lesson["starts_at"])
+        return record_event(tx, r)
