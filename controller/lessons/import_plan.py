@@ -22,16 +22,16 @@ class ImportPlan:
     changed: dict[str, Lesson]
 
 
-def import_plan(lessons: Iterable[Lesson], stored: Mapping[str, Stored]) -> ImportPlan:
-    """Applies ``lessons`` in order to the ``stored`` ones: a new lesson is added, a
+def import_plan(lessons: Iterable[tuple[str, Lesson]], stored: Mapping[str, Stored]) -> ImportPlan:
+    """Applies ``lessons`` (each with its id, formatted once by the caller: thousands
+    may come at once) in order to the ``stored`` ones: a new lesson is added, a
     scheduled one with other values changed, one dispatched or over left alone
     (locked). A lesson given twice is applied twice, the second seeing the first."""
     current = dict(stored)
     added: dict[str, Lesson] = {}
     changed: dict[str, Lesson] = {}
     n_added = n_updated = n_unchanged = n_locked = 0
-    for lesson in lessons:
-        lesson_id = lesson.lesson_id
+    for lesson_id, lesson in lessons:
         found = current.get(lesson_id)
         if found is None:
             added[lesson_id] = lesson

@@ -32,16 +32,17 @@ def save_schedule(db: SqlDatabase, lessons: Sequence[Lesson], now: float) -> Imp
     checked_lessons(lessons)
     if not lessons:
         return ImportCounts(0, 0, 0, 0)
-    ids = sorted({x.lesson_id for x in lessons})
+    keyed = [(x.lesson_id, x) for x in lessons]
+    ids = sorted({lesson_id for lesson_id, _ in keyed})
     with db.transaction() as tx:
         stored = _locked(db, tx, ids)
-        plan = import_plan(lessons, stored)
+        plan = import_plan(keyed, stored)
         raced = _insert(tx, plan.added, now)
         if raced:
             # Another import added these since the read: they are stored lessons now
             # (committed, or the insert would have waited), counted as such.
             stored.update(_locked(db, tx, raced))
-            plan = import_plan(lessons, stored)
+            plan = import_plan(keyed, stored)
         if plan.changed:
             tx.executemany(
                 "UPDATE lessons SET school_id = ?, room_id = ?, starts_at = ?, "
