@@ -221,11 +221,15 @@ class SqlLessons:
         return found
 
     def lessons_ending(self, now: float) -> list[tuple[Lesson, list[str]]]:
+        ending = "state = 'dispatched' AND ends_at <= :now AND ended_at IS NULL"
+        # Asked every pass: a read first, so that a pass with nothing to end does not
+        # take SQLite's write lock from the devices' batches.
+        if not self._db.read(f"SELECT 1 AS due FROM lessons WHERE {ending} LIMIT 1", {"now": now}):
+            return []
         with self._db.transaction() as tx:
             # Claimed as dispatch is: one controller ends each lesson.
             rows = tx.execute(
-                f"SELECT lesson_id, {LESSON_COLUMNS} FROM lessons WHERE state = 'dispatched' "
-                "AND ends_at <= :now AND ended_at IS NULL "
+                f"SELECT lesson_id, {LESSON_COLUMNS} FROM lessons WHERE {ending} "
                 f"ORDER BY {self._by_code_point('lesson_id')}{self._db.dialect.for_update}",
                 {"now": now},
             ).fetchall()
