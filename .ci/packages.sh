@@ -18,6 +18,7 @@ needs=(
   python3:python3             # what Ansible's modules run with on those hosts
   prometheus:promtool         # deploy/prometheus/'s rules, and the end-to-end scrape
   postgresql:initdb           # the PostgreSQL store's throwaway cluster (tests/pg_cluster.py)
+  haproxy:haproxy             # the load balancer in front of controller replicas (tests/haproxy.py)
 )
 search="${SCHOOLFLEET_TOOLS_PATH:-$PATH:/usr/local/sbin:/usr/sbin:/sbin}"
 

@@ -93,10 +93,16 @@ class Controller:
     # A central-ops user's token, made by `schoolfleet-controller users create` at
     # the first start; tests.procs.schoolctl uses it for this controller.
     admin_token: str = ""
+    # The store's URL when not the SQLite file in workdir (replicas share PostgreSQL).
+    database_url: str = ""
 
     @property
     def database(self) -> Path:
         return self.workdir / "controller.db"
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:{self.database}"
 
     @property
     def log(self) -> Path:
@@ -137,7 +143,7 @@ class Controller:
                     "--metrics-listen",
                     "127.0.0.1:0",
                     "--database",
-                    f"sqlite:{self.database}",
+                    self.store_url,
                     "--ports-file",
                     str(ports),
                 ],
@@ -174,7 +180,7 @@ class Controller:
     def cli(self, *args: str) -> Result:
         """``schoolfleet-controller ARGS`` with this controller's settings and store."""
         args += ("--config", str(self.workdir / "controller.toml"))
-        return controller_cli(*args, "--database", f"sqlite:{self.database}", env=self.env)
+        return controller_cli(*args, "--database", self.store_url, env=self.env)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Signals the process by pid and waits; returns its exit code."""

@@ -33,6 +33,7 @@ ALL = [
     ("python3", "python3"),
     ("prometheus", "promtool"),
     ("postgresql", "initdb"),
+    ("haproxy", "haproxy"),
 ]
 # Where this machine's programs are: PATH's folders and, off PATH, Debian's folders of
 # PostgreSQL's server programs (as .ci/packages.sh looks for them).

@@ -1,0 +1,104 @@
+"""Debian's HAProxy in TCP mode in front of controller replicas, as a city runs them:
+one address for every agent and schoolctl, each connection passed whole (TLS and
+all) to a live replica, a dead one dropped from the rotation by a health check.
+Started on loopback, stopped by its pid."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.procs import free_port, wait_until
+
+# How often a replica's port is tried, and after how many failures in a row it is out.
+CHECK_INTER_MS = 300
+CHECK_FALL = 2
+
+
+def config(listen_port: int, backends: list[tuple[str, int]]) -> str:
+    servers = "\n".join(
+        f"    server replica{n} {host}:{port} check inter {CHECK_INTER_MS} fall {CHECK_FALL} rise 1"
+        for n, (host, port) in enumerate(backends, 1)
+    )
+    return f"""global
+    maxconn 20000
+
+defaults
+    mode tcp
+    timeout connect 2s
+    # Agents' streams live for hours; their keepalives are the traffic.
+    timeout client 1h
+    timeout server 1h
+    # A connection to a replica that died is tried on another.
+    retries 2
+    option redispatch
+
+frontend agents
+    bind 127.0.0.1:{listen_port}
+    default_backend replicas
+
+backend replicas
+    balance leastconn
+    # A dead replica's open streams are cut at once, so their agents reconnect.
+    option tcp-check
+    default-server on-marked-down shutdown-sessions
+{servers}
+"""
+
+
+@dataclass
+class HaProxy:
+    """A running haproxy; ``address`` is where agents connect."""
+
+    workdir: Path
+    backends: list[tuple[str, int]]
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "haproxy.log"
+
+    def start(self) -> HaProxy:
+        binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+        assert binary, "haproxy is not installed (.ci/packages.sh installs it)"
+        self.port = self.port or free_port()
+        cfg = self.workdir / "haproxy.cfg"
+        cfg.write_text(config(self.port, self.backends))
+        with self.log.open("ab") as log:
+            # -db: in the foreground, so that the pid is haproxy's own.
+            self.proc = subprocess.Popen([binary, "-db", "-f", str(cfg)], stdout=log, stderr=log)
+        proc = self.proc
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"haproxy exited {proc.returncode}: {self.log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
+
+        wait_until(listening, 10, "haproxy listening")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        finally:
+            self.proc = None
