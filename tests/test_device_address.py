@@ -13,7 +13,7 @@ from common.settings import load_settings, load_settings_lenient
 from controller.api.convert import device_to_pb, identity_from_hello, peer_address
 from controller.errors import ProtocolError
 from controller.fleet.store import DeviceQuery
-from controller.stores import sqlite_stores
+from controller.stores import Stores
 from inventory.model import DeviceIdentity, DeviceKind
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 
@@ -78,23 +78,20 @@ def test_a_hello_with_a_bad_address_or_labels_is_refused(
     assert caught.value.status == "INVALID_ARGUMENT"
 
 
-def test_the_store_keeps_address_and_labels_until_the_next_hello(tmp_path: Path) -> None:
-    store = sqlite_stores(tmp_path / "c.db")
-    try:
-        first = DeviceIdentity(
-            "p1", DeviceKind.PANEL, "s1", "r1", address="198.18.0.5", labels=(("grade", "5"),)
-        )
-        store.devices.device_connected(first, 1, 90.0, 1000.0)
-        got = store.devices.get_device("p1", 1000.0)
-        assert got is not None and got.identity == first
-        wire = device_to_pb(got)
-        assert (wire.address, dict(wire.labels)) == ("198.18.0.5", {"grade": "5"})
-        moved = DeviceIdentity("p1", DeviceKind.PANEL, "s1", "r1", address="198.18.0.6")
-        store.devices.device_connected(moved, 2, 90.0, 1001.0)
-        [listed] = store.devices.list_devices(DeviceQuery(), 1001.0)
-        assert (listed.identity.address, listed.identity.labels) == ("198.18.0.6", ())
-    finally:
-        store.close()
+def test_the_store_keeps_address_and_labels_until_the_next_hello(both_stores: Stores) -> None:
+    store = both_stores
+    first = DeviceIdentity(
+        "p1", DeviceKind.PANEL, "s1", "r1", address="198.18.0.5", labels=(("grade", "5"),)
+    )
+    store.devices.device_connected(first, 1, 90.0, 1000.0)
+    got = store.devices.get_device("p1", 1000.0)
+    assert got is not None and got.identity == first
+    wire = device_to_pb(got)
+    assert (wire.address, dict(wire.labels)) == ("198.18.0.5", {"grade": "5"})
+    moved = DeviceIdentity("p1", DeviceKind.PANEL, "s1", "r1", address="198.18.0.6")
+    store.devices.device_connected(moved, 2, 90.0, 1001.0)
+    [listed] = store.devices.list_devices(DeviceQuery(), 1001.0)
+    assert (listed.identity.address, listed.identity.labels) == ("198.18.0.6", ())
 
 
 def agent_file(tmp_path: Path, extra: str) -> Path:

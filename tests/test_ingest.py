@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from controller.fleet.writer import MessageWriter, highest_seq
-from controller.stores import sqlite_stores
+from controller.stores import Stores
 from tests.test_store_sqlite import T0, beat, ident
 
 
@@ -16,8 +15,8 @@ def test_highest_seq_per_device() -> None:
     assert highest_seq(rows) == {"a": 3, "b": 7}
 
 
-def test_writes_in_batches_and_flushes_everything_on_close(tmp_path: Path) -> None:
-    store = sqlite_stores(tmp_path / "c.db")
+def test_writes_in_batches_and_flushes_everything_on_close(both_stores: Stores) -> None:
+    store = both_stores
     for d in ("a", "b"):
         store.devices.device_connected(ident(d), 1, 90, T0)
     acks: list[dict[str, int]] = []
@@ -50,4 +49,3 @@ def test_writes_in_batches_and_flushes_everything_on_close(tmp_path: Path) -> No
     assert final == {"a": 119, "b": 120}
     a = store.devices.get_device("a", T0 + 120)
     assert a is not None and a.last_seq == 119
-    store.close()

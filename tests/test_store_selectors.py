@@ -1,17 +1,15 @@
 """A rollout's selector is resolved by the store in one query, with the same answer as
 the selector's own rule (``Selector.matches``) applied to every device: schools, rooms,
-kinds, OS versions, ids and labels, within a caller's schools; hostile values are data."""
+kinds, OS versions, ids and labels, within a caller's schools; hostile values are data.
+On both databases."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from controller.fleet.store import DeviceQuery, SelectedDevice
 from controller.store.rows import HeartbeatRow
-from controller.stores import Stores, sqlite_stores
+from controller.stores import Stores
 from inventory.model import DeviceIdentity, DeviceKind, DeviceStatus, Health, OsInfo
 from inventory.rollouts import parse_selector
 
@@ -37,8 +35,8 @@ SELECTORS = (
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Stores]:
-    s = sqlite_stores(tmp_path / "c.db")
+def store(both_stores: Stores) -> Stores:
+    s = both_stores
     for n in range(24):
         labels = (("grade", str(5 + n % 3)),) + (
             (("wing", "north"),) if n % 2 else (("wing", "south"),)
@@ -59,8 +57,7 @@ def store(tmp_path: Path) -> Iterator[Stores]:
             s.devices.record_messages(
                 [HeartbeatRow(identity.device_id, 1, T0, Health(T0, 1, 1, 1, 1, 0, 0, 0))]
             )
-    yield s
-    s.close()
+    return s
 
 
 def by_the_rule(store: Stores, text: str, scope: frozenset[str] | None) -> list[SelectedDevice]:

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from controller.api.convert import report_from_pb
 from controller.store.rows import HeartbeatRow
-from controller.stores import Stores, sqlite_stores
+from controller.stores import Stores
 from inventory.model import Condition, DeviceReport, Health
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 from tests.test_store_sqlite import ident
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Stores]:
-    s = sqlite_stores(tmp_path / "c.db")
-    yield s
-    s.close()
+def store(both_stores: Stores) -> Stores:
+    return both_stores
 
 
 def _beat(
@@ -31,8 +25,8 @@ def _beat(
 
 
 def _rows(store: Stores, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(store.database.path) as db:
-        return list(db.execute(sql))
+    # keys(): an sqlite3.Row iterates over its values, PostgreSQL's dict row its keys.
+    return [tuple(r[k] for k in r.keys()) for r in store.sql.read(sql)]  # noqa: SIM118
 
 
 def test_a_report_names_only_well_formed_bssids() -> None:

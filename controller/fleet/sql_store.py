@@ -1,30 +1,27 @@
-"""Devices in the SQLite store: who they are, their streams, heartbeats and reports.
+"""Devices in the store, on SQLite or PostgreSQL: who they are, their streams,
+heartbeats and reports.
 
 Heartbeats, command results and lesson events are written in one transaction per
-batch (the ingest writer's thread); reads use a connection per thread, so scrapes and
-admin calls never wait for a write batch. Acks promise durability, hence
-``synchronous=FULL``: batching keeps its fsync cost to one per batch.
+batch (the ingest writer's thread, controller/fleet/sql_batch.py), acked once
+committed: batching keeps the cost of durability to one commit per batch. Several
+controllers may share a PostgreSQL database: every write is one statement whose
+condition reads the row it changes (an upsert, ``stream_id = ?``, ``last_seq < ?``),
+so none acts on a value another has changed since. What a device's values become in
+the store (NULs, ids) is controller/fleet/stored_values.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
-import logging
-import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from controller.errors import StoreError
+from controller.fleet.sql_batch import LessonEvent, store_batch
 from controller.fleet.store import DeviceQuery, SelectedDevice
-from controller.store.rows import (
-    AgentRow,
-    CommandResultRow,
-    HeartbeatRow,
-    LessonEventRow,
-    StoredLessonEvent,
-)
-from controller.store.sql import SqlDatabase, Tx
+from controller.fleet.stored_values import page_after, storable_key, stored_identity, stored_text
+from controller.store.rows import AgentRow, StoredLessonEvent
+from controller.store.sql import Row, SqlDatabase
 from inventory.model import (
     CommandOutcome,
     Condition,
@@ -40,8 +37,6 @@ from inventory.model import (
     SchoolReports,
 )
 from inventory.rollouts import Selector
-
-log = logging.getLogger(__name__)
 
 # The status rule, in one place: online while a stream carries the device and its
 # last heartbeat is within the device's own deadline.
@@ -63,66 +58,7 @@ _OS_VERSION_SQL = "(CASE WHEN COALESCE(kernel, '') != '' THEN COALESCE(os_versio
 _RECENT_COMMANDS = 10
 
 
-# One statement for every heartbeat, with or without a verdict (NULL keeps the
-# stored one), bound by position: the writer's hot path. In SET clauses last_seq
-# is still the old value; a device's first message starts no gap, since the
-# controller may be newer than the device's spool.
-_HEARTBEAT_SQL = """
-    UPDATE devices SET last_heartbeat = ?1,
-        seq_gaps = seq_gaps + CASE WHEN last_seq > 0 THEN ?2 - last_seq - 1 ELSE 0 END,
-        last_seq = ?2, heartbeats_stored = heartbeats_stored + 1, collected_at = ?3,
-        cpu_percent = ?4, memory_percent = ?5, disk_percent = ?6, uptime_seconds = ?7,
-        load1 = ?8, load5 = ?9, load15 = ?10, condition = COALESCE(?11, condition),
-        reasons = COALESCE(?12, reasons), spool_pending = COALESCE(?13, spool_pending),
-        spool_dropped = COALESCE(?14, spool_dropped)
-    WHERE device_id = ?15 AND last_seq < ?2
-"""
-_REPORTS_SQL = """
-    INSERT INTO device_reports VALUES (?1, ?2, ?3, ?4, ?5)
-    ON CONFLICT (device_id) DO UPDATE SET system_report = excluded.system_report,
-        network_report = excluded.network_report, report_at = excluded.report_at,
-        report_collected_at = excluded.report_collected_at
-    WHERE excluded.report_collected_at > device_reports.report_collected_at
-"""
-_RESULT_SEQ_SQL = """
-    UPDATE devices SET
-        seq_gaps = seq_gaps + CASE WHEN last_seq > 0 THEN ?2 - last_seq - 1 ELSE 0 END,
-        last_seq = ?2
-    WHERE device_id = ?1 AND last_seq < ?2
-"""
-
-
-def _heartbeat_params(r: HeartbeatRow) -> tuple[object, ...]:
-    h, report = r.health, r.report
-    verdict: tuple[object, ...] = (None, None, None, None)
-    if report is not None:
-        verdict = (
-            report.condition.value,
-            "\n".join(report.reasons),
-            report.spool_pending,
-            report.spool_dropped,
-        )
-    return (
-        r.received_at,
-        r.seq,
-        h.collected_at,
-        h.cpu_percent,
-        h.memory_percent,
-        h.disk_percent,
-        h.uptime_seconds,
-        h.load1,
-        h.load5,
-        h.load15,
-        *verdict,
-        r.device_id,
-    )
-
-
-def _is_heartbeat(row: AgentRow) -> bool:
-    return isinstance(row, HeartbeatRow)
-
-
-def _record(row: sqlite3.Row) -> DeviceRecord:
+def _record(row: Row) -> DeviceRecord:
     health = None
     if row["collected_at"] is not None:
         health = Health(
@@ -180,13 +116,14 @@ def _labels(text: str) -> tuple[tuple[str, str], ...]:
 
 
 class SqlDevices:
-    """The fleet's DeviceStore on the shared SQLite database."""
+    """The fleet's DeviceStore on the database every feature shares (SQLite or
+    PostgreSQL)."""
 
     def __init__(
         self,
         db: SqlDatabase,
         enrollment_of: Callable[[str], Enrollment | None],
-        lesson_event: Callable[[Tx, LessonEventRow], StoredLessonEvent | None],
+        lesson_event: LessonEvent,
     ) -> None:
         self._db = db
         # The enrollment shown with a device (the enroll feature's store).
@@ -194,59 +131,61 @@ class SqlDevices:
         # Stores a panel's lesson event inside record_messages' transaction (the
         # lessons feature's store): a batch is stored whole or not at all.
         self._lesson_event = lesson_event
+        # PostgreSQL takes a batch's rows as JSON documents (controller/fleet/sql_batch.py).
+        self._documents = db.dialect.name == "postgresql"
 
     def device_connected(
         self, identity: DeviceIdentity, stream_id: int, offline_after: float, now: float
     ) -> int:
-        with self._db.write_lock:
-            try:
-                row = self._db.writer.execute(
-                    """
-                    INSERT INTO devices (device_id, kind, school_id, room_id, hostname,
-                                         agent_version, first_seen, stream_id, offline_after,
-                                         os_name, os_version, kernel, boot_time, address,
-                                         labels)
-                    VALUES (:device_id, :kind, :school_id, :room_id, :hostname,
-                            :agent_version, :now, :stream_id, :offline_after,
-                            :os_name, :os_version, :kernel, :boot_time, :address, :labels)
-                    ON CONFLICT (device_id) DO UPDATE SET
-                        kind = excluded.kind, school_id = excluded.school_id,
-                        room_id = excluded.room_id, hostname = excluded.hostname,
-                        agent_version = excluded.agent_version,
-                        stream_id = excluded.stream_id, offline_after = excluded.offline_after,
-                        os_name = excluded.os_name, os_version = excluded.os_version,
-                        kernel = excluded.kernel, boot_time = excluded.boot_time,
-                        address = excluded.address, labels = excluded.labels
-                    RETURNING last_seq
-                    """,
-                    {
-                        "device_id": identity.device_id,
-                        "kind": identity.kind.value,
-                        "school_id": identity.school_id,
-                        "room_id": identity.room_id,
-                        "hostname": identity.hostname,
-                        "agent_version": identity.agent_version,
-                        "now": now,
-                        "stream_id": stream_id,
-                        "offline_after": offline_after,
-                        "os_name": identity.os.name if identity.os else None,
-                        "os_version": identity.os.version if identity.os else None,
-                        "kernel": identity.os.kernel if identity.os else "",
-                        "boot_time": identity.os.boot_time if identity.os else None,
-                        "address": identity.address,
-                        "labels": json.dumps(dict(identity.labels), sort_keys=True),
-                    },
-                ).fetchone()
-                if identity.room_id:
-                    self._db.writer.execute(
-                        "INSERT OR IGNORE INTO rooms VALUES (?, ?)",
-                        (identity.school_id, identity.room_id),
-                    )
-            except sqlite3.Error as exc:
-                raise StoreError(f"database {self._db.path}: {exc}") from None
-        return int(row[0])
+        identity = stored_identity(identity)
+        with self._db.transaction() as tx:
+            row = tx.execute(
+                """
+                INSERT INTO devices (device_id, kind, school_id, room_id, hostname,
+                                     agent_version, first_seen, stream_id, offline_after,
+                                     os_name, os_version, kernel, boot_time, address, labels)
+                VALUES (:device_id, :kind, :school_id, :room_id, :hostname,
+                        :agent_version, :now, :stream_id, :offline_after,
+                        :os_name, :os_version, :kernel, :boot_time, :address, :labels)
+                ON CONFLICT (device_id) DO UPDATE SET
+                    kind = excluded.kind, school_id = excluded.school_id,
+                    room_id = excluded.room_id, hostname = excluded.hostname,
+                    agent_version = excluded.agent_version,
+                    stream_id = excluded.stream_id, offline_after = excluded.offline_after,
+                    os_name = excluded.os_name, os_version = excluded.os_version,
+                    kernel = excluded.kernel, boot_time = excluded.boot_time,
+                    address = excluded.address, labels = excluded.labels
+                RETURNING last_seq
+                """,
+                {
+                    "device_id": identity.device_id,
+                    "kind": identity.kind.value,
+                    "school_id": identity.school_id,
+                    "room_id": identity.room_id,
+                    "hostname": identity.hostname,
+                    "agent_version": identity.agent_version,
+                    "now": now,
+                    "stream_id": stream_id,
+                    "offline_after": offline_after,
+                    "os_name": identity.os.name if identity.os else None,
+                    "os_version": identity.os.version if identity.os else None,
+                    "kernel": identity.os.kernel if identity.os else "",
+                    "boot_time": identity.os.boot_time if identity.os else None,
+                    "address": identity.address,
+                    "labels": json.dumps(dict(identity.labels), sort_keys=True),
+                },
+            ).fetchone()
+            if identity.room_id:
+                tx.execute(
+                    "INSERT INTO rooms (school_id, room_id) VALUES (?, ?)"
+                    " ON CONFLICT (school_id, room_id) DO NOTHING",
+                    (identity.school_id, identity.room_id),
+                )
+        return int(row["last_seq"])
 
     def device_disconnected(self, device_id: str, stream_id: int) -> None:
+        if not storable_key(device_id):
+            return
         self._db.write(
             "UPDATE devices SET stream_id = 0 WHERE device_id = ? AND stream_id = ?",
             (device_id, stream_id),
@@ -256,85 +195,21 @@ class SqlDevices:
         return self._db.write("UPDATE devices SET stream_id = 0 WHERE stream_id != 0", ())
 
     def record_messages(self, rows: Sequence[AgentRow]) -> list[StoredLessonEvent]:
-        events: list[StoredLessonEvent] = []
-        with self._db.write_lock:
-            try:
-                self._db.writer.execute("BEGIN IMMEDIATE")
-                # Every message shares the device's sequence: runs keep the order.
-                for is_beat, run in itertools.groupby(rows, _is_heartbeat):
-                    if not is_beat:
-                        for r in run:
-                            if isinstance(r, CommandResultRow):
-                                self._record_result(r)
-                            elif isinstance(r, LessonEventRow):
-                                stored = self._lesson_event(self._db.writer, r)
-                                if stored is not None:
-                                    events.append(stored)
-                        continue
-                    beats = [r for r in run if isinstance(r, HeartbeatRow)]
-                    self._db.writer.executemany(_HEARTBEAT_SQL, map(_heartbeat_params, beats))
-                    reports = [
-                        (
-                            r.device_id,
-                            r.report.system,
-                            r.report.network,
-                            r.received_at,
-                            r.health.collected_at,
-                        )
-                        for r in beats
-                        if r.report is not None and (r.report.system or r.report.network)
-                    ]
-                    if reports:
-                        self._db.writer.executemany(_REPORTS_SQL, reports)
-                    self._record_wifi(beats)
-                self._db.writer.execute("COMMIT")
-            # OverflowError: a number SQLite cannot hold. The ingest checks refuse those
-            # first; should one slip through, the batch is refused, not the writer killed.
-            except (sqlite3.Error, OverflowError) as exc:
-                if self._db.writer.in_transaction:
-                    self._db.writer.execute("ROLLBACK")
-                raise StoreError(f"database {self._db.path}: {exc}") from None
-        return events
-
-    def _record_wifi(self, beats: Sequence[HeartbeatRow]) -> None:
-        """What each full network report says of the Wi-Fi: the device's association
-        (or none), and when each BSSID was last seen by any device."""
-        full = [b for b in beats if b.report is not None and b.report.network]
-        if not full:
-            return
-        self._db.writer.executemany(
-            "DELETE FROM device_wifi WHERE device_id = ?", [(b.device_id,) for b in full]
-        )
-        associated = [(b, b.report.wifi[0]) for b in full if b.report and b.report.wifi]
-        self._db.writer.executemany(
-            "INSERT OR REPLACE INTO device_wifi VALUES (?, ?, ?, ?)",
-            [(b.device_id, bssid, signal, b.received_at) for b, (bssid, signal) in associated],
-        )
-        self._db.writer.executemany(
-            "INSERT INTO bssid_seen VALUES (?, ?) ON CONFLICT (bssid) DO UPDATE"
-            " SET seen_at = max(seen_at, excluded.seen_at)",
-            [(bssid, b.received_at) for b in full if b.report for bssid, _ in b.report.wifi],
-        )
-
-    def _record_result(self, r: CommandResultRow) -> None:
-        moved = self._db.writer.execute(_RESULT_SEQ_SQL, (r.device_id, r.seq)).rowcount
-        if moved:
-            self._db.writer.execute(
-                "INSERT INTO command_results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    r.device_id,
-                    r.seq,
-                    r.command_id,
-                    r.status,
-                    r.message,
-                    r.finished_at,
-                    r.received_at,
-                ),
-            )
+        try:
+            with self._db.transaction() as tx:
+                return store_batch(tx, rows, self._lesson_event, documents=self._documents)
+        # A number the database cannot hold (SQLite's driver raises before sending it).
+        # The ingest checks refuse those first; should one slip through, the batch is
+        # refused, not the writer killed.
+        except OverflowError as exc:
+            raise StoreError(f"database {self._db.name}: {exc}") from None
 
     def command_results(self, device_id: str, limit: int) -> list[CommandOutcome]:
+        if not storable_key(device_id):
+            return []
         rows = self._db.read(
-            "SELECT * FROM command_results WHERE device_id = :id ORDER BY seq DESC LIMIT :limit",
+            "SELECT command_id, status, message, finished_at, received_at, seq"
+            " FROM command_results WHERE device_id = :id ORDER BY seq DESC LIMIT :limit",
             {"id": device_id, "limit": limit},
         )
         return [
@@ -350,14 +225,24 @@ class SqlDevices:
         ]
 
     def list_devices(self, query: DeviceQuery, now: float) -> list[DeviceRecord]:
-        where = ["device_id > :after"]
-        params: dict[str, object] = {"now": now, "after": query.after_id, "limit": query.limit}
+        dialect = self._db.dialect
+        # Paged and ordered by code point on both databases (a PostgreSQL locale would
+        # order "d-1" and "d.1" otherwise, and a page would skip or repeat devices).
+        device_id = dialect.by_code_point("device_id")
+        where = [f"{device_id} > :after"]
+        params: dict[str, object] = {
+            "now": now,
+            "after": page_after(query.after_id),
+            "limit": query.limit,
+        }
         if query.school_id is not None:
+            if not storable_key(query.school_id):
+                return []
             where.append("school_id = :school")
             params["school"] = query.school_id
         if query.schools is not None:
-            where.append("school_id IN (SELECT value FROM json_each(:schools))")
-            params["schools"] = json.dumps(sorted(query.schools))
+            where.append(dialect.one_of("school_id", ":schools"))
+            params["schools"] = dialect.listed(_keys(query.schools))
         if query.kind is not None:
             where.append("kind = :kind")
             params["kind"] = query.kind.value
@@ -368,7 +253,7 @@ class SqlDevices:
             params["condition"] = query.condition.value
         sql = (
             f"SELECT {_DEVICE_COLUMNS} FROM {_DEVICES_FROM} WHERE {' AND '.join(where)} "
-            "ORDER BY device_id LIMIT :limit"
+            f"ORDER BY {device_id} LIMIT :limit"
         )
         return [_record(row) for row in self._db.read(sql, params)]
 
@@ -376,31 +261,37 @@ class SqlDevices:
         self, selector: Selector, schools: frozenset[str] | None, now: float
     ) -> list[SelectedDevice]:
         # Every value is a bound parameter, never SQL text: selectors come from people.
+        # Ids are kept exactly or not at all, text with its NULs written out
+        # (stored_values): a selector's values are shaped alike, so they match.
+        dialect = self._db.dialect
         where: list[str] = []
         params: dict[str, object] = {"now": now}
-        wanted: list[tuple[str, str, frozenset[str] | None]] = [
-            ("school_id", "schools", schools),
-            ("school_id", "selected_schools", selector.schools or None),
-            ("room_id", "rooms", selector.rooms or None),
-            ("kind", "kinds", frozenset(k.value for k in selector.kinds) or None),
+        # An empty set is a key the selector does not give (None: no scope); a given one
+        # whose ids no device can have matches nothing.
+        wanted: list[tuple[str, str, list[str] | None]] = [
+            ("school_id", "schools", None if schools is None else _keys(schools)),
+            ("school_id", "selected_schools", _given(selector.schools)),
+            ("room_id", "rooms", _given(selector.rooms)),
+            ("kind", "kinds", sorted(k.value for k in selector.kinds) or None),
             # As a DeviceRecord reads it: no OS without a kernel.
-            (_OS_VERSION_SQL, "os_versions", selector.os_versions or None),
-            ("device_id", "devices", selector.devices or None),
+            (_OS_VERSION_SQL, "os_versions", _texts(selector.os_versions) or None),
+            ("device_id", "devices", _given(selector.devices)),
         ]
-        for column, name, values in wanted:
-            if values is not None:
-                where.append(f"{column} IN (SELECT value FROM json_each(:{name}))")
-                params[name] = json.dumps(sorted(values))
+        for column, name, listed in wanted:
+            if listed is not None:
+                where.append(dialect.one_of(column, f":{name}"))
+                params[name] = dialect.listed(listed)
         for n, (label, values) in enumerate(selector.labels):
             where.append(
-                f"EXISTS (SELECT 1 FROM json_each(devices.labels) AS l WHERE l.key = :label{n} "
-                f"AND l.value IN (SELECT value FROM json_each(:label_values{n})))"
+                f"EXISTS (SELECT 1 FROM {dialect.json_pairs('devices.labels')} AS l "
+                f"WHERE l.key = :label{n} AND {dialect.one_of('l.value', f':label_values{n}')})"
             )
-            params[f"label{n}"] = label
-            params[f"label_values{n}"] = json.dumps(sorted(values))
+            params[f"label{n}"] = stored_text(label)
+            params[f"label_values{n}"] = dialect.listed(_texts(values))
+        device_id = dialect.by_code_point("device_id")
         sql = (
             f"SELECT device_id, school_id, {ONLINE_SQL} AS online FROM devices "
-            f"WHERE {' AND '.join(where) or '1'} ORDER BY device_id"
+            f"WHERE {' AND '.join(where) or '1 = 1'} ORDER BY {device_id}"
         )
         return [
             SelectedDevice(
@@ -412,14 +303,21 @@ class SqlDevices:
         ]
 
     def devices_by_id(self, device_ids: Collection[str], now: float) -> list[DeviceRecord]:
+        ids = _keys(device_ids)
+        if not ids:
+            return []
+        dialect = self._db.dialect
         rows = self._db.read(
             f"SELECT {_DEVICE_COLUMNS} FROM {_DEVICES_FROM} "
-            "WHERE device_id IN (SELECT value FROM json_each(:ids)) ORDER BY device_id",
-            {"ids": json.dumps(sorted(set(device_ids))), "now": now},
+            f"WHERE {dialect.one_of('device_id', ':ids')} "
+            f"ORDER BY {dialect.by_code_point('device_id')}",
+            {"ids": dialect.listed(ids), "now": now},
         )
         return [_record(row) for row in rows]
 
     def get_device(self, device_id: str, now: float) -> DeviceRecord | None:
+        if not storable_key(device_id):
+            return None
         rows = self._db.read(
             f"SELECT {_DEVICE_COLUMNS} FROM {_DEVICES_FROM} WHERE device_id = :id",
             {"id": device_id, "now": now},
@@ -434,11 +332,14 @@ class SqlDevices:
         )
 
     def fleet_counts(self, now: float, school_id: str | None = None) -> list[KindCount]:
+        if school_id is not None and not storable_key(school_id):
+            return []
         where = "WHERE school_id = :school" if school_id is not None else ""
+        order = ", ".join(self._db.dialect.by_code_point(c) for c in ("school_id", "kind"))
         rows = self._db.read(
             f"""
-            SELECT school_id, kind, SUM({ONLINE_SQL}) AS online, COUNT(*) AS total
-            FROM devices {where} GROUP BY school_id, kind ORDER BY school_id, kind
+            SELECT school_id, kind, SUM({_counted(ONLINE_SQL)}) AS online, COUNT(*) AS total
+            FROM devices {where} GROUP BY school_id, kind ORDER BY {order}
             """,
             {"now": now, "school": school_id},
         )
@@ -446,21 +347,24 @@ class SqlDevices:
             KindCount(
                 school_id=r["school_id"],
                 kind=DeviceKind(r["kind"]),
-                online=r["online"],
-                offline=r["total"] - r["online"],
+                online=int(r["online"]),
+                offline=int(r["total"]) - int(r["online"]),
             )
             for r in rows
         ]
 
     def school_reports(self, now: float) -> list[SchoolReports]:
+        def online_and(condition: Condition) -> str:
+            return _counted(f"{ONLINE_SQL} AND condition = '{condition.value}'")
+
         rows = self._db.read(
             f"""
             SELECT school_id,
-                   SUM({ONLINE_SQL} AND condition = 'ok') AS ok,
-                   SUM({ONLINE_SQL} AND condition = 'degraded') AS degraded,
-                   SUM({ONLINE_SQL} AND condition = 'critical') AS critical,
+                   SUM({online_and(Condition.OK)}) AS ok,
+                   SUM({online_and(Condition.DEGRADED)}) AS degraded,
+                   SUM({online_and(Condition.CRITICAL)}) AS critical,
                    SUM(seq_gaps) AS missing, SUM(spool_dropped) AS dropped
-            FROM devices GROUP BY school_id ORDER BY school_id
+            FROM devices GROUP BY school_id ORDER BY {self._db.dialect.by_code_point("school_id")}
             """,
             {"now": now},
         )
@@ -473,3 +377,23 @@ class SqlDevices:
             )
             for r in rows
         ]
+
+
+def _counted(condition: str) -> str:
+    # PostgreSQL sums no booleans; SQLite's are 0 and 1 already.
+    return f"CASE WHEN {condition} THEN 1 ELSE 0 END"
+
+
+def _keys(values: Iterable[str]) -> list[str]:
+    """Ids as a list to bind, sorted; those no device can have are left out."""
+    return sorted(v for v in set(values) if storable_key(v))
+
+
+def _given(values: frozenset[str]) -> list[str] | None:
+    """A selector's ids to bind; None where it gives none (an empty set)."""
+    return _keys(values) if values else None
+
+
+def _texts(values: Iterable[str]) -> list[str]:
+    """Text values as a list to bind, shaped as the store keeps them."""
+    return sorted({stored_text(v) for v in values})
