@@ -45,28 +45,39 @@ from controller.api.enroll import Enroller
 from controller.api.grpc_logs import hide_metadata_values
 from controller.api.guard import Guard
 from controller.api.internal_errors import CatchAll
-from controller.api.lesson_orders import SessionPanels
+from controller.api.lesson_orders import RelayedPanels
 from controller.api.renewal import Renewals
 from controller.api.request_checks import UnaryRequestChecks
 from controller.api.uplink_orders import SessionCourier
 from controller.datadir.private_files import private_dir
 from controller.enroll.ca_keeper import CaKeeper
 from controller.enroll.metrics import CertCollector
-from controller.errors import ConfigError, PkiError, StoreError
+from controller.errors import ConfigError, PkiError
 from controller.fleet.acks import Acks
 from controller.fleet.admission import restart_window
 from controller.fleet.metrics import ControllerMetrics, FleetCollector
-from controller.fleet.sessions import Closing
+from controller.fleet.sessions import Closing, replica_stream_ids
 from controller.fleet.writer import MessageWriter
 from controller.infra.metrics import InfraCollector
 from controller.infra.probe_check import ProbeSettings
 from controller.infra.probes import ProbeMetrics, Prober
+from controller.leases.keeper import LeaseMetrics, LeaseTiming
 from controller.lessons.dispatcher import Dispatcher
 from controller.lessons.metrics import LessonCollector, LessonMetrics
+from controller.lessons.nudge import DispatchNudge
 from controller.loops import LoopFailures
 from controller.people import audit as audit_log
 from controller.people.attempt_limits import FailureBudget
 from controller.people.refusals import Refusals
+from controller.replicas import (
+    PROBES,
+    OnceRegistry,
+    Replica,
+    dispatch_once,
+    gauges_once,
+    held_by_one,
+    replica,
+)
 from controller.rollouts.engine import EngineSettings, RolloutEngine
 from controller.rollouts.metrics import RolloutCollector, RolloutMetrics
 from controller.rollouts.os_user import rollout_dirs
@@ -191,14 +202,16 @@ def _lessons(
     settings: ControllerSettings,
     stores: Stores,
     executor: ThreadPoolExecutor,
-    sessions: Sessions,
+    part: Replica,
     registry: CollectorRegistry,
+    once: OnceRegistry,
     failures: LoopFailures,
-) -> tuple[LessonMetrics, Dispatcher]:
-    """The lesson figures and the dispatcher that runs the schedule."""
+) -> tuple[LessonMetrics, DispatchNudge]:
+    """The lesson figures, and the dispatcher that runs the schedule on the controller
+    holding its lease (what the others use to wake it)."""
     if not settings.content_hosts:
         log.warning("content_hosts is empty: panels refuse every lesson's URL; set it")
-    registry.register(
+    once.register(
         LessonCollector(
             stores.lesson_counts,
             stores.infra.school_ids,
@@ -210,13 +223,13 @@ def _lessons(
     dispatcher = Dispatcher(
         stores.lessons,
         executor,
-        SessionPanels(sessions),
+        RelayedPanels(part.commands.send),
         failures,
         lead=settings.lesson_lead,
         settle=settings.lesson_settle,
         on_time=settings.lesson_on_time,
     )
-    return metrics, dispatcher
+    return metrics, dispatch_once(part, dispatcher)
 
 
 def _rollouts(
@@ -224,10 +237,11 @@ def _rollouts(
     stores: Stores,
     executor: ThreadPoolExecutor,
     registry: CollectorRegistry,
+    once: OnceRegistry,
     failures: LoopFailures,
 ) -> tuple[RolloutEngine, RunnerSettings]:
     """The rollout engine and how it runs Ansible."""
-    registry.register(RolloutCollector(stores.rollouts))
+    once.register(RolloutCollector(stores.rollouts))
     # Ansible writes as its own OS user, outside data_dir; the engine removes the
     # control sockets' folder when it closes.
     ansible_dir, control_dir = rollout_dirs(
@@ -290,13 +304,14 @@ def _uplink(
     executor: ThreadPoolExecutor,
     sessions: Sessions,
     registry: CollectorRegistry,
+    once: OnceRegistry,
     failures: LoopFailures,
 ) -> _Uplink:
     """Starts the uplink endpoint and the checks' schedule (no stream is up yet: the
     first look finds no school to check)."""
     tokens = Tokens()
     http, thread = serve_uplink(settings.uplink_listen, tokens)
-    registry.register(UplinkCollector(stores.uplink, stores.infra.school_ids))
+    once.register(UplinkCollector(stores.uplink, stores.infra.school_ids))
     checks = UplinkChecks(
         stores.uplink,
         stores.devices,
@@ -319,26 +334,26 @@ def _uplink(
 
 @dataclass
 class _Probes:
-    """The probe schedule running, if probe_interval is not 0."""
+    """The probe schedule, if probe_interval is not 0 (run under its lease)."""
 
     prober: Prober | None = None
-    task: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
         """Cuts the probes running short and stores the results gathered."""
-        if self.prober is not None and self.task is not None:
+        if self.prober is not None:
             await self.prober.close()
-            await self.task
 
 
 def _probes(
     settings: ControllerSettings,
     stores: Stores,
     executor: ThreadPoolExecutor,
+    part: Replica,
     registry: CollectorRegistry,
     failures: LoopFailures,
 ) -> _Probes:
-    """Starts probing the access points and servers of the inventory."""
+    """Probes the access points and servers of the inventory, on the controller holding
+    the probes' lease."""
     if not settings.probe_interval:
         # Probes off: the family is still exported (empty), as the catalogue lists it.
         ProbeMetrics(registry)
@@ -360,7 +375,8 @@ def _probes(
         registry,
         failures=failures,
     )
-    return _Probes(prober, asyncio.create_task(prober.run(), name="probes"))
+    held_by_one(part, PROBES, prober.run)
+    return _Probes(prober)
 
 
 async def _stop_serving(
@@ -398,11 +414,11 @@ async def _stop_serving(
     return stopping
 
 
-def _store_gauges(stores: Stores, registry: CollectorRegistry, sessions: Sessions) -> None:
+def _store_gauges(stores: Stores, once: OnceRegistry) -> None:
     """The gauges read from the store at scrape: devices, access points and servers."""
     school_ids = stores.infra.school_ids
-    registry.register(FleetCollector(stores.devices, school_ids, lambda: len(sessions)))
-    registry.register(InfraCollector(stores.infra, school_ids))
+    once.register(FleetCollector(stores.devices, school_ids))
+    once.register(InfraCollector(stores.infra, school_ids))
 
 
 # The assembly reads in order (its order is the shutdown's contract); its parts are
@@ -413,7 +429,7 @@ def _admin_handlers(
     sessions: Sessions,
     settings: ControllerSettings,
     *,
-    dispatcher: Dispatcher,
+    dispatcher: DispatchNudge,
     zone: ZoneInfo,
     rollouts: RolloutEngine,
     runner: RunnerSettings,
@@ -454,32 +470,42 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     except OSError as exc:
         raise ConfigError(f"data_dir {settings.data_dir}: {exc.strerror}") from None
     stores = open_stores(settings.database)
-    try:
-        stores.require_every()
-    except StoreError:
-        stores.close()
-        raise
     # The pools of controller/offload.py's model.
     write_executor = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
     read_executor = ThreadPoolExecutor(4, thread_name_prefix="store")
-    stale = stores.devices.reset_streams()
-    if stale:
-        log.info("streams from before the restart marked down count=%d", stale)
+    if not stores.shared:
+        # Alone on its store: no stream from before the restart is still up.
+        stale = stores.devices.reset_streams()
+        if stale:
+            log.info("streams from before the restart marked down count=%d", stale)
 
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
     failures = LoopFailures(registry)
-    sessions: Sessions = Sessions()
-    _store_gauges(stores, registry, sessions)
+    sessions: Sessions = Sessions(ids=replica_stream_ids())
+    metrics.connected_streams.set_function(lambda: len(sessions))
+    part = replica(
+        stores,
+        sessions,
+        read_executor,
+        LeaseMetrics(registry),
+        LeaseTiming(
+            ttl=settings.lease_seconds,
+            renew_every=settings.lease_seconds / 5,
+            margin=settings.lease_seconds / 10,
+        ),
+    )
+    once = OnceRegistry(registry, gauges_once(part))
+    _store_gauges(stores, once)
     zone = ZoneInfo(settings.timezone)
     lesson_metrics, dispatcher = _lessons(
-        settings, stores, read_executor, sessions, registry, failures
+        settings, stores, read_executor, part, registry, once, failures
     )
     audit = audit_log.appender(stores.people, read_executor)
     # Refused sign-ins and enrollments: limited and folded per source address.
     refusals = Refusals(audit, FailureBudget(settings.refused_per_minute, settings.refused_burst))
     keeper = CaKeeper(settings.data_dir / "pki")
-    registry.register(CertCollector(keeper, stores.enrollments, settings.device_cert_lifetime))
+    once.register(CertCollector(keeper, stores.enrollments, settings.device_cert_lifetime))
     enroller = Enroller(
         keeper,
         stores.enrollments,
@@ -496,8 +522,8 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         lifetime=settings.device_cert_lifetime,
         spread=settings.ca_rotation_spread,
     )
-    uplink = _uplink(settings, stores, read_executor, sessions, registry, failures)
-    rollouts, runner = _rollouts(settings, stores, read_executor, registry, failures)
+    uplink = _uplink(settings, stores, read_executor, sessions, registry, once, failures)
+    rollouts, runner = _rollouts(settings, stores, read_executor, registry, once, failures)
     acks = Acks(settings.ack_interval, ack_sender(sessions))
     writer = MessageWriter(
         stores.devices,
@@ -552,14 +578,15 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     grpc_port = ports["grpc"]
     http_server, _ = _serve_metrics(settings.metrics_listen, registry)
     metrics_port = http_server.server_port
+    probes = _probes(settings, stores, read_executor, part, registry, failures)
+    # Listening to the other controllers before serving: nothing relayed is missed.
+    await part.start()
     await server.start()
     _tune_gc()
     writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")
     acks_task = asyncio.create_task(acks.run(), name="acks")
-    dispatcher_task = asyncio.create_task(dispatcher.run(), name="lesson-dispatcher")
     refusals_task = asyncio.create_task(refusals.run(), name="refusals")
     pki_task = asyncio.create_task(renewals.watch(settings.ca_watch_interval), name="pki-watch")
-    probes = _probes(settings, stores, read_executor, registry, failures)
     await rollouts.resume_all()
     if settings.ports_file != Path():
         _write_ports(
@@ -591,9 +618,12 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     )
     streams_ended = time.monotonic() - stopping
     await others
+    # Leased work stopped and its leases given up: another controller takes them now.
+    await part.close()
+    await dispatcher.close()
     await writer.close()
     await writer_task
-    for task in (acks_task, dispatcher_task, refusals_task, pki_task):
+    for task in (acks_task, refusals_task, pki_task):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -604,8 +634,9 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     cut = agent_service.running
     write_executor.shutdown(wait=True)
     read_executor.shutdown(wait=True)
-    # After the writer's last batch: every stream's end, in one statement.
-    ended = stores.devices.reset_streams()
+    # After the writer's last batch: every stream's end, in one statement (this
+    # controller's streams only: others may share the store).
+    ended = stores.devices.reset_streams(sessions.ids)
     stores.close()
     log.info(
         "controller stopped stream_ends_recorded=%d streams_cut=%d streams_s=%.2f total_s=%.2f",

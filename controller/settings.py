@@ -94,6 +94,10 @@ class ControllerSettings:
     # counts too): panels refuse any other URL, and a schedule row may use http only
     # for these. Empty: panels refuse every lesson, so set it.
     content_hosts: tuple[str, ...] = ()
+    # Controllers sharing a PostgreSQL store: the work that must run once (the lesson
+    # dispatcher, probes, the store's gauges) is held by one of them under a lease of
+    # this many seconds; when the holder dies another takes it within this and a fifth.
+    lease_seconds: float = 10.0
     # Seconds before a lesson's start that its panels are told to launch it.
     lesson_lead: float = 60.0
     # A panel that launched within this many seconds of the start was on time.
@@ -199,6 +203,8 @@ class ControllerSettings:
             raise SettingError("'uplink_bytes' must be 1 to 100000000", "uplink_bytes")
         if self.uplink_timeout > 600:
             raise SettingError("'uplink_timeout' must be at most 600 seconds", "uplink_timeout")
+        if self.lease_seconds < 1:
+            raise SettingError("'lease_seconds' must be at least 1", "lease_seconds")
 
     def _check_ranges(self) -> None:
         for key in (

@@ -7,9 +7,8 @@ span two features (a batch of a device's messages stores its panels' lesson even
 which is a method handed in when the devices' store is made.
 
 The database is chosen by URL: ``sqlite:...`` or ``postgresql://...`` (any URL libpq
-takes). Each store is written once for both (controller/store/sql.py); until every
-feature's store passes its contract suite on PostgreSQL (issue 21 ports them one by
-one), the controller refuses to serve on PostgreSQL (``require_every``).
+takes). Each store is written once for both (controller/store/sql.py), and each
+feature's contract suite runs on both (tests/test_*_store_contract.py).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from controller.enroll.sql_store import SqlEnrollments
 from controller.errors import StoreError
 from controller.fleet.sql_store import SqlDevices
 from controller.infra.sql_store import SqlInfra
+from controller.leases.sql_store import SqlLeases
 from controller.lessons.sql_counts import SqlLessonCounts
 from controller.lessons.sql_store import SqlLessons
 from controller.people.sql_store import SqlPeople
@@ -34,10 +34,6 @@ from controller.store.sql import SqlDatabase
 from controller.uplink.sql_store import SqlUplink
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-# The features whose store passes its contract suite on PostgreSQL so far.
-ON_POSTGRESQL = frozenset({"people"})
-_FEATURES = ("people", "fleet", "enrollment", "lesson", "rollout", "uplink", "infrastructure")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +49,7 @@ class Stores:
     rollouts: SqlRollouts
     uplink: SqlUplink
     infra: SqlInfra
+    leases: SqlLeases
     _close: Callable[[], None]
 
     @property
@@ -60,21 +57,15 @@ class Stores:
         """The database's name, without a password."""
         return self.sql.name
 
+    @property
+    def shared(self) -> bool:
+        """Whether other controllers may share this store (PostgreSQL; a SQLite file is
+        one controller's)."""
+        return not isinstance(self.sql, Database)
+
     def close(self) -> None:
         """Releases the database's connections."""
         self._close()
-
-    def require_every(self) -> None:
-        """Raises a StoreError unless every feature's store works on this database
-        (what serving needs)."""
-        if self.sql.dialect.name == "sqlite":
-            return
-        missing = [f for f in _FEATURES if f not in ON_POSTGRESQL]
-        if missing:
-            raise StoreError(
-                f"database {self.name}: the {', '.join(missing)} stores are not yet on "
-                "PostgreSQL; use a sqlite: database for now"
-            )
 
     @property
     def database(self) -> Database:
@@ -111,5 +102,6 @@ def stores_on(db: SqlDatabase) -> Stores:
         rollouts=SqlRollouts(db),
         uplink=SqlUplink(db),
         infra=SqlInfra(db),
+        leases=SqlLeases(db),
         _close=db.close,
     )

@@ -25,7 +25,8 @@ def config(listen_port: int, backends: list[tuple[str, int]]) -> str:
         for n, (host, port) in enumerate(backends, 1)
     )
     return f"""global
-    maxconn 20000
+    # Each connection takes two descriptors; within the test machine's limit.
+    maxconn 4000
 
 defaults
     mode tcp

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 
-from controller.api.lesson_orders import SessionPanels, launch_command
+from controller.api.lesson_orders import launch_command
 from controller.enroll.pki import load_ca
 from controller.lessons.dispatcher import launch_order
 from controller.lessons.store import OutboxCommand
@@ -201,14 +201,17 @@ def test_a_command_waiting_in_the_outbox_is_delivered_when_the_device_connects(
                 SCHOOL, "r1", now - 3600, now - 60, "7A", "maths", "T", "https://x/p", False
             )
             run.stores.lessons.save_lessons([lesson, past], now - 7200)
-            panels = SessionPanels(run.sessions)
             orders = [launch_order(a, "panel-1", now - 7200) for a in (lesson, past)]
             plan = [
                 (
                     o.lesson_id,
                     [
                         OutboxCommand(
-                            o.command_id, "panel-1", o.lesson_id, panels.encode(o), o.ends_at
+                            o.command_id,
+                            "panel-1",
+                            o.lesson_id,
+                            launch_command(o).SerializeToString(),
+                            o.ends_at,
                         )
                     ],
                 )

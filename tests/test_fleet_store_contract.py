@@ -102,6 +102,19 @@ def test_reset_streams_after_restart(store: Stores) -> None:
     assert not any(d.stream_up for d in store.devices.list_devices(DeviceQuery(), T0))
 
 
+def test_a_controller_marks_down_only_its_own_streams(store: Stores) -> None:
+    mine, theirs = range(2**32, 2**33), range(2**33, 2**34)
+    store.devices.device_connected(ident("p1"), mine.start, 90, T0)
+    store.devices.device_connected(ident("p2"), mine.stop - 1, 90, T0)
+    store.devices.device_connected(ident("p3"), theirs.start, 90, T0)
+    store.devices.device_connected(ident("p4"), 7, 90, T0)
+    assert store.devices.reset_streams(mine) == 2
+    up = {
+        d.identity.device_id for d in store.devices.list_devices(DeviceQuery(), T0) if d.stream_up
+    }
+    assert up == {"p3", "p4"}
+
+
 def test_a_device_is_read_back_as_it_was_stored(store: Stores) -> None:
     identity = DeviceIdentity(
         "p1",

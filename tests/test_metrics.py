@@ -39,10 +39,8 @@ def _series(registry: CollectorRegistry, prefix: str) -> dict[str, float]:
 def test_series_grow_with_schools_not_devices(tmp_path: Path) -> None:
     store = sqlite_stores(tmp_path / "c.db")
     registry = CollectorRegistry()
-    ControllerMetrics(registry)
-    registry.register(
-        FleetCollector(store.devices, store.infra.school_ids, lambda: 4, now=lambda: T0)
-    )
+    ControllerMetrics(registry).connected_streams.set_function(lambda: 4)
+    registry.register(FleetCollector(store.devices, store.infra.school_ids, now=lambda: T0))
     for n in (10, 500):
         for i in range(n):
             store.devices.device_connected(ident(f"d{i:04}", f"s{i % 2}"), i + 1, 90, T0)
@@ -61,9 +59,7 @@ def test_series_grow_with_schools_not_devices(tmp_path: Path) -> None:
 def test_verdicts_and_losses_are_summed_per_school(tmp_path: Path) -> None:
     store = sqlite_stores(tmp_path / "c.db")
     registry = CollectorRegistry()
-    registry.register(
-        FleetCollector(store.devices, store.infra.school_ids, lambda: 0, now=lambda: T0)
-    )
+    registry.register(FleetCollector(store.devices, store.infra.school_ids, now=lambda: T0))
     for i, condition in enumerate([Condition.OK, Condition.CRITICAL, Condition.CRITICAL]):
         store.devices.device_connected(ident(f"d{i}"), i + 1, 90, T0)
         report = DeviceReport(condition, (), spool_dropped=i)
@@ -84,9 +80,7 @@ def test_verdicts_and_losses_are_summed_per_school(tmp_path: Path) -> None:
 
 def _registry(store: Stores) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(
-        FleetCollector(store.devices, store.infra.school_ids, lambda: 0, now=lambda: T0)
-    )
+    registry.register(FleetCollector(store.devices, store.infra.school_ids, now=lambda: T0))
     registry.register(InfraCollector(store.infra, store.infra.school_ids, now=lambda: T0))
     registry.register(UplinkCollector(store.uplink, store.infra.school_ids))
     registry.register(

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 from controller.api.field_ranges import time_problem
 from controller.api.guard import Call, Guard, guarded, invalid
 from controller.api.imports import import_done
-from controller.lessons.dispatcher import Dispatcher
 from controller.lessons.metrics import day_bounds
+from controller.lessons.nudge import DispatchNudge
 from controller.lessons.store import ImportCounts, LessonQuery, LessonStore
 from controller.people import access
 from controller.people.access import Need
@@ -63,7 +63,7 @@ class LessonAdmin:
         self,
         guard: Guard,
         lessons: LessonStore,
-        dispatcher: Dispatcher | None,
+        dispatcher: DispatchNudge | None,
         content_hosts: Iterable[str],
         zone: ZoneInfo,
     ) -> None:

@@ -1,8 +1,9 @@
-"""Lesson commands on the device streams: LaunchLesson and EndLesson out to panels."""
+"""Lesson commands for the device streams: LaunchLesson and EndLesson out to panels."""
 
 from __future__ import annotations
 
-from controller.fleet.sessions import SessionRegistry
+from collections.abc import Callable
+
 from controller.lessons.dispatcher import LaunchOrder
 from protos.schoolfleet.v1 import agent_pb2
 from wire.mapping import timestamp
@@ -23,30 +24,26 @@ def launch_command(order: LaunchOrder) -> agent_pb2.Command:
     )
 
 
-class SessionPanels:
-    """The dispatcher's PanelCourier: commands go on the panel's stream, if it is here."""
+def end_command(device_id: str, lesson_id: str, now: float) -> agent_pb2.Command:
+    return agent_pb2.Command(
+        command_id=f"end:{lesson_id}:{device_id}",
+        issued_at=timestamp(now),
+        end_lesson=agent_pb2.EndLesson(lesson_id=lesson_id),
+    )
 
-    def __init__(self, sessions: SessionRegistry[agent_pb2.ControllerMessage]) -> None:
-        self._sessions = sessions
+
+class RelayedPanels:
+    """The dispatcher's PanelCourier: a command goes on the panel's stream on whichever
+    controller sharing the store holds it (``send``: controller/relay/device_commands.py)."""
+
+    def __init__(self, send: Callable[[str, bytes], None]) -> None:
+        self._send = send
 
     def encode(self, order: LaunchOrder) -> bytes:
         return launch_command(order).SerializeToString()
 
     def launch(self, device_id: str, order: LaunchOrder) -> None:
-        session = self._sessions.get(device_id)
-        if session is not None:
-            session.send(agent_pb2.ControllerMessage(command=launch_command(order)))
+        self._send(device_id, self.encode(order))
 
     def end(self, device_id: str, lesson_id: str, now: float) -> None:
-        session = self._sessions.get(device_id)
-        if session is None:
-            return
-        session.send(
-            agent_pb2.ControllerMessage(
-                command=agent_pb2.Command(
-                    command_id=f"end:{lesson_id}:{device_id}",
-                    issued_at=timestamp(now),
-                    end_lesson=agent_pb2.EndLesson(lesson_id=lesson_id),
-                )
-            )
-        )
+        self._send(device_id, end_command(device_id, lesson_id, now).SerializeToString())

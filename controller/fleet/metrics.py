@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -59,13 +59,11 @@ class FleetCollector(Collector):
         self,
         store: FleetFigures,
         school_ids: Callable[[], list[str]],
-        streams: Callable[[], int],
         now: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         # Every school known (inventory, devices, lessons): each has its series.
         self._school_ids = school_ids
-        self._streams = streams
         self._now = now
 
     def describe(self) -> Iterator[Metric]:
@@ -77,9 +75,6 @@ class FleetCollector(Collector):
             "schoolfleet_devices",
             "Managed devices by school, kind and status (online: stream up, heartbeat on time).",
             labels=["school", "kind", "status"],
-        )
-        streams = GaugeMetricFamily(
-            "schoolfleet_connected_streams", "Device streams open on this controller."
         )
         conditions = GaugeMetricFamily(
             "schoolfleet_device_conditions",
@@ -96,10 +91,10 @@ class FleetCollector(Collector):
             "Heartbeats a school's devices dropped from full offline spools, as reported.",
             labels=["school"],
         )
-        return devices, streams, conditions, missing, dropped
+        return devices, conditions, missing, dropped
 
     def collect(self) -> Iterator[Metric]:
-        devices, streams, conditions, missing, dropped = self._families()
+        devices, conditions, missing, dropped = self._families()
         now = self._now()
         try:
             known = self._school_ids()
@@ -121,14 +116,20 @@ class FleetCollector(Collector):
                 conditions.add_metric([school, condition.value], n)
             missing.add_metric([school], report.messages_missing if report else 0)
             dropped.add_metric([school], report.spool_dropped if report else 0)
-        streams.add_metric([], self._streams())
-        yield from (devices, streams, conditions, missing, dropped)
+        yield from (devices, conditions, missing, dropped)
 
 
 class ControllerMetrics:
-    """The controller's own figures, registered on the given registry."""
+    """The controller's own figures, registered on the given registry: each controller
+    sharing a store exports its own (summed over controllers, they count each stream
+    and heartbeat once)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.connected_streams = Gauge(
+            "schoolfleet_connected_streams",
+            "Device streams open on this controller.",
+            registry=registry,
+        )
         self.heartbeats_received = Counter(
             "schoolfleet_heartbeats_received",
             "Heartbeats received on device streams.",

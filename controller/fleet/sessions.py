@@ -8,7 +8,7 @@ and writes to the device. Anyone may :meth:`Session.send` to it or
 from __future__ import annotations
 
 import asyncio
-import itertools
+import secrets
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -75,12 +75,24 @@ class Session(Generic[M]):
         return await self._outbox.get()
 
 
+def replica_stream_ids() -> range:
+    """A share of stream ids no other controller on the store is likely to draw: 2^32
+    ids from a random one of 2^30 blocks (two of 1,000 replicas share a block with
+    odds under one in two thousand, and the store's stream ids only ever guard a
+    device's own stream against its predecessor's late end)."""
+    block = secrets.randbits(30) + 1
+    return range(block << 32, (block + 1) << 32)
+
+
 class SessionRegistry(Generic[M]):
     """Which session carries each device now."""
 
-    def __init__(self, outbox_max: int = 1024) -> None:
+    def __init__(self, outbox_max: int = 1024, ids: range = range(1, 2**32)) -> None:
         self._sessions: dict[str, Session[M]] = {}
-        self._ids = itertools.count(1)
+        # A stream's id is stored with its device; ``ids`` is this controller's share
+        # (replica_stream_ids), so that no two controllers sharing a store give one id.
+        self.ids = ids
+        self._ids = iter(ids)
         self._outbox_max = outbox_max
 
     def open(self, device_id: str, capabilities: frozenset[str] = frozenset()) -> Session[M]:

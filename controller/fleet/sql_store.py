@@ -191,8 +191,13 @@ class SqlDevices:
             (device_id, stream_id),
         )
 
-    def reset_streams(self) -> int:
-        return self._db.write("UPDATE devices SET stream_id = 0 WHERE stream_id != 0", ())
+    def reset_streams(self, ids: range | None = None) -> int:
+        if ids is None:
+            return self._db.write("UPDATE devices SET stream_id = 0 WHERE stream_id != 0")
+        return self._db.write(
+            "UPDATE devices SET stream_id = 0 WHERE stream_id >= :first AND stream_id < :stop",
+            {"first": ids.start, "stop": ids.stop},
+        )
 
     def record_messages(self, rows: Sequence[AgentRow]) -> list[StoredLessonEvent]:
         try:

@@ -60,8 +60,10 @@ class DeviceStore(Protocol):
     def device_disconnected(self, device_id: str, stream_id: int) -> None:
         """Marks the stream down, unless a newer stream has taken the device over."""
 
-    def reset_streams(self) -> int:
-        """Marks every stream down (at start-up: none survive a restart); returns how many."""
+    def reset_streams(self, ids: range | None = None) -> int:
+        """Marks the streams whose ids are in ``ids`` down (this controller's, when it
+        stops), or every stream (a controller alone on its store, at start-up: none
+        survive a restart); returns how many."""
 
     def record_messages(self, rows: Sequence[AgentRow]) -> list[StoredLessonEvent]:
         """Stores a batch in order in one transaction; rows at or below a device's last
