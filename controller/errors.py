@@ -3,6 +3,8 @@
 SchoolFleetError (common.errors)
 ├── ConfigError         bad settings (common.errors)
 ├── StoreError          the store cannot be opened, migrated or written
+│   └── StoreUnavailable the database cannot be reached now (a restart, a
+│                       failover): the same call may succeed in a moment
 ├── PkiError            the controller's CA cannot be created, read or used: a
 │                       file is missing, unreadable, open to others or does not
 │                       match; a name, address, id or certificate request is
@@ -37,12 +39,17 @@ __all__ = [
     "RolloutRefused",
     "SchoolFleetError",
     "StoreError",
+    "StoreUnavailable",
     "UplinkUnavailable",
 ]
 
 
 class StoreError(SchoolFleetError):
     """The store failed; the message says which store and what."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now; trying the same again later may work."""
 
 
 class PkiError(SchoolFleetError):

@@ -12,16 +12,21 @@ the agents.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from controller.errors import StoreError
+from controller.errors import StoreError, StoreUnavailable
 from controller.fleet.store import DeviceStore
+from controller.loops import Backoff
 from controller.store.rows import AgentRow, StoredLessonEvent
 
 log = logging.getLogger(__name__)
+
+# Between tries of a batch while the database cannot be reached.
+_RETRY = Backoff(first=0.2, cap=2.0)
 
 OnStored = Callable[[dict[str, int]], None]
 OnFlush = Callable[[int, float], None]
@@ -61,6 +66,8 @@ class MessageWriter:
         self._on_stored = on_stored
         self._on_flush = on_flush
         self._on_lesson_events = on_lesson_events
+        self._closing = False
+        self._stop_retrying = asyncio.Event()
 
     async def submit(self, row: AgentRow) -> None:
         """Queues one message; waits while the queue is full."""
@@ -92,6 +99,8 @@ class MessageWriter:
 
     async def close(self) -> None:
         """Asks :meth:`run` to write everything queued so far and return."""
+        self._closing = True
+        self._stop_retrying.set()
         await self._queue.put(None)
 
     async def _flush(self, rows: list[AgentRow]) -> None:
@@ -99,12 +108,33 @@ class MessageWriter:
             return
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        try:
-            events = await loop.run_in_executor(self._executor, self._store.record_messages, rows)
-        except StoreError as exc:
-            # Not acked, so the agents keep these and send them again.
-            log.error("message batch not stored rows=%d error=%s", len(rows), exc)
-            return
+        unavailable = 0
+        while True:
+            try:
+                events = await loop.run_in_executor(
+                    self._executor, self._store.record_messages, rows
+                )
+                break
+            except StoreUnavailable as exc:
+                # The database restarts or fails over: the same batch again, and nothing
+                # acked meanwhile, for an ack covers every earlier message of a device.
+                # The queue fills and its limit slows the streams; none is closed.
+                unavailable += 1
+                if self._closing:
+                    log.error(
+                        "message batch not stored at shutdown rows=%d error=%s", len(rows), exc
+                    )
+                    return
+                if unavailable == 1:
+                    log.warning("store unavailable; holding rows=%d error=%s", len(rows), exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_retrying.wait(), _RETRY.delay(unavailable))
+            except StoreError as exc:
+                # Not acked, so the agents keep these and send them again.
+                log.error("message batch not stored rows=%d error=%s", len(rows), exc)
+                return
+        if unavailable:
+            log.info("store available again; batch stored after %d tries", unavailable + 1)
         self._on_flush(len(rows), time.perf_counter() - started)
         if events:
             self._on_lesson_events(events)

@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from controller.errors import StoreError
+from controller.errors import StoreError, StoreUnavailable
 from controller.store.migrations import LATEST
 from controller.store.pg_migrations import postgres_sql
 from controller.store.sql import POSTGRESQL, Dialect, Params, pg_text
@@ -166,7 +166,12 @@ class PgDatabase:
             with self._pool.connection() as conn, conn.transaction():
                 yield conn
         except PoolTimeout:
-            raise StoreError(f"database {self.name}: no connection free or reachable") from None
+            raise StoreUnavailable(
+                f"database {self.name}: no connection free or reachable"
+            ) from None
+        except psycopg.OperationalError as exc:
+            # The connection, not the statement: a restart or failover under way.
+            raise StoreUnavailable(f"database {self.name}: {_line(exc)}") from None
         except psycopg.Error as exc:
             raise StoreError(f"database {self.name}: {_line(exc)}") from None
 
