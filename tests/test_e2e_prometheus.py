@@ -37,6 +37,7 @@ from tests.prom import (
     template_queries,
     with_bool,
 )
+from tests.replicas import city
 
 pytestmark = pytest.mark.e2e
 
@@ -553,3 +554,72 @@ def test_series_do_not_grow_with_devices(tmp_path: Path) -> None:
     assert many == few
     schools = {s.split('school="')[1].split('"')[0] for s in few if 'school="' in s}
     assert schools == {f"school-{i}" for i in range(SCHOOLS)}
+
+
+def test_three_controllers_on_one_store_are_counted_once(
+    tmp_path: Path, pg_url: str, agents: list[Agent]
+) -> None:
+    """Prometheus scrapes three replicas: the store's figures come from one of them, the
+    streams from each, and the rules' sums are the store's counts exactly."""
+    env = {
+        "SCHOOLFLEET_CONTROLLER_HEARTBEAT_INTERVAL": "1",
+        "SCHOOLFLEET_CONTROLLER_LEASE_SECONDS": "3",
+    }
+    (tmp_path / "prometheus").mkdir()
+    with city(tmp_path, pg_url, env) as town:
+        placed = [("s1", "panel"), ("s1", "panel"), ("s1", "laptop"), ("s2", "panel")] * 2
+        for n, (school, kind) in enumerate(placed):
+            agents.append(
+                Agent(tmp_path, f"{kind}-{n}", kind, school, "r1", town.lb.address).start()
+            )
+
+        def online() -> bool:
+            devices = town.devices()
+            return len(devices) == len(placed) and all(
+                d["status"] == "online" for d in devices.values()
+            )
+
+        wait_until(online, 40, "every device online")
+        targets = [f"127.0.0.1:{r.metrics_port}" for r in town.replicas]
+        prom = Prometheus(tmp_path / "prometheus", targets, quick_rules(tmp_path / "rules.yml"))
+        prom.start()
+        try:
+            expected = {
+                "count(up == 1)": {(): 3.0},
+                "sum(schoolfleet_connected_streams)": {(): float(len(placed))},
+                'sum by (school, kind) (schoolfleet_devices{status="online"})': {
+                    (("kind", "laptop"), ("school", "s1")): 2.0,
+                    (("kind", "panel"), ("school", "s1")): 4.0,
+                    (("kind", "panel"), ("school", "s2")): 2.0,
+                    (("kind", "monoblock"), ("school", "s1")): 0.0,
+                    (("kind", "monoblock"), ("school", "s2")): 0.0,
+                    (("kind", "laptop"), ("school", "s2")): 0.0,
+                    (("kind", "server"), ("school", "s1")): 0.0,
+                    (("kind", "server"), ("school", "s2")): 0.0,
+                },
+                "school:schoolfleet_devices:count": {
+                    (("school", "s1"),): 6.0,
+                    (("school", "s2"),): 2.0,
+                },
+                'sum(schoolfleet_lease_held{lease="store-gauges"})': {(): 1.0},
+                'sum(schoolfleet_lease_held{lease="lesson-dispatcher"})': {(): 1.0},
+                "count(schoolfleet_devices)": {(): 16.0},
+            }
+
+            def wrong() -> list[str]:
+                return [
+                    f"{expr}: {prom.values(expr)} != {want}"
+                    for expr, want in expected.items()
+                    if prom.values(expr) != want
+                ]
+
+            try:
+                wait_until(lambda: wrong() == [], 30, "the sums exact", step=0.5)
+            except AssertionError:
+                raise AssertionError("\n".join(wrong())) from None
+            per_instance = prom.api(
+                "/api/v1/query", query="count by (instance) (schoolfleet_connected_streams)"
+            )["result"]
+            assert len(per_instance) == 3, "each controller's own streams, by instance"
+        finally:
+            prom.stop()

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.haproxy import HaProxy
 from tests.lesson_site import FAKE_KIOSK, LessonSite
-from tests.procs import Agent, Controller, schoolctl, wait_until
+from tests.procs import Agent, Controller, wait_until
+from tests.replicas import City, city
 
 pytestmark = pytest.mark.e2e
 
@@ -39,68 +39,21 @@ def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
 
 
-class _Ops:
-    """schoolctl through the balancer, as central ops."""
-
-    def __init__(self, lb: HaProxy, token: str) -> None:
-        self.lb = lb
-        self.token = token
-
-    def __call__(self, *args: str) -> Any:
-        return schoolctl(self.lb.address, *args, token=self.token)
-
-
-def _devices(ctl: _Ops) -> dict[str, dict[str, Any]]:
-    done = ctl("devices", "list", "--json")
-    assert done.code == 0, done.err
-    return {d["device_id"]: d for d in done.json()}
-
-
-def _sum(replicas: list[Controller], sample: str) -> float:
-    return sum(r.metrics().get(sample, 0.0) for r in replicas)
-
-
 def _holder(replicas: list[Controller], lease: str) -> Controller | None:
     held = [r for r in replicas if r.metrics().get(f'schoolfleet_lease_held{{lease="{lease}"}}')]
     assert len(held) <= 1, f"{lease} held by {len(held)} controllers"
     return held[0] if held else None
 
 
-@pytest.fixture
-def replicas(tmp_path: Path, pg_url: str) -> Any:
-    started: list[Controller] = []
-    try:
-        first = Controller(tmp_path / "c1", env=ENV, database_url=pg_url)
-        first.workdir.mkdir()
-        started.append(first.start())
-        for n in (2, 3):
-            # One store, one central-ops user: made once, by the first.
-            other = Controller(
-                tmp_path / f"c{n}", env=ENV, database_url=pg_url, admin_token=first.admin_token
-            )
-            other.workdir.mkdir()
-            started.append(other.start())
-        yield started
-    finally:
-        for c in started:
-            c.stop()
-
-
 def test_losing_a_replica_before_a_lesson_loses_nothing_and_launches_once(
-    tmp_path: Path, replicas: list[Controller], agents: list[Agent]
+    tmp_path: Path, pg_url: str, agents: list[Agent]
 ) -> None:
-    lb = HaProxy(tmp_path, [("127.0.0.1", r.grpc_port) for r in replicas]).start()
-    try:
-        with LessonSite() as site:
-            _run(tmp_path, replicas, lb, site, agents)
-    finally:
-        lb.stop()
+    with city(tmp_path, pg_url, ENV) as town, LessonSite() as site:
+        _run(tmp_path, town, site, agents)
 
 
-def _run(
-    tmp: Path, replicas: list[Controller], lb: HaProxy, site: LessonSite, agents: list[Agent]
-) -> None:
-    ctl = _Ops(lb, replicas[0].admin_token)
+def _run(tmp: Path, town: City, site: LessonSite, agents: list[Agent]) -> None:
+    replicas, lb, ctl = town.replicas, town.lb, town.ctl
     kiosk = tmp / "kiosk.py"
     kiosk.write_text(FAKE_KIOSK)
     panels = [f"panel-{room}-{n}" for room in ROOMS for n in range(PANELS_PER_ROOM)]
@@ -114,7 +67,7 @@ def _run(
         agent.start()
 
     def all_online() -> bool:
-        devices = _devices(ctl)
+        devices = town.devices()
         return len(devices) == len(panels) and all(
             d["status"] == "online" for d in devices.values()
         )
@@ -125,7 +78,7 @@ def _run(
     assert sum(1 for s in streams if s) >= 2, f"streams spread over the replicas: {streams}"
     # The fleet's figures come from one controller: summed, each device counts once.
     online = 'schoolfleet_devices{kind="panel",school="s1",status="online"}'
-    wait_until(lambda: _sum(replicas, online) == len(panels), 10, "fleet gauges exported once")
+    wait_until(lambda: town.sum(online) == len(panels), 10, "fleet gauges exported once")
 
     start = float(int(time.time() + 16))
     schedule = tmp / "day.csv"
@@ -162,12 +115,10 @@ def _run(
     assert new_holder is not victim
 
     # Each panel opens its room's lesson once, on time by its own clock.
-    for room in ROOMS:
-        wait_until(
-            lambda room=room: len(site.hits(f"/lesson/{room}")) >= PANELS_PER_ROOM,
-            30,
-            f"{room}'s panels opening the lesson",
-        )
+    def all_opened() -> bool:
+        return all(len(site.hits(f"/lesson/{room}")) >= PANELS_PER_ROOM for room in ROOMS)
+
+    wait_until(all_opened, 30, "every panel opening its room's lesson")
     time.sleep(2)
     for room in ROOMS:
         opened = site.hits(f"/lesson/{room}")
@@ -190,13 +141,14 @@ def _run(
     # Nothing any agent sent is missing from the store: every sequence number arrived.
     for agent in agents:
         agent.stop()
-    devices = _devices(ctl)
+    devices = town.devices()
     assert {d: devices[d]["seq_gaps"] for d in panels} == dict.fromkeys(panels, 0)
     assert all(devices[d]["heartbeats_stored"] >= 20 for d in panels)
     # Exported once by the survivors: the store's lesson figures, the leases.
-    assert _sum(survivors, 'schoolfleet_lessons_today{school="s1",state="held"}') == 3
-    assert _sum(survivors, 'schoolfleet_lease_held{lease="lesson-dispatcher"}') == 1
-    assert _sum(survivors, 'schoolfleet_lease_held{lease="store-gauges"}') == 1
+    held = 'schoolfleet_lessons_today{school="s1",state="held"}'
+    assert town.sum(held, survivors) == 3
+    assert town.sum('schoolfleet_lease_held{lease="lesson-dispatcher"}', survivors) == 1
+    assert town.sum('schoolfleet_lease_held{lease="store-gauges"}', survivors) == 1
     print(
         f"replica killed holding {held_there:.0f} streams; all back in {reconnected:.2f} s",
         file=sys.stderr,
