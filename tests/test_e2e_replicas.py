@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.lesson_site import FAKE_KIOSK, LessonSite
-from tests.procs import Agent, Controller, wait_until
+from tests.procs import Agent, Controller, schoolctl, wait_until
 from tests.replicas import City, city
 
 pytestmark = pytest.mark.e2e
@@ -137,6 +137,25 @@ def _run(tmp: Path, town: City, site: LessonSite, agents: list[Agent]) -> None:
     assert [(x["room_id"], x["panels"], x["launched"]) for x in lessons] == [
         (room, PANELS_PER_ROOM, PANELS_PER_ROOM) for room in ROOMS
     ]
+
+    # A lesson by hand, asked of the controller that does not dispatch: it wakes the
+    # dispatcher's holder through the bus and answers once that pass sent it.
+    bystander = next(r for r in survivors if r is not new_holder)
+    launched = schoolctl(
+        bystander.address,
+        "lessons",
+        "launch",
+        site.url("by-hand"),
+        "--school",
+        "s1",
+        "--room",
+        "r2",
+        "--json",
+        token=town.token,
+    )
+    assert launched.code == 0, launched.err
+    assert (launched.json()["state"], launched.json()["panels"]) == ("dispatched", 3)
+    wait_until(lambda: len(site.hits("/lesson/by-hand")) == PANELS_PER_ROOM, 15, "opened by hand")
 
     # Nothing any agent sent is missing from the store: every sequence number arrived.
     for agent in agents:
