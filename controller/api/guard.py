@@ -151,22 +151,26 @@ class Guard:
             ) from None
 
     async def authenticate(self, context: Context, peer: str) -> User:
-        """The caller's user; a source that keeps presenting bad tokens is answered
-        RESOURCE_EXHAUSTED before its token is looked at."""
+        """The caller's user. A good token is served whatever its source did: many
+        people share one source address (a school's NAT, the load balancer in front of
+        several controllers), and one of them presenting bad tokens must not lock the
+        others out. A source that keeps presenting bad tokens is answered
+        RESOURCE_EXHAUSTED, folded into one audit entry."""
+        token = access.bearer(context.invocation_metadata())
+        user = None
+        if token is not None:
+            user = await self.off_loop(self._store.find_user, access.hash_token(token))
+        if user is not None and user.active(self.now()):
+            return user
+        raise await self._unauthenticated(peer, _MISSING if token is None else _NOT_ACCEPTED)
+
+    async def _unauthenticated(self, peer: str, message: str) -> Refused:
         if self._refusals is not None:
             busy = await self._refusals.busy(peer, SIGN_IN)
             if busy is not None:
-                raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, busy, Outcome.DENIED, folded=True)
-        token = access.bearer(context.invocation_metadata())
-        if token is None:
-            raise self._unauthenticated(peer, _MISSING)
-        user = await self.off_loop(self._store.find_user, access.hash_token(token))
-        if user is None or not user.active(self.now()):
-            raise self._unauthenticated(peer, _NOT_ACCEPTED)
-        return user
-
-    def _unauthenticated(self, peer: str, message: str) -> Refused:
-        if self._refusals is not None:
+                return Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, busy, Outcome.DENIED, folded=True
+                )
             self._refusals.refused(peer, SIGN_IN)
         return Refused(grpc.StatusCode.UNAUTHENTICATED, message, Outcome.DENIED)
 
