@@ -22,8 +22,9 @@ from controller.loops import LoopFailures
 from controller.store.rows import HeartbeatRow
 from controller.stores import Stores, sqlite_stores
 from controller.uplink.checks import MeasureOrder, UplinkAnswer, UplinkChecks, UplinkSettings
-from controller.uplink.endpoint import Tokens, serve
+from controller.uplink.endpoint import serve
 from controller.uplink.metrics import UplinkCollector, UplinkMetrics
+from controller.uplink.sql_tokens import SqlTokens
 from inventory.model import DeviceIdentity, DeviceKind, Health
 from inventory.uplink import UplinkCheck, UplinkState
 
@@ -41,6 +42,9 @@ class Courier:
         self.in_flight: dict[str, int] = {}
         self.most = 0
         self.tasks: set[asyncio.Task[None]] = set()
+
+    def holds(self, device_id: str) -> bool:
+        return True  # one controller: every stream is here
 
     def can_measure(self, device_id: str) -> bool:
         return device_id in self.able
@@ -98,7 +102,7 @@ def run(
     failures: LoopFailures | None = None,
     devices: DeviceStore | None = None,
 ) -> tuple[T, CollectorRegistry]:
-    tokens = Tokens()
+    tokens = SqlTokens(store.sql)
     server, thread = serve("127.0.0.1:0", tokens)
     registry = CollectorRegistry()
     registry.register(UplinkCollector(store.uplink, store.infra.school_ids))
@@ -215,3 +219,21 @@ def test_the_schedule_checks_every_school_within_the_city_wide_limit(store: Stor
     run(store, courier, scenario, interval=1.0, concurrency=2)
     assert courier.most == 2
     assert sorted(o.command_id.split("-")[1] for _, o in courier.sent) == schools
+
+
+def test_a_token_the_store_cannot_keep_fails_the_check_with_the_reason(store: Stores) -> None:
+    online(store, "p1", "s1", DeviceKind.PANEL)
+    courier = Courier({"p1"})
+    store.sql.write("DROP TABLE uplink_tokens")
+
+    async def scenario(checks: UplinkChecks) -> UplinkCheck:
+        return await checks.check("s1")
+
+    check, registry = run(store, courier, scenario)
+    assert courier.sent == []
+    assert check.state is UplinkState.FAILED
+    assert check.error == (
+        f"no transfer token: database {store.sql.name}: no such table: uplink_tokens"
+    )
+    assert store.uplink.latest_uplink_checks("s1") == [check]
+    assert registry.get_sample_value("schoolfleet_uplink_checks_total", {"result": "failed"}) == 1

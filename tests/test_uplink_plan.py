@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.uplink.plan import (
+    claim_delay,
     due_schools,
     judge,
     last_slot,
@@ -86,6 +87,23 @@ def test_the_server_measures_first_then_wired_machines_then_wifi_laptops() -> No
     assert pick_device([laptop, panel, mono]) == "m1"
     assert pick_device([laptop, panel]) == "p1"
     assert pick_device([laptop, ("a0", DeviceKind.LAPTOP)]) == "a0"
+
+
+def test_a_controller_waits_a_step_per_better_kind_another_controller_holds() -> None:
+    server, monoblock, panel, laptop = (
+        DeviceKind.SERVER,
+        DeviceKind.MONOBLOCK,
+        DeviceKind.PANEL,
+        DeviceKind.LAPTOP,
+    )
+    # The school server's controller claims at the slot, whatever the others hold.
+    assert claim_delay(server, [server, monoblock, laptop], 2.0) == 0.0
+    # A panel's waits for the server's and a monoblock's, once per kind however many.
+    assert claim_delay(panel, [monoblock, server, monoblock, panel, laptop], 2.0) == 4.0
+    assert claim_delay(laptop, [panel], 2.0) == 2.0
+    # Alone with its school, or with only worse devices elsewhere: no wait.
+    assert claim_delay(laptop, [], 2.0) == 0.0
+    assert claim_delay(monoblock, [panel, laptop, monoblock], 2.0) == 0.0
 
 
 def test_an_answer_is_a_measurement_only_if_its_figures_can_be() -> None:

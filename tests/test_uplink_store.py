@@ -27,6 +27,26 @@ def test_a_school_has_at_most_one_check_running(store: Stores) -> None:
     assert store.uplink.start_uplink_check(UplinkCheck("s1", T0 + 2, "d2", 100), T0 - 73)
 
 
+def test_a_slot_claimed_by_one_check_is_refused_to_another_but_not_to_a_hand_check(
+    store: Stores,
+) -> None:
+    slot = T0 - 10
+    assert store.uplink.start_uplink_check(UplinkCheck("s1", T0, "d1", 100), T0 - 75, slot)
+    assert store.uplink.finish_uplink_check("s1", T0, 100, 1.0, 8e-4, "")
+    # Another controller coming to the same slot after the check ended: refused.
+    assert not store.uplink.start_uplink_check(UplinkCheck("s1", T0 + 2, "d2", 100), T0, slot)
+    # The same slot's claim by a check started exactly at it counts too.
+    assert store.uplink.start_uplink_check(UplinkCheck("s2", slot, "d3", 100), slot - 75, slot)
+    assert store.uplink.finish_uplink_check("s2", slot, 100, 1.0, 8e-4, "")
+    assert not store.uplink.start_uplink_check(UplinkCheck("s2", T0, "d3", 100), T0 - 75, slot)
+    # The next slot, and a check by hand (no slot), may start.
+    assert store.uplink.start_uplink_check(UplinkCheck("s1", T0 + 3, "d2", 100), T0, None)
+    assert store.uplink.finish_uplink_check("s1", T0 + 3, 100, 1.0, 8e-4, "")
+    assert store.uplink.start_uplink_check(UplinkCheck("s1", T0 + 4, "d2", 100), T0, T0 + 3.5)
+    assert [c.device_id for c in store.uplink.latest_uplink_checks("s1")] == ["d2"]
+    assert store.uplink.uplink_last_started() == {"s1": T0 + 4, "s2": slot}
+
+
 def test_a_check_left_running_past_its_deadline_does_not_block_the_school(
     store: Stores,
 ) -> None:

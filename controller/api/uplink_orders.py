@@ -28,6 +28,9 @@ class SessionCourier:
         self._sessions = sessions
         self._now = now
 
+    def holds(self, device_id: str) -> bool:
+        return self._sessions.get(device_id) is not None
+
     def can_measure(self, device_id: str) -> bool:
         session = self._sessions.get(device_id)
         return session is not None and CAPABILITY in session.capabilities

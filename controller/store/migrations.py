@@ -400,6 +400,20 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at REAL NOT NULL
     );
     """,
+    # 14: one-use tokens of uplink transfers, so that the controller a device's fetch
+    #     reaches takes a token whichever controller issued it. Only a hash of each
+    #     token is kept: a copy of the database grants no transfer. Expiry is by the
+    #     database's clock, like the leases'.
+    """
+    CREATE TABLE uplink_tokens (
+        token_hash TEXT PRIMARY KEY,
+        bytes      INTEGER NOT NULL,
+        -- which check it is, for log lines
+        label      TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX uplink_tokens_by_expiry ON uplink_tokens (expires_at);
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -3,15 +3,20 @@
 A check picks one of the school's online devices able to measure (its stream is on
 this controller and its agent has the "uplink" capability), records the check as
 running (the store refuses a second running check of one school), issues a one-use
-token on the uplink endpoint, sends the device a MeasureUplink command, and waits for
-its answer: the transfer's timeout and a grace for the answer's way back. The answer
-is judged (controller/uplink/plan.py) and stored; no answer is a failure.
+token in the store (any controller's uplink endpoint takes it), sends the device a
+MeasureUplink command, and waits for its answer: the transfer's timeout and a grace
+for the answer's way back. The answer is judged (controller/uplink/plan.py) and
+stored; no answer is a failure.
 
 The schedule is a reconcile loop over the store: when a school's slot in the interval
 comes round and it has an online device, a check starts, at most ``concurrency`` at
-a time city-wide. Checks left running by a controller that stopped are failed by a
-periodic sweep, and old ones pruned. A failed look at the store is retried with
-backoff (controller/loops.py).
+a time on this controller. Several controllers sharing the store each run the
+schedule, and each measures only schools where it holds a device able to measure:
+each claims the school's slot in the store (``start_uplink_check`` with ``since``),
+which lets one of them measure it once per slot; the others let it be, quietly. The
+one holding the school's best kind of device claims first (plan.claim_delay). Checks left
+running by a controller that stopped are failed by a periodic sweep, and old ones
+pruned. A failed look at the store is retried with backoff (controller/loops.py).
 """
 
 from __future__ import annotations
@@ -26,14 +31,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from controller.errors import UplinkUnavailable
+from controller.errors import StoreError, UplinkUnavailable
 from controller.fleet.store import DeviceQuery, DeviceStore
 from controller.loops import LoopFailures, Retry
 from controller.offload import Offload
-from controller.uplink.endpoint import PATH_PREFIX, Tokens
+from controller.uplink.endpoint import PATH_PREFIX
 from controller.uplink.metrics import UplinkMetrics
-from controller.uplink.plan import Measurement, due_schools, judge, next_due, pick_device
+from controller.uplink.plan import (
+    Measurement,
+    claim_delay,
+    due_schools,
+    judge,
+    last_slot,
+    next_due,
+    pick_device,
+)
 from controller.uplink.store import UplinkStore
+from controller.uplink.tokens import Tokens
 from inventory.model import DeviceStatus
 from inventory.uplink import UplinkCheck
 
@@ -78,6 +92,9 @@ class UplinkAnswer:
 class Courier(Protocol):
     """Gets orders to devices (controller/api/uplink_orders.py: their streams)."""
 
+    def holds(self, device_id: str) -> bool:
+        """Whether the device's stream is on this controller."""
+
     def can_measure(self, device_id: str) -> bool:
         """Whether the device's stream is here and its agent measures uplinks."""
 
@@ -90,6 +107,7 @@ class UplinkSettings:
     """How checks run; ``interval`` 0: only by hand."""
 
     interval: float
+    # Checks at once on this controller.
     concurrency: int
     bytes: int
     timeout: float
@@ -97,6 +115,9 @@ class UplinkSettings:
     port: int
     # Seconds an answer may take on its way back after the transfer's own timeout.
     answer_grace: float = 15.0
+    # Seconds a controller waits past a school's slot for each better kind of device
+    # another controller holds, before it claims the slot (plan.claim_delay).
+    prefer_wait: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +155,10 @@ class UplinkChecks:
         self._running: dict[str, asyncio.Task[UplinkCheck]] = {}
         # Checks waiting for their device's answer, by command id.
         self._waiting: dict[str, _Pending] = {}
-        # Schools due that could not start (no device able): not again before their next slot.
+        # Schools due that could not start (no device able here, or another controller
+        # claimed the slot): not again before their next slot.
         self._skipped: dict[str, float] = {}
-        # Schools due beyond the concurrency limit, started as running checks end.
+        # Schools due beyond the concurrency limit, started (as scheduled) as checks end.
         self._queue: list[str] = []
         self._swept = float("-inf")
 
@@ -149,7 +171,7 @@ class UplinkChecks:
         """Checks the school's uplink now, or joins its check running here; the ended check.
 
         Raises UplinkUnavailable if no device can measure, StoreError from the store."""
-        task = self._running.get(school_id) or self._start(school_id)
+        task = self._running.get(school_id) or self._start(school_id, scheduled=False)
         return await asyncio.shield(task)
 
     def answered(self, answer: UplinkAnswer) -> None:
@@ -161,55 +183,75 @@ class UplinkChecks:
         if not pending.answer.done():
             pending.answer.set_result(answer)
 
-    def _start(self, school_id: str) -> asyncio.Task[UplinkCheck]:
-        task = asyncio.create_task(self._run(school_id), name=f"uplink {school_id}")
+    def _start(self, school_id: str, *, scheduled: bool) -> asyncio.Task[UplinkCheck]:
+        task = asyncio.create_task(self._run(school_id, scheduled), name=f"uplink {school_id}")
         self._running[school_id] = task
-        task.add_done_callback(lambda t: self._ended(school_id, t))
+        task.add_done_callback(lambda t: self._ended(school_id, t, scheduled))
         return task
 
-    def _ended(self, school_id: str, task: asyncio.Task[UplinkCheck]) -> None:
+    def _ended(self, school_id: str, task: asyncio.Task[UplinkCheck], scheduled: bool) -> None:
         if self._running.get(school_id) is task:
             del self._running[school_id]
         if not task.cancelled():
             exc = task.exception()
             if isinstance(exc, UplinkUnavailable):
                 self._skipped[school_id] = self._now()
-                log.info("uplink check not started school=%s: %s", school_id, exc)
+                # On the schedule this is the usual case with several controllers: the
+                # school's devices are on another, or another claimed the slot first.
+                # A school no controller can measure is the SchoolUplinkNeverMeasured
+                # alert's, not a line per controller and slot.
+                level = logging.DEBUG if scheduled else logging.INFO
+                log.log(level, "uplink check not started school=%s: %s", school_id, exc)
             elif exc is not None:
                 log.error("uplink check broke school=%s: %r", school_id, exc)
         while self._queue and len(self._running) < self._s.concurrency:
             school = self._queue.pop(0)
             if school not in self._running:
-                self._start(school)
+                self._start(school, scheduled=True)
 
-    async def _pick(self, school_id: str, now: float) -> str:
+    async def _pick(self, school_id: str, now: float) -> tuple[str, float]:
+        """The device that measures, and how long to wait for a controller holding a
+        better one to claim the slot first (on the schedule)."""
         query = DeviceQuery(school_id=school_id, status=DeviceStatus.ONLINE, limit=_CANDIDATES_MAX)
         online = await self._off_loop(self._devices.list_devices, query, now)
         if not online:
             raise UplinkUnavailable(
                 f"school {school_id} has no online device: a check needs one to measure from"
             )
-        able = [
-            (d.identity.device_id, d.identity.kind)
-            for d in online
-            if self._courier.can_measure(d.identity.device_id)
-        ]
+        kinds = {d.identity.device_id: d.identity.kind for d in online}
+        able = [(d, kind) for d, kind in kinds.items() if self._courier.can_measure(d)]
         device = pick_device(able)
         if device is None:
             raise UplinkUnavailable(
                 f"none of school {school_id}'s {len(online)} online device(s) can measure "
                 "here: their agents are too old, or connected to another controller"
             )
-        return device
+        elsewhere = [kind for d, kind in kinds.items() if not self._courier.holds(d)]
+        return device, claim_delay(kinds[device], elsewhere, self._s.prefer_wait)
 
-    async def _run(self, school_id: str) -> UplinkCheck:
+    async def _run(self, school_id: str, scheduled: bool) -> UplinkCheck:
+        device, wait = await self._pick(school_id, self._now())
+        slot = None
+        if scheduled:
+            await asyncio.sleep(wait)
+            slot = last_slot(school_id, self._s.interval, self._now())
         now = self._now()
-        device = await self._pick(school_id, now)
         check = UplinkCheck(school_id, now, device, self._s.bytes)
-        if not await self._off_loop(self._store.start_uplink_check, check, now - self.deadline):
-            raise UplinkUnavailable(f"a check of school {school_id} is running already")
+        started = await self._off_loop(
+            self._store.start_uplink_check, check, now - self.deadline, slot
+        )
+        if not started:
+            raise UplinkUnavailable(
+                f"a check of school {school_id} is running, or was made in its slot already"
+                if scheduled
+                else f"a check of school {school_id} is running already"
+            )
         label = f"school={school_id} device={device}"
-        token = self._tokens.issue(self._s.bytes, self._s.timeout, label)
+        try:
+            token = await self._off_loop(self._tokens.issue, self._s.bytes, self._s.timeout, label)
+        except StoreError as exc:
+            failed = Measurement(0, None, None, f"no transfer token: {exc}")
+            return await self._finish(check, failed)
         order = MeasureOrder(
             f"uplink-{school_id}-{uuid.uuid4().hex[:12]}",
             self._s.port,
@@ -225,8 +267,15 @@ class UplinkChecks:
             raise
         finally:
             self._waiting.pop(order.command_id, None)
-            self._tokens.revoke(token)
+            await self._revoke(token, label)
         return await self._finish(check, measured)
+
+    async def _revoke(self, token: str, label: str) -> None:
+        try:
+            await self._off_loop(self._tokens.revoke, token)
+        except StoreError as exc:
+            # It expires by itself within the transfer's timeout.
+            log.warning("uplink token not revoked %s: %s", label, exc)
 
     async def _measure(self, device: str, order: MeasureOrder, check: UplinkCheck) -> Measurement:
         pending = _Pending(check, asyncio.get_running_loop().create_future())
@@ -308,7 +357,7 @@ class UplinkChecks:
         due = due_schools(schools, last, since, now, self._s.interval)
         free = max(0, self._s.concurrency - len(self._running))
         for school in due[:free]:
-            self._start(school)
+            self._start(school, scheduled=True)
         self._queue = due[free:]
         # Schools coming online are looked for at least once an interval.
         idle = min(_IDLE_MAX, self._s.interval)

@@ -1,83 +1,47 @@
 """The controller's uplink endpoint: plain HTTP, ``GET /uplink/TOKEN`` sends the bytes
 the token was issued for, once.
 
-Each check gets a token (``Tokens.issue``) for a size and a lifetime; the first
-request with it takes it, so a token serves one transfer, and an unknown, used or
-expired token is answered 404. The size comes with the token, never from the
-request: nobody can ask the controller for more than a check granted. The payload is
-one random block sent again and again: never held whole in memory, and nothing on
-the way can compress it.
+Each check gets a token (controller/uplink/tokens.py) for a size and a lifetime; the
+first request with it takes it, so a token serves one transfer, and an unknown, used
+or expired token is answered 404. Tokens are kept in the store, so any controller
+sharing it serves a token another issued (the fetch goes where the load balancer
+sends it), and a token is taken once among them all. The size comes with the token,
+never from the request: nobody can ask the controller for more than a check granted.
+The payload is one random block sent again and again: never held whole in memory,
+and nothing on the way can compress it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from controller.errors import ConfigError
+from controller.errors import ConfigError, StoreError
+from controller.uplink.tokens import Tokens
+
+# Tokens too: what the endpoint serves is part of its interface.
+__all__ = ["PATH_PREFIX", "Tokens", "UplinkServer", "serve"]
 
 log = logging.getLogger(__name__)
 
 PATH_PREFIX = "/uplink/"
-# The most one check may send (the agents' own cap too).
-MAX_BYTES = 100_000_000
 _BLOCK = 1024 * 1024
 # Seconds a connection may sit without reading or writing: the request line included.
 _IO_TIMEOUT = 15.0
 # Connections served at once; more are closed at once (tokens bound the real work).
 _CONNECTIONS_MAX = 256
-
-
-@dataclass(frozen=True, slots=True)
-class _Grant:
-    size: int
-    expires_at: float
-    # For log lines: which check it is (the token itself is never logged).
-    label: str
-
-
-class Tokens:
-    """One-use tokens for uplink transfers; safe to use from any thread."""
-
-    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
-        self._now = now
-        self._grants: dict[str, _Grant] = {}
-        self._lock = threading.Lock()
-
-    def issue(self, size: int, ttl: float, label: str = "") -> str:
-        """A new token for one transfer of ``size`` bytes, usable for ``ttl`` seconds."""
-        if not 0 < size <= MAX_BYTES:
-            raise ValueError(f"an uplink transfer is 1 to {MAX_BYTES} bytes, not {size}")
-        token = secrets.token_urlsafe(24)
-        now = self._now()
-        with self._lock:
-            for old in [t for t, g in self._grants.items() if g.expires_at <= now]:
-                del self._grants[old]
-            self._grants[token] = _Grant(size, now + ttl, label)
-        return token
-
-    def take(self, token: str) -> tuple[int, str] | None:
-        """The size and label of a usable token, which is used up; None for any other."""
-        with self._lock:
-            grant = self._grants.pop(token, None)
-        if grant is None or grant.expires_at <= self._now():
-            return None
-        return grant.size, grant.label
-
-    def revoke(self, token: str) -> None:
-        """Forgets a token not needed any more (its check ended)."""
-        with self._lock:
-            self._grants.pop(token, None)
+# Tokens asked of the store at once. Its connections are shared with ingest: a flood of
+# well-formed but unknown tokens must not hold them all, while a check's take is one
+# short statement. A request that waits for its turn as long as a connection may sit
+# idle is answered 503.
+_TAKES_AT_ONCE = 4
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -89,8 +53,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         token = path.removeprefix(PATH_PREFIX) if path.startswith(PATH_PREFIX) else ""
-        granted = self.server.tokens.take(token) if token else None
         peer = self.client_address[0]
+        try:
+            granted = self.server.take(token) if token else None
+        except StoreError as exc:
+            log.warning("uplink request refused peer=%s reason=%s", peer, exc)
+            self.send_error(503, "the controller's store is unavailable: no uplink check now")
+            return
         if granted is None:
             log.warning("uplink request refused peer=%s reason=unknown, used or expired", peer)
             self.send_error(404, "no such uplink check (unknown, used or expired)")
@@ -137,6 +106,7 @@ class UplinkServer(ThreadingHTTPServer):
         self.tokens = tokens
         self.block = os.urandom(_BLOCK)
         self._slots = threading.BoundedSemaphore(_CONNECTIONS_MAX)
+        self._takes = threading.BoundedSemaphore(_TAKES_AT_ONCE)
         try:
             super().__init__((host, int(port)), _Handler)
         except OSError as exc:
@@ -151,6 +121,19 @@ class UplinkServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def take(self, token: str) -> tuple[int, str] | None:
+        """Takes ``token`` from the store, a few requests at a time (StoreError if its
+        turn does not come within a connection's idle time)."""
+        if not self._takes.acquire(timeout=_IO_TIMEOUT):
+            raise StoreError(
+                f"{_TAKES_AT_ONCE} uplink tokens already waiting on the store for over "
+                f"{_IO_TIMEOUT:g}s"
+            )
+        try:
+            return self.tokens.take(token)
+        finally:
+            self._takes.release()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):

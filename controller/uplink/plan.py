@@ -3,7 +3,9 @@ device measures, and what a device's answer is worth.
 
 Each school has its own slot in the interval, from a hash of its id: a city's
 thousands of schools are checked spread over the interval, never all at once, and
-each school at the same time of its period whatever controller runs the schedule.
+each school at the same time of its period whatever controller runs the schedule
+(with several controllers, each claims the slots of the schools it holds a device of,
+and the store lets one claim each slot).
 """
 
 from __future__ import annotations
@@ -58,6 +60,21 @@ def pick_device(candidates: Sequence[tuple[str, DeviceKind]]) -> str | None:
     """The device that measures, of a school's online devices able to: see _PREFERENCE."""
     ranked = sorted(candidates, key=lambda c: (_PREFERENCE.index(c[1]), c[0]))
     return ranked[0][0] if ranked else None
+
+
+def claim_delay(mine: DeviceKind, elsewhere: Iterable[DeviceKind], step: float) -> float:
+    """How long a controller waits past a school's slot before it claims the school's
+    check, to measure from ``mine`` (its best device able to): one ``step`` per kind
+    better than that among the school's online devices whose streams are on other
+    controllers (``elsewhere``).
+
+    Each controller holding a device of the school may measure it, and the first to
+    claim the slot does; so the one holding the school server claims first, then one
+    with a wired machine, and the figure is the uplink's rather than some Wi-Fi's. A
+    better device elsewhere that cannot measure (an old agent) costs only the wait.
+    """
+    rank = _PREFERENCE.index(mine)
+    return step * len({k for k in elsewhere if _PREFERENCE.index(k) < rank})
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,9 @@ class SqlUplink:
         if self._db.dialect.name == "postgresql":
             tx.execute(f"SELECT pg_advisory_xact_lock({_START_LOCK}, hashtext(?))", (school_id,))
 
-    def start_uplink_check(self, check: UplinkCheck, stale_before: float) -> bool:
+    def start_uplink_check(
+        self, check: UplinkCheck, stale_before: float, since: float | None = None
+    ) -> bool:
         for what, value in (("school", check.school_id), ("device", check.device_id)):
             if "\x00" in value:
                 where = f"uplink check of {what} {_kept(value)[:80]!r}"
@@ -77,6 +79,16 @@ class SqlUplink:
                 f"uplink check of school {check.school_id[:80]!r}...: an id over {ID_CHARS} "
                 "characters"
             )
+        params: dict[str, object] = {
+            "school": check.school_id,
+            "started": check.started_at,
+            "device": check.device_id,
+            "bytes": check.bytes,
+            "stale": stale_before,
+        }
+        claimed = ""
+        if since is not None:
+            claimed, params["since"] = " OR started_at >= :since", since
         with self._db.transaction() as tx:
             self._one_start_at_a_time(tx, check.school_id)
             # A new statement, so on PostgreSQL a new snapshot: it sees a check another
@@ -87,17 +99,12 @@ class SqlUplink:
                 SELECT :school, :started, :device, :bytes
                 WHERE NOT EXISTS (
                     SELECT 1 FROM uplink_checks
-                    WHERE school_id = :school AND started_at >= :stale AND {_RUNNING}
+                    WHERE school_id = :school
+                        AND ((started_at >= :stale AND {_RUNNING}){claimed})
                 )
                 ON CONFLICT (school_id, started_at) DO NOTHING
                 """,
-                {
-                    "school": check.school_id,
-                    "started": check.started_at,
-                    "device": check.device_id,
-                    "bytes": check.bytes,
-                    "stale": stale_before,
-                },
+                params,
             ).rowcount
         return started == 1
 

@@ -10,9 +10,14 @@ from inventory.uplink import UplinkCheck
 class UplinkStore(Protocol):
     """Uplink checks: at most one running per school, and each school's latest."""
 
-    def start_uplink_check(self, check: UplinkCheck, stale_before: float) -> bool:
+    def start_uplink_check(
+        self, check: UplinkCheck, stale_before: float, since: float | None = None
+    ) -> bool:
         """Records ``check`` as running, unless a check of its school started at or
-        after ``stale_before`` is still running; says whether it was recorded."""
+        after ``stale_before`` is still running, or (given ``since``, the schedule's
+        slot) any check of its school started at or after ``since``: of controllers
+        claiming one slot, one measures, even if its check ended before another looked.
+        Says whether it was recorded."""
 
     def finish_uplink_check(
         self,
