@@ -85,9 +85,11 @@ from controller.rollouts.runner import RunnerSettings, default_forks
 from controller.settings import ControllerSettings
 from controller.stores import Stores, open_stores
 from controller.uplink.checks import UplinkChecks, UplinkSettings
-from controller.uplink.endpoint import Tokens, UplinkServer
+from controller.uplink.endpoint import UplinkServer
 from controller.uplink.endpoint import serve as serve_uplink
 from controller.uplink.metrics import UplinkCollector, UplinkMetrics
+from controller.uplink.sql_tokens import SqlTokens
+from controller.uplink.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -308,8 +310,9 @@ def _uplink(
     failures: LoopFailures,
 ) -> _Uplink:
     """Starts the uplink endpoint and the checks' schedule (no stream is up yet: the
-    first look finds no school to check)."""
-    tokens = Tokens()
+    first look finds no school to check). Transfer tokens are kept in the store, so that
+    a device's fetch may reach any controller sharing it."""
+    tokens: Tokens = SqlTokens(stores.sql)
     http, thread = serve_uplink(settings.uplink_listen, tokens)
     once.register(UplinkCollector(stores.uplink, stores.infra.school_ids))
     checks = UplinkChecks(
