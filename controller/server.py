@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,6 +438,7 @@ def _admin_handlers(
     rollouts: RolloutEngine,
     runner: RunnerSettings,
     uplink: UplinkChecks,
+    send_command: Callable[[str, bytes], None],
 ) -> list[object]:
     """AdminService's handler objects, one per feature, each given what it uses."""
     devices = DeviceAccess(guard, stores.enrollments, stores.devices)
@@ -447,6 +449,7 @@ def _admin_handlers(
             stores.devices,
             devices,
             sessions,
+            send_command,
             uplinks.slow_uplinks,
             settings.uplink_target_mbps,
         ),
@@ -574,6 +577,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
             rollouts=rollouts,
             runner=runner,
             uplink=uplink.checks,
+            send_command=part.commands.send,
         ),
         server,
     )

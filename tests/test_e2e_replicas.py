@@ -157,6 +157,16 @@ def _run(tmp: Path, town: City, site: LessonSite, agents: list[Agent]) -> None:
     assert (launched.json()["state"], launched.json()["panels"]) == ("dispatched", 3)
     wait_until(lambda: len(site.hits("/lesson/by-hand")) == PANELS_PER_ROOM, 15, "opened by hand")
 
+    # A ping asked of that controller reaches every panel, those whose streams are on
+    # the other relayed to it, and each answers.
+    assert bystander.metrics()["schoolfleet_connected_streams"] < len(panels)
+    for device_id in panels:
+        pinged = schoolctl(
+            bystander.address, "devices", "ping", device_id, "--json", token=town.token
+        )
+        assert pinged.code == 0, (device_id, pinged.err)
+        assert pinged.json()["status"] == "ok"
+
     # Nothing any agent sent is missing from the store: every sequence number arrived.
     for agent in agents:
         agent.stop()

@@ -31,6 +31,7 @@ class FleetAdmin:
         devices: DeviceStore,
         device_access: DeviceAccess,
         sessions: SessionRegistry[agent_pb2.ControllerMessage],
+        send_command: Callable[[str, bytes], None],
         slow_uplinks: SlowUplinks,
         uplink_target_mbps: float,
     ) -> None:
@@ -38,6 +39,9 @@ class FleetAdmin:
         self._devices = devices
         self._access = device_access
         self._sessions = sessions
+        # On the device's stream, here or on the controller sharing the store that
+        # holds it (controller/relay/device_commands.py).
+        self._send_command = send_command
         self._slow_uplinks = slow_uplinks
         self._uplink_target_mbps = uplink_target_mbps
 
@@ -93,22 +97,22 @@ class FleetAdmin:
         self, request: admin_pb2.PingDeviceRequest, call: Call
     ) -> admin_pb2.PingDeviceResponse:
         await self._access.allow(call, Need.CHANGE, request.device_id)
-        session = self._sessions.get(request.device_id)
-        if session is None:
-            raise Refused(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"device {request.device_id!r} is not connected; a ping needs its stream up",
-                Outcome.FAILED,
-            )
-        issued_at = timestamp(self.guard.now())
-        command_id = f"ping-{uuid.uuid4().hex[:16]}"
-        session.send(
-            agent_pb2.ControllerMessage(
-                command=agent_pb2.Command(
-                    command_id=command_id, issued_at=issued_at, ping=agent_pb2.Ping()
+        now = self.guard.now()
+        if self._sessions.get(request.device_id) is None:
+            # Its stream may be on another controller sharing the store.
+            device = await self.guard.off_loop(self._devices.get_device, request.device_id, now)
+            if device is None or not device.stream_up:
+                raise Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"device {request.device_id!r} is not connected; a ping needs its stream up",
+                    Outcome.FAILED,
                 )
-            )
+        issued_at = timestamp(now)
+        command_id = f"ping-{uuid.uuid4().hex[:16]}"
+        command = agent_pb2.Command(
+            command_id=command_id, issued_at=issued_at, ping=agent_pb2.Ping()
         )
+        self._send_command(request.device_id, command.SerializeToString())
         call.done = f"ping {command_id} sent"
         return admin_pb2.PingDeviceResponse(command_id=command_id, issued_at=issued_at)
 
