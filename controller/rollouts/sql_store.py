@@ -182,10 +182,27 @@ class SqlRollouts:
     def set_rollout_state(
         self, rollout_id: int, state: RolloutState, reason: str, now: float
     ) -> RolloutRecord | None:
+        self._move(rollout_id, state, reason, now)
+        return self.get_rollout(rollout_id)
+
+    def end_rollout(self, rollout_id: int, state: RolloutState, reason: str, now: float) -> bool:
+        if not state.final:
+            raise ValueError(f"{state.value} is not a final state")
+        return self._move(rollout_id, state, reason, now)
+
+    def unfinished_rollouts(self) -> dict[int, RolloutState]:
+        rows = self._db.read(
+            f"SELECT rollout_id, state FROM rollouts WHERE NOT ({self._one_of('state', ':final')})",
+            {"final": self._listed(_FINAL)},
+        )
+        return {int(r["rollout_id"]): RolloutState(r["state"]) for r in rows}
+
+    def _move(self, rollout_id: int, state: RolloutState, reason: str, now: float) -> bool:
+        """Moves an unfinished rollout to ``state``; False if it had ended (or is unknown)."""
         with self._db.transaction() as tx:
-            # A final rollout has given its claims back: it stays as it ended, and the
-            # record returned says so. Of two controllers ending it at once, the one
-            # that updates second finds it ended and changes nothing.
+            # A final rollout has given its claims back: it stays as it ended. Of two
+            # controllers ending it at once, the one that updates second finds it
+            # ended and changes nothing (and is told so).
             moved = tx.execute(
                 "UPDATE rollouts SET state = :state, reason = :reason, updated_at = :now, "
                 "finished_at = :finished WHERE rollout_id = :id "
@@ -214,7 +231,7 @@ class SqlRollouts:
                     (now, rollout_id),
                 )
                 tx.execute("DELETE FROM rollout_claims WHERE rollout_id = ?", (rollout_id,))
-        return self.get_rollout(rollout_id)
+        return bool(moved)
 
     def set_waiting(self, rollout_id: int, waiting: str, now: float) -> None:
         # Called on every pass of the engine: only a change is written.

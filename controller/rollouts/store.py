@@ -79,6 +79,15 @@ class RolloutStore(Protocol):
         its running ones interrupted, closes an unfinished wave and gives back every
         claim. None if unknown."""
 
+    def end_rollout(self, rollout_id: int, state: RolloutState, reason: str, now: float) -> bool:
+        """Ends the rollout in ``state`` (a final one) as set_rollout_state does; True if
+        this call ended it, False if it had ended already (another controller's end)
+        or is unknown."""
+
+    def unfinished_rollouts(self) -> dict[int, RolloutState]:
+        """Every running or paused rollout's state by id: what the controller driving
+        rollouts looks at every few seconds (no counts, no waves)."""
+
     def set_waiting(self, rollout_id: int, waiting: str, now: float) -> None:
         """Records why pending hosts wait (empty: they do not)."""
 
