@@ -17,7 +17,9 @@ SchoolFleetError (common.errors)
 ├── BackupError         a backup cannot be taken or restored: the message names the
 │                       file, or what in the archive does not match its manifest
 ├── UplinkUnavailable   a school's uplink cannot be checked now: no online device
-│                       of it can measure, or a check of it is running elsewhere
+│   │                   of it can measure, or a check of it is running elsewhere
+│   └── UplinkElsewhere not by this controller: another sharing the store holds
+│                       the able devices, or runs the check
 └── ProtocolError       a device broke the stream's rules; the stream is closed
     │                   with ``code`` and the message, other streams go on
     └── MessageTooLarge a message over the size limit
@@ -40,6 +42,7 @@ __all__ = [
     "SchoolFleetError",
     "StoreError",
     "StoreUnavailable",
+    "UplinkElsewhere",
     "UplinkUnavailable",
 ]
 
@@ -91,6 +94,11 @@ class HostsClaimed(SchoolFleetError):
 
 class UplinkUnavailable(SchoolFleetError):
     """A school's uplink cannot be checked now; the message says why."""
+
+
+class UplinkElsewhere(UplinkUnavailable):
+    """Not by this controller: the school's able devices are connected to another one
+    sharing the store, or another one's check of it is running."""
 
 
 class ProtocolError(SchoolFleetError):

@@ -29,6 +29,7 @@ from controller.leases.keeper import LeaseKeeper, LeaseMetrics, LeaseTiming, Wor
 from controller.lessons.dispatcher import Dispatcher
 from controller.lessons.nudge import DispatchNudge
 from controller.offload import Offload
+from controller.relay.asking import Asking
 from controller.relay.bus import Bus, LocalBus
 from controller.relay.device_commands import DeviceCommands
 from controller.relay.pg_bus import PgBus
@@ -72,6 +73,7 @@ class Replica:
     name: str
     bus: Bus
     commands: DeviceCommands
+    asking: Asking
     leases: LeaseMetrics
     timing: LeaseTiming
     executor: Executor
@@ -116,6 +118,7 @@ class Replica:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.asking.close()
         await self.bus.close()
 
 
@@ -129,7 +132,8 @@ def replica(
     """This controller's part, not started."""
     bus = bus_for(stores)
     commands = DeviceCommands(bus, deliver_here(sessions), executor)
-    part = Replica(replica_name(), bus, commands, leases, timing, executor, stores)
+    asking = Asking(bus, executor)
+    part = Replica(replica_name(), bus, commands, asking, leases, timing, executor, stores)
     resend = OutboxResend(sessions, stores.lessons.pending_commands, Offload(executor))
 
     def resend_all(_: str = "") -> None:

@@ -38,7 +38,7 @@ from controller.api.admin_lessons import LessonAdmin
 from controller.api.admin_people import PeopleAdmin
 from controller.api.admin_rollouts import RolloutAdmin
 from controller.api.admin_service import add_to_server as add_admin_service
-from controller.api.admin_uplink import UplinkAdmin
+from controller.api.admin_uplink import Ask, UplinkAdmin
 from controller.api.agent_service import AgentService, Sessions, ack_sender
 from controller.api.agent_service import add_to_server as add_agent_service
 from controller.api.device_access import DeviceAccess
@@ -85,6 +85,7 @@ from controller.rollouts.os_user import rollout_dirs
 from controller.rollouts.runner import RunnerSettings, default_forks
 from controller.settings import ControllerSettings
 from controller.stores import Stores, open_stores
+from controller.uplink import across as uplink_across
 from controller.uplink.checks import UplinkChecks, UplinkSettings
 from controller.uplink.endpoint import UplinkServer
 from controller.uplink.endpoint import serve as serve_uplink
@@ -439,10 +440,11 @@ def _admin_handlers(
     runner: RunnerSettings,
     uplink: UplinkChecks,
     send_command: Callable[[str, bytes], None],
+    ask: Ask | None,
 ) -> list[object]:
     """AdminService's handler objects, one per feature, each given what it uses."""
     devices = DeviceAccess(guard, stores.enrollments, stores.devices)
-    uplinks = UplinkAdmin(guard, stores.uplink, uplink, settings.uplink_target_mbps)
+    uplinks = UplinkAdmin(guard, stores.uplink, uplink, settings.uplink_target_mbps, ask)
     return [
         FleetAdmin(
             guard,
@@ -529,6 +531,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         spread=settings.ca_rotation_spread,
     )
     uplink = _uplink(settings, stores, read_executor, sessions, registry, once, failures)
+    part.asking.answer(uplink_across.KIND, uplink_across.answering(uplink.checks))
     rollouts, runner = _rollouts(settings, stores, read_executor, registry, once, failures)
     acks = Acks(settings.ack_interval, ack_sender(sessions))
     writer = MessageWriter(
@@ -578,6 +581,8 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
             runner=runner,
             uplink=uplink.checks,
             send_command=part.commands.send,
+            # Alone on its store, a controller has nobody to ask.
+            ask=part.asking.ask if stores.shared else None,
         ),
         server,
     )

@@ -182,3 +182,42 @@ def _run(tmp: Path, town: City, site: LessonSite, agents: list[Agent]) -> None:
         f"replica killed holding {held_there:.0f} streams; all back in {reconnected:.2f} s",
         file=sys.stderr,
     )
+
+
+def test_an_uplink_check_by_hand_is_made_where_the_schools_device_is(
+    tmp_path: Path, pg_url: str, agents: list[Agent]
+) -> None:
+    env = {
+        "SCHOOLFLEET_CONTROLLER_HEARTBEAT_INTERVAL": "1",
+        "SCHOOLFLEET_CONTROLLER_LEASE_SECONDS": str(LEASE_SECONDS),
+        "SCHOOLFLEET_CONTROLLER_UPLINK_INTERVAL": "0",
+        "SCHOOLFLEET_CONTROLLER_UPLINK_BYTES": "2000000",
+    }
+    with city(tmp_path, pg_url, env, count=2) as town:
+        agents.append(Agent(tmp_path, "srv-1", "server", "s1", "", town.lb.address).start())
+        wait_until(lambda: town.sum("schoolfleet_connected_streams") == 1, 30, "srv-1 connected")
+        [elsewhere] = [r for r in town.replicas if not r.metrics()["schoolfleet_connected_streams"]]
+        # Asked of the controller without the school's device: the one with it measures.
+        done = schoolctl(
+            elsewhere.address,
+            "uplink",
+            "check",
+            "--school",
+            "s1",
+            "--json",
+            token=town.token,
+            timeout=60,
+        )
+        assert done.code == 0, done.err
+        check = done.json()
+        assert (check["state"], check["device_id"], check["bytes"]) == ("ok", "srv-1", 2_000_000)
+        listed = town.ctl("uplink", "list", "--json").json()
+        assert [(x["school_id"], x["latest"]["device_id"]) for x in listed] == [("s1", "srv-1")]
+        # A school no controller can measure is told so at once, not after a check's time.
+        asked = time.monotonic()
+        none = schoolctl(elsewhere.address, "uplink", "check", "--school", "s9", token=town.token)
+        assert none.code == 5
+        assert none.err == (
+            "schoolctl: school s9 has no online device: a check needs one to measure from\n"
+        )
+        assert time.monotonic() - asked < 10

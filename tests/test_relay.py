@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import psycopg
 import pytest
 
+from controller.relay.asking import TAKE_WITHIN, Asking
 from controller.relay.bus import MAX_PAYLOAD, LocalBus
 from controller.relay.device_commands import DeviceCommands, pack, unpack
 from controller.relay.pg_bus import PgBus
@@ -133,5 +134,35 @@ def test_one_controller_alone_hears_itself() -> None:
         await asyncio.to_thread(bus.publish, "topic", "x")
         await _until(lambda: heard == ["x"])
         await bus.close()
+
+    asyncio.run(main())
+
+
+def test_a_question_is_answered_by_the_controller_that_takes_it(
+    two_dbs: tuple[PgDatabase, PgDatabase],
+) -> None:
+    async def main() -> None:
+        buses = [PgBus(db, db.connect_alone) for db in two_dbs]
+        asker, doer = (Asking(bus, None) for bus in buses)
+
+        async def school_here(school: str, taken: Callable[[], Awaitable[None]]) -> str | None:
+            if school != "s1":
+                return None
+            await taken()
+            await asyncio.sleep(0.2)
+            return f"measured {school}"
+
+        doer.answer("uplink-check", school_here)
+        # The asker has no device of its own: its own handler leaves every question.
+        asker.answer("uplink-check", lambda school, taken: asyncio.sleep(0, None))
+        for bus in buses:
+            await bus.start()
+        assert await asker.ask("uplink-check", "s1", 5) == "measured s1"
+        started = time.monotonic()
+        assert await asker.ask("uplink-check", "s2", 60) is None
+        assert time.monotonic() - started < TAKE_WITHIN + 1, "told at once nobody took it"
+        assert await asker.ask("no-such-kind", "s1", 60) is None
+        for bus in buses:
+            await bus.close()
 
     asyncio.run(main())

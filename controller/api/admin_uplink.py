@@ -3,11 +3,14 @@ the schools under the target for `schoolctl status`."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 
 from controller.api.guard import Call, Guard, Refused, guarded, invalid
-from controller.errors import StoreError, UplinkUnavailable
+from controller.errors import StoreError, UplinkElsewhere, UplinkUnavailable
 from controller.people.access import Need
+from controller.uplink import across
 from controller.uplink.checks import UplinkChecks
 from controller.uplink.store import UplinkStore
 from inventory.model import valid_id
@@ -15,6 +18,12 @@ from inventory.people import Outcome
 from inventory.uplink import UplinkCheck, UplinkState
 from protos.schoolfleet.v1 import admin_pb2
 from wire.uplink import check_to_pb
+
+# Asks the other controllers sharing the store: (kind, argument, seconds) -> the answer
+# of the one that did it, or None (controller/relay/asking.py).
+Ask = Callable[[str, str, float], Awaitable[str | None]]
+# Beyond a check's own deadline, for the answer's way back.
+_ANSWER_SLACK = 5.0
 
 
 class UplinkAdmin:
@@ -26,11 +35,14 @@ class UplinkAdmin:
         store: UplinkStore,
         checks: UplinkChecks | None,
         target_mbps: float,
+        ask: Ask | None = None,
     ) -> None:
         self.guard = guard
         self._store = store
         self._checks = checks
         self._target_mbps = target_mbps
+        # Other controllers sharing the store, for a school whose devices are on them.
+        self._ask = ask
 
     @guarded("uplink.check", Need.CHANGE, audited=True)
     async def CheckUplink(
@@ -45,7 +57,10 @@ class UplinkAdmin:
                 grpc.StatusCode.UNAVAILABLE, "this controller runs no uplink checks", Outcome.FAILED
             )
         try:
-            check = await self._checks.check(request.school_id)
+            try:
+                check = await self._checks.check(request.school_id)
+            except UplinkElsewhere as exc:
+                check = await self._elsewhere(request.school_id, self._checks.deadline, exc)
         except UplinkUnavailable as exc:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(exc), Outcome.FAILED) from None
         except StoreError as exc:
@@ -57,6 +72,16 @@ class UplinkAdmin:
         else:
             call.done = f"failed on {check.device_id}: {check.error}"
         return check_to_pb(check)
+
+    async def _elsewhere(
+        self, school_id: str, deadline: float, here: UplinkElsewhere
+    ) -> UplinkCheck:
+        if self._ask is None:
+            raise here
+        answer = await self._ask(across.KIND, school_id, deadline + _ANSWER_SLACK)
+        if answer is None:
+            raise here
+        return across.read_answer(answer)
 
     @guarded("uplink.list", Need.READ)
     async def ListUplinks(

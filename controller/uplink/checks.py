@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from controller.errors import StoreError, UplinkUnavailable
+from controller.errors import StoreError, UplinkElsewhere, UplinkUnavailable
 from controller.fleet.store import DeviceQuery, DeviceStore
 from controller.loops import LoopFailures, Retry
 from controller.offload import Offload
@@ -174,6 +174,15 @@ class UplinkChecks:
         task = self._running.get(school_id) or self._start(school_id, scheduled=False)
         return await asyncio.shield(task)
 
+    async def able_here(self, school_id: str) -> bool:
+        """Whether one of the school's online devices that can measure is connected to
+        this controller."""
+        try:
+            await self._pick(school_id, self._now())
+        except UplinkUnavailable:
+            return False
+        return True
+
     def answered(self, answer: UplinkAnswer) -> None:
         """A device's answer arrived (a replayed or late one is ignored)."""
         pending = self._waiting.get(answer.command_id)
@@ -222,7 +231,7 @@ class UplinkChecks:
         able = [(d, kind) for d, kind in kinds.items() if self._courier.can_measure(d)]
         device = pick_device(able)
         if device is None:
-            raise UplinkUnavailable(
+            raise UplinkElsewhere(
                 f"none of school {school_id}'s {len(online)} online device(s) can measure "
                 "here: their agents are too old, or connected to another controller"
             )
@@ -241,7 +250,7 @@ class UplinkChecks:
             self._store.start_uplink_check, check, now - self.deadline, slot
         )
         if not started:
-            raise UplinkUnavailable(
+            raise UplinkElsewhere(
                 f"a check of school {school_id} is running, or was made in its slot already"
                 if scheduled
                 else f"a check of school {school_id} is running already"
