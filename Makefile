@@ -5,12 +5,15 @@ PY := $(VENV)/bin/python
 # pytest-timeout's per-test limit, on top of each test's own bounded waits.
 PYTEST_ARGS ?=
 
-.PHONY: help install dev packages demo demo-stop demo-reset test test-fast lint proto bench clean
+.PHONY: help install dev packages demo demo-city demo-stop demo-reset test test-fast lint proto bench clean
 
 help:
 	@echo "make demo       start a controller and simulated devices, print what to try"
-	@echo "make demo-stop  stop them"
-	@echo "make demo-reset stop them and forget the demo's data (.demo/)"
+	@echo "make demo-city  three controller replicas on PostgreSQL behind HAProxy, simulated"
+	@echo "                devices in three schools; prints what to try (needs Debian's"
+	@echo "                postgresql and haproxy)"
+	@echo "make demo-stop  stop whichever demo runs"
+	@echo "make demo-reset stop the demos and forget their data (.demo/)"
 	@echo "make test       install with dev extras (and, as root, the Debian packages the"
 	@echo "                suite needs) and run the whole suite"
 	@echo "make test-fast  the suite without the end-to-end cases"
@@ -47,8 +50,13 @@ dev: $(VENV)/.installed-dev
 demo: install
 	@$(PY) demo/demo.py start
 
+# Debian's postgresql and haproxy: named with the command that installs them when
+# missing, not installed (a demo does not run apt-get).
+demo-city: install
+	@$(PY) demo/city.py start
+
 demo-stop:
-	@$(PY) demo/demo.py stop
+	@$(PY) demo/stop.py
 
 demo-reset:
 	@$(PY) demo/demo.py reset

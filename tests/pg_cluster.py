@@ -16,7 +16,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -31,12 +30,14 @@ from psycopg import sql
 
 from controller.store.pg_database import PgDatabase
 
+# The socket URL and the stop by pid are the city demo's too (make demo-city).
+from demo.pg import postmaster_pid, socket_url, stop_by_pid
+
 URL_VARIABLE = "SCHOOLFLEET_TEST_PG_URL"
 # Debian keeps each major version's server programs here, off PATH; .ci/packages.sh
 # looks in the same folders, so what it finds installed is what the tests run.
 DEBIAN_BINDIRS = "/usr/lib/postgresql/*/bin"
 _ACCOUNT = "postgres"
-_STOP_SECONDS = 30.0
 
 
 def server_bindir() -> Path:
@@ -101,60 +102,6 @@ class _Account:
             pytest.fail(f"{what} failed ({done.returncode}): {' | '.join(tail)}", pytrace=False)
 
 
-def socket_url(folder: Path, database: str) -> str:
-    """A libpq URL for ``database`` on the server listening in ``folder`` (no TCP)."""
-    return f"postgresql:///{quote(database)}?host={quote(str(folder), safe='')}&user={_ACCOUNT}"
-
-
-def _postmaster_pid(data: Path) -> int:
-    # The first line of postmaster.pid is the server's pid (PostgreSQL's own record).
-    return int((data / "postmaster.pid").read_text().split("\n", 1)[0])
-
-
-def _stat(pid: int) -> tuple[str, str] | None:
-    """The state and start time of ``pid`` (None once it is gone and reaped): the start
-    time tells the server from a later process given the same pid."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return fields[0], fields[19]
-
-
-def stop_by_pid(pid: int) -> None:
-    """Fast shutdown (SIGINT: sessions ended, no checkpoint wait for clients), then
-    immediate (SIGQUIT), then SIGKILL; returns once the server has exited and, where
-    the machine's init does it promptly, been reaped."""
-    first = _stat(pid)
-    if first is None:
-        return
-    started = first[1]
-
-    def running() -> bool:
-        now = _stat(pid)
-        # pg_ctl's server is no child of ours: init reaps it, until then a zombie.
-        return now is not None and now[1] == started and now[0] not in {"Z", "X"}
-
-    def signal_it(sig: signal.Signals) -> None:
-        if running():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
-    for sig, patience in ((signal.SIGINT, _STOP_SECONDS), (signal.SIGQUIT, 5.0)):
-        signal_it(sig)
-        deadline = time.monotonic() + patience
-        while running() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not running():
-            break
-    else:
-        signal_it(signal.SIGKILL)
-    # Left for init to reap: a second or so, so that `ps` after the run shows nothing.
-    deadline = time.monotonic() + 5.0
-    while (now := _stat(pid)) is not None and now[1] == started and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 @dataclass(frozen=True, slots=True)
 class Cluster:
     """A cluster in ``folder`` (its socket there too), started and stopped by pid."""
@@ -190,7 +137,7 @@ class Cluster:
         # Stopped by the pid the server wrote, never by a name: others' servers and
         # other runs' clusters live on this machine too.
         if (self.data / "postmaster.pid").exists():
-            stop_by_pid(_postmaster_pid(self.data))
+            stop_by_pid(postmaster_pid(self.data))
 
 
 @contextlib.contextmanager
