@@ -5,13 +5,14 @@ Started on loopback, stopped by its pid."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from demo import balancer
+from demo.balancer import Route
 from tests.procs import free_port, wait_until
 
 # How often a replica's port is tried, and after how many failures in a row it is out.
@@ -20,35 +21,8 @@ CHECK_FALL = 2
 
 
 def config(listen_port: int, backends: list[tuple[str, int]]) -> str:
-    servers = "\n".join(
-        f"    server replica{n} {host}:{port} check inter {CHECK_INTER_MS} fall {CHECK_FALL} rise 1"
-        for n, (host, port) in enumerate(backends, 1)
-    )
-    return f"""global
-    # Each connection takes two descriptors; within the test machine's limit.
-    maxconn 4000
-
-defaults
-    mode tcp
-    timeout connect 2s
-    # Agents' streams live for hours; their keepalives are the traffic.
-    timeout client 1h
-    timeout server 1h
-    # A connection to a replica that died is tried on another.
-    retries 2
-    option redispatch
-
-frontend agents
-    bind 127.0.0.1:{listen_port}
-    default_backend replicas
-
-backend replicas
-    balance leastconn
-    # A dead replica's open streams are cut at once, so their agents reconnect.
-    option tcp-check
-    default-server on-marked-down shutdown-sessions
-{servers}
-"""
+    """The demo's balancer (demo/balancer.py): one frontend for agents and schoolctl."""
+    return balancer.config([Route("agents", listen_port, backends)], CHECK_INTER_MS, CHECK_FALL)
 
 
 @dataclass
@@ -69,7 +43,7 @@ class HaProxy:
         return self.workdir / "haproxy.log"
 
     def start(self) -> HaProxy:
-        binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+        binary = balancer.binary()
         assert binary, "haproxy is not installed (.ci/packages.sh installs it)"
         self.port = self.port or free_port()
         cfg = self.workdir / "haproxy.cfg"
