@@ -482,10 +482,12 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     write_executor = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
     read_executor = ThreadPoolExecutor(4, thread_name_prefix="store")
     if not stores.shared:
-        # Alone on its store: no stream from before the restart is still up.
+        # Alone on its store: no stream and no lease holder from before the restart
+        # is still up.
         stale = stores.devices.reset_streams()
         if stale:
             log.info("streams from before the restart marked down count=%d", stale)
+        stores.leases.forget_holders()
 
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)

@@ -49,6 +49,16 @@ def test_taken_renewed_refused_and_taken_over_after_it_expires(leases: SqlLeases
     assert leases.current("nothing") is None
 
 
+def test_a_crashed_holders_leases_are_forgotten_at_once(leases: SqlLeases) -> None:
+    crashed = leases.take("dispatch", "old-pid", 60)
+    assert crashed is not None and leases.take("probes", "old-pid", 60) is not None
+    assert leases.take("dispatch", "new-pid", 60) is None
+    assert leases.forget_holders() == 2
+    assert leases.forget_holders() == 0
+    taken = leases.take("dispatch", "new-pid", 60)
+    assert taken is not None and taken.epoch == crashed.epoch + 1, "epochs go on"
+
+
 def test_hostile_names_are_data(leases: SqlLeases) -> None:
     name = "x'); DELETE FROM leases; --"
     held = leases.take(name, "a\N{SNOWMAN}", 10)

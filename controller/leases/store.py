@@ -25,5 +25,8 @@ class LeaseStore(Protocol):
     def release(self, lease: Lease) -> bool:
         """Gives the lease up at once if it is still this one; False if it was lost."""
 
+    def forget_holders(self) -> int:
+        """Ends every lease now (epochs kept); how many were live."""
+
     def current(self, name: str) -> Lease | None:
         """The lease as the store has it (expired or not); None if never taken."""
