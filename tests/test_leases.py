@@ -106,6 +106,9 @@ class _Stallable:
     def release(self, lease: Lease) -> bool:
         return self._store.release(lease)
 
+    def forget_holders(self) -> int:
+        return self._store.forget_holders()
+
     def current(self, name: str) -> Lease | None:
         return self._store.current(name)
 

@@ -141,9 +141,7 @@ def test_the_moved_store_serves_on_and_assigns_new_keys_after_the_copied_ones(
         f"copied 5 rows in {len(_columns_of_all(source))} tables from {source} to "
         f"{describe(pg_url)} in "
     )
-    assert moved.out.splitlines()[-1].endswith(
-        f"(schema {_version(source)}); every count matches"
-    )
+    assert moved.out.splitlines()[-1].endswith(f"(schema {_version(source)}); every count matches")
     assert "audit                           5" in moved.out
     pg = open_stores(pg_url)
     try:
