@@ -231,7 +231,7 @@ class RolloutDriver:
     def _stopping(self, rollout_id: int) -> bool:
         return not self._open or rollout_id in self._aborts or rollout_id in self._ended
 
-    async def _requeue(self, rollout_id: int, resumed: bool) -> None:
+    async def _requeue(self, rollout_id: int) -> int:
         """The hosts of the rollout's unfinished wave back in the queue: no task here
         drives it, and only one controller drives rollouts, so that wave was cut short
         (its controller stopped, died or lost the lease, or its results were refused)."""
@@ -243,8 +243,7 @@ class RolloutDriver:
                 rollout_id,
                 requeued,
             )
-        if resumed:
-            log.info("rollout %d resumed from the store requeued=%d", rollout_id, requeued)
+        return requeued
 
     async def _drive(self, rollout_id: int, resumed: bool) -> None:
         retry = Retry("rollout_engine", self._failures, what=f"rollout={rollout_id}")
@@ -252,12 +251,18 @@ class RolloutDriver:
         try:
             while not self._stopping(rollout_id):
                 try:
+                    requeued = 0
                     if first or retry.in_a_row:
-                        await self._requeue(rollout_id, resumed and first)
-                        first = False
+                        requeued = await self._requeue(rollout_id)
                     record = await self._off(self._store.get_rollout, rollout_id)
                     if record is None or record.state.final:
                         return
+                    if first and resumed and (record.waves or requeued):
+                        # Its waves began under another controller, or before a restart.
+                        log.info(
+                            "rollout %d resumed from the store requeued=%d", rollout_id, requeued
+                        )
+                    first = False
                     if record.state is RolloutState.PAUSED:
                         return  # resume drives it again
                     going = await self._turn(record)
