@@ -240,11 +240,13 @@ def _rollouts(
     settings: ControllerSettings,
     stores: Stores,
     executor: ThreadPoolExecutor,
+    part: Replica,
     registry: CollectorRegistry,
     once: OnceRegistry,
     failures: LoopFailures,
 ) -> tuple[RolloutEngine, RunnerSettings]:
-    """The rollout engine and how it runs Ansible."""
+    """The rollout engine and how it runs Ansible; rollouts driven by the controller
+    holding their lease, the others telling it through the bus."""
     once.register(RolloutCollector(stores.rollouts))
     # Ansible writes as its own OS user, outside data_dir; the engine removes the
     # control sockets' folder when it closes.
@@ -279,7 +281,9 @@ def _rollouts(
         ),
         RolloutMetrics(registry),
         failures,
+        bus=part.bus,
     )
+    held_by_one(part, RolloutEngine.LEASE, engine.hold)
     return engine, runner
 
 
@@ -534,7 +538,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     )
     uplink = _uplink(settings, stores, read_executor, sessions, registry, once, failures)
     part.asking.answer(uplink_across.KIND, uplink_across.answering(uplink.checks))
-    rollouts, runner = _rollouts(settings, stores, read_executor, registry, once, failures)
+    rollouts, runner = _rollouts(settings, stores, read_executor, part, registry, once, failures)
     acks = Acks(settings.ack_interval, ack_sender(sessions))
     writer = MessageWriter(
         stores.devices,
@@ -601,7 +605,6 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     acks_task = asyncio.create_task(acks.run(), name="acks")
     refusals_task = asyncio.create_task(refusals.run(), name="refusals")
     pki_task = asyncio.create_task(renewals.watch(settings.ca_watch_interval), name="pki-watch")
-    await rollouts.resume_all()
     if settings.ports_file != Path():
         _write_ports(
             settings.ports_file, {**ports, "metrics": metrics_port, "uplink": uplink.http.port}
