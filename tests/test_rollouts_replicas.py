@@ -581,7 +581,7 @@ def test_alone_on_sqlite_the_lease_is_taken_at_once(tmp_path: Path) -> None:
     assert hands.ran("alone") == [(1, ("d1",)), (2, ("d2", "d3")), (3, ("d4", "d5"))]
 
 
-def test_alone_a_restart_runs_the_interrupted_wave_again(
+def test_alone_on_sqlite_a_restart_runs_the_interrupted_wave_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "controller.rollouts")
@@ -597,23 +597,12 @@ def test_alone_a_restart_runs_the_interrupted_wave_again(
     stores.rollouts.start_wave(rid, 2, ["d2", "d3"], time.time())
 
     async def main() -> RolloutRecord:
-        with ThreadPoolExecutor(2) as pool:
-            runner, settings = _engine_settings(tmp_path)
-            engine = RolloutEngine(
-                stores.rollouts,
-                stores.devices.devices_by_id,
-                pool,
-                runner,
-                settings,
-                RolloutMetrics(CollectorRegistry()),
-                None,
-                new_worker=lambda _os_user: StandInWorker("alone", hands),
-            )
-            await engine.resume_all()
-            try:
-                return await stored_until(stores, rid, lambda r: r.state.final, 10)
-            finally:
-                await engine.close()
+        alone = replica("alone", stores, hands, tmp_path)
+        await alone.start()
+        try:
+            return await stored_until(stores, rid, lambda r: r.state.final, 10)
+        finally:
+            await alone.close()
 
     try:
         record = asyncio.run(main())
@@ -624,8 +613,8 @@ def test_alone_a_restart_runs_the_interrupted_wave_again(
     logged = [r.getMessage() for r in caplog.records]
     assert (
         f"rollout {rid}: 2 hosts of an interrupted wave are back in the queue; the "
-        "playbook runs on them again" in logged
-    )
+        "playbook runs on them again"
+    ) in logged
     assert f"rollout {rid} resumed from the store requeued=2" in logged
 
 

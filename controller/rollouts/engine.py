@@ -1,13 +1,13 @@
 """The rollout engine: starts, pauses, resumes and aborts rollouts, and has the running
 ones driven wave by wave (controller/rollouts/driving.py) by one controller.
 
-Alone (no bus) the engine drives from the start. Among controllers sharing a store,
-the one holding the rollouts lease drives: ``hold`` is the lease's work. It drives
-every running rollout the store has (a wave its previous driver left unfinished goes
-back in the queue first), reads the store again every few seconds and whenever
-another controller says so (controller/rollouts/across.py), and stops driving when it
-loses the lease or stops: the running waves are cancelled and the store keeps where
-each rollout was, for the next holder.
+The controller holding the rollouts lease drives (alone on SQLite it takes the lease
+at once): ``hold`` is the lease's work. It drives every running rollout the store has
+(a wave its previous driver left unfinished goes back in the queue first), reads the
+store again every few seconds and whenever another controller says so
+(controller/rollouts/across.py), and stops driving when it loses the lease or stops:
+the running waves are cancelled and the store keeps where each rollout was, for the
+next holder. An engine without a bus (a test's) drives what it starts, at once.
 
 A start, pause or resume that reaches a controller not driving is recorded in the
 store there, and the driver told to look. An abort there is asked of the driver,
@@ -118,12 +118,6 @@ class RolloutEngine:
         if bus is not None:
             bus.subscribe(ASK, self._on_ask)
             bus.subscribe(TOLD, self._on_told)
-
-    async def resume_all(self) -> None:
-        """Alone (no bus), at start-up: drives every running rollout the store has,
-        a wave left unfinished put back in the queue first. (Among controllers the
-        lease's holder does this in ``hold``.)"""
-        await self._look()
 
     async def start(self, spec: RolloutSpec, hosts: Sequence[NewHost], created_by: str) -> int:
         """Stores the rollout (raises HostsClaimed if a host is in another) and has it
