@@ -8,8 +8,10 @@ the other, which runs the interrupted wave again and finishes it."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from controller.stores import open_stores
 from inventory.rollouts import RolloutRecord
 from tests.ansible_user import ansible_work_dir, ensure_ansible_user, readable_playbooks
 from tests.netns import needs_root
-from tests.procs import Agent, Controller, Result, free_port, schoolctl, wait_until
+from tests.procs import BIN, Agent, Controller, Result, free_port, wait_until
 from tests.ssh_hosts import SshHost, ssh_hosts
 
 pytestmark = [pytest.mark.e2e, needs_root]
@@ -65,8 +67,23 @@ def _env(playbooks: Path, ansible_dir: Path, host: SshHost) -> dict[str, str]:
     }
 
 
-def _ctl(controller: Controller, *args: str, timeout: float = 30) -> Result:
-    return schoolctl(controller.address, *args, token=controller.admin_token, timeout=timeout)
+def _ctl(controller: Controller, *args: str, timeout: float = 60) -> Result:
+    """schoolctl as central ops of ``controller``, waiting up to 30 s for an answer
+    (tests.procs.schoolctl waits 5): a start runs ansible-playbook's syntax check,
+    which takes longer than that on a machine busy with other tests."""
+    done = subprocess.run(
+        [str(BIN / "schoolctl"), "--controller", controller.address, "--timeout", "30", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={
+            **os.environ,
+            "SCHOOLCTL_CONFIG": os.devnull,
+            "SCHOOLCTL_TOKEN": controller.admin_token,
+        },
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
 
 
 def _holder(replicas: list[Controller]) -> Controller | None:
