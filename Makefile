@@ -82,6 +82,8 @@ bench: dev
 	$(PY) bench/lesson_fanout.py
 	$(PY) bench/rollout.py
 	$(PY) bench/probes.py
+	$(PY) bench/store_ingest.py
+	$(PY) bench/scaleout.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache build schoolfleet.egg-info
