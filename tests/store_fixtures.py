@@ -3,8 +3,11 @@ run one test against SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +26,19 @@ def both_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stor
         yield stores
     finally:
         stores.close()
+
+
+def at_once(*calls: Callable[[], Any]) -> list[Any]:
+    """Each call on a thread of its own, all released together (several controllers
+    writing at the same moment); what each returned or raised."""
+    start = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], Any]) -> Any:
+        start.wait()
+        try:
+            return call()
+        except Exception as exc:  # the outcome under test
+            return exc
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))

@@ -13,7 +13,7 @@ import functools
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +27,7 @@ from controller.enroll.stored_values import ID_CHARS
 from controller.errors import EnrollRefused, HostsClaimed, StoreError
 from controller.stores import Stores, open_stores
 from inventory.model import Enrollment, EnrollToken
+from tests.store_fixtures import at_once
 
 T0 = 1_800_000_000.123456
 REFUSED_TOKEN = str(tokens.token_refused())
@@ -406,26 +407,6 @@ def two_controllers(pg_url: str) -> Iterator[tuple[Stores, Stores]]:
         first.close()
 
 
-def _all_at_once(calls: Sequence[Callable[[], object]]) -> list[object]:
-    """Runs ``calls`` on a thread each, released together; what each returned or raised."""
-    start = threading.Barrier(len(calls))
-    outcomes: list[object] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        start.wait()
-        try:
-            outcomes[i] = calls[i]()
-        except Exception as exc:  # the outcome under test
-            outcomes[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return outcomes
-
-
 @pytest.mark.parametrize("round_", range(5))
 def test_a_token_of_n_uses_claimed_by_n_plus_one_devices_on_two_controllers_enrolls_n(
     two_controllers: tuple[Stores, Stores], round_: int
@@ -438,7 +419,7 @@ def test_a_token_of_n_uses_claimed_by_n_plus_one_devices_on_two_controllers_enro
         )
         for i in range(uses + 1)
     ]
-    outcomes = _all_at_once(calls)
+    outcomes = at_once(*calls)
     refused = [o for o in outcomes if isinstance(o, Exception)]
     assert [str(o) for o in refused] == [REFUSED_TOKEN]
     assert outcomes.count(None) == uses
@@ -463,7 +444,7 @@ def test_a_device_enrolled_by_two_controllers_at_once_is_enrolled_once(
         )
         for i in range(6)
     ]
-    outcomes = _all_at_once(calls)
+    outcomes = at_once(*calls)
     assert outcomes.count(None) == 1
     winner = outcomes.index(None)
     assert {str(o) for o in outcomes if o is not None} == {str(tokens.taken("panel-1"))}
@@ -484,11 +465,11 @@ def test_a_renewal_is_confirmed_once_by_two_controllers_at_once(
         assert current is not None
         renewed = Renewed(serial, T0 + round_, T0 + round_, "ca-2")
         assert first.enrollments.add_renewal("panel-1", current.serial, renewed)
-        outcomes = _all_at_once(
-            [
+        outcomes = at_once(
+            *(
                 functools.partial(s.enrollments.confirm_renewal, "panel-1", serial)
                 for s in (first, second)
-            ]
+            )
         )
         assert sorted(map(bool, outcomes)) == [False, True]
         assert second.enrollments.cert_state("panel-1") == CertState(
@@ -502,11 +483,9 @@ def test_two_moves_of_one_device_at_once_run_one_after_the_other(
     first, second = two_controllers
     first.enrollments.enroll(_token(first), _enrollment("panel-1"), T0)
     _seen(first, "panel-1", "s1")
-    outcomes = _all_at_once(
-        [
-            lambda: first.enrollments.move_device("panel-1", "s2", T0),
-            lambda: second.enrollments.move_device("panel-1", "s3", T0),
-        ]
+    outcomes = at_once(
+        lambda: first.enrollments.move_device("panel-1", "s2", T0),
+        lambda: second.enrollments.move_device("panel-1", "s3", T0),
     )
     a, b = outcomes
     assert isinstance(a, DeviceMove) and isinstance(b, DeviceMove)

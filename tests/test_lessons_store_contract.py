@@ -21,6 +21,7 @@ from controller.store.rows import LessonEventRow
 from controller.stores import Stores, open_stores
 from inventory.lessons import EventKind, FailReason, Lesson, LessonEvent, LessonRecord, LessonState
 from inventory.model import DeviceKind
+from tests.store_fixtures import at_once
 from tests.test_lessons_store import add_device, lesson, record_events
 
 T0 = 1_800_000_000.0
@@ -460,26 +461,6 @@ def two_controllers(pg_url: str) -> Iterator[tuple[Stores, Stores]]:
         first.close()
 
 
-def _at_once(*calls: Callable[[], object]) -> list[object]:
-    """Runs ``calls`` on a thread each, released together; what each returned or raised."""
-    start = threading.Barrier(len(calls))
-    outcomes: list[object] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        start.wait()
-        try:
-            outcomes[i] = calls[i]()
-        except Exception as exc:  # the outcome under test
-            outcomes[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return outcomes
-
-
 def _day_of(round_: int, n: int) -> list[Lesson]:
     start = T0 + round_ * 86_400
     return [lesson(f"r{i}", start=start) for i in range(n)]
@@ -495,7 +476,7 @@ def test_two_controllers_dispatch_each_lesson_once(
         assert first.lessons.save_lessons(day, T0 - 1000) == ImportCounts(n, 0, 0, 0)
         plan = [(x.lesson_id, _commands(x, "p1", "P0")) for x in day]
         # The second is given the day backwards: the store locks in one order anyway.
-        one, two = _at_once(
+        one, two = at_once(
             partial(first.lessons.dispatch, plan, T0 - 60),
             partial(second.lessons.dispatch, plan[::-1], T0 - 59),
         )
@@ -505,23 +486,23 @@ def test_two_controllers_dispatch_each_lesson_once(
         outbox = first.sql.read("SELECT count(*) AS n FROM outbox")
         panels = first.sql.read("SELECT count(*) AS n FROM lesson_panels")
         assert (outbox[0]["n"], panels[0]["n"]) == (2 * n * (round_ + 1),) * 2
-        ended = _at_once(
+        ended = at_once(
             lambda: first.lessons.lessons_ending(T0 + 10**7),
             lambda: second.lessons.lessons_ending(T0 + 10**7),
         )
         assert all(isinstance(e, list) for e in ended), ended
-        ids = [x.lesson_id for e in ended for x, _ in e]  # type: ignore[attr-defined]
+        ids = [x.lesson_id for e in ended for x, _ in e]
         assert sorted(ids) == sorted(x.lesson_id for x in day), "each ended by one"
 
 
-def test_two_controllers_import_the_same_new_day_at_once(
+def test_two_controllers_import_the_same_new_dayat_once(
     two_controllers: tuple[Stores, Stores],
 ) -> None:
     first, second = two_controllers
     n = 300
     for round_ in range(5):
         day = _day_of(round_, n)
-        one, two = _at_once(
+        one, two = at_once(
             partial(first.lessons.save_lessons, day, T0 - 1000),
             partial(second.lessons.save_lessons, day[::-1], T0 - 999),
         )

@@ -6,9 +6,8 @@ of windows). tests/test_rollouts_store.py has the store's ordinary life."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -29,6 +28,7 @@ from inventory.rollouts import (
     RolloutState,
     WaveRecord,
 )
+from tests.store_fixtures import at_once
 
 T0 = 1_800_000_000.123456
 SPEC = RolloutSpec(playbook="timesync.yml", selector="school=s1")
@@ -342,22 +342,6 @@ def two(pg_url: str) -> Iterator[tuple[Stores, Stores]]:
         second.close()
 
 
-def _at_once(*calls: Callable[[], Any]) -> list[Any]:
-    """Each call in its own thread, released together; what each returned or raised.
-    The tests give partials, not lambdas, which would see a loop's later values."""
-    start = threading.Barrier(len(calls))
-
-    def run(call: Callable[[], Any]) -> Any:
-        start.wait()
-        try:
-            return call()
-        except Exception as exc:
-            return exc
-
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(run, calls))
-
-
 def _waiting_for_a_lock(pg_url: str) -> None:
     """Returns once a session of the database waits for a lock."""
     deadline = time.monotonic() + 10
@@ -379,7 +363,7 @@ def test_racing_rollouts_claim_each_host_once(two: tuple[Stores, Stores]) -> Non
     for n in range(10):
         # Overlapping, in opposite orders: no deadlock, one of them wins every host.
         mine = [f"r{n}-d{i}" for i in range(50)]
-        results = _at_once(
+        results = at_once(
             partial(a.rollouts.create_rollout, SPEC, _hosts(*mine), "ana", T0, NONE),
             partial(b.rollouts.create_rollout, SPEC, _hosts(*mine[::-1]), "bo", T0, NONE),
             partial(b.rollouts.create_rollout, SPEC, _hosts(mine[7], f"r{n}-x"), "cy", T0, NONE),
@@ -434,7 +418,7 @@ def test_a_claim_taken_meanwhile_refuses_the_rollout(
     ]
 
 
-def test_a_waves_failed_count_is_exact_when_two_close_it_at_once(
+def test_a_waves_failed_count_is_exact_when_two_close_itat_once(
     pg_url: str, two: tuple[Stores, Stores]
 ) -> None:
     a, b = two
@@ -474,7 +458,7 @@ def test_a_waves_failed_count_is_exact_when_two_close_it_at_once(
         )
         a.rollouts.start_wave(rollout_id, n, ids, T0 + n)
         halves = [replace(r, wave=n) for r in results(ids)]
-        _at_once(
+        at_once(
             partial(a.rollouts.finish_wave, rollout_id, n, halves[::2], T0 + n + 0.5),
             partial(b.rollouts.finish_wave, rollout_id, n, halves[1::2], T0 + n + 0.5),
         )
@@ -488,7 +472,7 @@ def test_a_wave_is_started_by_one_controller(two: tuple[Stores, Stores]) -> None
     rollout_id = a.rollouts.create_rollout(SPEC, _hosts(*ids), "ana", T0, NONE)
     for n in range(1, 11):
         part = ids[(n - 1) * 10 : n * 10]
-        outcomes = _at_once(
+        outcomes = at_once(
             partial(a.rollouts.start_wave, rollout_id, n, part, T0 + n),
             partial(b.rollouts.start_wave, rollout_id, n, part, T0 + n),
         )
@@ -504,7 +488,7 @@ def test_a_rollout_ends_once(two: tuple[Stores, Stores]) -> None:
         hosts = [f"r{n}-d{i}" for i in range(30)]
         rollout_id = a.rollouts.create_rollout(SPEC, _hosts(*hosts), "ana", T0, NONE)
         a.rollouts.start_wave(rollout_id, 1, hosts[:10], T0 + 1)
-        records = _at_once(
+        records = at_once(
             partial(
                 a.rollouts.set_rollout_state, rollout_id, RolloutState.HALTED, "budget", T0 + 2
             ),
@@ -537,7 +521,7 @@ def test_windows_replaced_at_once_are_one_or_the_other(two: tuple[Stores, Stores
     mine, theirs = ["mon 10:00-11:00", "tue 10:00-11:00"], ["wed 10:00-11:00"]
     for n in range(20):
         a.rollouts.set_windows("s1", ["sun 00:00-24:00"] if n % 2 else [])
-        _at_once(
+        at_once(
             partial(a.rollouts.set_windows, "s1", mine),
             partial(b.rollouts.set_windows, "s1", theirs),
         )
