@@ -13,10 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import pwd
-import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,76 +27,46 @@ from psycopg import sql
 
 from controller.store.pg_database import PgDatabase
 
-# The socket URL and the stop by pid are the city demo's too (make demo-city).
+# Finding the server, its account, the socket URL and the stop by pid are the city
+# demo's too (make demo-city).
+from demo import pg
 from demo.pg import postmaster_pid, socket_url, stop_by_pid
 
 URL_VARIABLE = "SCHOOLFLEET_TEST_PG_URL"
-# Debian keeps each major version's server programs here, off PATH; .ci/packages.sh
-# looks in the same folders, so what it finds installed is what the tests run.
-DEBIAN_BINDIRS = "/usr/lib/postgresql/*/bin"
 _ACCOUNT = "postgres"
 
 
 def server_bindir() -> Path:
-    """The folder of the newest installed server's initdb, pg_ctl and postgres; fails the
-    test in one line naming the package when there is none."""
-    versions = sorted(
-        (int(m.group(1)), Path(p).parent)
-        for p in Path("/").glob(DEBIAN_BINDIRS.lstrip("/") + "/initdb")
-        if (m := re.search(r"/postgresql/(\d+)/bin/", str(p)))
-    )
-    if versions:
-        return versions[-1][1]
-    # Not Debian's layout (a source build, another distribution): the programs on PATH.
-    found = shutil.which("initdb")
+    """The newest installed server's programs (demo/pg.py); fails the test in one line
+    naming the package when there is none."""
+    found = pg.server_bindir()
     if found is None:
         pytest.fail(
             "initdb is missing: Debian package postgresql "
             "(make packages installs it as root, or names the command)",
             pytrace=False,
         )
-    return Path(found).parent
+    return found
 
 
 @dataclass(frozen=True, slots=True)
 class _Account:
-    """Whom the server runs as: the `postgres` account under root, else ourselves."""
+    """demo/pg.py's Account, its failures failing the test in one line."""
 
-    uid: int
-    gid: int
+    account: pg.Account
 
     @classmethod
     def pick(cls) -> _Account:
-        if os.geteuid() != 0:
-            return cls(os.geteuid(), os.getegid())
         try:
-            entry = pwd.getpwnam(_ACCOUNT)
-        except KeyError:
-            pytest.fail(
-                f"the suite runs as root and there is no {_ACCOUNT!r} account to run "
-                "PostgreSQL as (Debian's postgresql package makes it)",
-                pytrace=False,
-            )
-        return cls(entry.pw_uid, entry.pw_gid)
+            return cls(pg.Account.pick())
+        except pg.ClusterError as exc:
+            pytest.fail(str(exc), pytrace=False)
 
     def run(self, argv: list[str], what: str) -> None:
-        """Runs ``argv`` as this account; a failure fails the test with its output."""
-        as_root = os.geteuid() == 0
-        done = subprocess.run(
-            argv,
-            user=self.uid if as_root else None,
-            group=self.gid if as_root else None,
-            extra_groups=[] if as_root else None,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-            # The server inherits this: a locale the machine lacks would stop initdb.
-            env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"},
-        )
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            pytest.fail(f"{what} failed ({done.returncode}): {' | '.join(tail)}", pytrace=False)
+        try:
+            self.account.run(argv, what)
+        except pg.ClusterError as exc:
+            pytest.fail(str(exc), pytrace=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +117,7 @@ def throwaway_cluster() -> Iterator[Cluster]:
         # own temporary folders (/tmp/pytest-of-root/pytest-N/...) can come close.
         folder = Path(tempfile.mkdtemp(prefix="sf-pg-", dir="/tmp"))
         cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
-        os.chown(folder, account.uid, account.gid)
+        os.chown(folder, account.account.uid, account.account.gid)
         cluster = Cluster(folder, server_bindir(), account)
         account.run(
             [
