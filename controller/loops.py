@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter
 log = logging.getLogger(__name__)
 
 # Every loop's series exists from the start, at 0: an alert on increase() sees the first.
-LOOPS = ("lesson_dispatcher", "rollout_engine", "probes", "uplink_checks")
+LOOPS = ("lesson_dispatcher", "rollout_engine", "rollout_slices", "probes", "uplink_checks")
 
 
 @dataclass(frozen=True, slots=True)

@@ -266,6 +266,7 @@ def _rollouts(
     )
     engine = RolloutEngine(
         stores.rollouts,
+        stores.slices,
         stores.devices.devices_by_id,
         executor,
         runner,
@@ -278,9 +279,14 @@ def _rollouts(
             recheck=settings.rollout_recheck,
             gate_days=settings.rollout_gate_days,
             lesson_on_time=settings.lesson_on_time,
+            slice_hosts=settings.rollout_slice_hosts,
+            slots=settings.rollout_slots or max(1, (os.cpu_count() or 1) // 2),
+            claim_ttl=part.timing.ttl,
+            claim_renew=part.timing.renew_every,
         ),
         RolloutMetrics(registry),
         failures,
+        holder=part.name,
         bus=part.bus,
     )
     held_by_one(part, RolloutEngine.LEASE, engine.hold)
@@ -492,6 +498,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         if stale:
             log.info("streams from before the restart marked down count=%d", stale)
         stores.leases.forget_holders()
+        stores.slices.forget_slice_claims()
 
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
@@ -599,6 +606,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     probes = _probes(settings, stores, read_executor, part, registry, failures)
     # Listening to the other controllers before serving: nothing relayed is missed.
     await part.start()
+    part.spawn(rollouts.serve())
     await server.start()
     _tune_gc()
     writer_task = asyncio.create_task(writer.run(), name="heartbeat-writer")

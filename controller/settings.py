@@ -124,6 +124,13 @@ class ControllerSettings:
     rollout_work_dir: Path = Path()
     # Hosts Ansible changes at once; 0: sized to this machine's cores.
     rollout_forks: int = 0
+    # A wave is cut into slices of at most this many hosts; each controller sharing
+    # the store claims slices and runs them (controller/rollouts/slices.py), so a
+    # wave runs on every controller's cores.
+    rollout_slice_hosts: int = 20
+    # Slices this controller runs at once at most: its first whatever the load, more
+    # only while a core is spare. 0: half this machine's cores, at least 1.
+    rollout_slots: int = 0
     # Ansible's strategy for rollouts that do not choose one (`rollout start
     # --strategy`): "mitogen" (Mitogen for Ansible, the mitogen package: one Python per
     # host for all its tasks; docs/benchmarks.md has what it gains) or "linear"
@@ -216,6 +223,7 @@ class ControllerSettings:
             "probe_concurrency",
             "refused_burst",
             "refused_per_minute",
+            "rollout_slice_hosts",
         ):
             if getattr(self, key) < 1:
                 raise SettingError(f"{key!r} must be at least 1", key)
@@ -228,6 +236,7 @@ class ControllerSettings:
             "lesson_on_time",
             "lesson_settle",
             "rollout_forks",
+            "rollout_slots",
             "rollout_recheck",
             "rollout_gate_days",
             "uplink_interval",

@@ -26,6 +26,7 @@ from controller.lessons.sql_counts import SqlLessonCounts
 from controller.lessons.sql_store import SqlLessons
 from controller.people.sql_store import SqlPeople
 from controller.people.store import AccessStore
+from controller.rollouts.sql_slices import SqlSlices
 from controller.rollouts.sql_store import SqlRollouts
 from controller.store import sqlite_path
 from controller.store.database import Database
@@ -47,6 +48,7 @@ class Stores:
     lessons: SqlLessons
     lesson_counts: SqlLessonCounts
     rollouts: SqlRollouts
+    slices: SqlSlices
     uplink: SqlUplink
     infra: SqlInfra
     leases: SqlLeases
@@ -100,6 +102,7 @@ def stores_on(db: SqlDatabase) -> Stores:
         lessons=lessons,
         lesson_counts=SqlLessonCounts(db),
         rollouts=SqlRollouts(db),
+        slices=SqlSlices(db),
         uplink=SqlUplink(db),
         infra=SqlInfra(db),
         leases=SqlLeases(db),

@@ -1,14 +1,17 @@
 """Rollouts across controller replicas end to end: two real controllers on one
 PostgreSQL database, real agents in network namespaces, each namespace a real SSH
-host, Ansible run by whichever controller holds the rollouts lease. schoolctl asks
-the other one: the rollout runs on the holder, an abort there stops the holder's
-ansible-playbook at once, and `kill -9` of the holder mid-wave leaves the rollout to
-the other, which runs the interrupted wave again and finishes it."""
+host. The controller holding the rollouts lease drives; every wave is cut into
+slices of one host here, and each controller runs the slices it claims with real
+Ansible. schoolctl asks the other one: an abort there stops ansible-playbook at once
+wherever it runs; a wave of two hosts runs on both controllers at once; and `kill -9`
+of the holder in that wave leaves the rollout to the other, which runs the dead
+controller's slice again and finishes the rollout."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -64,6 +67,9 @@ def _env(playbooks: Path, ansible_dir: Path, host: SshHost) -> dict[str, str]:
         "SCHOOLFLEET_CONTROLLER_ROLLOUT_RECHECK": "1",
         "SCHOOLFLEET_CONTROLLER_ROLLOUT_BATCH_ESTIMATE": "60",
         "SCHOOLFLEET_CONTROLLER_LEASE_SECONDS": str(LEASE_SECONDS),
+        # A slice a host and one at a time: a wave of two runs on both controllers.
+        "SCHOOLFLEET_CONTROLLER_ROLLOUT_SLICE_HOSTS": "1",
+        "SCHOOLFLEET_CONTROLLER_ROLLOUT_SLOTS": "1",
     }
 
 
@@ -160,7 +166,7 @@ def _two_replicas(tmp: Path, pg_url: str) -> Iterator[tuple[list[Controller], li
                 c.stop()
 
 
-def test_a_rollout_asked_of_one_replica_runs_on_the_holder_and_survives_its_death(
+def test_a_rollout_s_waves_run_on_both_replicas_and_survive_the_holder_s_death(
     tmp_path: Path, pg_url: str
 ) -> None:
     stores = open_stores(pg_url)
@@ -191,7 +197,8 @@ def test_a_rollout_asked_of_one_replica_runs_on_the_holder_and_survives_its_deat
             wait_until(
                 lambda: hosts[0].read_file("/etc/schoolfleet/marker"), 30, "the playbook begun"
             )
-            assert _ansible_pids(holder) and _ansible_pids(other) == []
+            # Run by whichever claimed its slice.
+            assert len(_ansible_pids(holder)) + len(_ansible_pids(other)) > 0
             asked = time.monotonic()
             aborted = _ctl(other, "rollout", "abort", str(slow), "--yes", "--json", timeout=60)
             took = time.monotonic() - asked
@@ -202,20 +209,35 @@ def test_a_rollout_asked_of_one_replica_runs_on_the_holder_and_survives_its_deat
                 "host-0": "interrupted"
             }
             assert took < 15, took
-            wait_until(lambda: not _ansible_pids(holder) or None, 10, "ansible-playbook gone")
+            wait_until(
+                lambda: not (_ansible_pids(holder) or _ansible_pids(other)) or None,
+                10,
+                "ansible-playbook gone",
+            )
 
-            # kill -9 of the holder in the middle of the second wave.
+            # Waves of 1 (the canary), 2 and 1: the second's two slices run at once,
+            # one on each controller (each has one slot); kill -9 of the holder then.
             rollout_id = start(
                 other,
                 "--select",
                 "device=host-0|host-1|host-2|host-3",
                 "--wave-size",
-                "1",
+                "2",
                 "--extra-vars",
-                '{"marker": "across", "pause": 4}',
+                '{"marker": "across", "pause": 6}',
             )
+            started = re.compile(rf"rollout {rollout_id} wave 2 slice \d started hosts=1 ")
             wait_until(
-                lambda: len(stored(rollout_id).waves) == 2 or None, 60, "the second wave running"
+                lambda: all(started.search(r.log_text()) for r in replicas) or None,
+                90,
+                "wave 2's slices running on both controllers",
+            )
+            assert [len(started.findall(r.log_text())) for r in replicas] == [1, 1]
+            wait_until(
+                lambda: (_ansible_pids(holder) and _ansible_pids(other)) or None,
+                10,
+                "ansible-playbook running under both controllers",
+                step=0.1,
             )
             assert holder.proc is not None
             holder.proc.send_signal(signal.SIGKILL)
@@ -227,19 +249,25 @@ def test_a_rollout_asked_of_one_replica_runs_on_the_holder_and_survives_its_deat
             record = stored(rollout_id)
             assert (record.state.value, record.reason) == (
                 "done",
-                "every host done in 4 wave(s): 4 changed",
+                "every host done in 3 wave(s): 4 changed",
             )
             assert [(w.wave, w.hosts, w.failed) for w in record.waves] == [
                 (1, 1, 0),
-                (2, 1, 0),
+                (2, 2, 0),
                 (3, 1, 0),
-                (4, 1, 0),
             ]
             for host in hosts:
                 assert host.read_file("/etc/schoolfleet/marker") == "across\n"
             log = other.log_text()
-            assert f"rollout {rollout_id}: 1 hosts of an interrupted wave are back" in log
-            assert f"rollout {rollout_id} resumed from the store requeued=1" in log
+            # The dead controller's slice, claimed again once its claim expired.
+            assert (
+                log.count(
+                    "its previous claim ended before the slice did (a controller stopped or "
+                    "died); the playbook runs on its 1 hosts again here"
+                )
+                == 1
+            )
+            assert f"rollout {rollout_id} resumed from the store" in log
             # The lease's length and a fifth, and a renewal's period to see it.
             assert taken <= LEASE_SECONDS * 1.2 + LEASE_SECONDS / 5 + 1.0, taken
             print(

@@ -29,6 +29,7 @@ from controller.loops import LOOPS, Backoff, LoopFailures, Retry
 from controller.rollouts.engine import EngineSettings, RolloutEngine
 from controller.rollouts.metrics import RolloutMetrics
 from controller.rollouts.runner import RunnerSettings, WaveJob, WaveRun
+from controller.rollouts.slices import SliceStore
 from controller.rollouts.store import NewHost, RolloutStore
 from controller.stores import Stores, sqlite_stores
 from controller.uplink.checks import UplinkChecks
@@ -193,7 +194,7 @@ class RecordingWorker:
         pass
 
 
-def test_a_rollout_goes_on_after_the_store_refuses_its_wave_s_results(
+def test_a_rollout_goes_on_after_the_store_refuses_a_slice_s_results_and_a_wave_s_end(
     store: Stores, tmp_path: Path
 ) -> None:
     now = time.time()
@@ -201,7 +202,8 @@ def test_a_rollout_goes_on_after_the_store_refuses_its_wave_s_results(
     for n, device in enumerate(hosts, 1):
         identity = DeviceIdentity(device, DeviceKind.LAPTOP, "s1", "r1", address=f"198.18.0.{n}")
         store.devices.device_connected(identity, n, 90, now)
-    failing = FailingFirst(store.rollouts, {"finish_wave": 2})
+    failing = FailingFirst(store.rollouts, {"finish_wave": 1})
+    slices = FailingFirst(store.slices, {"finish_slice": 2})
     registry = CollectorRegistry()
     asked: list[tuple[str, ...]] = []
 
@@ -209,6 +211,7 @@ def test_a_rollout_goes_on_after_the_store_refuses_its_wave_s_results(
         with ThreadPoolExecutor(2) as executor:
             engine = RolloutEngine(
                 cast(RolloutStore, failing),
+                cast(SliceStore, slices),
                 store.devices.devices_by_id,
                 executor,
                 RunnerSettings(
@@ -225,11 +228,14 @@ def test_a_rollout_goes_on_after_the_store_refuses_its_wave_s_results(
                     recheck=1.0,
                     gate_days=7,
                     lesson_on_time=60,
+                    claim_ttl=1.0,
+                    claim_renew=0.2,
                 ),
                 RolloutMetrics(registry),
                 LoopFailures(registry),
                 new_worker=lambda _os_user: RecordingWorker(asked),
             )
+            serving = asyncio.create_task(engine.serve())
             rid = await engine.start(
                 RolloutSpec("agent.yml", "school=s1", wave_size=Amount(10, False)),
                 [NewHost(h, "s1") for h in hosts],
@@ -238,20 +244,22 @@ def test_a_rollout_goes_on_after_the_store_refuses_its_wave_s_results(
             try:
                 await until(
                     lambda: cast(Any, store.rollouts.get_rollout(rid)).state.final,
-                    20,
+                    30,
                     "rollout not done",
                 )
             finally:
                 await engine.close()
+                await serving
             return rid
 
     rid = asyncio.run(scenario())
     record = store.rollouts.get_rollout(rid)
     assert record is not None
     assert record.state is RolloutState.DONE, record.reason
-    assert failures(registry, "rollout_engine") == 2
-    # The canary's results were refused twice: its wave ran again from the store, as after
-    # a restart; then the other two hosts in one wave.
+    assert failures(registry, "rollout_engine") == 1
+    assert failures(registry, "rollout_slices") == 2
+    # The canary's results were refused twice: its slice ran again once its claim
+    # expired, as after a controller's death; then the other two hosts in one wave.
     assert asked == [("d1",), ("d1",), ("d1",), ("d2", "d3")]
     outcomes = {h.device_id: h.outcome for h in store.rollouts.rollout_hosts(rid, None)}
     assert outcomes == dict.fromkeys(hosts, HostOutcome.OK)

@@ -187,6 +187,8 @@ def test_an_end_cancels_the_hosts_left_and_closes_the_wave(store: Stores) -> Non
         SPEC, hosts("d1", "d2", "d3"), "ana", T0, LessonRates(0, 0)
     )
     store.rollouts.start_wave(rollout_id, 0, ["d1"], T0 + 10)
+    # A controller runs the canary's slice.
+    assert store.slices.claim_slice("a", 60) is not None
     record = store.rollouts.set_rollout_state(
         rollout_id, RolloutState.HALTED, "canary failed", T0 + 20
     )
@@ -286,27 +288,17 @@ def test_a_pause_keeps_the_hosts_as_they_are(store: Stores) -> None:
     assert (waiting.waiting, waiting.updated_at) == ("room s1/r1 has a lesson until 10:45", T0 + 30)
 
 
-def test_an_interrupted_wave_goes_back_to_pending(store: Stores) -> None:
-    rollout_id = store.rollouts.create_rollout(
-        SPEC, hosts("d1", "d2", "d3"), "ana", T0, LessonRates(0, 0)
-    )
-    store.rollouts.start_wave(rollout_id, 0, ["d1"], T0 + 10)
-    store.rollouts.finish_wave(rollout_id, 0, [HostResult("d1", "s1", 0, HostOutcome.OK)], T0 + 20)
-    store.rollouts.start_wave(rollout_id, 1, ["d2", "d3"], T0 + 30)
-    assert store.rollouts.requeue_interrupted(rollout_id) == 2
-    assert store.rollouts.requeue_interrupted(rollout_id) == 0
-    assert store.rollouts.rollout_hosts(rollout_id)[1:] == [
-        HostResult("d2", "s1", None, HostOutcome.PENDING),
-        HostResult("d3", "s1", None, HostOutcome.PENDING),
-    ]
+def test_a_wave_is_cut_into_even_slices_for_controllers_to_claim(store: Stores) -> None:
+    ids = [f"d{n:02}" for n in range(1, 24)]
+    rollout_id = store.rollouts.create_rollout(SPEC, hosts(*ids), "ana", T0, LessonRates(0, 0))
+    store.rollouts.start_wave(rollout_id, 1, ids, T0 + 10, 10)
+    claims = [store.slices.claim_slice("a", 60) for _ in range(4)]
+    assert claims[3] is None
+    assert [(c.slice, len(c.hosts)) for c in claims if c] == [(1, 8), (2, 8), (3, 7)]
+    assert [h for c in claims if c for h, _ in c.hosts] == ids
     record = store.rollouts.get_rollout(rollout_id)
-    assert record is not None
-    assert [w.wave for w in record.waves] == [0]
-    store.rollouts.start_wave(rollout_id, 1, ["d2", "d3"], T0 + 40)
-    assert (
-        store.rollouts.rollout_hosts(rollout_id, frozenset({HostOutcome.RUNNING}))[0].started_at
-        == T0 + 40
-    )
+    assert record is not None and [(w.wave, w.hosts) for w in record.waves] == [(1, 23)]
+    assert store.slices.unfinished_slices(rollout_id, 1) == 3
 
 
 def test_maintenance_windows_are_replaced_whole(store: Stores) -> None:

@@ -252,28 +252,6 @@ def test_a_wave_starts_once(store: Stores) -> None:
     ]
 
 
-def test_a_requeue_leaves_finished_waves_and_other_rollouts(store: Stores) -> None:
-    rollout_id = store.rollouts.create_rollout(SPEC, _hosts("d1", "d2", "d3"), "ana", T0, NONE)
-    other = store.rollouts.create_rollout(SPEC, _hosts("e1"), "ana", T0, NONE)
-    store.rollouts.start_wave(other, 1, ["e1"], T0)
-    store.rollouts.start_wave(rollout_id, 1, ["d1"], T0 + 1)
-    store.rollouts.finish_wave(
-        rollout_id, 1, [HostResult("d1", "s1", 1, HostOutcome.FAILED)], T0 + 2
-    )
-    assert store.rollouts.requeue_interrupted(rollout_id) == 0
-    store.rollouts.start_wave(rollout_id, 2, ["d2", "d3"], T0 + 3)
-    assert store.rollouts.requeue_interrupted(rollout_id) == 2
-    record = store.rollouts.get_rollout(rollout_id)
-    assert record is not None
-    assert record.waves == (WaveRecord(1, 1, T0 + 1, T0 + 2, 1),)
-    assert [h.outcome for h in store.rollouts.rollout_hosts(rollout_id)] == [
-        HostOutcome.FAILED,
-        HostOutcome.PENDING,
-        HostOutcome.PENDING,
-    ]
-    assert _wave_of(store, other, 1) == WaveRecord(1, 1, T0, None)
-
-
 def _lesson(
     store: Stores, lesson_id: str, school: str, room: str, start: float, end: float
 ) -> None:
@@ -451,7 +429,6 @@ def test_a_waves_failed_count_is_exact_when_two_close_itat_once(
 
     # And the two halves closed by the two controllers at once, again and again.
     for n in range(2, 12):
-        a.rollouts.requeue_interrupted(rollout_id)
         a.sql.write(
             "UPDATE rollout_hosts SET outcome = 'pending', wave = NULL WHERE rollout_id = ?",
             (rollout_id,),
@@ -488,6 +465,8 @@ def test_a_rollout_ends_once(two: tuple[Stores, Stores]) -> None:
         hosts = [f"r{n}-d{i}" for i in range(30)]
         rollout_id = a.rollouts.create_rollout(SPEC, _hosts(*hosts), "ana", T0, NONE)
         a.rollouts.start_wave(rollout_id, 1, hosts[:10], T0 + 1)
+        # A controller runs the wave's slice.
+        assert a.slices.claim_slice("a", 60) is not None
         records = at_once(
             partial(
                 a.rollouts.set_rollout_state, rollout_id, RolloutState.HALTED, "budget", T0 + 2

@@ -10,6 +10,9 @@ in the store and tells the driver through the bus (controller/relay/bus.py):
 - ``abort``: stop the rollout's running wave and end it, for ``by``; answered with
   ``taken`` at once and ``ended`` once it has ended, both naming the asker's
   ``nonce``.
+- ``slices``: the driver cut a wave of the rollout into slices; every controller's
+  slice runner (not only the driver's) looks for one to claim now. A runner that
+  stored a slice's results tells the driver with ``wake``.
 
 The store stays the truth: the driver also reads it every few seconds, so a message
 lost (a listener's reconnection) only delays what it asked for. A message comes from
@@ -55,6 +58,7 @@ class Do(enum.StrEnum):
     ABORT = "abort"
     TAKEN = "taken"
     ENDED = "ended"
+    SLICES = "slices"
 
 
 _DOS = frozenset(d.value for d in Do)

@@ -1,21 +1,22 @@
 """The rollout engine: starts, pauses, resumes and aborts rollouts, and has the running
-ones driven wave by wave (controller/rollouts/driving.py) by one controller.
+ones driven wave by wave (controller/rollouts/driving.py) by one controller, each
+wave's slices run by every controller (``serve``: controller/rollouts/slices.py).
 
 The controller holding the rollouts lease drives (alone on SQLite it takes the lease
 at once): ``hold`` is the lease's work. It drives every running rollout the store has
-(a wave its previous driver left unfinished goes back in the queue first), reads the
-store again every few seconds and whenever another controller says so
+(a wave its previous driver left unfinished is waited for and closed first), reads
+the store again every few seconds and whenever another controller says so
 (controller/rollouts/across.py), and stops driving when it loses the lease or stops:
-the running waves are cancelled and the store keeps where each rollout was, for the
-next holder. An engine without a bus (a test's) drives what it starts, at once.
+the store keeps where each rollout was, for the next holder, and the slices being run
+go on. An engine without a bus (a test's) drives what it starts, at once.
 
 A start, pause or resume that reaches a controller not driving is recorded in the
 store there, and the driver told to look. An abort there is asked of the driver,
-which stops the running wave within seconds and ends the rollout, and the asker
-answers once the store has it ended. If no driver takes the abort (none holds the
-lease while it changes hands, or the message was lost), the asker ends the rollout
-in the store itself; a driver that missed the message stops the wave when it next
-reads the store. Whoever asks, the store ends a rollout once.
+which ends the rollout (every slice running stops within a renewal of its claim),
+and the asker answers once the store has it ended. If no driver takes the abort
+(none holds the lease while it changes hands, or the message was lost), the asker
+ends the rollout in the store itself, and the slices running stop all the same at
+their next renewal. Whoever asks, the store ends a rollout once.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ from controller.errors import StoreError
 from controller.loops import LoopFailures, Retry
 from controller.offload import Offload
 from controller.rollouts.across import ASK, TOLD, Bus, Do, Message, encode, parse
-from controller.rollouts.driving import CANCEL_WAIT, RolloutDriver, WaveWorker
+from controller.rollouts.driving import CANCEL_WAIT, RolloutDriver
 from controller.rollouts.engine_settings import EngineSettings
 from controller.rollouts.metrics import RolloutMetrics
 from controller.rollouts.next_wave import DevicesById
 from controller.rollouts.runner import RunnerSettings
+from controller.rollouts.slice_runner import SliceRunner, WaveWorker
+from controller.rollouts.slices import SliceStore
 from controller.rollouts.store import NewHost, RolloutStore
 from controller.rollouts.worker import RolloutWorker
 from inventory.rollouts import RolloutRecord, RolloutSpec, RolloutState
@@ -70,7 +73,8 @@ class _Answer:
 
 class RolloutEngine:
     """Starts, pauses, resumes and aborts rollouts; drives the running ones while this
-    controller is the one that drives (alone, or while ``hold`` runs)."""
+    controller is the one that drives (alone, or while ``hold`` runs); runs slices of
+    waves while ``serve`` runs."""
 
     # The lease under which one controller of those sharing a store drives rollouts.
     LEASE = "rollouts"
@@ -78,12 +82,14 @@ class RolloutEngine:
     def __init__(
         self,
         store: RolloutStore,
+        slices: SliceStore,
         devices_by_id: DevicesById,
         executor: ThreadPoolExecutor,
         runner: RunnerSettings,
         settings: EngineSettings,
         metrics: RolloutMetrics,
         failures: LoopFailures | None,
+        holder: str = "controller",
         now: Callable[[], float] = time.time,
         new_worker: Callable[[str], WaveWorker] = RolloutWorker,
         bus: Bus | None = None,
@@ -96,7 +102,23 @@ class RolloutEngine:
         self._bus = bus
         self._driver = RolloutDriver(
             store,
+            slices,
             devices_by_id,
+            executor,
+            runner.forks,
+            settings,
+            metrics,
+            failures,
+            now,
+            self._cut_open,
+            open_now=bus is None,
+        )
+        # Every controller runs slices of the waves, whichever drives them.
+        self._slices = SliceRunner(
+            slices,
+            store,
+            devices_by_id,
+            holder,
             executor,
             runner,
             settings,
@@ -104,7 +126,7 @@ class RolloutEngine:
             failures,
             now,
             new_worker,
-            open_now=bus is None,
+            self._slice_finished,
         )
         # Whether this controller drives rollouts: alone, always; else while ``hold``
         # runs, which the lease's keeper stops before another could take the lease.
@@ -192,13 +214,32 @@ class RolloutEngine:
             self._driving = False
             await self._driver.stop()
 
+    async def serve(self) -> None:
+        """Runs slices of waves until cancelled or ``close`` (every controller does,
+        driving or not)."""
+        await self._slices.run()
+
     async def close(self) -> None:
-        """Cancels running waves and stops every task; the store keeps where they were."""
+        """Stops driving and every task, the slices running here given up for another
+        controller to run; the store keeps where each rollout was."""
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._driver.close()
+        await self._slices.close()
+
+    async def _cut_open(self, rollout_id: int) -> None:
+        """A wave was cut: this controller's runner and every other's look now."""
+        self._slices.wake()
+        await self._tell(ASK, Message(Do.SLICES, rollout_id))
+
+    async def _slice_finished(self, rollout_id: int) -> None:
+        """A slice's results were stored here: the driver looks at the wave now."""
+        if self._driving:
+            self._driver.wake(rollout_id)
+        else:
+            await self._tell(ASK, Message(Do.WAKE, rollout_id))
 
     async def _look(self) -> None:
         """Drives each running rollout not driven here; stops the wave of one that the
@@ -292,6 +333,9 @@ class RolloutEngine:
         message = parse(payload)
         if message is None:
             log.warning("a rollouts message not understood was ignored: %.100r", payload)
+            return
+        if message.do is Do.SLICES:
+            self._slices.wake()
             return
         if not self._driving:
             return

@@ -69,6 +69,17 @@ class RolloutMetrics:
             labelnames=["state"],
             registry=registry,
         )
+        self._slices = Counter(
+            "schoolfleet_rollout_slices",
+            "Slices of rollout waves this controller ran, by what became of their "
+            "results: stored; refused (another controller claimed the slice meanwhile); "
+            "lost (the claim was lost, or given up as this controller stopped, before "
+            "the slice ended).",
+            labelnames=["result"],
+            registry=registry,
+        )
+        for result in ("stored", "refused", "lost"):
+            self._slices.labels(result)
         for outcome in HostOutcome:
             if outcome.settled:
                 self._hosts.labels(outcome.value)
@@ -80,6 +91,9 @@ class RolloutMetrics:
         self._waves.observe(seconds)
         for outcome, count in Tally(outcomes).items():
             self._hosts.labels(outcome.value).inc(count)
+
+    def slice_done(self, result: str) -> None:
+        self._slices.labels(result).inc()
 
     def finished(self, state: RolloutState) -> None:
         self._finished.labels(state.value).inc()

@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterable, Sequence
 
 from controller.errors import HostsClaimed, StoreError
+from controller.rollouts.slices import SLICE_HOSTS, cut
 from controller.rollouts.sql_rows import (
     HOST_COLUMNS,
     host,
@@ -222,6 +223,18 @@ class SqlRollouts:
                     "WHERE rollout_id = ? AND finished_at IS NULL",
                     (now, rollout_id),
                 )
+                # A slice no controller claimed never ran: its hosts are cancelled.
+                # A claimed one is finished by its claimer, which stops its run.
+                unrun = tx.execute(
+                    "UPDATE rollout_slices SET finished_at = ? WHERE rollout_id = ? "
+                    "AND finished_at IS NULL AND claimed_by = '' RETURNING wave, slice",
+                    (now, rollout_id),
+                ).fetchall()
+                tx.executemany(
+                    "UPDATE rollout_hosts SET outcome = 'pending' "
+                    "WHERE rollout_id = ? AND wave = ? AND slice = ? AND outcome = 'running'",
+                    [(rollout_id, r["wave"], r["slice"]) for r in unrun],
+                )
                 # A running host's playbook was stopped (it may be half changed); a
                 # pending one was never touched. finish_wave may still say better.
                 tx.execute(
@@ -241,8 +254,16 @@ class SqlRollouts:
             {"waiting": written_out(waiting), "now": now, "id": rollout_id},
         )
 
-    def start_wave(self, rollout_id: int, wave: int, device_ids: Sequence[str], now: float) -> None:
+    def start_wave(
+        self,
+        rollout_id: int,
+        wave: int,
+        device_ids: Sequence[str],
+        now: float,
+        slice_hosts: int = SLICE_HOSTS,
+    ) -> None:
         key = {"id": rollout_id, "wave": wave}
+        slices = cut([d for d in dict.fromkeys(device_ids) if storable(d)], slice_hosts)
         with self._db.transaction() as tx:
             # The wave's row first: a second start of the same wave (another
             # controller's) is refused before it moves any host.
@@ -253,15 +274,29 @@ class SqlRollouts:
             ).rowcount
             if not opened:
                 raise StoreError(f"rollout {rollout_id}: wave {wave} was started already")
-            moved = tx.execute(
-                "UPDATE rollout_hosts SET wave = :wave, outcome = 'running', started_at = :now "
-                f"WHERE rollout_id = :id AND outcome = 'pending' AND "
-                f"{self._one_of('device_id', ':ids')}",
-                {**key, "now": now, "ids": self._listed(d for d in device_ids if storable(d))},
-            ).rowcount
+            total = 0
+            for n, members in enumerate(slices, start=1):
+                moved = tx.execute(
+                    "UPDATE rollout_hosts SET wave = :wave, slice = :slice, outcome = 'running', "
+                    "started_at = :now WHERE rollout_id = :id AND outcome = 'pending' AND "
+                    f"{self._one_of('device_id', ':ids')}",
+                    {
+                        **key,
+                        "slice": n,
+                        "now": now,
+                        "ids": self._listed(members),
+                    },
+                ).rowcount
+                if moved:
+                    tx.execute(
+                        "INSERT INTO rollout_slices (rollout_id, wave, slice, hosts) "
+                        "VALUES (:id, :wave, :slice, :moved)",
+                        {**key, "slice": n, "moved": moved},
+                    )
+                total += moved
             tx.execute(
                 "UPDATE rollout_waves SET hosts = :moved WHERE rollout_id = :id AND wave = :wave",
-                {**key, "moved": moved},
+                {**key, "moved": total},
             )
 
     def finish_wave(
@@ -275,6 +310,12 @@ class SqlRollouts:
                 "SELECT wave FROM rollout_waves WHERE rollout_id = :id AND wave = :wave"
                 + self._db.dialect.for_update,
                 key,
+            )
+            # Once closed, nothing of the wave is left to run.
+            tx.execute(
+                "UPDATE rollout_slices SET finished_at = :now "
+                "WHERE rollout_id = :id AND wave = :wave AND finished_at IS NULL",
+                {**key, "now": now},
             )
             # Any host of the wave, even one an abort has cancelled since: what the
             # playbook did to it is what it did. A device id no host can have is left
@@ -302,26 +343,6 @@ class SqlRollouts:
                 "AND outcome IN ('failed', 'unreachable')) WHERE rollout_id = :id AND wave = :wave",
                 {**key, "now": now},
             )
-
-    def requeue_interrupted(self, rollout_id: int) -> int:
-        with self._db.transaction() as tx:
-            # The waves first: one a controller is closing right now is waited for,
-            # and then is finished and stays.
-            waves = tx.execute(
-                "DELETE FROM rollout_waves WHERE rollout_id = ? AND finished_at IS NULL "
-                "RETURNING wave",
-                (rollout_id,),
-            ).fetchall()
-            if not waves:
-                return 0
-            return tx.execute(
-                "UPDATE rollout_hosts SET wave = NULL, outcome = 'pending', started_at = NULL, "
-                "finished_at = NULL, task = '', message = '', rc = NULL, stdout = '', "
-                "stderr = '', detail = '' "
-                f"WHERE rollout_id = :id AND outcome = 'running' AND "
-                f"{self._one_of('wave', ':waves')}",
-                {"id": rollout_id, "waves": self._listed(r["wave"] for r in waves)},
-            ).rowcount
 
     def set_windows(self, school_id: str, windows: Sequence[str]) -> None:
         checked_id("school id", school_id)

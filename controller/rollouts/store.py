@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from controller.rollouts.slices import SLICE_HOSTS
 from inventory.rollouts import (
     HostOutcome,
     HostResult,
@@ -75,9 +76,10 @@ class RolloutStore(Protocol):
     def set_rollout_state(
         self, rollout_id: int, state: RolloutState, reason: str, now: float
     ) -> RolloutRecord | None:
-        """Moves the rollout to ``state``. A final state cancels its pending hosts, marks
-        its running ones interrupted, closes an unfinished wave and gives back every
-        claim. None if unknown."""
+        """Moves the rollout to ``state``. A final state cancels its pending hosts and
+        those of slices no controller claimed, marks the hosts of claimed slices
+        interrupted (their claimers store what the playbook did: SliceStore), closes an
+        unfinished wave and gives back every claim on a host. None if unknown."""
 
     def end_rollout(self, rollout_id: int, state: RolloutState, reason: str, now: float) -> bool:
         """Ends the rollout in ``state`` (a final one) as set_rollout_state does; True if
@@ -91,20 +93,26 @@ class RolloutStore(Protocol):
     def set_waiting(self, rollout_id: int, waiting: str, now: float) -> None:
         """Records why pending hosts wait (empty: they do not)."""
 
-    def start_wave(self, rollout_id: int, wave: int, device_ids: Sequence[str], now: float) -> None:
-        """The hosts are running in ``wave``; the wave's row is stored. StoreError if
-        the wave was started already (by another controller)."""
+    def start_wave(
+        self,
+        rollout_id: int,
+        wave: int,
+        device_ids: Sequence[str],
+        now: float,
+        slice_hosts: int = SLICE_HOSTS,
+    ) -> None:
+        """The hosts are running in ``wave``, in slices of at most ``slice_hosts``
+        (numbered from 1, cut by slices.cut), each stored for a controller to claim
+        (controller/rollouts/slices.py); the wave's row is stored. StoreError if the
+        wave was started already (by another controller)."""
 
     def finish_wave(
         self, rollout_id: int, wave: int, results: Sequence[HostResult], now: float
     ) -> None:
-        """Stores each host's outcome (with its task, message, return code, output ends
-        and detail, bounded again) and closes the wave with its count of failed and
-        unreachable hosts (all of the wave's, whichever controller stored them)."""
-
-    def requeue_interrupted(self, rollout_id: int) -> int:
-        """After a restart: the hosts of a wave that did not finish go back to pending
-        and the wave's row is removed; returns how many hosts."""
+        """Stores each host's outcome given (with its task, message, return code, output
+        ends and detail, bounded again) and closes the wave with its count of failed
+        and unreachable hosts (all of the wave's, whichever controller stored them:
+        the slices' results are stored as each slice finishes)."""
 
     def set_windows(self, school_id: str, windows: Sequence[str]) -> None:
         """Replaces the school's maintenance windows (none: any time free of lessons).

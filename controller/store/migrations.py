@@ -414,6 +414,33 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX uplink_tokens_by_expiry ON uplink_tokens (expires_at);
     """,
+    # 15: a rollout wave's hosts in slices, each claimed and run by whichever
+    #     controller has room (controller/rollouts/slices.py): the claimer, an epoch
+    #     that grows with every claim (a claimer that lost its claim is fenced off by
+    #     number) and until when its claim lasts by the database's clock. A wave begun
+    #     before slices existed has none to claim: its hosts go back in the queue.
+    """
+    ALTER TABLE rollout_hosts ADD COLUMN slice INTEGER;
+    CREATE TABLE rollout_slices (
+        rollout_id  INTEGER NOT NULL,
+        wave        INTEGER NOT NULL,
+        slice       INTEGER NOT NULL,
+        hosts       INTEGER NOT NULL,
+        claimed_by  TEXT NOT NULL DEFAULT '',
+        epoch       INTEGER NOT NULL DEFAULT 0,
+        expires_at  REAL NOT NULL DEFAULT 0,
+        finished_at REAL,
+        PRIMARY KEY (rollout_id, wave, slice)
+    );
+    -- What a controller with room looks for: the unfinished slices, in order.
+    CREATE INDEX rollout_slices_unfinished ON rollout_slices (rollout_id, wave, slice)
+        WHERE finished_at IS NULL;
+    UPDATE rollout_hosts SET wave = NULL, outcome = 'pending', started_at = NULL
+        WHERE outcome = 'running' AND EXISTS (SELECT 1 FROM rollout_waves w
+            WHERE w.rollout_id = rollout_hosts.rollout_id AND w.wave = rollout_hosts.wave
+            AND w.finished_at IS NULL);
+    DELETE FROM rollout_waves WHERE finished_at IS NULL;
+    """,
 )
 
 LATEST = len(MIGRATIONS)

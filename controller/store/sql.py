@@ -70,6 +70,10 @@ class Dialect:
     # transaction ends. SQLite has no row locks and needs none: its one writer holds
     # the database's write lock for the whole transaction.
     for_update: str
+    # Appended to a SELECT inside a transaction to lock the rows it reads, leaving out
+    # any another transaction holds (a queue's items taken by several controllers at
+    # once, each a different one). SQLite's one writer takes them one at a time.
+    skip_locked: str
     # The database's clock in seconds since the epoch: what replicas whose own clocks
     # differ agree on.
     now_seconds: str
@@ -83,6 +87,7 @@ SQLITE = Dialect(
     json_pairs=lambda expression: f"json_each({expression})",
     by_code_point=lambda expression: expression,
     for_update="",
+    skip_locked="",
     now_seconds="((julianday('now') - 2440587.5) * 86400.0)",
 )
 
@@ -93,6 +98,7 @@ POSTGRESQL = Dialect(
     json_pairs=lambda expression: f"jsonb_each_text(({expression})::jsonb)",
     by_code_point=lambda expression: f'{expression} COLLATE "C"',
     for_update=" FOR UPDATE",
+    skip_locked=" FOR UPDATE SKIP LOCKED",
     now_seconds="extract(epoch FROM clock_timestamp())::float8",
 )
 
