@@ -8,9 +8,9 @@
   reads and writes; ``ingest-writer`` (1 thread): the heartbeat writer's batches, so
   that ingest never queues behind admin calls; ``probe`` (probe_concurrency threads):
   SSH probes, which block for seconds; ``rollout-slice`` (rollout_slots): waiting on
-  a wave's slice in its worker process. Stream openings and certificate signing use asyncio's default pool
-  (``asyncio.to_thread``), so that an 08:00 storm of streams does not queue behind
-  admin calls either.
+  a wave's slice in its worker process. Stream openings and certificate signing use
+  asyncio's default pool (``asyncio.to_thread``), so that an 08:00 storm of streams
+  does not queue behind admin calls either.
 - The store has one write connection behind a lock (controller/store/database.py):
   a write from any of these threads waits for the lock. It is a lock, not a single
   writer thread; the ingest writer's thread is what keeps heartbeats in large batches.

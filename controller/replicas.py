@@ -134,7 +134,7 @@ def replica(
     commands = DeviceCommands(bus, deliver_here(sessions), executor)
     asking = Asking(bus, executor)
     part = Replica(replica_name(), bus, commands, asking, leases, timing, executor, stores)
-    resend = OutboxResend(sessions, stores.lessons.pending_commands, Offload(executor))
+    resend = OutboxResend(sessions, stores.lessons.pending_commands_of, Offload(executor))
 
     def resend_all(_: str = "") -> None:
         part.spawn(resend())

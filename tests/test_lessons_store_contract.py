@@ -169,6 +169,17 @@ def test_a_devices_commands_come_oldest_first_then_by_id(store: Stores) -> None:
     lower = OutboxCommand("a-lower", "p1", z.lesson_id, b"lower", z.ends_at)
     store.lessons.dispatch([(z.lesson_id, [lower]), (y.lesson_id, [upper])], T0 - 60)
     assert store.lessons.pending_commands("p1", T0) == [b"upper\x00", b"lower", b"\x00newer"]
+    w = lesson(start=T0 + 8100)
+    store.lessons.save_lessons([w], T0 - 1000)
+    other = OutboxCommand("c-other", "p2", w.lesson_id, b"other", z.ends_at)
+    assert store.lessons.dispatch([(w.lesson_id, [other])], T0 - 40) == [w.lesson_id]
+    # Every held device's in one read, each in its own order; none for the others.
+    assert store.lessons.pending_commands_of(["p1", "p2", "p9", "p\x00"], T0) == {
+        "p1": [b"upper\x00", b"lower", b"\x00newer"],
+        "p2": [b"other"],
+    }
+    assert store.lessons.pending_commands_of(["p2"], z.ends_at) == {}, "expired"
+    assert store.lessons.pending_commands_of([], T0) == {}
 
 
 def test_panel_events_keep_the_sequence_and_the_first_launch(store: Stores) -> None:

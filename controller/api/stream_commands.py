@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from google.protobuf.message import DecodeError
 
@@ -41,12 +41,13 @@ def deliver_here(sessions: Sessions) -> Callable[[str, bytes], bool]:
 
 class OutboxResend:
     """Sends every stream here its device's pending commands again (``pending``: the
-    lessons' outbox), after relayed commands may have been lost."""
+    lessons' outbox, every held device's in one read), after relayed commands may have
+    been lost."""
 
     def __init__(
         self,
         sessions: Sessions,
-        pending: Callable[[str, float], list[bytes]],
+        pending: Callable[[Collection[str], float], dict[str, list[bytes]]],
         off: Offload,
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -58,14 +59,17 @@ class OutboxResend:
     async def __call__(self) -> int:
         """Returns how many commands were sent."""
         here = deliver_here(self._sessions)
+        held = {session.device_id for session in self._sessions.current()}
+        if not held:
+            return 0
+        try:
+            pending = await self._off(self._pending, held, self._now())
+        except StoreError as exc:
+            # The devices still get them on their next streams.
+            log.error("outbox not resent devices=%d error=%s", len(held), exc)
+            return 0
         sent = 0
-        for session in self._sessions.current():
-            try:
-                pending = await self._off(self._pending, session.device_id, self._now())
-            except StoreError as exc:
-                # The device still gets them on its next stream.
-                log.error("outbox not resent device=%s error=%s", session.device_id, exc)
-                continue
-            for data in pending:
-                sent += here(session.device_id, data)
+        for device_id, commands in pending.items():
+            for data in commands:
+                sent += here(device_id, data)
         return sent

@@ -10,7 +10,7 @@ over the same lessons wait for each other instead of deadlocking.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from controller.lessons.sql_events import record_event
 from controller.lessons.sql_import import save_schedule
@@ -204,6 +204,23 @@ class SqlLessons:
             {"device": device_id, "now": now},
         )
         return [bytes(r["command"]) for r in rows]
+
+    def pending_commands_of(
+        self, device_ids: Collection[str], now: float
+    ) -> dict[str, list[bytes]]:
+        ids = [d for d in device_ids if storable_id(d)]
+        if not ids:
+            return {}
+        rows = self._db.read(
+            "SELECT device_id, command FROM outbox WHERE done_at IS NULL "
+            f"AND expires_at > :now AND {self._one_of('device_id', ':ids')} "
+            f"ORDER BY created_at, {self._by_code_point('command_id')}",
+            {"ids": self._listed(ids), "now": now},
+        )
+        found: dict[str, list[bytes]] = {}
+        for r in rows:
+            found.setdefault(r["device_id"], []).append(bytes(r["command"]))
+        return found
 
     def _panels_of(
         self, read: Callable[[str, Params], Sequence[Row]], ids: Sequence[str], columns: str

@@ -3,7 +3,7 @@ commands to panels, and what the panels said."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,6 +92,12 @@ class LessonStore(Protocol):
 
     def pending_commands(self, device_id: str, now: float) -> list[bytes]:
         """The device's commands that have not expired, oldest first."""
+
+    def pending_commands_of(
+        self, device_ids: Collection[str], now: float
+    ) -> dict[str, list[bytes]]:
+        """pending_commands of each of these devices in one read (those with none are
+        absent): what a controller sends its streams again after a lost relay."""
 
     def lessons_ending(self, now: float) -> list[tuple[Lesson, list[str]]]:
         """Dispatched lessons past their end whose EndLesson was not sent, with the
