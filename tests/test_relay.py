@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import psycopg
 import pytest
 
-from controller.relay.asking import TAKE_WITHIN, Asking
+from controller.relay.asking import ANSWER, ASK, TAKE_WITHIN, TAKEN, Asking
 from controller.relay.bus import MAX_PAYLOAD, LocalBus
 from controller.relay.device_commands import DeviceCommands, pack, unpack
 from controller.relay.pg_bus import PgBus
@@ -164,5 +164,47 @@ def test_a_question_is_answered_by_the_controller_that_takes_it(
         assert await asker.ask("no-such-kind", "s1", 60) is None
         for bus in buses:
             await bus.close()
+
+    asyncio.run(main())
+
+
+GARBAGE = [
+    "",
+    "null",
+    "[",
+    "[" * 100_000,
+    '{"nonce": 1, "kind": "uplink-check", "argument": "s1"}',
+    '{"nonce": "n", "kind": ["uplink-check"], "argument": "s1"}',
+    '{"nonce": "n", "kind": "uplink-check"}',
+    '{"nonce": "n", "answer": {"a": 1}}',
+    '"a string"',
+]
+
+
+def test_a_question_answer_or_taken_not_written_by_a_controller_is_ignored() -> None:
+    async def main() -> None:
+        bus = LocalBus()
+        asker, doer = Asking(bus, None), Asking(bus, None)
+        asked: list[str] = []
+
+        async def school_here(school: str, taken: Callable[[], Awaitable[None]]) -> str | None:
+            asked.append(school)
+            await taken()
+            return f"measured {school}"
+
+        doer.answer("uplink-check", school_here)
+        errors: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        await bus.start()
+        for payload in GARBAGE:
+            for topic in (ASK, TAKEN, ANSWER):
+                bus.publish(topic, payload)
+        await asyncio.sleep(0.1)
+        assert asked == [], "no garbage reached a handler"
+        assert errors == [], "none raised"
+        # Nothing broke: a real question is still answered, once.
+        assert await asker.ask("uplink-check", "s1", 5) == "measured s1"
+        assert asked == ["s1"]
+        await bus.close()
 
     asyncio.run(main())

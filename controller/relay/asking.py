@@ -39,7 +39,7 @@ TAKE_WITHIN = 5.0
 def _fields(payload: str, *names: str) -> list[str] | None:
     try:
         message = json.loads(payload)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(message, dict):
         return None
