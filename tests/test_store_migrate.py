@@ -243,3 +243,40 @@ def test_migrate_explains_itself() -> None:
     assert shown.code == 0
     assert "Copy every table of a SQLite store into an empty PostgreSQL" in shown.out
     assert "--from" in shown.out and "--to" in shown.out and "--json" in shown.out
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        'CREATE TABLE "x""; DROP TABLE users; --\nsecond line" (a TEXT)',
+        'ALTER TABLE users ADD COLUMN "name"" FROM users; DROP TABLE audit; --" TEXT',
+    ],
+)
+def test_a_hostile_source_file_is_refused_before_any_of_its_names_is_read(
+    tmp_path: Path, pg_url: str, ddl: str
+) -> None:
+    source = tmp_path / "district.db"
+    _fill_every_table(source)
+    with sqlite3.connect(source) as conn:
+        conn.execute(ddl)
+    done = controller_cli(
+        "store",
+        "migrate",
+        "--from",
+        f"sqlite:{source}",
+        "--to",
+        pg_url,
+        "--data-dir",
+        str(tmp_path / "data"),
+    )
+    assert (done.code, done.out) == (2, "")
+    assert done.err.count("\n") == 1, done.err
+    assert done.err.startswith(f"schoolfleet-controller: database {describe(pg_url)}: table ")
+    assert done.err.endswith(
+        " differs from the SQLite store's; both must be at this controller's schema\n"
+    )
+    # Nothing was read from the odd names, nothing written, nothing dropped.
+    with psycopg.connect(pg_url) as conn:
+        for table in ("users", "audit"):
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+            assert conn.execute(query).fetchone() == (0,)

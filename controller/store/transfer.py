@@ -126,6 +126,12 @@ def _sqlite_tables(reader: sqlite3.Connection) -> dict[str, list[str]]:
     }
 
 
+def _shown(name: str) -> str:
+    """A table's name as a one-line message shows it: quoted and escaped unless it is
+    a plain name (a hostile file may name a table anything)."""
+    return name if name.isidentifier() and name.isascii() else repr(name)
+
+
 def _pg_columns(tx: PgTx) -> dict[str, set[str]]:
     columns: dict[str, set[str]] = {}
     for r in tx.execute(
@@ -142,7 +148,7 @@ def _check_target(tx: PgTx, target: str, tables: dict[str, list[str]]) -> None:
     for table, columns in tables.items():
         if theirs.get(table) != set(columns):
             raise StoreError(
-                f"database {target}: table {table} differs from the SQLite store's; "
+                f"database {target}: table {_shown(table)} differs from the SQLite store's; "
                 "both must be at this controller's schema"
             )
     for table in tables:
