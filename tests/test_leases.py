@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from controller.errors import StoreError
 from controller.leases.keeper import LeaseKeeper, LeaseMetrics, LeaseTiming
@@ -166,13 +167,21 @@ def test_a_dead_holders_work_is_taken_over_within_the_bound(
 ) -> None:
     log = _Log()
 
+    registries = [CollectorRegistry(), CollectorRegistry()]
+
+    def taken(n: int) -> float | None:
+        return registries[n].get_sample_value(
+            "schoolfleet_lease_taken_total", {"lease": "dispatch"}
+        )
+
+    def held(n: int) -> float | None:
+        return registries[n].get_sample_value("schoolfleet_lease_held", {"lease": "dispatch"})
+
     async def main() -> float:
         pool = ThreadPoolExecutor(4)
         keepers = [
-            LeaseKeeper(
-                SqlLeases(s.sql), "dispatch", h, log.work(h), pool, LeaseMetrics(None), TIMING
-            )
-            for s, h in zip(two_stores, ("a", "b"), strict=True)
+            LeaseKeeper(SqlLeases(s.sql), "dispatch", h, log.work(h), pool, LeaseMetrics(r), TIMING)
+            for s, h, r in zip(two_stores, ("a", "b"), registries, strict=True)
         ]
         tasks = [asyncio.create_task(k.run()) for k in keepers]
         await _until(lambda: len(log.running()) == 1, 5)
@@ -180,11 +189,16 @@ def test_a_dead_holders_work_is_taken_over_within_the_bound(
         assert len(log.running()) == 1, "one holder at a time"
         (holder,) = log.running()
         dead = ("a", "b").index(holder)
+        # What each controller exports: taken once by the holder, renewals not counted.
+        assert [taken(dead), taken(1 - dead)] == [1.0, 0.0]
+        assert [held(dead), held(1 - dead)] == [1.0, 0.0]
         # kill -9: the keeper stops and its work with it, and nothing gives the lease up.
         tasks[dead].cancel()
         for span in log.spans[holder]:
             span[1] = min(span[1], time.monotonic())
         took = await _until(lambda: log.running() == [("a", "b")[1 - dead]], 5)
+        assert [taken(dead), taken(1 - dead)] == [1.0, 1.0]
+        assert held(1 - dead) == 1.0
         tasks[1 - dead].cancel()
         await keepers[1 - dead].close()
         pool.shutdown()
