@@ -157,11 +157,6 @@ def dispatch_once(part: Replica, dispatcher: Dispatcher) -> DispatchNudge:
     return DispatchNudge(dispatcher, lambda: keeper.lease is not None, part.bus, part.executor)
 
 
-def held_by_one(part: Replica, lease: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """``run`` on whichever controller holds ``lease``, cancelled when it loses it."""
-    part.keeper(lease, run)
-
-
 def gauges_once(part: Replica) -> Callable[[], bool]:
     """Whether the fleet-wide figures read from the store are this controller's to
     export: one controller exports them, so that a sum over controllers counts each

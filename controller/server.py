@@ -76,7 +76,6 @@ from controller.replicas import (
     Replica,
     dispatch_once,
     gauges_once,
-    held_by_one,
     replica,
 )
 from controller.rollouts.engine import EngineSettings, RolloutEngine
@@ -289,7 +288,7 @@ def _rollouts(
         holder=part.name,
         bus=part.bus,
     )
-    held_by_one(part, RolloutEngine.LEASE, engine.hold)
+    part.keeper(RolloutEngine.LEASE, engine.hold)
     return engine, runner
 
 
@@ -390,7 +389,7 @@ def _probes(
         registry,
         failures=failures,
     )
-    held_by_one(part, PROBES, prober.run)
+    part.keeper(PROBES, prober.run)
     return _Probes(prober)
 
 
