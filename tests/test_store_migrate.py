@@ -18,7 +18,7 @@ from controller.store.database import Database
 from controller.store.pg_database import describe
 from controller.stores import open_stores
 from inventory.people import AuditEntry, AuditQuery, Outcome
-from tests.procs import controller_cli
+from tests.procs import Result, controller_cli
 
 ROWS = 3
 HOSTILE = 'it\'s "q" ; DROP TABLE users; -- ünï 🎒 '
@@ -68,6 +68,13 @@ def _fill_every_table(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     return written
 
 
+def _migrate(source: Path, pg_url: str, data: Path, *more: str) -> Result:
+    source_url = f"sqlite:{source}"
+    return controller_cli(
+        "store", "migrate", "--from", source_url, "--to", pg_url, "--data-dir", str(data), *more
+    )
+
+
 def _columns(path: Path, table: str) -> list[str]:
     with sqlite3.connect(path) as conn:
         return [r[0] for r in conn.execute("SELECT name FROM pragma_table_info(?)", (table,))]
@@ -78,17 +85,7 @@ def test_every_table_and_value_is_copied_and_the_counts_checked(
 ) -> None:
     source = tmp_path / "district.db"
     written = _fill_every_table(source)
-    moved = controller_cli(
-        "store",
-        "migrate",
-        "--from",
-        f"sqlite:{source}",
-        "--to",
-        pg_url,
-        "--json",
-        "--data-dir",
-        str(tmp_path / "data"),
-    )
+    moved = _migrate(source, pg_url, tmp_path / "data", "--json")
     assert moved.code == 0, moved.err
     report = json.loads(moved.out)
     assert report["tables"] == {table: ROWS for table in written}
@@ -126,16 +123,7 @@ def test_the_moved_store_serves_on_and_assigns_new_keys_after_the_copied_ones(
         before = stores.people.list_audit(AuditQuery())
     finally:
         stores.close()
-    moved = controller_cli(
-        "store",
-        "migrate",
-        "--from",
-        f"sqlite:{source}",
-        "--to",
-        pg_url,
-        "--data-dir",
-        str(tmp_path / "data"),
-    )
+    moved = _migrate(source, pg_url, tmp_path / "data")
     assert moved.code == 0, moved.err
     assert moved.out.splitlines()[-1].startswith(
         f"copied 5 rows in {len(_columns_of_all(source))} tables from {source} to "
@@ -219,16 +207,7 @@ def test_a_running_controllers_folder_is_refused(tmp_path: Path, pg_url: str) ->
     data.mkdir()
     held = data_lock.hold(data)  # as a serving controller holds it
     try:
-        done = controller_cli(
-            "store",
-            "migrate",
-            "--from",
-            f"sqlite:{source}",
-            "--to",
-            pg_url,
-            "--data-dir",
-            str(data),
-        )
+        done = _migrate(source, pg_url, data)
     finally:
         os.close(held)
     assert done.code == 2
@@ -259,16 +238,7 @@ def test_a_hostile_source_file_is_refused_before_any_of_its_names_is_read(
     _fill_every_table(source)
     with sqlite3.connect(source) as conn:
         conn.execute(ddl)
-    done = controller_cli(
-        "store",
-        "migrate",
-        "--from",
-        f"sqlite:{source}",
-        "--to",
-        pg_url,
-        "--data-dir",
-        str(tmp_path / "data"),
-    )
+    done = _migrate(source, pg_url, tmp_path / "data")
     assert (done.code, done.out) == (2, "")
     assert done.err.count("\n") == 1, done.err
     assert done.err.startswith(f"schoolfleet-controller: database {describe(pg_url)}: table ")
