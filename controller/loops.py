@@ -12,9 +12,11 @@ nobody notices until a restart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
@@ -95,3 +97,19 @@ class Retry:
                 "loop recovered loop=%s%s after_failures=%d", self._loop, self._what, self.in_a_row
             )
         self.in_a_row = 0
+
+    async def one_pass(
+        self, work: Callable[[], Awaitable[object]], wake: asyncio.Event, every: float
+    ) -> None:
+        """One pass of a loop that watches: ``work``, then a wait of ``every`` seconds
+        (the backoff's after a failure) that ``wake`` cuts short. ``wake`` is cleared
+        before the work, so that what sets it meanwhile is seen at once."""
+        wake.clear()
+        try:
+            await work()
+            self.succeeded()
+            wait = every
+        except Exception as exc:
+            wait = self.failed(exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), wait)

@@ -201,15 +201,7 @@ class RolloutEngine:
         retry = Retry("rollout_engine", self._failures, what="watch")
         try:
             while True:
-                self._look_now.clear()
-                try:
-                    await self._look()
-                    retry.succeeded()
-                    wait = WATCH
-                except Exception as exc:
-                    wait = retry.failed(exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._look_now.wait(), wait)
+                await retry.one_pass(self._look, self._look_now, WATCH)
         finally:
             self._driving = False
             await self._driver.stop()

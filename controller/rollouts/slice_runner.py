@@ -125,15 +125,7 @@ class SliceRunner:
         retry = Retry("rollout_slices", self._failures, what="claim")
         try:
             while not self._stopping:
-                self._look.clear()
-                try:
-                    await self._claim_while_room()
-                    retry.succeeded()
-                    wait = LOOK_EVERY
-                except Exception as exc:
-                    wait = retry.failed(exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._look.wait(), wait)
+                await retry.one_pass(self._claim_while_room, self._look, LOOK_EVERY)
         finally:
             await self._stop_runs()
 
