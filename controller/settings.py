@@ -136,7 +136,7 @@ class ControllerSettings:
     # host for all its tasks; docs/benchmarks.md has what it gains) or "linear"
     # (Ansible's own).
     rollout_strategy: str = "mitogen"
-    # A wave still running after this many seconds is stopped; its hosts fail.
+    # A slice of a wave still running after this many seconds is stopped; its hosts fail.
     rollout_wave_timeout: float = 3600.0
     # How long a batch of `forks` hosts is expected to take before a wave has been
     # measured: a wave takes only hosts free of lessons for its expected duration.
