@@ -587,6 +587,35 @@ def test_the_holder_dying_mid_wave_its_slice_runs_again_and_the_other_finishes(
     assert any("rollout 1 resumed from the store" in r.getMessage() for r in caplog.records)
 
 
+def test_a_controller_stopping_gives_its_slice_up_to_another_at_once(
+    two_controllers: Run,
+) -> None:
+    async def scenario(holder: Replica, other: Replica, hands: Hands) -> None:
+        hands.hold = {(holder.name, 2), (other.name, 2)}
+        rid = await other.engine.start(SPEC, [NewHost(h, "s1") for h in HOSTS], "it")
+        await until(lambda: len(_slices_of(hands, 2)) == 2, 10, "wave 2's two slices")
+        (given,) = [hosts for hosts, cs in _slices_of(hands, 2).items() if cs == [other.name]]
+        await other.close()  # a clean stop (SIGTERM): its run cut, its claim given up
+        stopped = time.monotonic()
+        assert (other.name, 2) in hands.cancelled
+        assert (
+            other.registry.get_sample_value("schoolfleet_rollout_slices_total", {"result": "lost"})
+            == 1
+        )
+        hands.hold.discard((holder.name, 2))
+        await until(
+            lambda: _slices_of(hands, 2)[given] == [other.name, holder.name],
+            10,
+            "the given-up slice run by the holder",
+        )
+        # Well before the 6 s claim would have expired.
+        assert time.monotonic() - stopped < 3.0
+        record = await stored_until(holder.stores, rid, lambda r: r.state.final, 10)
+        assert (record.state, record.reason) == (RolloutState.DONE, DONE_5)
+
+    two_controllers(scenario, LeaseTiming(ttl=6.0, renew_every=0.5, margin=0.5))
+
+
 def test_a_claim_lost_to_another_controller_stores_nothing(both_stores: Stores) -> None:
     store = both_stores
     rid = store.rollouts.create_rollout(

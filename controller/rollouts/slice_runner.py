@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import threading
@@ -45,6 +46,15 @@ log = logging.getLogger(__name__)
 LOOK_EVERY = 3.0
 # How long stopping waits for a slice's cancelled ansible process.
 CANCEL_WAIT = 30.0
+
+
+class _Kept(enum.Enum):
+    """What became of a slice's claim while it ran."""
+
+    KEPT = "kept"
+    LOST = "lost"
+    # Released as this controller stopped.
+    GIVEN_UP = "given up"
 
 
 class WaveWorker(Protocol):
@@ -194,7 +204,10 @@ class SliceRunner:
                 len(claim.hosts),
             )
         record = await self._off(self._rollouts.get_rollout, rid)
-        if record is None:
+        if record is None or record.state.final:
+            # Ended as it was claimed: nothing runs, and its hosts stay as the end
+            # left them.
+            await self._off(self._slices.finish_slice, claim, [], self._now())
             return
         ids = [device_id for device_id, _ in claim.hosts]
         found = await self._off(self._devices_by_id, ids, self._now())
@@ -213,8 +226,8 @@ class SliceRunner:
         }
         strategy = record.spec.strategy or self._runner.strategy
         log.info("%s started hosts=%d strategy=%s by=%s", what, len(ids), strategy, self._holder)
-        kept = True
-        if reachable and not record.state.final:
+        kept = _Kept.KEPT
+        if reachable:
             self._masters = self._masters or strategy == "linear"
             name = _fresh(self._settings.work_dir / str(rid), f"wave-{wave}-slice-{n}")
             job = WaveJob(
@@ -233,9 +246,12 @@ class SliceRunner:
                 if device_id in results:
                     school = results[device_id].school_id
                     results[device_id] = replace(result, wave=wave, school_id=school)
-        if not kept:
+        if kept is not _Kept.KEPT:
             self._metrics.slice_done("lost")
-            log.warning("%s: the claim was lost; its results are left to the next claimer", what)
+            if kept is _Kept.GIVEN_UP:
+                log.info("%s: given up as this controller stops; another runs it", what)
+            else:
+                log.warning("%s: its claim was lost; the next claimer's results count", what)
             return
         final = list(results.values())
         stored = await self._off(self._slices.finish_slice, claim, final, self._now())
@@ -253,13 +269,13 @@ class SliceRunner:
 
     async def _run_kept(
         self, claim: SliceClaim, job: WaveJob, cancel: threading.Event, log_path: Path
-    ) -> tuple[WaveRun, bool]:
+    ) -> tuple[WaveRun, _Kept]:
         """Runs the job in a worker while renewing the claim; the run and whether the
-        claim was kept throughout."""
+        claim was kept throughout, lost, or given up as this controller stops."""
         loop = asyncio.get_running_loop()
         worker = self._idle.pop() if self._idle else self._new_worker(self._runner.os_user)
         running = loop.run_in_executor(self._jobs, worker.run, job, cancel, log_path)
-        kept = True
+        kept = _Kept.KEPT
         ttl, renew = self._settings.claim_ttl, self._settings.claim_renew
         # The claim counts as held until the last successful renewal's start plus its
         # length less a margin: this controller's clock only ever stops a run early.
@@ -282,7 +298,7 @@ class SliceRunner:
                     if renewal is Renewal.HELD:
                         held_until = asked + ttl - renew
                 if renewal is not Renewal.HELD:
-                    kept = renewal is Renewal.ENDED
+                    kept = _Kept.KEPT if renewal is Renewal.ENDED else _Kept.LOST
                     cancel.set()
             run: WaveRun = await running
         except BaseException:
@@ -293,11 +309,11 @@ class SliceRunner:
             await loop.run_in_executor(None, worker.close, 0.0)
         else:
             self._idle.append(worker)
-        if kept and cancel.is_set() and self._stopping:
+        if kept is _Kept.KEPT and cancel.is_set() and self._stopping:
             # Stopped by this controller's stopping: the slice is not finished. Given
             # up at once, so that another controller runs it without waiting.
             await self._off(self._slices.release_slice, claim)
-            kept = False
+            kept = _Kept.GIVEN_UP
         return run, kept
 
 
