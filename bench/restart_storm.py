@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -163,15 +164,30 @@ def _start_workers(
 def start_worker(
     controller: Controller, devices: Path, events: Events, stderr: TextIO | None = None
 ) -> subprocess.Popen[str]:
-    """A bench.storm_devices process for the devices in ``devices`` (JSON rows); its
-    lines go to ``events``."""
+    """A bench.storm_devices process for the devices in ``devices`` (JSON rows), on the
+    controller's port; its lines go to ``events``."""
+    ca = controller.workdir / "data/pki/ca.crt"
+    return spawn_worker(controller.address, ca, devices, events.take, stderr)
+
+
+def spawn_worker(
+    address: str,
+    ca: Path,
+    devices: Path,
+    take: Callable[[str], None],
+    stderr: TextIO | None = None,
+) -> subprocess.Popen[str]:
+    """A bench.storm_devices process for the devices in ``devices`` (JSON rows), reaching
+    ``address`` (a controller, or a balancer in front of several) with the CA's
+    certificate ``ca``; each line it prints goes to ``take``, from a thread named
+    ``pump-PID``. End it with ``end_worker``."""
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "bench.storm_devices",
-            f"--address={controller.address}",
-            f"--ca={controller.workdir / 'data/pki/ca.crt'}",
+            f"--address={address}",
+            f"--ca={ca}",
             f"--devices={devices}",
             f"--school={SCHOOL}",
         ],
@@ -181,14 +197,40 @@ def start_worker(
         text=True,
         cwd=ROOT,
     )
-    threading.Thread(target=_pump, args=(proc, events), daemon=True).start()
+    threading.Thread(target=_pump, args=(proc, take), name=f"pump-{proc.pid}", daemon=True).start()
     return proc
 
 
-def _pump(proc: subprocess.Popen[str], events: Events) -> None:
+def _pump(proc: subprocess.Popen[str], take: Callable[[str], None]) -> None:
     assert proc.stdout is not None
-    for line in proc.stdout:
-        events.take(line)
+    with proc.stdout:
+        for line in proc.stdout:
+            take(line)
+
+
+def end_worker(worker: subprocess.Popen[str]) -> None:
+    """End of input stops the worker (it prints its acks first); killed if it hangs.
+    Returns once its every line was taken."""
+    if worker.poll() is None and worker.stdin is not None and not worker.stdin.closed:
+        worker.stdin.close()
+    try:
+        worker.wait(60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait(5)
+    for thread in threading.enumerate():
+        if thread.name == f"pump-{worker.pid}":
+            thread.join(10)
+
+
+def unstored(acked: dict[str, int], stored: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """The devices whose highest acked heartbeat is beyond what the store holds for them
+    (its ``last_seq``): device -> (acked, stored). Empty: nothing acked was lost."""
+    return {
+        device: (seq, stored.get(device, 0))
+        for device, seq in acked.items()
+        if stored.get(device, 0) < seq
+    }
 
 
 def _listening(port: int, within: float) -> float:
@@ -322,8 +364,8 @@ def _acked_stored(
         worker.stdin.close()
     for worker in workers:
         worker.wait(60)
-    stored = store_rows(controller.database)
-    short = [d for d, seq in events.acked.items() if stored.get(d, (0, 0))[0] < seq]
+    stored = {device: seq for device, (seq, _) in store_rows(controller.database).items()}
+    short = unstored(events.acked, stored)
     if short or not events.acked:
         return f"NO: {len(short)} devices short"
     return f"yes ({len(events.acked):,} devices' acks checked)"

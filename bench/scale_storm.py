@@ -25,7 +25,6 @@ import logging
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,8 +35,8 @@ from pathlib import Path
 import psycopg
 
 from bench.observe import scrape
-from bench.procs import ROOT, RunFailed, Target, stop_process
-from bench.restart_storm import enroll_all
+from bench.procs import RunFailed, Target, stop_process
+from bench.restart_storm import SCHOOL, end_worker, enroll_all, spawn_worker, unstored
 from bench.scale_pg import BenchPg
 from bench.scale_procs import enroll_port, kill, start_replica
 from common.secret_hash import hash_secret
@@ -48,7 +47,6 @@ from tests.procs import init_controller_ca
 
 log = logging.getLogger("bench")
 
-SCHOOL = "storm"
 DISPATCHER = "lesson-dispatcher"
 # The production defaults a storm runs with: 30 s heartbeats, mutual TLS.
 SETTINGS = {"agent_tls": "true", "enroll_listen": "127.0.0.1:0", "heartbeat_interval": "30"}
@@ -68,12 +66,18 @@ class StormLog:
         default_factory=lambda: collections.defaultdict(list)
     )
     acked: dict[str, int] = field(default_factory=dict)
+    # Welcomes naming a stored sequence below the device's highest ack so far: an acked
+    # heartbeat lost, seen when the device comes back (its later acks would hide it):
+    # (device, acked, stored).
+    behind: list[tuple[int, int, int]] = field(default_factory=list)
 
     def take(self, line: str) -> None:
         record = json.loads(line)
         with self.lock:
             if record["e"] == "w":
                 self.welcomes[record["d"]].append(record["t"])
+                if record["s"] < record["a"]:
+                    self.behind.append((record["d"], record["a"], record["s"]))
             elif record["e"] == "f":
                 what = f"hint={record['h']}" if record["h"] else str(record["x"])[:70]
                 self.ends[record["d"]].append((record["t"], record["p"], record["c"], what))
@@ -162,16 +166,11 @@ def _mint(url: str, devices: int) -> str:
     return secret
 
 
-def _stored_seqs(url: str) -> dict[str, int]:
+def stored_seqs(url: str) -> dict[str, int]:
+    """Each device's highest stored heartbeat (``last_seq``) in the PostgreSQL store."""
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute("SELECT device_id, last_seq FROM devices").fetchall()
     return {str(r[0]): int(r[1]) for r in rows}
-
-
-def _pump(proc: subprocess.Popen[str], events: StormLog) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        events.take(line)
 
 
 @dataclass
@@ -230,7 +229,7 @@ class Storm:
             await asyncio.to_thread(lb.start)
             stack.callback(lb.stop)
             worker = self._worker(folder, lb.address, events)
-            stack.callback(_end_worker, worker)
+            stack.callback(end_worker, worker)
             await _wait(lambda: events.connected(self.devices), CONNECT_SECONDS, "first streams")
             await asyncio.sleep(5.0)
             pages = await asyncio.gather(*(scrape(t.metrics_port) for t in targets))
@@ -274,45 +273,14 @@ class Storm:
 
     def _worker(self, folder: Path, address: str, events: StormLog) -> subprocess.Popen[str]:
         with (folder / "devices.log").open("w") as stderr:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.storm_devices",
-                    f"--address={address}",
-                    f"--ca={self.ca_file}",
-                    f"--devices={self.rows_file}",
-                    f"--school={SCHOOL}",
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                cwd=ROOT,
-            )
-        threading.Thread(target=_pump, args=(proc, events), daemon=True).start()
-        return proc
+            return spawn_worker(address, self.ca_file, self.rows_file, events.take, stderr)
 
     def _acked_stored(self, worker: subprocess.Popen[str], events: StormLog) -> tuple[bool, int]:
         """Stops the devices; whether every heartbeat acked to one is in the store."""
-        _end_worker(worker)
-        deadline = time.monotonic() + 10
-        while len(events.acked) < self.devices and time.monotonic() < deadline:
-            time.sleep(0.1)
-        stored = _stored_seqs(self.url)
-        short = [d for d, seq in events.acked.items() if stored.get(d, 0) < seq]
-        return not short and len(events.acked) == self.devices, len(events.acked)
-
-
-def _end_worker(worker: subprocess.Popen[str]) -> None:
-    """End of input stops the worker (it prints its acks first); killed if it hangs."""
-    if worker.poll() is None and worker.stdin is not None and not worker.stdin.closed:
-        worker.stdin.close()
-    try:
-        worker.wait(60)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait(5)
+        end_worker(worker)
+        short = unstored(events.acked, stored_seqs(self.url))
+        whole = not short and not events.behind and len(events.acked) == self.devices
+        return whole, len(events.acked)
 
 
 async def _lease_taken(survivors: list[Target]) -> float:

@@ -8,9 +8,10 @@ after a restart hint, as agent/link.py does). After each Welcome it sends a
 heartbeat at once, like the agent, then one every interval the Welcome names, and
 counts its acks.
 
-Prints one JSON line per event: ``{"e": "w", ...}`` a Welcome, ``{"e": "f", ...}`` an
-attempt that ended (before or after its Welcome) with its status and whether the
-controller gave a retry hint. End of stdin stops it: it prints ``{"e": "acked",
+Prints one JSON line per event: ``{"e": "w", ...}`` a Welcome (with the last sequence
+number it says is stored and the highest acked to the device before it), ``{"e": "f",
+...}`` an attempt that ended (before or after its Welcome) with its status and whether
+the controller gave a retry hint. End of stdin stops it: it prints ``{"e": "acked",
 ...}``, the highest acked sequence per device, and exits.
 """
 
@@ -113,7 +114,10 @@ async def _stream(address: str, device: Device, wait_for_ready: bool) -> None:
             raise EOFError("stream ended without a Welcome")
         device.up = asyncio.get_running_loop().time()
         device.spread = welcome.welcome.reconnect_spread_ms / 1000
-        _emit({"e": "w", "d": device.index, "t": time.time()})
+        # What the store held for it, and what it was acked before: the first never
+        # below the second, or an acked heartbeat was lost.
+        stored, acked = welcome.welcome.last_stored_seq, device.acked
+        _emit({"e": "w", "d": device.index, "t": time.time(), "s": stored, "a": acked})
         interval = float(welcome.welcome.heartbeat_interval_seconds or 30)
         beats = asyncio.create_task(_beat(call, welcome.welcome.last_stored_seq + 1, interval))
         try:
