@@ -1,16 +1,21 @@
 """Controller replicas for tests: several `schoolfleet-controller serve` on one
-PostgreSQL database, one central-ops user made by the first, HAProxy in front."""
+PostgreSQL database, one central-ops user made by the first, HAProxy in front.
+
+A lab city by default (plaintext streams, one balancer); with ``tls`` as a city runs
+it: one CA made once and copied to every replica (docs/security.md), agents on mutual
+TLS through one balancer, enrollment and schoolctl (TLS) through another."""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.haproxy import HaProxy
-from tests.procs import Controller, schoolctl
+from tests.procs import Controller, Result, init_controller_ca, schoolctl
 
 
 @dataclass
@@ -19,13 +24,27 @@ class City:
 
     replicas: list[Controller]
     lb: HaProxy
+    # With mutual TLS: the balancer for enrollment and schoolctl, and the CA's certificate.
+    public: HaProxy | None = None
+    ca_cert: Path | None = None
 
     @property
     def token(self) -> str:
         return self.replicas[0].admin_token
 
-    def ctl(self, *args: str, timeout: float = 30) -> Any:
-        return schoolctl(self.lb.address, *args, token=self.token, timeout=timeout)
+    def ctl(self, *args: str, timeout: float = 30) -> Result:
+        public = self.lb if self.public is None else self.public
+        return self.ctl_at(public.address, *args, timeout=timeout)
+
+    def ctl_at(self, address: str, *args: str, timeout: float = 30) -> Result:
+        """schoolctl as central ops at ``address``: the balancer, or one replica's
+        (``schoolctl_address``)."""
+        tls = () if self.ca_cert is None else ("--ca-cert", str(self.ca_cert))
+        return schoolctl(address, *tls, *args, token=self.token, timeout=timeout)
+
+    def schoolctl_address(self, replica: Controller) -> str:
+        """Where schoolctl reaches this replica: its enrollment port with TLS."""
+        return replica.address if self.ca_cert is None else f"127.0.0.1:{replica.enroll_port}"
 
     def devices(self) -> dict[str, dict[str, Any]]:
         done = self.ctl("devices", "list", "--json")
@@ -38,20 +57,42 @@ class City:
 
 
 @contextlib.contextmanager
-def city(tmp: Path, url: str, env: dict[str, str], count: int = 3) -> Iterator[City]:
-    """``count`` replicas on the store at ``url`` behind HAProxy; all stopped after."""
+def city(
+    tmp: Path, url: str, env: dict[str, str], count: int = 3, *, tls: bool = False
+) -> Iterator[City]:
+    """``count`` replicas on the store at ``url`` behind HAProxy; all stopped after.
+    ``tls``: agents on mutual TLS, enrollment and schoolctl through a second balancer."""
     started: list[Controller] = []
-    lb: HaProxy | None = None
+    balancers: list[HaProxy] = []
+    ca = tmp / "ca"
+    if tls:
+        init_controller_ca(ca)
+        env = {
+            **env,
+            "SCHOOLFLEET_CONTROLLER_AGENT_TLS": "true",
+            "SCHOOLFLEET_CONTROLLER_ENROLL_LISTEN": "127.0.0.1:0",
+        }
     try:
         for n in range(1, count + 1):
             token = started[0].admin_token if started else ""
             c = Controller(tmp / f"c{n}", env=env, database_url=url, admin_token=token)
             c.workdir.mkdir()
+            if tls:
+                shutil.copytree(ca, c.workdir / "data")
             started.append(c.start())
-        lb = HaProxy(tmp, [("127.0.0.1", r.grpc_port) for r in started]).start()
-        yield City(started, lb)
+        # Listed before each starts: one that fails to come up is stopped by its pid too.
+        lb = HaProxy(tmp, [("127.0.0.1", r.grpc_port) for r in started])
+        balancers.append(lb)
+        lb.start()
+        public: HaProxy | None = None
+        if tls:
+            (tmp / "public").mkdir()
+            public = HaProxy(tmp / "public", [("127.0.0.1", r.enroll_port) for r in started])
+            balancers.append(public)
+            public.start()
+        yield City(started, lb, public, ca / "pki" / "ca.crt" if tls else None)
     finally:
-        if lb is not None:
-            lb.stop()
+        for balancer in balancers:
+            balancer.stop()
         for c in started:
             c.stop()
