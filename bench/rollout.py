@@ -15,7 +15,7 @@ that rotates from run to run (to spread the machine's drift):
   explicit);
 - the engine, one wave of every host (``schoolctl rollout start --canary 100%
   --wave-size 100%``), timed from ``rollout start`` returning to the rollout's end as
-  the controller stored it (its wave worker's end is watched, which costs the
+  the controller stored it (its log is watched for the end, which costs the
   controller nothing);
 - the engine in waves (``--canary 1 --wave-size 10%``, the defaults);
 - the last three with Ansible's strategy ``linear`` and again with Mitogen for Ansible
@@ -27,9 +27,10 @@ The engine's variants pass ``--include-offline``: the agents stop once the hosts
 registered. Every run starts cold: the ssh masters a run leaves are stopped before the next.
 
 CPU: the controller side is ansible-playbook and everything under it (wait4's rusage;
-for the engine the controller process's own and its children's times) plus the ssh
-masters (read before they stop: nobody waits for them); the host side is every sshd's
-own and its children's times once their sessions have ended.
+for the engine the controller's whole process tree from /proc, its wave workers kept
+alive between slices included) plus the ssh masters (read before they stop: nobody
+waits for them); the host side is every sshd's own and its children's times once
+their sessions have ended.
 
 Progress goes to stderr; a markdown block for docs/benchmarks.md goes to stdout.
 Run as root from the repository: ``.venv/bin/python bench/rollout.py``.
@@ -65,10 +66,7 @@ from bench.rollout_lab import (
     PLAIN_DEFAULTS,
     PLAIN_ENGINE,
     PLAIN_MITOGEN,
-    PLAYBOOK,
     PLAYBOOK_NAME,
-    PLAYBOOK_VARS,
-    SCHOOL,
     TASKS,
     VARIANTS,
     WAVES,
@@ -78,11 +76,12 @@ from bench.rollout_lab import (
     Variant,
     run_variant,
 )
+from bench.rollout_setup import register, rollout_env, write_playbooks
 from bench.run import median
 from controller.rollouts.runner import default_forks
 from tests.ansible_user import ansible_work_dir, ensure_ansible_user
-from tests.procs import Agent, Controller, schoolctl, wait_until
-from tests.ssh_hosts import SshHost, ssh_hosts
+from tests.procs import Controller
+from tests.ssh_hosts import ssh_hosts
 
 log = logging.getLogger("bench")
 
@@ -349,12 +348,7 @@ def open_lab(count: int) -> Iterator[Lab]:
         ensure_ansible_user()
         ansible_dir = stack.enter_context(ansible_work_dir())
         work.chmod(0o755)
-        playbooks = work / "playbooks"
-        playbooks.mkdir(mode=0o755)
-        (playbooks / PLAYBOOK_NAME).write_text(PLAYBOOK)
-        (playbooks / PLAYBOOK_NAME).chmod(0o644)
-        (playbooks / "bench.vars.yml").write_text(PLAYBOOK_VARS)
-        (playbooks / "bench.vars.yml").chmod(0o644)
+        playbooks = write_playbooks(work)
         log.info("starting %d ssh hosts", count)
         hosts = stack.enter_context(ssh_hosts(count))
         controller = Controller(
@@ -362,49 +356,13 @@ def open_lab(count: int) -> Iterator[Lab]:
             host=hosts[0].gateway,
             env={
                 "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(work / "data"),
-                "SCHOOLFLEET_CONTROLLER_PLAYBOOKS_DIR": str(playbooks),
-                "SCHOOLFLEET_CONTROLLER_ROLLOUT_WORK_DIR": str(ansible_dir),
-                "SCHOOLFLEET_CONTROLLER_ROLLOUT_SSH_KEY": str(hosts[0].key_file),
-                "SCHOOLFLEET_CONTROLLER_ROLLOUT_KNOWN_HOSTS": str(hosts[0].known_hosts),
+                **rollout_env(playbooks, ansible_dir, hosts[0]),
             },
         )
         stack.callback(controller.stop)
         controller.start()
-        _register(work, controller, hosts, stack)
+        register(work, controller, hosts, stack)
         yield Lab(work, hosts, controller, playbooks / PLAYBOOK_NAME, ansible_dir)
-
-
-def _register(
-    work: Path, controller: Controller, hosts: list[SshHost], stack: contextlib.ExitStack
-) -> None:
-    """One agent per host until the registry has every address; then the agents stop."""
-    log.info("registering %d hosts through their agents", len(hosts))
-    agents = []
-    for i, host in enumerate(hosts):
-        agent = Agent(
-            work,
-            host.name,
-            "panel",
-            SCHOOL,
-            f"r{i}",
-            f"{host.gateway}:{controller.grpc_port}",
-            extra={"heartbeat_interval": 30},
-            netns=host.namespace,
-        )
-        stack.callback(agent.stop)
-        agents.append(agent.start())
-    wanted = {h.name: h.address for h in hosts}
-
-    def registered() -> bool:
-        done = schoolctl(controller.address, "devices", "list", "--json")
-        if done.code != 0:
-            return False
-        known = {d["device_id"]: d.get("address") for d in done.json()}
-        return all(known.get(name) == address for name, address in wanted.items())
-
-    wait_until(registered, 300, "every host registered with its address", step=2)
-    for agent in agents:
-        agent.stop()
 
 
 def benchmark(args: argparse.Namespace) -> list[RunResult]:

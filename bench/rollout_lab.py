@@ -28,6 +28,7 @@ import psutil
 
 from bench.observe import machine_busy_seconds
 from bench.procs import RunFailed
+from bench.scale_pg import read_stats, subtree_cpu
 from controller.rollouts.runner import (
     RunnerSettings,
     ansible_env,
@@ -35,6 +36,7 @@ from controller.rollouts.runner import (
     inventory_vars,
     with_vars,
 )
+from inventory.rollouts import RolloutState
 from tests.procs import Controller, schoolctl, wait_until
 from tests.ssh_hosts import SshHost
 
@@ -68,7 +70,6 @@ _RUN_TIMEOUT = 900.0
 _RECAP = re.compile(
     r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
 )
-_FINISHED = "schoolfleet_rollouts_finished_total"
 _WAVES = "schoolfleet_rollout_wave_duration_seconds"
 
 
@@ -238,7 +239,7 @@ def _run_plain(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
             busy_cpu=machine_busy_seconds() - busy0,
             busy_seconds=time.monotonic() - window,
             hosts_ok=ok,
-            markers=_markers(lab.hosts, marker),
+            markers=markers(lab.hosts, marker),
             error=error,
         )
     finally:
@@ -278,8 +279,8 @@ def _timed(
 def _run_engine(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
     controller = lab.controller
     assert controller.proc is not None
-    proc = psutil.Process(controller.proc.pid)
-    cpu_start = _tree_cpu(proc)
+    pid = controller.proc.pid
+    cpu_start = _controller_cpu(pid)
     asked = time.monotonic()
     args = ["rollout", "start", PLAYBOOK_NAME, "--select", f"school={SCHOOL}", *variant.options]
     args += ["--strategy", variant.strategy]
@@ -290,13 +291,10 @@ def _run_engine(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
         raise RunFailed(f"schoolctl rollout start: exit {started.code}: {started.err.strip()}")
     rollout_id = int(started.json()["rollout_id"])
     busy0, sshd0, window = machine_busy_seconds(), sshd_cpu(lab.hosts), time.monotonic()
-    cpu0, before = _tree_cpu(proc), controller.metrics()
+    cpu0, before = _controller_cpu(pid), controller.metrics()
 
-    _wait_ended(proc, controller, before, rollout_id)
-    # The rollout's wave worker ends just after the rollout: its CPU (and its zygote's
-    # and every ansible-playbook's) reaches the controller's children's times then.
-    wait_until(lambda: not _workers(proc), 60, "the rollout's wave worker to end", step=0.05)
-    cpu1 = _tree_cpu(proc)
+    _wait_ended(controller, rollout_id)
+    cpu1 = _controller_cpu(pid)
     after = controller.metrics()
     status = schoolctl(controller.address, "rollout", "status", str(rollout_id), "--json")
     info: dict[str, Any] = status.json() if status.out.strip() else {}
@@ -332,7 +330,7 @@ def _run_engine(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
         busy_cpu=machine_busy_seconds() - busy0,
         busy_seconds=time.monotonic() - window,
         hosts_ok=int(counts.get("ok", 0)) + int(counts.get("changed", 0)),
-        markers=_markers(lab.hosts, marker),
+        markers=markers(lab.hosts, marker),
         waves=int(after.get(f"{_WAVES}_count", 0) - before.get(f"{_WAVES}_count", 0)),
         waves_seconds=after.get(f"{_WAVES}_sum", 0) - before.get(f"{_WAVES}_sum", 0),
         start_seconds=begun - asked,
@@ -343,45 +341,25 @@ def _run_engine(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
     )
 
 
-def _wait_ended(
-    proc: psutil.Process, controller: Controller, before: dict[str, float], rollout_id: int
-) -> None:
-    """Until the rollout has ended: its wave worker ends with it. Watching the worker
-    costs the controller nothing; reading /metrics every 0.2 s cost it 5-8 ms a scrape,
-    which its CPU figure would count. /metrics is read every 2 s only while no worker
-    was seen (not started yet, or the rollout already over)."""
+def _wait_ended(controller: Controller, rollout_id: int) -> None:
+    """Until the controller's log says the rollout ended ("rollout N done: ..."). Reading
+    its log costs the controller nothing; reading /metrics every 0.2 s cost it 5-8 ms a
+    scrape, which its CPU figure would count. (The end of its wave worker no longer
+    tells: a slice runner keeps its worker for the next slice.)"""
+    finals = "|".join(state.value for state in RolloutState if state.final)
+    ended = re.compile(rf"rollout {rollout_id} ({finals}): ")
     deadline = time.monotonic() + _RUN_TIMEOUT
-    seen, asked = False, time.monotonic()
     while time.monotonic() < deadline:
-        if _workers(proc):
-            seen = True
-        elif seen:
+        if ended.search(controller.log_text()):
             return
-        elif time.monotonic() - asked > 2:
-            asked = time.monotonic()
-            if _finished(controller.metrics()) > _finished(before):
-                return
         time.sleep(0.05)
     raise RunFailed(f"rollout {rollout_id} did not end in {_RUN_TIMEOUT:g}s")
 
 
-def _workers(proc: psutil.Process) -> list[psutil.Process]:
-    """The controller's wave workers, counting one that has ended but is not reaped yet
-    (a zombie: its CPU reaches the controller's children's times only once reaped)."""
-    found = []
-    for child in proc.children():
-        try:
-            if "controller.rollouts.wave_worker" in child.cmdline():
-                found.append(child)
-        except psutil.ZombieProcess:
-            found.append(child)
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-def _finished(samples: dict[str, float]) -> float:
-    return sum(v for k, v in samples.items() if k.startswith(_FINISHED + "{"))
+def _controller_cpu(pid: int) -> float:
+    """The controller's whole process tree, its wave workers kept alive between slices
+    (and their zygotes, Ansible, Mitogen's multiplexers) included."""
+    return subtree_cpu(pid, read_stats())
 
 
 def _engine_control_dirs(lab: Lab, rollout_id: int) -> set[Path]:
@@ -450,7 +428,7 @@ def _settle(lab: Lab, control_dirs: set[Path]) -> tuple[float, int]:
     return cpu, count
 
 
-def _markers(hosts: list[SshHost], marker: str) -> int:
+def markers(hosts: list[SshHost], marker: str) -> int:
     return sum(1 for h in hosts if h.read_file("/etc/schoolfleet/marker") == f"{marker}\n")
 
 

@@ -17,18 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
 
+from bench.restart_storm import load_average
 from controller.store.pg_database import PgDatabase
 from tests.pg_cluster import Cluster, PgServer, throwaway_cluster
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TEMPLATE = "sf_scale_template"
+T = TypeVar("T")
 # What a city's server keeps on; the test cluster turns them off for speed.
 DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 
@@ -70,6 +74,23 @@ def tree_cpu(root: int, stats: list[ProcStat]) -> float:
             total += stat.own + stat.children
         elif stat.ppid == root:
             total += stat.own
+    return total
+
+
+def subtree_cpu(root: int, stats: list[ProcStat]) -> float:
+    """CPU seconds of ``root`` and every process under it, however deep (a controller,
+    its wave workers, their zygotes, Ansible and ssh): each live one's own time and the
+    time of the children it has waited for. As with ``tree_cpu``, a process that exits
+    and is waited for between two readings moves its time to its parent's account and
+    is counted once; one whose parent dies first (re-parented) is lost to the tree."""
+    under: dict[int, list[ProcStat]] = {}
+    for stat in stats:
+        under.setdefault(stat.ppid, []).append(stat)
+    total, todo = 0.0, [s for s in stats if s.pid == root]
+    while todo:
+        stat = todo.pop()
+        total += stat.own + stat.children
+        todo += under.get(stat.pid, [])
     return total
 
 
@@ -175,3 +196,18 @@ def bench_server(durable: bool = True) -> Iterator[BenchPg]:
         # Migrated once; CREATE DATABASE ... TEMPLATE needs nobody connected to it.
         PgDatabase(cluster.url(TEMPLATE)).close()
         yield BenchPg(cluster, PgServer(admin, cluster.url, TEMPLATE), durable)
+
+
+def on_bench_server(durable: bool, body: Callable[[BenchPg], T]) -> tuple[T, dict[str, str]]:
+    """Runs ``body`` on a fresh ``bench_server``; what it returned, and for the record
+    PostgreSQL's version, the load average before and after, and the minutes it took."""
+    started, load_before = time.monotonic(), load_average()
+    with bench_server(durable) as pg:
+        version = pg.version()
+        found = body(pg)
+    return found, {
+        "pg_version": version,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "minutes": f"{(time.monotonic() - started) / 60:.1f}",
+    }
