@@ -198,12 +198,16 @@ def _fleet(count: int, work: Path, private_dirs: Sequence[str] = PRIVATE_DIRS) -
 
 def _on_host(host: SshHost, *argv: str) -> str:
     """Runs ``argv`` in the host's view of the file system (its sshd's mount namespace)."""
+    # The host is another machine: a PYTHONPATH this run has (a checkout's tree) would
+    # make its Pythons import our code from there instead of what the host installed.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         ["nsenter", "--target", str(host.pid), "--mount", "--", *argv],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
+        env=env,
     )
     assert done.returncode == 0, f"{argv} on {host.name}: {done.stderr}"
     return done.stdout
