@@ -305,7 +305,7 @@ def _run_engine(lab: Lab, variant: Variant, run: int, marker: str) -> RunResult:
         if finished
         else time.monotonic() - begun
     )
-    masters, stopped = _settle(lab, _engine_control_dirs(lab, rollout_id))
+    masters, stopped = _settle(lab, engine_control_dirs(lab.ansible_dir, rollout_id))
     counts = info.get("counts", {})
     state = str(info.get("state", ""))
     error = "" if state == "done" else f"rollout {rollout_id} {state}: {info.get('reason', '')}"
@@ -362,11 +362,11 @@ def _controller_cpu(pid: int) -> float:
     return subtree_cpu(pid, read_stats())
 
 
-def _engine_control_dirs(lab: Lab, rollout_id: int) -> set[Path]:
-    """Where the engine's ssh keeps its masters, as ansible-runner recorded the wave's
-    environment (artifacts/run/command)."""
+def engine_control_dirs(ansible_dir: Path, rollout_id: int) -> set[Path]:
+    """Where the engine's ssh keeps its masters, as ansible-runner recorded each slice's
+    environment (artifacts/run/command) in the controller's ``rollout_work_dir``."""
     found = set()
-    for command in (lab.ansible_dir / str(rollout_id)).glob("wave-*/artifacts/*/command"):
+    for command in (ansible_dir / str(rollout_id)).glob("wave-*/artifacts/*/command"):
         env = json.loads(command.read_text()).get("env", {})
         if where := env.get("ANSIBLE_SSH_CONTROL_PATH_DIR"):
             found.add(Path(where))

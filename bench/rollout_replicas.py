@@ -14,9 +14,10 @@ round so the machine's drift falls on both alike. Every controller has
 Per rollout: the wall time from the rollout's creation to its end, both as stored (a
 slice may begin before ``rollout start`` has returned); per controller, the CPU of its
 whole process tree from before ``rollout start`` to the end (from /proc: the
-controller, its wave workers, their zygotes, Ansible and its ssh; the start's syntax
-check is the first controller's), the slices and hosts it ran (its log's "rollout N
-wave W slice S started hosts=H ... by=..." lines; /metrics'
+controller, its wave workers, their zygotes, Ansible and its ssh; with ``--strategy
+linear`` also its ssh masters, read as they are stopped after the rollout; the
+start's syntax check is the first controller's), the slices and hosts it ran (its
+log's "rollout N wave W slice S started hosts=H ... by=..." lines; /metrics'
 ``schoolfleet_rollout_slices_total{result="stored"}``), and how long its slices and
 the other's ran at the same time; the hosts' sshd CPU, the whole machine's busy time
 and the load average. On a machine whose cores the hosts share, the ratio says
@@ -55,7 +56,16 @@ import psycopg
 from bench.observe import machine_busy_seconds
 from bench.procs import RunFailed
 from bench.report import machine, revision
-from bench.rollout_lab import ONE_WAVE, PLAYBOOK_NAME, SCHOOL, TASKS, markers, sshd_cpu
+from bench.rollout_lab import (
+    ONE_WAVE,
+    PLAYBOOK_NAME,
+    SCHOOL,
+    TASKS,
+    engine_control_dirs,
+    markers,
+    sshd_cpu,
+    stop_masters,
+)
 from bench.rollout_setup import register, rollout_env, write_playbooks
 from bench.run import median
 from bench.scale_pg import BenchPg, on_bench_server, read_stats, subtree_cpu
@@ -254,9 +264,10 @@ def run_setup(lab: Lab, args: argparse.Namespace, round_no: int, replicas: int) 
     url = lab.copies.fresh_database()
     try:
         with contextlib.ExitStack() as stack:
-            controllers = []
+            controllers, ansible_dirs = [], []
             for n in range(1, replicas + 1):
                 ansible_dir = stack.enter_context(ansible_work_dir())
+                ansible_dirs.append(ansible_dir)
                 env = rollout_env(lab.playbooks, ansible_dir, lab.hosts[0])
                 env |= {
                     "SCHOOLFLEET_CONTROLLER_ROLLOUT_SLICE_HOSTS": str(args.slice_hosts),
@@ -277,13 +288,18 @@ def run_setup(lab: Lab, args: argparse.Namespace, round_no: int, replicas: int) 
                 "a controller driving rollouts",
                 step=0.5,
             )
-            return _measure(lab, args, round_no, controllers, url)
+            return _measure(lab, args, round_no, controllers, ansible_dirs, url)
     finally:
         lab.copies.drop(url)
 
 
 def _measure(
-    lab: Lab, args: argparse.Namespace, round_no: int, controllers: list[Controller], url: str
+    lab: Lab,
+    args: argparse.Namespace,
+    round_no: int,
+    controllers: list[Controller],
+    ansible_dirs: list[Path],
+    url: str,
 ) -> RoundResult:
     drove = [bool(c.metrics().get(_HELD)) for c in controllers]
     marker = f"r{round_no}-{len(controllers)}-{time.time_ns()}"
@@ -306,11 +322,16 @@ def _measure(
         raise RunFailed(f"schoolctl rollout start: exit {started.code}: {started.err.strip()}")
     rollout_id = int(started.json()["rollout_id"])
     record = _wait_ended(url, rollout_id, begun)
-    # With Mitogen each slice closes its hosts' connections as it ends; their sshd
-    # sessions' CPU is in the sshd's children's times once they have ended.
-    wait_until(lambda: not any(h.session_pids() for h in lab.hosts), 30, "ssh sessions to end")
     stats = read_stats()
     cpu1 = [subtree_cpu(pid, stats) for pid in pids]
+    # With Mitogen each slice closes its hosts' connections as it ends. With linear the
+    # ssh masters (ControlPersist) outlive it, re-parented away from the controller:
+    # their CPU is read as they are stopped and counted as their controller's.
+    for n, ansible_dir in enumerate(ansible_dirs):
+        for control_dir in engine_control_dirs(ansible_dir, rollout_id):
+            cpu1[n] += stop_masters(control_dir)[0]
+    # The sessions' CPU is in their sshd's children's times once they have ended.
+    wait_until(lambda: not any(h.session_pids() for h in lab.hosts), 30, "ssh sessions to end")
     busy, sshd = machine_busy_seconds() - busy0, sshd_cpu(lab.hosts) - sshd0
     busy_seconds = time.monotonic() - window
     figures = []

@@ -4,8 +4,12 @@ the rounds' order, the slice size and the ratio; and the CPU of a process tree."
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from bench.rollout_lab import engine_control_dirs
 from bench.rollout_replicas import (
     ControllerFigures,
     RoundResult,
@@ -139,3 +143,19 @@ def test_a_tree_s_cpu_counts_every_depth_once() -> None:
     # The ansible-playbook exits and the zygote waits for it: counted once still.
     after = [*stats[:2], ProcStat(12, 11, 4.0, 5.25), stats[4]]
     assert subtree_cpu(10, after) == subtree_cpu(10, stats)
+
+
+def test_each_slice_s_ssh_control_folder_is_found_in_its_recorded_environment(
+    tmp_path: Path,
+) -> None:
+    for n, where in ((1, "/srv/cp-a"), (2, "/srv/cp-b"), (3, "/srv/cp-a")):
+        run = tmp_path / "7" / f"wave-1-slice-{n}" / "artifacts" / f"id{n}"
+        run.mkdir(parents=True)
+        env = {"ANSIBLE_SSH_CONTROL_PATH_DIR": where, "ANSIBLE_FORKS": "4"}
+        (run / "command").write_text(json.dumps({"env": env}))
+    # Mitogen's slices record none.
+    other = tmp_path / "7" / "wave-2-slice-1" / "artifacts" / "x"
+    other.mkdir(parents=True)
+    (other / "command").write_text(json.dumps({"env": {}}))
+    assert engine_control_dirs(tmp_path, 7) == {Path("/srv/cp-a"), Path("/srv/cp-b")}
+    assert engine_control_dirs(tmp_path, 8) == set()
