@@ -4,6 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # pytest-timeout's per-test limit, on top of each test's own bounded waits.
 PYTEST_ARGS ?=
+# pytest-xdist's workers: the end-to-end tests mostly wait on sockets, timers and other
+# processes, so two workers on two cores take well under one process's wall time. A
+# module's tests that share a module-scoped fixture stay on one worker (--dist loadgroup,
+# tests/conftest.py). PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST = -n $(PYTEST_WORKERS) --dist loadgroup
 
 .PHONY: help install dev packages demo demo-city demo-stop demo-reset test test-fast lint proto bench clean
 
@@ -62,10 +68,10 @@ demo-reset:
 	@$(PY) demo/demo.py reset
 
 test: packages dev lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-fast: dev
-	$(PY) -m pytest -m 'not e2e' $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) -m 'not e2e' $(PYTEST_ARGS)
 
 lint: dev
 	$(VENV)/bin/ruff check .
