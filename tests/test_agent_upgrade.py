@@ -56,6 +56,7 @@ def _releases(host: SshHost) -> set[str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @needs_root
 def test_a_failed_upgrade_rolls_back_on_the_device_and_stops_the_waves(
     tmp_path: Path, releases: dict[str, Path]

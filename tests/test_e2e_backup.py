@@ -134,6 +134,7 @@ def _serial(database: Path, device_id: str) -> str | None:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_certificate_renewed_after_the_backup_is_taken_back_after_the_restore(
     tmp_path: Path, agents: list[Agent]
 ) -> None:

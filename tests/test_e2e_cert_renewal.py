@@ -111,6 +111,7 @@ def watch(database: Path, device_id: str, seconds: float) -> Watch:
     return Watch(serials, longest, streamless)
 
 
+@pytest.mark.slow
 def test_an_agent_renews_again_and_again_and_stays_online(tmp_path: Path) -> None:
     # 6 s certificates: renewed about every 4 s.
     with controller(tmp_path, lifetime=6) as c:

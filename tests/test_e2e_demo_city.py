@@ -182,6 +182,7 @@ def city() -> Iterator[City]:
         assert leftover == [], f"city demo processes left running: {leftover}"
 
 
+@pytest.mark.slow
 def test_demo_city_twice_lose_a_replica_and_stop(city: City) -> None:
     first = city.make("demo-city")
     assert first.code == 0, first

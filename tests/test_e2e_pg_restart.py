@@ -38,6 +38,7 @@ def _closed(replicas: list[Controller]) -> float:
     )
 
 
+@pytest.mark.slow
 def test_a_database_restart_loses_nothing_and_closes_no_stream(
     tmp_path: Path, agents: list[Agent]
 ) -> None:

@@ -376,6 +376,7 @@ def _exact(prom: Prometheus) -> list[str]:
     return wrong
 
 
+@pytest.mark.slow
 def test_a_scripted_day_is_exact_on_every_panel_and_rule(
     tmp_path: Path, agents: list[Agent]
 ) -> None:

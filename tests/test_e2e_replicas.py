@@ -89,6 +89,7 @@ def _token(town: City, school: str, uses: int) -> str:
     return made.out.strip()
 
 
+@pytest.mark.slow
 def test_losing_a_replica_before_a_lesson_loses_nothing_and_launches_once(
     tmp_path: Path, pg_url: str, agents: list[Agent]
 ) -> None:

@@ -100,6 +100,7 @@ def _cut(log: str) -> int:
     return int(found[-1]) if found else 0
 
 
+@pytest.mark.slow
 def test_sigterm_ends_every_stream_cleanly_and_the_fleet_comes_back_as_told(
     fleet: tuple[Controller, Agent, Events, subprocess.Popen[str]],
 ) -> None:

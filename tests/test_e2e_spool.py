@@ -27,6 +27,7 @@ def _spooled(agent: Agent) -> int:
     return int(counts[-1]) if counts else 0
 
 
+@pytest.mark.slow
 def test_a_cut_link_and_a_power_cut_lose_nothing_and_store_nothing_twice(
     tmp_path: Path, agents: list[Agent]
 ) -> None:

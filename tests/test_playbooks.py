@@ -286,6 +286,7 @@ TOKEN = 'tok-"1"'  # noqa: S105 -- not a secret
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @needs_root
 def test_agent_playbook_installs_the_agent_once(tmp_path: Path, wheelhouse: Path) -> None:
     before = _machine_state()
@@ -337,6 +338,7 @@ FAKE_BROWSER = 'echo "$0" > /var/lib/schoolfleet/shown; exec sleep 600'
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @needs_root
 def test_kiosk_playbook_hands_lessons_to_the_kiosk_session(tmp_path: Path) -> None:
     before = _machine_state()

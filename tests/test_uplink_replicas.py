@@ -260,6 +260,7 @@ E2E_INTERVAL = 5.0
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_three_replicas_behind_haproxy_measure_each_school_once_per_slot(
     tmp_path: Path, pg_url: str, agents: list[Agent]
 ) -> None:
