@@ -10,6 +10,10 @@ once with one controller and once with two, in an order that alternates from rou
 round so the machine's drift falls on both alike. Every controller has
 ``rollout_slots=1`` (one slice at a time, whatever the load) and slices of
 ``--slice-hosts`` hosts (a quarter of the hosts by default: four slices in the wave).
+With ``--host-seconds N`` the playbook has a third task that waits N seconds on each
+host (``sleep N``, as a device on the network that answers slowly), so a rollout is
+bound by its hosts' answers and a controller's slots x forks (``--forks``, every
+controller's ``rollout_forks``) rather than by the cores.
 
 Per rollout: the wall time from the rollout's creation to its end, both as stored (a
 slice may begin before ``rollout start`` has returned); per controller, the CPU of its
@@ -58,6 +62,7 @@ from bench.procs import RunFailed
 from bench.report import machine, revision
 from bench.rollout_lab import (
     ONE_WAVE,
+    PLAYBOOK,
     PLAYBOOK_NAME,
     SCHOOL,
     TASKS,
@@ -139,6 +144,23 @@ def slice_hosts_for(hosts: int, slices: int) -> int:
     return max(1, math.ceil(hosts / max(1, slices)))
 
 
+def playbook(host_seconds: float) -> str:
+    """The benchmark's playbook; with ``host_seconds`` a last task that waits that long
+    on each host (a device's slow answer) and changes nothing."""
+    if not host_seconds:
+        return PLAYBOOK
+    return PLAYBOOK + (
+        "    - name: The device answers slowly\n"
+        f"      ansible.builtin.command: sleep {host_seconds:g}\n"
+        "      changed_when: false\n"
+    )
+
+
+def task_count(host_seconds: float) -> int:
+    """Tasks per host in the playbook ``playbook(host_seconds)``."""
+    return TASKS + (1 if host_seconds else 0)
+
+
 def orders(rounds: int) -> list[tuple[int, ...]]:
     """Each round's setups: one controller first, then two first, and so on."""
     return [SETUPS if n % 2 == 0 else tuple(reversed(SETUPS)) for n in range(rounds)]
@@ -186,6 +208,7 @@ class RoundResult:
     load_after: float
     state: str = ""
     error: str = ""
+    tasks: int = TASKS  # tasks per host in the playbook
 
     @property
     def controller_cpu(self) -> float:
@@ -218,17 +241,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--slice-hosts", type=int, default=0, help="rollout_slice_hosts (0: a quarter of --hosts)"
     )
     p.add_argument("--strategy", choices=("mitogen", "linear"), default="mitogen")
+    p.add_argument(
+        "--host-seconds",
+        type=float,
+        default=0.0,
+        help="a third task waits this long on each host: `sleep N` (0: none)",
+    )
+    p.add_argument(
+        "--forks", type=int, default=0, help="every controller's rollout_forks (0: its default)"
+    )
     p.add_argument("--pg-fast", action="store_true", help="fsync etc. off, as in the tests")
     p.add_argument("--json", type=Path, help="write every round's figures to this file")
     args = p.parse_args(argv)
-    if args.hosts < 2 or args.rounds < 1 or args.slice_hosts < 0:
-        p.error("--hosts must be at least 2, --rounds at least 1, --slice-hosts not negative")
+    if args.hosts < 2 or args.rounds < 1 or min(args.slice_hosts, args.forks) < 0:
+        p.error(
+            "--hosts must be at least 2, --rounds at least 1, "
+            "--slice-hosts and --forks not negative"
+        )
+    if args.host_seconds < 0:
+        p.error("--host-seconds must not be negative")
     args.slice_hosts = args.slice_hosts or slice_hosts_for(args.hosts, 4)
     return args
 
 
 @contextlib.contextmanager
-def open_lab(count: int, pg: BenchPg) -> Iterator[Lab]:
+def open_lab(count: int, pg: BenchPg, host_seconds: float = 0.0) -> Iterator[Lab]:
     """Starts the hosts, registers them with a controller on a fresh database, and
     keeps that database as the rounds' template; removes it all after."""
     with contextlib.ExitStack() as stack:
@@ -238,6 +275,7 @@ def open_lab(count: int, pg: BenchPg) -> Iterator[Lab]:
         ensure_ansible_user()
         work.chmod(0o755)
         playbooks = write_playbooks(work)
+        (playbooks / PLAYBOOK_NAME).write_text(playbook(host_seconds))
         log.info("starting %d ssh hosts", count)
         hosts = stack.enter_context(ssh_hosts(count))
         url = pg.fresh_database()
@@ -273,6 +311,8 @@ def run_setup(lab: Lab, args: argparse.Namespace, round_no: int, replicas: int) 
                     "SCHOOLFLEET_CONTROLLER_ROLLOUT_SLICE_HOSTS": str(args.slice_hosts),
                     "SCHOOLFLEET_CONTROLLER_ROLLOUT_SLOTS": "1",
                 }
+                if args.forks:
+                    env["SCHOOLFLEET_CONTROLLER_ROLLOUT_FORKS"] = str(args.forks)
                 c = Controller(
                     lab.work / f"round{round_no}-{replicas}-c{n}",
                     env=env,
@@ -375,6 +415,7 @@ def _measure(
         load_after=os.getloadavg()[0],
         state=state,
         error=error,
+        tasks=task_count(args.host_seconds),
     )
 
 
@@ -401,7 +442,7 @@ def _wait_ended(url: str, rollout_id: int, begun: float) -> RolloutRecord:
 def benchmark(args: argparse.Namespace, pg: BenchPg) -> list[RoundResult]:
     """The lab once, then every round's setups in its order."""
     results: list[RoundResult] = []
-    with open_lab(args.hosts, pg) as lab:
+    with open_lab(args.hosts, pg, args.host_seconds) as lab:
         for index, order in enumerate(orders(args.rounds), 1):
             for replicas in order:
                 log.info("round %d: %d controller(s)", index, replicas)
@@ -462,7 +503,7 @@ def split(results: Sequence[RoundResult], pick: str, digits: int = 1) -> str:
 
 
 def _per_host_task(r: RoundResult) -> float:
-    return r.controller_cpu / (r.hosts * TASKS)
+    return r.controller_cpu / (r.hosts * r.tasks)
 
 
 def _slice_seconds(r: RoundResult) -> float | None:
@@ -510,7 +551,7 @@ def solved(ones: Sequence[RoundResult], twos: Sequence[RoundResult]) -> str:
     from the medians of the two setups (the same hosts and slices in both)."""
     one = median([r.controller_cpu for r in ones])
     per_controller = median([r.controller_cpu for r in twos]) - one
-    host_tasks = ones[0].hosts * TASKS
+    host_tasks = ones[0].hosts * ones[0].tasks
     per_host_task = (one - per_controller) / host_tasks
     return (
         f"- Solved from the medians, controllers' CPU = k x controllers + h x host-tasks: "
@@ -535,12 +576,18 @@ def record(
         f"average (1 min) {context['load_before']} before, {context['load_after']} after.",
         "",
         f"Code at `{revision()}`; every controller `rollout_slots=1`, "
-        f"`rollout_slice_hosts={args.slice_hosts}`, forks {default_forks()}, strategy "
-        f"{args.strategy}; rollout `{' '.join(ONE_WAVE.options)}`.",
+        f"`rollout_slice_hosts={args.slice_hosts}`, forks {args.forks or default_forks()}, "
+        f"strategy {args.strategy}; rollout `{' '.join(ONE_WAVE.options)}`"
+        + (
+            f"; the playbook's last task waits {args.host_seconds:g} s on each host (`sleep`)."
+            if args.host_seconds
+            else "."
+        ),
         "",
         f"Command (took {context['minutes']} min): `{cmd}`",
         "",
-        f"{args.hosts} hosts, {TASKS} tasks, one wave cut into {slices} slices; "
+        f"{args.hosts} hosts, {task_count(args.host_seconds)} tasks, one wave cut into "
+        f"{slices} slices; "
         f"{args.rounds} round(s), each the same rollout by one controller and by two on a "
         "fresh copy of the registered database, fresh controllers, the order alternating. "
         "Medians in bold, each round's figure in brackets.",

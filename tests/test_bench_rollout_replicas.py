@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from bench.rollout_lab import engine_control_dirs
+from bench.rollout_lab import PLAYBOOK, TASKS, engine_control_dirs
 from bench.rollout_replicas import (
     ControllerFigures,
     RoundResult,
@@ -17,10 +18,12 @@ from bench.rollout_replicas import (
     orders,
     overlap,
     parse_args,
+    playbook,
     slice_hosts_for,
     slice_runs,
     solved,
     speedups,
+    task_count,
 )
 from bench.scale_pg import ProcStat, subtree_cpu
 from controller.rollouts.slices import cut
@@ -89,6 +92,26 @@ def test_the_slice_size_defaults_to_a_quarter_of_the_hosts() -> None:
         parse_args(["--hosts", "1"])
 
 
+def test_the_latency_flags_default_to_none_and_refuse_negatives() -> None:
+    args = parse_args(["--hosts", "24", "--host-seconds", "3", "--forks", "2"])
+    assert (args.host_seconds, args.forks) == (3.0, 2)
+    assert (parse_args([]).host_seconds, parse_args([]).forks) == (0.0, 0)
+    for bad in (["--forks", "-1"], ["--host-seconds", "-0.5"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_a_slow_host_is_a_last_task_that_waits_on_it_and_changes_nothing() -> None:
+    assert playbook(0) == PLAYBOOK
+    tasks = yaml.safe_load(playbook(3))[0]["tasks"]
+    assert len(tasks) == TASKS + 1 == task_count(3)
+    assert tasks[:TASKS] == yaml.safe_load(PLAYBOOK)[0]["tasks"]
+    assert tasks[-1]["ansible.builtin.command"] == "sleep 3"
+    assert tasks[-1]["changed_when"] is False
+    assert "sleep 0.5" in playbook(0.5)
+    assert task_count(0) == TASKS
+
+
 def _round(n: int, replicas: int, seconds: float) -> RoundResult:
     return RoundResult(
         round=n,
@@ -121,6 +144,10 @@ def test_the_cpu_is_solved_into_a_cost_per_controller_and_per_host_task() -> Non
     # Medians 16 and 20: 4 per controller, (16 - 4) / 80 per host-task.
     assert "k = 4.0 core-s per controller" in solved(ones, twos)
     assert "h = 0.150 core-s per host-task** (80 host-tasks)" in solved(ones, twos)
+    # A playbook of three tasks: 120 host-tasks.
+    for r in [*ones, *twos]:
+        r.tasks = 3
+    assert "h = 0.100 core-s per host-task** (120 host-tasks)" in solved(ones, twos)
 
 
 def test_the_speedup_is_taken_within_each_round() -> None:
