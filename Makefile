@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 # pytest-timeout's per-test limit, on top of each test's own bounded waits.
 PYTEST_ARGS ?=
 # pytest-xdist's workers: the end-to-end tests mostly wait on sockets, timers and other
-# processes, so two workers on two cores take well under one process's wall time. A
-# module's tests that share a module-scoped fixture stay on one worker (--dist loadgroup,
-# tests/conftest.py). PYTEST_WORKERS=0 runs the suite in one process.
+# processes, so two workers on two cores take well under one process's wall time. Each
+# module runs on one worker, in order (--dist loadscope): tests sharing a module-scoped
+# fixture may build on what an earlier one left in it (tests/test_e2e_rollouts.py's do),
+# and it is made once. PYTEST_WORKERS=0 runs the suite in one process.
 PYTEST_WORKERS ?= 2
-PYTEST_XDIST = -n $(PYTEST_WORKERS) --dist loadgroup
+PYTEST_XDIST = -n $(PYTEST_WORKERS) --dist loadscope
 
 .PHONY: help install dev packages demo demo-city demo-stop demo-reset test test-fast lint proto bench clean
 

@@ -18,21 +18,6 @@ from tests.store_fixtures import both_stores
 __all__ = ["agents", "both_stores", "controller", "pg_server", "pg_url"]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (make test: --dist loadgroup), the tests of a module that share
-    a module-scoped fixture run on one worker, in their order: they may build on what an
-    earlier one left in it (a host whose sshd a test stopped, a lesson a test started),
-    and it is made once. Before xdist's own hook, which reads the groups."""
-    for item in items:
-        # pytest has no public way from an item to its fixtures' definitions.
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        if any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values() if defs):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-
-
 @pytest.fixture
 def controller(tmp_path: Path) -> Iterator[Controller]:
     """A started controller with a 1 s heartbeat interval (offline after 3 s)."""
