@@ -91,6 +91,7 @@ bench: dev
 	$(PY) bench/probes.py
 	$(PY) bench/store_ingest.py
 	$(PY) bench/scaleout.py
+	$(PY) bench/rollout_replicas.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache build schoolfleet.egg-info

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -273,7 +275,11 @@ def _engine_settings(
     tmp: Path, timing: LeaseTiming, slice_hosts: int
 ) -> tuple[RunnerSettings, EngineSettings]:
     runner = RunnerSettings(
-        remote_user="it", known_hosts=tmp / "known_hosts", control_path_dir=tmp / "cp"
+        remote_user="it",
+        known_hosts=tmp / "known_hosts",
+        # ssh's socket paths are short; a worker's tmp_path may not be. Never created:
+        # the stand-in workers open no ssh.
+        control_path_dir=Path(tempfile.gettempdir()) / f"sfcp-{secrets.token_hex(4)}",
     )
     settings = EngineSettings(
         playbooks_dir=tmp,
@@ -445,6 +451,12 @@ def test_a_wave_s_slices_run_on_both_controllers_and_the_holder_drives(
         assert sorted(h for _, hosts in hands.ran() for h in hosts) == HOSTS
         assert _outcomes(other.stores, rid) == dict.fromkeys(HOSTS, HostOutcome.OK)
         # The rollout ended once, by its driver.
+        # Counted by the controller whose call ended it, once that call returns.
+        await until(
+            lambda: holder.finished(RolloutState.DONE) + other.finished(RolloutState.DONE) == 1,
+            5,
+            "the end counted",
+        )
         assert (holder.finished(RolloutState.DONE), other.finished(RolloutState.DONE)) == (1, 0)
         stored = [
             r.registry.get_sample_value("schoolfleet_rollout_slices_total", {"result": "stored"})
