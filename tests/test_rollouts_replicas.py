@@ -425,15 +425,23 @@ def _slices_of(hands: Hands, wave: int) -> dict[tuple[str, ...], list[str]]:
     return found
 
 
+async def _wave_2_on_both(
+    holder: Replica, other: Replica, hands: Hands, spec: RolloutSpec = SPEC
+) -> int:
+    """A rollout started at the other controller, once each controller runs one of
+    wave 2's two slices and holds it (one slot each: the second slice can only be the
+    other controller's); its id."""
+    hands.hold = {(holder.name, 2), (other.name, 2)}
+    rid = await other.engine.start(spec, [NewHost(h, "s1") for h in HOSTS], "it")
+    await until(lambda: len(_slices_of(hands, 2)) == 2, 10, "wave 2's two slices")
+    return rid
+
+
 def test_a_wave_s_slices_run_on_both_controllers_and_the_holder_drives(
     two_controllers: Run,
 ) -> None:
     async def scenario(holder: Replica, other: Replica, hands: Hands) -> None:
-        # Each controller busy with a slice of wave 2 (one slot each): its second
-        # slice can only be the other controller's.
-        hands.hold = {(holder.name, 2), (other.name, 2)}
-        rid = await other.engine.start(SPEC, [NewHost(h, "s1") for h in HOSTS], "it")
-        await until(lambda: len(_slices_of(hands, 2)) == 2, 10, "wave 2's two slices")
+        rid = await _wave_2_on_both(holder, other, hands)
         ran = _slices_of(hands, 2)
         assert sorted(ran) == [("d2",), ("d3",)]
         assert sorted(c for controllers in ran.values() for c in controllers) == sorted(
@@ -471,12 +479,10 @@ def test_the_failure_budget_is_exact_over_slices_run_on_both_controllers(
     two_controllers: Run,
 ) -> None:
     async def scenario(holder: Replica, other: Replica, hands: Hands) -> None:
-        hands.hold = {(holder.name, 2), (other.name, 2)}
         # Wave 2's two hosts fail, one on each controller; 20% of 5 hosts is one.
         hands.fail = {"d2", "d3"}
         spec = RolloutSpec("agent.yml", "school=s1", wave_size=Amount(2, False), max_fail=20.0)
-        rid = await other.engine.start(spec, [NewHost(h, "s1") for h in HOSTS], "it")
-        await until(lambda: len(_slices_of(hands, 2)) == 2, 10, "wave 2's two slices")
+        rid = await _wave_2_on_both(holder, other, hands, spec)
         assert len({c for cs in _slices_of(hands, 2).values() for c in cs}) == 2
         hands.let_go.set()
         record = await stored_until(other.stores, rid, lambda r: r.state.final, 10)
@@ -496,9 +502,7 @@ def test_an_abort_at_the_other_controller_stops_every_slice_at_once(
     two_controllers: Run,
 ) -> None:
     async def scenario(holder: Replica, other: Replica, hands: Hands) -> None:
-        hands.hold = {(holder.name, 2), (other.name, 2)}
-        rid = await other.engine.start(SPEC, [NewHost(h, "s1") for h in HOSTS], "it")
-        await until(lambda: len(_slices_of(hands, 2)) == 2, 10, "wave 2's two slices")
+        rid = await _wave_2_on_both(holder, other, hands)
         started = time.monotonic()
         record = await other.engine.abort(rid, "alice")
         took = time.monotonic() - started
@@ -559,9 +563,7 @@ def test_the_holder_dying_mid_wave_its_slice_runs_again_and_the_other_finishes(
     caplog.set_level(logging.INFO, "controller.rollouts")
 
     async def scenario(holder: Replica, other: Replica, hands: Hands) -> None:
-        hands.hold = {(holder.name, 2), (other.name, 2)}
-        rid = await other.engine.start(SPEC, [NewHost(h, "s1") for h in HOSTS], "it")
-        await until(lambda: len(_slices_of(hands, 2)) == 2, 10, "wave 2's two slices")
+        rid = await _wave_2_on_both(holder, other, hands)
         (dead,) = [hosts for hosts, cs in _slices_of(hands, 2).items() if cs == [holder.name]]
         holder.die()
         died = time.monotonic()
@@ -603,9 +605,7 @@ def test_a_controller_stopping_gives_its_slice_up_to_another_at_once(
     two_controllers: Run,
 ) -> None:
     async def scenario(holder: Replica, other: Replica, hands: Hands) -> None:
-        hands.hold = {(holder.name, 2), (other.name, 2)}
-        rid = await other.engine.start(SPEC, [NewHost(h, "s1") for h in HOSTS], "it")
-        await until(lambda: len(_slices_of(hands, 2)) == 2, 10, "wave 2's two slices")
+        rid = await _wave_2_on_both(holder, other, hands)
         (given,) = [hosts for hosts, cs in _slices_of(hands, 2).items() if cs == [other.name]]
         await other.close()  # a clean stop (SIGTERM): its run cut, its claim given up
         stopped = time.monotonic()
