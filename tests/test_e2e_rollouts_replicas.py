@@ -247,10 +247,12 @@ def test_a_rollout_s_waves_run_on_both_replicas_and_survive_the_holder_s_death(
             taken = time.monotonic() - killed
             wait_until(lambda: stored(rollout_id).state.final or None, 90, "the rollout ended")
             record = stored(rollout_id)
-            assert (record.state.value, record.reason) == (
-                "done",
-                "every host done in 3 wave(s): 4 changed",
-            )
+            # The dead controller's host changed, or (had its playbook passed the
+            # copy before the SIGKILL) found already right when run again: ok.
+            assert (record.state.value, record.reason) in {
+                ("done", "every host done in 3 wave(s): 4 changed"),
+                ("done", "every host done in 3 wave(s): 1 ok, 3 changed"),
+            }
             assert [(w.wave, w.hosts, w.failed) for w in record.waves] == [
                 (1, 1, 0),
                 (2, 2, 0),
