@@ -124,20 +124,31 @@ def lessons_today(
         str | None, typer.Option(help="Only this school.", autocompletion=completion.schools)
     ] = None,
     room: Annotated[str | None, typer.Option(help="Only this room.")] = None,
+    day: Annotated[
+        str,
+        typer.Option(
+            help="Another day's instead: 2026-09-01, tomorrow or yesterday (the schools' "
+            "time zone).",
+        ),
+    ] = "",
     as_json: JsonFlag = False,
 ) -> None:
     """Today's lessons with their state: scheduled, dispatched, then held, partly-held,
     failed or no-device, and why; PANELS is launched/dispatched."""
     with client() as c:
-        lessons = c.lessons.today(school, room)
+        lessons = c.lessons.today(school, room, day)
         if not lessons:
             require_school(c, school)
     if as_json:
         print_json([_lesson_json(x) for x in lessons])
     elif not lessons:
-        err.print("no lessons today")
+        err.print(f"no lessons {_day_words(day)}")
     else:
         out.print(_lessons_table(lessons))
+
+
+def _day_words(day: str) -> str:
+    return day or "today" if day in ("", "today", "tomorrow", "yesterday") else f"on {day}"
 
 
 @lessons_app.command("launch")

@@ -31,8 +31,12 @@ def plan_lessons(
 
 
 def _stored(site: Site) -> list[dict[str, object]]:
-    done = site.run("schoolctl", "lessons", "today", "--json")
-    lessons: list[dict[str, object]] = json.loads(done.stdout) if done.returncode == 0 else []
+    # Tomorrow's too: late in the day the demo's lessons, or one launched by hand, run
+    # past midnight, and the next start plans after them.
+    lessons: list[dict[str, object]] = []
+    for day in ("today", "tomorrow"):
+        done = site.run("schoolctl", "lessons", "today", "--day", day, "--json")
+        lessons += json.loads(done.stdout) if done.returncode == 0 else []
     return lessons
 
 

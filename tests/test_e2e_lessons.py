@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -29,7 +30,7 @@ def _row(room: str, start: float, end: float, url: str, school: str = "s1") -> s
     return f"{school},{room},{_iso(start)},{_iso(end)},7B,maths,Ivanova,{url},no\n"
 
 
-def _controller(tmp: Path, port: int = 0) -> Controller:
+def _controller(tmp: Path, port: int = 0, zone: str = "UTC") -> Controller:
     return Controller(
         tmp,
         port,
@@ -39,6 +40,7 @@ def _controller(tmp: Path, port: int = 0) -> Controller:
             "SCHOOLFLEET_CONTROLLER_LESSON_LEAD": "1",
             "SCHOOLFLEET_CONTROLLER_LESSON_SETTLE": "1",
             "SCHOOLFLEET_CONTROLLER_LESSON_ON_TIME": "10",
+            "SCHOOLFLEET_CONTROLLER_TIMEZONE": zone,
         },
     )
 
@@ -297,7 +299,8 @@ def test_a_lesson_launched_by_hand_opens_now(tmp_path: Path, agents: list[Agent]
 def test_a_term_of_lessons_imports_in_parts_and_again_changes_nothing(
     tmp_path: Path, agents: list[Agent]
 ) -> None:
-    c = _controller(tmp_path).start()
+    zone = ZoneInfo("Asia/Yekaterinburg")
+    c = _controller(tmp_path, zone=zone.key).start()
     try:
         agents.append(_panel(tmp_path, c, "panel-401", "r401").start())
         _online(c, "panel-401")
@@ -312,5 +315,29 @@ def test_a_term_of_lessons_imports_in_parts_and_again_changes_nothing(
         assert "3000 rows: 3000 added, 0 updated, 0 unchanged" in done.out
         again = schoolctl(c.address, "lessons", "import", str(schedule), timeout=120)
         assert "3000 rows: 0 added, 0 updated, 3000 unchanged" in again.out
+
+        # Another day's lessons, that day being the schools' (UTC+5), not UTC's.
+        starts = [first + n * 3600 for n in range(3000)]
+
+        def on(day: str) -> int:
+            return sum(datetime.fromtimestamp(t, zone).date().isoformat() == day for t in starts)
+
+        later = (datetime.fromtimestamp(first, zone) + timedelta(days=2)).date().isoformat()
+        listed = schoolctl(c.address, "lessons", "today", "--day", later, "--json")
+        assert listed.code == 0 and len(listed.json()) == on(later) == 24, listed
+        assert {x["starts_at"][:10] for x in listed.json()} == {
+            (datetime.fromisoformat(later) - timedelta(days=1)).date().isoformat(),
+            later,
+        }, "from 00:00 at UTC+5, which is 19:00 UTC the day before"
+        tomorrow = (datetime.fromtimestamp(time.time(), zone) + timedelta(days=1)).date()
+        listed = schoolctl(c.address, "lessons", "today", "--day", "tomorrow", "--json")
+        assert len(listed.json()) == on(tomorrow.isoformat()), listed
+        none = schoolctl(c.address, "lessons", "today", "--day", "yesterday")
+        assert (none.code, none.err) == (0, "no lessons yesterday\n"), none
+        for bad in ("2026-02-30", "20260901", "2026-W36-1", "'; DROP TABLE lessons; --"):
+            refused = schoolctl(c.address, "lessons", "today", "--day", bad)
+            assert refused.code == 2 and refused.err.count("\n") == 1, refused
+            assert f"day {bad!r} is not a date like 2026-09-01" in refused.err, refused
+        assert len(schoolctl(c.address, "lessons", "today", "--day", later, "--json").json()) == 24
     finally:
         c.stop()

@@ -58,9 +58,12 @@ class LessonsClient:
             ("added", "updated", "unchanged", "locked"),
         )
 
-    def today(self, school_id: str | None, room_id: str | None) -> list[LessonInfo]:
-        """Today's lessons (the controller's time zone), of one school or room, or all."""
-        request = admin_pb2.ListLessonsRequest(school_id=school_id or "", room_id=room_id or "")
+    def today(self, school_id: str | None, room_id: str | None, day: str = "") -> list[LessonInfo]:
+        """Today's lessons (the controller's time zone), or another day's (YYYY-MM-DD,
+        tomorrow, yesterday), of one school or room, or all."""
+        request = admin_pb2.ListLessonsRequest(
+            school_id=school_id or "", room_id=room_id or "", day=day
+        )
         response = self._conn.call(self._conn.stub.ListLessons, request)
         return [_info_from_pb(info) for info in response.lessons]
 

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from controller.api.field_ranges import time_problem
 from controller.api.guard import Call, Guard, guarded, invalid
 from controller.api.imports import import_done
-from controller.lessons.metrics import day_bounds
+from controller.lessons.days import day_bounds, named_day_bounds
 from controller.lessons.nudge import DispatchNudge
 from controller.lessons.store import ImportCounts, LessonQuery, LessonStore
 from controller.people import access
@@ -136,7 +136,15 @@ class LessonAdmin:
                 raise invalid(f"{what} {value[:80]!r} is not valid")
         call.target = request.school_id
         call.allow(Need.READ, request.school_id or None)
-        since, until = day_bounds(self.guard.now(), self._zone)
+        now = self.guard.now()
+        try:
+            since, until = (
+                named_day_bounds(request.day, now, self._zone)
+                if request.day
+                else day_bounds(now, self._zone)
+            )
+        except ValueError as e:
+            raise invalid(str(e)) from None
         if request.HasField("since"):
             since = seconds(request.since)
         if request.HasField("until"):

@@ -11,7 +11,6 @@ launch-latency histogram counts as things happen, city-wide, from 0.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.errors import StoreError
+from controller.lessons.days import day_bounds
 from controller.lessons.store import LessonCounts
 from controller.store.rows import StoredLessonEvent
 from inventory.lessons import EventKind, FailReason, LessonState
@@ -35,14 +35,6 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
 SESSION_MARGIN = 1800.0
 UNDER_WAY = ("starting", "showing", "not-showing")
 PANEL_RESULTS = ("launched", *(r.value for r in FailReason), "pending")
-
-
-def day_bounds(now: float, zone: ZoneInfo) -> tuple[float, float]:
-    """The start and end of ``now``'s day in the schools' time zone, as Unix seconds."""
-    local = dt.datetime.fromtimestamp(now, zone)
-    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    end = (start + dt.timedelta(days=1, hours=2)).replace(hour=0)
-    return start.timestamp(), end.timestamp()
 
 
 class LessonMetrics:

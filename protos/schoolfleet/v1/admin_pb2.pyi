@@ -1114,9 +1114,14 @@ class ListLessonsRequest(_message.Message):
     ROOM_ID_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
     school_id: _builtins.str
     """Empty: every school the caller may see."""
     room_id: _builtins.str
+    day: _builtins.str
+    """Another day than today in the controller's time zone: "YYYY-MM-DD", "tomorrow"
+    or "yesterday". since and until, when set, win.
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Unset: today, in the controller's time zone."""
@@ -1130,10 +1135,11 @@ class ListLessonsRequest(_message.Message):
         room_id: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        day: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["room_id", b"room_id", "school_id", b"school_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["day", b"day", "room_id", b"room_id", "school_id", b"school_id", "since", b"since", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
