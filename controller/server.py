@@ -70,6 +70,8 @@ from controller.loops import LoopFailures
 from controller.people import audit as audit_log
 from controller.people.attempt_limits import FailureBudget
 from controller.people.refusals import Refusals
+from controller.proxied.addresses import CLIENTS, networks
+from controller.proxied.front import ProxyFront
 from controller.replicas import (
     PROBES,
     OnceRegistry,
@@ -166,11 +168,15 @@ def _add_ports(
 ) -> dict[str, int]:
     """Plaintext on `listen`; or mutual TLS there and server-only TLS on `enroll_listen`,
     with credentials that follow `schoolfleet-controller ca ...`
-    (controller/enroll/ca_keeper.py)."""
+    (controller/enroll/ca_keeper.py). Behind balancers (`proxy_from`) on loopback
+    ports of their own instead, which the fronts pass the public ports' bytes to."""
+    listen, enroll_listen = settings.listen, settings.enroll_listen
+    if settings.proxy_from:
+        listen = enroll_listen = "127.0.0.1:0"
     ports: dict[str, int] = {}
     try:
         if not settings.agent_tls:
-            ports["grpc"] = server.add_insecure_port(settings.listen)
+            ports["grpc"] = server.add_insecure_port(listen)
             return ports
         try:
             mutual = keeper.credentials(mutual=True)
@@ -180,13 +186,36 @@ def _add_ports(
                 f"agent_tls: {exc} (run 'schoolfleet-controller init --data-dir "
                 f"{settings.data_dir}' first)"
             ) from None
-        ports["grpc"] = server.add_secure_port(settings.listen, mutual)
-        ports["enroll"] = server.add_secure_port(settings.enroll_listen, enroll)
+        ports["grpc"] = server.add_secure_port(listen, mutual)
+        ports["enroll"] = server.add_secure_port(enroll_listen, enroll)
     except RuntimeError as exc:
         raise ConfigError(
             f"cannot bind {settings.listen} or {settings.enroll_listen} ({exc})"
         ) from None
     return ports
+
+
+async def _start_fronts(
+    settings: ControllerSettings, inner: dict[str, int]
+) -> tuple[dict[str, int], list[ProxyFront]]:
+    """Behind balancers: a front on each public port, passing its connections to the
+    gRPC server's loopback port (controller/proxied/front.py); the public ports."""
+    if not settings.proxy_from:
+        return inner, []
+    listens = {"grpc": settings.listen, "enroll": settings.enroll_listen}
+    ports: dict[str, int] = {}
+    fronts: list[ProxyFront] = []
+    for name, target in inner.items():
+        host, port = _split(listens[name])
+        front = ProxyFront(host, port, target, networks(settings.proxy_from), CLIENTS)
+        try:
+            ports[name] = await front.start()
+        except OSError as exc:
+            for started in fronts:
+                await started.close()
+            raise ConfigError(f"cannot bind {listens[name]} ({exc.strerror})") from None
+        fronts.append(front)
+    return ports, fronts
 
 
 def _tune_gc() -> None:
@@ -598,7 +627,9 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         ),
         server,
     )
-    ports = _add_ports(server, settings, keeper)
+    # The fronts listen before anything starts, so a port taken fails the start cleanly;
+    # what they pass on waits in the gRPC server's backlog until it serves.
+    ports, fronts = await _start_fronts(settings, _add_ports(server, settings, keeper))
     grpc_port = ports["grpc"]
     http_server, _ = _serve_metrics(settings.metrics_listen, registry)
     metrics_port = http_server.server_port
@@ -641,6 +672,8 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         server, agent_service, settings.shutdown_grace, len(sessions), writer
     )
     streams_ended = time.monotonic() - stopping
+    for front in fronts:
+        await front.close()
     await others
     # Leased work stopped and its leases given up: another controller takes them now.
     await part.close()

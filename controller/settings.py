@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,13 @@ class ControllerSettings:
     agent_tls: bool = True
     # With agent_tls: TLS without client certificates, for enrollment and schoolctl.
     enroll_listen: str = "127.0.0.1:7445"
+    # Load balancers in front (addresses or networks) that put a PROXY protocol v2
+    # header before each connection (HAProxy's send-proxy-v2). Set: the controller's
+    # own front takes `listen` and `enroll_listen` and reads each client's address from
+    # the header (refusal budgets, the audit log, a device's address for Ansible);
+    # connections from elsewhere are taken as they come; a balancer's connection
+    # without a valid header is closed. Empty: no balancer, or one that hides clients.
+    proxy_from: tuple[str, ...] = ()
     # Refused sign-ins (bearer tokens) and enrollments one source address may make:
     # this many at once, then this many a minute; beyond, RESOURCE_EXHAUSTED.
     refused_burst: int = 20
@@ -189,6 +197,13 @@ class ControllerSettings:
                 "database",
             )
         _check_zone(self.timezone)
+        for value in self.proxy_from:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise SettingError(
+                    f"'proxy_from': {value[:80]!r} is not an address or a network", "proxy_from"
+                ) from None
         self._check_ranges()
         if self.rollout_strategy not in STRATEGIES:
             raise SettingError(

@@ -14,12 +14,17 @@ _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A frontend on loopback ``port`` and the replicas' ports it spreads connections
-    over (its backend is named after it)."""
+    """A frontend on ``port`` of each of ``binds`` and the replicas' ports it spreads
+    connections over (its backend is named after it). With ``proxy_source``, HAProxy
+    connects to the replicas from that address and puts a PROXY protocol v2 header
+    naming the client before each connection (and its health checks), for replicas
+    whose `proxy_from` names that address."""
 
     name: str
     port: int
     backends: list[tuple[str, int]]
+    binds: tuple[str, ...] = ("127.0.0.1",)
+    proxy_source: str = ""
 
 
 def binary() -> str | None:
@@ -32,14 +37,20 @@ def config(routes: list[Route], check_ms: int = 300, fall: int = 2) -> str:
     failed connections ``check_ms`` apart, back in after one good one."""
     sections = []
     for route in routes:
+        proxy = (
+            f" source {route.proxy_source} send-proxy-v2 check-send-proxy"
+            if route.proxy_source
+            else ""
+        )
         servers = "\n".join(
-            f"    server replica{n} {host}:{port} check inter {check_ms} fall {fall} rise 1"
+            f"    server replica{n} {host}:{port} check inter {check_ms} fall {fall} rise 1" + proxy
             for n, (host, port) in enumerate(route.backends, 1)
         )
+        binds = "\n".join(f"    bind {host}:{route.port}" for host in route.binds)
         sections.append(
             f"""
 frontend {route.name}
-    bind 127.0.0.1:{route.port}
+{binds}
     default_backend {route.name}_replicas
 
 backend {route.name}_replicas

@@ -20,9 +20,15 @@ CHECK_INTER_MS = 300
 CHECK_FALL = 2
 
 
-def config(listen_port: int, backends: list[tuple[str, int]]) -> str:
+def config(
+    listen_port: int,
+    backends: list[tuple[str, int]],
+    binds: tuple[str, ...] = ("127.0.0.1",),
+    proxy_source: str = "",
+) -> str:
     """The demo's balancer (demo/balancer.py): one frontend for agents and schoolctl."""
-    return balancer.config([Route("agents", listen_port, backends)], CHECK_INTER_MS, CHECK_FALL)
+    route = Route("agents", listen_port, backends, binds, proxy_source)
+    return balancer.config([route], CHECK_INTER_MS, CHECK_FALL)
 
 
 @dataclass
@@ -33,10 +39,14 @@ class HaProxy:
     backends: list[tuple[str, int]]
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    # Where it listens (the first is where this test process reaches it), and the
+    # address it reaches the replicas from with a PROXY v2 header ("": no header).
+    binds: tuple[str, ...] = ("127.0.0.1",)
+    proxy_source: str = ""
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.binds[0]}:{self.port}"
 
     @property
     def log(self) -> Path:
@@ -47,7 +57,7 @@ class HaProxy:
         assert binary, "haproxy is not installed (.ci/packages.sh installs it)"
         self.port = self.port or free_port()
         cfg = self.workdir / "haproxy.cfg"
-        cfg.write_text(config(self.port, self.backends))
+        cfg.write_text(config(self.port, self.backends, self.binds, self.proxy_source))
         with self.log.open("ab") as log:
             # -db: in the foreground, so that the pid is haproxy's own.
             self.proc = subprocess.Popen([binary, "-db", "-f", str(cfg)], stdout=log, stderr=log)
@@ -57,7 +67,7 @@ class HaProxy:
             if proc.poll() is not None:
                 raise AssertionError(f"haproxy exited {proc.returncode}: {self.log.read_text()}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                socket.create_connection((self.binds[0], self.port), timeout=0.5).close()
             except OSError:
                 return False
             return True

@@ -45,6 +45,11 @@ def test_precedence(tmp_path: Path) -> None:
         ("database = 'mysql://x'", "'database' must be sqlite:"),
         ("log_level = 'loud'", "'log_level' must be one of"),
         ("listen = ", "not valid TOML"),
+        (
+            "proxy_from = ['10.0.0.0/8', 'haproxy.local']",
+            "'proxy_from': 'haproxy.local' is not an address or a network",
+        ),
+        ("proxy_from = '10.0.0.1'", "'proxy_from' must be a list"),
     ],
 )
 def test_bad_file_names_the_key(tmp_path: Path, text: str, message: str) -> None:

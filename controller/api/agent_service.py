@@ -45,6 +45,7 @@ from controller.fleet.metrics import ControllerMetrics
 from controller.fleet.sessions import Closing, Session, SessionRegistry
 from controller.fleet.store import DeviceStore
 from controller.fleet.writer import MessageWriter
+from controller.proxied.addresses import peer_of
 from controller.settings import ControllerSettings
 from controller.store.rows import CommandResultRow, HeartbeatRow, LessonEventRow
 from controller.uplink.checks import UplinkAnswer
@@ -199,7 +200,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.ControllerMessage]:
         if self._stopping is not None:
             await _abort(context, self._stopping)
-        peer = context.peer()
+        peer = peer_of(context)
         hello = await self._hello(request_iterator, context, peer)
         if hello is None:
             return

@@ -91,7 +91,8 @@ def _labels(hello: agent_pb2.Hello) -> tuple[tuple[str, str], ...]:
 
 
 def identity_from_hello(hello: agent_pb2.Hello, peer: str = "") -> DeviceIdentity:
-    """The identity a Hello claims, checked; ``peer`` is gRPC's ``context.peer()``."""
+    """The identity a Hello claims, checked; ``peer`` is who called, its client behind
+    a balancer (controller/proxied/addresses.py)."""
     kind = KIND_FROM_PB.get(hello.kind)
     if kind is None:
         raise ProtocolError(f"Hello.kind {hello.kind} is not a known device kind")

@@ -28,6 +28,7 @@ from controller.enroll.enrolling import (
 from controller.errors import EnrollRefused, PkiError, ProtocolError, StoreError
 from controller.people.audit import AuditSink
 from controller.people.refusals import Refusals
+from controller.proxied.addresses import peer_of
 from inventory.model import DeviceRecord, valid_id
 from inventory.people import AuditEntry, Outcome
 from protos.schoolfleet.v1 import agent_pb2
@@ -61,7 +62,7 @@ class Enroller:
     async def enroll(
         self, request: agent_pb2.EnrollRequest, context: Context
     ) -> agent_pb2.EnrollResponse:
-        peer = context.peer()
+        peer = peer_of(context)
         busy = await self._refusals.busy(peer, "enroll") if self._refusals is not None else None
         if busy is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, busy)

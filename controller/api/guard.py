@@ -28,6 +28,7 @@ from controller.people import access
 from controller.people.access import Caller, Need
 from controller.people.refusals import Refusals
 from controller.people.store import AccessStore
+from controller.proxied.addresses import peer_of
 from inventory.people import AuditEntry, Outcome, User
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ def guarded(
         @functools.wraps(handler)
         async def method(self: Any, request: Req, context: Context) -> Resp:
             guard: Guard = self.guard
-            call = Call(action=action, peer=context.peer() or "")
+            call = Call(action=action, peer=peer_of(context))
             try:
                 call.user = await guard.authenticate(context, call.peer)
                 call.caller = Caller.of(call.user)

@@ -16,6 +16,8 @@ from typing import Any
 
 import grpc
 
+from controller.proxied.addresses import peer_of
+
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -34,7 +36,7 @@ def logged(what: str, peer: str) -> str:
 
 
 async def _internal(context: Context, method: str) -> None:
-    await context.abort(grpc.StatusCode.INTERNAL, logged(method, context.peer()))
+    await context.abort(grpc.StatusCode.INTERNAL, logged(method, peer_of(context)))
 
 
 def _unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:

@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.api.field_ranges import INT64_MAX, time_problem
 from controller.errors import MessageTooLarge, ProtocolError
+from controller.proxied.addresses import peer_of
 from protos.schoolfleet.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def _checked(behavior: Callable[..., Any], method: str) -> Callable[..., Awaitab
             log.warning(
                 "request refused method=%s peer=%s code=%s reason=%s",
                 method,
-                context.peer(),
+                peer_of(context),
                 request.code.name,
                 request.message,
             )
