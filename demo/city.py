@@ -47,6 +47,9 @@ REPLICAS = 3
 # Short, for the demo: a dead holder's work is taken over within this and a fifth.
 LEASE_SECONDS = 5
 HEARTBEAT_SECONDS = 5
+# HAProxy reaches the replicas from this loopback address, which their proxy_from
+# trusts: schoolctl and devices on this machine connect from 127.0.0.1, as they are.
+BALANCER_SOURCE = "127.0.0.2"
 DATABASE = "schoolfleet"
 # The packages `make demo-city` needs beyond `make demo`'s (.ci/packages.sh has them too).
 PACKAGES = ("postgresql", "haproxy")
@@ -102,6 +105,8 @@ class Replica:
             f'ports_file = "{self.folder / "ports.json"}"\n'
             'content_hosts = ["lessons.example.edu"]\nlesson_lead = 10\nlesson_settle = 10\n'
             f'playbooks_dir = "{ROOT / "playbooks"}"\n'
+            # HAProxy names each client in a PROXY header (docs/security.md).
+            f'proxy_from = ["{BALANCER_SOURCE}"]\n'
         )
         return config
 
@@ -285,9 +290,17 @@ def _start_balancer(haproxy: str) -> None:
     cfg.write_text(
         balancer.config(
             [
-                balancer.Route("agents", _PORT, [("127.0.0.1", r.port(0)) for r in REPLICA_SET]),
                 balancer.Route(
-                    "public", _PORT + 1, [("127.0.0.1", r.port(2)) for r in REPLICA_SET]
+                    "agents",
+                    _PORT,
+                    [("127.0.0.1", r.port(0)) for r in REPLICA_SET],
+                    proxy_source=BALANCER_SOURCE,
+                ),
+                balancer.Route(
+                    "public",
+                    _PORT + 1,
+                    [("127.0.0.1", r.port(2)) for r in REPLICA_SET],
+                    proxy_source=BALANCER_SOURCE,
                 ),
             ],
             check_ms=1000,

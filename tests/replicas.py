@@ -17,6 +17,9 @@ from typing import Any
 from tests.haproxy import HaProxy
 from tests.procs import Controller, Result, init_controller_ca, schoolctl
 
+# HAProxy reaches the replicas from this address; the tests reach them from 127.0.0.1.
+BALANCER_SOURCE = "127.0.0.2"
+
 
 @dataclass
 class City:
@@ -61,10 +64,13 @@ def city(
     tmp: Path, url: str, env: dict[str, str], count: int = 3, *, tls: bool = False
 ) -> Iterator[City]:
     """``count`` replicas on the store at ``url`` behind HAProxy; all stopped after.
-    ``tls``: agents on mutual TLS, enrollment and schoolctl through a second balancer."""
+    ``tls``: agents on mutual TLS, enrollment and schoolctl through a second balancer.
+    As a city runs them: HAProxy names each client in a PROXY header, from
+    BALANCER_SOURCE, which the replicas' proxy_from trusts."""
     started: list[Controller] = []
     balancers: list[HaProxy] = []
     ca = tmp / "ca"
+    env = {**env, "SCHOOLFLEET_CONTROLLER_PROXY_FROM": f'["{BALANCER_SOURCE}"]'}
     if tls:
         init_controller_ca(ca)
         env = {
@@ -81,13 +87,19 @@ def city(
                 shutil.copytree(ca, c.workdir / "data")
             started.append(c.start())
         # Listed before each starts: one that fails to come up is stopped by its pid too.
-        lb = HaProxy(tmp, [("127.0.0.1", r.grpc_port) for r in started])
+        lb = HaProxy(
+            tmp, [("127.0.0.1", r.grpc_port) for r in started], proxy_source=BALANCER_SOURCE
+        )
         balancers.append(lb)
         lb.start()
         public: HaProxy | None = None
         if tls:
             (tmp / "public").mkdir()
-            public = HaProxy(tmp / "public", [("127.0.0.1", r.enroll_port) for r in started])
+            public = HaProxy(
+                tmp / "public",
+                [("127.0.0.1", r.enroll_port) for r in started],
+                proxy_source=BALANCER_SOURCE,
+            )
             balancers.append(public)
             public.start()
         yield City(started, lb, public, ca / "pki" / "ca.crt" if tls else None)

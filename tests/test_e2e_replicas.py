@@ -31,7 +31,7 @@ from common.retry_hint import RESTART_LOW
 from controller.fleet.admission import restart_spread
 from tests.lesson_site import FAKE_KIOSK, LessonSite
 from tests.procs import Agent, Controller, schoolctl, wait_until
-from tests.replicas import City, city
+from tests.replicas import BALANCER_SOURCE, City, city
 
 pytestmark = pytest.mark.e2e
 
@@ -258,6 +258,9 @@ def _run(
     devices = town.devices()
     assert {d: devices[d]["seq_gaps"] for d in panels} == dict.fromkeys(panels, 0)
     assert all(devices[d]["heartbeats_stored"] >= 20 for d in panels)
+    # Each at its own address (here the machine's), never the balancer's: its PROXY
+    # header named the client to the replica.
+    assert {d["address"] for d in devices.values()} == {"127.0.0.1"}, BALANCER_SOURCE
     # Every heartbeat acked to a simulated device is stored: the store named at least
     # its highest ack so far whenever it came back, and holds at least its last one.
     end_worker(worker)
