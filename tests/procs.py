@@ -61,6 +61,15 @@ def tls_env(data_dir: Path, enroll_listen: str = "127.0.0.1:0") -> dict[str, str
     }
 
 
+def midday_zone(now: float | None = None) -> str:
+    """A time zone where it is about noon now (Etc/GMT-N is UTC+N): a test's "today"
+    then holds what it schedules within hours, whenever the suite runs, where UTC's
+    would cross midnight under a run that starts before it."""
+    hour = time.gmtime(time.time() if now is None else now).tm_hour
+    offset = (12 - hour + 12) % 24 - 12  # -12 .. +11 hours from UTC
+    return "UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+
 def free_port() -> int:
     """A loopback port free right now (for a controller that must keep its port)."""
     with socket.socket() as s:
@@ -127,6 +136,8 @@ class Controller:
             "SCHOOLFLEET_CONTROLLER_PROBE_INTERVAL": "0",
             # The test's own, never the machine's /var/lib/schoolfleet.
             "SCHOOLFLEET_CONTROLLER_DATA_DIR": str(self.workdir / "data"),
+            # Today's lessons and their figures hold a test's lessons at any hour.
+            "SCHOOLFLEET_CONTROLLER_TIMEZONE": midday_zone(),
             **self.env,
         }
         if not self.admin_token:

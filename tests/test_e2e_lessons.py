@@ -30,7 +30,7 @@ def _row(room: str, start: float, end: float, url: str, school: str = "s1") -> s
     return f"{school},{room},{_iso(start)},{_iso(end)},7B,maths,Ivanova,{url},no\n"
 
 
-def _controller(tmp: Path, port: int = 0, zone: str = "UTC") -> Controller:
+def _controller(tmp: Path, port: int = 0, zone: str = "") -> Controller:
     return Controller(
         tmp,
         port,
@@ -40,7 +40,7 @@ def _controller(tmp: Path, port: int = 0, zone: str = "UTC") -> Controller:
             "SCHOOLFLEET_CONTROLLER_LESSON_LEAD": "1",
             "SCHOOLFLEET_CONTROLLER_LESSON_SETTLE": "1",
             "SCHOOLFLEET_CONTROLLER_LESSON_ON_TIME": "10",
-            "SCHOOLFLEET_CONTROLLER_TIMEZONE": zone,
+            **({"SCHOOLFLEET_CONTROLLER_TIMEZONE": zone} if zone else {}),
         },
     )
 
