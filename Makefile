@@ -83,7 +83,8 @@ lint: dev
 proto: dev
 	$(PY) -m protos.codegen
 
-# bench/rollout.py and bench/probes.py need root: their hosts are network namespaces.
+# bench/rollout.py and bench/probes.py need root: their hosts are network namespaces;
+# bench/proxy_front.py needs Debian's haproxy.
 bench: dev
 	$(PY) bench/ingest.py
 	$(PY) bench/lesson_fanout.py
@@ -92,6 +93,7 @@ bench: dev
 	$(PY) bench/store_ingest.py
 	$(PY) bench/scaleout.py
 	$(PY) bench/rollout_replicas.py
+	$(PY) bench/proxy_front.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache build schoolfleet.egg-info
