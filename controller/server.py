@@ -71,7 +71,7 @@ from controller.people import audit as audit_log
 from controller.people.attempt_limits import FailureBudget
 from controller.people.refusals import Refusals
 from controller.proxied.addresses import CLIENTS, networks
-from controller.proxied.front import ProxyFront
+from controller.proxied.front import FrontRefusals, ProxyFront
 from controller.replicas import (
     PROBES,
     OnceRegistry,
@@ -196,7 +196,7 @@ def _add_ports(
 
 
 async def _start_fronts(
-    settings: ControllerSettings, inner: dict[str, int]
+    settings: ControllerSettings, inner: dict[str, int], registry: CollectorRegistry
 ) -> tuple[dict[str, int], list[ProxyFront]]:
     """Behind balancers: a front on each public port, passing its connections to the
     gRPC server's loopback port (controller/proxied/front.py); the public ports."""
@@ -205,9 +205,10 @@ async def _start_fronts(
     listens = {"grpc": settings.listen, "enroll": settings.enroll_listen}
     ports: dict[str, int] = {}
     fronts: list[ProxyFront] = []
+    refusals = FrontRefusals(registry)
     for name, target in inner.items():
         host, port = _split(listens[name])
-        front = ProxyFront(host, port, target, networks(settings.proxy_from), CLIENTS)
+        front = ProxyFront(host, port, target, networks(settings.proxy_from), CLIENTS, refusals)
         try:
             ports[name] = await front.start()
         except OSError as exc:
@@ -629,7 +630,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     )
     # The fronts listen before anything starts, so a port taken fails the start cleanly;
     # what they pass on waits in the gRPC server's backlog until it serves.
-    ports, fronts = await _start_fronts(settings, _add_ports(server, settings, keeper))
+    ports, fronts = await _start_fronts(settings, _add_ports(server, settings, keeper), registry)
     grpc_port = ports["grpc"]
     http_server, _ = _serve_metrics(settings.metrics_listen, registry)
     metrics_port = http_server.server_port

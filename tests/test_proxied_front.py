@@ -12,11 +12,12 @@ from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv6Address, ip_network
 
 import pytest
+from prometheus_client import CollectorRegistry
 from proxyprotocol.result import ProxyResultIPv4, ProxyResultIPv6, ProxyResultLocal, ProxyResultUnix
 from proxyprotocol.v2 import ProxyProtocolV2
 
 from controller.proxied.addresses import ClientAddresses, Network, grpc_peer
-from controller.proxied.front import ProxyFront
+from controller.proxied.front import REASONS, FrontRefusals, ProxyFront
 
 LOOPBACK = (ip_network("127.0.0.1/32"),)
 ELSEWHERE = (ip_network("198.18.0.0/30"),)
@@ -58,15 +59,28 @@ class Inner:
 Scenario = Callable[[ProxyFront, Inner], Awaitable[None]]
 
 
+def _refused(registry: CollectorRegistry) -> dict[str, float]:
+    return {
+        reason: registry.get_sample_value("schoolfleet_front_refused_total", {"reason": reason})
+        or 0.0
+        for reason in REASONS
+    }
+
+
 def _run(
-    scenario: Scenario, proxies: tuple[Network, ...] = LOOPBACK, timeout: float = 5.0
+    scenario: Scenario,
+    proxies: tuple[Network, ...] = LOOPBACK,
+    timeout: float = 5.0,
+    registry: CollectorRegistry | None = None,
 ) -> Inner:
+    refusals = FrontRefusals(registry if registry is not None else CollectorRegistry())
+
     async def main() -> Inner:
         clients = ClientAddresses()
         inner = Inner(clients)
         server = await asyncio.start_server(inner._serve, "127.0.0.1", 0)
         target = server.sockets[0].getsockname()[1]
-        front = ProxyFront("127.0.0.1", 0, target, proxies, clients, header_timeout=0.5)
+        front = ProxyFront("127.0.0.1", 0, target, proxies, clients, refusals, header_timeout=0.5)
         front.port = await front.start()
         try:
             await asyncio.wait_for(scenario(front, inner), timeout)
@@ -112,24 +126,31 @@ def test_a_local_header_a_health_check_is_the_balancer_itself() -> None:
 
 
 @pytest.mark.parametrize(
-    "garbage",
+    ("garbage", "reason"),
     [
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"PROXY TCP4 198.18.9.9 198.18.0.1 5 443\r\n",  # v1: not what the balancer sends
-        b"\r\n\r\n\x00\r\nQUIT\n\x99\x11\x00\x0c" + b"\x00" * 12,  # a version 9
-        V2.pack(ProxyResultUnix("/run/a", "/run/b")),
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  # a client speaking straight to gRPC
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "bad-header"),
+        # v1: not what the balancer sends.
+        (b"PROXY TCP4 198.18.9.9 198.18.0.1 5 443\r\n", "bad-header"),
+        # A version 9.
+        (b"\r\n\r\n\x00\r\nQUIT\n\x99\x11\x00\x0c" + b"\x00" * 12, "bad-header"),
+        (V2.pack(ProxyResultUnix("/run/a", "/run/b")), "not-ip"),
+        # A client speaking straight to gRPC.
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "bad-header"),
     ],
 )
-def test_a_balancers_connection_without_a_valid_header_is_closed(garbage: bytes) -> None:
+def test_a_balancers_connection_without_a_valid_header_is_closed(
+    garbage: bytes, reason: str
+) -> None:
     async def scenario(front: ProxyFront, inner: Inner) -> None:
         reader, writer = await _connect(front)
         writer.write(garbage + b"more bytes after it")
         assert await reader.read() == b"", "closed, nothing answered"
         writer.close()
 
-    inner = _run(scenario)
+    registry = CollectorRegistry()
+    inner = _run(scenario, registry=registry)
     assert inner.connections == 0, "nothing reached the gRPC server"
+    assert _refused(registry) == {r: float(r == reason) for r in REASONS}
 
 
 def test_a_header_that_never_ends_is_closed_after_the_timeout() -> None:
@@ -143,7 +164,9 @@ def test_a_header_that_never_ends_is_closed_after_the_timeout() -> None:
         assert 0.4 < loop.time() - began < 3
         writer.close()
 
-    assert _run(scenario).connections == 0
+    registry = CollectorRegistry()
+    assert _run(scenario, registry=registry).connections == 0
+    assert _refused(registry)["timeout"] == 1
 
 
 def test_a_header_from_anyone_else_is_data_not_an_address() -> None:
@@ -193,3 +216,28 @@ def test_many_connections_carry_their_bytes_both_ways_and_are_forgotten() -> Non
 
     inner = _run(scenario, timeout=30)
     assert (inner.connections, len(inner.received)) == (20, 20 * len(payload))
+
+
+def test_a_balancer_without_send_proxy_fills_neither_the_log_nor_grpc(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every connection of a misconfigured balancer is refused: counted each, logged
+    once, and a plain connect check (nothing sent) is not a refusal at all."""
+
+    async def scenario(front: ProxyFront, inner: Inner) -> None:
+        for _ in range(30):
+            reader, writer = await _connect(front)
+            writer.write(TLS_HELLO + b"\x00" * 32)
+            assert await reader.read() == b""
+            writer.close()
+        reader, writer = await _connect(front)
+        writer.close()
+
+    registry = CollectorRegistry()
+    with caplog.at_level("WARNING", logger="controller.proxied.front"):
+        inner = _run(scenario, registry=registry)
+    assert inner.connections == 0
+    assert _refused(registry) == {**dict.fromkeys(REASONS, 0.0), "bad-header": 30.0}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("front: bad PROXY header from ipv4:127.0.0.1:"), lines

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry, Counter
 from proxyprotocol import ProxyProtocolChecksumError, ProxyProtocolSyntaxError
 from proxyprotocol.reader import ProxyProtocolReader
 from proxyprotocol.result import is_ipv4, is_ipv6, is_local
@@ -25,11 +27,45 @@ from controller.proxied.addresses import ClientAddresses, Network, grpc_peer, wi
 
 log = logging.getLogger(__name__)
 
+# Why a balancer's connection was closed before reaching gRPC.
+REASONS = ("timeout", "bad-header", "cut-header", "not-ip")
+# A misconfigured balancer (no send-proxy-v2) makes every connection a refusal: each
+# reason is logged at most this often, with how many there were since.
+LOG_EVERY = 10.0
+
 HEADER_TIMEOUT = 5.0
 # A connection's client is kept this long after it closes: gRPC may still log or
 # audit a call of it.
 FORGET_AFTER = 5.0
 CHUNK = 256 * 1024
+
+
+class FrontRefusals:
+    """The connections fronts closed for want of a valid PROXY header: counted by
+    reason, and logged at most once per LOG_EVERY seconds each."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._counter = Counter(
+            "schoolfleet_front_refused",
+            "Connections from a balancer in proxy_from closed without reaching gRPC, by "
+            "reason: timeout (no header in time), bad-header, cut-header (closed inside "
+            "it), not-ip (a header naming no IP client).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in REASONS:
+            self._counter.labels(reason)
+        self._logged: dict[str, tuple[float, int]] = {}
+
+    def refused(self, reason: str, message: str, now: float) -> None:
+        self._counter.labels(reason).inc()
+        last, since = self._logged.get(reason, (-LOG_EVERY, 0))
+        if now - last < LOG_EVERY:
+            self._logged[reason] = (last, since + 1)
+            return
+        more = f" ({since} more like it since the last)" if since else ""
+        log.warning("front: %s%s", message, more)
+        self._logged[reason] = (now, 0)
 
 
 @dataclass
@@ -41,6 +77,7 @@ class ProxyFront:
     target: int
     proxies: tuple[Network, ...]
     clients: ClientAddresses
+    refusals: FrontRefusals
     header_timeout: float = HEADER_TIMEOUT
     forget_after: float = FORGET_AFTER
     _server: asyncio.Server | None = None
@@ -95,33 +132,38 @@ class ProxyFront:
             await _pipe_both(reader, writer, up_reader, up_writer)
         finally:
             up_writer.close()
-            asyncio.get_running_loop().call_later(FORGET_AFTER, self.clients.forget, local, client)
+            asyncio.get_running_loop().call_later(
+                self.forget_after, self.clients.forget, local, client
+            )
 
     async def _client_of(self, reader: asyncio.StreamReader, balancer: str) -> str | None:
         """The client a balancer's header names; the balancer itself for a LOCAL header
-        (its health check); None (logged) when there is no valid header."""
+        (its health check); None (counted) when there is no valid header."""
+        now = time.monotonic()
         try:
             async with asyncio.timeout(self.header_timeout):
                 result = await ProxyProtocolReader(ProxyProtocolV2()).read(reader)
         except asyncio.IncompleteReadError as exc:
+            # Nothing at all is a balancer's plain connect check, not a refusal.
             if exc.partial:
-                log.warning("front: connection from %s closed inside its PROXY header", balancer)
-            # Nothing at all: a balancer's plain connect check.
+                message = f"connection from {balancer} closed inside its PROXY header"
+                self.refusals.refused("cut-header", message, now)
             return None
         except TimeoutError:
-            log.warning(
-                "front: no PROXY header from %s within %.0f s", balancer, self.header_timeout
-            )
+            message = f"no PROXY header from {balancer} within {self.header_timeout:g} s"
+            self.refusals.refused("timeout", message, now)
             return None
         except (ProxyProtocolSyntaxError, ProxyProtocolChecksumError, ValueError) as exc:
-            log.warning("front: bad PROXY header from %s: %s", balancer, str(exc)[:200])
+            message = f"bad PROXY header from {balancer}: {str(exc)[:200]}"
+            self.refusals.refused("bad-header", message, now)
             return None
         if is_local(result):
             return balancer
         if is_ipv4(result) or is_ipv6(result):
             source_host, source_port = result.source
             return grpc_peer(str(source_host), source_port)
-        log.warning("front: PROXY header from %s names no IP client: %r", balancer, result)
+        message = f"PROXY header from {balancer} names no IP client: {result!r}"[:300]
+        self.refusals.refused("not-ip", message, now)
         return None
 
 
