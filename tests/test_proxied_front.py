@@ -18,6 +18,7 @@ from proxyprotocol.v2 import ProxyProtocolV2
 
 from controller.proxied.addresses import ClientAddresses, Network, grpc_peer
 from controller.proxied.front import REASONS, FrontRefusals, ProxyFront
+from controller.proxied.header import Header, HeaderRefused, read_header
 
 LOOPBACK = (ip_network("127.0.0.1/32"),)
 ELSEWHERE = (ip_network("198.18.0.0/30"),)
@@ -40,6 +41,16 @@ class Inner:
         self.clients = clients
         self.connections = 0
         self.received = bytearray()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (asyncio.CancelledError, ConnectionError):
+            writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -78,7 +89,7 @@ def _run(
     async def main() -> Inner:
         clients = ClientAddresses()
         inner = Inner(clients)
-        server = await asyncio.start_server(inner._serve, "127.0.0.1", 0)
+        server = await asyncio.start_server(inner.serve, "127.0.0.1", 0)
         target = server.sockets[0].getsockname()[1]
         front = ProxyFront("127.0.0.1", 0, target, proxies, clients, refusals, header_timeout=0.5)
         front.port = await front.start()
@@ -87,6 +98,10 @@ def _run(
         finally:
             await front.close()
             server.close()
+            # The connections the front passed end with it.
+            pending = [t for t in inner.tasks if not t.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=2)
         return inner
 
     return asyncio.run(main())
@@ -241,3 +256,14 @@ def test_a_balancer_without_send_proxy_fills_neither_the_log_nor_grpc(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
     assert lines[0].startswith("front: bad PROXY header from ipv4:127.0.0.1:"), lines
+
+
+def test_a_header_is_read_as_its_bytes_come() -> None:
+    header = _header("198.18.4.7", 40000)
+    for n in range(len(header)):
+        assert read_header(header[:n]) is None, n
+    assert read_header(header + TLS_HELLO) == Header("ipv4:198.18.4.7:40000", len(header))
+    assert read_header(V2.pack(ProxyResultLocal())) == Header(None, 16)
+    # Refused at the first byte that cannot be a signature's, not after 16.
+    with pytest.raises(HeaderRefused, match="no PROXY v2 signature"):
+        read_header(b"\r\n\r\nX")

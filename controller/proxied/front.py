@@ -18,12 +18,9 @@ import time
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter
-from proxyprotocol import ProxyProtocolChecksumError, ProxyProtocolSyntaxError
-from proxyprotocol.reader import ProxyProtocolReader
-from proxyprotocol.result import is_ipv4, is_ipv6, is_local
-from proxyprotocol.v2 import ProxyProtocolV2
 
 from controller.proxied.addresses import ClientAddresses, Network, grpc_peer, within
+from controller.proxied.header import HeaderRefused, read_header
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +34,6 @@ HEADER_TIMEOUT = 5.0
 # A connection's client is kept this long after it closes: gRPC may still log or
 # audit a call of it.
 FORGET_AFTER = 5.0
-CHUNK = 256 * 1024
 
 
 class FrontRefusals:
@@ -81,123 +77,176 @@ class ProxyFront:
     header_timeout: float = HEADER_TIMEOUT
     forget_after: float = FORGET_AFTER
     _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _open: set[_Accepted] = field(default_factory=set)
 
     async def start(self) -> int:
         """Listens; returns the port (the one asked for, or the one picked for 0)."""
-        self._server = await asyncio.start_server(
-            self._accepted, self.host, self.port, limit=CHUNK, backlog=4096
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Accepted(self), self.host, self.port, backlog=4096
         )
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
     async def close(self) -> None:
+        """Stops listening and closes every connection it passes."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for accepted in list(self._open):
+            accepted.close()
+        # Their ends come on the loop's next turns; bounded, as a stop must be.
+        for _ in range(100):
+            if not self._open:
+                break
+            await asyncio.sleep(0.01)
 
-    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            await self._serve(reader, writer)
-        except asyncio.CancelledError:
-            # Closed with the front: asyncio's server callback would log a cancelled
-            # task as an error.
-            pass
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = writer.get_extra_info("peername")[:2]
-        direct = grpc_peer(host, port)
-        client = await self._client_of(reader, direct) if within(host, self.proxies) else direct
-        if client is None:
+class _Side(asyncio.Protocol):
+    """One side of a passed connection: what it receives goes to ``other``'s
+    transport, with flow control both ways, an end of its half passed on, and a cut
+    cutting both."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.other: _Side | None = None
+        self.ended = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        other = self.other
+        if other is None or other.transport is None or other.ended:
+            return False
+        if other.transport.can_write_eof():
+            other.transport.write_eof()
+        # Kept open: the other way may still carry bytes.
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Accepted(_Side):
+    """A connection the front accepted: its client read from a balancer's header (or
+    its own address), then a connection to gRPC made and the two joined."""
+
+    def __init__(self, front: ProxyFront) -> None:
+        super().__init__()
+        self._front = front
+        self._peer = ""
+        self._header: bytes | None = None  # bytes so far, while a header is awaited
+        self._timer: asyncio.TimerHandle | None = None
+        self._joining: asyncio.Task[None] | None = None
+        self._noted: tuple[int, str] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._front._open.add(self)
+        host, port = transport.get_extra_info("peername")[:2]
+        self._peer = grpc_peer(host, port)
+        if within(host, self._front.proxies):
+            self._header = b""
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._front.header_timeout, self._timed_out)
+        else:
+            self._join(self._peer, b"")
+
+    def data_received(self, data: bytes) -> None:
+        if self._header is None:
+            super().data_received(data)
             return
+        self._header += data
         try:
-            up_reader, up_writer = await asyncio.open_connection(
-                "127.0.0.1", self.target, limit=CHUNK
-            )
-        except OSError as exc:
-            log.error("front: the gRPC server's port %d refused: %s", self.target, exc)
+            header = read_header(self._header)
+        except HeaderRefused as exc:
+            message = f"bad PROXY header from {self._peer}: {exc}"
+            if exc.reason == "not-ip":
+                message = f"PROXY header from {self._peer}: {exc}"
+            self._refuse(exc.reason, message)
             return
-        local = up_writer.get_extra_info("sockname")[1]
-        self.clients.note(local, client)
-        try:
-            await _pipe_both(reader, writer, up_reader, up_writer)
-        finally:
-            up_writer.close()
+        if header is not None:
+            rest, self._header = self._header[header.length :], None
+            self._cancel_timer()
+            self._join(header.client or self._peer, rest)
+
+    def eof_received(self) -> bool:
+        if self._header is not None:
+            # A balancer's plain connect check sends nothing: not a refusal.
+            if self._header:
+                self._refuse(
+                    "cut-header", f"connection from {self._peer} closed inside its PROXY header"
+                )
+            return False
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._front._open.discard(self)
+        self._cancel_timer()
+        if self._joining is not None:
+            self._joining.cancel()
+        super().connection_lost(exc)
+        if self._noted is not None:
             asyncio.get_running_loop().call_later(
-                self.forget_after, self.clients.forget, local, client
+                self._front.forget_after, self._front.clients.forget, *self._noted
             )
 
-    async def _client_of(self, reader: asyncio.StreamReader, balancer: str) -> str | None:
-        """The client a balancer's header names; the balancer itself for a LOCAL header
-        (its health check); None (counted) when there is no valid header."""
-        now = time.monotonic()
+    def _timed_out(self) -> None:
+        timeout = self._front.header_timeout
+        self._refuse("timeout", f"no PROXY header from {self._peer} within {timeout:g} s")
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self._front.refusals.refused(reason, message, time.monotonic())
+        self._header = None
+        self.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _join(self, client: str, rest: bytes) -> None:
+        """Connects to gRPC; what the client sends meanwhile waits in its socket."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._joining = asyncio.get_running_loop().create_task(self._connect(client, rest))
+
+    async def _connect(self, client: str, rest: bytes) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.header_timeout):
-                result = await ProxyProtocolReader(ProxyProtocolV2()).read(reader)
-        except asyncio.IncompleteReadError as exc:
-            # Nothing at all is a balancer's plain connect check, not a refusal.
-            if exc.partial:
-                message = f"connection from {balancer} closed inside its PROXY header"
-                self.refusals.refused("cut-header", message, now)
-            return None
-        except TimeoutError:
-            message = f"no PROXY header from {balancer} within {self.header_timeout:g} s"
-            self.refusals.refused("timeout", message, now)
-            return None
-        except (ProxyProtocolSyntaxError, ProxyProtocolChecksumError, ValueError) as exc:
-            message = f"bad PROXY header from {balancer}: {str(exc)[:200]}"
-            self.refusals.refused("bad-header", message, now)
-            return None
-        if is_local(result):
-            return balancer
-        if is_ipv4(result) or is_ipv6(result):
-            source_host, source_port = result.source
-            return grpc_peer(str(source_host), source_port)
-        message = f"PROXY header from {balancer} names no IP client: {result!r}"[:300]
-        self.refusals.refused("not-ip", message, now)
-        return None
-
-
-async def _pipe_both(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    up_reader: asyncio.StreamReader,
-    up_writer: asyncio.StreamWriter,
-) -> None:
-    """Bytes both ways until both sides are done. A side that ends its half (EOF) has
-    that passed on and the other way carries on; a side cut ends both ways."""
-    tasks = [
-        asyncio.create_task(_pipe(reader, up_writer)),
-        asyncio.create_task(_pipe(up_reader, writer)),
-    ]
-    try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if pending and all(task.result() for task in done):
-            await asyncio.wait(pending)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> bool:
-    """Copies until the source's end: True when it ended its half cleanly (passed on to
-    the sink), False when either side was cut."""
-    try:
-        while data := await source.read(CHUNK):
-            sink.write(data)
-            await sink.drain()
-        if sink.can_write_eof():
-            sink.write_eof()
-    except (ConnectionError, OSError):
-        return False
-    return True
+            transport, inner = await loop.create_connection(_Side, "127.0.0.1", self._front.target)
+        except OSError as exc:
+            log.error("front: the gRPC server's port %d refused: %s", self._front.target, exc)
+            self.close()
+            return
+        finally:
+            self._joining = None
+        if self.transport is None or self.transport.is_closing():
+            transport.close()
+            return
+        local = transport.get_extra_info("sockname")[1]
+        self._noted = (local, client)
+        self._front.clients.note(local, client)
+        inner.other, self.other = self, inner
+        if rest:
+            transport.write(rest)
+        self.transport.resume_reading()
