@@ -33,8 +33,8 @@ import json
 import logging
 import math
 import shlex
-import time
 
+from bench.entry import measure
 from bench.procs import BARE, CONTROLLER, RunFailed
 from bench.report import record
 from bench.run import MAX_DEVICES_PER_PROCESS, Load, RunResult, run_once
@@ -183,17 +183,11 @@ async def benchmark(args: argparse.Namespace) -> Results:
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark and prints the markdown record."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
     command = shlex.join([".venv/bin/python", "bench/ingest.py", *sys.argv[1:]])
-    started = time.monotonic()
-    try:
-        results = asyncio.run(benchmark(args))
-    except RunFailed as exc:
-        log.error("benchmark failed: %s", exc)
-        return 1
-    minutes = (time.monotonic() - started) / 60
+    ran = measure(lambda: asyncio.run(benchmark(args)), (RunFailed,))
+    if isinstance(ran, int):
+        return ran
+    results = ran.value
     if args.json is not None:
         runs = [dataclasses.asdict(r) for r in results.runs()]
         args.json.write_text(json.dumps(runs, indent=2) + "\n")
@@ -201,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "\n".join(
             record(
                 command=command,
-                minutes=minutes,
+                minutes=ran.minutes,
                 seconds=args.seconds,
                 settings=dict(args.settings),
                 ceiling=(results.ceiling_bare, results.ceiling_controller),

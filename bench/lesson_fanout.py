@@ -34,9 +34,9 @@ import json
 import logging
 import math
 import shlex
-import time
 from collections.abc import Callable, Sequence
 
+from bench.entry import measure
 from bench.fanout_lessons import SETTINGS
 from bench.fanout_run import FANOUT_BARE, Options, RoundResult, run_round
 from bench.procs import CONTROLLER, RunFailed
@@ -244,25 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; prints the record."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
-    started = time.monotonic()
-    try:
-        rounds = asyncio.run(benchmark(args))
-    except RunFailed as exc:
-        log.error("benchmark failed: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        log.error("interrupted; every process it started is stopped")
-        return 130
+    ran = measure(lambda: asyncio.run(benchmark(args)), (RunFailed,))
+    if isinstance(ran, int):
+        return ran
+    rounds = ran.value
     if args.json is not None:
         args.json.write_text(
             json.dumps(
                 [[dataclasses.asdict(r) if r else None for r in pair] for pair in rounds], indent=1
             )
         )
-    sys.stdout.write(record(args, argv, rounds, (time.monotonic() - started) / 60))
+    sys.stdout.write(record(args, argv, rounds, ran.minutes))
     return 0
 
 

@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse
 import asyncio
 import logging
-import os
 import resource
 import shlex
 import subprocess
@@ -46,6 +45,7 @@ from importlib.metadata import version
 
 from prometheus_client import CollectorRegistry
 
+from bench.entry import measure
 from bench.observe import machine_busy_seconds
 from bench.probe_lab import GROUPS, VARIANTS, listeners, targets
 from bench.report import machine
@@ -263,23 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; prints the record."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
-    if os.geteuid() != 0:
-        log.error("network namespaces need root")
-        return 1
-    started, load_before = time.monotonic(), os.getloadavg()[0]
-    try:
-        cycles = benchmark(args)
-    except AssertionError as exc:
-        log.error("benchmark failed: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        log.error("interrupted; every process it started is stopped")
-        return 130
-    load = (load_before, os.getloadavg()[0])
-    sys.stdout.write(record(argv, cycles, (time.monotonic() - started) / 60, load))
+    ran = measure(lambda: benchmark(args), (AssertionError,), needs_root=True)
+    if isinstance(ran, int):
+        return ran
+    load = (float(ran.load_before), float(ran.load_after))
+    sys.stdout.write(record(argv, ran.value, ran.minutes, load))
     return 0
 
 

@@ -40,17 +40,15 @@ import logging
 import math
 import shlex
 import shutil
-import signal
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from bench.entry import measure
 from bench.observe import Scrape, cpu_seconds, machine_busy_seconds, rss_kib, scrape
 from bench.procs import CONTROLLER, Generator, Record, RunFailed, Target, stop_process
 from bench.report import machine, revision
-from bench.restart_storm import load_average
 from bench.run import MAX_DEVICES_PER_PROCESS, Load, split
 from bench.scale_procs import start_replica
 from bench.scale_report import cell, n
@@ -415,28 +413,20 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; prints the record."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    ran = measure(
+        lambda: asyncio.run(benchmark(loads(args), args.rounds, args.keep)),
+        (RunFailed, AssertionError, OSError),
     )
-    # A SIGTERM (timeout, a CI's stop) still stops every process it started.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    started = time.monotonic()
-    load_before = load_average()
-    try:
-        rounds = asyncio.run(benchmark(loads(args), args.rounds, args.keep))
-    except (RunFailed, AssertionError, OSError) as exc:
-        log.error("benchmark failed: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        log.error("interrupted; every process it started is stopped")
-        return 130
+    if isinstance(ran, int):
+        return ran
+    rounds = ran.value
     if args.json is not None:
         figures = [[dataclasses.asdict(r) for r in rs] for rs in rounds]
         args.json.write_text(json.dumps({"argv": argv, "rounds": figures}, indent=1))
     context = {
-        "load_before": load_before,
-        "load_after": load_average(),
-        "minutes": f"{(time.monotonic() - started) / 60:.1f}",
+        "load_before": ran.load_before,
+        "load_after": ran.load_after,
+        "minutes": f"{ran.minutes:.1f}",
     }
     sys.stdout.write(record(args, argv, rounds, context))
     return 0

@@ -38,6 +38,7 @@ from typing import TextIO
 
 import grpc
 
+from bench.entry import load_average
 from bench.report import machine
 from protos.schoolfleet.v1 import agent_pb2
 from tests.hostile_fleet import seed_token
@@ -300,11 +301,6 @@ def one_run(controller: Controller, events: Events, devices: int, baseline_kib: 
 
 def _median(values: list[float]) -> str:
     return f"**{statistics.median(values):.1f}** ({' / '.join(f'{v:.1f}' for v in values)})"
-
-
-def load_average() -> str:
-    """The machine's 1-minute load average: how much else was running."""
-    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def report(

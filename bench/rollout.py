@@ -50,14 +50,13 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shlex
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import version
 
+from bench.entry import measure
 from bench.procs import RunFailed
 from bench.report import machine
 from bench.rollout_lab import (
@@ -398,24 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; prints the record."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
-    if os.geteuid() != 0:
-        log.error("network namespaces need root")
-        return 1
-    started = time.monotonic()
-    try:
-        results = benchmark(args)
-    except (RunFailed, AssertionError) as exc:
-        log.error("benchmark failed: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        log.error("interrupted; every process it started is stopped")
-        return 130
+    ran = measure(lambda: benchmark(args), (RunFailed, AssertionError), needs_root=True)
+    if isinstance(ran, int):
+        return ran
+    results = ran.value
     if args.json is not None:
         args.json.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
-    sys.stdout.write(record(argv, results, (time.monotonic() - started) / 60))
+    sys.stdout.write(record(argv, results, ran.minutes))
     return 0
 
 

@@ -49,7 +49,6 @@ import math
 import os
 import re
 import shlex
-import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -57,6 +56,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from bench.entry import measure
 from bench.observe import machine_busy_seconds
 from bench.procs import RunFailed
 from bench.report import machine, revision
@@ -627,24 +627,16 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; prints the record."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
     # The migration lines of the template's database are not progress.
     logging.getLogger("controller").setLevel(logging.WARNING)
-    if os.geteuid() != 0:
-        log.error("network namespaces need root")
-        return 1
-    # A SIGTERM (timeout, a CI's stop) still stops every process it started.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    try:
-        results, context = on_bench_server(not args.pg_fast, lambda pg: benchmark(args, pg))
-    except (RunFailed, AssertionError) as exc:
-        log.error("benchmark failed: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        log.error("interrupted; every process it started is stopped")
-        return 130
+    ran = measure(
+        lambda: on_bench_server(not args.pg_fast, lambda pg: benchmark(args, pg)),
+        (RunFailed, AssertionError),
+        needs_root=True,
+    )
+    if isinstance(ran, int):
+        return ran
+    results, context = ran.value
     if args.json is not None:
         args.json.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
     sys.stdout.write(record(args, argv, results, context))

@@ -26,7 +26,7 @@ from typing import TypeVar
 import psycopg
 from psycopg import sql
 
-from bench.restart_storm import load_average
+from bench.entry import load_average
 from controller.store.pg_database import PgDatabase
 from tests.pg_cluster import Cluster, PgServer, throwaway_cluster
 

@@ -43,20 +43,18 @@ import json
 import logging
 import math
 import shlex
-import signal
-import time
 from typing import Any
 
 import psycopg
 
+from bench.entry import measure
 from bench.fanout_run import Options, RoundResult, run_round
 from bench.procs import CONTROLLER, RunFailed
 from bench.report import machine, revision
-from bench.restart_storm import load_average
 from bench.run import MAX_DEVICES_PER_PROCESS, Load
 from bench.scale_fanout import ReplicaRound, replica_round
 from bench.scale_ingest import SETUPS, ScaleResult, run_setup
-from bench.scale_pg import DURABLE, BenchPg, bench_server
+from bench.scale_pg import DURABLE, BenchPg, on_bench_server
 from bench.scale_report import costs_table, fanout_table, ingest_table, storm_table, streams_table
 from bench.scale_storm import StormRound, storm_rounds
 
@@ -303,33 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; prints the record."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
     # The controllers' migration lines when the template is made are not progress.
     logging.getLogger("controller").setLevel(logging.WARNING)
-    # A SIGTERM (timeout, a CI's stop) still stops every process it started.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    started = time.monotonic()
-    load_before = load_average()
-    try:
-        with bench_server(durable=not args.pg_fast) as pg:
-            version = pg.version()
-            found = asyncio.run(benchmark(args, pg))
-    except RunFailed as exc:
-        log.error("benchmark failed: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        log.error("interrupted; every process it started is stopped")
-        return 130
+    ran = measure(
+        lambda: on_bench_server(not args.pg_fast, lambda pg: asyncio.run(benchmark(args, pg))),
+        (RunFailed,),
+    )
+    if isinstance(ran, int):
+        return ran
+    found, context = ran.value
     if args.json is not None:
         args.json.write_text(json.dumps(_asdict(found), indent=1))
-    context = {
-        "pg_version": version,
-        "load_before": load_before,
-        "load_after": load_average(),
-        "minutes": f"{(time.monotonic() - started) / 60:.1f}",
-    }
     sys.stdout.write(record(args, argv, found, context))
     return 0
 

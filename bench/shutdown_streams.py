@@ -28,8 +28,9 @@ from pathlib import Path
 
 import grpc
 
+from bench.entry import load_average
 from bench.report import machine
-from bench.restart_storm import load_average, store_rows
+from bench.restart_storm import store_rows
 from common.retry_hint import read_hint
 from protos.schoolfleet.v1 import agent_pb2, fleet_pb2
 from tests.procs import Controller, wait_until
