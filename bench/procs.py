@@ -8,11 +8,13 @@ start, so an error anywhere still leaves no process behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,3 +227,21 @@ class Generator:
                 final = None
         await stop_process(self.proc, grace=5.0)
         return final
+
+
+async def start_generators(
+    stack: contextlib.AsyncExitStack,
+    parts: Iterable[tuple[Target, int, int]],
+    rate: float,
+    log: Path,
+    connect_timeout: float,
+) -> tuple[list[Generator], list[Record]]:
+    """A generator for each part (the target it dials, its first device, how many),
+    each stopped with ``stack``; and their "ready" lines once every stream is open."""
+    generators = []
+    for target, first, count in parts:
+        gen = await Generator.start(target, first, count, rate, log)
+        stack.push_async_callback(gen.stop)
+        generators.append(gen)
+    ready = await asyncio.gather(*(g.expect("ready", connect_timeout) for g in generators))
+    return generators, list(ready)

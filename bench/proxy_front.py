@@ -47,9 +47,17 @@ from dataclasses import dataclass, field
 
 from bench.entry import measure
 from bench.observe import Scrape, cpu_seconds, machine_busy_seconds, rss_kib, scrape
-from bench.procs import CONTROLLER, Generator, Record, RunFailed, Target, stop_process
+from bench.procs import (
+    CONTROLLER,
+    Generator,
+    Record,
+    RunFailed,
+    Target,
+    start_generators,
+    stop_process,
+)
 from bench.report import machine, revision
-from bench.run import MAX_DEVICES_PER_PROCESS, Load, split
+from bench.run import MAX_DEVICES_PER_PROCESS, Load, kept_up, split
 from bench.scale_procs import start_replica
 from bench.scale_report import cell, n
 from tests.haproxy import HaProxy
@@ -116,12 +124,8 @@ class ArmResult:
 
     @property
     def sustained(self) -> bool:
-        """bench/run.py's rule: received ≥ 97% of the offered load, at most 2 s of it
-        unstored at the end."""
-        return (
-            self.received_per_s >= 0.97 * self.offered_per_s
-            and self.backlog_end <= 2 * self.offered_per_s
-        )
+        """bench/run.py's rule (kept_up)."""
+        return kept_up(self.offered_per_s, self.received_per_s, self.backlog_end)
 
     @property
     def kib_per_stream(self) -> float:
@@ -231,15 +235,9 @@ async def run_arm(arm: Arm, load: Load, index: int, keep: bool = False) -> ArmRe
             rss_idle = rss_kib(target.proc.pid)
             # The generators dial the target's address: HAProxy's port, not the controller's.
             through = dataclasses.replace(target, grpc_port=lb.port)
-            generators = []
-            for first, count in split(load.devices, load.procs):
-                gen = await Generator.start(
-                    through, first, count, load.rate, workdir / "loadgen.log"
-                )
-                stack.push_async_callback(gen.stop)
-                generators.append(gen)
-            ready = await asyncio.gather(
-                *(g.expect("ready", load.connect_timeout) for g in generators)
+            parts = [(through, first, count) for first, count in split(load.devices, load.procs)]
+            generators, ready = await start_generators(
+                stack, parts, load.rate, workdir / "loadgen.log", load.connect_timeout
             )
             connected = sum(int(r["connected"]) for r in ready)
             log.info(

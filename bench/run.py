@@ -26,6 +26,7 @@ from bench.procs import (
     Generator,
     Record,
     TargetKind,
+    start_generators,
     start_target,
     stop_process,
 )
@@ -91,13 +92,7 @@ class RunResult:
 
     @property
     def sustained(self) -> bool:
-        """Whether the server kept up: it received at least 97% of the offered load and
-        held at most 2 s of it unstored at the end. (Stored/s alone moves in steps of
-        one batch, coarse when batches are large.)"""
-        return (
-            self.received_per_s >= 0.97 * self.offered_per_s
-            and self.backlog_end <= 2 * self.offered_per_s
-        )
+        return kept_up(self.offered_per_s, self.received_per_s, self.backlog_end)
 
     @property
     def kib_per_stream(self) -> float:
@@ -116,6 +111,13 @@ class _Moment:
     sent: int
     acked: int
     downstream: int
+
+
+def kept_up(offered_per_s: float, received_per_s: float, backlog_end: float) -> bool:
+    """Whether a server kept up: it received at least 97% of the offered load and held
+    at most 2 s of it unstored at the end. (Stored/s alone moves in steps of one batch,
+    coarse when batches are large.)"""
+    return received_per_s >= 0.97 * offered_per_s and backlog_end <= 2 * offered_per_s
 
 
 def split(devices: int, procs: int) -> list[tuple[int, int]]:
@@ -170,15 +172,9 @@ async def run_once(
             await asyncio.sleep(0.5)
             rss_idle = rss_kib(pid)
 
-            generators: list[Generator] = []
-            for first, count in split(load.devices, load.procs):
-                gen = await Generator.start(
-                    target, first, count, load.rate, workdir / "loadgen.log"
-                )
-                stack.push_async_callback(gen.stop)
-                generators.append(gen)
-            ready = await asyncio.gather(
-                *(g.expect("ready", load.connect_timeout) for g in generators)
+            parts = [(target, first, count) for first, count in split(load.devices, load.procs)]
+            generators, ready = await start_generators(
+                stack, parts, load.rate, workdir / "loadgen.log", load.connect_timeout
             )
             log.info(
                 "%s %s: %d/%d streams open in %.1fs",

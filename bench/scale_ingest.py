@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.observe import Scrape, cpu_seconds, machine_busy_seconds, rss_kib, scrape
-from bench.procs import CONTROLLER, Generator, Record, Target, stop_process
-from bench.run import Load, split
+from bench.procs import CONTROLLER, Generator, Record, Target, start_generators, stop_process
+from bench.run import Load, kept_up, split
 from bench.scale_pg import BenchPg, WalActivity
 from bench.scale_procs import start_replica
 
@@ -103,12 +103,8 @@ class ScaleResult:
 
     @property
     def sustained(self) -> bool:
-        """bench/run.py's rule: received ≥ 97% of the offered load, at most 2 s of it
-        unstored at the end."""
-        return (
-            self.received_per_s >= 0.97 * self.offered_per_s
-            and self.backlog_end <= 2 * self.offered_per_s
-        )
+        """bench/run.py's rule (kept_up)."""
+        return kept_up(self.offered_per_s, self.received_per_s, self.backlog_end)
 
     @property
     def wal_bytes_per_heartbeat(self) -> float:
@@ -267,15 +263,12 @@ async def run_setup(
                     (after.database_cpu - before.database_cpu) / span,
                 )
 
-            generators = []
-            for replica, first, count in assign(load.devices, load.procs, setup.replicas):
-                gen = await Generator.start(
-                    targets[replica], first, count, load.rate, workdir / "loadgen.log"
-                )
-                stack.push_async_callback(gen.stop)
-                generators.append(gen)
-            ready = await asyncio.gather(
-                *(g.expect("ready", load.connect_timeout) for g in generators)
+            parts = [
+                (targets[replica], first, count)
+                for replica, first, count in assign(load.devices, load.procs, setup.replicas)
+            ]
+            generators, ready = await start_generators(
+                stack, parts, load.rate, workdir / "loadgen.log", load.connect_timeout
             )
             connected = sum(int(r["connected"]) for r in ready)
             log.info(
