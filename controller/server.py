@@ -516,7 +516,7 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
         private_dir(settings.data_dir)
     except OSError as exc:
         raise ConfigError(f"data_dir {settings.data_dir}: {exc.strerror}") from None
-    stores = open_stores(settings.database)
+    stores = open_stores(settings.database, settings.database_connections)
     # The pools of controller/offload.py's model.
     write_executor = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
     read_executor = ThreadPoolExecutor(4, thread_name_prefix="store")

@@ -40,6 +40,10 @@ class ControllerSettings:
     # Prometheus /metrics; port 0 picks a free port.
     metrics_listen: str = "127.0.0.1:7444"
     database: str = "sqlite:///var/lib/schoolfleet/controller.db"
+    # PostgreSQL: the most connections this controller's pool holds (it listens on one
+    # more). Every replica's count, plus operators', must fit the server's
+    # max_connections (docs/scale.md).
+    database_connections: int = 8
     # Told to agents in Welcome.
     heartbeat_interval: int = 30
     # Missed heartbeats before a device with a live stream counts as offline.
@@ -225,6 +229,11 @@ class ControllerSettings:
             raise SettingError("'uplink_bytes' must be 1 to 100000000", "uplink_bytes")
         if self.uplink_timeout > 600:
             raise SettingError("'uplink_timeout' must be at most 600 seconds", "uplink_timeout")
+        if not 4 <= self.database_connections <= 100:
+            raise SettingError(
+                "'database_connections' must be 4 to 100 (the store's threads share them)",
+                "database_connections",
+            )
         if self.lease_seconds < 1:
             raise SettingError("'lease_seconds' must be at least 1", "lease_seconds")
 

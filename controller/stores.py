@@ -77,11 +77,11 @@ class Stores:
         return self.sql
 
 
-def open_stores(url: str) -> Stores:
+def open_stores(url: str, connections: int = 8) -> Stores:
     """Opens (creating and migrating as needed) the database at ``url`` and every
-    feature's store on it."""
+    feature's store on it; on PostgreSQL with a pool of at most ``connections``."""
     if url.startswith(POSTGRES_SCHEMES):
-        return stores_on(PgDatabase(url))
+        return stores_on(PgDatabase(url, max_connections=connections))
     return stores_on(Database(sqlite_path(url)))
 
 

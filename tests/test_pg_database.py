@@ -149,6 +149,34 @@ def test_the_url_chooses_the_database(pg_url: str) -> None:
         stores.close()
 
 
+@pytest.mark.parametrize("connections", [4, 8])
+def test_the_pool_holds_at_most_database_connections(pg_url: str, connections: int) -> None:
+    """database_connections: what a city sizes max_connections by (docs/scale.md)."""
+    stores = open_stores(pg_url, connections)
+    database = pg_url.rsplit("/", 1)[1].split("?", 1)[0]
+    try:
+        # Twelve threads each holding a connection for a moment: the pool grows to its
+        # most and the others wait for one.
+        threads = [
+            threading.Thread(target=stores.sql.read, args=("SELECT pg_sleep(0.3)",))
+            for _ in range(12)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+        with psycopg.connect(pg_url) as watcher:
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                "pg_backend_pid()",
+                (database,),
+            ).fetchone()
+        for thread in threads:
+            thread.join(10)
+        assert row is not None and row[0] == connections
+    finally:
+        stores.close()
+
+
 def test_a_multi_host_url_finds_the_writable_server(pg_url: str) -> None:
     params = psycopg.conninfo.conninfo_to_dict(pg_url)
     if not params.get("host") or "," in str(params["host"]):

@@ -50,6 +50,7 @@ def test_precedence(tmp_path: Path) -> None:
             "'proxy_from': 'haproxy.local' is not an address or a network",
         ),
         ("proxy_from = '10.0.0.1'", "'proxy_from' must be a list"),
+        ("database_connections = 2", "'database_connections' must be 4 to 100"),
     ],
 )
 def test_bad_file_names_the_key(tmp_path: Path, text: str, message: str) -> None:
