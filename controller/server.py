@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +95,9 @@ from controller.uplink.sql_tokens import SqlTokens
 from controller.uplink.tokens import Tokens
 
 log = logging.getLogger(__name__)
+# A step of the stop (the checks, probes, rollouts, leased work, the dispatcher) that
+# takes longer is left behind: well within systemd's 90 s stop timeout.
+STOP_STEP_SECONDS = 10.0
 
 # Calls beyond device streams that may run at once (schoolctl, scrapes of admin data).
 _ADMIN_HEADROOM = 256
@@ -196,7 +199,7 @@ def _add_ports(
 
 
 async def _start_fronts(
-    settings: ControllerSettings, inner: dict[str, int], registry: CollectorRegistry
+    settings: ControllerSettings, inner: dict[str, int], refusals: FrontRefusals
 ) -> tuple[dict[str, int], list[ProxyFront]]:
     """Behind balancers: a front on each public port, passing its connections to the
     gRPC server's loopback port (controller/proxied/front.py); the public ports."""
@@ -205,7 +208,6 @@ async def _start_fronts(
     listens = {"grpc": settings.listen, "enroll": settings.enroll_listen}
     ports: dict[str, int] = {}
     fronts: list[ProxyFront] = []
-    refusals = FrontRefusals(registry)
     for name, target in inner.items():
         host, port = _split(listens[name])
         front = ProxyFront(host, port, target, networks(settings.proxy_from), CLIENTS, refusals)
@@ -423,6 +425,29 @@ def _probes(
     return _Probes(prober)
 
 
+async def _within(what: str, step: Awaitable[object], seconds: float = STOP_STEP_SECONDS) -> None:
+    """A step of the stop, left behind (said in the log, with where every task still
+    running waits) when it does not end within ``seconds``: the controller still
+    stores what it holds and exits, rather than wait for systemd's SIGKILL."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if task in done:
+        task.result()
+        return
+    waiting = []
+    for other in asyncio.all_tasks():
+        if other is not asyncio.current_task() and not other.done():
+            frames = other.get_stack(limit=1)
+            where = f"{frames[0].f_code.co_filename}:{frames[0].f_lineno}" if frames else "?"
+            waiting.append(f"{other.get_name()}@{where}")
+    log.error(
+        "controller stop: %s did not end within %g s; going on without it (waiting: %s)",
+        what,
+        seconds,
+        ", ".join(sorted(waiting))[:2000],
+    )
+
+
 async def _stop_serving(
     server: grpc.aio.Server,
     agent_service: AgentService,
@@ -630,7 +655,11 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     )
     # The fronts listen before anything starts, so a port taken fails the start cleanly;
     # what they pass on waits in the gRPC server's backlog until it serves.
-    ports, fronts = await _start_fronts(settings, _add_ports(server, settings, keeper), registry)
+    # Its figures exported with or without a front: 0 is a true count without one.
+    front_refusals = FrontRefusals(registry)
+    ports, fronts = await _start_fronts(
+        settings, _add_ports(server, settings, keeper), front_refusals
+    )
     grpc_port = ports["grpc"]
     http_server, _ = _serve_metrics(settings.metrics_listen, registry)
     metrics_port = http_server.server_port
@@ -675,10 +704,10 @@ async def serve(settings: ControllerSettings) -> None:  # noqa: PLR0915
     streams_ended = time.monotonic() - stopping
     for front in fronts:
         await front.close()
-    await others
+    await _within("the uplink checks, probes and rollouts", others)
     # Leased work stopped and its leases given up: another controller takes them now.
-    await part.close()
-    await dispatcher.close()
+    await _within("the leased work", part.close())
+    await _within("the lesson dispatcher", dispatcher.close())
     await writer.close()
     await writer_task
     for task in (acks_task, refusals_task, pki_task):
