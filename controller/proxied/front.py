@@ -162,7 +162,12 @@ class _Accepted(_Side):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._front._open.add(self)
-        host, port = transport.get_extra_info("peername")[:2]
+        peername = transport.get_extra_info("peername")
+        if not peername:
+            # Gone before it was accepted (the kernel could not say from where).
+            self.close()
+            return
+        host, port = peername[:2]
         self._peer = grpc_peer(host, port)
         if within(host, self._front.proxies):
             self._header = b""
@@ -217,6 +222,7 @@ class _Accepted(_Side):
     def _refuse(self, reason: str, message: str) -> None:
         self._front.refusals.refused(reason, message, time.monotonic())
         self._header = None
+        self._cancel_timer()
         self.close()
 
     def _cancel_timer(self) -> None:
