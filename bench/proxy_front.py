@@ -20,6 +20,14 @@ generators' CPU are read; the controller's RSS at the end. Every process it star
 is stopped by its pid, on errors, Ctrl-C and SIGTERM too. Progress goes to stderr,
 the markdown record for docs/benchmarks.md to stdout.
 
+``--tls``: both arms as production runs, agents on mutual TLS. One CA for the run
+(``schoolfleet-controller init``), copied to each arm's controller; in each arm every
+device is enrolled through the real Enroll call (bench/restart_storm.py's
+``enroll_all``) via a second HAProxy on the enrollment port (the same arm's way:
+with ``send-proxy-v2`` in (b)) before the controller's idle RSS is read, then run by
+bench/storm_devices.py workers, a heartbeat every interval the controller's Welcome
+names: ``heartbeat_interval`` is set to 1 / ``--rate`` s.
+
 Run from the repository: ``.venv/bin/python bench/proxy_front.py``.
 """
 
@@ -42,14 +50,14 @@ import shlex
 import shutil
 import statistics
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from bench.entry import measure
 from bench.observe import Scrape, cpu_seconds, machine_busy_seconds, rss_kib, scrape
 from bench.procs import (
     CONTROLLER,
-    Generator,
     Record,
     RunFailed,
     Target,
@@ -57,10 +65,14 @@ from bench.procs import (
     stop_process,
 )
 from bench.report import machine, revision
+from bench.restart_storm import SCHOOL, end_worker, enroll_all, spawn_worker
 from bench.run import MAX_DEVICES_PER_PROCESS, Load, kept_up, split
-from bench.scale_procs import start_replica
+from bench.scale_procs import enroll_port, start_replica
 from bench.scale_report import cell, n
+from bench.scale_storm import StormLog
 from tests.haproxy import HaProxy
+from tests.hostile_fleet import seed_token
+from tests.procs import init_controller_ca
 
 log = logging.getLogger("bench")
 
@@ -87,6 +99,8 @@ PROXIED = Arm(
     {"proxy_from": json.dumps([BALANCER_SOURCE])},
 )
 ARMS = (PLAIN, PROXIED)
+# With --tls: the production default, and the enrollment port on loopback.
+TLS_SETTINGS = {"agent_tls": "true", "enroll_listen": "127.0.0.1:0"}
 
 
 def orders(rounds: int) -> list[tuple[Arm, ...]]:
@@ -152,14 +166,25 @@ class _Moment:
     machine: float
 
 
-async def _moment(target: Target, haproxy_pid: int, generators: list[Generator]) -> _Moment:
-    await asyncio.gather(*(g.ask("sample", "sample") for g in generators))
+@dataclass(frozen=True, slots=True)
+class Devices:
+    """One arm's simulated devices, however they run: their processes, how many have a
+    stream, a sample before each reading, and how to stop them (their errors)."""
+
+    pids: list[int]
+    connected: int
+    sample: Callable[[], Awaitable[object]]
+    finish: Callable[[], Awaitable[dict[str, int]]]
+
+
+async def _moment(target: Target, haproxy_pids: list[int], devices: Devices) -> _Moment:
+    await devices.sample()
     page = await scrape(target.metrics_port)
     return _Moment(
         page=page,
         controller=cpu_seconds(target.proc.pid),
-        haproxy=cpu_seconds(haproxy_pid),
-        generators=sum(cpu_seconds(g.pid) for g in generators),
+        haproxy=sum(cpu_seconds(pid) for pid in haproxy_pids),
+        generators=sum(cpu_seconds(pid) for pid in devices.pids),
         machine=machine_busy_seconds(),
     )
 
@@ -179,7 +204,7 @@ def _result(
     window: tuple[_Moment, _Moment],
     connected: int,
     rss: tuple[int, int],
-    records: list[Record],
+    errors: dict[str, int],
 ) -> ArmResult:
     a, b = window
     span = b.page.at - a.page.at
@@ -211,53 +236,136 @@ def _result(
         rss_idle_kib=rss[0],
         rss_end_kib=rss[1],
         window_seconds=span,
-        errors=_errors(records),
+        errors=errors,
         closed={reason: count for reason, count in closed.items() if count},
     )
 
 
-async def run_arm(arm: Arm, load: Load, index: int, keep: bool = False) -> ArmResult:
+async def _plain_devices(
+    stack: contextlib.AsyncExitStack, workdir: Path, through: Target, load: Load
+) -> Devices:
+    """bench/loadgen.py's generators on plaintext streams, heartbeats started."""
+    parts = [(through, first, count) for first, count in split(load.devices, load.procs)]
+    generators, ready = await start_generators(
+        stack, parts, load.rate, workdir / "loadgen.log", load.connect_timeout
+    )
+    log.info("%d streams open in %.1fs", *_opened(ready))
+    for gen in generators:
+        await gen.send("start")
+
+    async def finish() -> dict[str, int]:
+        finals = [f for f in await asyncio.gather(*(g.stop() for g in generators)) if f]
+        return _errors([*ready, *finals])
+
+    return Devices(
+        [g.pid for g in generators],
+        sum(int(r["connected"]) for r in ready),
+        lambda: asyncio.gather(*(g.ask("sample", "sample") for g in generators)),
+        finish,
+    )
+
+
+def _opened(ready: list[Record]) -> tuple[int, float]:
+    return sum(int(r["connected"]) for r in ready), max(float(r["seconds"]) for r in ready)
+
+
+async def _tls_devices(
+    stack: contextlib.AsyncExitStack, workdir: Path, address: str, ca: Path, load: Load
+) -> Devices:
+    """bench/storm_devices.py workers for the enrolled devices in workdir/devices.json,
+    reaching ``address``; returns once every device has its Welcome (its first
+    heartbeat sent with it)."""
+    rows = json.loads((workdir / "devices.json").read_text())
+    events = StormLog()
+    workers = []
+    for part, (first, count) in enumerate(split(load.devices, load.procs)):
+        devices = workdir / f"devices-{part}.json"
+        devices.write_text(json.dumps(rows[first : first + count]))
+        with (workdir / f"devices-{part}.log").open("w") as stderr:
+            worker = spawn_worker(address, ca, devices, events.take, stderr)
+        stack.callback(end_worker, worker)
+        workers.append(worker)
+    started = time.monotonic()
+    while not events.connected(load.devices):
+        if time.monotonic() - started > load.connect_timeout:
+            raise RunFailed(f"not every device had a stream within {load.connect_timeout:g}s")
+        if any(w.poll() is not None for w in workers):
+            raise RunFailed("a device worker exited; see devices-*.log")
+        await asyncio.sleep(0.2)
+    log.info("%d streams open in %.1fs", load.devices, time.monotonic() - started)
+
+    async def finish() -> dict[str, int]:
+        for worker in workers:
+            await asyncio.to_thread(end_worker, worker)
+        return {f"{p} Welcome, {c}, {w}": k for (p, c, w), k in events.ended_since(0).items()}
+
+    return Devices([w.pid for w in workers], load.devices, lambda: asyncio.sleep(0), finish)
+
+
+async def _enroll(
+    stack: contextlib.AsyncExitStack, workdir: Path, target: Target, arm: Arm, load: Load, ca: Path
+) -> None:
+    """Every device enrolled through a second HAProxy on the enrollment port, the arm's
+    way; their keys and certificates in workdir/devices.json."""
+    folder = workdir / "enroll-lb"
+    folder.mkdir()
+    enroll_lb = HaProxy(folder, [("127.0.0.1", enroll_port(target))], proxy_source=arm.proxy_source)
+    stack.callback(enroll_lb.stop)
+    await asyncio.to_thread(enroll_lb.start)
+    secret = await asyncio.to_thread(
+        seed_token, workdir / "controller.db", SCHOOL, uses=load.devices
+    )
+    started = time.monotonic()
+    rows = await asyncio.to_thread(
+        lambda: enroll_all(enroll_lb.port, ca.read_bytes(), secret, load.devices)
+    )
+    log.info("enrolled %d devices in %.1fs", len(rows), time.monotonic() - started)
+    (workdir / "devices.json").write_text(json.dumps(rows))
+
+
+async def run_arm(
+    arm: Arm, load: Load, index: int, keep: bool = False, ca_data: Path | None = None
+) -> ArmResult:
     """One arm on fresh processes: a controller on a fresh SQLite file, HAProxy in front
-    of it, the generators through HAProxy; one window measured."""
+    of it, the devices through HAProxy; one window measured. ``ca_data``: mutual TLS,
+    the controller given that CA (a data folder from ``schoolfleet-controller init``)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"schoolfleet-front-{arm.name}-"))
     try:
         async with contextlib.AsyncExitStack() as stack:
             url = f"sqlite:{workdir / 'controller.db'}"
-            target = await start_replica(workdir, url, arm.settings, "controller")
+            settings = dict(arm.settings)
+            if ca_data is not None:
+                shutil.copytree(ca_data, workdir / "controller" / "data")
+                interval = str(round(1 / load.rate))
+                settings |= {**TLS_SETTINGS, "heartbeat_interval": interval}
+            target = await start_replica(workdir, url, settings, "controller")
             stack.push_async_callback(stop_process, target.proc)
             lb = HaProxy(workdir, [("127.0.0.1", target.grpc_port)], proxy_source=arm.proxy_source)
             stack.callback(lb.stop)
             await asyncio.to_thread(lb.start)
             assert lb.proc is not None
-            haproxy_pid = lb.proc.pid
+            haproxy_pids = [lb.proc.pid]
             await scrape(target.metrics_port)
+            ca = None if ca_data is None else ca_data / "pki" / "ca.crt"
+            if ca is not None:
+                await _enroll(stack, workdir, target, arm, load, ca)
             await asyncio.sleep(0.5)
             rss_idle = rss_kib(target.proc.pid)
-            # The generators dial the target's address: HAProxy's port, not the controller's.
-            through = dataclasses.replace(target, grpc_port=lb.port)
-            parts = [(through, first, count) for first, count in split(load.devices, load.procs)]
-            generators, ready = await start_generators(
-                stack, parts, load.rate, workdir / "loadgen.log", load.connect_timeout
-            )
-            connected = sum(int(r["connected"]) for r in ready)
-            log.info(
-                "round %d %s: %d/%d streams open in %.1fs",
-                index,
-                arm.name,
-                connected,
-                load.devices,
-                max(float(r["seconds"]) for r in ready),
-            )
-            for gen in generators:
-                await gen.send("start")
+            log.info("round %d %s: controller up, %.0f MiB", index, arm.name, rss_idle / 1024)
+            if ca is None:
+                # The generators dial the target's address: HAProxy's port, not the controller's.
+                through = dataclasses.replace(target, grpc_port=lb.port)
+                devices = await _plain_devices(stack, workdir, through, load)
+            else:
+                devices = await _tls_devices(stack, workdir, lb.address, ca, load)
             await asyncio.sleep(load.warmup)
-            start = await _moment(target, haproxy_pid, generators)
+            start = await _moment(target, haproxy_pids, devices)
             await asyncio.sleep(load.seconds)
-            end = await _moment(target, haproxy_pid, generators)
+            end = await _moment(target, haproxy_pids, devices)
             rss_end = rss_kib(target.proc.pid)
-            finals = [f for f in await asyncio.gather(*(g.stop() for g in generators)) if f]
+            errors = await devices.finish()
             result = _result(
-                arm, index, load, (start, end), connected, (rss_idle, rss_end), [*ready, *finals]
+                arm, index, load, (start, end), devices.connected, (rss_idle, rss_end), errors
             )
             log.info(
                 "round %d %s: stored %.0f/s, controller %.2f cores (%.3f core-s per 1,000), "
@@ -280,13 +388,23 @@ async def run_arm(arm: Arm, load: Load, index: int, keep: bool = False) -> ArmRe
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def benchmark(load: Load, rounds: int, keep: bool) -> list[list[ArmResult]]:
-    """Every round's results, plain arm first in each list whatever the order run."""
-    found = []
-    for index, order in enumerate(orders(rounds), 1):
-        done = {arm.name: await run_arm(arm, load, index, keep) for arm in order}
-        found.append([done[arm.name] for arm in ARMS])
-    return found
+async def benchmark(
+    load: Load, rounds: int, keep: bool, tls: bool = False
+) -> list[list[ArmResult]]:
+    """Every round's results, plain arm first in each list whatever the order run.
+    ``tls``: one CA made for the run, given to every arm's controller."""
+    ca_data = Path(tempfile.mkdtemp(prefix="schoolfleet-front-ca-")) / "data" if tls else None
+    try:
+        if ca_data is not None:
+            await asyncio.to_thread(init_controller_ca, ca_data)
+        found = []
+        for index, order in enumerate(orders(rounds), 1):
+            done = {arm.name: await run_arm(arm, load, index, keep, ca_data) for arm in order}
+            found.append([done[arm.name] for arm in ARMS])
+        return found
+    finally:
+        if ca_data is not None:
+            shutil.rmtree(ca_data.parent, ignore_errors=True)
 
 
 Pick = Callable[[ArmResult], float]
@@ -354,19 +472,29 @@ def record(
     """The markdown record."""
     cmd = shlex.join([".venv/bin/python", "bench/proxy_front.py", *argv])
     load = loads(args)
-    errors = {r.arm: r.errors for rs in rounds for r in rs if r.errors}
+    errors = [(r.arm, r.round, r.errors) for rs in rounds for r in rs if r.errors]
+    if args.tls:
+        streams = (
+            "mutual-TLS device streams (agent_tls on, `heartbeat_interval` "
+            f"{round(1 / args.rate)} s), each device enrolled through Enroll in each arm; "
+            "two HAProxy instances, the agents' port and the enrollment port (their CPU "
+            "summed)"
+        )
+        devices = "mutual-TLS devices (bench/storm_devices.py)"
+    else:
+        streams = "plaintext device streams (bench/procs.py's lab mode); HAProxy"
+        devices = "devices"
     lines = [
         f"Machine: {machine().line()} Load average (1 min) {context['load_before']} before, "
         f"{context['load_after']} after.",
         "",
-        f"Code at `{revision()}`; one controller on SQLite, default settings, plaintext "
-        "device streams (bench/procs.py's lab mode); HAProxy "
+        f"Code at `{revision()}`; one controller on SQLite, default settings, {streams} "
         f"(tests/haproxy.py's configuration), (b) from {BALANCER_SOURCE} with "
         f'`send-proxy-v2` to a controller with `proxy_from=["{BALANCER_SOURCE}"]`.',
         "",
         f"Command (took {context['minutes']} min): `{cmd}`",
         "",
-        f"{load.devices:,} devices offering {load.offered:,.0f} heartbeats/s "
+        f"{load.devices:,} {devices} offering {load.offered:,.0f} heartbeats/s "
         f"({load.rate:g}/s each), {args.procs} generator processes, {args.warmup:g} s "
         f"settling, {args.seconds:g} s windows, {len(rounds)} rounds, the arms' order "
         "alternating. Medians in bold, each round's figure in brackets.",
@@ -375,7 +503,7 @@ def record(
         *summary(rounds),
     ]
     if errors:
-        lines += ["Stream errors:", "", *(f"- {a}: {e}" for a, e in errors.items()), ""]
+        lines += ["Stream errors:", "", *(f"- {a}, round {i}: {e}" for a, i, e in errors), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -395,6 +523,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=4, help="generator processes (4)")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before each window (5)")
     p.add_argument("--seconds", type=float, default=20.0, help="each window, s (20)")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual-TLS device streams, enrolled through Enroll (--rate: 1 / a whole number)",
+    )
     p.add_argument("--keep", action="store_true", help="keep each arm's folder")
     p.add_argument("--json", type=Path, help="write every round's figures to this file")
     args = p.parse_args(argv)
@@ -404,6 +537,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--rate and --seconds must be positive, --warmup not negative")
     if math.ceil(args.devices / args.procs) > MAX_DEVICES_PER_PROCESS:
         p.error(f"{args.devices} devices need more than --procs {args.procs} processes")
+    # With TLS the devices beat at the interval the controller's Welcome names, whole seconds.
+    if args.tls and not math.isclose(1 / args.rate, round(1 / args.rate)):
+        p.error("with --tls, --rate must be 1 / a whole number of seconds (0.5, 0.25, 1)")
     return args
 
 
@@ -412,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     ran = measure(
-        lambda: asyncio.run(benchmark(loads(args), args.rounds, args.keep)),
+        lambda: asyncio.run(benchmark(loads(args), args.rounds, args.keep, args.tls)),
         (RunFailed, AssertionError, OSError),
     )
     if isinstance(ran, int):

@@ -45,12 +45,24 @@ def test_the_defaults_are_a_load_both_arms_keep_up_with_in_three_rounds() -> Non
     args = parse_args([])
     assert (args.rounds, args.devices, args.rate, args.procs) == (3, 2000, 0.5, 4)
     assert args.json is None
+    assert not args.tls
     assert parse_args(["--rounds", "5", "--json", "out.json"]).rounds == 5
+
+
+def test_tls_takes_a_rate_the_controllers_whole_second_interval_can_give() -> None:
+    # The devices beat at the interval the Welcome names: heartbeat_interval = 1 / rate.
+    assert parse_args(["--tls"]).tls
+    assert parse_args(["--tls", "--rate", "0.25"]).rate == 0.25
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["--rounds", "0"], ["--rate", "0"], ["--devices", "20000", "--procs", "4"]],
+    [
+        ["--rounds", "0"],
+        ["--rate", "0"],
+        ["--devices", "20000", "--procs", "4"],
+        ["--tls", "--rate", "0.4"],
+    ],
 )
 def test_a_command_line_that_measures_nothing_is_refused(
     argv: list[str], capsys: pytest.CaptureFixture[str]
