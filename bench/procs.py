@@ -245,3 +245,12 @@ async def start_generators(
         generators.append(gen)
     ready = await asyncio.gather(*(g.expect("ready", connect_timeout) for g in generators))
     return generators, list(ready)
+
+
+def merged_errors(records: list[Record]) -> dict[str, int]:
+    """The generators' error counts by reason, summed over their lines."""
+    merged: dict[str, int] = {}
+    for record in records:
+        for reason, count in record.get("errors", {}).items():
+            merged[reason] = merged.get(reason, 0) + count
+    return merged

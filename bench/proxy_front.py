@@ -61,6 +61,7 @@ from bench.procs import (
     Record,
     RunFailed,
     Target,
+    merged_errors,
     start_generators,
     stop_process,
 )
@@ -189,14 +190,6 @@ async def _moment(target: Target, haproxy_pids: list[int], devices: Devices) -> 
     )
 
 
-def _errors(records: list[Record]) -> dict[str, int]:
-    merged: dict[str, int] = {}
-    for record in records:
-        for reason, count in record.get("errors", {}).items():
-            merged[reason] = merged.get(reason, 0) + count
-    return merged
-
-
 def _result(
     arm: Arm,
     index: int,
@@ -255,7 +248,7 @@ async def _plain_devices(
 
     async def finish() -> dict[str, int]:
         finals = [f for f in await asyncio.gather(*(g.stop() for g in generators)) if f]
-        return _errors([*ready, *finals])
+        return merged_errors([*ready, *finals])
 
     return Devices(
         [g.pid for g in generators],

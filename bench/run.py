@@ -26,6 +26,7 @@ from bench.procs import (
     Generator,
     Record,
     TargetKind,
+    merged_errors,
     start_generators,
     start_target,
     stop_process,
@@ -143,14 +144,6 @@ async def _moment(port: int, pid: int, generators: list[Generator]) -> _Moment:
         acked=sum(s["acked"] for s in samples),
         downstream=sum(s["received"] for s in samples),
     )
-
-
-def _merge_errors(records: list[Record]) -> dict[str, int]:
-    merged: dict[str, int] = {}
-    for record in records:
-        for reason, count in record.get("errors", {}).items():
-            merged[reason] = merged.get(reason, 0) + count
-    return merged
 
 
 async def run_once(
@@ -294,7 +287,7 @@ def _result(
         flush_batch_mean=flush_batch,
         flush_ms_mean=flush_ms,
         flushes_per_s=flushes_per_s,
-        errors=_merge_errors([*ready, *finals]),
+        errors=merged_errors([*ready, *finals]),
         closed=closed,
     )
 

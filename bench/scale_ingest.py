@@ -27,7 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.observe import Scrape, cpu_seconds, machine_busy_seconds, rss_kib, scrape
-from bench.procs import CONTROLLER, Generator, Record, Target, start_generators, stop_process
+from bench.procs import (
+    CONTROLLER,
+    Generator,
+    Record,
+    Target,
+    merged_errors,
+    start_generators,
+    stop_process,
+)
 from bench.run import Load, kept_up, split
 from bench.scale_pg import BenchPg, WalActivity
 from bench.scale_procs import start_replica
@@ -149,14 +157,6 @@ async def _moment(
     )
 
 
-def _merge(records: list[Record]) -> dict[str, int]:
-    merged: dict[str, int] = {}
-    for record in records:
-        for reason, count in record.get("errors", {}).items():
-            merged[reason] = merged.get(reason, 0) + count
-    return merged
-
-
 def _result(
     setup: Setup,
     load: Load,
@@ -215,7 +215,7 @@ def _result(
         window_seconds=span,
         controllers_idle=idle[0],
         database_idle=idle[1],
-        errors=_merge(records),
+        errors=merged_errors(records),
         closed=closed,
     )
 
