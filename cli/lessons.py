@@ -148,7 +148,10 @@ def lessons_today(
 
 
 def _day_words(day: str) -> str:
-    return day or "today" if day in ("", "today", "tomorrow", "yesterday") else f"on {day}"
+    """ "today", "tomorrow", "on 2026-09-01": the day as the empty answer says it."""
+    if not day:
+        return "today"
+    return day if day in ("today", "tomorrow", "yesterday") else f"on {day}"
 
 
 @lessons_app.command("launch")

@@ -208,9 +208,10 @@ async def _start_fronts(
     listens = {"grpc": settings.listen, "enroll": settings.enroll_listen}
     ports: dict[str, int] = {}
     fronts: list[ProxyFront] = []
+    proxies = networks(settings.proxy_from)
     for name, target in inner.items():
         host, port = _split(listens[name])
-        front = ProxyFront(host, port, target, networks(settings.proxy_from), CLIENTS, refusals)
+        front = ProxyFront(host, port, target, proxies, CLIENTS, refusals)
         try:
             ports[name] = await front.start()
         except OSError as exc:

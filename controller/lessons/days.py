@@ -19,20 +19,25 @@ def day_bounds(now: float, zone: ZoneInfo) -> tuple[float, float]:
     return start.timestamp(), end.timestamp()
 
 
+def _date(name: str) -> dt.date:
+    refused = ValueError(
+        f"day {name[:40]!r} is not a date like 2026-09-01, today, tomorrow or yesterday"
+    )
+    if not _DATE.fullmatch(name):
+        raise refused
+    try:
+        return dt.date.fromisoformat(name)
+    except ValueError:
+        raise refused from None
+
+
 def named_day_bounds(name: str, now: float, zone: ZoneInfo) -> tuple[float, float]:
     """The bounds of a day named as ``YYYY-MM-DD``, ``today``, ``tomorrow`` or
     ``yesterday``; ValueError names what was wrong."""
     if name in _SHIFTS:
         day = dt.datetime.fromtimestamp(now, zone).date() + dt.timedelta(days=_SHIFTS[name])
     else:
-        try:
-            if not _DATE.fullmatch(name):
-                raise ValueError(name)
-            day = dt.date.fromisoformat(name)
-        except ValueError:
-            raise ValueError(
-                f"day {name[:40]!r} is not a date like 2026-09-01, today, tomorrow or yesterday"
-            ) from None
+        day = _date(name)
     # Noon is inside the day whatever the zone's clock change does that day.
     noon = dt.datetime.combine(day, dt.time(12), zone)
     return day_bounds(noon.timestamp(), zone)
