@@ -334,6 +334,8 @@ def test_a_term_of_lessons_imports_in_parts_and_again_changes_nothing(
         assert len(listed.json()) == on(tomorrow.isoformat()), listed
         none = schoolctl(c.address, "lessons", "today", "--day", "yesterday")
         assert (none.code, none.err) == (0, "no lessons yesterday\n"), none
+        none = schoolctl(c.address, "lessons", "today", "--day", "2020-01-01")
+        assert (none.code, none.err) == (0, "no lessons on 2020-01-01\n"), none
         for bad in ("2026-02-30", "20260901", "2026-W36-1", "'; DROP TABLE lessons; --"):
             refused = schoolctl(c.address, "lessons", "today", "--day", bad)
             assert refused.code == 2 and refused.err.count("\n") == 1, refused

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -135,6 +137,37 @@ def test_each_schools_address_is_seen_through_haproxy(tmp_path: Path) -> None:
         peers = [re.sub(r"^ipv4:|:[0-9]+$", "", entry["peer"]) for entry in audit.json()]
         assert sorted(set(peers)) == sorted({school_a.device, school_b.device}), peers
         assert peers.count(school_b.device) == 2, audit.json()
-        whoami = schoolctl(c.address, "audit", "--action", "audit.list", "--json")
-        assert whoami.code == 0, whoami
         assert BALANCER_SOURCE not in c.log_text()
+
+        # From the balancer's own address: a connection that is not a PROXY header, one
+        # closed inside its header, and one that sends nothing (a plain connect check,
+        # not a refusal). Counted exactly; HAProxy's health checks (LOCAL) are not.
+        for sent in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\r\n\r\n\x00", b""):
+            with socket.create_connection(
+                ("127.0.0.1", c.grpc_port), timeout=5, source_address=(BALANCER_SOURCE, 0)
+            ) as raw:
+                if sent:
+                    raw.sendall(sent)
+                    raw.shutdown(socket.SHUT_WR)
+                    assert raw.recv(100) == b"", "closed, nothing answered"
+
+        def refused() -> dict[str, float] | None:
+            samples = c.metrics()
+            counts = {
+                reason: samples[f'schoolfleet_front_refused_total{{reason="{reason}"}}']
+                for reason in ("timeout", "bad-header", "cut-header", "not-ip")
+            }
+            return counts if sum(counts.values()) >= 2 else None
+
+        counted = wait_until(refused, 10, "the refusals counted")
+        time.sleep(0.5)
+        assert (
+            counted
+            == refused()
+            == {
+                "timeout": 0,
+                "bad-header": 1,
+                "cut-header": 1,
+                "not-ip": 0,
+            }
+        )
